@@ -1,1 +1,13 @@
-fn main() {}
+use clap::Parser;
+use token_service::{config::Config, startup::Application, telemetry};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let config = Config::parse();
+    telemetry::init(&config.log_format);
+    Application::build(config)
+        .await?
+        .run_until_stopped()
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! Values that can only hold what the contract allows. Each `parse` names the proto field
+//! it reads so a refusal says which one was wrong.
+
+mod page;
+mod secret;
+mod session;
+mod token;
+
+use std::fmt;
+
+use uuid::Uuid;
+
+pub use page::TokenCursor;
+pub use secret::{SecretHash, SessionSecret, TokenSecret};
+pub use session::{ContactDetails, Session};
+pub use token::{NewToken, Token, TokenState};
+
+use crate::error::Error;
+
+/// Checks an identifier chosen by another system (provider or customer id): 1 to 128
+/// characters, no control characters, no `/` (it is a path segment of the link).
+fn parse_external_id(field: &'static str, value: &str) -> Result<String, Error> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    if value.chars().count() > 128 {
+        return Err(Error::invalid(field, "must be at most 128 characters"));
+    }
+    if value.chars().any(|c| c.is_control() || c == '/') || value.trim() != value {
+        return Err(Error::invalid(
+            field,
+            "must not contain control characters, '/' or surrounding spaces",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// The provider who owns a link, as it appears in `/u/{provider_id}/c/{secret}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProviderId(String);
+
+impl ProviderId {
+    pub fn parse(field: &'static str, value: &str) -> Result<Self, Error> {
+        parse_external_id(field, value).map(Self)
+    }
+    /// An id read back from our own database (validated when it was written).
+    pub(crate) fn from_stored(value: String) -> Self {
+        Self(value)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ProviderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A registered customer, as known to the BFF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerId(String);
+
+impl CustomerId {
+    pub fn parse(field: &'static str, value: &str) -> Result<Self, Error> {
+        parse_external_id(field, value).map(Self)
+    }
+    /// Empty means "not given".
+    pub fn parse_optional(field: &'static str, value: &str) -> Result<Option<Self>, Error> {
+        if value.is_empty() {
+            Ok(None)
+        } else {
+            Self::parse(field, value).map(Some)
+        }
+    }
+    pub(crate) fn from_stored(value: String) -> Self {
+        Self(value)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            pub fn new() -> Self {
+                Self(Uuid::now_v7())
+            }
+            pub fn parse(field: &'static str, value: &str) -> Result<Self, Error> {
+                if value.is_empty() {
+                    return Err(Error::invalid(field, "is required"));
+                }
+                Uuid::try_parse(value)
+                    .map(Self)
+                    .map_err(|_| Error::invalid(field, "must be a UUID"))
+            }
+            pub fn from_uuid(uuid: Uuid) -> Self {
+                Self(uuid)
+            }
+            pub fn as_uuid(&self) -> Uuid {
+                self.0
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// A chat link's public id (not its secret).
+    TokenId
+);
+uuid_id!(
+    /// A customer session's public id (not its secret).
+    SessionId
+);
+uuid_id!(
+    /// RedeemToken's idempotency key (AIP-155).
+    RequestId
+);
+
+/// A link's label for its provider: at most 200 characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Label(String);
+
+impl Label {
+    pub fn parse(value: &str) -> Result<Self, Error> {
+        if value.chars().count() > 200 {
+            return Err(Error::invalid("label", "must be at most 200 characters"));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "label",
+                "must not contain control characters",
+            ));
+        }
+        Ok(Self(value.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// How many times a link may be redeemed; `None` is unlimited (0 on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxUses(Option<u32>);
+
+impl MaxUses {
+    pub fn parse(value: i32) -> Result<Self, Error> {
+        match u32::try_from(value) {
+            Ok(0) => Ok(Self(None)),
+            Ok(n) => Ok(Self(Some(n))),
+            Err(_) => Err(Error::invalid(
+                "max_uses",
+                "must not be negative (0 means unlimited)",
+            )),
+        }
+    }
+    pub fn limit(self) -> Option<u32> {
+        self.0
+    }
+}
+
+/// How long a link stays valid: 1 second to 365 days, 7 days when unset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttl(chrono::Duration);
+
+impl Ttl {
+    pub const DEFAULT_DAYS: i64 = 7;
+    pub const MAX_DAYS: i64 = 365;
+
+    pub fn parse(value: Option<&prost_types::Duration>) -> Result<Self, Error> {
+        let Some(d) = value else {
+            return Ok(Self(chrono::Duration::days(Self::DEFAULT_DAYS)));
+        };
+        if !(0..1_000_000_000).contains(&d.nanos) || d.seconds < 1 {
+            return Err(Error::invalid("ttl", "must be at least 1 second"));
+        }
+        if d.seconds > Self::MAX_DAYS * 86_400
+            || (d.seconds == Self::MAX_DAYS * 86_400 && d.nanos > 0)
+        {
+            return Err(Error::invalid("ttl", "must be at most 365 days"));
+        }
+        let micros = d.seconds * 1_000_000 + i64::from(d.nanos / 1_000);
+        Ok(Self(chrono::Duration::microseconds(micros)))
+    }
+    pub fn as_duration(self) -> chrono::Duration {
+        self.0
+    }
+}
+
+/// AIP-158 page size: 0 means the default, negative is refused, above the maximum is lowered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageSize(u32);
+
+impl PageSize {
+    pub const DEFAULT: u32 = 50;
+    pub const MAX: u32 = 200;
+
+    pub fn parse(value: i32) -> Result<Self, Error> {
+        match u32::try_from(value) {
+            Ok(0) => Ok(Self(Self::DEFAULT)),
+            Ok(n) => Ok(Self(n.min(Self::MAX))),
+            Err(_) => Err(Error::invalid("page_size", "must not be negative")),
+        }
+    }
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// Times are kept as Unix microseconds in SQLite.
+pub type Timestamp = chrono::DateTime<chrono::Utc>;
+
+pub fn now() -> Timestamp {
+    chrono::Utc::now()
+}
+
+pub fn to_micros(t: Timestamp) -> i64 {
+    t.timestamp_micros()
+}
+
+pub fn from_micros(micros: i64) -> Timestamp {
+    chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}

@@ -1,0 +1,369 @@
+//! `chat.v1.TokenService`: parse the request into domain values, call the store (and the
+//! outbox), build the reply. One span per RPC with its ids, never a secret.
+
+mod convert;
+
+use std::sync::Arc;
+
+use chat_proto::v1::{self as pb, token_service_server::TokenService};
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, Span, field};
+
+use crate::{
+    domain::{
+        ContactDetails, CustomerId, Label, MaxUses, NewToken, PageSize, ProviderId, RequestId,
+        Session, SessionSecret, TokenCursor, TokenId, TokenSecret, Ttl, now,
+    },
+    error::Error,
+    limiter::FailureLimiter,
+    outbox::Outbox,
+    store::{OutboxJob, Redemption, Store},
+};
+
+pub use convert::link_path;
+
+#[derive(Clone)]
+pub struct TokenGrpc {
+    store: Store,
+    outbox: Outbox,
+    limiter: Arc<FailureLimiter>,
+    caller_header: Arc<str>,
+}
+
+impl TokenGrpc {
+    pub fn new(
+        store: Store,
+        outbox: Outbox,
+        limiter: Arc<FailureLimiter>,
+        caller_header: &str,
+    ) -> Self {
+        Self {
+            store,
+            outbox,
+            limiter,
+            caller_header: caller_header.to_ascii_lowercase().into(),
+        }
+    }
+
+    fn caller<T>(&self, request: &Request<T>) -> String {
+        FailureLimiter::caller_key(
+            &self.caller_header,
+            request.metadata(),
+            request.remote_addr(),
+        )
+    }
+
+    /// Counts a failed guess against the caller.
+    fn note_failure<T>(&self, caller: &str, result: Result<T, Error>) -> Result<T, Error> {
+        if let Err(e) = &result
+            && e.is_failed_guess()
+        {
+            self.limiter.record_failure(caller);
+        }
+        result
+    }
+
+    /// Makes a queued call now on its own task, so a client that hangs up does not cut
+    /// it short; the outbox worker finishes it if this does not.
+    async fn drive(&self, job: OutboxJob) -> Result<Option<Session>, Error> {
+        let outbox = self.outbox.clone();
+        let span = Span::current();
+        tokio::spawn(async move { outbox.drive(job).await }.instrument(span))
+            .await
+            .map_err(|e| Error::Internal(format!("outbox call task: {e}")))?
+    }
+
+    async fn issue(&self, r: pb::IssueTokenRequest) -> Result<pb::IssueTokenResponse, Error> {
+        let new = NewToken {
+            provider_id: ProviderId::parse("provider_id", &r.provider_id)?,
+            label: Label::parse(&r.label)?,
+            ttl: Ttl::parse(r.ttl.as_ref())?,
+            max_uses: MaxUses::parse(r.max_uses)?,
+        };
+        let secret = TokenSecret::generate()?;
+        let now = now();
+        let token = self.store.issue_token(new, secret.hash(), now).await?;
+        Span::current().record("token_id", field::display(token.token_id));
+        let secret = secret.expose();
+        Ok(pb::IssueTokenResponse {
+            link_path: link_path(token.provider_id.as_str(), &secret),
+            token: Some(convert::token(&token, now)),
+            secret,
+        })
+    }
+
+    async fn list(&self, r: pb::ListTokensRequest) -> Result<pb::ListTokensResponse, Error> {
+        let provider_id = ProviderId::parse("provider_id", &r.provider_id)?;
+        let page_size = PageSize::parse(r.page_size)?;
+        let cursor = TokenCursor::decode(&r.page_token, &provider_id)?;
+        let mut tokens = self
+            .store
+            .list_tokens(provider_id.clone(), cursor, page_size.get())
+            .await?;
+        let mut next_page_token = String::new();
+        if tokens.len() > page_size.get() as usize {
+            tokens.truncate(page_size.get() as usize);
+            if let Some(last) = tokens.last() {
+                next_page_token = TokenCursor {
+                    create_time: last.create_time,
+                    token_id: last.token_id,
+                }
+                .encode(&provider_id);
+            }
+        }
+        let now = now();
+        Ok(pb::ListTokensResponse {
+            tokens: tokens.iter().map(|t| convert::token(t, now)).collect(),
+            next_page_token,
+        })
+    }
+
+    async fn revoke(&self, r: pb::RevokeTokenRequest) -> Result<pb::RevokeTokenResponse, Error> {
+        let provider_id = ProviderId::parse("provider_id", &r.provider_id)?;
+        let token_id = TokenId::parse("token_id", &r.token_id)?;
+        let now = now();
+        let token = self.store.revoke_token(provider_id, token_id, now).await?;
+        Ok(pb::RevokeTokenResponse {
+            token: Some(convert::token(&token, now)),
+        })
+    }
+
+    async fn check(
+        &self,
+        caller: &str,
+        r: pb::CheckTokenRequest,
+    ) -> Result<pb::CheckTokenResponse, Error> {
+        self.limiter.check(caller)?;
+        let provider_id = ProviderId::parse("provider_id", &r.provider_id)?;
+        let result = async {
+            let secret = TokenSecret::parse(&r.secret)?;
+            self.store.check_token(provider_id, secret.hash()).await
+        }
+        .await;
+        let token = self.note_failure(caller, result)?;
+        Span::current().record("token_id", field::display(token.token_id));
+        let now = now();
+        Ok(pb::CheckTokenResponse {
+            state: convert::token_state(token.state(now)).into(),
+            token: Some(convert::token(&token, now)),
+        })
+    }
+
+    async fn redeem(
+        &self,
+        caller: &str,
+        r: pb::RedeemTokenRequest,
+    ) -> Result<pb::RedeemTokenResponse, Error> {
+        self.limiter.check(caller)?;
+        let request_id = RequestId::parse("request_id", &r.request_id)?;
+        let provider_id = ProviderId::parse("provider_id", &r.provider_id)?;
+        let customer_id = CustomerId::parse_optional("customer_id", &r.customer_id)?;
+        let session_secret = SessionSecret::generate()?;
+        let result = async {
+            let secret = TokenSecret::parse(&r.secret)?;
+            let redemption = Redemption {
+                request_id,
+                provider_id,
+                token_hash: secret.hash(),
+                session_hash: session_secret.hash(),
+                customer_id,
+                new_conversation: r.new_conversation,
+            };
+            self.store
+                .redeem(redemption, now(), self.outbox.lease())
+                .await
+        }
+        .await;
+        let redeemed = self.note_failure(caller, result)?;
+        let span = Span::current();
+        span.record("token_id", field::display(redeemed.session.token_id));
+        span.record("session_id", field::display(redeemed.session.session_id));
+        span.record("replayed", redeemed.replayed);
+        let mut session = redeemed.session;
+        if let Some(job) = redeemed.job
+            && let Some(done) = self.drive(job).await?
+        {
+            session = done;
+        }
+        if let Some(id) = &session.conversation_id {
+            span.record("conversation_id", id.as_str());
+        }
+        Ok(pb::RedeemTokenResponse {
+            session: Some(convert::session(&session)),
+            session_secret: session_secret.expose(),
+        })
+    }
+
+    async fn get_session(&self, r: pb::GetSessionRequest) -> Result<pb::GetSessionResponse, Error> {
+        let secret = SessionSecret::parse(&r.session_secret)?;
+        let session = self.store.session_by_secret(secret.hash()).await?;
+        record_session(&session);
+        Ok(pb::GetSessionResponse {
+            session: Some(convert::session(&session)),
+        })
+    }
+
+    async fn identify(
+        &self,
+        r: pb::IdentifySessionRequest,
+    ) -> Result<pb::IdentifySessionResponse, Error> {
+        let secret = SessionSecret::parse(&r.session_secret)?;
+        let customer_id = CustomerId::parse("customer_id", &r.customer_id)?;
+        let contact =
+            ContactDetails::parse(r.name.as_deref(), r.email.as_deref(), r.phone.as_deref())?;
+        let identified = self
+            .store
+            .identify(
+                secret.hash(),
+                customer_id,
+                contact,
+                now(),
+                self.outbox.lease(),
+            )
+            .await?;
+        record_session(&identified.session);
+        let mut session = identified.session;
+        if let Some(job) = identified.job
+            && let Some(done) = self.drive(job).await?
+        {
+            session = done;
+        }
+        Ok(pb::IdentifySessionResponse {
+            session: Some(convert::session(&session)),
+        })
+    }
+
+    async fn end(&self, r: pb::EndSessionRequest) -> Result<pb::EndSessionResponse, Error> {
+        let secret = SessionSecret::parse(&r.session_secret)?;
+        let session = self.store.end_session(secret.hash(), now()).await?;
+        record_session(&session);
+        Ok(pb::EndSessionResponse {
+            session: Some(convert::session(&session)),
+        })
+    }
+}
+
+fn record_session(session: &Session) {
+    let span = Span::current();
+    span.record("session_id", field::display(session.session_id));
+    span.record("token_id", field::display(session.token_id));
+    span.record("provider_id", session.provider_id.as_str());
+    if let Some(id) = &session.conversation_id {
+        span.record("conversation_id", id.as_str());
+    }
+}
+
+/// The end of every RPC: the outcome is logged in its span, the error mapped once.
+fn reply<T>(result: Result<T, Error>) -> Result<Response<T>, Status> {
+    match result {
+        Ok(reply) => {
+            tracing::info!("ok");
+            Ok(Response::new(reply))
+        }
+        Err(e) => {
+            let status = Status::from(e);
+            tracing::info!(code = ?status.code(), message = status.message(), "refused");
+            Err(status)
+        }
+    }
+}
+
+macro_rules! rpc_span {
+    ($method:literal, $provider:expr) => {
+        tracing::info_span!(
+            "rpc",
+            method = $method,
+            provider_id = $provider,
+            token_id = field::Empty,
+            session_id = field::Empty,
+            conversation_id = field::Empty,
+            replayed = field::Empty,
+        )
+    };
+}
+
+#[tonic::async_trait]
+impl TokenService for TokenGrpc {
+    async fn issue_token(
+        &self,
+        request: Request<pb::IssueTokenRequest>,
+    ) -> Result<Response<pb::IssueTokenResponse>, Status> {
+        let span = rpc_span!("IssueToken", request.get_ref().provider_id.as_str());
+        async { reply(self.issue(request.into_inner()).await) }
+            .instrument(span)
+            .await
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let span = rpc_span!("ListTokens", request.get_ref().provider_id.as_str());
+        async { reply(self.list(request.into_inner()).await) }
+            .instrument(span)
+            .await
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let span = rpc_span!("RevokeToken", request.get_ref().provider_id.as_str());
+        span.record("token_id", request.get_ref().token_id.as_str());
+        async { reply(self.revoke(request.into_inner()).await) }
+            .instrument(span)
+            .await
+    }
+
+    async fn check_token(
+        &self,
+        request: Request<pb::CheckTokenRequest>,
+    ) -> Result<Response<pb::CheckTokenResponse>, Status> {
+        let span = rpc_span!("CheckToken", request.get_ref().provider_id.as_str());
+        let caller = self.caller(&request);
+        async { reply(self.check(&caller, request.into_inner()).await) }
+            .instrument(span)
+            .await
+    }
+
+    async fn redeem_token(
+        &self,
+        request: Request<pb::RedeemTokenRequest>,
+    ) -> Result<Response<pb::RedeemTokenResponse>, Status> {
+        let span = rpc_span!("RedeemToken", request.get_ref().provider_id.as_str());
+        let caller = self.caller(&request);
+        async { reply(self.redeem(&caller, request.into_inner()).await) }
+            .instrument(span)
+            .await
+    }
+
+    async fn get_session(
+        &self,
+        request: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        let span = rpc_span!("GetSession", field::Empty);
+        async { reply(self.get_session(request.into_inner()).await) }
+            .instrument(span)
+            .await
+    }
+
+    async fn identify_session(
+        &self,
+        request: Request<pb::IdentifySessionRequest>,
+    ) -> Result<Response<pb::IdentifySessionResponse>, Status> {
+        let span = rpc_span!("IdentifySession", field::Empty);
+        async { reply(self.identify(request.into_inner()).await) }
+            .instrument(span)
+            .await
+    }
+
+    async fn end_session(
+        &self,
+        request: Request<pb::EndSessionRequest>,
+    ) -> Result<Response<pb::EndSessionResponse>, Status> {
+        let span = rpc_span!("EndSession", field::Empty);
+        async { reply(self.end(request.into_inner()).await) }
+            .instrument(span)
+            .await
+    }
+}

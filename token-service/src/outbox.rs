@@ -1,0 +1,208 @@
+//! Drives the outbox: the RPC that queued a call makes it at once (retrying with backoff
+//! for a bounded time), and a background worker finishes whatever is left: after
+//! conversation-service was down, after a crash, after a restart. Every call is idempotent
+//! (CreateConversation by the session id, UpdateCustomer by its content), so running one
+//! twice is harmless; the lease only keeps that rare.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::future::join_all;
+use tokio::{sync::Notify, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    conversations::{CallError, Conversations},
+    domain::{Session, now},
+    error::Error,
+    store::{OutboxCall, OutboxJob, Store},
+};
+
+#[derive(Debug, Clone)]
+pub struct OutboxSettings {
+    /// Deadline of one call.
+    pub call_timeout: Duration,
+    /// How long an RPC keeps trying before leaving its call to the worker.
+    pub inline_wait: Duration,
+    pub retry: Duration,
+    pub retry_max: Duration,
+    pub poll: Duration,
+    pub batch: u32,
+    pub lease: Duration,
+}
+
+#[derive(Clone)]
+pub struct Outbox {
+    store: Store,
+    conversations: Conversations,
+    settings: OutboxSettings,
+    wake: Arc<Notify>,
+}
+
+fn to_chrono(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+impl Outbox {
+    pub fn new(store: Store, conversations: Conversations, settings: OutboxSettings) -> Self {
+        Self {
+            store,
+            conversations,
+            settings,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn lease(&self) -> chrono::Duration {
+        to_chrono(self.settings.lease)
+    }
+
+    /// Asks the worker to look at the queue now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Delay before attempt `attempts + 1`: doubling from `retry`, capped at `retry_max`.
+    fn backoff(&self, attempts: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempts.min(16));
+        self.settings
+            .retry
+            .saturating_mul(factor)
+            .min(self.settings.retry_max)
+    }
+
+    /// Makes a call this caller holds the lease of, retrying transient failures until
+    /// `inline_wait` has passed. Returns the session when the call succeeded, `None` when
+    /// it was left queued for the worker.
+    pub async fn drive(&self, job: OutboxJob) -> Result<Option<Session>, Error> {
+        let deadline = Instant::now() + self.settings.inline_wait;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            let timeout = self.settings.call_timeout.min(remaining);
+            match self.conversations.call(&job.call, timeout).await {
+                Ok(done) => {
+                    let session = self.store.complete(&job, done).await?;
+                    // Calls queued behind this one (an UpdateCustomer) may run now.
+                    self.wake();
+                    return Ok(Some(session));
+                }
+                Err(CallError::Transient(status)) => {
+                    tracing::debug!(job_id = job.job_id, code = ?status.code(), "conversation-service call failed; retrying");
+                    if Instant::now() + delay >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(other) => {
+                    self.settle_failure(&job, other).await?;
+                    return Ok(None);
+                }
+            }
+        }
+        self.settle_failure(
+            &job,
+            CallError::Transient(tonic::Status::unavailable("inline wait elapsed")),
+        )
+        .await?;
+        Ok(None)
+    }
+
+    /// Records a failed call: retried later, or given up when it can never succeed.
+    async fn settle_failure(&self, job: &OutboxJob, error: CallError) -> Result<(), Error> {
+        let next = now() + to_chrono(self.backoff(job.attempts));
+        match (&job.call, &error) {
+            (OutboxCall::UpdateCustomer { .. }, CallError::Permanent(status)) => {
+                tracing::error!(job_id = job.job_id, session_id = %job.session_id, code = ?status.code(),
+                    message = status.message(), "conversation-service refused UpdateCustomer; giving up");
+                self.store
+                    .give_up(job.job_id, now(), error.to_string())
+                    .await
+            }
+            (OutboxCall::CreateConversation { .. }, CallError::Permanent(status)) => {
+                // Never dropped: a session must end up with its conversation.
+                tracing::error!(job_id = job.job_id, session_id = %job.session_id, code = ?status.code(),
+                    message = status.message(), "conversation-service refused CreateConversation; will keep retrying");
+                let next = now() + to_chrono(self.settings.retry_max);
+                self.store
+                    .retry_later(job.job_id, next, error.to_string())
+                    .await
+            }
+            _ => {
+                tracing::info!(job_id = job.job_id, session_id = %job.session_id, attempts = job.attempts + 1,
+                    error = %error, "conversation-service call queued for retry");
+                self.store
+                    .retry_later(job.job_id, next, error.to_string())
+                    .await
+            }
+        }
+    }
+
+    /// One attempt of a call claimed by the worker.
+    async fn attempt(&self, job: OutboxJob) {
+        let outcome = match self
+            .conversations
+            .call(&job.call, self.settings.call_timeout)
+            .await
+        {
+            Ok(done) => self.store.complete(&job, done).await.map(|session| {
+                tracing::info!(job_id = job.job_id, session_id = %session.session_id,
+                    conversation_id = ?session.conversation_id, "queued call completed");
+            }),
+            Err(error) => self.settle_failure(&job, error).await,
+        };
+        if let Err(e) = outcome {
+            // The lease expires and the call is tried again.
+            tracing::warn!(job_id = job.job_id, error = %e, "could not record an outbox call's outcome");
+        }
+    }
+
+    /// The background worker: runs due calls until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let lease = self.lease();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.settings.poll) => {}
+            }
+            loop {
+                let jobs = match self
+                    .store
+                    .claim_due(now(), self.settings.batch, lease)
+                    .await
+                {
+                    Ok(jobs) => jobs,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the outbox");
+                        break;
+                    }
+                };
+                let full = jobs.len() >= self.settings.batch as usize;
+                join_all(jobs.into_iter().map(|job| self.attempt(job))).await;
+                if !full || shutdown.is_cancelled() {
+                    break;
+                }
+            }
+        }
+        tracing::debug!("outbox worker stopped");
+    }
+
+    /// conversation-service came back: everything waiting for a retry is due now.
+    pub async fn retry_all_now(&self) {
+        match self.store.reschedule_all(now()).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(
+                    calls = n,
+                    "conversation-service reachable; retrying queued calls now"
+                );
+                self.wake();
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot reschedule the outbox"),
+        }
+    }
+}

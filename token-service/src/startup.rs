@@ -1,0 +1,278 @@
+//! The application: bind, open the database, wire the services and their limits, serve
+//! until SIGTERM / SIGINT or a programmatic shutdown.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use chat_proto::v1::token_service_server::TokenServiceServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    config::Config,
+    conversations::Conversations,
+    error::Error,
+    grpc::TokenGrpc,
+    limiter::FailureLimiter,
+    outbox::{Outbox, OutboxSettings},
+    store::Store,
+};
+
+/// The health name under which token-service reports its view of conversation-service.
+pub const CONVERSATION_DEPENDENCY: &str = "chat.v1.ConversationService";
+const TOKEN_SERVICE: &str = "chat.v1.TokenService";
+
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: Config,
+    store: Store,
+    outbox: Outbox,
+    conversations: Conversations,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Binds the listener (port 0 picks one) and starts the database thread. Neither an
+    /// unreachable conversation-service nor a database that cannot be opened yet stops
+    /// the start: both are retried and reported by health.
+    pub async fn build(config: Config) -> Result<Self, Error> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| Error::Internal(format!("binding {}: {e}", config.listen)))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| Error::Internal(format!("reading the bound address: {e}")))?;
+        let store = Store::start(
+            config.database.clone(),
+            Duration::from_millis(config.sqlite_busy_timeout_ms),
+        )?;
+        match store.release_leases().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(calls = n, "resuming outbox calls left by the previous run"),
+            Err(e) => tracing::warn!(error = %e, "database not usable yet; will retry"),
+        }
+        let conversations =
+            Conversations::new(&config.conversation_service, config.max_message_bytes)?;
+        let outbox = Outbox::new(
+            store.clone(),
+            conversations.clone(),
+            OutboxSettings {
+                call_timeout: config.call_timeout(),
+                inline_wait: config.inline_wait(),
+                retry: config.outbox_retry(),
+                retry_max: config.outbox_retry_max(),
+                poll: config.outbox_poll(),
+                batch: config.outbox_batch.max(1),
+                lease: config.outbox_lease(),
+            },
+        );
+        Ok(Self {
+            listener,
+            local_addr,
+            config,
+            store,
+            outbox,
+            conversations,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Cancelling it stops the service gracefully (tests; signals do the same).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub async fn run_until_stopped(self) -> Result<(), Error> {
+        let Self {
+            listener,
+            local_addr,
+            config,
+            store,
+            outbox,
+            conversations,
+            shutdown,
+        } = self;
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        // NOT_SERVING until the first probe has seen the database.
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        health
+            .set_service_status(TOKEN_SERVICE, ServingStatus::NotServing)
+            .await;
+        health
+            .set_service_status(CONVERSATION_DEPENDENCY, ServingStatus::Unknown)
+            .await;
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+
+        let limiter = Arc::new(FailureLimiter::new(
+            config.failed_redemptions_limit,
+            Duration::from_secs(config.failed_redemptions_window_secs),
+        ));
+        let tokens = TokenServiceServer::new(TokenGrpc::new(
+            store.clone(),
+            outbox.clone(),
+            limiter,
+            &config.caller_address_header,
+        ))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+
+        let worker = tokio::spawn(outbox.clone().run(shutdown.clone()));
+        let prober = tokio::spawn(probe_health(
+            store,
+            conversations,
+            outbox,
+            health,
+            config.health_interval(),
+            config.call_timeout(),
+            shutdown.clone(),
+        ));
+
+        let keepalive = Duration::from_secs(config.keepalive_secs.max(1));
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(keepalive));
+        tracing::info!(%local_addr, database = %config.database.display(),
+            conversation_service = %config.conversation_service, "token-service listening");
+
+        let stop = shutdown.clone();
+        let served = Server::builder()
+            .timeout(config.request_timeout())
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                config.max_concurrent_requests.max(1),
+            ))
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .http2_keepalive_interval(Some(keepalive))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .http2_max_header_list_size(16 * 1024)
+            .max_connection_age(Duration::from_secs(30 * 60))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(tokens)
+            .serve_with_incoming_shutdown(incoming, async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = termination() => tracing::info!("signal received, shutting down"),
+                }
+            })
+            .await;
+        shutdown.cancel();
+        let _ = worker.await;
+        let _ = prober.await;
+        tracing::info!("token-service stopped");
+        served.map_err(|e| Error::Internal(format!("serving: {e}")))
+    }
+}
+
+/// SIGTERM or SIGINT.
+async fn termination() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+/// Keeps health current: the database (SERVING only while it answers and takes the
+/// write lock) and conversation-service (reported under its own name; token-service
+/// serves without it, queueing calls). When conversation-service comes back, queued
+/// calls are retried at once.
+async fn probe_health(
+    store: Store,
+    conversations: Conversations,
+    outbox: Outbox,
+    health: HealthReporter,
+    interval: Duration,
+    timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut db_ok: Option<bool> = None;
+    let mut conv_ok: Option<bool> = None;
+    loop {
+        let db = match store.probe().await {
+            Ok(depth) => {
+                if depth > 0 {
+                    tracing::debug!(queued_calls = depth, "outbox");
+                }
+                true
+            }
+            Err(e) => {
+                if db_ok != Some(false) {
+                    tracing::error!(error = %e, "database unusable: NOT_SERVING");
+                }
+                false
+            }
+        };
+        if db_ok != Some(db) {
+            let status = if db {
+                tracing::info!("database usable: SERVING");
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            health.set_service_status(TOKEN_SERVICE, status).await;
+            db_ok = Some(db);
+        }
+
+        let conv = conversations.reachable(timeout).await;
+        if conv_ok != Some(conv) {
+            if conv {
+                tracing::info!("conversation-service reachable");
+                health
+                    .set_service_status(CONVERSATION_DEPENDENCY, ServingStatus::Serving)
+                    .await;
+                if conv_ok.is_some() {
+                    outbox.retry_all_now().await;
+                }
+            } else {
+                tracing::warn!(
+                    "conversation-service unreachable; redemptions queue their conversations"
+                );
+                health
+                    .set_service_status(CONVERSATION_DEPENDENCY, ServingStatus::NotServing)
+                    .await;
+            }
+            conv_ok = Some(conv);
+        }
+
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! chat_sessions: redemption (one use, one session, one queued CreateConversation, in one
+//! transaction), identification and ending.
+
+use rusqlite::{Connection, Row, TransactionBehavior, params};
+
+use super::{
+    Store, optional,
+    outbox::{self, OutboxCall, OutboxJob},
+    tokens::token_by_hash,
+    uuid_at,
+};
+use crate::{
+    domain::{
+        ContactDetails, CustomerId, ProviderId, RequestId, SecretHash, Session, SessionId,
+        Timestamp, TokenId, from_micros, to_micros,
+    },
+    error::{Error, StoreResultExt},
+};
+
+const SESSION_COLUMNS: &str = "session_id, token_id, provider_id, customer_id, conversation_id, create_time, end_time, secret_hash";
+
+fn session_from_row(row: &Row<'_>) -> rusqlite::Result<(Session, Vec<u8>)> {
+    Ok((
+        Session {
+            session_id: SessionId::from_uuid(uuid_at(row, 0)?),
+            token_id: TokenId::from_uuid(uuid_at(row, 1)?),
+            provider_id: ProviderId::from_stored(row.get(2)?),
+            customer_id: row
+                .get::<_, Option<String>>(3)?
+                .map(CustomerId::from_stored),
+            conversation_id: row.get(4)?,
+            create_time: from_micros(row.get(5)?),
+            end_time: row.get::<_, Option<i64>>(6)?.map(from_micros),
+        },
+        row.get(7)?,
+    ))
+}
+
+pub(super) fn session_by_id(conn: &Connection, id: SessionId) -> Result<Session, Error> {
+    optional(conn.query_row(
+        &format!("SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE session_id = ?1"),
+        [id.to_string()],
+        session_from_row,
+    ))
+    .context("reading a session")?
+    .map(|(s, _)| s)
+    .ok_or(Error::SessionNotFound)
+}
+
+fn session_by_hash(conn: &Connection, hash: &SecretHash) -> Result<Session, Error> {
+    let found = optional(conn.query_row(
+        &format!("SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE secret_hash = ?1"),
+        [hash.as_bytes().as_slice()],
+        session_from_row,
+    ))
+    .context("looking up a session by secret")?;
+    found
+        .and_then(|(session, stored)| hash.matches(&stored).then_some(session))
+        .ok_or(Error::SessionNotFound)
+}
+
+/// A validated RedeemToken.
+#[derive(Debug)]
+pub struct Redemption {
+    pub request_id: RequestId,
+    pub provider_id: ProviderId,
+    pub token_hash: SecretHash,
+    /// The hash of the session secret this redemption hands out.
+    pub session_hash: SecretHash,
+    pub customer_id: Option<CustomerId>,
+    pub new_conversation: bool,
+}
+
+#[derive(Debug)]
+pub struct Redeemed {
+    pub session: Session,
+    /// The CreateConversation this caller holds the lease of and should make now.
+    pub job: Option<OutboxJob>,
+    /// True when `request_id` had been redeemed before (no use consumed).
+    pub replayed: bool,
+}
+
+#[derive(Debug)]
+pub struct Identified {
+    pub session: Session,
+    pub job: Option<OutboxJob>,
+}
+
+impl Store {
+    /// Consumes one use and opens a session with its CreateConversation queued, or, for
+    /// a `request_id` seen before, hands that session a fresh secret.
+    ///
+    /// The single SQLite writer plus `BEGIN IMMEDIATE` serialise redemptions, so the use
+    /// count check and increment cannot interleave: N concurrent redemptions of a k-use
+    /// link succeed exactly k times.
+    pub async fn redeem(
+        &self,
+        r: Redemption,
+        now: Timestamp,
+        lease: chrono::Duration,
+    ) -> Result<Redeemed, Error> {
+        self.call(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .context("redeeming a link")?;
+            let token = token_by_hash(&tx, &r.token_hash)?.ok_or(Error::TokenNotFound)?;
+            token.ensure_provider(&r.provider_id)?;
+
+            let previous = optional(tx.query_row(
+                &format!("SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE request_id = ?1"),
+                [r.request_id.to_string()],
+                session_from_row,
+            ))
+            .context("looking up a redemption")?;
+            if let Some((session, _)) = previous {
+                // A retry: the same session, whatever the link's state is now.
+                if session.token_id != token.token_id {
+                    return Err(Error::request_id_reused());
+                }
+                session.ensure_open()?;
+                tx.execute(
+                    "UPDATE chat_sessions SET secret_hash = ?2 WHERE session_id = ?1",
+                    params![session.session_id.to_string(), r.session_hash.as_bytes().as_slice()],
+                )
+                .context("rotating a session secret")?;
+                let job = outbox::lease_head(&tx, session.session_id, now, lease)?;
+                tx.commit().context("redeeming a link")?;
+                return Ok(Redeemed {
+                    session,
+                    job,
+                    replayed: true,
+                });
+            }
+
+            token.ensure_redeemable(now)?;
+            let used = tx
+                .execute(
+                    "UPDATE chat_tokens SET use_count = use_count + 1
+                     WHERE token_id = ?1 AND (max_uses = 0 OR use_count < max_uses)",
+                    [token.token_id.to_string()],
+                )
+                .context("counting a use")?;
+            if used != 1 {
+                return Err(Error::TokenExhausted);
+            }
+            let session = Session {
+                session_id: SessionId::new(),
+                token_id: token.token_id,
+                provider_id: token.provider_id.clone(),
+                customer_id: r.customer_id.clone(),
+                conversation_id: None,
+                create_time: now,
+                end_time: None,
+            };
+            tx.execute(
+                "INSERT INTO chat_sessions (session_id, token_id, provider_id, request_id, secret_hash, customer_id, create_time)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    session.session_id.to_string(),
+                    session.token_id.to_string(),
+                    session.provider_id.as_str(),
+                    r.request_id.to_string(),
+                    r.session_hash.as_bytes().as_slice(),
+                    session.customer_id.as_ref().map(CustomerId::as_str),
+                    to_micros(now),
+                ],
+            )
+            .context("opening a session")?;
+            // The session id is CreateConversation's request_id: every retry, by this RPC
+            // or the worker, after any crash, names the same conversation.
+            let call = OutboxCall::CreateConversation {
+                request_id: session.session_id.to_string(),
+                provider_id: session.provider_id.as_str().to_owned(),
+                customer_id: session.customer_id.as_ref().map(|c| c.as_str().to_owned()),
+                reuse_active: session.customer_id.is_some() && !r.new_conversation,
+                origin: format!("token:{}", token.token_id),
+            };
+            let job = outbox::enqueue(&tx, session.session_id, &call, now, Some(now + lease))?;
+            tx.commit().context("redeeming a link")?;
+            Ok(Redeemed {
+                session,
+                job: Some(job),
+                replayed: false,
+            })
+        })
+        .await
+    }
+
+    pub async fn session_by_secret(&self, hash: SecretHash) -> Result<Session, Error> {
+        self.call(move |conn| {
+            let session = session_by_hash(conn, &hash)?;
+            session.ensure_open()?;
+            Ok(session)
+        })
+        .await
+    }
+
+    /// Links the session to a customer and queues UpdateCustomer behind whatever the
+    /// session still has queued (its CreateConversation, if pending).
+    pub async fn identify(
+        &self,
+        hash: SecretHash,
+        customer_id: CustomerId,
+        contact: ContactDetails,
+        now: Timestamp,
+        lease: chrono::Duration,
+    ) -> Result<Identified, Error> {
+        self.call(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .context("identifying a session")?;
+            let session = session_by_hash(&tx, &hash)?;
+            session.ensure_open()?;
+            match &session.customer_id {
+                Some(linked) if linked != &customer_id => return Err(Error::CustomerAlreadyLinked),
+                Some(_) => {}
+                None => {
+                    tx.execute(
+                        "UPDATE chat_sessions SET customer_id = ?2 WHERE session_id = ?1",
+                        params![session.session_id.to_string(), customer_id.as_str()],
+                    )
+                    .context("identifying a session")?;
+                }
+            }
+            let call = OutboxCall::UpdateCustomer {
+                conversation_id: None,
+                customer_id: customer_id.as_str().to_owned(),
+                contact,
+            };
+            // Leased to this caller only if nothing is queued before it.
+            let ahead = outbox::queued_for(&tx, session.session_id)?;
+            let lease_until = (ahead == 0).then_some(now + lease);
+            let job = outbox::enqueue(&tx, session.session_id, &call, now, lease_until)?;
+            let session = session_by_id(&tx, session.session_id)?;
+            tx.commit().context("identifying a session")?;
+            Ok(Identified {
+                session,
+                job: lease_until.map(|_| job),
+            })
+        })
+        .await
+    }
+
+    /// Ends a session; ending it again returns it unchanged.
+    pub async fn end_session(&self, hash: SecretHash, now: Timestamp) -> Result<Session, Error> {
+        self.call(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .context("ending a session")?;
+            let session = session_by_hash(&tx, &hash)?;
+            tx.execute(
+                "UPDATE chat_sessions SET end_time = ?2 WHERE session_id = ?1 AND end_time IS NULL",
+                params![session.session_id.to_string(), to_micros(now)],
+            )
+            .context("ending a session")?;
+            let session = session_by_id(&tx, session.session_id)?;
+            tx.commit().context("ending a session")?;
+            Ok(session)
+        })
+        .await
+    }
+}
