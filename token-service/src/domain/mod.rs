@@ -228,8 +228,10 @@ impl PageSize {
 /// Times are kept as Unix microseconds in SQLite.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;
 
+/// Now, at the precision the database keeps (microseconds), so a value returned at once
+/// equals the same value read back later.
 pub fn now() -> Timestamp {
-    chrono::Utc::now()
+    from_micros(to_micros(chrono::Utc::now()))
 }
 
 pub fn to_micros(t: Timestamp) -> i64 {

@@ -1,0 +1,234 @@
+//! spawn_app and friends: every test gets its own SQLite file and its own server.
+
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use chat_proto::v1::{
+    IssueTokenRequest, IssueTokenResponse, RedeemTokenRequest, RedeemTokenResponse,
+    token_service_client::TokenServiceClient,
+};
+use clap::Parser;
+use token_service::{config::Config, startup::Application};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status, transport::Channel};
+use tonic_types::StatusExt;
+use uuid::Uuid;
+
+/// An address nothing listens on: conversation-service "down".
+pub const NOWHERE: &str = "http://127.0.0.1:9";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub tokens: TokenServiceClient<Channel>,
+    pub channel: Channel,
+    pub db_path: PathBuf,
+    pub shutdown: CancellationToken,
+    pub handle: JoinHandle<()>,
+}
+
+pub fn temp_db_path() -> PathBuf {
+    std::env::temp_dir()
+        .join(format!("token-service-test-{}", Uuid::new_v4()))
+        .join("token.db")
+}
+
+/// Flags every test uses: short waits so fault paths run quickly.
+pub fn test_args(db_path: &std::path::Path, conversation_url: &str) -> Vec<String> {
+    [
+        "token-service",
+        "--listen",
+        "127.0.0.1:0",
+        "--database",
+        db_path.to_str().unwrap(),
+        "--conversation-service",
+        conversation_url,
+        "--inline-wait-ms",
+        "300",
+        "--call-timeout-ms",
+        "1000",
+        "--outbox-retry-ms",
+        "100",
+        "--outbox-retry-max-ms",
+        "500",
+        "--outbox-poll-ms",
+        "100",
+        "--health-interval-ms",
+        "100",
+        "--failed-redemptions-limit",
+        "10",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// token-service with conversation-service unreachable.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(temp_db_path(), NOWHERE, &[]).await
+}
+
+pub async fn spawn_app_with(db_path: PathBuf, conversation_url: &str, extra: &[&str]) -> TestApp {
+    token_service::telemetry::init("text");
+    let mut args = test_args(&db_path, conversation_url);
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let config = Config::try_parse_from(args).unwrap();
+    let app = Application::build(config).await.unwrap();
+    let addr = app.local_addr();
+    let shutdown = app.shutdown_token();
+    let handle = tokio::spawn(async move {
+        app.run_until_stopped().await.unwrap();
+    });
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    TestApp {
+        addr,
+        tokens: TokenServiceClient::new(channel.clone()),
+        channel,
+        db_path,
+        shutdown,
+        handle,
+    }
+}
+
+impl TestApp {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.handle)
+            .await
+            .expect("token-service did not stop in time")
+            .unwrap();
+    }
+
+    pub async fn issue(&self, provider: &str, max_uses: i32) -> IssueTokenResponse {
+        self.tokens
+            .clone()
+            .issue_token(IssueTokenRequest {
+                provider_id: provider.into(),
+                label: "test link".into(),
+                ttl: None,
+                max_uses,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn redeem(
+        &self,
+        provider: &str,
+        secret: &str,
+    ) -> Result<RedeemTokenResponse, Status> {
+        self.redeem_req(RedeemTokenRequest {
+            request_id: Uuid::new_v4().to_string(),
+            provider_id: provider.into(),
+            secret: secret.into(),
+            customer_id: String::new(),
+            new_conversation: false,
+        })
+        .await
+    }
+
+    pub async fn redeem_req(&self, req: RedeemTokenRequest) -> Result<RedeemTokenResponse, Status> {
+        self.tokens
+            .clone()
+            .redeem_token(req)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Every row that matters, so a refused call can be shown to have changed nothing.
+    /// Outbox bookkeeping (attempts, leases) is left out: the worker moves it on its own.
+    pub fn db_dump(&self) -> String {
+        db_dump(&self.db_path)
+    }
+}
+
+pub fn db_dump(path: &std::path::Path) -> String {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut out = String::new();
+    for query in [
+        "SELECT * FROM chat_tokens ORDER BY token_id",
+        "SELECT * FROM chat_sessions ORDER BY session_id",
+        "SELECT job_id, session_id, kind, request_id, customer_id, name, email, phone, failed_time
+         FROM outbox ORDER BY job_id",
+    ] {
+        let mut stmt = conn.prepare(query).unwrap();
+        let n = stmt.column_count();
+        let rows = stmt
+            .query_map([], |row| {
+                (0..n)
+                    .map(|i| {
+                        row.get::<_, rusqlite::types::Value>(i)
+                            .map(|v| format!("{v:?}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap();
+        for row in rows {
+            out.push_str(&row.unwrap().join("|"));
+            out.push('\n');
+        }
+        out.push_str("--\n");
+    }
+    out
+}
+
+/// The `google.rpc.ErrorInfo` reason of a status.
+pub fn reason(status: &Status) -> String {
+    let details = status.get_error_details();
+    let info = details.error_info().expect("status carries ErrorInfo");
+    assert_eq!(info.domain, "chat.v1");
+    info.reason.clone()
+}
+
+/// Asserts the code and ErrorInfo reason of a refusal.
+#[track_caller]
+pub fn assert_refused<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    code: Code,
+    expected_reason: &str,
+) -> Status {
+    let status = result.expect_err("expected a refusal");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(reason(&status), expected_reason, "{status:?}");
+    status
+}
+
+/// Asserts INVALID_ARGUMENT naming `field` in a BadRequest violation.
+#[track_caller]
+pub fn assert_invalid<T: std::fmt::Debug>(result: Result<T, Status>, field: &str) {
+    let status = result.expect_err("expected INVALID_ARGUMENT");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let details = status.get_error_details();
+    let bad = details.bad_request().expect("BadRequest details");
+    assert!(
+        bad.field_violations.iter().any(|v| v.field == field),
+        "no violation for {field}: {bad:?}"
+    );
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,246 @@
+//! RedeemToken with conversation-service down: uses counted atomically, idempotency,
+//! every refusal, the failed-redemption limiter.
+
+use std::sync::Arc;
+
+use chat_proto::v1::{CheckTokenRequest, ConversationState, GetSessionRequest, RedeemTokenRequest};
+use futures::future::join_all;
+use tonic::Code;
+use uuid::Uuid;
+
+use crate::helpers::{assert_invalid, assert_refused, spawn_app};
+
+fn request(provider: &str, secret: &str) -> RedeemTokenRequest {
+    RedeemTokenRequest {
+        request_id: Uuid::new_v4().to_string(),
+        provider_id: provider.into(),
+        secret: secret.into(),
+        customer_id: String::new(),
+        new_conversation: false,
+    }
+}
+
+#[tokio::test]
+async fn redeem_opens_a_pending_session_while_conversation_service_is_down() {
+    let app = spawn_app().await;
+    let issued = app.issue("prov", 0).await;
+    let token_id = issued.token.unwrap().token_id;
+    let redeemed = app.redeem("prov", &issued.secret).await.unwrap();
+    assert!(redeemed.session_secret.starts_with("cse_"));
+    let session = redeemed.session.unwrap();
+    assert_eq!(session.token_id, token_id);
+    assert_eq!(session.provider_id, "prov");
+    assert_eq!(session.conversation_state(), ConversationState::Pending);
+    assert!(session.conversation_id.is_empty());
+    assert!(session.end_time.is_none());
+    // The session secret is stored only as a hash; the call is queued.
+    let dump = app.db_dump();
+    assert!(!dump.contains(&redeemed.session_secret[4..]));
+    assert!(dump.contains("create_conversation"));
+    assert!(dump.contains(&format!("token:{token_id}")) || dump.contains(&session.session_id));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_request_id_returns_the_same_session_with_a_fresh_secret() {
+    let app = spawn_app().await;
+    let issued = app.issue("prov", 1).await;
+    let req = request("prov", &issued.secret);
+    let first = app.redeem_req(req.clone()).await.unwrap();
+    // The link is used up now, yet the retry succeeds: it consumes nothing.
+    let second = app.redeem_req(req.clone()).await.unwrap();
+    assert_eq!(
+        first.session.as_ref().unwrap().session_id,
+        second.session.as_ref().unwrap().session_id
+    );
+    assert_ne!(first.session_secret, second.session_secret);
+    let checked = app
+        .tokens
+        .clone()
+        .check_token(CheckTokenRequest {
+            provider_id: "prov".into(),
+            secret: issued.secret.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(checked.token.unwrap().use_count, 1);
+
+    // The secret handed out first stops working; the fresh one works.
+    let old = app
+        .tokens
+        .clone()
+        .get_session(GetSessionRequest {
+            session_secret: first.session_secret.clone(),
+        })
+        .await;
+    assert_refused(old, Code::Unauthenticated, "SESSION_NOT_FOUND");
+    let current = app
+        .tokens
+        .clone()
+        .get_session(GetSessionRequest {
+            session_secret: second.session_secret.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(current.session, second.session);
+
+    // The same request_id for another link is refused.
+    let other = app.issue("prov", 0).await;
+    let before = app.db_dump();
+    let reused = app
+        .redeem_req(RedeemTokenRequest {
+            secret: other.secret.clone(),
+            ..req.clone()
+        })
+        .await;
+    assert_refused(reused, Code::InvalidArgument, "REQUEST_ID_REUSED");
+    assert_eq!(app.db_dump(), before);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn redeem_refusals_have_their_codes_and_change_nothing() {
+    let app = spawn_app().await;
+    let issued = app.issue("prov", 0).await;
+    let before = app.db_dump();
+    assert_refused(
+        app.redeem("other-provider", &issued.secret).await,
+        Code::PermissionDenied,
+        "PROVIDER_MISMATCH",
+    );
+    assert_refused(
+        app.redeem("prov", &format!("ctk_{}", "B".repeat(43))).await,
+        Code::NotFound,
+        "TOKEN_NOT_FOUND",
+    );
+    assert_invalid(app.redeem("prov", "ctk_short").await, "secret");
+    assert_invalid(
+        app.redeem_req(RedeemTokenRequest {
+            request_id: String::new(),
+            ..request("prov", &issued.secret)
+        })
+        .await,
+        "request_id",
+    );
+    assert_invalid(
+        app.redeem_req(RedeemTokenRequest {
+            request_id: "not-a-uuid".into(),
+            ..request("prov", &issued.secret)
+        })
+        .await,
+        "request_id",
+    );
+    assert_invalid(
+        app.redeem_req(RedeemTokenRequest {
+            customer_id: "bad/customer".into(),
+            ..request("prov", &issued.secret)
+        })
+        .await,
+        "customer_id",
+    );
+    assert_invalid(app.redeem("", &issued.secret).await, "provider_id");
+    assert_eq!(app.db_dump(), before);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_redemptions_of_a_five_use_link_succeed_exactly_five_times() {
+    let app = Arc::new(spawn_app().await);
+    let issued = app.issue("busy", 5).await;
+    let attempts = (0..100).map(|_| {
+        let app = Arc::clone(&app);
+        let secret = issued.secret.clone();
+        tokio::spawn(async move { app.redeem("busy", &secret).await })
+    });
+    let results: Vec<_> = join_all(attempts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let ok: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(ok.len(), 5);
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert_eq!(crate::helpers::reason(refused), "TOKEN_EXHAUSTED");
+    }
+    let mut sessions: Vec<_> = ok
+        .iter()
+        .map(|r| r.session.as_ref().unwrap().session_id.clone())
+        .collect();
+    sessions.sort();
+    sessions.dedup();
+    assert_eq!(sessions.len(), 5);
+    let checked = app
+        .tokens
+        .clone()
+        .check_token(CheckTokenRequest {
+            provider_id: "busy".into(),
+            secret: issued.secret.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(checked.token.unwrap().use_count, 5);
+    Arc::into_inner(app).unwrap().stop().await;
+}
+
+fn from(caller: &str, req: RedeemTokenRequest) -> tonic::Request<RedeemTokenRequest> {
+    let mut request = tonic::Request::new(req);
+    request
+        .metadata_mut()
+        .insert("x-forwarded-for", caller.parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn repeated_failed_redemptions_from_one_caller_are_slowed_down() {
+    let app = spawn_app().await;
+    let issued = app.issue("prov", 0).await;
+    let mut client = app.tokens.clone();
+    // The test limit is 10 failed guesses per window.
+    for _ in 0..10 {
+        let guess = request(
+            "prov",
+            &format!(
+                "ctk_{}",
+                Uuid::new_v4().simple().to_string().repeat(2)[..43].to_owned()
+            ),
+        );
+        let refused = client
+            .redeem_token(from("203.0.113.7, 10.0.0.1", guess))
+            .await;
+        assert_refused(refused, Code::NotFound, "TOKEN_NOT_FOUND");
+    }
+    // Now even a valid link is refused for that caller, before any lookup...
+    let before = app.db_dump();
+    let status = assert_refused(
+        client
+            .redeem_token(from("203.0.113.7", request("prov", &issued.secret)))
+            .await,
+        Code::ResourceExhausted,
+        "TOO_MANY_FAILED_REDEMPTIONS",
+    );
+    use tonic_types::StatusExt;
+    assert!(status.get_error_details().retry_info().is_some());
+    let mut check = tonic::Request::new(CheckTokenRequest {
+        provider_id: "prov".into(),
+        secret: issued.secret.clone(),
+    });
+    check
+        .metadata_mut()
+        .insert("x-forwarded-for", "203.0.113.7".parse().unwrap());
+    assert_refused(
+        client.check_token(check).await,
+        Code::ResourceExhausted,
+        "TOO_MANY_FAILED_REDEMPTIONS",
+    );
+    assert_eq!(app.db_dump(), before);
+    // ...while another caller is unaffected.
+    client
+        .redeem_token(from("198.51.100.1", request("prov", &issued.secret)))
+        .await
+        .unwrap();
+    app.stop().await;
+}
