@@ -1,0 +1,109 @@
+//! Typed configuration: every knob is a flag with an environment variable and a default
+//! that works on a developer machine.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+
+/// conversation-service: conversations, messages and read state in PostgreSQL, with
+/// real-time streams across replicas.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// PostgreSQL connection URL. The database must exist; migrations are applied at start.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/chat",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Maximum connections in the PostgreSQL pool (the LISTEN connection is extra).
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+
+    /// How long a request waits for a pooled connection before UNAVAILABLE.
+    #[arg(long, env = "DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub db_acquire_timeout: Duration,
+
+    /// Deadline of every unary RPC (a client's shorter grpc-timeout wins).
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Concurrent HTTP/2 streams (calls, open streams included) per client connection.
+    #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 2048)]
+    pub max_concurrent_streams: u32,
+
+    /// Largest request message accepted, in bytes.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Open streams (StreamConversation + StreamInbox) allowed per process; above it new
+    /// streams get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MAX_STREAMS", default_value_t = 10_000)]
+    pub max_streams: usize,
+
+    /// Events queued per stream before it is marked lagging and catches up from the table.
+    #[arg(long, env = "STREAM_QUEUE", default_value_t = 64)]
+    pub stream_queue: usize,
+
+    /// Interval of heartbeats on idle streams.
+    #[arg(long, env = "HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// Most messages written in one SendMessage transaction (concurrent sends share one
+    /// transaction and one NOTIFY).
+    #[arg(long, env = "SEND_BATCH_MAX", default_value_t = 256)]
+    pub send_batch_max: usize,
+
+    /// Transactions of concurrent sends in flight at once.
+    #[arg(long, env = "SEND_WRITERS", default_value_t = 2)]
+    pub send_writers: usize,
+
+    /// On SIGTERM/SIGINT: how long in-flight requests may finish before streams are cut.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format: `text` or `json`. Filter with RUST_LOG (default `info`).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// Parses `250ms`, `15s`, `2m` or a bare number of seconds.
+///
+/// # Errors
+/// When the text is not one of those forms.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |i| text.split_at(i));
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 250ms, 15s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(value)),
+        "s" => Ok(Duration::from_secs(value)),
+        "m" => Ok(Duration::from_secs(value * 60)),
+        _ => Err(format!("`{text}`: unit must be ms, s or m")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("2h").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

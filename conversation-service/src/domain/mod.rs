@@ -1,0 +1,440 @@
+//! Values that can only hold valid data. Every request field is parsed into one of these
+//! before anything touches the database, so validation is written and tested once.
+
+mod page;
+
+use chat_proto::v1;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+pub use page::{PageSize, PageToken};
+
+/// A conversation's id (a UUID).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConversationId(pub Uuid);
+
+impl ConversationId {
+    pub fn parse(field: &'static str, text: &str) -> Result<Self> {
+        parse_uuid(field, text).map(Self)
+    }
+}
+
+impl std::fmt::Display for ConversationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+fn parse_uuid(field: &'static str, text: &str) -> Result<Uuid> {
+    if text.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    Uuid::try_parse(text).map_err(|_| Error::invalid(field, "must be a UUID"))
+}
+
+/// An AIP-155 idempotency key; absent when the caller sent none.
+pub fn parse_request_id(field: &'static str, text: &str) -> Result<Option<Uuid>> {
+    if text.is_empty() {
+        Ok(None)
+    } else {
+        parse_uuid(field, text).map(Some)
+    }
+}
+
+const MAX_ID_LEN: usize = 128;
+
+/// A provider's or customer's identifier as the marketplace knows it: 1 to 128 of
+/// `A-Z a-z 0-9 - _ . : @` (it appears in link paths, so nothing that needs escaping).
+pub fn parse_external_id(field: &'static str, text: &str) -> Result<String> {
+    if text.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    if text.len() > MAX_ID_LEN {
+        return Err(Error::invalid(field, "must be at most 128 characters"));
+    }
+    if !text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b))
+    {
+        return Err(Error::invalid(
+            field,
+            "may contain only letters, digits and - _ . : @",
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// Which side of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Provider,
+    Customer,
+}
+
+impl Role {
+    pub fn as_i16(self) -> i16 {
+        match self {
+            Self::Provider => 1,
+            Self::Customer => 2,
+        }
+    }
+
+    pub fn from_i16(value: i16) -> Self {
+        if value == 1 {
+            Self::Provider
+        } else {
+            Self::Customer
+        }
+    }
+
+    pub fn to_proto(self) -> v1::Role {
+        match self {
+            Self::Provider => v1::Role::Provider,
+            Self::Customer => v1::Role::Customer,
+        }
+    }
+}
+
+/// Someone acting on a conversation. A customer's id is empty before a customer is linked
+/// (the anonymous visitor of a chat link, vouched for by the caller's session check).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Participant {
+    pub role: Role,
+    pub id: String,
+}
+
+impl Participant {
+    /// Parses an acting participant (sender, reader, viewer).
+    pub fn parse(field: &'static str, proto: Option<&v1::Participant>) -> Result<Self> {
+        let proto = proto.ok_or_else(|| Error::invalid(field, "is required"))?;
+        match v1::Role::try_from(proto.role) {
+            Ok(v1::Role::Provider) => Ok(Self {
+                role: Role::Provider,
+                id: parse_external_id(field, &proto.id)?,
+            }),
+            Ok(v1::Role::Customer) => {
+                let id = if proto.id.is_empty() {
+                    String::new()
+                } else {
+                    parse_external_id(field, &proto.id)?
+                };
+                Ok(Self {
+                    role: Role::Customer,
+                    id,
+                })
+            }
+            _ => Err(Error::invalid(field, "role must be PROVIDER or CUSTOMER")),
+        }
+    }
+
+    /// Parses whose inbox or list it is: a provider, or a linked customer (an id is
+    /// required either way).
+    pub fn parse_owner(field: &'static str, proto: Option<&v1::Participant>) -> Result<Self> {
+        let participant = Self::parse(field, proto)?;
+        if participant.id.is_empty() {
+            return Err(Error::invalid(field, "id is required"));
+        }
+        Ok(participant)
+    }
+
+    pub fn to_proto(&self) -> v1::Participant {
+        v1::Participant {
+            role: self.role.to_proto().into(),
+            id: self.id.clone(),
+        }
+    }
+
+    /// Whether this participant may act on a conversation of `provider_id` whose linked
+    /// customer is `customer_id`.
+    pub fn belongs_to(&self, provider_id: &str, customer_id: Option<&str>) -> bool {
+        match self.role {
+            Role::Provider => self.id == provider_id,
+            Role::Customer => self.id == customer_id.unwrap_or(""),
+        }
+    }
+}
+
+/// Active or closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Active,
+    Closed,
+}
+
+impl Status {
+    pub fn parse(field: &'static str, value: i32) -> Result<Self> {
+        match v1::ConversationStatus::try_from(value) {
+            Ok(v1::ConversationStatus::Active) => Ok(Self::Active),
+            Ok(v1::ConversationStatus::Closed) => Ok(Self::Closed),
+            _ => Err(Error::invalid(field, "must be ACTIVE or CLOSED")),
+        }
+    }
+
+    /// A list filter: UNSPECIFIED means every status.
+    pub fn parse_filter(field: &'static str, value: i32) -> Result<Option<Self>> {
+        if value == 0 {
+            Ok(None)
+        } else {
+            Self::parse(field, value).map(Some)
+        }
+    }
+
+    pub fn as_i16(self) -> i16 {
+        match self {
+            Self::Active => 1,
+            Self::Closed => 2,
+        }
+    }
+
+    pub fn from_i16(value: i16) -> Self {
+        if value == 2 {
+            Self::Closed
+        } else {
+            Self::Active
+        }
+    }
+
+    pub fn to_proto(self) -> v1::ConversationStatus {
+        match self {
+            Self::Active => v1::ConversationStatus::Active,
+            Self::Closed => v1::ConversationStatus::Closed,
+        }
+    }
+}
+
+const MAX_NAME_CHARS: usize = 200;
+
+/// A display name: at most 200 characters, no control characters. Empty clears it.
+pub fn parse_name(field: &'static str, text: &str) -> Result<String> {
+    let text = text.trim();
+    if text.chars().count() > MAX_NAME_CHARS {
+        return Err(Error::invalid(field, "must be at most 200 characters"));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(text.to_owned())
+}
+
+/// An email address in the shape `local@domain.tld` (at most 254 characters). Empty
+/// clears it. Deliverability is the caller's business.
+pub fn parse_email(field: &'static str, text: &str) -> Result<String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(String::new());
+    }
+    let bad = || Error::invalid(field, "must be an email address like name@example.com");
+    if text.len() > 254 || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    let (local, domain) = text.rsplit_once('@').ok_or_else(bad)?;
+    let domain_ok = domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains("..")
+        && !domain.contains('@');
+    if local.is_empty() || local.len() > 64 || local.contains('@') || !domain_ok {
+        return Err(bad());
+    }
+    Ok(text.to_owned())
+}
+
+/// A phone number, stored in E.164 shape: `+` and 7 to 15 digits, or 7 to 15 digits.
+/// Spaces, dashes, dots and parentheses are dropped. Empty clears it.
+pub fn parse_phone(field: &'static str, text: &str) -> Result<String> {
+    let cleaned: String = text
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
+        .collect();
+    if cleaned.is_empty() {
+        return Ok(cleaned);
+    }
+    let digits = cleaned.strip_prefix('+').unwrap_or(&cleaned);
+    if !(7..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::invalid(
+            field,
+            "must be a phone number of 7 to 15 digits, optionally starting with +",
+        ));
+    }
+    Ok(cleaned)
+}
+
+/// The customer details of CreateConversation (all optional).
+#[derive(Debug, Clone, Default)]
+pub struct CustomerDetails {
+    pub customer_id: Option<String>,
+    pub name: String,
+    pub email: String,
+    pub phone: String,
+}
+
+impl CustomerDetails {
+    pub fn parse(proto: Option<&v1::Customer>) -> Result<Self> {
+        let Some(proto) = proto else {
+            return Ok(Self::default());
+        };
+        Ok(Self {
+            customer_id: if proto.customer_id.is_empty() {
+                None
+            } else {
+                Some(parse_external_id(
+                    "customer.customer_id",
+                    &proto.customer_id,
+                )?)
+            },
+            name: parse_name("customer.name", &proto.name)?,
+            email: parse_email("customer.email", &proto.email)?,
+            phone: parse_phone("customer.phone", &proto.phone)?,
+        })
+    }
+}
+
+/// A partial update of the customer side: `None` keeps the stored value.
+#[derive(Debug, Clone, Default)]
+pub struct CustomerPatch {
+    pub customer_id: Option<String>,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+}
+
+impl CustomerPatch {
+    pub fn parse(request: &v1::UpdateCustomerRequest) -> Result<Self> {
+        Ok(Self {
+            customer_id: request
+                .customer_id
+                .as_deref()
+                .map(|id| parse_external_id("customer_id", id))
+                .transpose()?,
+            name: request
+                .name
+                .as_deref()
+                .map(|v| parse_name("name", v))
+                .transpose()?,
+            email: request
+                .email
+                .as_deref()
+                .map(|v| parse_email("email", v))
+                .transpose()?,
+            phone: request
+                .phone
+                .as_deref()
+                .map(|v| parse_phone("phone", v))
+                .transpose()?,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.customer_id.is_none()
+            && self.name.is_none()
+            && self.email.is_none()
+            && self.phone.is_none()
+    }
+}
+
+pub const MAX_BODY_CHARS: usize = 4000;
+
+/// A message body: 1 to 4000 characters, not only whitespace.
+pub fn parse_body(field: &'static str, text: &str) -> Result<String> {
+    if text.trim().is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if text.chars().count() > MAX_BODY_CHARS {
+        return Err(Error::invalid(field, "must be at most 4000 characters"));
+    }
+    Ok(text.to_owned())
+}
+
+/// A sender's idempotency key: at most 128 printable characters; empty means none.
+pub fn parse_client_message_id(field: &'static str, text: &str) -> Result<Option<String>> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if text.len() > MAX_ID_LEN || text.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            field,
+            "must be at most 128 printable characters",
+        ));
+    }
+    Ok(Some(text.to_owned()))
+}
+
+/// A message position: 0 or more.
+pub fn parse_seq(field: &'static str, value: i64) -> Result<i64> {
+    if value < 0 {
+        return Err(Error::invalid(field, "must not be negative"));
+    }
+    Ok(value)
+}
+
+/// Free-form origin of a conversation: at most 200 printable characters.
+pub fn parse_origin(field: &'static str, text: &str) -> Result<String> {
+    if text.chars().count() > 200 || text.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            field,
+            "must be at most 200 printable characters",
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn external_ids() {
+        assert!(parse_external_id("f", "prov-1.a:b@c_d").is_ok());
+        assert!(parse_external_id("f", "").is_err());
+        assert!(parse_external_id("f", "a b").is_err());
+        assert!(parse_external_id("f", "a/b").is_err());
+        assert!(parse_external_id("f", &"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn emails() {
+        assert_eq!(parse_email("e", " a@b.co ").ok().as_deref(), Some("a@b.co"));
+        assert_eq!(parse_email("e", "").ok().as_deref(), Some(""));
+        for bad in [
+            "a", "a@b", "@b.co", "a@.co", "a@b.co.", "a b@c.de", "a@@b.co",
+        ] {
+            assert!(parse_email("e", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn phones() {
+        assert_eq!(
+            parse_phone("p", "+49 (30) 123-4567").ok().as_deref(),
+            Some("+49301234567")
+        );
+        for bad in ["12345", "+12a4567890", "1234567890123456", "++1234567"] {
+            assert!(parse_phone("p", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bodies() {
+        assert!(parse_body("b", "hi").is_ok());
+        assert!(parse_body("b", "  \n").is_err());
+        assert!(parse_body("b", &"é".repeat(4000)).is_ok());
+        assert!(parse_body("b", &"é".repeat(4001)).is_err());
+    }
+
+    #[test]
+    fn anonymous_customer_belongs_only_to_unlinked() {
+        let anon = Participant {
+            role: Role::Customer,
+            id: String::new(),
+        };
+        assert!(anon.belongs_to("p", None));
+        assert!(!anon.belongs_to("p", Some("c1")));
+        let c1 = Participant {
+            role: Role::Customer,
+            id: "c1".into(),
+        };
+        assert!(c1.belongs_to("p", Some("c1")));
+        assert!(!c1.belongs_to("p", None));
+    }
+}

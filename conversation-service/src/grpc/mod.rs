@@ -1,0 +1,337 @@
+//! The generated `ConversationService` trait: parse the request into domain values, call
+//! the store (or start a stream task), build the reply.
+
+use std::sync::Arc;
+
+use chat_proto::v1::{self, conversation_service_server::ConversationService};
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    domain::{
+        ConversationId, CustomerDetails, CustomerPatch, PageSize, PageToken, Participant,
+        Status as ConversationStatus, parse_body, parse_client_message_id, parse_external_id,
+        parse_origin, parse_request_id, parse_seq,
+    },
+    error::Error,
+    realtime::{
+        Hub,
+        streams::{self, StreamContext},
+    },
+    store::{InboxCursor, ListDirection, NewConversation, NewMessage, SendQueue, Store},
+};
+
+const CONVERSATIONS_PAGE: (i64, i64) = (50, 200);
+const MESSAGES_PAGE: (i64, i64) = (50, 500);
+/// Items buffered between a stream task and the HTTP/2 stream.
+const STREAM_BUFFER: usize = 16;
+
+pub struct ConversationApi {
+    store: Store,
+    sender: SendQueue,
+    hub: Arc<Hub>,
+    streams: StreamContext,
+}
+
+impl ConversationApi {
+    pub fn new(store: Store, sender: SendQueue, hub: Arc<Hub>, streams: StreamContext) -> Self {
+        Self {
+            store,
+            sender,
+            hub,
+            streams,
+        }
+    }
+}
+
+type GrpcResult<T> = std::result::Result<Response<T>, Status>;
+
+fn ok<T>(value: T) -> GrpcResult<T> {
+    Ok(Response::new(value))
+}
+
+#[tonic::async_trait]
+impl ConversationService for ConversationApi {
+    #[tracing::instrument(skip_all, fields(provider_id = %request.get_ref().provider_id, request_id = %request.get_ref().request_id))]
+    async fn create_conversation(
+        &self,
+        request: Request<v1::CreateConversationRequest>,
+    ) -> GrpcResult<v1::CreateConversationResponse> {
+        let request = request.into_inner();
+        let new = NewConversation {
+            request_id: parse_request_id("request_id", &request.request_id)?,
+            provider_id: parse_external_id("provider_id", &request.provider_id)?,
+            customer: CustomerDetails::parse(request.customer.as_ref())?,
+            reuse_active: request.reuse_active,
+            origin: parse_origin("origin", &request.origin)?,
+        };
+        let (row, created) = self.store.create_conversation(new).await?;
+        tracing::info!(conversation_id = %row.id, created, "conversation");
+        ok(v1::CreateConversationResponse {
+            conversation: Some(row.to_proto(None)),
+            created,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id))]
+    async fn get_conversation(
+        &self,
+        request: Request<v1::GetConversationRequest>,
+    ) -> GrpcResult<v1::GetConversationResponse> {
+        let request = request.into_inner();
+        let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        let viewer = request
+            .viewer
+            .as_ref()
+            .map(|v| Participant::parse("viewer", Some(v)))
+            .transpose()?;
+        let row = self.store.get_conversation(id).await?;
+        if viewer.as_ref().is_some_and(|v| !row.admits(v)) {
+            return Err(Error::not_participant().into());
+        }
+        ok(v1::GetConversationResponse {
+            conversation: Some(row.to_proto(viewer.map(|v| v.role))),
+        })
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_conversations(
+        &self,
+        request: Request<v1::ListConversationsRequest>,
+    ) -> GrpcResult<v1::ListConversationsResponse> {
+        let request = request.into_inner();
+        let owner = Participant::parse_owner("participant", request.participant.as_ref())?;
+        let status = ConversationStatus::parse_filter("status", request.status)?;
+        let (default, max) = CONVERSATIONS_PAGE;
+        let size = PageSize::parse("page_size", request.page_size, default, max)?.0;
+        let query = format!("{:?}/{}/{:?}", owner.role, owner.id, status);
+        let after: Option<(DateTime<Utc>, Uuid)> =
+            PageToken::decode("page_token", &query, &request.page_token)?;
+        // One extra row tells whether another page exists.
+        let mut rows = self
+            .store
+            .list_conversations(&owner, status, after, size + 1)
+            .await?;
+        let next_page_token = if rows.len() > usize::try_from(size).unwrap_or(usize::MAX) {
+            rows.pop();
+            rows.last()
+                .map(|last| PageToken::encode(&query, (last.last_activity_at, last.id)))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        ok(v1::ListConversationsResponse {
+            conversations: rows.iter().map(|r| r.to_proto(Some(owner.role))).collect(),
+            next_page_token,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id))]
+    async fn update_customer(
+        &self,
+        request: Request<v1::UpdateCustomerRequest>,
+    ) -> GrpcResult<v1::UpdateCustomerResponse> {
+        let request = request.into_inner();
+        let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        let patch = CustomerPatch::parse(&request)?;
+        let row = if patch.is_empty() {
+            self.store.get_conversation(id).await?
+        } else {
+            self.store.update_customer(id, &patch).await?
+        };
+        ok(v1::UpdateCustomerResponse {
+            conversation: Some(row.to_proto(None)),
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id))]
+    async fn set_conversation_status(
+        &self,
+        request: Request<v1::SetConversationStatusRequest>,
+    ) -> GrpcResult<v1::SetConversationStatusResponse> {
+        let request = request.into_inner();
+        let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        let status = ConversationStatus::parse("status", request.status)?;
+        let actor = request
+            .actor
+            .as_ref()
+            .map(|a| Participant::parse("actor", Some(a)))
+            .transpose()?;
+        let row = self.store.set_status(id, status, actor.as_ref()).await?;
+        ok(v1::SetConversationStatusResponse {
+            conversation: Some(row.to_proto(actor.map(|a| a.role))),
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id))]
+    async fn send_message(
+        &self,
+        request: Request<v1::SendMessageRequest>,
+    ) -> GrpcResult<v1::SendMessageResponse> {
+        let request = request.into_inner();
+        let message = NewMessage {
+            conversation_id: ConversationId::parse("conversation_id", &request.conversation_id)?,
+            sender: Participant::parse("sender", request.sender.as_ref())?,
+            body: parse_body("body", &request.body)?,
+            client_message_id: parse_client_message_id(
+                "client_message_id",
+                &request.client_message_id,
+            )?,
+        };
+        let (row, created) = self.sender.send(message).await?;
+        tracing::debug!(seq = row.seq, created, "message");
+        ok(v1::SendMessageResponse {
+            message: Some(row.to_proto()),
+            created,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id))]
+    async fn list_messages(
+        &self,
+        request: Request<v1::ListMessagesRequest>,
+    ) -> GrpcResult<v1::ListMessagesResponse> {
+        let request = request.into_inner();
+        let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        let viewer = Participant::parse("viewer", request.viewer.as_ref())?;
+        let direction = match v1::Direction::try_from(request.direction) {
+            Ok(v1::Direction::Unspecified | v1::Direction::Forward) => ListDirection::Forward,
+            Ok(v1::Direction::Backward) => ListDirection::Backward,
+            Err(_) => return Err(Error::invalid("direction", "must be FORWARD or BACKWARD").into()),
+        };
+        let cursor = parse_seq("cursor_seq", request.cursor_seq)?;
+        let (default, max) = MESSAGES_PAGE;
+        let size = PageSize::parse("page_size", request.page_size, default, max)?.0;
+        let query = format!("{id}/{direction:?}/{cursor}");
+        let cursor =
+            PageToken::<i64>::decode("page_token", &query, &request.page_token)?.unwrap_or(cursor);
+        let conversation = self.store.get_conversation(id).await?;
+        if !conversation.admits(&viewer) {
+            return Err(Error::not_participant().into());
+        }
+        let mut rows = self
+            .store
+            .list_messages(id, direction, cursor, size + 1)
+            .await?;
+        let next_page_token = if rows.len() > usize::try_from(size).unwrap_or(usize::MAX) {
+            rows.pop();
+            rows.last()
+                .map(|last| PageToken::encode(&query, last.seq))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        ok(v1::ListMessagesResponse {
+            messages: rows
+                .iter()
+                .map(crate::store::MessageRow::to_proto)
+                .collect(),
+            next_page_token,
+            head_seq: conversation.head_seq,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id, seq = request.get_ref().seq))]
+    async fn mark_read(
+        &self,
+        request: Request<v1::MarkReadRequest>,
+    ) -> GrpcResult<v1::MarkReadResponse> {
+        let request = request.into_inner();
+        let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        let reader = Participant::parse("reader", request.reader.as_ref())?;
+        let seq = parse_seq("seq", request.seq)?;
+        let (read_seq, unread_count) = self.store.mark_read(id, &reader, seq).await?;
+        ok(v1::MarkReadResponse {
+            read_seq,
+            unread_count,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id))]
+    async fn send_typing(
+        &self,
+        request: Request<v1::SendTypingRequest>,
+    ) -> GrpcResult<v1::SendTypingResponse> {
+        let request = request.into_inner();
+        let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        let sender = Participant::parse("sender", request.sender.as_ref())?;
+        let conversation = self.store.get_conversation(id).await?;
+        if !conversation.admits(&sender) {
+            return Err(Error::not_participant().into());
+        }
+        self.store.typing(id, &sender).await?;
+        ok(v1::SendTypingResponse {})
+    }
+
+    type StreamConversationStream =
+        ReceiverStream<std::result::Result<v1::StreamConversationResponse, Status>>;
+
+    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id, after_seq = request.get_ref().after_seq))]
+    async fn stream_conversation(
+        &self,
+        request: Request<v1::StreamConversationRequest>,
+    ) -> GrpcResult<Self::StreamConversationStream> {
+        let request = request.into_inner();
+        let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        let viewer = Participant::parse("viewer", request.viewer.as_ref())?;
+        let after_seq = parse_seq("after_seq", request.after_seq)?;
+        // Subscribe before reading, so nothing committed in between is missed.
+        let subscription = self.hub.subscribe_conversation(id.0)?;
+        let conversation = self.store.get_conversation(id).await?;
+        if !conversation.admits(&viewer) {
+            return Err(Error::not_participant().into());
+        }
+        if after_seq > conversation.head_seq {
+            return Err(Error::OutOfRange {
+                field: "after_seq",
+                message: format!("is beyond the newest message ({})", conversation.head_seq),
+            }
+            .into());
+        }
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(streams::conversation_stream(
+            self.streams.clone(),
+            subscription,
+            conversation,
+            viewer,
+            after_seq,
+            tx,
+        ));
+        ok(ReceiverStream::new(rx))
+    }
+
+    type StreamInboxStream = ReceiverStream<std::result::Result<v1::StreamInboxResponse, Status>>;
+
+    #[tracing::instrument(skip_all)]
+    async fn stream_inbox(
+        &self,
+        request: Request<v1::StreamInboxRequest>,
+    ) -> GrpcResult<Self::StreamInboxStream> {
+        let request = request.into_inner();
+        let owner = Participant::parse_owner("participant", request.participant.as_ref())?;
+        let resumed = !request.cursor.is_empty();
+        let cursor = if resumed {
+            Some(InboxCursor::decode("cursor", &request.cursor)?)
+        } else {
+            None
+        };
+        let subscription = self.hub.subscribe_inbox(&owner)?;
+        let cursor = match cursor {
+            Some(cursor) => cursor,
+            None => InboxCursor::at(self.store.current_snapshot().await?),
+        };
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(streams::inbox_stream(
+            self.streams.clone(),
+            subscription,
+            owner,
+            cursor,
+            resumed,
+            tx,
+        ));
+        ok(ReceiverStream::new(rx))
+    }
+}

@@ -1,0 +1,11 @@
+//! Real-time delivery: one LISTEN connection per process, a hub that routes wake-ups to
+//! the streams that want them, and the per-stream tasks that read the tables.
+
+mod hub;
+mod listener;
+mod notice;
+pub mod streams;
+
+pub use hub::{Hub, Wake};
+pub use listener::run_listener;
+pub use notice::{Notice, Touched};

@@ -1,0 +1,342 @@
+//! The task behind each open stream: replay from the table, then follow wake-ups, and
+//! fall back to the table whenever a wake-up was lost (lagging, listener reconnect).
+
+use std::time::Duration;
+
+use chat_proto::v1::{
+    self, stream_conversation_response::Event as ConversationEvent,
+    stream_inbox_response::Event as InboxEvent,
+};
+use tokio::{sync::mpsc, time::Instant};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use super::{Wake, hub::Subscription};
+use crate::{
+    domain::Participant,
+    error::Error,
+    store::{ConversationRow, InboxCursor, InboxItem, Store, timestamp},
+};
+
+/// Messages read per query while catching up.
+const CATCH_UP_PAGE: i64 = 256;
+/// Inbox items read per query.
+const INBOX_PAGE: i64 = 256;
+
+#[derive(Clone)]
+pub struct StreamContext {
+    pub store: Store,
+    pub heartbeat: Duration,
+    pub shutdown: CancellationToken,
+}
+
+/// Why a stream task stopped early: the client left, or it was told why.
+struct Stop;
+
+/// Sends one item, unless the client left or the server is shutting down.
+async fn emit<T>(
+    out: &mpsc::Sender<Result<T, Status>>,
+    item: Result<T, Status>,
+    shutdown: &CancellationToken,
+) -> Result<(), Stop> {
+    tokio::select! {
+        sent = out.send(item) => sent.map_err(|_| Stop),
+        () = shutdown.cancelled() => Err(Stop),
+    }
+}
+
+fn heartbeat() -> v1::Heartbeat {
+    v1::Heartbeat {
+        time: Some(timestamp(chrono::Utc::now())),
+    }
+}
+
+/// StreamConversation's task. `conversation` was read after `subscription` was taken, so
+/// nothing committed in between is missed.
+pub async fn conversation_stream(
+    ctx: StreamContext,
+    mut subscription: Subscription,
+    conversation: ConversationRow,
+    viewer: Participant,
+    after_seq: i64,
+    out: mpsc::Sender<Result<v1::StreamConversationResponse, Status>>,
+) {
+    let mut stream = ConversationStream {
+        ctx: &ctx,
+        out: &out,
+        id: conversation.id,
+        viewer,
+        last: after_seq,
+    };
+    let _ = stream.run(&mut subscription, conversation).await;
+}
+
+struct ConversationStream<'a> {
+    ctx: &'a StreamContext,
+    out: &'a mpsc::Sender<Result<v1::StreamConversationResponse, Status>>,
+    id: uuid::Uuid,
+    viewer: Participant,
+    /// Highest seq delivered.
+    last: i64,
+}
+
+impl ConversationStream<'_> {
+    async fn send(&self, event: ConversationEvent, replayed: bool) -> Result<(), Stop> {
+        let response = v1::StreamConversationResponse {
+            event: Some(event),
+            replayed,
+        };
+        emit(self.out, Ok(response), &self.ctx.shutdown).await
+    }
+
+    async fn fail(&self, error: Error) -> Stop {
+        let _ = emit(self.out, Err(error.into()), &self.ctx.shutdown).await;
+        Stop
+    }
+
+    async fn run(
+        &mut self,
+        subscription: &mut Subscription,
+        conversation: ConversationRow,
+    ) -> Result<(), Stop> {
+        let role = self.viewer.role;
+        let snapshot = v1::ConversationSnapshot {
+            conversation: Some(conversation.to_proto(Some(role))),
+        };
+        self.send(ConversationEvent::Snapshot(snapshot), true)
+            .await?;
+        self.deliver_up_to(i64::MAX, true).await?;
+        let period = self.ctx.heartbeat;
+        let mut next_heartbeat = Instant::now() + period;
+        loop {
+            if subscription.take_lagged() {
+                self.resync().await?;
+            }
+            let wake = tokio::select! {
+                () = self.ctx.shutdown.cancelled() => {
+                    let status = Status::unavailable("server shutting down; resume from your last seq");
+                    let _ = self.out.try_send(Err(status));
+                    return Err(Stop);
+                }
+                () = self.out.closed() => return Err(Stop),
+                () = tokio::time::sleep_until(next_heartbeat) => {
+                    self.send(ConversationEvent::Heartbeat(heartbeat()), false).await?;
+                    next_heartbeat = Instant::now() + period;
+                    continue;
+                }
+                wake = subscription.wakes.recv() => wake.ok_or(Stop)?,
+            };
+            match wake {
+                Wake::Messages { head } => self.deliver_up_to(head, false).await?,
+                Wake::Read { reader, seq } => {
+                    let receipt = v1::ReadReceipt {
+                        conversation_id: self.id.to_string(),
+                        reader: Some(reader.to_proto()),
+                        read_seq: seq,
+                    };
+                    self.send(ConversationEvent::ReadReceipt(receipt), false)
+                        .await?;
+                }
+                Wake::Typing { sender } => {
+                    if sender != self.viewer {
+                        let typing = v1::Typing {
+                            conversation_id: self.id.to_string(),
+                            sender: Some(sender.to_proto()),
+                        };
+                        self.send(ConversationEvent::Typing(typing), false).await?;
+                    }
+                }
+                Wake::Status(status) => {
+                    let changed = v1::StatusChanged {
+                        conversation_id: self.id.to_string(),
+                        status: status.to_proto().into(),
+                    };
+                    self.send(ConversationEvent::StatusChanged(changed), false)
+                        .await?;
+                }
+                Wake::Customer => {
+                    let conversation = match self
+                        .ctx
+                        .store
+                        .get_conversation(crate::domain::ConversationId(self.id))
+                        .await
+                    {
+                        Ok(conversation) => conversation,
+                        Err(error) => return Err(self.fail(error).await),
+                    };
+                    let updated = v1::CustomerUpdated {
+                        conversation: Some(conversation.to_proto(Some(role))),
+                    };
+                    self.send(ConversationEvent::CustomerUpdated(updated), false)
+                        .await?;
+                }
+                Wake::Resync => self.resync().await?,
+                Wake::Created => {}
+            }
+            next_heartbeat = Instant::now() + period;
+        }
+    }
+
+    /// After lost wake-ups: a fresh snapshot (status, customer, read positions), then
+    /// every message after the last one delivered.
+    async fn resync(&mut self) -> Result<(), Stop> {
+        let conversation = match self
+            .ctx
+            .store
+            .get_conversation(crate::domain::ConversationId(self.id))
+            .await
+        {
+            Ok(conversation) => conversation,
+            Err(error) => return Err(self.fail(error).await),
+        };
+        let snapshot = v1::ConversationSnapshot {
+            conversation: Some(conversation.to_proto(Some(self.viewer.role))),
+        };
+        self.send(ConversationEvent::Snapshot(snapshot), true)
+            .await?;
+        self.deliver_up_to(i64::MAX, true).await
+    }
+
+    /// Delivers stored messages with `last < seq <= head`, a page at a time.
+    async fn deliver_up_to(&mut self, head: i64, replayed: bool) -> Result<(), Stop> {
+        while self.last < head {
+            let page = match self
+                .ctx
+                .store
+                .messages_between(self.id, self.last, head, CATCH_UP_PAGE)
+                .await
+            {
+                Ok(page) => page,
+                Err(error) => return Err(self.fail(error).await),
+            };
+            let full = i64::try_from(page.len()).unwrap_or(i64::MAX) >= CATCH_UP_PAGE;
+            for message in page {
+                self.last = message.seq;
+                self.send(ConversationEvent::Message(message.to_proto()), replayed)
+                    .await?;
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// StreamInbox's task, from `cursor` (taken after `subscription`).
+pub async fn inbox_stream(
+    ctx: StreamContext,
+    mut subscription: Subscription,
+    owner: Participant,
+    cursor: InboxCursor,
+    resumed: bool,
+    out: mpsc::Sender<Result<v1::StreamInboxResponse, Status>>,
+) {
+    let mut stream = InboxStream {
+        ctx: &ctx,
+        out: &out,
+        owner,
+        cursor,
+    };
+    let _ = stream.run(&mut subscription, resumed).await;
+}
+
+struct InboxStream<'a> {
+    ctx: &'a StreamContext,
+    out: &'a mpsc::Sender<Result<v1::StreamInboxResponse, Status>>,
+    owner: Participant,
+    cursor: InboxCursor,
+}
+
+impl InboxStream<'_> {
+    async fn run(&mut self, subscription: &mut Subscription, resumed: bool) -> Result<(), Stop> {
+        if resumed {
+            self.deliver(true).await?;
+        }
+        let period = self.ctx.heartbeat;
+        let mut next_heartbeat = Instant::now() + period;
+        loop {
+            if subscription.take_lagged() {
+                self.deliver(true).await?;
+            }
+            let wake = tokio::select! {
+                () = self.ctx.shutdown.cancelled() => {
+                    let status = Status::unavailable("server shutting down; resume from your last cursor");
+                    let _ = self.out.try_send(Err(status));
+                    return Err(Stop);
+                }
+                () = self.out.closed() => return Err(Stop),
+                () = tokio::time::sleep_until(next_heartbeat) => {
+                    let response = v1::StreamInboxResponse {
+                        event: Some(InboxEvent::Heartbeat(heartbeat())),
+                        cursor: self.cursor.encode(),
+                        replayed: false,
+                    };
+                    emit(self.out, Ok(response), &self.ctx.shutdown).await?;
+                    next_heartbeat = Instant::now() + period;
+                    continue;
+                }
+                wake = subscription.wakes.recv() => wake.ok_or(Stop)?,
+            };
+            // One read of the table answers every wake-up queued so far.
+            let mut replayed = wake == Wake::Resync;
+            while let Ok(more) = subscription.wakes.try_recv() {
+                replayed |= more == Wake::Resync;
+            }
+            self.deliver(replayed).await?;
+            next_heartbeat = Instant::now() + period;
+        }
+    }
+
+    /// Delivers every window item after the cursor, advancing it item by item.
+    async fn deliver(&mut self, replayed: bool) -> Result<(), Stop> {
+        loop {
+            let window = match self
+                .ctx
+                .store
+                .inbox_window(&self.owner, &self.cursor, INBOX_PAGE)
+                .await
+            {
+                Ok(window) => window,
+                Err(error) => {
+                    let _ = emit(self.out, Err(error.into()), &self.ctx.shutdown).await;
+                    return Err(Stop);
+                }
+            };
+            let viewer = Some(self.owner.role);
+            for (item, cursor) in window.items {
+                let event = match item {
+                    InboxItem::Created(c) => {
+                        InboxEvent::ConversationCreated(v1::ConversationCreated {
+                            conversation: Some(c.to_proto(viewer)),
+                        })
+                    }
+                    InboxItem::CustomerUpdated(c) => {
+                        InboxEvent::CustomerUpdated(v1::CustomerUpdated {
+                            conversation: Some(c.to_proto(viewer)),
+                        })
+                    }
+                    InboxItem::StatusChanged {
+                        conversation_id,
+                        status,
+                    } => InboxEvent::StatusChanged(v1::StatusChanged {
+                        conversation_id: conversation_id.to_string(),
+                        status: status.to_proto().into(),
+                    }),
+                    InboxItem::Message(m) => InboxEvent::Message(m.to_proto()),
+                };
+                let response = v1::StreamInboxResponse {
+                    event: Some(event),
+                    cursor: cursor.encode(),
+                    replayed,
+                };
+                emit(self.out, Ok(response), &self.ctx.shutdown).await?;
+                self.cursor = cursor;
+            }
+            self.cursor = window.next;
+            if !window.more {
+                return Ok(());
+            }
+        }
+    }
+}

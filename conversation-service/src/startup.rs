@@ -1,0 +1,274 @@
+//! The Application: binds first (port 0 in tests), wires store, realtime and gRPC
+//! services, serves until SIGTERM/SIGINT or a programmatic shutdown, then stops streams
+//! within a hard deadline.
+
+use std::{
+    net::SocketAddr,
+    str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use chat_proto::v1::conversation_service_server::ConversationServiceServer;
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Status, service::interceptor::InterceptedService, transport::Server};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    config::Config,
+    grpc::ConversationApi,
+    realtime::{Hub, run_listener, streams::StreamContext},
+    store::{SendQueue, Store},
+};
+
+pub const SERVICE_NAME: &str = "chat.v1.ConversationService";
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/conversation");
+
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: Config,
+    pool: PgPool,
+    hub: Arc<Hub>,
+    migrated: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Binds the listen address and prepares the pool. Migrations are tried once here;
+    /// when PostgreSQL is not reachable yet the service still starts, reports
+    /// NOT_SERVING, and keeps retrying in the background.
+    ///
+    /// # Errors
+    /// When the address cannot be bound or the database URL cannot be parsed.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        let options = PgConnectOptions::from_str(&config.database_url)
+            .context("DATABASE_URL is not a PostgreSQL URL")?
+            .application_name("conversation-service");
+        let pool = PgPoolOptions::new()
+            .max_connections(config.db_pool_size.max(1))
+            .acquire_timeout(config.db_acquire_timeout)
+            .connect_lazy_with(options);
+        let migrated = Arc::new(AtomicBool::new(false));
+        match migrate(&pool).await {
+            Ok(()) => migrated.store(true, Ordering::Release),
+            Err(error) => tracing::warn!(%error, "database not ready; will keep retrying"),
+        }
+        let hub = Hub::new(config.max_streams, config.stream_queue);
+        tracing::info!(%local_addr, "bound");
+        Ok(Self {
+            listener,
+            local_addr,
+            config,
+            pool,
+            hub,
+            migrated,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Cancelling it stops the service as SIGTERM would.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// The fan-out hub (its `open_streams()` is the number of open streams).
+    pub fn hub(&self) -> Arc<Hub> {
+        Arc::clone(&self.hub)
+    }
+
+    /// Serves until SIGTERM/SIGINT or the shutdown token. Streams are told to resume
+    /// elsewhere at once; unary calls get `shutdown_grace` to finish.
+    ///
+    /// # Errors
+    /// When the server fails.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            local_addr,
+            config,
+            pool,
+            hub,
+            migrated,
+            shutdown,
+        } = self;
+        let store = Store::new(pool.clone());
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+            .await;
+        reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+
+        let background = CancellationToken::new();
+        tokio::spawn(run_listener(
+            pool.clone(),
+            Arc::clone(&hub),
+            background.clone(),
+        ));
+        tokio::spawn(watch_health(
+            pool.clone(),
+            Arc::clone(&hub),
+            Arc::clone(&migrated),
+            reporter,
+            background.clone(),
+        ));
+        tokio::spawn(watch_signals(shutdown.clone()));
+
+        let sender = SendQueue::start(store.clone(), config.send_writers, config.send_batch_max);
+        let streams = StreamContext {
+            store: store.clone(),
+            heartbeat: config.heartbeat_interval,
+            shutdown: shutdown.clone(),
+        };
+        let api = ConversationServiceServer::new(ConversationApi::new(store, sender, hub, streams))
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes.max(1024 * 1024));
+        let ready = Arc::clone(&migrated);
+        let api = InterceptedService::new(api, move |request: Request<()>| {
+            if ready.load(Ordering::Acquire) {
+                Ok(request)
+            } else {
+                Err(Status::unavailable(
+                    "starting: the database is not ready yet",
+                ))
+            }
+        });
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let serve = Server::builder()
+            .timeout(config.request_timeout)
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(api)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                shutdown.clone().cancelled_owned(),
+            );
+        tracing::info!(%local_addr, "serving");
+        tokio::pin!(serve);
+        let served = tokio::select! {
+            served = &mut serve => served,
+            () = shutdown.cancelled() => {
+                tracing::info!(grace = ?config.shutdown_grace, "shutting down");
+                match tokio::time::timeout(config.shutdown_grace, &mut serve).await {
+                    Ok(served) => served,
+                    Err(_) => {
+                        tracing::warn!("grace period over; closing remaining connections");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        background.cancel();
+        pool.close().await;
+        tracing::info!("stopped");
+        served.context("gRPC server failed")
+    }
+}
+
+async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    // sqlx holds an advisory lock while migrating, so replicas starting together are safe.
+    MIGRATOR.run(pool).await.context("applying migrations")
+}
+
+/// Keeps health in step with PostgreSQL (and the LISTEN connection), and finishes
+/// migrations that could not run at start.
+async fn watch_health(
+    pool: PgPool,
+    hub: Arc<Hub>,
+    migrated: Arc<AtomicBool>,
+    reporter: HealthReporter,
+    stop: CancellationToken,
+) {
+    let mut last: Option<bool> = None;
+    loop {
+        if !migrated.load(Ordering::Acquire) {
+            match migrate(&pool).await {
+                Ok(()) => {
+                    migrated.store(true, Ordering::Release);
+                    tracing::info!("database ready");
+                }
+                Err(error) => tracing::warn!(%error, "database still not ready"),
+            }
+        }
+        let reachable = tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query("SELECT 1").execute(&pool),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        let serving = reachable && migrated.load(Ordering::Acquire) && hub.is_listening();
+        if last != Some(serving) {
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status(SERVICE_NAME, status).await;
+            reporter.set_service_status("", status).await;
+            if serving {
+                tracing::info!("serving: database reachable");
+            } else {
+                tracing::warn!(reachable, "not serving: database unreachable or not ready");
+            }
+            last = Some(serving);
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(HEALTH_INTERVAL) => {}
+        }
+    }
+}
+
+async fn watch_signals(shutdown: CancellationToken) {
+    let terminate = async {
+        #[cfg(unix)]
+        if let Ok(mut signal) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            signal.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+        () = terminate => tracing::info!("SIGTERM"),
+        () = shutdown.cancelled() => return,
+    }
+    shutdown.cancel();
+}

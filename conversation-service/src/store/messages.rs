@@ -1,0 +1,162 @@
+//! Reading messages, read positions and typing. Writing messages is the batcher's job.
+
+use sqlx::AssertSqlSafe;
+use uuid::Uuid;
+
+use super::{MESSAGE_COLUMNS, MessageRow, Store, conversations::notify};
+use crate::{
+    domain::{ConversationId, Participant, Role},
+    error::{Error, Result},
+    realtime::Notice,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListDirection {
+    /// Oldest first: `seq > cursor`.
+    Forward,
+    /// Newest first: `seq < cursor` (`None`: from the head).
+    Backward,
+}
+
+impl Store {
+    /// Up to `limit` messages of a conversation, from `cursor` in `direction`.
+    pub async fn list_messages(
+        &self,
+        id: ConversationId,
+        direction: ListDirection,
+        cursor: i64,
+        limit: i64,
+    ) -> Result<Vec<MessageRow>> {
+        let sql = match direction {
+            ListDirection::Forward => format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND seq > $2 \
+                 ORDER BY seq LIMIT $3"
+            ),
+            ListDirection::Backward => format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 \
+                 AND ($2 = 0 OR seq < $2) ORDER BY seq DESC LIMIT $3"
+            ),
+        };
+        sqlx::query_as(AssertSqlSafe(sql))
+            .bind(id.0)
+            .bind(cursor)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| Error::db("list messages", e))
+    }
+
+    /// Messages with `after < seq <= up_to`, oldest first, at most `limit`.
+    pub async fn messages_between(
+        &self,
+        id: Uuid,
+        after: i64,
+        up_to: i64,
+        limit: i64,
+    ) -> Result<Vec<MessageRow>> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND seq > $2 \
+             AND seq <= $3 ORDER BY seq LIMIT $4"
+        );
+        sqlx::query_as(AssertSqlSafe(sql))
+            .bind(id)
+            .bind(after)
+            .bind(up_to)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| Error::db("read messages", e))
+    }
+
+    /// Messages by `(conversation_id, seq)`, in no particular order.
+    pub async fn messages_by_key(&self, keys: &[(Uuid, i64)]) -> Result<Vec<MessageRow>> {
+        let (ids, seqs): (Vec<Uuid>, Vec<i64>) = keys.iter().copied().unzip();
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE (conversation_id, seq) IN (SELECT * FROM unnest($1::uuid[], $2::bigint[]))"
+        );
+        sqlx::query_as(AssertSqlSafe(sql))
+            .bind(ids)
+            .bind(seqs)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| Error::db("read messages by key", e))
+    }
+
+    /// Advances `reader`'s read position to `seq` (never back). Returns the position and
+    /// the unread count afterwards.
+    pub async fn mark_read(
+        &self,
+        id: ConversationId,
+        reader: &Participant,
+        seq: i64,
+    ) -> Result<(i64, i64)> {
+        let ctx = "mark read";
+        let mut tx = self.pool.begin().await.map_err(|e| Error::db(ctx, e))?;
+        let (provider_id, customer_id, head_seq, read_seq): (String, Option<String>, i64, i64) =
+            sqlx::query_as(
+                "SELECT provider_id, customer_id, head_seq, \
+                 CASE WHEN $2 = 1 THEN provider_read_seq ELSE customer_read_seq END \
+                 FROM conversations WHERE id = $1 FOR UPDATE",
+            )
+            .bind(id.0)
+            .bind(reader.role.as_i16())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| Error::db(ctx, e))?
+            .ok_or(Error::NotFound("conversation"))?;
+        if !reader.belongs_to(&provider_id, customer_id.as_deref()) {
+            return Err(Error::not_participant());
+        }
+        if seq > head_seq {
+            return Err(Error::invalid(
+                "seq",
+                format!("is beyond the newest message ({head_seq})"),
+            ));
+        }
+        if seq <= read_seq {
+            tx.rollback().await.map_err(|e| Error::db(ctx, e))?;
+            return Ok((read_seq, head_seq - read_seq));
+        }
+        let column = match reader.role {
+            Role::Provider => "provider_read_seq",
+            Role::Customer => "customer_read_seq",
+        };
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE conversations SET {column} = $2 WHERE id = $1"
+        )))
+        .bind(id.0)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| Error::db(ctx, e))?;
+        notify(
+            &mut tx,
+            &Notice::Read {
+                c: id.0,
+                role: reader.role.as_i16(),
+                id: reader.id.clone(),
+                seq,
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(|e| Error::db(ctx, e))?;
+        Ok((seq, head_seq - seq))
+    }
+
+    /// Tells every replica that `sender` is typing. Nothing is stored.
+    pub async fn typing(&self, id: ConversationId, sender: &Participant) -> Result<()> {
+        let notice = Notice::Typing {
+            c: id.0,
+            role: sender.role.as_i16(),
+            id: sender.id.clone(),
+        };
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(super::CHANNEL)
+            .bind(notice.encode())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| Error::db("typing", e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,9 @@
+//! API tests: real PostgreSQL, real gRPC on loopback. One binary, one module per
+//! capability.
+
+mod conversations;
+mod helpers;
+mod interop;
+mod messages;
+mod pagination;
+mod streams;

@@ -1,0 +1,128 @@
+//! AIP-158 pagination of ListConversations.
+
+use std::collections::HashSet;
+
+use chat_proto::v1;
+use tonic::Code;
+
+use crate::helpers::{bad_field, create, new_provider, provider, spawn_app};
+
+#[tokio::test]
+async fn walks_every_conversation_once_while_new_ones_arrive() {
+    let mut app = spawn_app().await;
+    let owner = new_provider();
+    let mut existing = HashSet::new();
+    for _ in 0..23 {
+        existing.insert(create(&mut app.client, &owner).await.conversation_id);
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut previous_activity = None;
+    loop {
+        let page = app
+            .client
+            .list_conversations(v1::ListConversationsRequest {
+                participant: provider(&owner),
+                page_size: 5,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.conversations.len() <= 5);
+        for c in &page.conversations {
+            let activity = c.last_activity_time.clone().map(|t| (t.seconds, t.nanos));
+            if let Some(previous) = previous_activity {
+                assert!(activity <= Some(previous), "newest activity first");
+            }
+            previous_activity = activity;
+            seen.push(c.conversation_id.clone());
+        }
+        // New conversations arrive between pages; they sort before the cursor.
+        create(&mut app.client, &owner).await;
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let unique: HashSet<_> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "no conversation twice");
+    assert!(
+        existing.is_subset(&unique),
+        "every conversation that existed was seen"
+    );
+}
+
+#[tokio::test]
+async fn tokens_are_bound_to_their_query_and_sizes_are_checked() {
+    let mut app = spawn_app().await;
+    for _ in 0..3 {
+        create(&mut app.client, "p1").await;
+    }
+    let first = app
+        .client
+        .list_conversations(v1::ListConversationsRequest {
+            participant: provider("p1"),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.conversations.len(), 1);
+    assert!(!first.next_page_token.is_empty());
+    let status = app
+        .client
+        .list_conversations(v1::ListConversationsRequest {
+            participant: provider("p2"),
+            page_size: 1,
+            page_token: first.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), bad_field(&status).as_str()),
+        (Code::InvalidArgument, "page_token")
+    );
+    let status = app
+        .client
+        .list_conversations(v1::ListConversationsRequest {
+            participant: provider("p1"),
+            page_token: "garbage".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = app
+        .client
+        .list_conversations(v1::ListConversationsRequest {
+            participant: provider("p1"),
+            page_size: -5,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), bad_field(&status).as_str()),
+        (Code::InvalidArgument, "page_size")
+    );
+    let all = app
+        .client
+        .list_conversations(v1::ListConversationsRequest {
+            participant: provider("p1"),
+            page_size: 100_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        all.conversations.len(),
+        3,
+        "above the maximum is lowered, not refused"
+    );
+    assert!(all.next_page_token.is_empty());
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests and the API suites of both services, against the local
+# PostgreSQL (each suite creates its own databases) and temporary SQLite files.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-postgres.sh
+# Drop databases that earlier test runs left behind.
+psql -h 127.0.0.1 -U postgres -d postgres -Atc \
+  "SELECT datname FROM pg_database WHERE datname LIKE 'cs\_test\_%' OR datname LIKE 'tk\_test\_%'" |
+  while read -r db; do psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null; done
+cargo test --workspace --locked "$@"
