@@ -17,19 +17,23 @@ pub use token::{NewToken, Token, TokenState};
 
 use crate::error::Error;
 
-/// Checks an identifier chosen by another system (provider or customer id): 1 to 128
-/// characters, no control characters, no `/` (it is a path segment of the link).
+/// Checks an identifier chosen by the marketplace (provider or customer id) by the same
+/// rule conversation-service applies: 1 to 128 of `A-Z a-z 0-9 - _ . : @`. Checking it
+/// here means a queued call can never be refused for it later.
 fn parse_external_id(field: &'static str, value: &str) -> Result<String, Error> {
     if value.is_empty() {
         return Err(Error::invalid(field, "is required"));
     }
-    if value.chars().count() > 128 {
+    if value.len() > 128 {
         return Err(Error::invalid(field, "must be at most 128 characters"));
     }
-    if value.chars().any(|c| c.is_control() || c == '/') || value.trim() != value {
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b))
+    {
         return Err(Error::invalid(
             field,
-            "must not contain control characters, '/' or surrounding spaces",
+            "may contain only letters, digits and - _ . : @",
         ));
     }
     Ok(value.to_owned())

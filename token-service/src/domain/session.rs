@@ -34,59 +34,68 @@ pub struct ContactDetails {
 }
 
 impl ContactDetails {
+    /// Validates by the rules conversation-service applies to UpdateCustomer, so the
+    /// queued call cannot be refused for its content later. An empty value clears a field.
     pub fn parse(
         name: Option<&str>,
         email: Option<&str>,
         phone: Option<&str>,
     ) -> Result<Self, Error> {
-        let name = name
-            .map(|n| {
-                if n.chars().count() > 200 || n.chars().any(char::is_control) {
-                    Err(Error::invalid(
-                        "name",
-                        "must be at most 200 characters without control characters",
-                    ))
-                } else {
-                    Ok(n.to_owned())
-                }
-            })
-            .transpose()?;
-        let email = email
-            .map(|e| {
-                let ok = e.is_empty()
-                    || (e.len() <= 254
-                        && !e.chars().any(|c| c.is_whitespace() || c.is_control())
-                        && e.split_once('@').is_some_and(|(l, d)| {
-                            !l.is_empty() && !d.is_empty() && !d.contains('@')
-                        }));
-                if ok {
-                    Ok(e.to_owned())
-                } else {
-                    Err(Error::invalid(
-                        "email",
-                        "must be an address like name@example.com",
-                    ))
-                }
-            })
-            .transpose()?;
-        let phone = phone
-            .map(|p| {
-                let digits = p.chars().filter(char::is_ascii_digit).count();
-                let ok = p.is_empty()
-                    || (p.len() <= 32
-                        && digits >= 3
-                        && p.chars()
-                            .all(|c| c.is_ascii_digit() || " +-().".contains(c)));
-                if ok {
-                    Ok(p.to_owned())
-                } else {
-                    Err(Error::invalid(
-                        "phone",
-                        "must be at most 32 characters of digits, spaces and + - ( ) .",
-                    ))
-                }
-            })
-            .transpose()?;
-        Ok(Self { name, email, phone })
+        Ok(Self {
+            name: name.map(parse_name).transpose()?,
+            email: email.map(parse_email).transpose()?,
+            phone: phone.map(parse_phone).transpose()?,
+        })
     }
+}
+
+fn parse_name(text: &str) -> Result<String, Error> {
+    let text = text.trim();
+    if text.chars().count() > 200 || text.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "name",
+            "must be at most 200 characters without control characters",
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+fn parse_email(text: &str) -> Result<String, Error> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(String::new());
+    }
+    let bad = || Error::invalid("email", "must be an email address like name@example.com");
+    if text.len() > 254 || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    let (local, domain) = text.rsplit_once('@').ok_or_else(bad)?;
+    let domain_ok = domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains("..");
+    if local.is_empty() || local.len() > 64 || local.contains('@') || !domain_ok {
+        return Err(bad());
+    }
+    Ok(text.to_owned())
+}
+
+/// `+` and 7 to 15 digits, or 7 to 15 digits; spaces, dashes, dots and parentheses are
+/// allowed and dropped.
+fn parse_phone(text: &str) -> Result<String, Error> {
+    let cleaned: String = text
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
+        .collect();
+    if cleaned.is_empty() {
+        return Ok(cleaned);
+    }
+    let digits = cleaned.strip_prefix('+').unwrap_or(&cleaned);
+    if !(7..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::invalid(
+            "phone",
+            "must be a phone number of 7 to 15 digits, optionally starting with +",
+        ));
+    }
+    Ok(cleaned)
 }

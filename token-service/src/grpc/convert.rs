@@ -56,11 +56,12 @@ pub fn session(s: &Session) -> pb::Session {
     }
 }
 
-/// `/u/{provider_id}/c/{secret}`, the provider id percent-encoded as a path segment.
+/// `/u/{provider_id}/c/{secret}`. Provider ids and secrets hold only characters a path
+/// segment allows as they are; anything else would be percent-encoded.
 pub fn link_path(provider_id: &str, secret: &str) -> String {
     let mut segment = String::with_capacity(provider_id.len());
     for b in provider_id.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+        if b.is_ascii_alphanumeric() || b"-._~:@".contains(&b) {
             segment.push(char::from(b));
         } else {
             segment.push_str(&format!("%{b:02X}"));

@@ -232,3 +232,141 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+// ---- conversation-service, in-process, on a fresh PostgreSQL database ----
+
+use chat_proto::v1::{Participant, Role, conversation_service_client::ConversationServiceClient};
+
+pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+pub type ConversationClient = ConversationServiceClient<Channel>;
+
+/// Creates an empty database with a random name and returns its URL.
+pub async fn fresh_database() -> String {
+    use sqlx::Connection;
+    let name = format!("tk_test_{}", Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(ADMIN_URL)
+        .await
+        .expect("PostgreSQL must run at 127.0.0.1:5432");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    format!("postgres://postgres@127.0.0.1:5432/{name}")
+}
+
+/// A loopback address free right now, for a service that must restart at the same place.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+pub struct ConversationService {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub client: ConversationClient,
+    shutdown: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts conversation-service at `listen` ("127.0.0.1:0" for any port) and waits until
+/// it is SERVING.
+pub async fn spawn_conversation_service(database_url: &str, listen: &str) -> ConversationService {
+    let config = conversation_service::config::Config::try_parse_from([
+        "conversation-service",
+        "--listen",
+        listen,
+        "--database-url",
+        database_url,
+        "--shutdown-grace",
+        "1s",
+    ])
+    .unwrap();
+    let app = conversation_service::startup::Application::build(config)
+        .await
+        .unwrap();
+    let addr = app.local_addr();
+    let shutdown = app.shutdown_token();
+    let handle = tokio::spawn(app.run_until_stopped());
+    let url = format!("http://{addr}");
+    let channel = Channel::from_shared(url.clone()).unwrap().connect_lazy();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    eventually(Duration::from_secs(10), || {
+        let mut health = health.clone();
+        async move {
+            let reply = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            reply.ok().filter(|r| r.get_ref().status == 1).map(|_| ())
+        }
+    })
+    .await;
+    ConversationService {
+        addr,
+        url,
+        client: ConversationServiceClient::new(channel),
+        shutdown,
+        handle,
+    }
+}
+
+impl ConversationService {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.handle)
+            .await
+            .expect("conversation-service did not stop in time")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+pub fn provider(id: &str) -> Option<Participant> {
+    Some(Participant {
+        role: Role::Provider.into(),
+        id: id.into(),
+    })
+}
+
+pub fn customer(id: &str) -> Option<Participant> {
+    Some(Participant {
+        role: Role::Customer.into(),
+        id: id.into(),
+    })
+}
+
+/// Every conversation of a participant, all pages.
+pub async fn list_all(
+    client: &ConversationClient,
+    who: Option<Participant>,
+) -> Vec<chat_proto::v1::Conversation> {
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .clone()
+            .list_conversations(chat_proto::v1::ListConversationsRequest {
+                participant: who.clone(),
+                status: 0,
+                page_size: 200,
+                page_token: page_token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(page.conversations);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// A fresh provider id, so tests never see each other's rows.
+pub fn new_provider() -> String {
+    format!("prov-{}", Uuid::new_v4().simple())
+}

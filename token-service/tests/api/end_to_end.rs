@@ -1,0 +1,225 @@
+//! The old system's checklist, end to end, with both services over real gRPC.
+
+use std::time::Duration;
+
+use chat_proto::v1::{
+    ConversationState, GetConversationRequest, IdentifySessionRequest, RedeemTokenRequest,
+    SendMessageRequest, StreamConversationRequest, StreamInboxRequest,
+    stream_conversation_response, stream_inbox_response,
+};
+use tokio_stream::StreamExt;
+use uuid::Uuid;
+
+use crate::helpers::{
+    customer, eventually, fresh_database, list_all, new_provider, provider, spawn_app_with,
+    spawn_conversation_service, temp_db_path,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The next message on a conversation stream (skipping snapshots, heartbeats, ...).
+async fn next_message(
+    stream: &mut tonic::Streaming<chat_proto::v1::StreamConversationResponse>,
+) -> chat_proto::v1::Message {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let event = stream.next().await.unwrap().unwrap();
+            if let Some(stream_conversation_response::Event::Message(m)) = event.event {
+                break m;
+            }
+        }
+    })
+    .await
+    .expect("no message on StreamConversation")
+}
+
+#[tokio::test]
+async fn a_link_becomes_a_conversation_both_sides_find_and_talk_in() {
+    let conv = spawn_conversation_service(&fresh_database().await, "127.0.0.1:0").await;
+    let app = spawn_app_with(temp_db_path(), &conv.url, &[]).await;
+    let prov = new_provider();
+    let cust = format!("cust-{}", Uuid::new_v4().simple());
+
+    // The provider's dashboard is open before the link is used.
+    let mut inbox = conv
+        .client
+        .clone()
+        .stream_inbox(StreamInboxRequest {
+            participant: provider(&prov),
+            cursor: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Issue a link; the customer opens it.
+    let issued = app.issue(&prov, 0).await;
+    let token_id = issued.token.unwrap().token_id;
+    let redeemed = app.redeem(&prov, &issued.secret).await.unwrap();
+    let session = redeemed.session.unwrap();
+    assert_eq!(session.conversation_state(), ConversationState::Ready);
+    let conversation_id = session.conversation_id.clone();
+    assert!(!conversation_id.is_empty());
+
+    // The conversation exists, came from this link, and reached the inbox live.
+    let created = tokio::time::timeout(WAIT, async {
+        loop {
+            let event = inbox.next().await.unwrap().unwrap();
+            if let Some(stream_inbox_response::Event::ConversationCreated(c)) = event.event {
+                break c.conversation.unwrap();
+            }
+        }
+    })
+    .await
+    .expect("StreamInbox did not deliver the new conversation");
+    assert_eq!(created.conversation_id, conversation_id);
+    let listed = list_all(&conv.client, provider(&prov)).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].conversation_id, conversation_id);
+    assert_eq!(listed[0].origin, format!("token:{token_id}"));
+
+    // The customer logs in: session and conversation are linked with the details.
+    let identified = app
+        .tokens
+        .clone()
+        .identify_session(IdentifySessionRequest {
+            session_secret: redeemed.session_secret.clone(),
+            customer_id: cust.clone(),
+            name: Some("Grace Hopper".into()),
+            email: Some("grace@example.com".into()),
+            phone: Some("+1 555 010 9999".into()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(identified.customer_id, cust);
+    let found = eventually(WAIT, || {
+        let client = conv.client.clone();
+        let who = customer(&cust);
+        async move { list_all(&client, who).await.into_iter().next() }
+    })
+    .await;
+    assert_eq!(found.conversation_id, conversation_id);
+    let details = found.customer.unwrap();
+    assert_eq!(details.customer_id, cust);
+    assert_eq!(details.name, "Grace Hopper");
+    assert_eq!(details.email, "grace@example.com");
+    assert_eq!(details.phone, "+15550109999");
+
+    // Both sides stream the conversation and receive each other's messages.
+    let open = |who| {
+        let mut client = conv.client.clone();
+        let conversation_id = conversation_id.clone();
+        async move {
+            client
+                .stream_conversation(StreamConversationRequest {
+                    conversation_id,
+                    viewer: who,
+                    after_seq: 0,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let mut provider_stream = open(provider(&prov)).await;
+    let mut customer_stream = open(customer(&cust)).await;
+    let send = |who, body: &str| {
+        let mut client = conv.client.clone();
+        let request = SendMessageRequest {
+            conversation_id: conversation_id.clone(),
+            sender: who,
+            body: body.into(),
+            client_message_id: Uuid::new_v4().to_string(),
+        };
+        async move { client.send_message(request).await.unwrap().into_inner() }
+    };
+    send(customer(&cust), "Hello, is the flat still available?").await;
+    let got = next_message(&mut provider_stream).await;
+    assert_eq!(got.body, "Hello, is the flat still available?");
+    assert_eq!(got.seq, 1);
+    send(provider(&prov), "Yes, come by on Monday.").await;
+    // The customer's stream holds its own message first, then the reply.
+    let mine = next_message(&mut customer_stream).await;
+    assert_eq!(mine.seq, 1);
+    let reply = next_message(&mut customer_stream).await;
+    assert_eq!(reply.body, "Yes, come by on Monday.");
+    assert_eq!(reply.seq, 2);
+
+    drop((provider_stream, customer_stream, inbox));
+    app.stop().await;
+    conv.stop().await;
+}
+
+#[tokio::test]
+async fn retries_and_known_customers_never_make_a_second_conversation() {
+    let conv = spawn_conversation_service(&fresh_database().await, "127.0.0.1:0").await;
+    let app = spawn_app_with(temp_db_path(), &conv.url, &[]).await;
+    let prov = new_provider();
+    let link = app.issue(&prov, 0).await;
+
+    // A retry of the same redemption: same session, same conversation.
+    let request = RedeemTokenRequest {
+        request_id: Uuid::new_v4().to_string(),
+        provider_id: prov.clone(),
+        secret: link.secret.clone(),
+        customer_id: String::new(),
+        new_conversation: false,
+    };
+    let first = app
+        .redeem_req(request.clone())
+        .await
+        .unwrap()
+        .session
+        .unwrap();
+    let again = app.redeem_req(request).await.unwrap().session.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(first.conversation_state(), ConversationState::Ready);
+
+    // A known customer with an active conversation gets it back...
+    let cust = format!("cust-{}", Uuid::new_v4().simple());
+    let known = |new_conversation: bool| RedeemTokenRequest {
+        request_id: Uuid::new_v4().to_string(),
+        provider_id: prov.clone(),
+        secret: link.secret.clone(),
+        customer_id: cust.clone(),
+        new_conversation,
+    };
+    let a = app.redeem_req(known(false)).await.unwrap().session.unwrap();
+    let b = app.redeem_req(known(false)).await.unwrap().session.unwrap();
+    assert_ne!(a.session_id, b.session_id);
+    assert_eq!(a.conversation_id, b.conversation_id);
+    assert_eq!(a.customer_id, cust);
+    // ...unless it asks for a new one.
+    let c = app.redeem_req(known(true)).await.unwrap().session.unwrap();
+    assert_ne!(c.conversation_id, a.conversation_id);
+
+    let listed = list_all(&conv.client, provider(&prov)).await;
+    let mut ids: Vec<_> = listed.iter().map(|c| c.conversation_id.clone()).collect();
+    ids.sort();
+    let mut expected = vec![
+        first.conversation_id.clone(),
+        a.conversation_id.clone(),
+        c.conversation_id.clone(),
+    ];
+    expected.sort();
+    assert_eq!(ids, expected);
+    let got = conv
+        .client
+        .clone()
+        .get_conversation(GetConversationRequest {
+            conversation_id: a.conversation_id.clone(),
+            viewer: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap();
+    assert_eq!(got.customer.unwrap().customer_id, cust);
+    app.stop().await;
+    conv.stop().await;
+}
