@@ -48,10 +48,10 @@ impl Application {
             config.database.clone(),
             Duration::from_millis(config.sqlite_busy_timeout_ms),
         )?;
-        match store.release_leases().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(calls = n, "resuming outbox calls left by the previous run"),
-            Err(e) => tracing::warn!(error = %e, "database not usable yet; will retry"),
+        // The first open (directory, lock, migrations) happens before serving; a failure
+        // is retried on use and by the health probe.
+        if let Err(e) = store.probe().await {
+            tracing::warn!(error = %e, "database not usable yet; will retry");
         }
         let conversations =
             Conversations::new(&config.conversation_service, config.max_message_bytes)?;

@@ -2,8 +2,12 @@
 //! worker. That thread is the only writer; write transactions still open with
 //! `BEGIN IMMEDIATE` so an outside reader (a backup) cannot turn them into SQLITE_BUSY.
 //!
-//! If the database cannot be opened (a missing volume, a full disk), calls fail with
-//! UNAVAILABLE and the next call or health probe tries again.
+//! One process at a time: an exclusive lock on `<database>.lock` (released by the kernel
+//! when the process dies, even by SIGKILL) keeps a second token-service off the file.
+//!
+//! If the database cannot be opened (a missing volume, a full disk, the lock held by
+//! another process), calls fail with UNAVAILABLE and the next call or health probe tries
+//! again.
 
 mod outbox;
 mod sessions;
@@ -47,11 +51,16 @@ struct Db {
     path: PathBuf,
     busy_timeout: Duration,
     conn: Option<Connection>,
+    /// The writer lock, held for as long as the thread lives.
+    lock: Option<std::fs::File>,
 }
 
 impl Db {
     fn conn(&mut self) -> Result<&mut Connection, Error> {
         if self.conn.is_none() {
+            if self.lock.is_none() {
+                self.lock = Some(lock(&self.path)?);
+            }
             match open(&self.path, self.busy_timeout) {
                 Ok(conn) => {
                     tracing::info!(path = %self.path.display(), "database open");
@@ -69,13 +78,40 @@ impl Db {
     }
 }
 
-/// Opens (creating it and its directory if needed), sets the pragmas and migrates.
-fn open(path: &Path, busy_timeout: Duration) -> Result<Connection, Error> {
+fn create_parent(path: &Path) -> Result<(), Error> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::StoreUnavailable(format!("creating directory {}: {e}", dir.display()))
         })?;
     }
+    Ok(())
+}
+
+/// Takes the exclusive writer lock beside the database file.
+fn lock(path: &Path) -> Result<std::fs::File, Error> {
+    create_parent(path)?;
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::StoreUnavailable(format!("opening {}: {e}", lock_path.display())))?;
+    file.try_lock().map_err(|e| {
+        Error::StoreUnavailable(format!(
+            "{} is held by another process (one token-service per database): {e}",
+            lock_path.display()
+        ))
+    })?;
+    Ok(file)
+}
+
+/// Opens (creating it and its directory if needed), sets the pragmas, migrates, and
+/// voids outbox leases of earlier runs.
+fn open(path: &Path, busy_timeout: Duration) -> Result<Connection, Error> {
+    create_parent(path)?;
     let mut conn = Connection::open(path).context("opening the database")?;
     conn.busy_timeout(busy_timeout)
         .context("setting busy_timeout")?;
@@ -92,6 +128,13 @@ fn open(path: &Path, busy_timeout: Duration) -> Result<Connection, Error> {
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
         .context("setting pragmas")?;
     migrations().to_latest(&mut conn)?;
+    let released = outbox::release_leases(&conn)?;
+    if released > 0 {
+        tracing::info!(
+            calls = released,
+            "resuming outbox calls left by an earlier run"
+        );
+    }
     Ok(conn)
 }
 
@@ -107,6 +150,7 @@ impl Store {
                     path,
                     busy_timeout,
                     conn: None,
+                    lock: None,
                 };
                 let _ = db.conn();
                 while let Some(job) = rx.blocking_recv() {

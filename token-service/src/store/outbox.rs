@@ -181,6 +181,17 @@ pub(super) fn lease_head(
     }
 }
 
+/// Voids every lease: called when this process opens the database. It holds the
+/// writer lock, so leases in the file were taken by a run that is gone (one killed
+/// mid-call); their calls are due now.
+pub(super) fn release_leases(conn: &Connection) -> Result<usize, Error> {
+    conn.execute(
+        "UPDATE outbox SET lease_until = 0, next_attempt_time = 0 WHERE lease_until <> 0",
+        [],
+    )
+    .context("releasing leases")
+}
+
 /// What a call achieved.
 #[derive(Debug, Clone)]
 pub enum Done {
@@ -294,19 +305,6 @@ impl Store {
             )
             .context("giving up a call")?;
             Ok(())
-        })
-        .await
-    }
-
-    /// At start: this process is the only writer, so leases held by a previous run (one
-    /// killed mid-call) are void and their calls due now.
-    pub async fn release_leases(&self) -> Result<usize, Error> {
-        self.call(|conn| {
-            conn.execute(
-                "UPDATE outbox SET lease_until = 0, next_attempt_time = 0 WHERE lease_until <> 0",
-                [],
-            )
-            .context("releasing leases")
         })
         .await
     }

@@ -121,3 +121,46 @@ async fn reflection_v1_and_v1alpha_list_the_services() {
     assert!(format!("{reply:?}").contains("chat.v1.TokenService"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_second_process_on_the_same_database_waits_for_the_first() {
+    let first = spawn_app().await;
+    first.issue("p", 0).await;
+    let second = spawn_app_with(first.db_path.clone(), NOWHERE, &[]).await;
+    let channel = second.channel.clone();
+    eventually(Duration::from_secs(5), || {
+        let channel = channel.clone();
+        async move { (status(&channel, "").await == ServingStatus::NotServing).then_some(()) }
+    })
+    .await;
+    let refused = second
+        .tokens
+        .clone()
+        .list_tokens(chat_proto::v1::ListTokensRequest {
+            provider_id: "p".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+
+    // The first one goes away: the second takes the database over.
+    first.stop().await;
+    eventually(Duration::from_secs(5), || {
+        let channel = channel.clone();
+        async move { (status(&channel, "").await == ServingStatus::Serving).then_some(()) }
+    })
+    .await;
+    let listed = second
+        .tokens
+        .clone()
+        .list_tokens(chat_proto::v1::ListTokensRequest {
+            provider_id: "p".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.tokens.len(), 1);
+    second.stop().await;
+}
