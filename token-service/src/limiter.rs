@@ -97,3 +97,40 @@ impl FailureLimiter {
         entry.failures = entry.failures.saturating_add(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_is_refused_after_its_failures_until_the_window_ends() {
+        let limiter = FailureLimiter::new(3, Duration::from_millis(200));
+        for _ in 0..3 {
+            assert!(limiter.check("a").is_ok());
+            limiter.record_failure("a");
+        }
+        assert!(matches!(
+            limiter.check("a"),
+            Err(Error::TooManyFailedRedemptions { .. })
+        ));
+        assert!(limiter.check("b").is_ok());
+        std::thread::sleep(Duration::from_millis(220));
+        assert!(limiter.check("a").is_ok());
+    }
+
+    #[test]
+    fn the_caller_is_the_first_forwarded_address_else_the_peer() {
+        let mut md = MetadataMap::new();
+        let peer: SocketAddr = "10.1.2.3:555".parse().unwrap();
+        assert_eq!(
+            FailureLimiter::caller_key("x-forwarded-for", &md, Some(peer)),
+            "10.1.2.3"
+        );
+        md.insert("x-forwarded-for", "203.0.113.9, 10.0.0.1".parse().unwrap());
+        assert_eq!(
+            FailureLimiter::caller_key("x-forwarded-for", &md, Some(peer)),
+            "203.0.113.9"
+        );
+        assert_eq!(FailureLimiter::caller_key("", &md, Some(peer)), "10.1.2.3");
+    }
+}

@@ -4,7 +4,13 @@
 //! (CreateConversation by the session id, UpdateCustomer by its content), so running one
 //! twice is harmless; the lease only keeps that rare.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use futures::future::join_all;
 use tokio::{sync::Notify, time::Instant};
@@ -36,6 +42,9 @@ pub struct Outbox {
     conversations: Conversations,
     settings: OutboxSettings,
     wake: Arc<Notify>,
+    /// Health's last word on conversation-service: while it is down an RPC makes one
+    /// attempt instead of waiting out `inline_wait`.
+    reachable: Arc<AtomicBool>,
 }
 
 fn to_chrono(d: Duration) -> chrono::Duration {
@@ -49,11 +58,16 @@ impl Outbox {
             conversations,
             settings,
             wake: Arc::new(Notify::new()),
+            reachable: Arc::new(AtomicBool::new(true)),
         }
     }
 
     pub fn lease(&self) -> chrono::Duration {
         to_chrono(self.settings.lease)
+    }
+
+    pub fn set_reachable(&self, reachable: bool) {
+        self.reachable.store(reachable, Ordering::Relaxed);
     }
 
     /// Asks the worker to look at the queue now.
@@ -74,7 +88,13 @@ impl Outbox {
     /// `inline_wait` has passed. Returns the session when the call succeeded, `None` when
     /// it was left queued for the worker.
     pub async fn drive(&self, job: OutboxJob) -> Result<Option<Session>, Error> {
-        let deadline = Instant::now() + self.settings.inline_wait;
+        // Known down: one attempt (it may be back already), then answer PENDING at once.
+        let wait = if self.reachable.load(Ordering::Relaxed) {
+            self.settings.inline_wait
+        } else {
+            self.settings.inline_wait.min(self.settings.call_timeout)
+        };
+        let deadline = Instant::now() + wait;
         let mut delay = Duration::from_millis(50);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -91,7 +111,8 @@ impl Outbox {
                 }
                 Err(CallError::Transient(status)) => {
                     tracing::debug!(job_id = job.job_id, code = ?status.code(), "conversation-service call failed; retrying");
-                    if Instant::now() + delay >= deadline {
+                    if Instant::now() + delay >= deadline || !self.reachable.load(Ordering::Relaxed)
+                    {
                         break;
                     }
                     tokio::time::sleep(delay).await;

@@ -251,6 +251,7 @@ async fn probe_health(
 
         let conv = conversations.reachable(timeout).await;
         if conv_ok != Some(conv) {
+            outbox.set_reachable(conv);
             if conv {
                 tracing::info!("conversation-service reachable");
                 health

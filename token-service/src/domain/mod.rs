@@ -245,3 +245,75 @@ pub fn to_micros(t: Timestamp) -> i64 {
 pub fn from_micros(micros: i64) -> Timestamp {
     chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_size_follows_aip_158() {
+        assert_eq!(PageSize::parse(0).unwrap().get(), PageSize::DEFAULT);
+        assert_eq!(PageSize::parse(7).unwrap().get(), 7);
+        assert_eq!(PageSize::parse(10_000).unwrap().get(), PageSize::MAX);
+        assert!(PageSize::parse(-1).is_err());
+    }
+
+    #[test]
+    fn ttl_is_bounded() {
+        let d = |seconds, nanos| prost_types::Duration { seconds, nanos };
+        assert_eq!(
+            Ttl::parse(None).unwrap().as_duration(),
+            chrono::Duration::days(7)
+        );
+        assert!(Ttl::parse(Some(&d(1, 0))).is_ok());
+        assert!(Ttl::parse(Some(&d(0, 500))).is_err());
+        assert!(Ttl::parse(Some(&d(5, -1))).is_err());
+        assert!(Ttl::parse(Some(&d(365 * 86_400, 0))).is_ok());
+        assert!(Ttl::parse(Some(&d(365 * 86_400, 1))).is_err());
+    }
+
+    #[test]
+    fn external_ids_use_the_shared_alphabet() {
+        for ok in ["p", "prov-1", "a.b:c@d_e", &"x".repeat(128)] {
+            assert!(ProviderId::parse("provider_id", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a/b", "a b", "é", &"x".repeat(129)] {
+            assert!(ProviderId::parse("provider_id", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn page_tokens_are_bound_to_their_provider() {
+        let p = ProviderId::parse("provider_id", "p").unwrap();
+        let q = ProviderId::parse("provider_id", "q").unwrap();
+        let cursor = TokenCursor {
+            create_time: now(),
+            token_id: TokenId::new(),
+        };
+        let text = cursor.encode(&p);
+        assert_eq!(TokenCursor::decode(&text, &p).unwrap(), Some(cursor));
+        assert!(TokenCursor::decode(&text, &q).is_err());
+        assert!(TokenCursor::decode(&text[1..], &p).is_err());
+        assert!(TokenCursor::decode("", &p).unwrap().is_none());
+    }
+
+    #[test]
+    fn contact_details_match_conversation_service() {
+        let c = ContactDetails::parse(
+            Some(" Ada "),
+            Some("ada@example.com"),
+            Some("+44 (20) 7946-0000"),
+        )
+        .unwrap();
+        assert_eq!(c.name.as_deref(), Some("Ada"));
+        assert_eq!(c.phone.as_deref(), Some("+442079460000"));
+        assert!(ContactDetails::parse(None, Some("ada@localhost"), None).is_err());
+        assert!(ContactDetails::parse(None, None, Some("12345")).is_err());
+        let cleared = ContactDetails::parse(Some(""), Some(""), Some("")).unwrap();
+        assert_eq!(cleared.email.as_deref(), Some(""));
+        assert_eq!(
+            ContactDetails::parse(None, None, None).unwrap(),
+            ContactDetails::default()
+        );
+    }
+}

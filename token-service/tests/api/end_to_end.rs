@@ -40,6 +40,22 @@ async fn a_link_becomes_a_conversation_both_sides_find_and_talk_in() {
     let prov = new_provider();
     let cust = format!("cust-{}", Uuid::new_v4().simple());
 
+    // token-service reports its dependency as reachable.
+    let health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
+    eventually(WAIT, || {
+        let mut health = health.clone();
+        async move {
+            let reply = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "chat.v1.ConversationService".into(),
+                })
+                .await
+                .ok()?;
+            (reply.get_ref().status == 1).then_some(())
+        }
+    })
+    .await;
+
     // The provider's dashboard is open before the link is used.
     let mut inbox = conv
         .client

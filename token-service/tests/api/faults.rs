@@ -319,3 +319,29 @@ async fn token_service_killed_with_work_in_its_outbox_finishes_it_after_restart(
     .await;
     conv.stop().await;
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_process_gracefully() {
+    let listen = free_addr().to_string();
+    let mut process = start_process(&listen, &temp_db_path(), crate::helpers::NOWHERE);
+    let tokens = connect(&listen).await;
+    tokens
+        .clone()
+        .issue_token(chat_proto::v1::IssueTokenRequest {
+            provider_id: "p".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &process.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exited = eventually(Duration::from_secs(10), || {
+        let exit = process.0.try_wait().unwrap();
+        async move { exit }
+    })
+    .await;
+    assert!(exited.success(), "exit status {exited:?}");
+}

@@ -412,3 +412,24 @@ async fn check_token_tells_why_without_side_effects() {
     assert_eq!(app.db_dump(), before);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn oversized_requests_are_refused_before_they_reach_the_handler() {
+    let app = spawn_app().await;
+    let before = app.db_dump();
+    let refused = app
+        .tokens
+        .clone()
+        .issue_token(IssueTokenRequest {
+            provider_id: "p".into(),
+            label: "x".repeat(100 * 1024),
+            ttl: None,
+            max_uses: 0,
+        })
+        .await
+        .unwrap_err();
+    // tonic's code for a message above the configured limit (64 KiB by default).
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    assert_eq!(app.db_dump(), before);
+    app.stop().await;
+}
