@@ -153,8 +153,14 @@ impl Outbox {
                     .await
             }
             _ => {
-                tracing::info!(job_id = job.job_id, session_id = %job.session_id, attempts = job.attempts + 1,
-                    error = %error, "conversation-service call queued for retry");
+                // The first failure and every tenth are worth a line; the rest is noise.
+                if job.attempts.is_multiple_of(10) {
+                    tracing::info!(job_id = job.job_id, session_id = %job.session_id, attempts = job.attempts + 1,
+                        error = %error, "conversation-service call queued for retry");
+                } else {
+                    tracing::debug!(job_id = job.job_id, attempts = job.attempts + 1, error = %error,
+                        "conversation-service call still failing");
+                }
                 self.store
                     .retry_later(job.job_id, next, error.to_string())
                     .await

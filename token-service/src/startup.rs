@@ -111,14 +111,10 @@ impl Application {
             .set_service_status(CONVERSATION_DEPENDENCY, ServingStatus::Unknown)
             .await;
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflection_v1 = reflection()
             .build_v1()
             .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflection_v1alpha = reflection()
             .build_v1alpha()
             .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
@@ -181,6 +177,20 @@ impl Application {
         tracing::info!("token-service stopped");
         served.map_err(|e| Error::Internal(format!("serving: {e}")))
     }
+}
+
+/// Reflection (v1 and v1alpha, grpcurl 1.8 speaks only the latter) lists what this
+/// server serves, not everything in the shared descriptor set, and knows
+/// google.rpc.ErrorInfo / BadRequest so grpcurl can render error details.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(TOKEN_SERVICE)
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
+        .with_service_name("grpc.reflection.v1alpha.ServerReflection")
 }
 
 /// SIGTERM or SIGINT.

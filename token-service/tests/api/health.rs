@@ -103,6 +103,7 @@ async fn reflection_v1_and_v1alpha_list_the_services() {
     let listed = format!("{reply:?}");
     assert!(listed.contains("chat.v1.TokenService"), "{listed}");
     assert!(listed.contains("grpc.health.v1.Health"), "{listed}");
+    assert!(!listed.contains("chat.v1.ConversationService"), "{listed}");
 
     let mut alpha =
         v1alpha::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
