@@ -67,7 +67,7 @@ async fn a_link_becomes_a_conversation_both_sides_find_and_talk_in() {
         .await
         .unwrap()
         .into_inner();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The reply's headers mean the subscription exists ("from now on" starts here).
 
     // Issue a link; the customer opens it.
     let issued = app.issue(&prov, 0).await;
