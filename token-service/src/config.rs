@@ -1,5 +1,6 @@
 //! Typed configuration: every flag has an environment variable and a default that works
-//! on a developer machine (`token-service --help` lists them).
+//! on a developer machine (`token-service --help` lists them). Durations are written as
+//! in conversation-service: `250ms`, `15s`, `2m`, or a bare number of seconds.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -16,7 +17,8 @@ pub struct Config {
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50052")]
     pub listen: SocketAddr,
 
-    /// SQLite database file; its parent directory is created if missing.
+    /// SQLite database file; its parent directory is created if missing. One
+    /// token-service per file (enforced by `<file>.lock`).
     #[arg(long, env = "TOKEN_DB_PATH", default_value = "./data/token.db")]
     pub database: PathBuf,
 
@@ -28,105 +30,122 @@ pub struct Config {
     )]
     pub conversation_service: String,
 
-    /// Log format: `text` or `json` (filter with RUST_LOG).
+    /// Log format: `text` or `json` (filter with RUST_LOG, default `info`).
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 
-    /// How long RedeemToken / IdentifySession wait for conversation-service (with
-    /// retries) before answering with the call left queued in the outbox.
-    #[arg(long, env = "INLINE_WAIT_MS", default_value_t = 2_000)]
-    pub inline_wait_ms: u64,
+    /// How long RedeemToken / IdentifySession keep trying conversation-service before
+    /// answering with the call left queued in the outbox (PENDING).
+    #[arg(long, env = "INLINE_WAIT", default_value = "2s", value_parser = parse_duration)]
+    pub inline_wait: Duration,
 
     /// Deadline of one call to conversation-service.
-    #[arg(long, env = "CALL_TIMEOUT_MS", default_value_t = 1_000)]
-    pub call_timeout_ms: u64,
+    #[arg(long, env = "CALL_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub call_timeout: Duration,
 
-    /// First retry delay of a queued call; doubles per attempt up to --outbox-retry-max-ms.
-    #[arg(long, env = "OUTBOX_RETRY_MS", default_value_t = 500)]
-    pub outbox_retry_ms: u64,
+    /// First retry delay of a queued call; doubles per attempt up to --outbox-retry-max.
+    #[arg(long, env = "OUTBOX_RETRY", default_value = "500ms", value_parser = parse_duration)]
+    pub outbox_retry: Duration,
 
     /// Longest delay between two attempts of a queued call.
-    #[arg(long, env = "OUTBOX_RETRY_MAX_MS", default_value_t = 30_000)]
-    pub outbox_retry_max_ms: u64,
+    #[arg(long, env = "OUTBOX_RETRY_MAX", default_value = "30s", value_parser = parse_duration)]
+    pub outbox_retry_max: Duration,
 
     /// How often the outbox worker looks for due calls when nothing wakes it.
-    #[arg(long, env = "OUTBOX_POLL_MS", default_value_t = 1_000)]
-    pub outbox_poll_ms: u64,
+    #[arg(long, env = "OUTBOX_POLL", default_value = "1s", value_parser = parse_duration)]
+    pub outbox_poll: Duration,
 
     /// Calls the outbox worker makes at once.
     #[arg(long, env = "OUTBOX_BATCH", default_value_t = 16)]
     pub outbox_batch: u32,
 
-    /// How long a claimed outbox call is reserved for its caller before another may retry it.
-    #[arg(long, env = "OUTBOX_LEASE_MS", default_value_t = 10_000)]
-    pub outbox_lease_ms: u64,
+    /// How long a claimed outbox call is reserved for its caller before the worker may
+    /// try it again (longer than --inline-wait and --call-timeout).
+    #[arg(long, env = "OUTBOX_LEASE", default_value = "10s", value_parser = parse_duration)]
+    pub outbox_lease: Duration,
 
     /// Failed redemptions / checks (unknown link, wrong provider, malformed secret) one
-    /// caller may make per window before RESOURCE_EXHAUSTED.
+    /// caller may make per window before RESOURCE_EXHAUSTED; 0 disables the limit.
     #[arg(long, env = "FAILED_REDEMPTIONS_LIMIT", default_value_t = 10)]
     pub failed_redemptions_limit: u32,
 
-    /// Window of --failed-redemptions-limit, in seconds.
-    #[arg(long, env = "FAILED_REDEMPTIONS_WINDOW_SECS", default_value_t = 60)]
-    pub failed_redemptions_window_secs: u64,
+    /// Window of --failed-redemptions-limit.
+    #[arg(long, env = "FAILED_REDEMPTIONS_WINDOW", default_value = "1m", value_parser = parse_duration)]
+    pub failed_redemptions_window: Duration,
 
     /// Metadata key naming the end user's address, set by the BFF in front of this
-    /// service (first comma-separated value). Without it the peer address is used.
+    /// internal service (its first comma-separated value). Empty, or absent from a
+    /// request: the peer address is used.
     #[arg(long, env = "CALLER_ADDRESS_HEADER", default_value = "x-forwarded-for")]
     pub caller_address_header: String,
 
-    /// Handler deadline of every RPC.
-    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
-    pub request_timeout_ms: u64,
+    /// Deadline of every RPC (a client's shorter grpc-timeout wins).
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
 
-    /// RPCs handled at once across all connections (beyond: queued).
+    /// RPCs handled at once across all connections; beyond, they wait their turn.
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
     pub max_concurrent_requests: usize,
 
-    /// HTTP/2 streams per connection.
+    /// Concurrent HTTP/2 streams per client connection.
     #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 256)]
     pub max_concurrent_streams: u32,
 
-    /// Largest request or response message, in bytes.
+    /// Largest request message accepted, in bytes (replies are capped at 1 MiB).
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
 
-    /// HTTP/2 keepalive ping interval, in seconds.
-    #[arg(long, env = "KEEPALIVE_SECS", default_value_t = 30)]
-    pub keepalive_secs: u64,
+    /// HTTP/2 and TCP keepalive interval.
+    #[arg(long, env = "KEEPALIVE", default_value = "30s", value_parser = parse_duration)]
+    pub keepalive: Duration,
 
-    /// SQLite busy timeout, in milliseconds.
-    #[arg(long, env = "SQLITE_BUSY_TIMEOUT_MS", default_value_t = 5_000)]
-    pub sqlite_busy_timeout_ms: u64,
+    /// SQLite busy timeout (only an outside process, e.g. a backup, can hold the lock).
+    #[arg(long, env = "SQLITE_BUSY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub sqlite_busy_timeout: Duration,
 
     /// How often health probes SQLite and conversation-service.
-    #[arg(long, env = "HEALTH_INTERVAL_MS", default_value_t = 2_000)]
-    pub health_interval_ms: u64,
+    #[arg(long, env = "HEALTH_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub health_interval: Duration,
 }
 
-impl Config {
-    pub fn inline_wait(&self) -> Duration {
-        Duration::from_millis(self.inline_wait_ms)
+/// Parses `250ms`, `15s`, `2m` or a bare number of seconds.
+///
+/// # Errors
+/// When the text is not one of those forms.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |i| text.split_at(i));
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 250ms, 15s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(value)),
+        "s" => Ok(Duration::from_secs(value)),
+        "m" => Ok(Duration::from_secs(value.saturating_mul(60))),
+        _ => Err(format!("`{text}`: unit must be ms, s or m")),
     }
-    pub fn call_timeout(&self) -> Duration {
-        Duration::from_millis(self.call_timeout_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_without_any_flag() {
+        let config = Config::try_parse_from(["token-service"]).unwrap();
+        assert_eq!(config.listen.port(), 50052);
+        assert_eq!(config.conversation_service, "http://127.0.0.1:50051");
+        assert_eq!(config.inline_wait, Duration::from_secs(2));
     }
-    pub fn outbox_retry(&self) -> Duration {
-        Duration::from_millis(self.outbox_retry_ms.max(1))
-    }
-    pub fn outbox_retry_max(&self) -> Duration {
-        Duration::from_millis(self.outbox_retry_max_ms.max(self.outbox_retry_ms).max(1))
-    }
-    pub fn outbox_poll(&self) -> Duration {
-        Duration::from_millis(self.outbox_poll_ms.max(10))
-    }
-    pub fn outbox_lease(&self) -> Duration {
-        Duration::from_millis(self.outbox_lease_ms.max(1))
-    }
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
-    }
-    pub fn health_interval(&self) -> Duration {
-        Duration::from_millis(self.health_interval_ms.max(10))
+
+    #[test]
+    fn durations_read_like_conversation_service() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("2h").is_err());
+        assert!(parse_duration("fast").is_err());
     }
 }

@@ -22,6 +22,8 @@ use crate::{
 /// The health name under which token-service reports its view of conversation-service.
 pub const CONVERSATION_DEPENDENCY: &str = "chat.v1.ConversationService";
 const TOKEN_SERVICE: &str = "chat.v1.TokenService";
+/// Largest reply: a full ListTokens page (200 links with 200-character labels) fits.
+const MAX_REPLY_BYTES: usize = 1024 * 1024;
 
 pub struct Application {
     listener: TcpListener,
@@ -44,10 +46,7 @@ impl Application {
         let local_addr = listener
             .local_addr()
             .map_err(|e| Error::Internal(format!("reading the bound address: {e}")))?;
-        let store = Store::start(
-            config.database.clone(),
-            Duration::from_millis(config.sqlite_busy_timeout_ms),
-        )?;
+        let store = Store::start(config.database.clone(), config.sqlite_busy_timeout)?;
         // The first open (directory, lock, migrations) happens before serving; a failure
         // is retried on use and by the health probe.
         if let Err(e) = store.probe().await {
@@ -59,13 +58,13 @@ impl Application {
             store.clone(),
             conversations.clone(),
             OutboxSettings {
-                call_timeout: config.call_timeout(),
-                inline_wait: config.inline_wait(),
-                retry: config.outbox_retry(),
-                retry_max: config.outbox_retry_max(),
-                poll: config.outbox_poll(),
+                call_timeout: config.call_timeout.max(Duration::from_millis(1)),
+                inline_wait: config.inline_wait,
+                retry: config.outbox_retry.max(Duration::from_millis(1)),
+                retry_max: config.outbox_retry_max.max(config.outbox_retry),
+                poll: config.outbox_poll.max(Duration::from_millis(10)),
                 batch: config.outbox_batch.max(1),
-                lease: config.outbox_lease(),
+                lease: config.outbox_lease.max(Duration::from_millis(1)),
             },
         );
         Ok(Self {
@@ -120,7 +119,7 @@ impl Application {
 
         let limiter = Arc::new(FailureLimiter::new(
             config.failed_redemptions_limit,
-            Duration::from_secs(config.failed_redemptions_window_secs),
+            config.failed_redemptions_window,
         ));
         let tokens = TokenServiceServer::new(TokenGrpc::new(
             store.clone(),
@@ -129,7 +128,7 @@ impl Application {
             &config.caller_address_header,
         ))
         .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
+        .max_encoding_message_size(MAX_REPLY_BYTES);
 
         let worker = tokio::spawn(outbox.clone().run(shutdown.clone()));
         let prober = tokio::spawn(probe_health(
@@ -137,12 +136,12 @@ impl Application {
             conversations,
             outbox,
             health,
-            config.health_interval(),
-            config.call_timeout(),
+            config.health_interval.max(Duration::from_millis(10)),
+            config.call_timeout.max(Duration::from_millis(1)),
             shutdown.clone(),
         ));
 
-        let keepalive = Duration::from_secs(config.keepalive_secs.max(1));
+        let keepalive = config.keepalive.max(Duration::from_secs(1));
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(keepalive));
@@ -151,7 +150,7 @@ impl Application {
 
         let stop = shutdown.clone();
         let served = Server::builder()
-            .timeout(config.request_timeout())
+            .timeout(config.request_timeout)
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
                 config.max_concurrent_requests.max(1),
             ))

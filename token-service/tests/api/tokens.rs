@@ -433,3 +433,37 @@ async fn oversized_requests_are_refused_before_they_reach_the_handler() {
     assert_eq!(app.db_dump(), before);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_full_page_of_long_labels_fits_in_a_reply() {
+    let app = spawn_app().await;
+    let issue = (0..200).map(|_| {
+        let mut client = app.tokens.clone();
+        async move {
+            client
+                .issue_token(IssueTokenRequest {
+                    provider_id: "wordy".into(),
+                    label: "é".repeat(200),
+                    ttl: None,
+                    max_uses: 0,
+                })
+                .await
+                .unwrap()
+        }
+    });
+    futures::future::join_all(issue).await;
+    let page = app
+        .tokens
+        .clone()
+        .list_tokens(ListTokensRequest {
+            provider_id: "wordy".into(),
+            page_size: 200,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.tokens.len(), 200);
+    assert!(page.next_page_token.is_empty());
+    app.stop().await;
+}
