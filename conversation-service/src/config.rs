@@ -65,7 +65,8 @@ pub struct Config {
     #[arg(long, env = "SEND_WRITERS", default_value_t = 2)]
     pub send_writers: usize,
 
-    /// On SIGTERM/SIGINT: how long in-flight requests may finish before streams are cut.
+    /// On SIGTERM/SIGINT: how long in-flight unary calls may finish. Open streams end at
+    /// once with UNAVAILABLE, so their clients resume on another replica.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 

@@ -53,6 +53,17 @@ fn ok<T>(value: T) -> GrpcResult<T> {
     Ok(Response::new(value))
 }
 
+/// Rows were read with one extra (`size + 1`): if it came, drop it and return the token
+/// of the page's last row; otherwise this was the last page.
+fn next_page<T>(rows: &mut Vec<T>, size: i64, token: impl Fn(&T) -> String) -> String {
+    if rows.len() > usize::try_from(size).unwrap_or(usize::MAX) {
+        rows.pop();
+        rows.last().map(token).unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
 #[tonic::async_trait]
 impl ConversationService for ConversationApi {
     #[tracing::instrument(skip_all, fields(provider_id = %request.get_ref().provider_id, request_id = %request.get_ref().request_id))]
@@ -115,14 +126,9 @@ impl ConversationService for ConversationApi {
             .store
             .list_conversations(&owner, status, after, size + 1)
             .await?;
-        let next_page_token = if rows.len() > usize::try_from(size).unwrap_or(usize::MAX) {
-            rows.pop();
-            rows.last()
-                .map(|last| PageToken::encode(&query, (last.last_activity_at, last.id)))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next_page(&mut rows, size, |last| {
+            PageToken::encode(&query, (last.last_activity_at, last.id))
+        });
         ok(v1::ListConversationsResponse {
             conversations: rows.iter().map(|r| r.to_proto(Some(owner.role))).collect(),
             next_page_token,
@@ -216,14 +222,8 @@ impl ConversationService for ConversationApi {
             .store
             .list_messages(id, direction, cursor, size + 1)
             .await?;
-        let next_page_token = if rows.len() > usize::try_from(size).unwrap_or(usize::MAX) {
-            rows.pop();
-            rows.last()
-                .map(|last| PageToken::encode(&query, last.seq))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token =
+            next_page(&mut rows, size, |last| PageToken::encode(&query, last.seq));
         ok(v1::ListMessagesResponse {
             messages: rows
                 .iter()

@@ -13,7 +13,7 @@ use tonic::Status;
 
 use super::{Wake, hub::Subscription};
 use crate::{
-    domain::Participant,
+    domain::{ConversationId, Participant},
     error::Error,
     store::{ConversationRow, InboxCursor, InboxItem, Store, timestamp},
 };
@@ -155,17 +155,8 @@ impl ConversationStream<'_> {
                         .await?;
                 }
                 Wake::Customer => {
-                    let conversation = match self
-                        .ctx
-                        .store
-                        .get_conversation(crate::domain::ConversationId(self.id))
-                        .await
-                    {
-                        Ok(conversation) => conversation,
-                        Err(error) => return Err(self.fail(error).await),
-                    };
                     let updated = v1::CustomerUpdated {
-                        conversation: Some(conversation.to_proto(Some(role))),
+                        conversation: Some(self.current().await?),
                     };
                     self.send(ConversationEvent::CustomerUpdated(updated), false)
                         .await?;
@@ -177,20 +168,24 @@ impl ConversationStream<'_> {
         }
     }
 
+    /// The conversation as it is now, as the viewer sees it.
+    async fn current(&self) -> Result<v1::Conversation, Stop> {
+        match self
+            .ctx
+            .store
+            .get_conversation(ConversationId(self.id))
+            .await
+        {
+            Ok(conversation) => Ok(conversation.to_proto(Some(self.viewer.role))),
+            Err(error) => Err(self.fail(error).await),
+        }
+    }
+
     /// After lost wake-ups: a fresh snapshot (status, customer, read positions), then
     /// every message after the last one delivered.
     async fn resync(&mut self) -> Result<(), Stop> {
-        let conversation = match self
-            .ctx
-            .store
-            .get_conversation(crate::domain::ConversationId(self.id))
-            .await
-        {
-            Ok(conversation) => conversation,
-            Err(error) => return Err(self.fail(error).await),
-        };
         let snapshot = v1::ConversationSnapshot {
-            conversation: Some(conversation.to_proto(Some(self.viewer.role))),
+            conversation: Some(self.current().await?),
         };
         self.send(ConversationEvent::Snapshot(snapshot), true)
             .await?;

@@ -94,6 +94,13 @@ async fn write_and_answer(store: &Store, batch: Vec<Job>) {
                 }
                 return;
             }
+            Err(Error::Unavailable(message)) => {
+                // The database is gone: writing singly would only wait longer.
+                for reply in replies {
+                    let _ = reply.send(Err(Error::Unavailable(message.clone())));
+                }
+                return;
+            }
             Err(error) => {
                 // One bad apple (or a race with another replica on a client_message_id)
                 // must not fail its neighbours: write each alone.

@@ -14,7 +14,6 @@ use chat_proto::v1::{
 use clap::Parser;
 use conversation_service::{config::Config, realtime::Hub, startup::Application};
 use sqlx::{Connection, PgConnection};
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use uuid::Uuid;
@@ -41,8 +40,8 @@ pub struct TestApp {
     pub database_url: String,
     pub client: Client,
     pub hub: Arc<Hub>,
-    pub shutdown: CancellationToken,
-    pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Stops the service when the test ends.
+    _shutdown: tokio_util::sync::DropGuard,
 }
 
 impl TestApp {
@@ -78,8 +77,8 @@ pub async fn spawn_app_with(database_url: &str, flags: &[&str]) -> TestApp {
     let app = Application::build(config).await.unwrap();
     let addr = app.local_addr();
     let hub = app.hub();
-    let shutdown = app.shutdown_token();
-    let server = tokio::spawn(app.run_until_stopped());
+    let shutdown = app.shutdown_token().drop_guard();
+    tokio::spawn(app.run_until_stopped());
     let client = connect(addr).await;
     wait_serving(addr).await;
     TestApp {
@@ -87,8 +86,7 @@ pub async fn spawn_app_with(database_url: &str, flags: &[&str]) -> TestApp {
         database_url: database_url.to_owned(),
         client,
         hub,
-        shutdown,
-        server,
+        _shutdown: shutdown,
     }
 }
 
@@ -122,7 +120,6 @@ pub async fn wait_serving(addr: SocketAddr) {
 
 /// A replica as a separate OS process (killed on drop).
 pub struct Replica {
-    pub addr: SocketAddr,
     pub child: Child,
     pub client: Client,
 }
@@ -156,7 +153,6 @@ pub async fn spawn_process(database_url: &str, flags: &[&str]) -> Replica {
         .unwrap();
     wait_serving(addr).await;
     Replica {
-        addr,
         child,
         client: connect(addr).await,
     }

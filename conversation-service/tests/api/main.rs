@@ -1,5 +1,6 @@
 //! API tests: real PostgreSQL, real gRPC on loopback. One binary, one module per
 //! capability.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod conversations;
 mod helpers;

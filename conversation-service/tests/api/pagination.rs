@@ -32,7 +32,7 @@ async fn walks_every_conversation_once_while_new_ones_arrive() {
             .into_inner();
         assert!(page.conversations.len() <= 5);
         for c in &page.conversations {
-            let activity = c.last_activity_time.clone().map(|t| (t.seconds, t.nanos));
+            let activity = c.last_activity_time.map(|t| (t.seconds, t.nanos));
             if let Some(previous) = previous_activity {
                 assert!(activity <= Some(previous), "newest activity first");
             }

@@ -537,3 +537,49 @@ async fn without_a_database_health_is_not_serving_and_calls_are_unavailable() {
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn sigterm_ends_streams_with_unavailable_and_exits_cleanly() {
+    let mut a = spawn_app().await;
+    let mut b = spawn_process(&a.database_url, &["--shutdown-grace", "2s"]).await;
+    let id = create(&mut a.client, "p1").await.conversation_id;
+    let mut stream = open(&mut b.client, &id, provider("p1"), 0).await;
+    next(&mut stream).await;
+    let pid = b.child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends promptly");
+    assert_eq!(ended, Some(Code::Unavailable), "told to resume elsewhere");
+    let exited = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = b.child.try_wait().unwrap() {
+                return Some(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    })
+    .await
+    .unwrap();
+    assert_eq!(exited, Some(true), "exits 0 within the grace period");
+    // The other replica carries on: the message written meanwhile is readable on resume.
+    send(&mut a.client, &id, provider("p1"), "after")
+        .await
+        .unwrap();
+    let mut resumed = open(&mut a.client, &id, provider("p1"), 0).await;
+    assert_eq!(seqs(&messages_until(&mut resumed, 1).await), vec![1]);
+}
