@@ -64,7 +64,10 @@ impl Application {
                 retry_max: config.outbox_retry_max.max(config.outbox_retry),
                 poll: config.outbox_poll.max(Duration::from_millis(10)),
                 batch: config.outbox_batch.max(1),
-                lease: config.outbox_lease.max(Duration::from_millis(1)),
+                // Never shorter than an RPC's own attempt, or the worker would call twice.
+                lease: config
+                    .outbox_lease
+                    .max(config.inline_wait + config.call_timeout),
             },
         );
         Ok(Self {
