@@ -13,9 +13,15 @@ if ! psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT 1 FROM pg_database W
 fi
 cargo build --release --locked --bins
 pids=()
-trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait' INT TERM EXIT
+stop() {
+  trap - INT TERM EXIT
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  wait || true
+}
+trap stop INT TERM EXIT
 target/release/conversation-service & pids+=($!)
 if [ -x target/release/token-service ]; then
   target/release/token-service & pids+=($!)
 fi
-wait -n
+# Either one exiting (or Ctrl-C) stops both.
+wait -n || true
