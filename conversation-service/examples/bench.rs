@@ -16,7 +16,6 @@ use chat_proto::v1::{
 use clap::Parser;
 use conversation_service::{config::Config, startup::Application};
 use sqlx::{Connection, PgConnection, postgres::PgPoolOptions};
-use tokio::sync::Mutex;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
@@ -221,51 +220,72 @@ async fn main() -> anyhow::Result<()> {
         / (reference.latencies.len() as f64 / reference.elapsed.as_secs_f64());
     println!("service / reference throughput: {ratio:.2}x (target >= 1.5x)");
 
-    // Delivery: send one message at a time on a quiet conversation and time until a
-    // stream (the other participant's) receives it.
-    let id = ids[0].to_string();
-    let mut stream = client
+    // Delivery: one message at a time on a quiet conversation, timed until a stream of
+    // the other participant receives it, on the same replica and on a second replica
+    // (its own LISTEN connection) against the same database.
+    println!("delivery, one message at a time (commit latency is the floor):");
+    let other = start(&url).await?;
+    for (label, mut stream_client) in [
+        ("same replica", client.clone()),
+        ("other replica", other.1.clone()),
+    ] {
+        let id = ids[1].to_string();
+        let (replies, deliveries, elapsed) =
+            measure_delivery(&mut client, &mut stream_client, &id, args.deliveries).await?;
+        println!("  stream on the {label}:");
+        Report {
+            name: "    SendMessage call -> reply (committed)",
+            latencies: replies,
+            elapsed,
+        }
+        .print();
+        Report {
+            name: "    SendMessage call -> received on the stream",
+            latencies: deliveries,
+            elapsed,
+        }
+        .print();
+    }
+    other.0.cancel();
+    app.0.cancel();
+    Ok(())
+}
+
+/// Sends `n` messages one by one on `sender`, each awaited on a stream held on `receiver`.
+async fn measure_delivery(
+    sender: &mut ConversationServiceClient<Channel>,
+    receiver: &mut ConversationServiceClient<Channel>,
+    id: &str,
+    n: usize,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, Duration)> {
+    let head = sender
+        .get_conversation(v1::GetConversationRequest {
+            conversation_id: id.to_owned(),
+            viewer: None,
+        })
+        .await?
+        .into_inner()
+        .conversation
+        .map_or(0, |c| c.head_seq);
+    // Start from the head: no replay to wait through.
+    let mut stream = receiver
         .stream_conversation(v1::StreamConversationRequest {
-            conversation_id: id.clone(),
+            conversation_id: id.to_owned(),
             viewer: Some(v1::Participant {
                 role: v1::Role::Customer.into(),
                 id: String::new(),
             }),
-            after_seq: 0,
+            after_seq: head,
         })
         .await?
         .into_inner();
-    let head = Arc::new(Mutex::new(0_i64));
-    let mut latencies = Vec::with_capacity(args.deliveries);
-    // Drain the replay first.
-    let (_, current) = {
-        let reply = client
-            .get_conversation(v1::GetConversationRequest {
-                conversation_id: id.clone(),
-                viewer: None,
-            })
-            .await?
-            .into_inner();
-        ((), reply.conversation.map_or(0, |c| c.head_seq))
-    };
-    *head.lock().await = current;
-    while let Some(event) = stream.message().await? {
-        if let Some(Event::Message(m)) = event.event
-            && m.seq >= current
-        {
-            break;
-        }
-        if current == 0 {
-            break;
-        }
-    }
+    let (mut replies, mut deliveries) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let started = Instant::now();
-    let mut replies = Vec::with_capacity(args.deliveries);
-    for _ in 0..args.deliveries {
+    for _ in 0..n {
         let t = Instant::now();
-        let sent = client
+        let sent = sender
             .send_message(v1::SendMessageRequest {
-                conversation_id: id.clone(),
+                conversation_id: id.to_owned(),
                 sender: Some(v1::Participant {
                     role: v1::Role::Provider.into(),
                     id: "bench".into(),
@@ -279,35 +299,18 @@ async fn main() -> anyhow::Result<()> {
             .map_or(0, |m| m.seq);
         replies.push(t.elapsed());
         loop {
-            match stream.message().await? {
-                Some(event) => {
-                    if let Some(Event::Message(m)) = event.event
-                        && m.seq == sent
-                    {
-                        break;
-                    }
-                }
-                None => anyhow::bail!("stream ended"),
+            let Some(event) = stream.message().await? else {
+                anyhow::bail!("stream ended")
+            };
+            if let Some(Event::Message(m)) = event.event
+                && m.seq == sent
+            {
+                break;
             }
         }
-        latencies.push(t.elapsed());
+        deliveries.push(t.elapsed());
     }
-    let elapsed = started.elapsed();
-    println!("delivery, one message at a time (commit latency is the floor):");
-    Report {
-        name: "  SendMessage call -> reply (committed)",
-        latencies: replies,
-        elapsed,
-    }
-    .print();
-    Report {
-        name: "  SendMessage call -> received on a stream",
-        latencies,
-        elapsed,
-    }
-    .print();
-    app.0.cancel();
-    Ok(())
+    Ok((replies, deliveries, started.elapsed()))
 }
 
 async fn start(
