@@ -7,4 +7,5 @@ mod helpers;
 mod interop;
 mod messages;
 mod pagination;
+mod startup;
 mod streams;

@@ -1,0 +1,68 @@
+//! Starting up: replicas migrating the same database at once, and a database that
+//! appears only after the service started.
+
+use std::time::Duration;
+
+use chat_proto::v1;
+use clap::Parser;
+use conversation_service::{config::Config, startup::Application};
+use sqlx::{Connection, PgConnection};
+use tonic::Code;
+use uuid::Uuid;
+
+use crate::helpers::{ADMIN_URL, connect, create, fresh_database, spawn_app_with, wait_serving};
+
+#[tokio::test]
+async fn two_replicas_starting_together_both_serve_one_schema() {
+    let url = fresh_database().await;
+    let (mut a, mut b) = tokio::join!(spawn_app_with(&url, &[]), spawn_app_with(&url, &[]));
+    let made = create(&mut a.client, "p1").await;
+    let seen = b
+        .client
+        .get_conversation(v1::GetConversationRequest {
+            conversation_id: made.conversation_id,
+            viewer: None,
+        })
+        .await
+        .unwrap();
+    assert!(seen.into_inner().conversation.is_some());
+    assert_eq!(a.count("SELECT count(*) FROM _sqlx_migrations").await, 1);
+}
+
+#[tokio::test]
+async fn a_database_that_appears_later_is_picked_up() {
+    let name = format!("cs_test_{}", Uuid::new_v4().simple());
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    let config = Config::try_parse_from([
+        "conversation-service",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &url,
+        "--db-acquire-timeout",
+        "300ms",
+    ])
+    .unwrap();
+    let app = Application::build(config).await.unwrap();
+    let addr = app.local_addr();
+    let _stop = app.shutdown_token().drop_guard();
+    tokio::spawn(app.run_until_stopped());
+    let mut client = connect(addr).await;
+    let refused = client
+        .create_conversation(v1::CreateConversationRequest {
+            provider_id: "p1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "no database yet");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut admin = PgConnection::connect(ADMIN_URL).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    wait_serving(addr).await;
+    create(&mut client, "p1").await;
+}
