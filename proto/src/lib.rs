@@ -9,5 +9,7 @@ pub mod chat {
 
 pub use chat::v1;
 
+pub mod rules;
+
 /// Encoded `FileDescriptorSet` of every `chat.v1` file, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("chat_descriptor");

@@ -3,7 +3,7 @@
 
 mod page;
 
-use chat_proto::v1;
+use chat_proto::{rules, v1};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -42,27 +42,11 @@ pub fn parse_request_id(field: &'static str, text: &str) -> Result<Option<Uuid>>
     }
 }
 
-const MAX_ID_LEN: usize = 128;
+const MAX_ID_LEN: usize = chat_proto::rules::MAX_ID_LEN;
 
-/// A provider's or customer's identifier as the marketplace knows it: 1 to 128 of
-/// `A-Z a-z 0-9 - _ . : @` (it appears in link paths, so nothing that needs escaping).
+/// A provider's or customer's id (see [`chat_proto::rules::external_id`]).
 pub fn parse_external_id(field: &'static str, text: &str) -> Result<String> {
-    if text.is_empty() {
-        return Err(Error::invalid(field, "is required"));
-    }
-    if text.len() > MAX_ID_LEN {
-        return Err(Error::invalid(field, "must be at most 128 characters"));
-    }
-    if !text
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b))
-    {
-        return Err(Error::invalid(
-            field,
-            "may contain only letters, digits and - _ . : @",
-        ));
-    }
-    Ok(text.to_owned())
+    rules::external_id(text).map_err(|d| Error::invalid(field, d))
 }
 
 /// Which side of a conversation.
@@ -203,61 +187,19 @@ impl Status {
     }
 }
 
-const MAX_NAME_CHARS: usize = 200;
-
-/// A display name: at most 200 characters, no control characters. Empty clears it.
+/// A display name (see [`chat_proto::rules::name`]).
 pub fn parse_name(field: &'static str, text: &str) -> Result<String> {
-    let text = text.trim();
-    if text.chars().count() > MAX_NAME_CHARS {
-        return Err(Error::invalid(field, "must be at most 200 characters"));
-    }
-    if text.chars().any(char::is_control) {
-        return Err(Error::invalid(field, "must not contain control characters"));
-    }
-    Ok(text.to_owned())
+    rules::name(text).map_err(|d| Error::invalid(field, d))
 }
 
-/// An email address in the shape `local@domain.tld` (at most 254 characters). Empty
-/// clears it. Deliverability is the caller's business.
+/// An email address (see [`chat_proto::rules::email`]).
 pub fn parse_email(field: &'static str, text: &str) -> Result<String> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Ok(String::new());
-    }
-    let bad = || Error::invalid(field, "must be an email address like name@example.com");
-    if text.len() > 254 || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad());
-    }
-    let (local, domain) = text.rsplit_once('@').ok_or_else(bad)?;
-    let domain_ok = domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !domain.contains("..")
-        && !domain.contains('@');
-    if local.is_empty() || local.len() > 64 || local.contains('@') || !domain_ok {
-        return Err(bad());
-    }
-    Ok(text.to_owned())
+    rules::email(text).map_err(|d| Error::invalid(field, d))
 }
 
-/// A phone number, stored in E.164 shape: `+` and 7 to 15 digits, or 7 to 15 digits.
-/// Spaces, dashes, dots and parentheses are dropped. Empty clears it.
+/// A phone number (see [`chat_proto::rules::phone`]).
 pub fn parse_phone(field: &'static str, text: &str) -> Result<String> {
-    let cleaned: String = text
-        .chars()
-        .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
-        .collect();
-    if cleaned.is_empty() {
-        return Ok(cleaned);
-    }
-    let digits = cleaned.strip_prefix('+').unwrap_or(&cleaned);
-    if !(7..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Error::invalid(
-            field,
-            "must be a phone number of 7 to 15 digits, optionally starting with +",
-        ));
-    }
-    Ok(cleaned)
+    rules::phone(text).map_err(|d| Error::invalid(field, d))
 }
 
 /// The customer details of CreateConversation (all optional).
@@ -382,37 +324,6 @@ pub fn parse_origin(field: &'static str, text: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn external_ids() {
-        assert!(parse_external_id("f", "prov-1.a:b@c_d").is_ok());
-        assert!(parse_external_id("f", "").is_err());
-        assert!(parse_external_id("f", "a b").is_err());
-        assert!(parse_external_id("f", "a/b").is_err());
-        assert!(parse_external_id("f", &"x".repeat(129)).is_err());
-    }
-
-    #[test]
-    fn emails() {
-        assert_eq!(parse_email("e", " a@b.co ").ok().as_deref(), Some("a@b.co"));
-        assert_eq!(parse_email("e", "").ok().as_deref(), Some(""));
-        for bad in [
-            "a", "a@b", "@b.co", "a@.co", "a@b.co.", "a b@c.de", "a@@b.co",
-        ] {
-            assert!(parse_email("e", bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn phones() {
-        assert_eq!(
-            parse_phone("p", "+49 (30) 123-4567").ok().as_deref(),
-            Some("+49301234567")
-        );
-        for bad in ["12345", "+12a4567890", "1234567890123456", "++1234567"] {
-            assert!(parse_phone("p", bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn bodies() {

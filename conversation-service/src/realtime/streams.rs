@@ -99,13 +99,14 @@ impl ConversationStream<'_> {
         subscription: &mut Subscription,
         conversation: ConversationRow,
     ) -> Result<(), Stop> {
-        let role = self.viewer.role;
         let snapshot = v1::ConversationSnapshot {
-            conversation: Some(conversation.to_proto(Some(role))),
+            conversation: Some(conversation.to_proto(Some(self.viewer.role))),
         };
         self.send(ConversationEvent::Snapshot(snapshot), true)
             .await?;
-        self.deliver_up_to(i64::MAX, true).await?;
+        // The replay ends at the head the snapshot saw; anything newer woke this
+        // subscription (taken before the snapshot) and is delivered live.
+        self.deliver_up_to(conversation.head_seq, true).await?;
         let period = self.ctx.heartbeat;
         let mut next_heartbeat = Instant::now() + period;
         loop {

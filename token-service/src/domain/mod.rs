@@ -17,26 +17,11 @@ pub use token::{NewToken, Token, TokenState};
 
 use crate::error::Error;
 
-/// Checks an identifier chosen by the marketplace (provider or customer id) by the same
-/// rule conversation-service applies: 1 to 128 of `A-Z a-z 0-9 - _ . : @`. Checking it
-/// here means a queued call can never be refused for it later.
+/// Checks an identifier chosen by the marketplace (provider or customer id) by the
+/// contract's rule, the one conversation-service applies, so a queued call can never be
+/// refused for it later.
 fn parse_external_id(field: &'static str, value: &str) -> Result<String, Error> {
-    if value.is_empty() {
-        return Err(Error::invalid(field, "is required"));
-    }
-    if value.len() > 128 {
-        return Err(Error::invalid(field, "must be at most 128 characters"));
-    }
-    if !value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b))
-    {
-        return Err(Error::invalid(
-            field,
-            "may contain only letters, digits and - _ . : @",
-        ));
-    }
-    Ok(value.to_owned())
+    chat_proto::rules::external_id(value).map_err(|d| Error::invalid(field, d))
 }
 
 /// The provider who owns a link, as it appears in `/u/{provider_id}/c/{secret}`.

@@ -1,5 +1,7 @@
 //! A customer's session, opened by redeeming a link.
 
+use chat_proto::rules;
+
 use super::{CustomerId, ProviderId, SessionId, Timestamp, TokenId};
 use crate::error::Error;
 
@@ -50,52 +52,13 @@ impl ContactDetails {
 }
 
 fn parse_name(text: &str) -> Result<String, Error> {
-    let text = text.trim();
-    if text.chars().count() > 200 || text.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "name",
-            "must be at most 200 characters without control characters",
-        ));
-    }
-    Ok(text.to_owned())
+    rules::name(text).map_err(|d| Error::invalid("name", d))
 }
 
 fn parse_email(text: &str) -> Result<String, Error> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Ok(String::new());
-    }
-    let bad = || Error::invalid("email", "must be an email address like name@example.com");
-    if text.len() > 254 || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad());
-    }
-    let (local, domain) = text.rsplit_once('@').ok_or_else(bad)?;
-    let domain_ok = domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !domain.contains("..");
-    if local.is_empty() || local.len() > 64 || local.contains('@') || !domain_ok {
-        return Err(bad());
-    }
-    Ok(text.to_owned())
+    rules::email(text).map_err(|d| Error::invalid("email", d))
 }
 
-/// `+` and 7 to 15 digits, or 7 to 15 digits; spaces, dashes, dots and parentheses are
-/// allowed and dropped.
 fn parse_phone(text: &str) -> Result<String, Error> {
-    let cleaned: String = text
-        .chars()
-        .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
-        .collect();
-    if cleaned.is_empty() {
-        return Ok(cleaned);
-    }
-    let digits = cleaned.strip_prefix('+').unwrap_or(&cleaned);
-    if !(7..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Error::invalid(
-            "phone",
-            "must be a phone number of 7 to 15 digits, optionally starting with +",
-        ));
-    }
-    Ok(cleaned)
+    rules::phone(text).map_err(|d| Error::invalid("phone", d))
 }
