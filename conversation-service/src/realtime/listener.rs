@@ -40,6 +40,7 @@ pub async fn run_listener(pool: PgPool, hub: Arc<Hub>, shutdown: CancellationTok
                             tracing::warn!("listener connection lost; reconnecting");
                             break;
                         }
+                        Err(_) if pool.is_closed() => return,
                         Err(error) => {
                             tracing::warn!(%error, "listener failed; reconnecting");
                             break;
@@ -48,6 +49,7 @@ pub async fn run_listener(pool: PgPool, hub: Arc<Hub>, shutdown: CancellationTok
                 }
                 hub.set_listening(false);
             }
+            Err(_) if pool.is_closed() => return,
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?backoff, "cannot LISTEN");
             }
