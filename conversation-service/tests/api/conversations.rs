@@ -458,3 +458,110 @@ async fn list_requires_an_owner_and_filters_by_status() {
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0].conversation_id, a.conversation_id);
 }
+
+/// Every RPC that names a conversation: a malformed id is INVALID_ARGUMENT naming
+/// `conversation_id`, an unknown one is NOT_FOUND, and neither writes anything.
+#[tokio::test]
+async fn every_rpc_refuses_bad_and_unknown_conversation_ids() {
+    let app = spawn_app().await;
+    for id in ["not-a-uuid".to_owned(), Uuid::new_v4().to_string()] {
+        let expected = if id.len() == 36 {
+            Code::NotFound
+        } else {
+            Code::InvalidArgument
+        };
+        let mut c = app.client.clone();
+        let statuses = vec![
+            (
+                "GetConversation",
+                c.get_conversation(v1::GetConversationRequest {
+                    conversation_id: id.clone(),
+                    viewer: None,
+                })
+                .await
+                .err(),
+            ),
+            (
+                "UpdateCustomer",
+                c.update_customer(v1::UpdateCustomerRequest {
+                    conversation_id: id.clone(),
+                    name: Some("x".into()),
+                    ..Default::default()
+                })
+                .await
+                .err(),
+            ),
+            (
+                "SetConversationStatus",
+                c.set_conversation_status(v1::SetConversationStatusRequest {
+                    conversation_id: id.clone(),
+                    status: ConversationStatus::Closed.into(),
+                    actor: None,
+                })
+                .await
+                .err(),
+            ),
+            (
+                "SendMessage",
+                c.send_message(v1::SendMessageRequest {
+                    conversation_id: id.clone(),
+                    sender: provider("p1"),
+                    body: "x".into(),
+                    ..Default::default()
+                })
+                .await
+                .err(),
+            ),
+            (
+                "ListMessages",
+                c.list_messages(v1::ListMessagesRequest {
+                    conversation_id: id.clone(),
+                    viewer: provider("p1"),
+                    ..Default::default()
+                })
+                .await
+                .err(),
+            ),
+            (
+                "MarkRead",
+                c.mark_read(v1::MarkReadRequest {
+                    conversation_id: id.clone(),
+                    reader: provider("p1"),
+                    seq: 0,
+                })
+                .await
+                .err(),
+            ),
+            (
+                "SendTyping",
+                c.send_typing(v1::SendTypingRequest {
+                    conversation_id: id.clone(),
+                    sender: provider("p1"),
+                })
+                .await
+                .err(),
+            ),
+            (
+                "StreamConversation",
+                c.stream_conversation(v1::StreamConversationRequest {
+                    conversation_id: id.clone(),
+                    viewer: provider("p1"),
+                    after_seq: 0,
+                })
+                .await
+                .err(),
+            ),
+        ];
+        for (rpc, status) in statuses {
+            let status = status.unwrap_or_else(|| panic!("{rpc} accepted {id}"));
+            assert_eq!(status.code(), expected, "{rpc} with {id}");
+            if expected == Code::InvalidArgument {
+                assert_eq!(bad_field(&status), "conversation_id", "{rpc}");
+            } else {
+                assert_eq!(reason(&status), "CONVERSATION_NOT_FOUND", "{rpc}");
+            }
+        }
+    }
+    assert_eq!(app.count("SELECT count(*) FROM conversations").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM messages").await, 0);
+}
