@@ -86,11 +86,18 @@ impl Error {
 fn is_unreachable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
-        sqlx::Error::Database(db) => {
-            // 57P01..03 admin shutdown / crash shutdown / cannot connect now; 08* connection.
-            db.code()
-                .is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
-        }
+        // SQLSTATEs meaning "this database cannot serve you now", mostly raised while a
+        // new connection is opened: 08 connection exception, 53 insufficient resources
+        // (too many connections), 57P operator intervention (shutdown, starting up),
+        // 3D000 no such database, 28 authorization, 55000 database not accepting
+        // connections. Anything else is a bug and stays INTERNAL.
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            ["08", "53", "57P", "28"]
+                .iter()
+                .any(|class| c.starts_with(class))
+                || c == "3D000"
+                || c == "55000"
+        }),
         _ => false,
     }
 }

@@ -100,6 +100,11 @@ pub async fn connect(addr: SocketAddr) -> Client {
 
 /// Waits until health says SERVING (listener connected, migrations applied).
 pub async fn wait_serving(addr: SocketAddr) {
+    wait_health(addr, 1).await;
+}
+
+/// Waits until health reports `status` (1 SERVING, 2 NOT_SERVING) for the service.
+pub async fn wait_health(addr: SocketAddr, status: i32) {
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_lazy();
@@ -110,12 +115,12 @@ pub async fn wait_serving(addr: SocketAddr) {
                 service: "chat.v1.ConversationService".into(),
             })
             .await;
-        if reply.is_ok_and(|r| r.into_inner().status == 1) {
+        if reply.is_ok_and(|r| r.into_inner().status == status) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{addr} never became SERVING");
+    panic!("{addr} never reported health status {status}");
 }
 
 /// A replica as a separate OS process (killed on drop).

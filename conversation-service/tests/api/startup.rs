@@ -66,3 +66,50 @@ async fn a_database_that_appears_later_is_picked_up() {
     wait_serving(addr).await;
     create(&mut client, "p1").await;
 }
+
+/// The database goes away under a running service (here: it stops accepting
+/// connections and the service's backends are terminated): calls answer UNAVAILABLE,
+/// never INTERNAL, health says NOT_SERVING, and all recovers when it comes back.
+#[tokio::test]
+async fn a_database_lost_while_serving_gives_unavailable_then_recovers() {
+    let url = fresh_database().await;
+    let mut app = spawn_app_with(&url, &["--db-acquire-timeout", "500ms"]).await;
+    let id = create(&mut app.client, "p1").await.conversation_id;
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    let mut admin = PgConnection::connect(ADMIN_URL).await.unwrap();
+    let allow = |yes: bool| {
+        sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS {yes}"
+        ))
+    };
+    sqlx::query(allow(false)).execute(&mut admin).await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&name)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+
+    let send = v1::SendMessageRequest {
+        conversation_id: id.clone(),
+        sender: crate::helpers::provider("p1"),
+        body: "hello".into(),
+        client_message_id: "m1".into(),
+    };
+    let status = app.client.send_message(send.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let status = app
+        .client
+        .get_conversation(v1::GetConversationRequest {
+            conversation_id: id.clone(),
+            viewer: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    crate::helpers::wait_health(app.addr, 2).await;
+
+    sqlx::query(allow(true)).execute(&mut admin).await.unwrap();
+    wait_serving(app.addr).await;
+    let sent = app.client.send_message(send).await.unwrap().into_inner();
+    assert_eq!(sent.message.unwrap().seq, 1);
+}
