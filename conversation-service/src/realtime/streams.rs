@@ -62,8 +62,8 @@ pub async fn conversation_stream(
     out: mpsc::Sender<Result<v1::StreamConversationResponse, Status>>,
 ) {
     let mut stream = ConversationStream {
-        ctx: &ctx,
-        out: &out,
+        ctx,
+        out,
         id: conversation.id,
         viewer,
         last: after_seq,
@@ -71,26 +71,26 @@ pub async fn conversation_stream(
     let _ = stream.run(&mut subscription, conversation).await;
 }
 
-struct ConversationStream<'a> {
-    ctx: &'a StreamContext,
-    out: &'a mpsc::Sender<Result<v1::StreamConversationResponse, Status>>,
+struct ConversationStream {
+    ctx: StreamContext,
+    out: mpsc::Sender<Result<v1::StreamConversationResponse, Status>>,
     id: uuid::Uuid,
     viewer: Participant,
     /// Highest seq delivered.
     last: i64,
 }
 
-impl ConversationStream<'_> {
+impl ConversationStream {
     async fn send(&self, event: ConversationEvent, replayed: bool) -> Result<(), Stop> {
         let response = v1::StreamConversationResponse {
             event: Some(event),
             replayed,
         };
-        emit(self.out, Ok(response), &self.ctx.shutdown).await
+        emit(&self.out, Ok(response), &self.ctx.shutdown).await
     }
 
     async fn fail(&self, error: Error) -> Stop {
-        let _ = emit(self.out, Err(error.into()), &self.ctx.shutdown).await;
+        let _ = emit(&self.out, Err(error.into()), &self.ctx.shutdown).await;
         Stop
     }
 
@@ -229,22 +229,22 @@ pub async fn inbox_stream(
     out: mpsc::Sender<Result<v1::StreamInboxResponse, Status>>,
 ) {
     let mut stream = InboxStream {
-        ctx: &ctx,
-        out: &out,
+        ctx,
+        out,
         owner,
         cursor,
     };
     let _ = stream.run(&mut subscription, resumed).await;
 }
 
-struct InboxStream<'a> {
-    ctx: &'a StreamContext,
-    out: &'a mpsc::Sender<Result<v1::StreamInboxResponse, Status>>,
+struct InboxStream {
+    ctx: StreamContext,
+    out: mpsc::Sender<Result<v1::StreamInboxResponse, Status>>,
     owner: Participant,
     cursor: InboxCursor,
 }
 
-impl InboxStream<'_> {
+impl InboxStream {
     async fn run(&mut self, subscription: &mut Subscription, resumed: bool) -> Result<(), Stop> {
         if resumed {
             self.deliver(true).await?;
@@ -268,7 +268,7 @@ impl InboxStream<'_> {
                         cursor: self.cursor.encode(),
                         replayed: false,
                     };
-                    emit(self.out, Ok(response), &self.ctx.shutdown).await?;
+                    emit(&self.out, Ok(response), &self.ctx.shutdown).await?;
                     next_heartbeat = Instant::now() + period;
                     continue;
                 }
@@ -295,7 +295,7 @@ impl InboxStream<'_> {
             {
                 Ok(window) => window,
                 Err(error) => {
-                    let _ = emit(self.out, Err(error.into()), &self.ctx.shutdown).await;
+                    let _ = emit(&self.out, Err(error.into()), &self.ctx.shutdown).await;
                     return Err(Stop);
                 }
             };
@@ -326,7 +326,7 @@ impl InboxStream<'_> {
                     cursor: cursor.encode(),
                     replayed,
                 };
-                emit(self.out, Ok(response), &self.ctx.shutdown).await?;
+                emit(&self.out, Ok(response), &self.ctx.shutdown).await?;
                 self.cursor = cursor;
             }
             self.cursor = window.next;
