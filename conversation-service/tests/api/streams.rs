@@ -350,6 +350,21 @@ async fn receipts_typing_status_and_heartbeats_arrive_live() {
     assert_eq!(kinds, ["read", "typing", "status", "heartbeat"]);
 }
 
+async fn open_inbox(
+    client: &mut Client,
+    participant: Option<v1::Participant>,
+    cursor: String,
+) -> Streaming<StreamInboxResponse> {
+    client
+        .stream_inbox(v1::StreamInboxRequest {
+            participant,
+            cursor,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn next_inbox(stream: &mut Streaming<StreamInboxResponse>) -> StreamInboxResponse {
     loop {
         let response = tokio::time::timeout(WAIT, stream.message())
@@ -368,15 +383,7 @@ async fn inbox_shows_what_the_other_replica_did() {
     let mut a = spawn_app().await;
     let mut b = spawn_process(&a.database_url, &[]).await;
     let owner = new_provider();
-    let mut inbox = b
-        .client
-        .stream_inbox(v1::StreamInboxRequest {
-            participant: provider(&owner),
-            cursor: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut inbox = open_inbox(&mut b.client, provider(&owner), String::new()).await;
     let conversation = create(&mut a.client, &owner).await;
     let id = conversation.conversation_id.clone();
     match next_inbox(&mut inbox).await.event {
@@ -385,15 +392,7 @@ async fn inbox_shows_what_the_other_replica_did() {
         }
         other => panic!("expected the new conversation, got {other:?}"),
     }
-    let mut customer_inbox = b
-        .client
-        .stream_inbox(v1::StreamInboxRequest {
-            participant: customer("cust-1"),
-            cursor: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut customer_inbox = open_inbox(&mut b.client, customer("cust-1"), String::new()).await;
     a.client
         .update_customer(v1::UpdateCustomerRequest {
             conversation_id: id.clone(),
@@ -438,15 +437,7 @@ async fn inbox_resume_survives_out_of_order_commits() {
     let mut app = spawn_app().await;
     let owner = new_provider();
     let early = create(&mut app.client, &owner).await;
-    let mut inbox = app
-        .client
-        .stream_inbox(v1::StreamInboxRequest {
-            participant: provider(&owner),
-            cursor: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut inbox = open_inbox(&mut app.client, provider(&owner), String::new()).await;
     // A slow writer: its event row gets its id now, commits later.
     let mut slow = app.db().await;
     let mut tx = slow.begin().await.unwrap();
@@ -470,15 +461,7 @@ async fn inbox_resume_survives_out_of_order_commits() {
     drop(inbox);
     tx.commit().await.unwrap();
 
-    let mut resumed = app
-        .client
-        .stream_inbox(v1::StreamInboxRequest {
-            participant: provider(&owner),
-            cursor,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut resumed = open_inbox(&mut app.client, provider(&owner), cursor).await;
     let response = next_inbox(&mut resumed).await;
     assert!(response.replayed, "a resumed event is marked as replayed");
     match response.event {

@@ -10,8 +10,8 @@ use std::{
 };
 
 use chat_proto::v1::{
-    ConversationState, GetConversationRequest, GetSessionRequest, IdentifySessionRequest, Session,
-    token_service_client::TokenServiceClient,
+    ConversationState, Customer, GetConversationRequest, GetSessionRequest, IdentifySessionRequest,
+    Session, token_service_client::TokenServiceClient,
 };
 use futures::future::join_all;
 use tonic::transport::Channel;
@@ -162,9 +162,19 @@ async fn identify_while_the_conversation_is_pending_is_applied_after_creation() 
     let conv = spawn_conversation_service(&database_url, &addr.to_string()).await;
     let sessions = settled(&app.tokens, std::slice::from_ref(&redeemed.session_secret)).await;
     let conversation_id = sessions[0].conversation_id.clone();
-    let linked = eventually(SETTLE, || {
-        let mut client = conv.client.clone();
-        let conversation_id = conversation_id.clone();
+    let linked = linked_customer(&conv.client, &conversation_id).await;
+    assert_eq!(linked.customer_id, cust);
+    assert_eq!(linked.name, "Late Riser");
+    assert_one_conversation_each(&conv.client, &prov, &sessions).await;
+    app.stop().await;
+    conv.stop().await;
+}
+
+/// Waits until the conversation has a customer linked, and returns it.
+async fn linked_customer(client: &ConversationClient, conversation_id: &str) -> Customer {
+    eventually(SETTLE, || {
+        let mut client = client.clone();
+        let conversation_id = conversation_id.to_owned();
         async move {
             let c = client
                 .get_conversation(GetConversationRequest {
@@ -178,12 +188,7 @@ async fn identify_while_the_conversation_is_pending_is_applied_after_creation() 
             c.customer.filter(|c| !c.customer_id.is_empty())
         }
     })
-    .await;
-    assert_eq!(linked.customer_id, cust);
-    assert_eq!(linked.name, "Late Riser");
-    assert_one_conversation_each(&conv.client, &prov, &sessions).await;
-    app.stop().await;
-    conv.stop().await;
+    .await
 }
 
 /// token-service as an OS process, so it can be SIGKILLed.
@@ -290,23 +295,7 @@ async fn token_service_killed_with_work_in_its_outbox_finishes_it_after_restart(
     let tokens = connect(&listen).await;
     let sessions = settled(&tokens, &secrets).await;
     assert_one_conversation_each(&conv.client, &prov, &sessions).await;
-    let first = eventually(SETTLE, || {
-        let mut client = conv.client.clone();
-        let conversation_id = sessions[0].conversation_id.clone();
-        async move {
-            let c = client
-                .get_conversation(GetConversationRequest {
-                    conversation_id,
-                    viewer: None,
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .conversation?;
-            c.customer.filter(|c| !c.customer_id.is_empty())
-        }
-    })
-    .await;
+    let first = linked_customer(&conv.client, &sessions[0].conversation_id).await;
     assert_eq!(first.customer_id, cust);
     assert_eq!(first.email, "survivor@example.com");
     eventually(SETTLE, || {

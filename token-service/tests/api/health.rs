@@ -20,6 +20,14 @@ async fn status(channel: &Channel, service: &str) -> ServingStatus {
     ServingStatus::try_from(reply.status).unwrap()
 }
 
+/// Waits (up to 5 s) until `service` reports `want`.
+async fn wait_status(channel: &Channel, service: &str, want: ServingStatus) {
+    eventually(Duration::from_secs(5), || async move {
+        (status(channel, service).await == want).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn serving_without_conversation_service_and_says_so() {
     let app = spawn_app().await;
@@ -48,11 +56,7 @@ async fn not_serving_while_the_database_cannot_be_opened_then_recovers() {
 
     let app = spawn_app_with(db_path.clone(), NOWHERE, &[]).await;
     let channel = app.channel.clone();
-    eventually(Duration::from_secs(5), || {
-        let channel = channel.clone();
-        async move { (status(&channel, "").await == ServingStatus::NotServing).then_some(()) }
-    })
-    .await;
+    wait_status(&channel, "", ServingStatus::NotServing).await;
     let refused = app
         .tokens
         .clone()
@@ -70,13 +74,7 @@ async fn not_serving_while_the_database_cannot_be_opened_then_recovers() {
 
     // Clear the way: the service opens the database by itself.
     std::fs::remove_file(&dir).unwrap();
-    eventually(Duration::from_secs(5), || {
-        let channel = channel.clone();
-        async move {
-            (status(&channel, "chat.v1.TokenService").await == ServingStatus::Serving).then_some(())
-        }
-    })
-    .await;
+    wait_status(&channel, "chat.v1.TokenService", ServingStatus::Serving).await;
     app.issue("p", 0).await;
     app.stop().await;
 }
@@ -129,11 +127,7 @@ async fn a_second_process_on_the_same_database_waits_for_the_first() {
     first.issue("p", 0).await;
     let second = spawn_app_with(first.db_path.clone(), NOWHERE, &[]).await;
     let channel = second.channel.clone();
-    eventually(Duration::from_secs(5), || {
-        let channel = channel.clone();
-        async move { (status(&channel, "").await == ServingStatus::NotServing).then_some(()) }
-    })
-    .await;
+    wait_status(&channel, "", ServingStatus::NotServing).await;
     let refused = second
         .tokens
         .clone()
@@ -147,11 +141,7 @@ async fn a_second_process_on_the_same_database_waits_for_the_first() {
 
     // The first one goes away: the second takes the database over.
     first.stop().await;
-    eventually(Duration::from_secs(5), || {
-        let channel = channel.clone();
-        async move { (status(&channel, "").await == ServingStatus::Serving).then_some(()) }
-    })
-    .await;
+    wait_status(&channel, "", ServingStatus::Serving).await;
     let listed = second
         .tokens
         .clone()
