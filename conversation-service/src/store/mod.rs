@@ -32,10 +32,6 @@ impl Store {
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
     }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
 }
 
 pub(crate) fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
