@@ -292,7 +292,24 @@ async fn stream_errors() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(app.hub.open_streams(), 0, "refused streams hold no slot");
+    // A well-formed cursor from the future (another database): OUT_OF_RANGE, not a
+    // silent partial replay.
+    use base64::Engine;
+    let future = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(br#"{"p":"4000000000:4000000000:"}"#);
+    let mut inbox = open_inbox(&mut app.client, provider("p1"), future).await;
+    let status = tokio::time::timeout(WAIT, inbox.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange);
+    drop(inbox);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        app.hub.open_streams(),
+        0,
+        "refused and ended streams hold no slot"
+    );
 }
 
 #[tokio::test]
