@@ -1,0 +1,2 @@
+//! Plumbing that conversation-service and token-service share, written once so the two
+//! cannot drift apart. Nothing here knows about conversations or tokens.
