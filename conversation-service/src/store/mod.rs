@@ -5,6 +5,8 @@ mod batcher;
 mod conversations;
 mod inbox;
 mod messages;
+mod plan;
+mod send;
 
 use chat_proto::v1;
 use chrono::{DateTime, Utc};
@@ -13,10 +15,12 @@ use uuid::Uuid;
 
 use crate::domain::{ConversationId, Participant, Role, Status};
 
-pub use batcher::{NewMessage, SendQueue};
+pub use batcher::SendQueue;
 pub use conversations::NewConversation;
 pub use inbox::{InboxCursor, InboxItem, InboxWindow};
 pub use messages::ListDirection;
+pub use plan::NewMessage;
+pub use send::{LOCK_TIMEOUT, STATEMENT_TIMEOUT};
 
 /// The channel every replica LISTENs on. NOTIFY payloads only say "look"; the tables are
 /// the truth.

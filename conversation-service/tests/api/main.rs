@@ -7,5 +7,6 @@ mod helpers;
 mod interop;
 mod messages;
 mod pagination;
+mod send_path;
 mod startup;
 mod streams;

@@ -1,0 +1,372 @@
+//! What a SendMessage batch does, decided without the database: given the locked
+//! conversation rows, the messages already stored under the batch's idempotency keys and
+//! the batch, each message is refused, answered with an existing message, or inserted
+//! with the next seq. The SQL step (`send.rs`) only reads the inputs and carries this out.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::MessageRow;
+use crate::{
+    domain::{ConversationId, Participant, Role, Status},
+    error::Error,
+};
+
+/// A validated message to append.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub conversation_id: ConversationId,
+    pub sender: Participant,
+    pub body: String,
+    pub client_message_id: Option<String>,
+}
+
+/// A conversation row as locked (`FOR UPDATE`) for the batch.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Locked {
+    pub id: Uuid,
+    pub provider_id: String,
+    pub customer_id: Option<String>,
+    pub status: i16,
+    pub head_seq: i64,
+}
+
+/// An idempotency key: scoped to the conversation and the sender's side.
+pub type ClientKey = (Uuid, Role, String);
+
+/// The fate of one message of the batch.
+#[derive(Debug)]
+pub enum Decision {
+    Refused(Error),
+    /// An idempotent retry: this message is already stored (or inserted earlier in the
+    /// same batch).
+    Existing(MessageRow),
+    Insert(MessageRow),
+    /// Its caller has gone (deadline passed, cancelled): not written, so a blind retry
+    /// cannot duplicate it.
+    Abandoned,
+}
+
+/// The head and the senders' read positions a batch leaves on one conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Touch {
+    pub head: i64,
+    pub provider_read: i64,
+    pub customer_read: i64,
+    pub provider_id: String,
+    pub customer_id: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub decisions: Vec<Decision>,
+    /// Conversations that get new messages, by id (the order rows are updated in).
+    pub touched: BTreeMap<Uuid, Touch>,
+}
+
+impl Plan {
+    pub fn inserts(&self) -> impl Iterator<Item = &MessageRow> {
+        self.decisions.iter().filter_map(|d| match d {
+            Decision::Insert(row) => Some(row),
+            _ => None,
+        })
+    }
+}
+
+fn key_reused() -> Error {
+    Error::FailedPrecondition {
+        reason: "CLIENT_MESSAGE_ID_REUSED",
+        message: "this client_message_id was already used by this sender for a different body"
+            .into(),
+    }
+}
+
+/// Decides every message of `batch` (`gone[i]`: the caller of message i has left).
+/// Checks, in order: the conversation exists, the sender belongs to it, the sender's
+/// key was used before (same body: the original; other body: CLIENT_MESSAGE_ID_REUSED),
+/// the conversation is open. A retry is answered even after the conversation closed.
+pub fn plan(
+    batch: &[NewMessage],
+    gone: &[bool],
+    locked: &HashMap<Uuid, Locked>,
+    existing: &HashMap<ClientKey, MessageRow>,
+    now: DateTime<Utc>,
+    mut new_id: impl FnMut() -> Uuid,
+) -> Plan {
+    let mut heads: HashMap<Uuid, i64> = HashMap::new();
+    let mut inserted: HashMap<ClientKey, MessageRow> = HashMap::new();
+    let mut touched: BTreeMap<Uuid, Touch> = BTreeMap::new();
+    let mut decisions = Vec::with_capacity(batch.len());
+    for (index, message) in batch.iter().enumerate() {
+        let id = message.conversation_id.0;
+        let decision = 'decide: {
+            if gone.get(index).copied().unwrap_or(false) {
+                break 'decide Decision::Abandoned;
+            }
+            let Some(conversation) = locked.get(&id) else {
+                break 'decide Decision::Refused(Error::NotFound("conversation"));
+            };
+            if !message.sender.belongs_to(
+                &conversation.provider_id,
+                conversation.customer_id.as_deref(),
+            ) {
+                break 'decide Decision::Refused(Error::not_participant());
+            }
+            let key = message
+                .client_message_id
+                .as_ref()
+                .map(|k| (id, message.sender.role, k.clone()));
+            if let Some(key) = &key
+                && let Some(found) = existing.get(key).or_else(|| inserted.get(key))
+            {
+                break 'decide if found.body == message.body {
+                    Decision::Existing(found.clone())
+                } else {
+                    Decision::Refused(key_reused())
+                };
+            }
+            if Status::from_i16(conversation.status) == Status::Closed {
+                break 'decide Decision::Refused(Error::closed());
+            }
+            let head = heads.entry(id).or_insert(conversation.head_seq);
+            *head += 1;
+            let seq = *head;
+            let touch = touched.entry(id).or_insert_with(|| Touch {
+                head: seq,
+                provider_read: 0,
+                customer_read: 0,
+                provider_id: conversation.provider_id.clone(),
+                customer_id: conversation.customer_id.clone(),
+            });
+            touch.head = seq;
+            match message.sender.role {
+                Role::Provider => touch.provider_read = seq,
+                Role::Customer => touch.customer_read = seq,
+            }
+            let row = MessageRow {
+                conversation_id: id,
+                seq,
+                id: new_id(),
+                sender_role: message.sender.role.as_i16(),
+                sender_id: message.sender.id.clone(),
+                body: message.body.clone(),
+                client_message_id: message.client_message_id.clone(),
+                created_at: now,
+            };
+            if let Some(key) = key {
+                inserted.insert(key, row.clone());
+            }
+            Decision::Insert(row)
+        };
+        decisions.push(decision);
+    }
+    Plan { decisions, touched }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conversation(id: Uuid, head: i64, customer: Option<&str>, status: i16) -> Locked {
+        Locked {
+            id,
+            provider_id: "p1".into(),
+            customer_id: customer.map(str::to_owned),
+            status,
+            head_seq: head,
+        }
+    }
+
+    fn message(id: Uuid, role: Role, sender: &str, body: &str, key: Option<&str>) -> NewMessage {
+        NewMessage {
+            conversation_id: ConversationId(id),
+            sender: Participant {
+                role,
+                id: sender.into(),
+            },
+            body: body.into(),
+            client_message_id: key.map(str::to_owned),
+        }
+    }
+
+    fn run(
+        batch: &[NewMessage],
+        locked: &[Locked],
+        existing: &[MessageRow],
+    ) -> (Vec<Decision>, BTreeMap<Uuid, Touch>) {
+        let locked = locked.iter().map(|c| (c.id, c.clone())).collect();
+        let existing = existing
+            .iter()
+            .map(|m| {
+                let key = (
+                    m.conversation_id,
+                    Role::from_i16(m.sender_role),
+                    m.client_message_id.clone().unwrap_or_default(),
+                );
+                (key, m.clone())
+            })
+            .collect();
+        let plan = plan(
+            batch,
+            &vec![false; batch.len()],
+            &locked,
+            &existing,
+            Utc::now(),
+            Uuid::now_v7,
+        );
+        (plan.decisions, plan.touched)
+    }
+
+    fn seq(decision: &Decision) -> Option<i64> {
+        match decision {
+            Decision::Insert(row) => Some(row.seq),
+            _ => None,
+        }
+    }
+
+    fn reason(decision: &Decision) -> Option<&'static str> {
+        match decision {
+            Decision::Refused(
+                Error::FailedPrecondition { reason, .. } | Error::PermissionDenied { reason, .. },
+            ) => Some(reason),
+            Decision::Refused(Error::NotFound(_)) => Some("NOT_FOUND"),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn seqs_follow_each_head_and_senders_read_their_own() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let batch = [
+            message(a, Role::Provider, "p1", "1", None),
+            message(b, Role::Customer, "", "2", None),
+            message(a, Role::Customer, "", "3", None),
+        ];
+        let (decisions, touched) = run(
+            &batch,
+            &[conversation(a, 7, None, 1), conversation(b, 0, None, 1)],
+            &[],
+        );
+        let seqs: Vec<_> = decisions.iter().map(seq).collect();
+        assert_eq!(seqs, [Some(8), Some(1), Some(9)]);
+        assert_eq!(
+            (
+                touched[&a].head,
+                touched[&a].provider_read,
+                touched[&a].customer_read
+            ),
+            (9, 8, 9)
+        );
+        assert_eq!((touched[&b].head, touched[&b].provider_read), (1, 0));
+    }
+
+    #[test]
+    fn refusals_take_no_seq() {
+        let (a, closed, missing) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let batch = [
+            message(missing, Role::Provider, "p1", "x", None),
+            message(a, Role::Provider, "p2", "x", None),
+            message(a, Role::Customer, "", "x", None),
+            message(closed, Role::Provider, "p1", "x", None),
+            message(a, Role::Provider, "p1", "x", None),
+        ];
+        let (decisions, touched) = run(
+            &batch,
+            &[
+                conversation(a, 0, Some("c1"), 1),
+                conversation(closed, 3, None, 2),
+            ],
+            &[],
+        );
+        let reasons: Vec<_> = decisions.iter().map(reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                Some("NOT_FOUND"),
+                Some("NOT_A_PARTICIPANT"),
+                Some("NOT_A_PARTICIPANT"),
+                Some("CONVERSATION_CLOSED"),
+                None
+            ]
+        );
+        assert_eq!(seq(&decisions[4]), Some(1));
+        assert!(!touched.contains_key(&closed));
+    }
+
+    #[test]
+    fn keys_belong_to_their_sender() {
+        let a = Uuid::now_v7();
+        let batch = [
+            message(a, Role::Provider, "p1", "from provider", Some("1")),
+            message(a, Role::Customer, "", "from customer", Some("1")),
+        ];
+        let (decisions, _) = run(&batch, &[conversation(a, 0, None, 1)], &[]);
+        assert_eq!(
+            decisions.iter().map(seq).collect::<Vec<_>>(),
+            [Some(1), Some(2)]
+        );
+    }
+
+    #[test]
+    fn a_retry_gets_the_original_and_a_reused_key_is_refused() {
+        let a = Uuid::now_v7();
+        let stored = MessageRow {
+            conversation_id: a,
+            seq: 1,
+            id: Uuid::now_v7(),
+            sender_role: Role::Provider.as_i16(),
+            sender_id: "p1".into(),
+            body: "hello".into(),
+            client_message_id: Some("k".into()),
+            created_at: Utc::now(),
+        };
+        let batch = [
+            message(a, Role::Provider, "p1", "hello", Some("k")),
+            message(a, Role::Provider, "p1", "changed", Some("k")),
+            message(a, Role::Provider, "p1", "new", Some("k2")),
+            message(a, Role::Provider, "p1", "new", Some("k2")),
+            message(a, Role::Provider, "p1", "other", Some("k2")),
+        ];
+        // Closed: retries are still answered, new messages are not.
+        let (decisions, touched) = run(
+            &batch,
+            &[conversation(a, 1, None, 2)],
+            std::slice::from_ref(&stored),
+        );
+        assert!(matches!(&decisions[0], Decision::Existing(row) if row.id == stored.id));
+        assert_eq!(reason(&decisions[1]), Some("CLIENT_MESSAGE_ID_REUSED"));
+        assert_eq!(reason(&decisions[2]), Some("CONVERSATION_CLOSED"));
+        assert!(touched.is_empty());
+
+        let (decisions, _) = run(&batch, &[conversation(a, 1, None, 1)], &[stored]);
+        assert_eq!(seq(&decisions[2]), Some(2));
+        let first = match &decisions[2] {
+            Decision::Insert(row) => row.id,
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(&decisions[3], Decision::Existing(row) if row.id == first));
+        assert_eq!(reason(&decisions[4]), Some("CLIENT_MESSAGE_ID_REUSED"));
+    }
+
+    #[test]
+    fn abandoned_messages_are_not_written() {
+        let a = Uuid::now_v7();
+        let batch = [
+            message(a, Role::Provider, "p1", "1", None),
+            message(a, Role::Provider, "p1", "2", None),
+        ];
+        let locked = [(a, conversation(a, 0, None, 1))].into_iter().collect();
+        let plan = plan(
+            &batch,
+            &[true, false],
+            &locked,
+            &HashMap::new(),
+            Utc::now(),
+            Uuid::now_v7,
+        );
+        assert!(matches!(plan.decisions[0], Decision::Abandoned));
+        assert_eq!(seq(&plan.decisions[1]), Some(1));
+    }
+}

@@ -1,0 +1,241 @@
+//! The SQL step of a SendMessage batch: lock the conversations, read what the batch's
+//! idempotency keys already name, let [`plan`] decide, then insert, move the heads and
+//! NOTIFY in one statement and commit.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use sqlx::{AssertSqlSafe, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::{
+    MESSAGE_COLUMNS, MessageRow, Store,
+    plan::{ClientKey, Decision, Locked, NewMessage, Plan, plan},
+};
+use crate::{
+    domain::Role,
+    error::{Error, Result},
+    realtime::{Notice, Touched},
+};
+
+/// How long a batch waits for a conversation's row lock, and how long any of its
+/// statements may run: one stuck conversation must not stall every send of the replica.
+pub const LOCK_TIMEOUT: &str = "1s";
+pub const STATEMENT_TIMEOUT: &str = "5s";
+
+/// The message and whether it was created now (false: an idempotent retry).
+pub type Sent = (MessageRow, bool);
+
+/// Why a whole batch failed.
+#[derive(Debug)]
+pub enum BatchError {
+    /// A row lock or a statement timed out: nothing was written, and the messages of
+    /// other conversations can still be written without it.
+    Busy,
+    Failed(Error),
+}
+
+impl From<BatchError> for Error {
+    fn from(error: BatchError) -> Self {
+        match error {
+            BatchError::Busy => {
+                Self::Unavailable("the conversation is busy; nothing was written, retry".into())
+            }
+            BatchError::Failed(error) => error,
+        }
+    }
+}
+
+fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> BatchError {
+    move |error| {
+        let timed_out = matches!(&error, sqlx::Error::Database(db)
+            if matches!(db.code().as_deref(), Some("55P03" | "57014")));
+        if timed_out {
+            tracing::warn!(%error, context, "send batch timed out");
+            BatchError::Busy
+        } else {
+            BatchError::Failed(Error::db(context, error))
+        }
+    }
+}
+
+const MAX_NOTIFY_BYTES: usize = 7000;
+
+impl Store {
+    /// Writes a batch in one transaction. The outer error fails the whole batch; the
+    /// inner ones belong to single messages. `gone(i)` says whether the caller of
+    /// message i has left; it is asked once the locks are held, right before deciding.
+    pub(crate) async fn write_messages(
+        &self,
+        batch: &[NewMessage],
+        gone: impl Fn(usize) -> bool,
+    ) -> Result<Vec<Option<Result<Sent>>>, BatchError> {
+        let ctx = "send messages";
+        let mut ids: Vec<Uuid> = batch.iter().map(|m| m.conversation_id.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+
+        let mut tx = self.pool.begin().await.map_err(db(ctx))?;
+        sqlx::query("SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)")
+            .bind(LOCK_TIMEOUT)
+            .bind(STATEMENT_TIMEOUT)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(ctx))?;
+        // Locks in id order so concurrent batches cannot deadlock; seq is assigned under
+        // these locks, which is what makes seq order commit order with no gaps, and no
+        // other transaction can insert under the same idempotency key meanwhile.
+        let locked: Vec<Locked> = sqlx::query_as(
+            "SELECT id, provider_id, customer_id, status, head_seq FROM conversations \
+             WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db(ctx))?;
+        let locked: HashMap<Uuid, Locked> = locked.into_iter().map(|c| (c.id, c)).collect();
+        let existing = existing_by_client_key(&mut tx, batch).await?;
+        let gone: Vec<bool> = (0..batch.len()).map(gone).collect();
+        let now: DateTime<Utc> = Utc::now().trunc_subsecs(6);
+        let plan = plan(batch, &gone, &locked, &existing, now, Uuid::now_v7);
+        if !plan.touched.is_empty() {
+            insert_and_notify(&mut tx, &plan, now).await?;
+        }
+        tx.commit().await.map_err(db(ctx))?;
+        Ok(plan
+            .decisions
+            .into_iter()
+            .map(|decision| match decision {
+                Decision::Refused(error) => Some(Err(error)),
+                Decision::Existing(row) => Some(Ok((row, false))),
+                Decision::Insert(row) => Some(Ok((row, true))),
+                Decision::Abandoned => None,
+            })
+            .collect())
+    }
+}
+
+async fn existing_by_client_key(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &[NewMessage],
+) -> Result<HashMap<ClientKey, MessageRow>, BatchError> {
+    let mut ids = Vec::new();
+    let mut roles = Vec::new();
+    let mut keys = Vec::new();
+    for message in batch {
+        if let Some(key) = &message.client_message_id {
+            ids.push(message.conversation_id.0);
+            roles.push(message.sender.role.as_i16());
+            keys.push(key.clone());
+        }
+    }
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages \
+         WHERE (conversation_id, sender_role, client_message_id) \
+         IN (SELECT * FROM unnest($1::uuid[], $2::smallint[], $3::text[]))"
+    );
+    let rows: Vec<MessageRow> = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(ids)
+        .bind(roles)
+        .bind(keys)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db("find messages by client id"))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let key = (
+                row.conversation_id,
+                Role::from_i16(row.sender_role),
+                row.client_message_id.clone()?,
+            );
+            Some((key, row))
+        })
+        .collect())
+}
+
+/// NOTIFY payloads naming every touched conversation, chunked under PostgreSQL's
+/// 8000-byte limit.
+fn payloads(plan: &Plan) -> Vec<String> {
+    let mut payloads = Vec::new();
+    let mut chunk: Vec<Touched> = Vec::new();
+    let mut chunk_bytes = 0;
+    for (id, touch) in &plan.touched {
+        let item = Touched {
+            c: *id,
+            s: touch.head,
+            p: touch.provider_id.clone(),
+            u: touch.customer_id.clone(),
+        };
+        let size = 80 + item.p.len() + item.u.as_ref().map_or(0, String::len);
+        if chunk_bytes + size > MAX_NOTIFY_BYTES && !chunk.is_empty() {
+            payloads.push(
+                Notice::Messages {
+                    m: std::mem::take(&mut chunk),
+                }
+                .encode(),
+            );
+            chunk_bytes = 0;
+        }
+        chunk_bytes += size;
+        chunk.push(item);
+    }
+    if !chunk.is_empty() {
+        payloads.push(Notice::Messages { m: chunk }.encode());
+    }
+    payloads
+}
+
+/// One statement: insert the rows, move each conversation's head, activity time (never
+/// backwards: replicas' clocks differ) and the senders' read positions, and NOTIFY.
+async fn insert_and_notify(
+    tx: &mut Transaction<'_, Postgres>,
+    plan: &Plan,
+    now: DateTime<Utc>,
+) -> Result<(), BatchError> {
+    let rows: Vec<&MessageRow> = plan.inserts().collect();
+    let touched_ids: Vec<Uuid> = plan.touched.keys().copied().collect();
+    let touches: Vec<_> = plan.touched.values().collect();
+    sqlx::query(
+        "WITH ins AS (\
+           INSERT INTO messages (conversation_id, seq, id, sender_role, sender_id, body, \
+             client_message_id, created_at) \
+           SELECT c, s, i, r, si, b, NULLIF(cm, ''), $8 \
+           FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::smallint[], $5::text[], \
+             $6::text[], $7::text[]) AS t(c, s, i, r, si, b, cm) \
+           RETURNING 1), \
+         upd AS (\
+           UPDATE conversations c SET head_seq = u.head, \
+             last_activity_at = GREATEST(c.last_activity_at, $8), \
+             provider_read_seq = GREATEST(c.provider_read_seq, u.pr), \
+             customer_read_seq = GREATEST(c.customer_read_seq, u.cr) \
+           FROM unnest($9::uuid[], $10::bigint[], $11::bigint[], $12::bigint[]) AS u(id, head, pr, cr) \
+           WHERE c.id = u.id RETURNING 1) \
+         SELECT pg_notify($13, p) FROM unnest($14::text[]) AS p",
+    )
+    .bind(rows.iter().map(|r| r.conversation_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.seq).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.sender_role).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.sender_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.body.as_str()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.client_message_id.as_deref().unwrap_or(""))
+            .collect::<Vec<_>>(),
+    )
+    .bind(now)
+    .bind(&touched_ids)
+    .bind(touches.iter().map(|t| t.head).collect::<Vec<_>>())
+    .bind(touches.iter().map(|t| t.provider_read).collect::<Vec<_>>())
+    .bind(touches.iter().map(|t| t.customer_read).collect::<Vec<_>>())
+    .bind(super::CHANNEL)
+    .bind(payloads(plan))
+    .execute(&mut **tx)
+    .await
+    .map_err(db("insert messages"))?;
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! The SendMessage write path under faults: idempotency keys per sender, a locked
+//! conversation, callers that left, clocks that disagree.
+
+use std::time::Duration;
+
+use chat_proto::v1;
+use sqlx::Connection;
+use tonic::{Code, Request};
+use uuid::Uuid;
+
+use crate::helpers::{
+    create, customer, fresh_database, provider, reason, spawn_app, spawn_app_with,
+};
+
+fn keyed(
+    id: &str,
+    sender: Option<v1::Participant>,
+    body: &str,
+    key: &str,
+) -> v1::SendMessageRequest {
+    v1::SendMessageRequest {
+        conversation_id: id.into(),
+        sender,
+        body: body.into(),
+        client_message_id: key.into(),
+    }
+}
+
+/// The provider's key "1" and the customer's key "1" are two messages; the same sender
+/// reusing a key for another body is refused and writes nothing.
+#[tokio::test]
+async fn client_message_ids_belong_to_their_sender() {
+    let mut app = spawn_app().await;
+    let id = create(&mut app.client, "p1").await.conversation_id;
+    let from_provider = app
+        .client
+        .send_message(keyed(&id, provider("p1"), "from the provider", "1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let from_customer = app
+        .client
+        .send_message(keyed(&id, customer(""), "from the customer", "1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(from_provider.created && from_customer.created);
+    let message = from_customer.message.unwrap();
+    assert_eq!(
+        (message.seq, message.body.as_str()),
+        (2, "from the customer")
+    );
+
+    let retry = app
+        .client
+        .send_message(keyed(&id, customer(""), "from the customer", "1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!retry.created);
+    assert_eq!(retry.message.unwrap().message_id, message.message_id);
+
+    let status = app
+        .client
+        .send_message(keyed(&id, customer(""), "something else", "1"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&status), "CLIENT_MESSAGE_ID_REUSED");
+    assert_eq!(app.count("SELECT count(*) FROM messages").await, 2);
+}
+
+async fn lock_conversation(app: &crate::helpers::TestApp, id: &str) -> sqlx::PgConnection {
+    let mut db = app.db().await;
+    sqlx::query("BEGIN").execute(&mut db).await.unwrap();
+    sqlx::query("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE")
+        .bind(Uuid::parse_str(id).unwrap())
+        .execute(&mut db)
+        .await
+        .unwrap();
+    db
+}
+
+/// A conversation row held locked by someone else: its sends fail fast with UNAVAILABLE
+/// (nothing written) and the sends of other conversations go on meanwhile.
+#[tokio::test]
+async fn a_locked_conversation_fails_fast_and_stalls_no_other() {
+    let mut app = spawn_app().await;
+    let locked = create(&mut app.client, "p1").await.conversation_id;
+    let free = create(&mut app.client, "p1").await.conversation_id;
+    let _held = lock_conversation(&app, &locked).await;
+
+    let mut client = app.client.clone();
+    let request = keyed(&locked, provider("p1"), "stuck?", "");
+    let stuck = tokio::spawn(async move {
+        let mut request = Request::new(request);
+        request.set_timeout(Duration::from_secs(8));
+        client.send_message(request).await
+    });
+    let mut others = Vec::new();
+    for i in 0..20 {
+        let mut client = app.client.clone();
+        let request = keyed(&free, provider("p1"), &format!("m{i}"), "");
+        others.push(tokio::spawn(
+            async move { client.send_message(request).await },
+        ));
+    }
+    for other in others {
+        other.await.unwrap().unwrap();
+    }
+    let status = stuck.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let in_locked = format!("SELECT count(*) FROM messages WHERE conversation_id = '{locked}'");
+    assert_eq!(app.count(&in_locked).await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM messages").await, 20);
+}
+
+/// A send whose caller gave up (deadline passed) before a writer got to it is not
+/// written, so a blind retry cannot duplicate it.
+#[tokio::test]
+async fn a_send_whose_caller_left_is_not_written() {
+    let mut app = spawn_app_with(&fresh_database().await, &["--send-writers", "1"]).await;
+    let locked = create(&mut app.client, "p1").await.conversation_id;
+    let other = create(&mut app.client, "p1").await.conversation_id;
+    let held = lock_conversation(&app, &locked).await;
+    // The only writer waits on the lock...
+    let mut client = app.client.clone();
+    let first = keyed(&locked, provider("p1"), "first", "");
+    let first = tokio::spawn(async move { client.send_message(first).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...while this caller gives up.
+    let mut request = Request::new(keyed(&other, provider("p1"), "gave up", ""));
+    request.set_timeout(Duration::from_millis(300));
+    let status = app.client.send_message(request).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    held.close().await.unwrap();
+    first.await.unwrap().unwrap();
+    // The writer is free again; anything it still had queued is done by now.
+    crate::helpers::send(&mut app.client, &locked, provider("p1"), "after")
+        .await
+        .unwrap();
+    let in_other = format!("SELECT count(*) FROM messages WHERE conversation_id = '{other}'");
+    assert_eq!(
+        app.count(&in_other).await,
+        0,
+        "the abandoned send was written"
+    );
+}
+
+/// Another replica's clock ran ahead: a later send from this one must not move the
+/// conversation's activity time back.
+#[tokio::test]
+async fn last_activity_never_moves_backwards() {
+    let mut app = spawn_app().await;
+    let id = create(&mut app.client, "p1").await.conversation_id;
+    let mut db = app.db().await;
+    let (ahead,): (chrono::DateTime<chrono::Utc>,) = sqlx::query_as(
+        "UPDATE conversations SET last_activity_at = date_trunc('second', now()) + interval '1 hour' \
+         WHERE id = $1 RETURNING last_activity_at",
+    )
+    .bind(Uuid::parse_str(&id).unwrap())
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    crate::helpers::send(&mut app.client, &id, provider("p1"), "hi")
+        .await
+        .unwrap();
+    let conversation = app
+        .client
+        .get_conversation(v1::GetConversationRequest {
+            conversation_id: id,
+            viewer: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap();
+    assert_eq!(conversation.head_seq, 1);
+    assert_eq!(
+        conversation.last_activity_time.unwrap().seconds,
+        ahead.timestamp()
+    );
+}
