@@ -6,7 +6,6 @@ use std::sync::Arc;
 use chat_proto::v1::{self, conversation_service_server::ConversationService};
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -19,7 +18,7 @@ use crate::{
     error::Error,
     realtime::{
         Hub,
-        streams::{self, StreamContext},
+        streams::{self, Outbound, StreamContext},
     },
     store::{InboxCursor, ListDirection, NewConversation, NewMessage, SendQueue, Store},
 };
@@ -266,8 +265,7 @@ impl ConversationService for ConversationApi {
         ok(v1::SendTypingResponse {})
     }
 
-    type StreamConversationStream =
-        ReceiverStream<std::result::Result<v1::StreamConversationResponse, Status>>;
+    type StreamConversationStream = Outbound<v1::StreamConversationResponse>;
 
     #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id, after_seq = request.get_ref().after_seq))]
     async fn stream_conversation(
@@ -300,10 +298,10 @@ impl ConversationService for ConversationApi {
             after_seq,
             tx,
         ));
-        ok(ReceiverStream::new(rx))
+        ok(Outbound::new(rx, &self.streams.shutdown, "your last seq"))
     }
 
-    type StreamInboxStream = ReceiverStream<std::result::Result<v1::StreamInboxResponse, Status>>;
+    type StreamInboxStream = Outbound<v1::StreamInboxResponse>;
 
     #[tracing::instrument(skip_all)]
     async fn stream_inbox(
@@ -332,6 +330,10 @@ impl ConversationService for ConversationApi {
             resumed,
             tx,
         ));
-        ok(ReceiverStream::new(rx))
+        ok(Outbound::new(
+            rx,
+            &self.streams.shutdown,
+            "your last cursor",
+        ))
     }
 }

@@ -1,14 +1,20 @@
 //! The task behind each open stream: replay from the table, then follow wake-ups, and
 //! fall back to the table whenever a wake-up was lost (lagging, listener reconnect).
 
-use std::time::Duration;
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use chat_proto::v1::{
     self, stream_conversation_response::Event as ConversationEvent,
     stream_inbox_response::Event as InboxEvent,
 };
+use futures::{Stream, StreamExt};
 use tokio::{sync::mpsc, time::Instant};
-use tokio_util::sync::CancellationToken;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
 use super::{Wake, hub::Subscription};
@@ -28,6 +34,48 @@ pub struct StreamContext {
     pub store: Store,
     pub heartbeat: Duration,
     pub shutdown: CancellationToken,
+}
+
+/// What a server stream sends: the items of its task, until the server shuts down; then
+/// UNAVAILABLE at once, ahead of anything still buffered, so a client that is behind
+/// still learns to resume (it resumes from the last item it got) instead of seeing a
+/// clean end after a partial delivery.
+pub struct Outbound<T> {
+    items: ReceiverStream<Result<T, Status>>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    resume_from: &'static str,
+    ended: bool,
+}
+
+impl<T> Outbound<T> {
+    pub fn new(
+        items: mpsc::Receiver<Result<T, Status>>,
+        shutdown: &CancellationToken,
+        resume_from: &'static str,
+    ) -> Self {
+        Self {
+            items: ReceiverStream::new(items),
+            shutdown: Box::pin(shutdown.clone().cancelled_owned()),
+            resume_from,
+            ended: false,
+        }
+    }
+}
+
+impl<T> Stream for Outbound<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if self.shutdown.as_mut().poll(cx).is_ready() {
+            self.ended = true;
+            let message = format!("server shutting down; resume from {}", self.resume_from);
+            return Poll::Ready(Some(Err(Status::unavailable(message))));
+        }
+        self.items.poll_next_unpin(cx)
+    }
 }
 
 /// Why a stream task stopped early: the client left, or it was told why.
@@ -114,11 +162,8 @@ impl ConversationStream {
                 self.resync().await?;
             }
             let wake = tokio::select! {
-                () = self.ctx.shutdown.cancelled() => {
-                    let status = Status::unavailable("server shutting down; resume from your last seq");
-                    let _ = self.out.try_send(Err(status));
-                    return Err(Stop);
-                }
+                // The UNAVAILABLE that ends the stream comes from `Outbound`.
+                () = self.ctx.shutdown.cancelled() => return Err(Stop),
                 () = self.out.closed() => return Err(Stop),
                 () = tokio::time::sleep_until(next_heartbeat) => {
                     self.send(ConversationEvent::Heartbeat(heartbeat()), false).await?;
@@ -256,11 +301,8 @@ impl InboxStream {
                 self.deliver(true).await?;
             }
             let wake = tokio::select! {
-                () = self.ctx.shutdown.cancelled() => {
-                    let status = Status::unavailable("server shutting down; resume from your last cursor");
-                    let _ = self.out.try_send(Err(status));
-                    return Err(Stop);
-                }
+                // The UNAVAILABLE that ends the stream comes from `Outbound`.
+                () = self.ctx.shutdown.cancelled() => return Err(Stop),
                 () = self.out.closed() => return Err(Stop),
                 () = tokio::time::sleep_until(next_heartbeat) => {
                     let response = v1::StreamInboxResponse {

@@ -9,4 +9,5 @@ mod messages;
 mod pagination;
 mod send_path;
 mod startup;
+mod stream_faults;
 mod streams;

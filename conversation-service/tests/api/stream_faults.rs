@@ -1,0 +1,112 @@
+//! Streams under faults: shutdown while a client is behind, a listener without its pool,
+//! a link that ends an anonymous viewer's stream, stale wake-ups after a resync.
+
+use std::time::Duration;
+
+use chat_proto::v1::{self, StreamConversationResponse, stream_conversation_response::Event};
+use tonic::{Code, Streaming};
+use uuid::Uuid;
+
+use crate::helpers::{Client, TestApp, create, provider, spawn_app, spawn_process};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn open(
+    client: &mut Client,
+    conversation_id: &str,
+    viewer: Option<v1::Participant>,
+) -> Streaming<StreamConversationResponse> {
+    client
+        .stream_conversation(v1::StreamConversationRequest {
+            conversation_id: conversation_id.into(),
+            viewer,
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// A client whose HTTP/2 windows are small, so a server that sends more than it reads
+/// fills up quickly.
+async fn slow_client(addr: std::net::SocketAddr) -> Client {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .initial_stream_window_size(Some(65_535))
+        .initial_connection_window_size(Some(65_535))
+        .connect()
+        .await
+        .unwrap();
+    Client::new(channel)
+}
+
+/// Stores `n` messages of 4000 bytes straight into the table (no NOTIFY), so a stream
+/// that replays them has far more to send than its buffers hold.
+async fn pile_up(app: &TestApp, conversation_id: &str, n: i64) {
+    let mut db = app.db().await;
+    let id = Uuid::parse_str(conversation_id).unwrap();
+    sqlx::query(
+        "INSERT INTO messages (conversation_id, seq, id, sender_role, sender_id, body) \
+         SELECT $1, s, gen_random_uuid(), 1, provider_id, repeat('x', 4000) \
+         FROM generate_series(1, $2) s, conversations WHERE conversations.id = $1",
+    )
+    .bind(id)
+    .bind(n)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE conversations SET head_seq = $2 WHERE id = $1")
+        .bind(id)
+        .bind(n)
+        .execute(&mut db)
+        .await
+        .unwrap();
+}
+
+/// Reads until the stream ends: (seqs seen, the final status code, None for a clean end).
+async fn drain(stream: &mut Streaming<StreamConversationResponse>) -> (Vec<i64>, Option<Code>) {
+    let mut seqs = Vec::new();
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(response)) => {
+                    if let Some(Event::Message(m)) = response.event {
+                        seqs.push(m.seq);
+                    }
+                }
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    (seqs, ended)
+}
+
+/// A client that is behind when the server gets SIGTERM still gets UNAVAILABLE (resume),
+/// never a clean end after a partial delivery.
+#[tokio::test]
+async fn a_stream_behind_at_sigterm_still_ends_unavailable() {
+    let mut a = spawn_app().await;
+    let b = spawn_process(&a.database_url, &["--shutdown-grace", "5s"]).await;
+    let id = create(&mut a.client, "p1").await.conversation_id;
+    pile_up(&a, &id, 400).await;
+    let mut client = slow_client(b.addr).await;
+    let mut stream = open(&mut client, &id, provider("p1")).await;
+    // Not reading: the replay fills every buffer on the way.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = b.child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let (seqs, ended) = drain(&mut stream).await;
+    assert!(
+        seqs.len() < 400,
+        "the replay was cut short ({})",
+        seqs.len()
+    );
+    assert_eq!(ended, Some(Code::Unavailable), "told to resume");
+}
