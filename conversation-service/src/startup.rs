@@ -43,6 +43,7 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     config: Config,
+    options: PgConnectOptions,
     pool: PgPool,
     hub: Arc<Hub>,
     migrated: Arc<AtomicBool>,
@@ -67,7 +68,7 @@ impl Application {
         let pool = PgPoolOptions::new()
             .max_connections(config.db_pool_size.max(1))
             .acquire_timeout(config.db_acquire_timeout)
-            .connect_lazy_with(options);
+            .connect_lazy_with(options.clone());
         let migrated = Arc::new(AtomicBool::new(false));
         match migrate(&pool).await {
             Ok(()) => migrated.store(true, Ordering::Release),
@@ -79,6 +80,7 @@ impl Application {
             listener,
             local_addr,
             config,
+            options,
             pool,
             hub,
             migrated,
@@ -110,6 +112,7 @@ impl Application {
             listener,
             local_addr,
             config,
+            options,
             pool,
             hub,
             migrated,
@@ -125,11 +128,8 @@ impl Application {
             .await;
 
         let background = CancellationToken::new();
-        tokio::spawn(run_listener(
-            pool.clone(),
-            Arc::clone(&hub),
-            background.clone(),
-        ));
+        let listener_task =
+            tokio::spawn(run_listener(options, Arc::clone(&hub), background.clone()));
         tokio::spawn(watch_health(
             pool.clone(),
             Arc::clone(&hub),
@@ -195,6 +195,7 @@ impl Application {
             }
         };
         background.cancel();
+        let _ = listener_task.await;
         pool.close().await;
         tracing::info!("stopped");
         served.context("gRPC server failed")

@@ -1,10 +1,14 @@
-//! The process's one LISTEN connection. It reconnects with backoff when the connection
-//! dies, and only once it listens again tells every stream to catch up from the table
+//! The process's one LISTEN connection, on a connection of its own (never one of the
+//! pool's, which unary calls need). It reconnects with backoff when the connection dies,
+//! and only once it listens again tells every stream to catch up from the table
 //! (sqlx's PgListener drops what was sent while it was disconnected).
 
 use std::{sync::Arc, time::Duration};
 
-use sqlx::{PgPool, postgres::PgListener};
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
+};
 use tokio_util::sync::CancellationToken;
 
 use super::{Hub, Notice};
@@ -13,12 +17,26 @@ use crate::store::CHANNEL;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-pub async fn run_listener(pool: PgPool, hub: Arc<Hub>, shutdown: CancellationToken) {
+pub async fn run_listener(options: PgConnectOptions, hub: Arc<Hub>, shutdown: CancellationToken) {
+    // A pool of one, only so PgListener can open (and reopen) its own connection.
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options.application_name("conversation-service listener"));
+    listen(&own, &hub, &shutdown).await;
+    hub.set_listening(false);
+    own.close().await;
+}
+
+async fn listen(own: &PgPool, hub: &Hub, shutdown: &CancellationToken) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let connected = tokio::select! {
             () = shutdown.cancelled() => return,
-            connected = connect(&pool) => connected,
+            connected = connect(own) => connected,
         };
         match connected {
             Ok(mut listener) => {
@@ -40,7 +58,6 @@ pub async fn run_listener(pool: PgPool, hub: Arc<Hub>, shutdown: CancellationTok
                             tracing::warn!("listener connection lost; reconnecting");
                             break;
                         }
-                        Err(_) if pool.is_closed() => return,
                         Err(error) => {
                             tracing::warn!(%error, "listener failed; reconnecting");
                             break;
@@ -49,7 +66,6 @@ pub async fn run_listener(pool: PgPool, hub: Arc<Hub>, shutdown: CancellationTok
                 }
                 hub.set_listening(false);
             }
-            Err(_) if pool.is_closed() => return,
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?backoff, "cannot LISTEN");
             }
@@ -62,8 +78,10 @@ pub async fn run_listener(pool: PgPool, hub: Arc<Hub>, shutdown: CancellationTok
     }
 }
 
-async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
+async fn connect(own: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(own).await?;
+    // On a lost connection, return at once: this module reconnects, then resyncs.
+    listener.eager_reconnect(false);
     listener.listen(CHANNEL).await?;
     Ok(listener)
 }

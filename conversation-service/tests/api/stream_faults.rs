@@ -7,7 +7,10 @@ use chat_proto::v1::{self, StreamConversationResponse, stream_conversation_respo
 use tonic::{Code, Streaming};
 use uuid::Uuid;
 
-use crate::helpers::{Client, TestApp, create, provider, spawn_app, spawn_process};
+use crate::helpers::{
+    Client, TestApp, create, customer, fresh_database, provider, send, spawn_app, spawn_app_with,
+    spawn_process,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -109,4 +112,35 @@ async fn a_stream_behind_at_sigterm_still_ends_unavailable() {
         seqs.len()
     );
     assert_eq!(ended, Some(Code::Unavailable), "told to resume");
+}
+
+/// The LISTEN connection is not one of the pool's: with `DB_POOL_SIZE=1` the service
+/// serves unary calls and live streams.
+#[tokio::test]
+async fn a_pool_of_one_serves_calls_and_streams() {
+    let mut app = spawn_app_with(&fresh_database().await, &["--db-pool-size", "1"]).await;
+    let id = create(&mut app.client, "p1").await.conversation_id;
+    let mut stream = open(&mut app.client, &id, provider("p1")).await;
+    send(&mut app.client, &id, customer(""), "hello")
+        .await
+        .unwrap();
+    loop {
+        let response = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(Event::Message(m)) = response.event {
+            assert_eq!((m.seq, response.replayed), (1, false));
+            break;
+        }
+    }
+    let (listeners,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = 'conversation-service listener'",
+    )
+    .fetch_one(&mut app.db().await)
+    .await
+    .unwrap();
+    assert_eq!(listeners, 1, "the listener has a connection of its own");
 }
