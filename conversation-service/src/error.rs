@@ -62,6 +62,14 @@ impl Error {
         }
     }
 
+    /// An anonymous visitor's access ends once a customer is linked.
+    pub fn customer_linked() -> Self {
+        Self::PermissionDenied {
+            reason: "CUSTOMER_LINKED",
+            message: "a customer is linked to this conversation; act as that customer".into(),
+        }
+    }
+
     pub fn closed() -> Self {
         Self::FailedPrecondition {
             reason: "CONVERSATION_CLOSED",

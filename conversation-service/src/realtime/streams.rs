@@ -215,6 +215,8 @@ impl ConversationStream {
     }
 
     /// The conversation as it is now, as the viewer sees it.
+    /// The viewer must still be a participant: an anonymous visitor stops being one once
+    /// a customer is linked, and its stream ends with PERMISSION_DENIED (CUSTOMER_LINKED).
     async fn current(&self) -> Result<v1::Conversation, Stop> {
         match self
             .ctx
@@ -222,7 +224,10 @@ impl ConversationStream {
             .get_conversation(ConversationId(self.id))
             .await
         {
-            Ok(conversation) => Ok(conversation.to_proto(Some(self.viewer.role))),
+            Ok(conversation) if conversation.admits(&self.viewer) => {
+                Ok(conversation.to_proto(Some(self.viewer.role)))
+            }
+            Ok(_) => Err(self.fail(Error::customer_linked()).await),
             Err(error) => Err(self.fail(error).await),
         }
     }

@@ -144,3 +144,65 @@ async fn a_pool_of_one_serves_calls_and_streams() {
     .unwrap();
     assert_eq!(listeners, 1, "the listener has a connection of its own");
 }
+
+/// The anonymous visitor's stream ends with PERMISSION_DENIED once a customer is linked
+/// (new anonymous sends are refused too); the linked customer streams on.
+#[tokio::test]
+async fn an_anonymous_stream_ends_when_a_customer_is_linked() {
+    let mut app = spawn_app().await;
+    let id = create(&mut app.client, "p1").await.conversation_id;
+    let mut anonymous = open(&mut app.client, &id, customer("")).await;
+    send(&mut app.client, &id, customer(""), "before the link")
+        .await
+        .unwrap();
+    app.client
+        .update_customer(v1::UpdateCustomerRequest {
+            conversation_id: id.clone(),
+            customer_id: Some("c1".into()),
+            email: Some("ada@example.com".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(WAIT, async {
+        loop {
+            match anonymous.message().await {
+                Ok(Some(response)) => assert!(
+                    !matches!(response.event, Some(Event::CustomerUpdated(_))),
+                    "the linked customer's details never reach the anonymous viewer"
+                ),
+                Ok(None) => panic!("ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the anonymous stream ends");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(crate::helpers::reason(&status), "CUSTOMER_LINKED");
+
+    let mut linked = open(&mut app.client, &id, customer("c1")).await;
+    send(&mut app.client, &id, provider("p1"), "to c1")
+        .await
+        .unwrap();
+    assert_eq!(messages_until(&mut linked, 2).await, [1, 2]);
+}
+
+/// Reads until a message with seq `until`; returns the seqs of messages seen.
+async fn messages_until(
+    stream: &mut Streaming<StreamConversationResponse>,
+    until: i64,
+) -> Vec<i64> {
+    let mut seqs = Vec::new();
+    while seqs.last().is_none_or(|seq| *seq < until) {
+        let response = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("an event within the deadline")
+            .unwrap()
+            .expect("the stream stays open");
+        if let Some(Event::Message(m)) = response.event {
+            seqs.push(m.seq);
+        }
+    }
+    seqs
+}
