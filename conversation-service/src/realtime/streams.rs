@@ -19,7 +19,7 @@ use tonic::Status;
 
 use super::{Wake, hub::Subscription};
 use crate::{
-    domain::{ConversationId, Participant},
+    domain::{ConversationId, Participant, Role},
     error::Error,
     store::{ConversationRow, InboxCursor, InboxItem, Store, timestamp},
 };
@@ -115,6 +115,7 @@ pub async fn conversation_stream(
         id: conversation.id,
         viewer,
         last: after_seq,
+        shown: Shown::default(),
     };
     let _ = stream.run(&mut subscription, conversation).await;
 }
@@ -126,6 +127,34 @@ struct ConversationStream {
     viewer: Participant,
     /// Highest seq delivered.
     last: i64,
+    shown: Shown,
+}
+
+/// The state this stream last showed (snapshot or event). A wake-up only ever moves it
+/// forward, so nothing older than a snapshot follows it: wake-ups queued before a resync
+/// are dropped, receipts never go back, and a status change is read from the table.
+#[derive(Default)]
+struct Shown {
+    status: i32,
+    provider_read: i64,
+    customer_read: i64,
+}
+
+impl Shown {
+    fn of(conversation: &v1::Conversation) -> Self {
+        Self {
+            status: conversation.status,
+            provider_read: conversation.provider_read_seq,
+            customer_read: conversation.customer_read_seq,
+        }
+    }
+
+    fn read_mut(&mut self, role: Role) -> &mut i64 {
+        match role {
+            Role::Provider => &mut self.provider_read,
+            Role::Customer => &mut self.customer_read,
+        }
+    }
 }
 
 impl ConversationStream {
@@ -147,8 +176,10 @@ impl ConversationStream {
         subscription: &mut Subscription,
         conversation: ConversationRow,
     ) -> Result<(), Stop> {
+        let conversation_now = conversation.to_proto(Some(self.viewer.role));
+        self.shown = Shown::of(&conversation_now);
         let snapshot = v1::ConversationSnapshot {
-            conversation: Some(conversation.to_proto(Some(self.viewer.role))),
+            conversation: Some(conversation_now),
         };
         self.send(ConversationEvent::Snapshot(snapshot), true)
             .await?;
@@ -159,7 +190,7 @@ impl ConversationStream {
         let mut next_heartbeat = Instant::now() + period;
         loop {
             if subscription.take_lagged() {
-                self.resync().await?;
+                self.resync(subscription).await?;
             }
             let wake = tokio::select! {
                 // The UNAVAILABLE that ends the stream comes from `Outbound`.
@@ -175,6 +206,11 @@ impl ConversationStream {
             match wake {
                 Wake::Messages { head } => self.deliver_up_to(head, false).await?,
                 Wake::Read { reader, seq } => {
+                    let shown = self.shown.read_mut(reader.role);
+                    if seq <= *shown {
+                        continue;
+                    }
+                    *shown = seq;
                     let receipt = v1::ReadReceipt {
                         conversation_id: self.id.to_string(),
                         reader: Some(reader.to_proto()),
@@ -192,22 +228,31 @@ impl ConversationStream {
                         self.send(ConversationEvent::Typing(typing), false).await?;
                     }
                 }
-                Wake::Status(status) => {
+                Wake::Status(_) => {
+                    // The notice may be older than what this stream showed last (a
+                    // snapshot after a resync): the table says what is true now.
+                    let status = self.current().await?.status;
+                    if status == self.shown.status {
+                        continue;
+                    }
+                    self.shown.status = status;
                     let changed = v1::StatusChanged {
                         conversation_id: self.id.to_string(),
-                        status: status.to_proto().into(),
+                        status,
                     };
                     self.send(ConversationEvent::StatusChanged(changed), false)
                         .await?;
                 }
                 Wake::Customer => {
+                    let conversation = self.current().await?;
+                    self.shown = Shown::of(&conversation);
                     let updated = v1::CustomerUpdated {
-                        conversation: Some(self.current().await?),
+                        conversation: Some(conversation),
                     };
                     self.send(ConversationEvent::CustomerUpdated(updated), false)
                         .await?;
                 }
-                Wake::Resync => self.resync().await?,
+                Wake::Resync => self.resync(subscription).await?,
                 Wake::Created => {}
             }
             next_heartbeat = Instant::now() + period;
@@ -234,9 +279,14 @@ impl ConversationStream {
 
     /// After lost wake-ups: a fresh snapshot (status, customer, read positions), then
     /// every message after the last one delivered.
-    async fn resync(&mut self) -> Result<(), Stop> {
+    async fn resync(&mut self, subscription: &mut Subscription) -> Result<(), Stop> {
+        // Whatever was queued so far is covered by the snapshot read below.
+        while subscription.wakes.try_recv().is_ok() {}
+        subscription.take_lagged();
+        let conversation = self.current().await?;
+        self.shown = Shown::of(&conversation);
         let snapshot = v1::ConversationSnapshot {
-            conversation: Some(self.current().await?),
+            conversation: Some(conversation),
         };
         self.send(ConversationEvent::Snapshot(snapshot), true)
             .await?;

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use chat_proto::v1::{self, StreamConversationResponse, stream_conversation_response::Event};
+use chat_proto::v1::{
+    self, ConversationStatus, StreamConversationResponse, stream_conversation_response::Event,
+};
 use tonic::{Code, Streaming};
 use uuid::Uuid;
 
@@ -205,4 +207,97 @@ async fn messages_until(
         }
     }
     seqs
+}
+
+/// A stream behind its client resyncs (fresh snapshot) while older wake-ups are still
+/// queued: nothing older than that snapshot follows it (no CLOSED after a snapshot that
+/// shows it reopened, no read receipt moving backwards).
+#[tokio::test]
+async fn nothing_older_than_a_resync_snapshot_follows_it() {
+    let mut app = spawn_app_with(&fresh_database().await, &["--stream-queue", "4"]).await;
+    let id = create(&mut app.client, "p1").await.conversation_id;
+    let mut client = slow_client(app.addr).await;
+    let mut stream = open(&mut client, &id, provider("p1")).await;
+    stream.message().await.unwrap().unwrap(); // the first snapshot
+    pile_up(&app, &id, 400).await;
+    send(&mut app.client, &id, provider("p1"), "wake")
+        .await
+        .unwrap();
+    // The task is now stuck sending the replay; these wake-ups queue up behind it...
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for status in [ConversationStatus::Closed, ConversationStatus::Active] {
+        app.client
+            .set_conversation_status(v1::SetConversationStatusRequest {
+                conversation_id: id.clone(),
+                status: status.into(),
+                actor: None,
+            })
+            .await
+            .unwrap();
+    }
+    for seq in [5, 10] {
+        app.client
+            .mark_read(v1::MarkReadRequest {
+                conversation_id: id.clone(),
+                reader: customer(""),
+                seq,
+            })
+            .await
+            .unwrap();
+    }
+    // ...and this one overflows the queue: the stream is lagging and will resync.
+    app.client
+        .send_typing(v1::SendTypingRequest {
+            conversation_id: id.clone(),
+            sender: customer(""),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send(&mut app.client, &id, provider("p1"), "marker")
+        .await
+        .unwrap();
+
+    let mut snapshots = 0;
+    let mut after_resync = Vec::new();
+    loop {
+        let response = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match response.event {
+            Some(Event::Snapshot(s)) => {
+                snapshots += 1;
+                let c = s.conversation.unwrap();
+                assert_eq!(c.status(), ConversationStatus::Active);
+                assert_eq!(c.customer_read_seq, 10);
+            }
+            Some(Event::Message(m)) if m.seq == 402 => {
+                // Typing is queued behind anything still queued: the end marker.
+                app.client
+                    .send_typing(v1::SendTypingRequest {
+                        conversation_id: id.clone(),
+                        sender: customer(""),
+                    })
+                    .await
+                    .unwrap();
+            }
+            Some(Event::Typing(_)) if snapshots >= 1 => break,
+            Some(event) if snapshots >= 1 => after_resync.push(event),
+            _ => {}
+        }
+    }
+    assert!(snapshots >= 1, "the lagging stream resynced");
+    for event in after_resync {
+        match event {
+            Event::StatusChanged(s) => assert_eq!(
+                s.status(),
+                ConversationStatus::Active,
+                "a stale CLOSED followed the snapshot"
+            ),
+            Event::ReadReceipt(r) => assert!(r.read_seq > 10, "a receipt moved backwards: {r:?}"),
+            _ => {}
+        }
+    }
 }
