@@ -382,8 +382,11 @@ impl InboxStream {
     }
 
     /// Delivers every window item after the cursor, advancing it item by item.
+    /// A cursor in the middle of an older window finishes that window, then reads on up to
+    /// the present.
     async fn deliver(&mut self, replayed: bool) -> Result<(), Stop> {
         loop {
+            let within = self.cursor.is_within_window();
             let window = match self
                 .ctx
                 .store
@@ -427,7 +430,7 @@ impl InboxStream {
                 self.cursor = cursor;
             }
             self.cursor = window.next;
-            if !window.more {
+            if !window.more && !within {
                 return Ok(());
             }
         }

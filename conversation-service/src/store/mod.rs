@@ -17,7 +17,7 @@ use crate::domain::{ConversationId, Participant, Role, Status};
 
 pub use batcher::SendQueue;
 pub use conversations::NewConversation;
-pub use inbox::{InboxCursor, InboxItem, InboxWindow};
+pub use inbox::{InboxCursor, InboxItem, InboxWindow, Snapshot, window_sql};
 pub use messages::ListDirection;
 pub use plan::NewMessage;
 pub use send::{LOCK_TIMEOUT, STATEMENT_TIMEOUT};

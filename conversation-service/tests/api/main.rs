@@ -4,6 +4,7 @@
 
 mod conversations;
 mod helpers;
+mod inbox;
 mod interop;
 mod messages;
 mod pagination;
