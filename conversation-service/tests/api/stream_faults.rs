@@ -1,7 +1,14 @@
 //! Streams under faults: shutdown while a client is behind, a listener without its pool,
 //! a link that ends an anonymous viewer's stream, stale wake-ups after a resync.
 
-use std::time::Duration;
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use chat_proto::v1::{
     self, ConversationStatus, StreamConversationResponse, stream_conversation_response::Event,
@@ -300,4 +307,125 @@ async fn nothing_older_than_a_resync_snapshot_follows_it() {
             _ => {}
         }
     }
+}
+
+/// A TCP proxy to PostgreSQL that can silently freeze the connections that LISTEN:
+/// bytes stop flowing both ways, and the sockets stay open (no FIN, no RST).
+struct FreezingProxy {
+    port: u16,
+    listening: Arc<Mutex<HashSet<u64>>>,
+    frozen: Arc<Mutex<HashSet<u64>>>,
+    /// While set, a connection is frozen as soon as it sends LISTEN.
+    block_listen: Arc<AtomicBool>,
+}
+
+impl FreezingProxy {
+    async fn start() -> Self {
+        let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let proxy = Self {
+            port,
+            listening: Arc::default(),
+            frozen: Arc::default(),
+            block_listen: Arc::default(),
+        };
+        let (listening, frozen, block) = (
+            Arc::clone(&proxy.listening),
+            Arc::clone(&proxy.frozen),
+            Arc::clone(&proxy.block_listen),
+        );
+        tokio::spawn(async move {
+            for id in 0.. {
+                let Ok((client, _)) = socket.accept().await else {
+                    return;
+                };
+                let Ok(server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                let state = (
+                    Arc::clone(&listening),
+                    Arc::clone(&frozen),
+                    Arc::clone(&block),
+                );
+                tokio::spawn(pump(id, client_read, server_write, state.clone(), true));
+                tokio::spawn(pump(id, server_read, client_write, state, false));
+            }
+        });
+        proxy
+    }
+
+    fn freeze_listeners(&self) {
+        let listening = self.listening.lock().unwrap().clone();
+        self.frozen.lock().unwrap().extend(listening);
+    }
+}
+
+type ProxyState = (
+    Arc<Mutex<HashSet<u64>>>,
+    Arc<Mutex<HashSet<u64>>>,
+    Arc<AtomicBool>,
+);
+
+async fn pump(
+    id: u64,
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    (listening, frozen, block): ProxyState,
+    from_client: bool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0_u8; 64 * 1024];
+    loop {
+        let Ok(n) = from.read(&mut buf).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        if from_client && buf[..n].windows(6).any(|w| w == b"LISTEN") {
+            listening.lock().unwrap().insert(id);
+            if block.load(Ordering::SeqCst) {
+                frozen.lock().unwrap().insert(id);
+            }
+        }
+        if frozen.lock().unwrap().contains(&id) {
+            // Silently dead: hold both sockets open, pass nothing.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The LISTEN connection stops passing bytes without closing: within seconds health says
+/// NOT_SERVING; once a new LISTEN connection works, health says SERVING again and open
+/// streams catch up on what was sent meanwhile.
+#[tokio::test]
+async fn a_silently_dead_listener_is_found_and_replaced() {
+    let proxy = FreezingProxy::start().await;
+    let direct = fresh_database().await;
+    let name = direct.rsplit('/').next().unwrap();
+    let via_proxy = format!("postgres://postgres@127.0.0.1:{}/{name}", proxy.port);
+    let mut app = spawn_app_with(&via_proxy, &[]).await;
+    let id = create(&mut app.client, "p1").await.conversation_id;
+    let mut stream = open(&mut app.client, &id, provider("p1")).await;
+    stream.message().await.unwrap().unwrap(); // snapshot
+
+    proxy.block_listen.store(true, Ordering::SeqCst);
+    proxy.freeze_listeners();
+    send(&mut app.client, &id, customer(""), "while deaf")
+        .await
+        .unwrap();
+    crate::helpers::wait_health(app.addr, 2).await;
+
+    proxy.block_listen.store(false, Ordering::SeqCst);
+    crate::helpers::wait_serving(app.addr).await;
+    assert_eq!(messages_until(&mut stream, 1).await, [1]);
+    send(&mut app.client, &id, customer(""), "live again")
+        .await
+        .unwrap();
+    assert_eq!(messages_until(&mut stream, 2).await, [2]);
 }
