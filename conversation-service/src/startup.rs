@@ -144,6 +144,9 @@ impl Application {
             store: store.clone(),
             heartbeat: config.heartbeat_interval,
             shutdown: shutdown.clone(),
+            catch_up: Arc::new(tokio::sync::Semaphore::new(catch_up_slots(
+                config.db_pool_size,
+            ))),
         };
         let api = ConversationServiceServer::new(ConversationApi::new(store, sender, hub, streams))
             .max_decoding_message_size(config.max_message_bytes)
@@ -214,6 +217,11 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .with_service_name("grpc.health.v1.Health")
         .with_service_name("grpc.reflection.v1.ServerReflection")
         .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+}
+
+/// Catch-up reads in flight at once: a quarter of the pool, so unary calls keep the rest.
+fn catch_up_slots(pool_size: u32) -> usize {
+    usize::try_from(pool_size / 4).unwrap_or(1).max(1)
 }
 
 async fn migrate(pool: &PgPool) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 
 use std::{
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -12,7 +13,10 @@ use chat_proto::v1::{
     stream_inbox_response::Event as InboxEvent,
 };
 use futures::{Stream, StreamExt};
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{Semaphore, SemaphorePermit, mpsc},
+    time::Instant,
+};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
@@ -34,6 +38,16 @@ pub struct StreamContext {
     pub store: Store,
     pub heartbeat: Duration,
     pub shutdown: CancellationToken,
+    /// Catch-up reads (after a listener reconnect or a lag) in flight at once, process
+    /// wide: thousands of streams resyncing together must leave the pool to unary calls.
+    pub catch_up: Arc<Semaphore>,
+}
+
+impl StreamContext {
+    /// Waits for a catch-up slot (`None` if pacing is closed, which it never is).
+    async fn paced(&self) -> Option<SemaphorePermit<'_>> {
+        self.catch_up.acquire().await.ok()
+    }
 }
 
 /// What a server stream sends: the items of its task, until the server shuts down; then
@@ -283,7 +297,9 @@ impl ConversationStream {
         // Whatever was queued so far is covered by the snapshot read below.
         while subscription.wakes.try_recv().is_ok() {}
         subscription.take_lagged();
+        let permit = self.ctx.paced().await;
         let conversation = self.current().await?;
+        drop(permit);
         self.shown = Shown::of(&conversation);
         let snapshot = v1::ConversationSnapshot {
             conversation: Some(conversation),
@@ -294,14 +310,22 @@ impl ConversationStream {
     }
 
     /// Delivers stored messages with `last < seq <= head`, a page at a time.
+    /// Reads from the table (`replayed`) are paced; the permit is held for the read
+    /// only, never while a slow client is sent to.
     async fn deliver_up_to(&mut self, head: i64, replayed: bool) -> Result<(), Stop> {
         while self.last < head {
-            let page = match self
+            let permit = if replayed {
+                self.ctx.paced().await
+            } else {
+                None
+            };
+            let page = self
                 .ctx
                 .store
                 .messages_between(self.id, self.last, head, CATCH_UP_PAGE)
-                .await
-            {
+                .await;
+            drop(permit);
+            let page = match page {
                 Ok(page) => page,
                 Err(error) => return Err(self.fail(error).await),
             };
@@ -387,12 +411,18 @@ impl InboxStream {
     async fn deliver(&mut self, replayed: bool) -> Result<(), Stop> {
         loop {
             let within = self.cursor.is_within_window();
-            let window = match self
+            let permit = if replayed {
+                self.ctx.paced().await
+            } else {
+                None
+            };
+            let window = self
                 .ctx
                 .store
                 .inbox_window(&self.owner, &self.cursor, INBOX_PAGE)
-                .await
-            {
+                .await;
+            drop(permit);
+            let window = match window {
                 Ok(window) => window,
                 Err(error) => {
                     let _ = emit(&self.out, Err(error.into()), &self.ctx.shutdown).await;

@@ -429,3 +429,58 @@ async fn a_silently_dead_listener_is_found_and_replaced() {
         .unwrap();
     assert_eq!(messages_until(&mut stream, 2).await, [2]);
 }
+
+/// 2,000 streams resync at once after the listener reconnects: the catch-up is paced, so
+/// SendMessage keeps working on a small pool and no stream ends.
+#[tokio::test]
+async fn a_resync_of_two_thousand_streams_starves_no_call() {
+    const STREAMS: usize = 2000;
+    const SENDS: i64 = 20;
+    let mut app = spawn_app_with(
+        &fresh_database().await,
+        &["--db-pool-size", "4", "--db-acquire-timeout", "1s"],
+    )
+    .await;
+    let id = create(&mut app.client, "p1").await.conversation_id;
+    // HTTP/2 allows 2048 streams per connection: spread them over four.
+    let mut openers = Vec::new();
+    for _ in 0..4 {
+        let mut client = crate::helpers::connect(app.addr).await;
+        let id = id.clone();
+        openers.push(tokio::spawn(async move {
+            let mut streams = Vec::new();
+            for _ in 0..STREAMS / 4 {
+                let mut stream = open(&mut client, &id, provider("p1")).await;
+                stream.message().await.unwrap().unwrap(); // snapshot
+                streams.push(stream);
+            }
+            streams
+        }));
+    }
+    let mut streams = Vec::new();
+    for opener in openers {
+        streams.extend(opener.await.unwrap());
+    }
+    assert_eq!(app.hub.open_streams(), STREAMS);
+
+    let (killed,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() \
+         AND application_name = 'conversation-service listener') k",
+    )
+    .fetch_one(&mut app.db().await)
+    .await
+    .unwrap();
+    assert_eq!(killed, 1);
+    // Unary calls while every stream resyncs.
+    for i in 0..SENDS {
+        send(&mut app.client, &id, customer(""), &format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    for stream in &mut streams {
+        let seen = messages_until(stream, SENDS).await;
+        assert_eq!(seen.last(), Some(&SENDS));
+    }
+    assert_eq!(app.hub.open_streams(), STREAMS, "no stream ended");
+}
