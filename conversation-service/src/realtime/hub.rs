@@ -13,10 +13,10 @@ use std::{
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::Notice;
 use crate::{
     domain::{Participant, Role, Status},
     error::{Error, Result},
+    store::Notice,
 };
 
 /// What a stream is woken for. Conversation streams get all kinds; inbox streams only
@@ -35,7 +35,9 @@ pub enum Wake {
     },
     Status(Status),
     Customer,
-    Created,
+    /// Something in one of an inbox owner's conversations changed (a conversation was
+    /// created or linked, a message, a status): the inbox reads its next window.
+    InboxTouched,
     /// The listener reconnected: whatever was sent meanwhile must be read from the table.
     Resync,
 }
@@ -171,43 +173,68 @@ impl Hub {
             }
         };
         match notice {
-            Notice::Messages { m } => {
-                for touched in m {
-                    touch_inboxes(&touched.p, touched.u.as_deref());
+            Notice::Messages { touched } => {
+                for t in touched {
+                    touch_inboxes(&t.provider_id, t.customer_id.as_deref());
                     deliveries.push((
-                        Key::Conversation(touched.c),
-                        Wake::Messages { head: touched.s },
+                        Key::Conversation(t.conversation_id),
+                        Wake::Messages { head: t.head_seq },
                     ));
                 }
             }
-            Notice::Read { c, role, id, seq } => deliveries.push((
-                Key::Conversation(c),
+            Notice::Read {
+                conversation_id,
+                role,
+                reader_id,
+                seq,
+            } => deliveries.push((
+                Key::Conversation(conversation_id),
                 Wake::Read {
                     reader: Participant {
                         role: Role::from_i16(role),
-                        id,
+                        id: reader_id,
                     },
                     seq,
                 },
             )),
-            Notice::Typing { c, role, id } => deliveries.push((
-                Key::Conversation(c),
+            Notice::Typing {
+                conversation_id,
+                role,
+                sender_id,
+            } => deliveries.push((
+                Key::Conversation(conversation_id),
                 Wake::Typing {
                     sender: Participant {
                         role: Role::from_i16(role),
-                        id,
+                        id: sender_id,
                     },
                 },
             )),
-            Notice::Status { c, status, p, u } => {
-                touch_inboxes(&p, u.as_deref());
-                deliveries.push((Key::Conversation(c), Wake::Status(Status::from_i16(status))));
+            Notice::Status {
+                conversation_id,
+                status,
+                provider_id,
+                customer_id,
+            } => {
+                touch_inboxes(&provider_id, customer_id.as_deref());
+                deliveries.push((
+                    Key::Conversation(conversation_id),
+                    Wake::Status(Status::from_i16(status)),
+                ));
             }
-            Notice::Customer { c, p, u } => {
-                touch_inboxes(&p, u.as_deref());
-                deliveries.push((Key::Conversation(c), Wake::Customer));
+            Notice::Customer {
+                conversation_id,
+                provider_id,
+                customer_id,
+            } => {
+                touch_inboxes(&provider_id, customer_id.as_deref());
+                deliveries.push((Key::Conversation(conversation_id), Wake::Customer));
             }
-            Notice::Created { p, u, .. } => touch_inboxes(&p, u.as_deref()),
+            Notice::Created {
+                provider_id,
+                customer_id,
+                ..
+            } => touch_inboxes(&provider_id, customer_id.as_deref()),
         }
         let map = self
             .subscribers
@@ -223,7 +250,7 @@ impl Hub {
         for key in inboxes {
             if let Some(entries) = map.get(&key) {
                 for entry in entries.values() {
-                    offer(entry, Wake::Created);
+                    offer(entry, Wake::InboxTouched);
                 }
             }
         }
@@ -250,15 +277,15 @@ fn offer(entry: &Entry, wake: Wake) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::realtime::Touched;
+    use crate::store::Touched;
 
     fn messages(c: Uuid, s: i64) -> Notice {
         Notice::Messages {
-            m: vec![Touched {
-                c,
-                s,
-                p: "p1".into(),
-                u: None,
+            touched: vec![Touched {
+                conversation_id: c,
+                head_seq: s,
+                provider_id: "p1".into(),
+                customer_id: None,
             }],
         }
     }

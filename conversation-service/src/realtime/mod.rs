@@ -3,9 +3,7 @@
 
 mod hub;
 mod listener;
-mod notice;
 pub mod streams;
 
 pub use hub::{Hub, Wake};
 pub use listener::run_listener;
-pub use notice::{Notice, Touched};

@@ -267,7 +267,7 @@ impl ConversationStream {
                         .await?;
                 }
                 Wake::Resync => self.resync(subscription).await?,
-                Wake::Created => {}
+                Wake::InboxTouched => {}
             }
             next_heartbeat = Instant::now() + period;
         }

@@ -5,11 +5,10 @@ use sqlx::AssertSqlSafe;
 use sqlx::{Postgres, QueryBuilder, Transaction};
 use uuid::Uuid;
 
-use super::{CONVERSATION_SELECT, ConversationRow, Store};
+use super::{CONVERSATION_SELECT, ConversationRow, Notice, Store};
 use crate::{
     domain::{ConversationId, CustomerDetails, CustomerPatch, Participant, Role, Status},
     error::{Error, Result},
-    realtime::Notice,
 };
 
 /// Inbox event kinds stored in `conversation_events.kind`.
@@ -90,9 +89,9 @@ impl Store {
         notify(
             &mut tx,
             &Notice::Created {
-                c: id,
-                p: new.provider_id.clone(),
-                u: new.customer.customer_id.clone(),
+                conversation_id: id,
+                provider_id: new.provider_id.clone(),
+                customer_id: new.customer.customer_id.clone(),
             },
         )
         .await?;
@@ -208,9 +207,9 @@ impl Store {
         notify(
             &mut tx,
             &Notice::Customer {
-                c: id.0,
-                p: provider_id,
-                u: patch.customer_id.clone().or(current),
+                conversation_id: id.0,
+                provider_id,
+                customer_id: patch.customer_id.clone().or(current),
             },
         )
         .await?;
@@ -249,10 +248,10 @@ impl Store {
             notify(
                 &mut tx,
                 &Notice::Status {
-                    c: id.0,
+                    conversation_id: id.0,
                     status: status.as_i16(),
-                    p: provider_id,
-                    u: customer_id,
+                    provider_id,
+                    customer_id,
                 },
             )
             .await?;

@@ -3,11 +3,10 @@
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
-use super::{MESSAGE_COLUMNS, MessageRow, Store, conversations::notify};
+use super::{MESSAGE_COLUMNS, MessageRow, Notice, Store, conversations::notify};
 use crate::{
     domain::{ConversationId, Participant, Role},
     error::{Error, Result},
-    realtime::Notice,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,9 +132,9 @@ impl Store {
         notify(
             &mut tx,
             &Notice::Read {
-                c: id.0,
+                conversation_id: id.0,
                 role: reader.role.as_i16(),
-                id: reader.id.clone(),
+                reader_id: reader.id.clone(),
                 seq,
             },
         )
@@ -147,9 +146,9 @@ impl Store {
     /// Tells every replica that `sender` is typing. Nothing is stored.
     pub async fn typing(&self, id: ConversationId, sender: &Participant) -> Result<()> {
         let notice = Notice::Typing {
-            c: id.0,
+            conversation_id: id.0,
             role: sender.role.as_i16(),
-            id: sender.id.clone(),
+            sender_id: sender.id.clone(),
         };
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(super::CHANNEL)

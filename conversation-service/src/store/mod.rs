@@ -5,6 +5,7 @@ mod batcher;
 mod conversations;
 mod inbox;
 mod messages;
+mod notice;
 mod plan;
 mod send;
 
@@ -22,9 +23,7 @@ pub use messages::ListDirection;
 pub use plan::NewMessage;
 pub use send::{LOCK_TIMEOUT, STATEMENT_TIMEOUT};
 
-/// The channel every replica LISTENs on. NOTIFY payloads only say "look"; the tables are
-/// the truth.
-pub const CHANNEL: &str = "chat_events";
+pub use notice::{CHANNEL, Notice, Touched};
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]

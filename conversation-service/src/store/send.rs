@@ -9,13 +9,12 @@ use sqlx::{AssertSqlSafe, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{
-    MESSAGE_COLUMNS, MessageRow, Store,
+    MESSAGE_COLUMNS, MessageRow, Notice, Store, Touched,
     plan::{ClientKey, Decision, Locked, NewMessage, Plan, plan},
 };
 use crate::{
     domain::Role,
     error::{Error, Result},
-    realtime::{Notice, Touched},
 };
 
 /// How long a batch waits for a conversation's row lock, and how long any of its
@@ -165,16 +164,16 @@ fn payloads(plan: &Plan) -> Vec<String> {
     let mut chunk_bytes = 0;
     for (id, touch) in &plan.touched {
         let item = Touched {
-            c: *id,
-            s: touch.head,
-            p: touch.provider_id.clone(),
-            u: touch.customer_id.clone(),
+            conversation_id: *id,
+            head_seq: touch.head,
+            provider_id: touch.provider_id.clone(),
+            customer_id: touch.customer_id.clone(),
         };
-        let size = 80 + item.p.len() + item.u.as_ref().map_or(0, String::len);
+        let size = 80 + item.provider_id.len() + item.customer_id.as_ref().map_or(0, String::len);
         if chunk_bytes + size > MAX_NOTIFY_BYTES && !chunk.is_empty() {
             payloads.push(
                 Notice::Messages {
-                    m: std::mem::take(&mut chunk),
+                    touched: std::mem::take(&mut chunk),
                 }
                 .encode(),
             );
@@ -184,7 +183,7 @@ fn payloads(plan: &Plan) -> Vec<String> {
         chunk.push(item);
     }
     if !chunk.is_empty() {
-        payloads.push(Notice::Messages { m: chunk }.encode());
+        payloads.push(Notice::Messages { touched: chunk }.encode());
     }
     payloads
 }
