@@ -71,13 +71,6 @@ impl Role {
             Self::Customer
         }
     }
-
-    pub fn to_proto(self) -> v1::Role {
-        match self {
-            Self::Provider => v1::Role::Provider,
-            Self::Customer => v1::Role::Customer,
-        }
-    }
 }
 
 /// Someone acting on a conversation. A customer's id is empty before a customer is linked
@@ -120,13 +113,6 @@ impl Participant {
             return Err(Error::invalid(field, "id is required"));
         }
         Ok(participant)
-    }
-
-    pub fn to_proto(&self) -> v1::Participant {
-        v1::Participant {
-            role: self.role.to_proto().into(),
-            id: self.id.clone(),
-        }
     }
 
     /// Whether this participant may act on a conversation of `provider_id` whose linked
@@ -176,13 +162,6 @@ impl Status {
             Self::Closed
         } else {
             Self::Active
-        }
-    }
-
-    pub fn to_proto(self) -> v1::ConversationStatus {
-        match self {
-            Self::Active => v1::ConversationStatus::Active,
-            Self::Closed => v1::ConversationStatus::Closed,
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The generated `ConversationService` trait: parse the request into domain values, call
-//! the store (or start a stream task), build the reply.
+//! the store (or start a stream task), build the reply (`convert`).
+
+pub mod convert;
 
 use std::sync::Arc;
 
@@ -81,7 +83,7 @@ impl ConversationService for ConversationApi {
         let (row, created) = self.store.create_conversation(new).await?;
         tracing::info!(conversation_id = %row.id, created, "conversation");
         ok(v1::CreateConversationResponse {
-            conversation: Some(row.to_proto(None)),
+            conversation: Some(convert::conversation(&row, None)),
             created,
         })
     }
@@ -103,7 +105,7 @@ impl ConversationService for ConversationApi {
             return Err(Error::not_participant().into());
         }
         ok(v1::GetConversationResponse {
-            conversation: Some(row.to_proto(viewer.map(|v| v.role))),
+            conversation: Some(convert::conversation(&row, viewer.map(|v| v.role))),
         })
     }
 
@@ -129,7 +131,10 @@ impl ConversationService for ConversationApi {
             PageToken::encode(&query, (last.last_activity_at, last.id))
         });
         ok(v1::ListConversationsResponse {
-            conversations: rows.iter().map(|r| r.to_proto(Some(owner.role))).collect(),
+            conversations: rows
+                .iter()
+                .map(|r| convert::conversation(r, Some(owner.role)))
+                .collect(),
             next_page_token,
         })
     }
@@ -148,7 +153,7 @@ impl ConversationService for ConversationApi {
             self.store.update_customer(id, &patch).await?
         };
         ok(v1::UpdateCustomerResponse {
-            conversation: Some(row.to_proto(None)),
+            conversation: Some(convert::conversation(&row, None)),
         })
     }
 
@@ -167,7 +172,7 @@ impl ConversationService for ConversationApi {
             .transpose()?;
         let row = self.store.set_status(id, status, actor.as_ref()).await?;
         ok(v1::SetConversationStatusResponse {
-            conversation: Some(row.to_proto(actor.map(|a| a.role))),
+            conversation: Some(convert::conversation(&row, actor.map(|a| a.role))),
         })
     }
 
@@ -189,7 +194,7 @@ impl ConversationService for ConversationApi {
         let (row, created) = self.sender.send(message).await?;
         tracing::debug!(seq = row.seq, created, "message");
         ok(v1::SendMessageResponse {
-            message: Some(row.to_proto()),
+            message: Some(convert::message(&row)),
             created,
         })
     }
@@ -224,10 +229,7 @@ impl ConversationService for ConversationApi {
         let next_page_token =
             next_page(&mut rows, size, |last| PageToken::encode(&query, last.seq));
         ok(v1::ListMessagesResponse {
-            messages: rows
-                .iter()
-                .map(crate::store::MessageRow::to_proto)
-                .collect(),
+            messages: rows.iter().map(convert::message).collect(),
             next_page_token,
             head_seq: conversation.head_seq,
         })

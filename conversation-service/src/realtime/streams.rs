@@ -25,7 +25,8 @@ use super::{Wake, hub::Subscription};
 use crate::{
     domain::{ConversationId, Participant, Role},
     error::Error,
-    store::{ConversationRow, InboxCursor, InboxItem, Store, timestamp},
+    grpc::convert,
+    store::{ConversationRow, InboxCursor, InboxItem, Store},
 };
 
 /// Messages read per query while catching up.
@@ -109,7 +110,7 @@ async fn emit<T>(
 
 fn heartbeat() -> v1::Heartbeat {
     v1::Heartbeat {
-        time: Some(timestamp(chrono::Utc::now())),
+        time: Some(convert::timestamp(chrono::Utc::now())),
     }
 }
 
@@ -190,7 +191,7 @@ impl ConversationStream {
         subscription: &mut Subscription,
         conversation: ConversationRow,
     ) -> Result<(), Stop> {
-        let conversation_now = conversation.to_proto(Some(self.viewer.role));
+        let conversation_now = convert::conversation(&conversation, Some(self.viewer.role));
         self.shown = Shown::of(&conversation_now);
         let snapshot = v1::ConversationSnapshot {
             conversation: Some(conversation_now),
@@ -227,7 +228,7 @@ impl ConversationStream {
                     *shown = seq;
                     let receipt = v1::ReadReceipt {
                         conversation_id: self.id.to_string(),
-                        reader: Some(reader.to_proto()),
+                        reader: Some(convert::participant(&reader)),
                         read_seq: seq,
                     };
                     self.send(ConversationEvent::ReadReceipt(receipt), false)
@@ -237,7 +238,7 @@ impl ConversationStream {
                     if sender != self.viewer {
                         let typing = v1::Typing {
                             conversation_id: self.id.to_string(),
-                            sender: Some(sender.to_proto()),
+                            sender: Some(convert::participant(&sender)),
                         };
                         self.send(ConversationEvent::Typing(typing), false).await?;
                     }
@@ -284,7 +285,7 @@ impl ConversationStream {
             .await
         {
             Ok(conversation) if conversation.admits(&self.viewer) => {
-                Ok(conversation.to_proto(Some(self.viewer.role)))
+                Ok(convert::conversation(&conversation, Some(self.viewer.role)))
             }
             Ok(_) => Err(self.fail(Error::customer_linked()).await),
             Err(error) => Err(self.fail(error).await),
@@ -332,8 +333,11 @@ impl ConversationStream {
             let full = i64::try_from(page.len()).unwrap_or(i64::MAX) >= CATCH_UP_PAGE;
             for message in page {
                 self.last = message.seq;
-                self.send(ConversationEvent::Message(message.to_proto()), replayed)
-                    .await?;
+                self.send(
+                    ConversationEvent::Message(convert::message(&message)),
+                    replayed,
+                )
+                .await?;
             }
             if !full {
                 break;
@@ -434,12 +438,12 @@ impl InboxStream {
                 let event = match item {
                     InboxItem::Created(c) => {
                         InboxEvent::ConversationCreated(v1::ConversationCreated {
-                            conversation: Some(c.to_proto(viewer)),
+                            conversation: Some(convert::conversation(&c, viewer)),
                         })
                     }
                     InboxItem::CustomerUpdated(c) => {
                         InboxEvent::CustomerUpdated(v1::CustomerUpdated {
-                            conversation: Some(c.to_proto(viewer)),
+                            conversation: Some(convert::conversation(&c, viewer)),
                         })
                     }
                     InboxItem::StatusChanged {
@@ -447,9 +451,9 @@ impl InboxStream {
                         status,
                     } => InboxEvent::StatusChanged(v1::StatusChanged {
                         conversation_id: conversation_id.to_string(),
-                        status: status.to_proto().into(),
+                        status: convert::status(status).into(),
                     }),
-                    InboxItem::Message(m) => InboxEvent::Message(m.to_proto()),
+                    InboxItem::Message(m) => InboxEvent::Message(convert::message(&m)),
                 };
                 let response = v1::StreamInboxResponse {
                     event: Some(event),

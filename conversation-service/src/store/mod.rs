@@ -9,7 +9,6 @@ mod notice;
 mod plan;
 mod send;
 
-use chat_proto::v1;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -34,13 +33,6 @@ pub struct Store {
 impl Store {
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
-    }
-}
-
-pub(crate) fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: time.timestamp(),
-        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
     }
 }
 
@@ -98,19 +90,17 @@ impl ConversationRow {
         participant.belongs_to(&self.provider_id, self.customer_id.as_deref())
     }
 
-    /// The conversation as the API shows it; `viewer` fills `unread_count`. Sending a
-    /// message advances the sender's read position, so every message after a
-    /// participant's read position is from the other side and unread = head - read.
-    pub fn to_proto(&self, viewer: Option<Role>) -> v1::Conversation {
-        let last_message = match (
+    /// The newest message, from the LEFT JOIN (`None` when there is none).
+    pub fn last_message(&self) -> Option<MessageRow> {
+        match (
             self.lm_id,
             self.lm_sender_role,
             &self.lm_sender_id,
             &self.lm_body,
             self.lm_created_at,
         ) {
-            (Some(id), Some(role), Some(sender_id), Some(body), Some(created_at)) => Some(
-                MessageRow {
+            (Some(id), Some(role), Some(sender_id), Some(body), Some(created_at)) => {
+                Some(MessageRow {
                     conversation_id: self.id,
                     seq: self.head_seq,
                     id,
@@ -119,30 +109,17 @@ impl ConversationRow {
                     body: body.clone(),
                     client_message_id: self.lm_client_message_id.clone(),
                     created_at,
-                }
-                .to_proto(),
-            ),
+                })
+            }
             _ => None,
-        };
-        v1::Conversation {
-            conversation_id: self.id.to_string(),
-            provider_id: self.provider_id.clone(),
-            customer: Some(v1::Customer {
-                customer_id: self.customer_id.clone().unwrap_or_default(),
-                name: self.customer_name.clone(),
-                email: self.customer_email.clone(),
-                phone: self.customer_phone.clone(),
-            }),
-            status: self.status().to_proto().into(),
-            head_seq: self.head_seq,
-            create_time: Some(timestamp(self.created_at)),
-            last_activity_time: Some(timestamp(self.last_activity_at)),
-            last_message,
-            provider_read_seq: self.provider_read_seq,
-            customer_read_seq: self.customer_read_seq,
-            unread_count: viewer.map_or(0, |role| (self.head_seq - self.read_seq(role)).max(0)),
-            origin: self.origin.clone(),
         }
+    }
+
+    /// Messages from the other side after `role`'s read position. Sending a message
+    /// advances the sender's read position, so every message after it is from the other
+    /// side and unread = head - read.
+    pub fn unread(&self, role: Role) -> i64 {
+        (self.head_seq - self.read_seq(role)).max(0)
     }
 }
 
@@ -163,21 +140,10 @@ pub(crate) const MESSAGE_COLUMNS: &str =
     "conversation_id, seq, id, sender_role, sender_id, body, client_message_id, created_at";
 
 impl MessageRow {
-    pub fn to_proto(&self) -> v1::Message {
-        v1::Message {
-            conversation_id: self.conversation_id.to_string(),
-            seq: self.seq,
-            message_id: self.id.to_string(),
-            sender: Some(
-                Participant {
-                    role: Role::from_i16(self.sender_role),
-                    id: self.sender_id.clone(),
-                }
-                .to_proto(),
-            ),
-            body: self.body.clone(),
-            client_message_id: self.client_message_id.clone().unwrap_or_default(),
-            create_time: Some(timestamp(self.created_at)),
+    pub fn sender(&self) -> Participant {
+        Participant {
+            role: Role::from_i16(self.sender_role),
+            id: self.sender_id.clone(),
         }
     }
 }
