@@ -1,2 +1,6 @@
 //! Plumbing that conversation-service and token-service share, written once so the two
 //! cannot drift apart. Nothing here knows about conversations or tokens.
+
+pub mod auth;
+pub mod security;
+pub mod tls;

@@ -10,6 +10,7 @@ use chat_proto::v1::{
 };
 use tonic::{
     Code, Status,
+    metadata::{Ascii, MetadataValue},
     transport::{Channel, Endpoint},
 };
 use tonic_health::pb::{
@@ -17,6 +18,7 @@ use tonic_health::pb::{
 };
 
 use crate::{
+    config::ClientSecurity,
     error::Error,
     store::{Done, OutboxCall},
 };
@@ -25,6 +27,8 @@ use crate::{
 pub struct Conversations {
     channel: Channel,
     max_message_bytes: usize,
+    /// `Bearer <token>`, sent with every call when configured.
+    authorization: Option<MetadataValue<Ascii>>,
 }
 
 /// Why a call did not succeed.
@@ -63,18 +67,75 @@ fn classify(status: Status) -> CallError {
 }
 
 impl Conversations {
-    pub fn new(url: &str, max_message_bytes: usize) -> Result<Self, Error> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| Error::Internal(format!("conversation-service URL {url:?}: {e}")))?
+    /// An `https://` URL gets TLS verified against `CONVERSATION_SERVICE_CA` (and, when
+    /// given, presents the client certificate); without a CA it is an error, never
+    /// plaintext. TLS settings with an `http://` URL are an error too.
+    pub fn new(
+        url: &str,
+        max_message_bytes: usize,
+        security: &ClientSecurity,
+    ) -> Result<Self, Error> {
+        let config = |message: String| Error::Internal(format!("conversation-service: {message}"));
+        let mut endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| config(format!("URL {url:?}: {e}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
+        let identity = security
+            .conversation_service_client_cert
+            .as_deref()
+            .zip(security.conversation_service_client_key.as_deref());
+        match (
+            url.starts_with("https://"),
+            &security.conversation_service_ca,
+        ) {
+            (true, Some(ca)) => {
+                let tls = chat_common::tls::client_tls(ca, identity)
+                    .map_err(|e| config(e.to_string()))?;
+                endpoint = endpoint
+                    .tls_config(tls)
+                    .map_err(|e| config(format!("TLS: {e}")))?;
+            }
+            (true, None) => {
+                return Err(config(format!(
+                    "{url} is https:// but CONVERSATION_SERVICE_CA is not set: \
+                     its certificate could not be verified"
+                )));
+            }
+            (false, ca) if ca.is_some() || identity.is_some() => {
+                return Err(config(format!(
+                    "TLS settings are given but {url} is not https://"
+                )));
+            }
+            (false, _) => {}
+        }
+        let authorization = security
+            .conversation_service_token_file
+            .as_deref()
+            .map(|path| {
+                let token = std::fs::read_to_string(path)
+                    .map_err(|e| config(format!("reading {}: {e}", path.display())))?;
+                MetadataValue::try_from(format!("Bearer {}", token.trim()))
+                    .map_err(|_| config(format!("{}: not a printable token", path.display())))
+            })
+            .transpose()?;
         Ok(Self {
             channel: endpoint.connect_lazy(),
             max_message_bytes,
+            authorization,
         })
+    }
+
+    /// Adds the bearer token, if any.
+    fn authorize<T>(&self, mut request: tonic::Request<T>) -> tonic::Request<T> {
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        request
     }
 
     fn client(&self) -> ConversationServiceClient<Channel> {
@@ -93,16 +154,20 @@ impl Conversations {
                     reuse_active,
                     origin,
                 } => {
-                    let mut request = tonic::Request::new(CreateConversationRequest {
-                        request_id: request_id.clone(),
-                        provider_id: provider_id.clone(),
-                        customer: Some(Customer {
-                            customer_id: customer_id.clone().unwrap_or_default(),
-                            ..Customer::default()
-                        }),
-                        reuse_active: *reuse_active,
-                        origin: origin.clone(),
-                    });
+                    // The session id is the request id: conversation-service binds the
+                    // anonymous visitor to it.
+                    let mut request =
+                        self.authorize(tonic::Request::new(CreateConversationRequest {
+                            request_id: request_id.clone(),
+                            session_id: request_id.clone(),
+                            provider_id: provider_id.clone(),
+                            customer: Some(Customer {
+                                customer_id: customer_id.clone().unwrap_or_default(),
+                                ..Customer::default()
+                            }),
+                            reuse_active: *reuse_active,
+                            origin: origin.clone(),
+                        }));
                     request.set_timeout(timeout);
                     let reply = self
                         .client()
@@ -124,13 +189,13 @@ impl Conversations {
                     contact,
                 } => {
                     let conversation_id = conversation_id.clone().ok_or(CallError::NotReady)?;
-                    let mut request = tonic::Request::new(UpdateCustomerRequest {
+                    let mut request = self.authorize(tonic::Request::new(UpdateCustomerRequest {
                         conversation_id,
                         customer_id: Some(customer_id.clone()),
                         name: contact.name.clone(),
                         email: contact.email.clone(),
                         phone: contact.phone.clone(),
-                    });
+                    }));
                     request.set_timeout(timeout);
                     self.client()
                         .update_customer(request)
@@ -151,9 +216,9 @@ impl Conversations {
 
     /// Whether conversation-service answers its health check with SERVING.
     pub async fn reachable(&self, timeout: Duration) -> bool {
-        let mut request = tonic::Request::new(HealthCheckRequest {
+        let mut request = self.authorize(tonic::Request::new(HealthCheckRequest {
             service: String::new(),
-        });
+        }));
         request.set_timeout(timeout);
         let mut client = HealthClient::new(self.channel.clone());
         let check = client.check(request);

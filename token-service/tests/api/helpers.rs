@@ -329,6 +329,7 @@ pub fn provider(id: &str) -> Option<Participant> {
     Some(Participant {
         role: Role::Provider.into(),
         id: id.into(),
+        ..Default::default()
     })
 }
 
@@ -336,6 +337,7 @@ pub fn customer(id: &str) -> Option<Participant> {
     Some(Participant {
         role: Role::Customer.into(),
         id: id.into(),
+        ..Default::default()
     })
 }
 
