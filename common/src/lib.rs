@@ -3,4 +3,6 @@
 
 pub mod auth;
 pub mod security;
+#[cfg(feature = "test-support")]
+pub mod testing;
 pub mod tls;

@@ -7,5 +7,6 @@ mod helpers;
 mod interop;
 mod messages;
 mod pagination;
+mod security;
 mod startup;
 mod streams;
