@@ -300,32 +300,39 @@ impl ServerTls {
     }
 
     /// Reloads on SIGHUP and when a file's modification time changes (checked every
-    /// `interval`), until `stop`.
-    pub async fn watch(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
+    /// `interval`), until `stop`. The signal handler is installed before this returns,
+    /// so a SIGHUP right after start reloads rather than kills the process.
+    pub fn watch(
+        self: Arc<Self>,
+        interval: Duration,
+        stop: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
         #[cfg(unix)]
         let mut hangup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        loop {
-            #[cfg(unix)]
-            let signal = async {
-                match hangup.as_mut() {
-                    Some(s) => {
-                        s.recv().await;
+        async move {
+            loop {
+                #[cfg(unix)]
+                let signal = async {
+                    match hangup.as_mut() {
+                        Some(s) => {
+                            s.recv().await;
+                        }
+                        None => std::future::pending().await,
                     }
-                    None => std::future::pending().await,
+                };
+                #[cfg(not(unix))]
+                let signal = std::future::pending::<()>();
+                let forced = tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = signal => true,
+                    () = tokio::time::sleep(interval) => false,
+                };
+                if (forced || self.changed())
+                    && let Err(error) = self.reload()
+                {
+                    tracing::error!(%error, "TLS reload failed; keeping the previous certificates");
                 }
-            };
-            #[cfg(not(unix))]
-            let signal = std::future::pending::<()>();
-            let forced = tokio::select! {
-                () = stop.cancelled() => return,
-                () = signal => true,
-                () = tokio::time::sleep(interval) => false,
-            };
-            if (forced || self.changed())
-                && let Err(error) = self.reload()
-            {
-                tracing::error!(%error, "TLS reload failed; keeping the previous certificates");
             }
         }
     }

@@ -54,6 +54,18 @@ impl std::fmt::Display for CallError {
 }
 
 fn classify(status: Status) -> CallError {
+    // A refusal of token-service itself (its certificate, token or grants) is fixed by
+    // configuration, not by the request: keep the call queued until it is, and say so.
+    let refused_caller = status.code() == Code::Unauthenticated
+        || (status.code() == Code::PermissionDenied
+            && tonic_types::StatusExt::get_details_error_info(&status)
+                .is_some_and(|info| info.reason == "METHOD_NOT_GRANTED"));
+    if refused_caller {
+        tracing::error!(code = ?status.code(), message = status.message(),
+            "conversation-service does not accept token-service as a caller; check the client \
+             certificate / token and its CALLERS_FILE");
+        return CallError::Transient(status);
+    }
     match status.code() {
         Code::Unavailable
         | Code::DeadlineExceeded

@@ -10,5 +10,6 @@ mod end_to_end;
 mod faults;
 mod health;
 mod redeem;
+mod security;
 mod sessions;
 mod tokens;
