@@ -170,17 +170,11 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
-    fn paths(&self) -> impl Iterator<Item = &Path> {
+    fn paths(&self) -> Vec<PathBuf> {
         [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()]
             .into_iter()
             .flatten()
-            .map(PathBuf::as_path)
-    }
-
-    /// Modification times, to notice a rotation.
-    fn stamp(&self) -> Vec<Option<SystemTime>> {
-        self.paths()
-            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .cloned()
             .collect()
     }
 
@@ -248,10 +242,57 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+/// Modification times of `paths`, to notice a rotation.
+fn stamp(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    paths
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// Calls `reload` on SIGHUP and whenever one of `paths` gets a new modification time
+/// (checked every `interval`), until `stop`. The signal handler is installed before this
+/// returns, so a SIGHUP right after start reloads rather than kills the process.
+pub fn watch_files(
+    paths: Vec<PathBuf>,
+    interval: Duration,
+    stop: CancellationToken,
+    mut reload: impl FnMut() + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut seen = stamp(&paths);
+    async move {
+        loop {
+            #[cfg(unix)]
+            let signal = async {
+                match hangup.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let signal = std::future::pending::<()>();
+            let forced = tokio::select! {
+                () = stop.cancelled() => return,
+                () = signal => true,
+                () = tokio::time::sleep(interval) => false,
+            };
+            let now = stamp(&paths);
+            if forced || now != seen {
+                seen = now;
+                reload();
+            }
+        }
+    }
+}
+
 /// A server's TLS configuration, swapped whole when the files change.
 pub struct ServerTls {
     files: TlsFiles,
-    current: RwLock<(Arc<ServerConfig>, Vec<Option<SystemTime>>)>,
+    current: RwLock<Arc<ServerConfig>>,
 }
 
 impl ServerTls {
@@ -260,11 +301,10 @@ impl ServerTls {
     /// # Errors
     /// When a file cannot be read, is not PEM, or the key does not fit the certificate.
     pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
-        let stamp = files.stamp();
         let config = files.build()?;
         Ok(Arc::new(Self {
             files,
-            current: RwLock::new((Arc::new(config), stamp)),
+            current: RwLock::new(Arc::new(config)),
         }))
     }
 
@@ -278,63 +318,32 @@ impl ServerTls {
     /// # Errors
     /// When the new files are not usable.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let stamp = self.files.stamp();
         let config = Arc::new(self.files.build()?);
         if let Ok(mut current) = self.current.write() {
-            *current = (config, stamp);
+            *current = config;
         }
         tracing::info!(cert = %self.files.cert.display(), "TLS certificates reloaded");
         Ok(())
-    }
-
-    fn changed(&self) -> bool {
-        let stamp = self.files.stamp();
-        self.current.read().is_ok_and(|c| c.1 != stamp)
     }
 
     fn acceptor(&self) -> Option<TlsAcceptor> {
         self.current
             .read()
             .ok()
-            .map(|c| TlsAcceptor::from(Arc::clone(&c.0)))
+            .map(|c| TlsAcceptor::from(Arc::clone(&c)))
     }
 
-    /// Reloads on SIGHUP and when a file's modification time changes (checked every
-    /// `interval`), until `stop`. The signal handler is installed before this returns,
-    /// so a SIGHUP right after start reloads rather than kills the process.
+    /// Reloads on SIGHUP and when a file changes (see [`watch_files`]), until `stop`.
     pub fn watch(
         self: Arc<Self>,
         interval: Duration,
         stop: CancellationToken,
     ) -> impl Future<Output = ()> + Send + 'static {
-        #[cfg(unix)]
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        async move {
-            loop {
-                #[cfg(unix)]
-                let signal = async {
-                    match hangup.as_mut() {
-                        Some(s) => {
-                            s.recv().await;
-                        }
-                        None => std::future::pending().await,
-                    }
-                };
-                #[cfg(not(unix))]
-                let signal = std::future::pending::<()>();
-                let forced = tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = signal => true,
-                    () = tokio::time::sleep(interval) => false,
-                };
-                if (forced || self.changed())
-                    && let Err(error) = self.reload()
-                {
-                    tracing::error!(%error, "TLS reload failed; keeping the previous certificates");
-                }
+        watch_files(self.files.paths(), interval, stop, move || {
+            if let Err(error) = self.reload() {
+                tracing::error!(%error, "TLS reload failed; keeping the previous certificates");
             }
-        }
+        })
     }
 }
 

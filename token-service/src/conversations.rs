@@ -2,7 +2,11 @@
 //! deadline, and the probe health uses. The channel connects lazily, so token-service
 //! starts and serves while conversation-service is down.
 
-use std::time::Duration;
+use std::{
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use chat_proto::v1::{
     CreateConversationRequest, Customer, UpdateCustomerRequest,
@@ -25,10 +29,9 @@ use crate::{
 
 #[derive(Clone)]
 pub struct Conversations {
-    channel: Channel,
+    connection: Arc<RwLock<Arc<Connection>>>,
+    credentials: Arc<Credentials>,
     max_message_bytes: usize,
-    /// `Bearer <token>`, sent with every call when configured.
-    authorization: Option<MetadataValue<Ascii>>,
 }
 
 /// Why a call did not succeed.
@@ -78,6 +81,70 @@ fn classify(status: Status) -> CallError {
     }
 }
 
+/// What a connection to conversation-service is made of; re-read when the files change.
+struct Credentials {
+    endpoint: Endpoint,
+    ca: Option<PathBuf>,
+    identity: Option<(PathBuf, PathBuf)>,
+    token_file: Option<PathBuf>,
+}
+
+/// The channel and bearer token in use; swapped whole on a rotation (calls in flight keep
+/// the old channel).
+struct Connection {
+    channel: Channel,
+    /// `Bearer <token>`, sent with every call when configured.
+    authorization: Option<MetadataValue<Ascii>>,
+}
+
+fn config_error(message: String) -> Error {
+    Error::Internal(format!("conversation-service: {message}"))
+}
+
+impl Credentials {
+    fn files(&self) -> Vec<PathBuf> {
+        let identity = self
+            .identity
+            .iter()
+            .flat_map(|(c, k)| [c.clone(), k.clone()]);
+        self.ca
+            .iter()
+            .cloned()
+            .chain(identity)
+            .chain(self.token_file.iter().cloned())
+            .collect()
+    }
+
+    fn connect(&self) -> Result<Connection, Error> {
+        let mut endpoint = self.endpoint.clone();
+        if let Some(ca) = &self.ca {
+            let identity = self
+                .identity
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path()));
+            let tls = chat_common::tls::client_tls(ca, identity)
+                .map_err(|e| config_error(e.to_string()))?;
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| config_error(format!("TLS: {e}")))?;
+        }
+        let authorization = self
+            .token_file
+            .as_deref()
+            .map(|path| {
+                let token = std::fs::read_to_string(path)
+                    .map_err(|e| config_error(format!("reading {}: {e}", path.display())))?;
+                MetadataValue::try_from(format!("Bearer {}", token.trim()))
+                    .map_err(|_| config_error(format!("{}: not a printable token", path.display())))
+            })
+            .transpose()?;
+        Ok(Connection {
+            channel: endpoint.connect_lazy(),
+            authorization,
+        })
+    }
+}
+
 impl Conversations {
     /// An `https://` URL gets TLS verified against `CONVERSATION_SERVICE_CA` (and, when
     /// given, presents the client certificate); without a CA it is an error, never
@@ -87,9 +154,8 @@ impl Conversations {
         max_message_bytes: usize,
         security: &ClientSecurity,
     ) -> Result<Self, Error> {
-        let config = |message: String| Error::Internal(format!("conversation-service: {message}"));
-        let mut endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| config(format!("URL {url:?}: {e}")))?
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| config_error(format!("URL {url:?}: {e}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
@@ -97,62 +163,81 @@ impl Conversations {
             .keep_alive_while_idle(true);
         let identity = security
             .conversation_service_client_cert
-            .as_deref()
-            .zip(security.conversation_service_client_key.as_deref());
-        match (
-            url.starts_with("https://"),
-            &security.conversation_service_ca,
-        ) {
-            (true, Some(ca)) => {
-                let tls = chat_common::tls::client_tls(ca, identity)
-                    .map_err(|e| config(e.to_string()))?;
-                endpoint = endpoint
-                    .tls_config(tls)
-                    .map_err(|e| config(format!("TLS: {e}")))?;
-            }
+            .clone()
+            .zip(security.conversation_service_client_key.clone());
+        let https = url.starts_with("https://");
+        match (https, &security.conversation_service_ca) {
             (true, None) => {
-                return Err(config(format!(
+                return Err(config_error(format!(
                     "{url} is https:// but CONVERSATION_SERVICE_CA is not set: \
                      its certificate could not be verified"
                 )));
             }
             (false, ca) if ca.is_some() || identity.is_some() => {
-                return Err(config(format!(
+                return Err(config_error(format!(
                     "TLS settings are given but {url} is not https://"
                 )));
             }
-            (false, _) => {}
+            _ => {}
         }
-        let authorization = security
-            .conversation_service_token_file
-            .as_deref()
-            .map(|path| {
-                let token = std::fs::read_to_string(path)
-                    .map_err(|e| config(format!("reading {}: {e}", path.display())))?;
-                MetadataValue::try_from(format!("Bearer {}", token.trim()))
-                    .map_err(|_| config(format!("{}: not a printable token", path.display())))
-            })
-            .transpose()?;
+        let credentials = Credentials {
+            endpoint,
+            ca: security.conversation_service_ca.clone(),
+            identity,
+            token_file: security.conversation_service_token_file.clone(),
+        };
+        let connection = credentials.connect()?;
         Ok(Self {
-            channel: endpoint.connect_lazy(),
+            connection: Arc::new(RwLock::new(Arc::new(connection))),
+            credentials: Arc::new(credentials),
             max_message_bytes,
-            authorization,
         })
+    }
+
+    fn current(&self) -> Arc<Connection> {
+        match self.connection.read() {
+            Ok(connection) => Arc::clone(&connection),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Re-reads the CA, client certificate and token (on SIGHUP or when they change,
+    /// every `interval`), so they rotate without a restart. A failed read keeps the
+    /// connection in use.
+    pub fn watch(
+        &self,
+        interval: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let this = self.clone();
+        chat_common::tls::watch_files(this.credentials.files(), interval, stop, move || match this
+            .credentials
+            .connect()
+        {
+            Ok(connection) => {
+                if let Ok(mut current) = this.connection.write() {
+                    *current = Arc::new(connection);
+                }
+                tracing::info!("conversation-service client credentials reloaded");
+            }
+            Err(error) => tracing::error!(%error,
+                    "conversation-service client credentials not reloaded; keeping the previous ones"),
+        })
+    }
+
+    fn client(&self) -> ConversationServiceClient<Channel> {
+        ConversationServiceClient::new(self.current().channel.clone())
+            .max_decoding_message_size(self.max_message_bytes.max(4 * 1024 * 1024))
     }
 
     /// Adds the bearer token, if any.
     fn authorize<T>(&self, mut request: tonic::Request<T>) -> tonic::Request<T> {
-        if let Some(value) = &self.authorization {
+        if let Some(value) = &self.current().authorization {
             request
                 .metadata_mut()
                 .insert("authorization", value.clone());
         }
         request
-    }
-
-    fn client(&self) -> ConversationServiceClient<Channel> {
-        ConversationServiceClient::new(self.channel.clone())
-            .max_decoding_message_size(self.max_message_bytes.max(4 * 1024 * 1024))
     }
 
     /// Makes one queued call with `timeout` as its deadline.
@@ -232,7 +317,7 @@ impl Conversations {
             service: String::new(),
         }));
         request.set_timeout(timeout);
-        let mut client = HealthClient::new(self.channel.clone());
+        let mut client = HealthClient::new(self.current().channel.clone());
         let check = client.check(request);
         matches!(
             tokio::time::timeout(timeout, check).await,

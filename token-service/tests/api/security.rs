@@ -491,3 +491,93 @@ async fn sighup_reloads_the_certificate_for_new_connections() {
     .await;
     assert!(check(&old_ca.ca()).await.is_err());
 }
+
+#[tokio::test]
+async fn the_client_certificate_rotates_without_a_restart() {
+    let pki = Pki::new("client-rotation");
+    let foreign = Pki::new("client-rotation-foreign");
+    let server = pki.server("conversation");
+    let callers = example_callers_file();
+    let (conversation_addr, _conversation) = conversation_service(&[
+        "--tls-cert",
+        path(&server.cert),
+        "--tls-key",
+        path(&server.key),
+        "--tls-client-ca",
+        path(&pki.ca()),
+        "--callers-file",
+        path(&callers),
+    ])
+    .await;
+    // token-service starts with a certificate conversation-service does not trust.
+    let live = foreign.client("token-service");
+    let url = format!("https://localhost:{}", conversation_addr.port());
+    let (addr, shutdown) = token_service(
+        &url,
+        &[
+            "--conversation-service-ca",
+            path(&pki.ca()),
+            "--conversation-service-client-cert",
+            path(&live.cert),
+            "--conversation-service-client-key",
+            path(&live.key),
+            "--tls-reload-interval",
+            "50ms",
+        ],
+    )
+    .await;
+    let _stop = shutdown.drop_guard();
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    wait_serving(&channel, "").await;
+    let mut tokens = TokenServiceClient::new(channel);
+    let provider_id = new_provider();
+    let issued = tokens
+        .issue_token(chat_proto::v1::IssueTokenRequest {
+            provider_id: provider_id.clone(),
+            label: "rotation".into(),
+            ttl: None,
+            max_uses: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let redeemed = tokens
+        .redeem_token(RedeemTokenRequest {
+            request_id: Uuid::new_v4().to_string(),
+            provider_id,
+            secret: issued.secret,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        redeemed.session.unwrap().conversation_state,
+        ConversationState::Pending as i32,
+        "the untrusted certificate is refused"
+    );
+
+    // The certificate is replaced in place; the queued call goes through with it.
+    let trusted = pki.client("token-service");
+    std::fs::copy(&trusted.key, &live.key).unwrap();
+    std::fs::copy(&trusted.cert, &live.cert).unwrap();
+    let secret = redeemed.session_secret;
+    eventually(WAIT, || {
+        let mut tokens = tokens.clone();
+        let secret = secret.clone();
+        async move {
+            let session = tokens
+                .get_session(chat_proto::v1::GetSessionRequest {
+                    session_secret: secret,
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .session?;
+            (session.conversation_state == ConversationState::Ready as i32).then_some(())
+        }
+    })
+    .await;
+}
