@@ -280,18 +280,16 @@ impl Policy {
         sans: &[String],
     ) -> Result<Option<Caller>, Refusal> {
         let identified = match authorization {
-            Some(header) => Some(self.by_token(header)?),
-            None => sans.iter().find_map(|san| self.by_san.get(san).copied()),
+            Some(header) => self.by_token(header).map(Some),
+            None => Ok(sans.iter().find_map(|san| self.by_san.get(san).copied())),
         };
-        let Some(index) = identified else {
-            if self.open.allows(path) {
-                return Ok(None);
-            }
-            return Err(if sans.is_empty() {
-                Refusal::NoCredentials
-            } else {
-                Refusal::UnknownCertificate
-            });
+        let index = match identified {
+            Ok(Some(index)) => index,
+            // Open methods answer whatever credentials came (or did not).
+            _ if self.open.allows(path) => return Ok(None),
+            Err(refusal) => return Err(refusal),
+            Ok(None) if sans.is_empty() => return Err(Refusal::NoCredentials),
+            Ok(None) => return Err(Refusal::UnknownCertificate),
         };
         let entry = &self.entries[index];
         if entry.grants.allows(path) || self.open.allows(path) {
@@ -557,6 +555,12 @@ mod tests {
             p.authorize("/chat.v1.TokenService/IssueToken", None, &unknown)
                 .unwrap_err(),
             Refusal::UnknownCertificate
+        );
+        let health = p.authorize("/grpc.health.v1.Health/Check", Some(b"Bearer wrong"), &[]);
+        assert_eq!(
+            health,
+            Ok(None),
+            "a bad token does not close an open method"
         );
         let closed = Policy::parse(&format!("[open]\nmethods = []\n{FILE}")).unwrap();
         assert_eq!(

@@ -44,6 +44,9 @@ use tonic::transport::server::Connected;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepted connections waiting for the server to take them.
 const ACCEPT_QUEUE: usize = 64;
+/// TLS handshakes in progress at once; connections beyond are closed at once, so a
+/// flood of silent clients costs bounded memory.
+const MAX_HANDSHAKES: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -358,6 +361,7 @@ pub fn incoming(
     stop: CancellationToken,
 ) -> ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     if let Some(tls) = &tls {
         tokio::spawn(Arc::clone(tls).watch(reload_interval, stop.clone()));
     }
@@ -391,13 +395,19 @@ pub fn incoming(
                 }
                 continue;
             };
-            let Some(acceptor) = tls.acceptor() else {
+            let (Some(acceptor), Ok(permit)) =
+                (tls.acceptor(), Arc::clone(&handshakes).try_acquire_owned())
+            else {
+                tracing::warn!(peer = %remote_addr, "too many TLS handshakes in progress; closed");
                 continue;
             };
             let tx = tx.clone();
             // Handshakes run beside the accept loop, so a slow one delays nobody.
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                let handshake = handshake.await;
+                drop(permit);
+                match handshake {
                     Ok(Ok(stream)) => {
                         let sans = stream
                             .get_ref()
