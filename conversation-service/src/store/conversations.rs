@@ -81,7 +81,7 @@ impl Store {
         if inserted.is_none() {
             tx.rollback().await.map_err(|e| Error::db(ctx, e))?;
             let row = self.by_request_id(new.request_id).await?;
-            if row.provider_id != new.provider_id {
+            if row.provider_id != new.provider_id || row.session_id != new.session_id {
                 return Err(Error::invalid(
                     "request_id",
                     "was already used for a different request",

@@ -514,3 +514,38 @@ async fn the_anonymous_customer_must_present_the_session_that_opened_the_convers
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn a_retry_cannot_bind_the_conversation_to_another_session() {
+    let mut app = spawn_app().await;
+    let request_id = Uuid::new_v4().to_string();
+    let create = |session_id: &str| v1::CreateConversationRequest {
+        request_id: request_id.clone(),
+        provider_id: "p1".into(),
+        session_id: session_id.into(),
+        ..Default::default()
+    };
+    let first = app
+        .client
+        .create_conversation(create(SESSION))
+        .await
+        .unwrap();
+    let again = app
+        .client
+        .create_conversation(create(SESSION))
+        .await
+        .unwrap();
+    assert!(first.into_inner().created && !again.into_inner().created);
+    let other = Uuid::new_v4().to_string();
+    let status = app
+        .client
+        .create_conversation(create(&other))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        app.count("SELECT count(*) FROM conversations").await,
+        1,
+        "nothing written"
+    );
+}
