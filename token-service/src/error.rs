@@ -67,7 +67,7 @@ impl Error {
     pub fn request_id_reused() -> Self {
         Self::InvalidArgument {
             field: "request_id",
-            description: "was already used to redeem a different link".into(),
+            description: "was already used for a different redemption (link, customer_id or new_conversation)".into(),
             reason: "REQUEST_ID_REUSED",
         }
     }

@@ -33,9 +33,14 @@ use crate::error::{Error, StoreResultExt};
 const QUEUE: usize = 1024;
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!(
-        "../../../migrations/token/0001_tokens_sessions_outbox.sql"
-    ))])
+    Migrations::new(vec![
+        M::up(include_str!(
+            "../../../migrations/token/0001_tokens_sessions_outbox.sql"
+        )),
+        M::up(include_str!(
+            "../../../migrations/token/0002_consistency.sql"
+        )),
+    ])
 }
 
 type Job = Box<dyn FnOnce(&mut Db) + Send>;

@@ -107,16 +107,29 @@ impl Store {
             token.ensure_provider(&r.provider_id)?;
 
             let previous = optional(tx.query_row(
-                &format!("SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE request_id = ?1"),
+                "SELECT session_id, token_id, redeem_customer_id, new_conversation
+                 FROM chat_sessions WHERE request_id = ?1",
                 [r.request_id.to_string()],
-                session_from_row,
+                |row| {
+                    Ok((
+                        SessionId::from_uuid(uuid_at(row, 0)?),
+                        TokenId::from_uuid(uuid_at(row, 1)?),
+                        row.get::<_, Option<String>>(2)?,
+                        row.get::<_, bool>(3)?,
+                    ))
+                },
             ))
             .context("looking up a redemption")?;
-            if let Some((session, _)) = previous {
-                // A retry: the same session, whatever the link's state is now.
-                if session.token_id != token.token_id {
+            if let Some((session_id, token_id, customer_id, new_conversation)) = previous {
+                // A retry: the same session, whatever the link's state is now, but only
+                // for the same request.
+                if token_id != token.token_id
+                    || customer_id.as_deref() != r.customer_id.as_ref().map(CustomerId::as_str)
+                    || new_conversation != r.new_conversation
+                {
                     return Err(Error::request_id_reused());
                 }
+                let session = session_by_id(&tx, session_id)?;
                 session.ensure_open()?;
                 tx.execute(
                     "UPDATE chat_sessions SET secret_hash = ?2 WHERE session_id = ?1",
@@ -153,8 +166,9 @@ impl Store {
                 end_time: None,
             };
             tx.execute(
-                "INSERT INTO chat_sessions (session_id, token_id, provider_id, request_id, secret_hash, customer_id, create_time)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO chat_sessions (session_id, token_id, provider_id, request_id, secret_hash,
+                                            customer_id, create_time, redeem_customer_id, new_conversation)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?8)",
                 params![
                     session.session_id.to_string(),
                     session.token_id.to_string(),
@@ -163,6 +177,7 @@ impl Store {
                     r.session_hash.as_bytes().as_slice(),
                     session.customer_id.as_ref().map(CustomerId::as_str),
                     to_micros(now),
+                    r.new_conversation,
                 ],
             )
             .context("opening a session")?;
