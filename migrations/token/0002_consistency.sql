@@ -5,3 +5,10 @@
 -- this version recorded neither: NULL / 0.
 ALTER TABLE chat_sessions ADD COLUMN redeem_customer_id TEXT;
 ALTER TABLE chat_sessions ADD COLUMN new_conversation INTEGER NOT NULL DEFAULT 0;
+
+-- The reason (google.rpc.ErrorInfo) conversation-service gave when it refused a queued
+-- UpdateCustomer for good; cleared when one succeeds. GetSession shows it.
+ALTER TABLE chat_sessions ADD COLUMN link_error_reason TEXT;
+-- The same reason on the refused call, which stays in the outbox (failed_time set) for
+-- operators.
+ALTER TABLE outbox ADD COLUMN error_reason TEXT;

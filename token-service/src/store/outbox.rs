@@ -8,7 +8,7 @@ use rusqlite::{Connection, Row, TransactionBehavior, params};
 use super::{Store, optional, sessions::session_by_id, uuid_at};
 use crate::{
     domain::{ContactDetails, Session, SessionId, Timestamp, to_micros},
-    error::{Error, StoreResultExt},
+    error::{Error, Refusal, StoreResultExt},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,15 +249,24 @@ impl Store {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .context("completing a call")?;
-            if let Done::ConversationCreated { conversation_id } = &done {
-                // Set once: CreateConversation is idempotent by the session id, so a
-                // second success names the same conversation.
-                tx.execute(
-                    "UPDATE chat_sessions SET conversation_id = ?2
-                     WHERE session_id = ?1 AND conversation_id IS NULL",
-                    params![session_id.to_string(), conversation_id],
-                )
-                .context("recording a conversation")?;
+            match &done {
+                Done::ConversationCreated { conversation_id } => {
+                    // Set once: CreateConversation is idempotent by the session id, so a
+                    // second success names the same conversation.
+                    tx.execute(
+                        "UPDATE chat_sessions SET conversation_id = ?2
+                         WHERE session_id = ?1 AND conversation_id IS NULL",
+                        params![session_id.to_string(), conversation_id],
+                    )
+                    .context("recording a conversation")?;
+                }
+                Done::CustomerUpdated => {
+                    tx.execute(
+                        "UPDATE chat_sessions SET link_error_reason = NULL WHERE session_id = ?1",
+                        [session_id.to_string()],
+                    )
+                    .context("recording a linked customer")?;
+                }
             }
             tx.execute("DELETE FROM outbox WHERE job_id = ?1", [job_id])
                 .context("completing a call")?;
@@ -294,16 +303,35 @@ impl Store {
         .await
     }
 
-    /// Gives a call up (conversation-service refused it for good); kept for operators.
-    pub async fn give_up(&self, job_id: i64, now: Timestamp, error: String) -> Result<(), Error> {
+    /// Gives a call up (conversation-service refused it for good): it stays in the outbox
+    /// with `failed_time` and the reason for operators, and a refused UpdateCustomer
+    /// marks its session's link as failed, with that reason.
+    pub async fn give_up(
+        &self,
+        job_id: i64,
+        now: Timestamp,
+        refusal: &Refusal,
+    ) -> Result<(), Error> {
+        let (error, reason) = (refusal.to_string(), refusal.reason.clone());
         self.call(move |conn| {
-            conn.execute(
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .context("giving up a call")?;
+            tx.execute(
                 "UPDATE outbox SET attempts = attempts + 1, failed_time = ?2, lease_until = 0,
-                                   last_error = ?3
+                                   last_error = ?3, error_reason = ?4
                  WHERE job_id = ?1",
-                params![job_id, to_micros(now), error],
+                params![job_id, to_micros(now), error, reason],
             )
             .context("giving up a call")?;
+            tx.execute(
+                "UPDATE chat_sessions SET link_error_reason = ?2
+                 WHERE session_id = (SELECT session_id FROM outbox
+                                     WHERE job_id = ?1 AND kind = 'update_customer')",
+                params![job_id, reason],
+            )
+            .context("giving up a call")?;
+            tx.commit().context("giving up a call")?;
             Ok(())
         })
         .await

@@ -11,26 +11,31 @@ use super::{
 };
 use crate::{
     domain::{
-        ContactDetails, CustomerId, ProviderId, RequestId, SecretHash, Session, SessionId,
-        Timestamp, TokenId, from_micros, to_micros,
+        ContactDetails, CustomerId, CustomerLink, ProviderId, RequestId, SecretHash, Session,
+        SessionId, Timestamp, TokenId, from_micros, to_micros,
     },
     error::{Error, StoreResultExt},
 };
 
-const SESSION_COLUMNS: &str = "session_id, token_id, provider_id, customer_id, conversation_id, create_time, end_time, secret_hash";
+const SESSION_COLUMNS: &str = "session_id, token_id, provider_id, customer_id, conversation_id, create_time, end_time, secret_hash,
+     link_error_reason,
+     EXISTS (SELECT 1 FROM outbox o WHERE o.session_id = chat_sessions.session_id AND o.failed_time IS NULL)";
 
 fn session_from_row(row: &Row<'_>) -> rusqlite::Result<(Session, Vec<u8>)> {
+    let customer_id = row
+        .get::<_, Option<String>>(3)?
+        .map(CustomerId::from_stored);
+    let link = CustomerLink::from_stored(customer_id.is_some(), row.get(9)?, row.get(8)?);
     Ok((
         Session {
             session_id: SessionId::from_uuid(uuid_at(row, 0)?),
             token_id: TokenId::from_uuid(uuid_at(row, 1)?),
             provider_id: ProviderId::from_stored(row.get(2)?),
-            customer_id: row
-                .get::<_, Option<String>>(3)?
-                .map(CustomerId::from_stored),
+            customer_id,
             conversation_id: row.get(4)?,
             create_time: from_micros(row.get(5)?),
             end_time: row.get::<_, Option<i64>>(6)?.map(from_micros),
+            link,
         },
         row.get(7)?,
     ))
@@ -83,7 +88,10 @@ pub struct Redeemed {
 #[derive(Debug)]
 pub struct Identified {
     pub session: Session,
+    /// The UpdateCustomer this caller holds and should make now (nothing queued before it).
     pub job: Option<OutboxJob>,
+    /// The session's customer before this call, to put back if the call is refused.
+    pub previous_customer: Option<CustomerId>,
 }
 
 impl Store {
@@ -164,6 +172,7 @@ impl Store {
                 conversation_id: None,
                 create_time: now,
                 end_time: None,
+                link: CustomerLink::from_stored(r.customer_id.is_some(), true, None),
             };
             tx.execute(
                 "INSERT INTO chat_sessions (session_id, token_id, provider_id, request_id, secret_hash,
@@ -246,12 +255,47 @@ impl Store {
             let ahead = outbox::queued_for(&tx, session.session_id)?;
             let lease_until = (ahead == 0).then_some(now + lease);
             let job = outbox::enqueue(&tx, session.session_id, &call, now, lease_until)?;
+            let previous_customer = session.customer_id;
             let session = session_by_id(&tx, session.session_id)?;
             tx.commit().context("identifying a session")?;
             Ok(Identified {
                 session,
                 job: lease_until.map(|_| job),
+                previous_customer,
             })
+        })
+        .await
+    }
+
+    /// Takes back an UpdateCustomer that conversation-service refused while its caller
+    /// waited (the caller hears the refusal instead): the call is dropped and the session
+    /// gets its customer back, unless another UpdateCustomer of it is still queued.
+    pub async fn withdraw_link(
+        &self,
+        job_id: i64,
+        session_id: SessionId,
+        previous: Option<CustomerId>,
+    ) -> Result<Session, Error> {
+        self.call(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .context("withdrawing a call")?;
+            tx.execute("DELETE FROM outbox WHERE job_id = ?1", [job_id])
+                .context("withdrawing a call")?;
+            tx.execute(
+                "UPDATE chat_sessions SET customer_id = ?2
+                 WHERE session_id = ?1 AND NOT EXISTS (
+                     SELECT 1 FROM outbox WHERE session_id = ?1 AND kind = 'update_customer'
+                                           AND failed_time IS NULL)",
+                params![
+                    session_id.to_string(),
+                    previous.as_ref().map(CustomerId::as_str)
+                ],
+            )
+            .context("withdrawing a call")?;
+            let session = session_by_id(&tx, session_id)?;
+            tx.commit().context("withdrawing a call")?;
+            Ok(session)
         })
         .await
     }

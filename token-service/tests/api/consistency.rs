@@ -2,13 +2,18 @@
 //! bound to their first request, refusals that reach the caller, one session's calls
 //! applied in order.
 
-use chat_proto::v1::{ConversationState, RedeemTokenRequest};
+use std::time::Duration;
+
+use chat_proto::v1::{
+    ConversationState, CustomerLinkState, GetConversationRequest, GetSessionRequest,
+    IdentifySessionRequest, RedeemTokenRequest, Session, UpdateCustomerRequest,
+};
 use tonic::Code;
 use uuid::Uuid;
 
 use crate::helpers::{
-    assert_refused, fresh_database, list_all, new_provider, provider, spawn_app_with,
-    spawn_conversation_service, temp_db_path,
+    ConversationClient, TestApp, assert_refused, customer, eventually, free_addr, fresh_database,
+    list_all, new_provider, provider, spawn_app_with, spawn_conversation_service, temp_db_path,
 };
 
 #[tokio::test]
@@ -56,6 +61,169 @@ async fn a_redeem_retry_with_another_customer_or_new_conversation_is_refused() {
     let again = app.redeem_req(first).await.unwrap().session.unwrap();
     assert_eq!(again.session_id, session.session_id);
     assert_eq!(again.conversation_id, session.conversation_id);
+    app.stop().await;
+    conv.stop().await;
+}
+
+fn identify(secret: &str, customer: &str) -> IdentifySessionRequest {
+    IdentifySessionRequest {
+        session_secret: secret.into(),
+        customer_id: customer.into(),
+        name: Some("Bea".into()),
+        email: Some("bea@example.com".into()),
+        phone: None,
+    }
+}
+
+/// Links a conversation to `customer` directly through conversation-service.
+async fn link_directly(client: &ConversationClient, conversation_id: &str, customer: &str) {
+    client
+        .clone()
+        .update_customer(UpdateCustomerRequest {
+            conversation_id: conversation_id.into(),
+            customer_id: Some(customer.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+async fn conversation_customer(client: &ConversationClient, conversation_id: &str) -> String {
+    client
+        .clone()
+        .get_conversation(GetConversationRequest {
+            conversation_id: conversation_id.into(),
+            viewer: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap()
+        .customer
+        .unwrap_or_default()
+        .customer_id
+}
+
+async fn get_session(app: &TestApp, secret: &str) -> Session {
+    app.tokens
+        .clone()
+        .get_session(GetSessionRequest {
+            session_secret: secret.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap()
+}
+
+#[tokio::test]
+async fn identify_refused_by_conversation_service_reaches_the_caller_and_changes_nothing() {
+    let conv = spawn_conversation_service(&fresh_database().await, "127.0.0.1:0").await;
+    let app = spawn_app_with(temp_db_path(), &conv.url, &[]).await;
+    let prov = new_provider();
+    let link = app.issue(&prov, 0).await;
+    let redeemed = app.redeem(&prov, &link.secret).await.unwrap();
+    let session = redeemed.session.unwrap();
+    assert_eq!(session.conversation_state(), ConversationState::Ready);
+    link_directly(&conv.client, &session.conversation_id, "cust-a").await;
+
+    let before = app.db_dump();
+    let status = assert_refused(
+        app.tokens
+            .clone()
+            .identify_session(identify(&redeemed.session_secret, "cust-b"))
+            .await,
+        Code::FailedPrecondition,
+        "CUSTOMER_ALREADY_LINKED",
+    );
+    assert!(!status.message().is_empty());
+    assert_eq!(
+        app.db_dump(),
+        before,
+        "a refused IdentifySession changed something"
+    );
+    assert_eq!(get_session(&app, &redeemed.session_secret).await, session);
+    assert_eq!(
+        conversation_customer(&conv.client, &session.conversation_id).await,
+        "cust-a"
+    );
+    assert!(list_all(&conv.client, customer("cust-b")).await.is_empty());
+
+    // A link conversation-service accepts says LINKED.
+    let other = app.redeem(&prov, &link.secret).await.unwrap();
+    let linked = app
+        .tokens
+        .clone()
+        .identify_session(identify(&other.session_secret, "cust-b"))
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(linked.customer_link_state(), CustomerLinkState::Linked);
+    assert!(linked.link_error_reason.is_empty());
+    app.stop().await;
+    conv.stop().await;
+}
+
+#[tokio::test]
+async fn a_queued_identify_refused_later_shows_on_get_session_and_stays_in_the_outbox() {
+    let database_url = fresh_database().await;
+    let addr = free_addr();
+    let conv = spawn_conversation_service(&database_url, &addr.to_string()).await;
+    let app = spawn_app_with(temp_db_path(), &conv.url, &[]).await;
+    let prov = new_provider();
+    let link = app.issue(&prov, 0).await;
+    let redeemed = app.redeem(&prov, &link.secret).await.unwrap();
+    let conversation_id = redeemed.session.unwrap().conversation_id;
+    link_directly(&conv.client, &conversation_id, "cust-a").await;
+
+    // conversation-service is down: the call is queued and the session says so.
+    conv.stop().await;
+    let queued = app
+        .tokens
+        .clone()
+        .identify_session(identify(&redeemed.session_secret, "cust-b"))
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(queued.customer_id, "cust-b");
+    assert_eq!(queued.customer_link_state(), CustomerLinkState::Pending);
+
+    // Back up, it refuses the call: GetSession shows the state and the reason.
+    let conv = spawn_conversation_service(&database_url, &addr.to_string()).await;
+    let failed = eventually(Duration::from_secs(30), || async {
+        let session = get_session(&app, &redeemed.session_secret).await;
+        (session.customer_link_state() == CustomerLinkState::Failed).then_some(session)
+    })
+    .await;
+    assert_eq!(failed.link_error_reason, "CUSTOMER_ALREADY_LINKED");
+    assert_eq!(
+        conversation_customer(&conv.client, &conversation_id).await,
+        "cust-a"
+    );
+    assert!(list_all(&conv.client, customer("cust-b")).await.is_empty());
+
+    // Operators find the refused call in the outbox, with its reason.
+    let conn = rusqlite::Connection::open_with_flags(
+        &app.db_path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let (kind, failed_time, reason): (String, Option<i64>, Option<String>) = conn
+        .query_row(
+            "SELECT kind, failed_time, error_reason FROM outbox WHERE session_id = ?1",
+            [&failed.session_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(kind, "update_customer");
+    assert!(failed_time.is_some());
+    assert_eq!(reason.as_deref(), Some("CUSTOMER_ALREADY_LINKED"));
     app.stop().await;
     conv.stop().await;
 }
