@@ -12,3 +12,7 @@ ALTER TABLE chat_sessions ADD COLUMN link_error_reason TEXT;
 -- The same reason on the refused call, which stays in the outbox (failed_time set) for
 -- operators.
 ALTER TABLE outbox ADD COLUMN error_reason TEXT;
+
+-- A session's calls are serialised in the process (one turn per session), not by leases
+-- in the file, which reopening the connection after an I/O error used to void.
+ALTER TABLE outbox DROP COLUMN lease_until;

@@ -1,8 +1,9 @@
 //! Drives the outbox: the RPC that queued a call makes it at once (retrying with backoff
 //! for a bounded time), and a background worker finishes whatever is left: after
 //! conversation-service was down, after a crash, after a restart. Every call is idempotent
-//! (CreateConversation by the session id, UpdateCustomer by its content), so running one
-//! twice is harmless; the lease only keeps that rare.
+//! (CreateConversation by the session id, UpdateCustomer by its content), and a session's
+//! calls never overlap: each is made only with its session's turn (see `store::outbox`),
+//! so contact details given later are never overwritten by older ones.
 
 use std::{
     sync::{
@@ -33,7 +34,6 @@ pub struct OutboxSettings {
     pub retry_max: Duration,
     pub poll: Duration,
     pub batch: u32,
-    pub lease: Duration,
 }
 
 #[derive(Clone)]
@@ -60,10 +60,6 @@ impl Outbox {
             wake: Arc::new(Notify::new()),
             reachable: Arc::new(AtomicBool::new(true)),
         }
-    }
-
-    pub fn lease(&self) -> chrono::Duration {
-        to_chrono(self.settings.lease)
     }
 
     pub fn set_reachable(&self, reachable: bool) {
@@ -121,6 +117,8 @@ impl Outbox {
     /// Records a call's effect; calls queued behind it may run now.
     async fn finish(&self, job: OutboxJob, done: Done) -> Result<Session, Error> {
         let session = self.store.complete(&job, done).await?;
+        // The session's turn ends before the worker looks for its next call.
+        drop(job);
         self.wake();
         Ok(session)
     }
@@ -152,6 +150,8 @@ impl Outbox {
                 self.store
                     .withdraw_link(job.job_id, job.session_id, previous)
                     .await?;
+                drop(job);
+                self.wake();
                 Err(Error::Refused(refusal))
             }
             Err(error) => {
@@ -207,18 +207,25 @@ impl Outbox {
             Ok(done) => self.store.complete(&job, done).await.map(|session| {
                 tracing::info!(job_id = job.job_id, session_id = %session.session_id,
                     conversation_id = ?session.conversation_id, "queued call completed");
+                true
             }),
-            Err(error) => self.settle_failure(&job, error).await,
+            Err(error) => self.settle_failure(&job, error).await.map(|()| false),
         };
-        if let Err(e) = outcome {
-            // The lease expires and the call is tried again.
-            tracing::warn!(job_id = job.job_id, error = %e, "could not record an outbox call's outcome");
+        let job_id = job.job_id;
+        // The session's turn ends here; a completed call may have a successor due now.
+        drop(job);
+        match outcome {
+            Ok(true) => self.wake(),
+            Ok(false) => {}
+            // The call stays queued and is tried again.
+            Err(e) => {
+                tracing::warn!(job_id, error = %e, "could not record an outbox call's outcome");
+            }
         }
     }
 
     /// The background worker: runs due calls until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let lease = self.lease();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -226,11 +233,7 @@ impl Outbox {
                 () = tokio::time::sleep(self.settings.poll) => {}
             }
             loop {
-                let jobs = match self
-                    .store
-                    .claim_due(now(), self.settings.batch, lease)
-                    .await
-                {
+                let jobs = match self.store.claim_due(now(), self.settings.batch).await {
                     Ok(jobs) => jobs,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the outbox");

@@ -170,9 +170,7 @@ impl TokenGrpc {
                 customer_id,
                 new_conversation: r.new_conversation,
             };
-            self.store
-                .redeem(redemption, now(), self.outbox.lease())
-                .await
+            self.store.redeem(redemption, now()).await
         }
         .await;
         let redeemed = self.note_failure(caller, result)?;
@@ -215,13 +213,7 @@ impl TokenGrpc {
             ContactDetails::parse(r.name.as_deref(), r.email.as_deref(), r.phone.as_deref())?;
         let identified = self
             .store
-            .identify(
-                secret.hash(),
-                customer_id,
-                contact,
-                now(),
-                self.outbox.lease(),
-            )
+            .identify(secret.hash(), customer_id, contact, now())
             .await?;
         record_session(&identified.session);
         let mut session = identified.session;

@@ -79,7 +79,7 @@ pub struct Redemption {
 #[derive(Debug)]
 pub struct Redeemed {
     pub session: Session,
-    /// The CreateConversation this caller holds the lease of and should make now.
+    /// The CreateConversation this caller holds the turn for and should make now.
     pub job: Option<OutboxJob>,
     /// True when `request_id` had been redeemed before (no use consumed).
     pub replayed: bool,
@@ -101,12 +101,8 @@ impl Store {
     /// The single SQLite writer plus `BEGIN IMMEDIATE` serialise redemptions, so the use
     /// count check and increment cannot interleave: N concurrent redemptions of a k-use
     /// link succeed exactly k times.
-    pub async fn redeem(
-        &self,
-        r: Redemption,
-        now: Timestamp,
-        lease: chrono::Duration,
-    ) -> Result<Redeemed, Error> {
+    pub async fn redeem(&self, r: Redemption, now: Timestamp) -> Result<Redeemed, Error> {
+        let in_flight = self.in_flight.clone();
         self.call(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -144,7 +140,7 @@ impl Store {
                     params![session.session_id.to_string(), r.session_hash.as_bytes().as_slice()],
                 )
                 .context("rotating a session secret")?;
-                let job = outbox::lease_head(&tx, session.session_id, now, lease)?;
+                let job = outbox::head_of(&tx, &in_flight, session.session_id)?;
                 tx.commit().context("redeeming a link")?;
                 return Ok(Redeemed {
                     session,
@@ -199,11 +195,12 @@ impl Store {
                 reuse_active: session.customer_id.is_some() && !r.new_conversation,
                 origin: format!("token:{}", token.token_id),
             };
-            let job = outbox::enqueue(&tx, session.session_id, &call, now, Some(now + lease))?;
+            let job_id = outbox::enqueue(&tx, session.session_id, &call, now)?;
+            let job = outbox::hand_out(&tx, &in_flight, job_id)?;
             tx.commit().context("redeeming a link")?;
             Ok(Redeemed {
                 session,
-                job: Some(job),
+                job,
                 replayed: false,
             })
         })
@@ -227,8 +224,8 @@ impl Store {
         customer_id: CustomerId,
         contact: ContactDetails,
         now: Timestamp,
-        lease: chrono::Duration,
     ) -> Result<Identified, Error> {
+        let in_flight = self.in_flight.clone();
         self.call(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -251,16 +248,20 @@ impl Store {
                 customer_id: customer_id.as_str().to_owned(),
                 contact,
             };
-            // Leased to this caller only if nothing is queued before it.
+            // Made by this caller only if nothing is queued before it.
             let ahead = outbox::queued_for(&tx, session.session_id)?;
-            let lease_until = (ahead == 0).then_some(now + lease);
-            let job = outbox::enqueue(&tx, session.session_id, &call, now, lease_until)?;
+            let job_id = outbox::enqueue(&tx, session.session_id, &call, now)?;
+            let job = if ahead == 0 {
+                outbox::hand_out(&tx, &in_flight, job_id)?
+            } else {
+                None
+            };
             let previous_customer = session.customer_id;
             let session = session_by_id(&tx, session.session_id)?;
             tx.commit().context("identifying a session")?;
             Ok(Identified {
                 session,
-                job: lease_until.map(|_| job),
+                job,
                 previous_customer,
             })
         })

@@ -227,3 +227,108 @@ async fn a_queued_identify_refused_later_shows_on_get_session_and_stays_in_the_o
     app.stop().await;
     conv.stop().await;
 }
+
+/// Backends of this database waiting on a lock: calls blocked behind the test's row lock.
+async fn waiting_on_locks(db: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn one_sessions_calls_never_overlap_even_across_a_reopen_of_the_database() {
+    use sqlx::Connection;
+    let database_url = fresh_database().await;
+    let conv = spawn_conversation_service(&database_url, "127.0.0.1:0").await;
+    // A blocked call stays in flight, held by the RPC that queued it.
+    let app = spawn_app_with(
+        temp_db_path(),
+        &conv.url,
+        &["--inline-wait", "20s", "--call-timeout", "20s"],
+    )
+    .await;
+    let prov = new_provider();
+    let link = app.issue(&prov, 0).await;
+    let redeemed = app.redeem(&prov, &link.secret).await.unwrap();
+    let secret = redeemed.session_secret;
+    let conversation_id = redeemed.session.unwrap().conversation_id;
+
+    // The test holds the conversation's row: UpdateCustomer calls wait behind it.
+    let mut holder = sqlx::PgConnection::connect(&database_url).await.unwrap();
+    let mut observer = sqlx::PgConnection::connect(&database_url).await.unwrap();
+    let mut lock = holder.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM conversations WHERE id = $1::uuid FOR UPDATE")
+        .bind(&conversation_id)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+
+    let mut tokens = app.tokens.clone();
+    let details = |email: &str| IdentifySessionRequest {
+        session_secret: secret.clone(),
+        customer_id: "cust-1".into(),
+        name: None,
+        email: Some(email.into()),
+        phone: None,
+    };
+    let first = tokio::spawn({
+        let mut tokens = tokens.clone();
+        let request = details("old@example.com");
+        async move { tokens.identify_session(request).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while waiting_on_locks(&mut observer).await != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokens
+        .identify_session(details("new@example.com"))
+        .await
+        .unwrap();
+
+    // The connection is reopened (as after an I/O error) while the first call is in
+    // flight: neither that call again nor the next one may start meanwhile.
+    app.store.reopen().await.unwrap();
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            waiting_on_locks(&mut observer).await,
+            1,
+            "a second call of the session started while the first was in flight"
+        );
+    }
+
+    lock.rollback().await.unwrap();
+    first.await.unwrap().unwrap();
+    let linked = eventually(Duration::from_secs(30), || async {
+        let session = get_session(&app, &secret).await;
+        (session.customer_link_state() == CustomerLinkState::Linked).then_some(session)
+    })
+    .await;
+    assert_eq!(linked.customer_id, "cust-1");
+    let email = conv
+        .client
+        .clone()
+        .get_conversation(GetConversationRequest {
+            conversation_id: conversation_id.clone(),
+            viewer: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap()
+        .customer
+        .unwrap()
+        .email;
+    assert_eq!(email, "new@example.com", "older contact details won");
+    app.stop().await;
+    conv.stop().await;
+}
