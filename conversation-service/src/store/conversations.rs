@@ -44,8 +44,8 @@ impl Store {
                 .await
                 .map_err(|e| Error::db(ctx, e))?;
             if let Some(id) = answered(&mut tx, request_id).await? {
+                let row = conversation_in(&mut tx, id).await?;
                 tx.commit().await.map_err(|e| Error::db(ctx, e))?;
-                let row = self.get_conversation(ConversationId(id)).await?;
                 if row.provider_id != new.provider_id {
                     return Err(Error::invalid(
                         "request_id",
@@ -85,8 +85,9 @@ impl Store {
                     .await
                     .map_err(|e| Error::db(ctx, e))?;
                 }
+                let row = conversation_in(&mut tx, id).await?;
                 tx.commit().await.map_err(|e| Error::db(ctx, e))?;
-                return Ok((self.get_conversation(ConversationId(id)).await?, false));
+                return Ok((row, false));
             }
         }
         let id = Uuid::now_v7();
@@ -115,8 +116,11 @@ impl Store {
             },
         )
         .await?;
+        // Read in the transaction: one pool connection per call, even when duplicates
+        // queue on the key's lock.
+        let row = conversation_in(&mut tx, id).await?;
         tx.commit().await.map_err(|e| Error::db(ctx, e))?;
-        Ok((self.get_conversation(ConversationId(id)).await?, true))
+        Ok((row, true))
     }
 
     pub async fn get_conversation(&self, id: ConversationId) -> Result<ConversationRow> {
@@ -269,6 +273,16 @@ impl Store {
         tx.commit().await.map_err(|e| Error::db(ctx, e))?;
         self.get_conversation(id).await
     }
+}
+
+async fn conversation_in(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<ConversationRow> {
+    let sql = format!("{CONVERSATION_SELECT} WHERE c.id = $1");
+    sqlx::query_as(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(|e| Error::db("create conversation", e))?
+        .ok_or(Error::NotFound("conversation"))
 }
 
 /// The conversation an earlier CreateConversation with this key returned, if any.

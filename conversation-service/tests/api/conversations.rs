@@ -619,3 +619,47 @@ async fn a_retry_returns_what_the_first_call_returned_even_when_reuse_would_pick
     }
     assert_eq!(app.count("SELECT count(*) FROM conversations").await, 3);
 }
+
+#[tokio::test]
+async fn concurrent_retries_of_a_reusing_request_all_get_the_same_answer() {
+    let app = spawn_app().await;
+    let request = |request_id: String| v1::CreateConversationRequest {
+        request_id,
+        provider_id: "p1".into(),
+        customer: Some(v1::Customer {
+            customer_id: "c1".into(),
+            ..Default::default()
+        }),
+        reuse_active: true,
+        ..Default::default()
+    };
+    let existing = app
+        .client
+        .clone()
+        .create_conversation(request(Uuid::new_v4().to_string()))
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap()
+        .conversation_id;
+    let request_id = Uuid::new_v4().to_string();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let mut client = app.client.clone();
+            let request = request(request_id.clone());
+            tokio::spawn(async move { client.create_conversation(request).await })
+        })
+        .collect();
+    for task in tasks {
+        let reply = task.await.unwrap().unwrap().into_inner();
+        assert!(!reply.created);
+        assert_eq!(reply.conversation.unwrap().conversation_id, existing);
+    }
+    assert_eq!(app.count("SELECT count(*) FROM conversations").await, 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM conversation_requests")
+            .await,
+        1
+    );
+}

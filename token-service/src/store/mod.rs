@@ -192,8 +192,8 @@ impl Store {
     }
 
     /// Closes the connection and opens it again, as the SQLite thread does after an I/O
-    /// error; calls in flight to conversation-service are not affected. Lets tests (and
-    /// a maintainer chasing a stuck file handle) exercise that path on demand.
+    /// error; calls in flight to conversation-service are not affected. Tests use it to
+    /// exercise that path on demand.
     pub async fn reopen(&self) -> Result<(), Error> {
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move |db: &mut Db| {

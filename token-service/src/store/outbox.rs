@@ -388,3 +388,21 @@ impl Store {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_has_one_turn_at_a_time_and_dropping_it_frees_it() {
+        let in_flight = InFlight::default();
+        let (a, b) = (SessionId::new(), SessionId::new());
+        let turn = in_flight.take(a).expect("a free session");
+        assert!(in_flight.take(a).is_none(), "two turns for one session");
+        let other = in_flight.take(b).expect("another session is independent");
+        drop(turn);
+        assert!(in_flight.take(a).is_some(), "the turn was not freed");
+        drop(other);
+        assert!(in_flight.0.lock().unwrap().is_empty());
+    }
+}
