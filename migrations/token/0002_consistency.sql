@@ -13,6 +13,6 @@ ALTER TABLE chat_sessions ADD COLUMN link_error_reason TEXT;
 -- operators.
 ALTER TABLE outbox ADD COLUMN error_reason TEXT;
 
--- A session's calls are serialised in the process (one turn per session), not by leases
--- in the file, which reopening the connection after an I/O error used to void.
-ALTER TABLE outbox DROP COLUMN lease_until;
+-- outbox.lease_until is no longer read: a session's calls are serialised in the process
+-- (one turn per session), not by leases in the file, which reopening the connection after
+-- an I/O error used to void. The column stays (always 0) so nothing that names it breaks.
