@@ -14,4 +14,6 @@ export INTEROP_PYTHON
 psql -h 127.0.0.1 -U postgres -d postgres -Atc \
   "SELECT datname FROM pg_database WHERE datname LIKE 'cs\_test\_%' OR datname LIKE 'tk\_test\_%'" |
   while read -r db; do psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null; done
+psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT rolname FROM pg_roles WHERE rolname LIKE 'cs\_test\_%'" |
+  while read -r role; do psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP ROLE IF EXISTS \"$role\"" >/dev/null || true; done
 cargo test --workspace --locked --no-fail-fast "$@"

@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -13,13 +13,27 @@ use clap::Parser;
     about = "Chat links and customer sessions (SQLite), redeemed into exactly one conversation"
 )]
 pub struct Config {
+    /// Without a subcommand: serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// gRPC listen address (port 0 picks a free port).
-    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50052")]
+    #[arg(
+        long,
+        env = "LISTEN_ADDR",
+        default_value = "127.0.0.1:50052",
+        global = true
+    )]
     pub listen: SocketAddr,
 
     /// SQLite database file; its parent directory is created if missing. One
     /// token-service per file (enforced by `<file>.lock`).
-    #[arg(long, env = "TOKEN_DB_PATH", default_value = "./data/token.db")]
+    #[arg(
+        long,
+        env = "TOKEN_DB_PATH",
+        default_value = "./data/token.db",
+        global = true
+    )]
     pub database: PathBuf,
 
     /// conversation-service gRPC endpoint.
@@ -106,6 +120,16 @@ pub struct Config {
     /// How often health probes SQLite and conversation-service.
     #[arg(long, env = "HEALTH_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub health_interval: Duration,
+}
+
+/// What the binary does instead of serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Create or migrate the database, then exit (fails while a token-service holds it;
+    /// serving migrates too).
+    Migrate,
+    /// Exit 0 if the service at --listen answers its gRPC health check with SERVING.
+    Healthcheck,
 }
 
 /// Parses `250ms`, `15s`, `2m` or a bare number of seconds.

@@ -181,6 +181,19 @@ impl Application {
     }
 }
 
+/// The `migrate` subcommand: opens the database, which creates or migrates it, and
+/// returns once that is done.
+///
+/// # Errors
+/// When the database cannot be opened or migrated, or another process holds it.
+pub async fn migrate_database(config: &Config) -> Result<(), Error> {
+    Store::start(config.database.clone(), config.sqlite_busy_timeout)?
+        .probe()
+        .await?;
+    tracing::info!(database = %config.database.display(), "migrations applied");
+    Ok(())
+}
+
 /// Reflection (v1 and v1alpha, grpcurl 1.8 speaks only the latter) lists what this
 /// server serves, not everything in the shared descriptor set, and knows
 /// google.rpc.ErrorInfo / BadRequest so grpcurl can render error details.

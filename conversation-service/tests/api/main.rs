@@ -9,3 +9,4 @@ mod messages;
 mod pagination;
 mod startup;
 mod streams;
+mod subcommands;

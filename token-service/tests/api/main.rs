@@ -11,4 +11,5 @@ mod faults;
 mod health;
 mod redeem;
 mod sessions;
+mod subcommands;
 mod tokens;
