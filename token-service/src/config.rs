@@ -36,7 +36,8 @@ pub struct Config {
     )]
     pub database: PathBuf,
 
-    /// conversation-service gRPC endpoint.
+    /// conversation-service gRPC endpoint; several replicas separated by commas are
+    /// balanced per call (a replica that is down fails calls the outbox retries).
     #[arg(
         long,
         env = "CONVERSATION_SERVICE_URL",

@@ -49,6 +49,16 @@ impl std::fmt::Display for CallError {
     }
 }
 
+fn endpoint(url: &str) -> Result<Endpoint, Error> {
+    Ok(Endpoint::from_shared(url.to_owned())
+        .map_err(|e| Error::Internal(format!("conversation-service URL {url:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true))
+}
+
 fn classify(status: Status) -> CallError {
     match status.code() {
         Code::Unavailable
@@ -63,16 +73,21 @@ fn classify(status: Status) -> CallError {
 }
 
 impl Conversations {
-    pub fn new(url: &str, max_message_bytes: usize) -> Result<Self, Error> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| Error::Internal(format!("conversation-service URL {url:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
+    /// `urls`: one endpoint, or several separated by commas (replicas), balanced per call.
+    pub fn new(urls: &str, max_message_bytes: usize) -> Result<Self, Error> {
+        let endpoints = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(endpoint)
+            .collect::<Result<Vec<_>, _>>()?;
+        let channel = match endpoints.as_slice() {
+            [] => return Err(Error::Internal("no conversation-service URL".into())),
+            [one] => one.connect_lazy(),
+            _ => Channel::balance_list(endpoints.into_iter()),
+        };
         Ok(Self {
-            channel: endpoint.connect_lazy(),
+            channel,
             max_message_bytes,
         })
     }

@@ -10,6 +10,7 @@ mod end_to_end;
 mod faults;
 mod health;
 mod redeem;
+mod replicas;
 mod sessions;
 mod subcommands;
 mod tokens;
