@@ -36,6 +36,11 @@ pub struct Config {
     )]
     pub database: PathBuf,
 
+    /// Directory of BackupDatabase's copies (TokenAdminService); default: `backups/` beside
+    /// the database file.
+    #[arg(long, env = "BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+
     /// conversation-service gRPC endpoint; several replicas separated by commas are
     /// balanced per call (a replica that is down fails calls the outbox retries).
     #[arg(

@@ -6,6 +6,7 @@
 
 mod helpers;
 
+mod admin;
 mod end_to_end;
 mod faults;
 mod health;
