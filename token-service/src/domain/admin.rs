@@ -72,6 +72,7 @@ pub struct FailedCall {
     pub kind: CallKind,
     pub attempts: u32,
     pub last_error: String,
+    pub error_reason: String,
     pub fail_time: Timestamp,
     pub create_time: Timestamp,
 }

@@ -95,6 +95,7 @@ fn failed_call(call: &FailedCall) -> pb::FailedCall {
         .into(),
         attempts: i32::try_from(call.attempts).unwrap_or(i32::MAX),
         last_error: call.last_error.clone(),
+        error_reason: call.error_reason.clone(),
         fail_time: Some(timestamp(call.fail_time)),
         create_time: Some(timestamp(call.create_time)),
     }

@@ -32,6 +32,7 @@ fn failed_call(row: &Row<'_>) -> rusqlite::Result<FailedCall> {
         last_error: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
         fail_time: from_micros(row.get(5)?),
         create_time: from_micros(row.get(6)?),
+        error_reason: row.get::<_, Option<String>>(7)?.unwrap_or_default(),
     })
 }
 
@@ -45,7 +46,8 @@ impl Store {
         self.call(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT job_id, session_id, kind, attempts, last_error, failed_time, create_time
+                    "SELECT job_id, session_id, kind, attempts, last_error, failed_time, create_time,
+                            error_reason
                      FROM outbox WHERE failed_time IS NOT NULL AND job_id > ?1
                      ORDER BY job_id LIMIT ?2",
                 )
@@ -64,8 +66,7 @@ impl Store {
         self.call(move |conn| {
             let changed = conn
                 .execute(
-                    "UPDATE outbox SET failed_time = NULL, attempts = 0, lease_until = 0,
-                                       next_attempt_time = ?2
+                    "UPDATE outbox SET failed_time = NULL, attempts = 0, next_attempt_time = ?2
                      WHERE job_id = ?1 AND failed_time IS NOT NULL",
                     params![call_id.get(), to_micros(now)],
                 )

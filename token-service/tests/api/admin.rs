@@ -10,8 +10,8 @@ use chat_proto::v1::{
 use tonic::{Code, transport::Channel};
 
 use crate::helpers::{
-    TestApp, assert_invalid, assert_refused, eventually, fresh_database, new_provider, spawn_app,
-    spawn_app_with, spawn_conversation_service, temp_db_path,
+    TestApp, assert_invalid, assert_refused, eventually, free_addr, fresh_database, new_provider,
+    spawn_app, spawn_app_with, spawn_conversation_service, temp_db_path,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -29,11 +29,13 @@ async fn failed_calls(app: &TestApp) -> Vec<FailedCall> {
         .failed_calls
 }
 
-/// A session whose UpdateCustomer conversation-service refuses for good: its conversation
-/// was linked to another customer behind token-service's back.
+/// A session whose queued UpdateCustomer conversation-service refuses for good: while it
+/// was down, the conversation was linked to another customer behind token-service's back.
 #[tokio::test]
 async fn a_refused_call_is_listed_retried_and_dropped() {
-    let conv = spawn_conversation_service(&fresh_database().await, "127.0.0.1:0").await;
+    let database = fresh_database().await;
+    let listen = free_addr().to_string();
+    let conv = spawn_conversation_service(&database, &listen).await;
     let app = spawn_app_with(temp_db_path(), &conv.url, &[]).await;
     let prov = new_provider();
     let issued = app.issue(&prov, 1).await;
@@ -49,15 +51,18 @@ async fn a_refused_call_is_listed_retried_and_dropped() {
         })
         .await
         .unwrap();
-    let _ = app
-        .tokens
+    conv.stop().await;
+    // Queued while conversation-service is down, refused once it is back.
+    app.tokens
         .clone()
         .identify_session(IdentifySessionRequest {
             session_secret: redeemed.session_secret,
             customer_id: "cust-1".into(),
             ..Default::default()
         })
-        .await;
+        .await
+        .unwrap();
+    let conv = spawn_conversation_service(&database, &listen).await;
 
     let failed = eventually(WAIT, || async {
         let calls = failed_calls(&app).await;
@@ -67,7 +72,8 @@ async fn a_refused_call_is_listed_retried_and_dropped() {
     assert_eq!(failed.len(), 1);
     let call = &failed[0];
     assert_eq!(call.kind(), CallKind::UpdateCustomer);
-    assert!(call.last_error.contains("FailedPrecondition"), "{call:?}");
+    assert!(call.last_error.contains("FAILED_PRECONDITION"), "{call:?}");
+    assert_eq!(call.error_reason, "CUSTOMER_ALREADY_LINKED");
     let first_failure = call.fail_time.unwrap();
 
     // Retried: the worker makes it again at once; refused again, it is listed again.

@@ -7,6 +7,7 @@
 mod helpers;
 
 mod admin;
+mod consistency;
 mod end_to_end;
 mod faults;
 mod health;
