@@ -26,21 +26,16 @@ async fn two_replicas_starting_together_both_serve_one_schema() {
         .await
         .unwrap();
     assert!(seen.into_inner().conversation.is_some());
+    // Each migration applied once, whoever got there first.
     let files = std::fs::read_dir(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../migrations/conversation"
     ))
     .unwrap()
-    .filter(|f| {
-        f.as_ref()
-            .is_ok_and(|f| f.path().extension().is_some_and(|e| e == "sql"))
-    })
     .count();
-    let applied = a.count("SELECT count(*) FROM _sqlx_migrations").await;
     assert_eq!(
-        usize::try_from(applied).unwrap(),
-        files,
-        "each migration applied once"
+        a.count("SELECT count(*) FROM _sqlx_migrations").await,
+        i64::try_from(files).unwrap()
     );
 }
 
