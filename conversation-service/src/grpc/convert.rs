@@ -33,6 +33,8 @@ pub fn participant(participant: &Participant) -> v1::Participant {
     v1::Participant {
         role: role(participant.role).into(),
         id: participant.id.clone(),
+        // Never echoed: a session id is what the anonymous visitor proves itself with.
+        session_id: String::new(),
     }
 }
 
