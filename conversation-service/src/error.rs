@@ -14,8 +14,9 @@ pub enum Error {
         field: &'static str,
         description: String,
     },
-    #[error("{0} not found")]
-    NotFound(&'static str),
+    /// The only thing a caller can name that may not exist.
+    #[error("conversation not found")]
+    ConversationNotFound,
     #[error("{message}")]
     PermissionDenied {
         reason: &'static str,
@@ -113,10 +114,7 @@ fn is_unreachable(error: &sqlx::Error) -> bool {
 fn reason_for(error: &Error) -> &'static str {
     match error {
         Error::InvalidArgument { .. } => "INVALID_ARGUMENT",
-        Error::NotFound(what) => match *what {
-            "conversation" => "CONVERSATION_NOT_FOUND",
-            _ => "NOT_FOUND",
-        },
+        Error::ConversationNotFound => "CONVERSATION_NOT_FOUND",
         Error::PermissionDenied { reason, .. }
         | Error::FailedPrecondition { reason, .. }
         | Error::ResourceExhausted { reason, .. } => reason,
@@ -135,7 +133,7 @@ impl From<Error> for Status {
                 details.add_bad_request_violation(*field, description.clone());
                 (Code::InvalidArgument, error.to_string())
             }
-            Error::NotFound(_) => (Code::NotFound, error.to_string()),
+            Error::ConversationNotFound => (Code::NotFound, error.to_string()),
             Error::PermissionDenied { .. } => (Code::PermissionDenied, error.to_string()),
             Error::FailedPrecondition { .. } => (Code::FailedPrecondition, error.to_string()),
             Error::OutOfRange { .. } => (Code::OutOfRange, error.to_string()),

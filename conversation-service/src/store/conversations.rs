@@ -132,7 +132,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| Error::db("get conversation", e))?
-            .ok_or(Error::NotFound("conversation"))
+            .ok_or(Error::ConversationNotFound)
     }
 
     pub async fn get_conversations(&self, ids: &[Uuid]) -> Result<Vec<ConversationRow>> {
@@ -196,7 +196,7 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| Error::db(ctx, e))?
-        .ok_or(Error::NotFound("conversation"))?;
+        .ok_or(Error::ConversationNotFound)?;
         if let (Some(current), Some(wanted)) = (&current, &patch.customer_id)
             && current != wanted
         {
@@ -249,7 +249,7 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| Error::db(ctx, e))?
-        .ok_or(Error::NotFound("conversation"))?;
+        .ok_or(Error::ConversationNotFound)?;
         if actor.is_some_and(|a| !a.belongs_to(&provider_id, customer_id.as_deref())) {
             return Err(Error::not_participant());
         }
@@ -284,7 +284,7 @@ async fn conversation_in(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result
         .fetch_optional(&mut **tx)
         .await
         .map_err(|e| Error::db("create conversation", e))?
-        .ok_or(Error::NotFound("conversation"))
+        .ok_or(Error::ConversationNotFound)
 }
 
 /// The conversation an earlier CreateConversation with this key returned, if any.

@@ -103,7 +103,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await
             .map_err(|e| Error::db(ctx, e))?
-            .ok_or(Error::NotFound("conversation"))?;
+            .ok_or(Error::ConversationNotFound)?;
         if !reader.belongs_to(&provider_id, customer_id.as_deref()) {
             return Err(Error::not_participant());
         }

@@ -106,7 +106,7 @@ pub fn plan(
                 break 'decide Decision::Abandoned;
             }
             let Some(conversation) = locked.get(&id) else {
-                break 'decide Decision::Refused(Error::NotFound("conversation"));
+                break 'decide Decision::Refused(Error::ConversationNotFound);
             };
             if !message.sender.belongs_to(
                 &conversation.provider_id,
@@ -231,7 +231,7 @@ mod tests {
             Decision::Refused(
                 Error::FailedPrecondition { reason, .. } | Error::PermissionDenied { reason, .. },
             ) => Some(reason),
-            Decision::Refused(Error::NotFound(_)) => Some("NOT_FOUND"),
+            Decision::Refused(Error::ConversationNotFound) => Some("NOT_FOUND"),
             _ => None,
         }
     }
