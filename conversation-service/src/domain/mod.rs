@@ -73,12 +73,50 @@ impl Role {
     }
 }
 
-/// Someone acting on a conversation. A customer's id is empty before a customer is linked
-/// (the anonymous visitor of a chat link, vouched for by the caller's session check).
+/// A provider's id: valid by construction (see [`chat_proto::rules::external_id`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Participant {
-    pub role: Role,
-    pub id: String,
+pub struct ProviderId(String);
+
+/// A linked customer's id: valid by construction, never empty.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CustomerId(String);
+
+macro_rules! external_id {
+    ($name:ident) => {
+        impl $name {
+            pub fn parse(field: &'static str, text: &str) -> Result<Self> {
+                parse_external_id(field, text).map(Self)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+external_id!(ProviderId);
+external_id!(CustomerId);
+
+/// The customer side of a conversation: the anonymous visitor of a chat link (before a
+/// customer is linked; bound to the session that opened the conversation), or the linked
+/// customer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CustomerRef {
+    Anonymous,
+    Linked(CustomerId),
+}
+
+/// Someone acting on a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Participant {
+    Provider(ProviderId),
+    Customer(CustomerRef),
 }
 
 impl Participant {
@@ -86,21 +124,13 @@ impl Participant {
     pub fn parse(field: &'static str, proto: Option<&v1::Participant>) -> Result<Self> {
         let proto = proto.ok_or_else(|| Error::invalid(field, "is required"))?;
         match v1::Role::try_from(proto.role) {
-            Ok(v1::Role::Provider) => Ok(Self {
-                role: Role::Provider,
-                id: parse_external_id(field, &proto.id)?,
-            }),
-            Ok(v1::Role::Customer) => {
-                let id = if proto.id.is_empty() {
-                    String::new()
-                } else {
-                    parse_external_id(field, &proto.id)?
-                };
-                Ok(Self {
-                    role: Role::Customer,
-                    id,
-                })
+            Ok(v1::Role::Provider) => Ok(Self::Provider(ProviderId::parse(field, &proto.id)?)),
+            Ok(v1::Role::Customer) if proto.id.is_empty() => {
+                Ok(Self::Customer(CustomerRef::Anonymous))
             }
+            Ok(v1::Role::Customer) => Ok(Self::Customer(CustomerRef::Linked(CustomerId::parse(
+                field, &proto.id,
+            )?))),
             _ => Err(Error::invalid(field, "role must be PROVIDER or CUSTOMER")),
         }
     }
@@ -109,23 +139,50 @@ impl Participant {
     /// required either way).
     pub fn parse_owner(field: &'static str, proto: Option<&v1::Participant>) -> Result<Self> {
         let participant = Self::parse(field, proto)?;
-        if participant.id.is_empty() {
+        if participant.is_anonymous() {
             return Err(Error::invalid(field, "id is required"));
         }
         Ok(participant)
     }
 
+    /// A participant as stored (`sender_role`, `sender_id`), or as a NOTIFY names it:
+    /// written by this service from a parsed participant, so taken as it is.
+    pub fn stored(role: Role, id: String) -> Self {
+        match role {
+            Role::Provider => Self::Provider(ProviderId(id)),
+            Role::Customer if id.is_empty() => Self::Customer(CustomerRef::Anonymous),
+            Role::Customer => Self::Customer(CustomerRef::Linked(CustomerId(id))),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        match self {
+            Self::Provider(_) => Role::Provider,
+            Self::Customer(_) => Role::Customer,
+        }
+    }
+
+    /// The id as the wire and the tables hold it: empty for the anonymous customer.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Provider(id) => id.as_str(),
+            Self::Customer(CustomerRef::Linked(id)) => id.as_str(),
+            Self::Customer(CustomerRef::Anonymous) => "",
+        }
+    }
+
     /// The customer of a conversation with no customer linked yet.
     pub fn is_anonymous(&self) -> bool {
-        self.role == Role::Customer && self.id.is_empty()
+        matches!(self, Self::Customer(CustomerRef::Anonymous))
     }
 
     /// Whether this participant may act on a conversation of `provider_id` whose linked
-    /// customer is `customer_id`.
+    /// customer is `customer_id` (the anonymous visitor only while none is linked).
     pub fn belongs_to(&self, provider_id: &str, customer_id: Option<&str>) -> bool {
-        match self.role {
-            Role::Provider => self.id == provider_id,
-            Role::Customer => self.id == customer_id.unwrap_or(""),
+        match (self, customer_id) {
+            (Self::Provider(id), _) => id.as_str() == provider_id,
+            (Self::Customer(CustomerRef::Anonymous), linked) => linked.is_none(),
+            (Self::Customer(CustomerRef::Linked(id)), linked) => linked == Some(id.as_str()),
         }
     }
 }
@@ -365,35 +422,23 @@ mod tests {
 
     #[test]
     fn the_anonymous_customer_needs_the_recorded_session() {
-        let anon = Participant {
-            role: Role::Customer,
-            id: String::new(),
-        };
+        let anon = Participant::Customer(CustomerRef::Anonymous);
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         assert!(check_session(&anon, Some(a), Some(a)).is_ok());
         assert!(check_session(&anon, Some(b), Some(a)).is_err());
         assert!(check_session(&anon, None, Some(a)).is_err());
         assert!(check_session(&anon, Some(a), None).is_err());
         assert!(check_session(&anon, None, None).is_err());
-        let linked = Participant {
-            role: Role::Customer,
-            id: "c1".into(),
-        };
+        let linked = Participant::stored(Role::Customer, "c1".into());
         assert!(check_session(&linked, None, Some(a)).is_ok());
     }
 
     #[test]
     fn anonymous_customer_belongs_only_to_unlinked() {
-        let anon = Participant {
-            role: Role::Customer,
-            id: String::new(),
-        };
+        let anon = Participant::Customer(CustomerRef::Anonymous);
         assert!(anon.belongs_to("p", None));
         assert!(!anon.belongs_to("p", Some("c1")));
-        let c1 = Participant {
-            role: Role::Customer,
-            id: "c1".into(),
-        };
+        let c1 = Participant::stored(Role::Customer, "c1".into());
         assert!(c1.belongs_to("p", Some("c1")));
         assert!(!c1.belongs_to("p", None));
     }

@@ -31,8 +31,8 @@ pub fn status(status: Status) -> v1::ConversationStatus {
 
 pub fn participant(participant: &Participant) -> v1::Participant {
     v1::Participant {
-        role: role(participant.role).into(),
-        id: participant.id.clone(),
+        role: role(participant.role()).into(),
+        id: participant.id().to_owned(),
         // Never echoed: a session id is what the anonymous visitor proves itself with.
         session_id: String::new(),
     }

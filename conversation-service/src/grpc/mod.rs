@@ -127,7 +127,7 @@ impl ConversationService for ConversationApi {
         }
         let viewer = viewer.map(|(v, _)| v);
         ok(v1::GetConversationResponse {
-            conversation: Some(convert::conversation(&row, viewer.map(|v| v.role))),
+            conversation: Some(convert::conversation(&row, viewer.map(|v| v.role()))),
         })
     }
 
@@ -141,7 +141,7 @@ impl ConversationService for ConversationApi {
         let status = ConversationStatus::parse_filter("status", request.status)?;
         let (default, max) = CONVERSATIONS_PAGE;
         let size = PageSize::parse("page_size", request.page_size, default, max)?.0;
-        let query = format!("{:?}/{}/{:?}", owner.role, owner.id, status);
+        let query = format!("{:?}/{}/{:?}", owner.role(), owner.id(), status);
         let after: Option<(DateTime<Utc>, Uuid)> =
             PageToken::decode("page_token", &query, &request.page_token)?;
         // One extra row tells whether another page exists.
@@ -155,7 +155,7 @@ impl ConversationService for ConversationApi {
         ok(v1::ListConversationsResponse {
             conversations: rows
                 .iter()
-                .map(|r| convert::conversation(r, Some(owner.role)))
+                .map(|r| convert::conversation(r, Some(owner.role())))
                 .collect(),
             next_page_token,
         })
@@ -198,7 +198,7 @@ impl ConversationService for ConversationApi {
         let actor = actor.map(|(a, _)| a);
         let row = self.store.set_status(id, status, actor.as_ref()).await?;
         ok(v1::SetConversationStatusResponse {
-            conversation: Some(convert::conversation(&row, actor.map(|a| a.role))),
+            conversation: Some(convert::conversation(&row, actor.map(|a| a.role()))),
         })
     }
 

@@ -127,7 +127,7 @@ impl Hub {
     }
 
     pub fn subscribe_inbox(self: &Arc<Self>, owner: &Participant) -> Result<Subscription> {
-        self.subscribe(Key::Inbox(owner.role, owner.id.clone()))
+        self.subscribe(Key::Inbox(owner.role(), owner.id().to_owned()))
     }
 
     fn subscribe(self: &Arc<Self>, key: Key) -> Result<Subscription> {
@@ -190,10 +190,7 @@ impl Hub {
             } => deliveries.push((
                 Key::Conversation(conversation_id),
                 Wake::Read {
-                    reader: Participant {
-                        role: Role::from_i16(role),
-                        id: reader_id,
-                    },
+                    reader: Participant::stored(Role::from_i16(role), reader_id),
                     seq,
                 },
             )),
@@ -204,10 +201,7 @@ impl Hub {
             } => deliveries.push((
                 Key::Conversation(conversation_id),
                 Wake::Typing {
-                    sender: Participant {
-                        role: Role::from_i16(role),
-                        id: sender_id,
-                    },
+                    sender: Participant::stored(Role::from_i16(role), sender_id),
                 },
             )),
             Notice::Status {
@@ -310,10 +304,7 @@ mod tests {
         let hub = Hub::new(2, 4);
         let a = hub.subscribe_conversation(Uuid::now_v7()).unwrap();
         let _b = hub
-            .subscribe_inbox(&Participant {
-                role: Role::Provider,
-                id: "p".into(),
-            })
+            .subscribe_inbox(&Participant::stored(Role::Provider, "p".into()))
             .unwrap();
         assert!(hub.subscribe_conversation(Uuid::now_v7()).is_err());
         drop(a);
@@ -325,16 +316,10 @@ mod tests {
     fn inbox_gets_messages_of_its_provider_only() {
         let hub = Hub::new(10, 8);
         let mut mine = hub
-            .subscribe_inbox(&Participant {
-                role: Role::Provider,
-                id: "p1".into(),
-            })
+            .subscribe_inbox(&Participant::stored(Role::Provider, "p1".into()))
             .unwrap();
         let mut other = hub
-            .subscribe_inbox(&Participant {
-                role: Role::Provider,
-                id: "p2".into(),
-            })
+            .subscribe_inbox(&Participant::stored(Role::Provider, "p2".into()))
             .unwrap();
         hub.dispatch(messages(Uuid::now_v7(), 1));
         assert!(mine.wakes.try_recv().is_ok());

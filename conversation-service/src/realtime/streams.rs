@@ -191,7 +191,7 @@ impl ConversationStream {
         subscription: &mut Subscription,
         conversation: ConversationRow,
     ) -> Result<(), Stop> {
-        let conversation_now = convert::conversation(&conversation, Some(self.viewer.role));
+        let conversation_now = convert::conversation(&conversation, Some(self.viewer.role()));
         self.shown = Shown::of(&conversation_now);
         let snapshot = v1::ConversationSnapshot {
             conversation: Some(conversation_now),
@@ -221,7 +221,7 @@ impl ConversationStream {
             match wake {
                 Wake::Messages { head } => self.deliver_up_to(head, false).await?,
                 Wake::Read { reader, seq } => {
-                    let shown = self.shown.read_mut(reader.role);
+                    let shown = self.shown.read_mut(reader.role());
                     if seq <= *shown {
                         continue;
                     }
@@ -284,9 +284,10 @@ impl ConversationStream {
             .get_conversation(ConversationId(self.id))
             .await
         {
-            Ok(conversation) if conversation.admits(&self.viewer) => {
-                Ok(convert::conversation(&conversation, Some(self.viewer.role)))
-            }
+            Ok(conversation) if conversation.admits(&self.viewer) => Ok(convert::conversation(
+                &conversation,
+                Some(self.viewer.role()),
+            )),
             Ok(_) => Err(self.fail(Error::customer_linked()).await),
             Err(error) => Err(self.fail(error).await),
         }
@@ -433,7 +434,7 @@ impl InboxStream {
                     return Err(Stop);
                 }
             };
-            let viewer = Some(self.owner.role);
+            let viewer = Some(self.owner.role());
             for (item, cursor) in window.items {
                 let event = match item {
                     InboxItem::Created(c) => {

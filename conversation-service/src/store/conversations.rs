@@ -154,11 +154,11 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<ConversationRow>> {
         let mut query = QueryBuilder::<Postgres>::new(CONVERSATION_SELECT);
-        query.push(match owner.role {
+        query.push(match owner.role() {
             Role::Provider => " WHERE c.provider_id = ",
             Role::Customer => " WHERE c.customer_id = ",
         });
-        query.push_bind(&owner.id);
+        query.push_bind(owner.id());
         if let Some(status) = status {
             query.push(" AND c.status = ").push_bind(status.as_i16());
         }

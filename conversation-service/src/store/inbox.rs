@@ -269,8 +269,8 @@ impl Store {
             cursor
                 .after
                 .unwrap_or((i64::MIN, i16::MIN, Uuid::nil(), i64::MIN));
-        let keys: Vec<Key> = sqlx::query_as(AssertSqlSafe(window_sql(owner.role)))
-            .bind(&owner.id)
+        let keys: Vec<Key> = sqlx::query_as(AssertSqlSafe(window_sql(owner.role())))
+            .bind(owner.id())
             .bind(cursor.delivered.to_string())
             .bind(cursor.delivered.xip_text())
             .bind(end.to_string())

@@ -99,7 +99,7 @@ impl Store {
                  FROM conversations WHERE id = $1 FOR UPDATE",
             )
             .bind(id.0)
-            .bind(reader.role.as_i16())
+            .bind(reader.role().as_i16())
             .fetch_optional(&mut *tx)
             .await
             .map_err(|e| Error::db(ctx, e))?
@@ -117,7 +117,7 @@ impl Store {
             tx.rollback().await.map_err(|e| Error::db(ctx, e))?;
             return Ok((read_seq, head_seq - read_seq));
         }
-        let column = match reader.role {
+        let column = match reader.role() {
             Role::Provider => "provider_read_seq",
             Role::Customer => "customer_read_seq",
         };
@@ -133,8 +133,8 @@ impl Store {
             &mut tx,
             &Notice::Read {
                 conversation_id: id.0,
-                role: reader.role.as_i16(),
-                reader_id: reader.id.clone(),
+                role: reader.role().as_i16(),
+                reader_id: reader.id().to_owned(),
                 seq,
             },
         )
@@ -147,8 +147,8 @@ impl Store {
     pub async fn typing(&self, id: ConversationId, sender: &Participant) -> Result<()> {
         let notice = Notice::Typing {
             conversation_id: id.0,
-            role: sender.role.as_i16(),
-            sender_id: sender.id.clone(),
+            role: sender.role().as_i16(),
+            sender_id: sender.id().to_owned(),
         };
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(super::CHANNEL)

@@ -155,9 +155,6 @@ pub(crate) const MESSAGE_COLUMNS: &str =
 
 impl MessageRow {
     pub fn sender(&self) -> Participant {
-        Participant {
-            role: Role::from_i16(self.sender_role),
-            id: self.sender_id.clone(),
-        }
+        Participant::stored(Role::from_i16(self.sender_role), self.sender_id.clone())
     }
 }

@@ -117,7 +117,7 @@ pub fn plan(
             let key = message
                 .client_message_id
                 .as_ref()
-                .map(|k| (id, message.sender.role, k.clone()));
+                .map(|k| (id, message.sender.role(), k.clone()));
             if let Some(key) = &key
                 && let Some(found) = existing.get(key).or_else(|| inserted.get(key))
             {
@@ -141,7 +141,7 @@ pub fn plan(
                 customer_id: conversation.customer_id.clone(),
             });
             touch.head = seq;
-            match message.sender.role {
+            match message.sender.role() {
                 Role::Provider => touch.provider_read = seq,
                 Role::Customer => touch.customer_read = seq,
             }
@@ -149,8 +149,8 @@ pub fn plan(
                 conversation_id: id,
                 seq,
                 id: new_id(),
-                sender_role: message.sender.role.as_i16(),
-                sender_id: message.sender.id.clone(),
+                sender_role: message.sender.role().as_i16(),
+                sender_id: message.sender.id().to_owned(),
                 body: message.body.clone(),
                 client_message_id: message.client_message_id.clone(),
                 created_at: now,
@@ -182,10 +182,7 @@ mod tests {
     fn message(id: Uuid, role: Role, sender: &str, body: &str, key: Option<&str>) -> NewMessage {
         NewMessage {
             conversation_id: ConversationId(id),
-            sender: Participant {
-                role,
-                id: sender.into(),
-            },
+            sender: Participant::stored(role, sender.into()),
             body: body.into(),
             client_message_id: key.map(str::to_owned),
         }

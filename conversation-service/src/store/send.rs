@@ -124,7 +124,7 @@ async fn existing_by_client_key(
     for message in batch {
         if let Some(key) = &message.client_message_id {
             ids.push(message.conversation_id.0);
-            roles.push(message.sender.role.as_i16());
+            roles.push(message.sender.role().as_i16());
             keys.push(key.clone());
         }
     }
