@@ -304,8 +304,9 @@ async fn a_wake_stays_cheap_behind_a_long_transaction() {
         .fetch_one(&mut *held)
         .await
         .unwrap();
-    assert_eq!(
-        xmin, held_xid,
+    // Other transactions on the shared cluster may hold it back further still.
+    assert!(
+        xmin.parse::<u64>().unwrap() <= held_xid.parse::<u64>().unwrap(),
         "the long transaction holds the cursor's xmin back"
     );
 
