@@ -13,6 +13,7 @@ mod faults;
 mod health;
 mod redeem;
 mod replicas;
+mod security;
 mod sessions;
 mod subcommands;
 mod tokens;
