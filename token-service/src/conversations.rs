@@ -55,6 +55,16 @@ impl std::fmt::Display for CallError {
     }
 }
 
+fn endpoint(url: &str) -> Result<Endpoint, Error> {
+    Ok(Endpoint::from_shared(url.to_owned())
+        .map_err(|e| config_error(format!("URL {url:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true))
+}
+
 /// Only what waiting cannot change is permanent; anything else (down, overloaded, a
 /// misconfigured credential, a version skew) is retried until an operator fixes it.
 fn classify(status: Status) -> CallError {
@@ -79,19 +89,9 @@ fn classify(status: Status) -> CallError {
     }
 }
 
-fn endpoint(url: &str) -> Result<Endpoint, Error> {
-    Ok(Endpoint::from_shared(url.to_owned())
-        .map_err(|e| config_error(format!("URL {url:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true))
-}
-
 /// What a connection to conversation-service is made of; re-read when the files change.
 struct Credentials {
-    /// One per conversation-service replica; several are balanced per call.
+    /// One per replica; several are balanced per call.
     endpoints: Vec<Endpoint>,
     ca: Option<PathBuf>,
     identity: Option<(PathBuf, PathBuf)>,
@@ -140,6 +140,7 @@ impl Credentials {
                 .map_err(|e| config_error(format!("TLS: {e}")))?;
         }
         let channel = match endpoints.as_slice() {
+            [] => return Err(config_error("no URL given".to_owned())),
             [one] => one.connect_lazy(),
             _ => Channel::balance_list(endpoints.into_iter()),
         };
@@ -161,10 +162,10 @@ impl Credentials {
 }
 
 impl Conversations {
-    /// `urls`: one endpoint, or several separated by commas (replicas), balanced per
-    /// call. An `https://` URL gets TLS verified against `CONVERSATION_SERVICE_CA` (and, when
-    /// given, presents the client certificate); without a CA it is an error, never
-    /// plaintext. TLS settings with an `http://` URL are an error too.
+    /// `urls`: one URL, or several separated by commas (replicas), balanced per call.
+    /// `https://` URLs get TLS verified against `CONVERSATION_SERVICE_CA` (and, when
+    /// given, present the client certificate); without a CA it is an error, never
+    /// plaintext. TLS settings with `http://` URLs are an error too, and so is a mix.
     pub fn new(
         urls: &str,
         max_message_bytes: usize,
@@ -175,24 +176,24 @@ impl Conversations {
             .map(str::trim)
             .filter(|url| !url.is_empty())
             .collect();
-        let Some(url) = urls.first().copied() else {
-            return Err(config_error("no URL given".into()));
-        };
-        if urls
-            .iter()
-            .any(|u| u.starts_with("https://") != url.starts_with("https://"))
-        {
-            return Err(config_error(format!("{urls:?}: all https:// or none")));
-        }
         let endpoints = urls
             .iter()
             .map(|url| endpoint(url))
             .collect::<Result<Vec<_>, _>>()?;
+        let https = urls.iter().all(|url| url.starts_with("https://"));
+        if !https && urls.iter().any(|url| url.starts_with("https://")) {
+            return Err(config_error(format!(
+                "{urls:?} mixes https:// and plaintext URLs"
+            )));
+        }
+        let url = urls.join(",");
+        if urls.is_empty() {
+            return Err(config_error("no URL given".to_owned()));
+        }
         let identity = security
             .conversation_service_client_cert
             .clone()
             .zip(security.conversation_service_client_key.clone());
-        let https = url.starts_with("https://");
         match (https, &security.conversation_service_ca) {
             (true, None) => {
                 return Err(config_error(format!(

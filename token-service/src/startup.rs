@@ -146,6 +146,8 @@ impl Application {
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(MAX_REPLY_BYTES);
 
+        let reload = config.security.tls_reload_interval;
+        tokio::spawn(conversations.watch(reload, shutdown.clone()));
         let backup_dir = config.backup_dir.clone().unwrap_or_else(|| {
             config
                 .database
@@ -161,8 +163,6 @@ impl Application {
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(MAX_REPLY_BYTES);
 
-        let reload = config.security.tls_reload_interval;
-        tokio::spawn(conversations.watch(reload, shutdown.clone()));
         let worker = tokio::spawn(outbox.clone().run(shutdown.clone()));
         let prober = tokio::spawn(probe_health(
             store,
