@@ -14,7 +14,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::Path,
-    sync::Arc,
+    sync::{Arc, RwLock},
     task::{Context, Poll},
 };
 
@@ -377,22 +377,45 @@ impl Refusal {
     }
 }
 
+/// The policy in force, replaced whole when the callers file is reloaded.
+#[derive(Clone)]
+pub struct SharedPolicy(Arc<RwLock<Arc<Policy>>>);
+
+impl SharedPolicy {
+    pub fn new(policy: Policy) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(policy))))
+    }
+
+    pub fn current(&self) -> Arc<Policy> {
+        match self.0.read() {
+            Ok(policy) => Arc::clone(&policy),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Re-reads `path`; a file that does not load keeps the policy in force.
+    ///
+    /// # Errors
+    /// When the file cannot be read or is not a valid callers file.
+    pub fn reload(&self, path: &Path) -> Result<(), PolicyError> {
+        let policy = Arc::new(Policy::load(path)?);
+        if let Ok(mut current) = self.0.write() {
+            *current = policy;
+        }
+        Ok(())
+    }
+}
+
 /// Checks every request against a [`Policy`] (or lets everything through when there is
 /// none: open mode). Also puts the connection's TCP addresses where tonic's
 /// `Request::remote_addr` looks for them.
 #[derive(Clone)]
 pub struct AuthLayer {
-    policy: Option<Arc<Policy>>,
+    policy: Option<SharedPolicy>,
 }
 
 impl AuthLayer {
-    pub fn new(policy: Option<Policy>) -> Self {
-        Self {
-            policy: policy.map(Arc::new),
-        }
-    }
-
-    pub fn from_shared(policy: Option<Arc<Policy>>) -> Self {
+    pub fn new(policy: Option<SharedPolicy>) -> Self {
         Self { policy }
     }
 
@@ -416,7 +439,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct Auth<S> {
     inner: S,
-    policy: Option<Arc<Policy>>,
+    policy: Option<SharedPolicy>,
 }
 
 impl<S, B, ResBody> Service<http::Request<B>> for Auth<S>
@@ -440,7 +463,7 @@ where
                 remote_addr: peer.remote_addr,
             });
         }
-        let Some(policy) = &self.policy else {
+        let Some(policy) = self.policy.as_ref().map(SharedPolicy::current) else {
             return Either::Left(self.inner.call(request));
         };
         let sans = peer.as_ref().map_or(&[][..], |p| &p.sans[..]);
