@@ -595,6 +595,32 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_grants_the_documented_roles() {
+        let p = Policy::load(&crate::testing::example_callers_file()).unwrap();
+        let conv = |m: &str| format!("/chat.v1.ConversationService/{m}");
+        let as_ = |workload: &str| [format!("spiffe://chat.example/{workload}")];
+        let may = |who: &[String], method: &str| p.authorize(method, None, who).is_ok();
+        for m in ["CreateConversation", "GetConversation", "UpdateCustomer"] {
+            assert!(may(&as_("token-service"), &conv(m)), "{m}");
+        }
+        assert!(!may(&as_("token-service"), &conv("SendMessage")));
+        assert!(!may(
+            &as_("token-service"),
+            "/chat.v1.TokenService/IssueToken"
+        ));
+        assert!(may(&as_("bff"), &conv("StreamInbox")));
+        assert!(may(&as_("bff"), "/chat.v1.TokenService/RedeemToken"));
+        assert!(!may(&as_("bff"), &conv("UpdateCustomer")));
+        assert!(may(&as_("operator"), &conv("ListMessages")));
+        assert!(may(&as_("operator"), "/chat.v1.TokenService/ListTokens"));
+        assert!(!may(&as_("operator"), &conv("SetConversationStatus")));
+        assert!(!may(&as_("operator"), "/chat.v1.TokenService/RevokeToken"));
+        let bearer = format!("Bearer {}", crate::testing::EXAMPLE_BFF_TOKEN);
+        let mesh = p.authorize(&conv("SendMessage"), Some(bearer.as_bytes()), &[]);
+        assert_eq!(mesh.unwrap().unwrap().name.as_ref(), "mesh-bff");
+    }
+
+    #[test]
     fn bad_files_are_refused_with_a_reason() {
         for bad in [
             "[[caller]]\nname = \"x\"\nmethods = [\"/a/b\"]\n",
