@@ -2,6 +2,7 @@
 //! cannot drift apart. Nothing here knows about conversations or tokens.
 
 pub mod auth;
+pub mod healthcheck;
 pub mod security;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

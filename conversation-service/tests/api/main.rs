@@ -10,3 +10,4 @@ mod pagination;
 mod security;
 mod startup;
 mod streams;
+mod subcommands;
