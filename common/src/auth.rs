@@ -615,6 +615,22 @@ mod tests {
         assert!(may(&as_("operator"), "/chat.v1.TokenService/ListTokens"));
         assert!(!may(&as_("operator"), &conv("SetConversationStatus")));
         assert!(!may(&as_("operator"), "/chat.v1.TokenService/RevokeToken"));
+        assert!(may(
+            &as_("operator"),
+            "/chat.v1.TokenAdminService/ListFailedCalls"
+        ));
+        assert!(!may(
+            &as_("operator"),
+            "/chat.v1.TokenAdminService/DropFailedCall"
+        ));
+        assert!(may(
+            &as_("admin"),
+            "/chat.v1.TokenAdminService/BackupDatabase"
+        ));
+        assert!(!may(
+            &as_("bff"),
+            "/chat.v1.TokenAdminService/ListFailedCalls"
+        ));
         let bearer = format!("Bearer {}", crate::testing::EXAMPLE_BFF_TOKEN);
         let mesh = p.authorize(&conv("SendMessage"), Some(bearer.as_bytes()), &[]);
         assert_eq!(mesh.unwrap().unwrap().name.as_ref(), "mesh-bff");
