@@ -244,8 +244,8 @@ async fn backups_go_to_the_configured_directory() {
     app.stop().await;
 }
 
-/// With the example callers file over mutual TLS: the on-call operator may use the admin
-/// service, the read-only operator may not (it is granted apart from TokenService).
+/// With the example callers file over mutual TLS: the admin may use the admin service,
+/// the read-only operator may not take a backup (it is granted apart from TokenService).
 #[tokio::test]
 async fn the_admin_service_is_granted_apart() {
     use chat_common::testing::{Pki, example_callers_file};
@@ -292,11 +292,11 @@ async fn the_admin_service_is_granted_apart() {
         TokenAdminServiceClient::new(channel)
     };
 
-    let mut oncall = client("oncall");
+    let mut admin_client = client("admin");
     let listed = eventually(WAIT, || {
-        let mut oncall = oncall.clone();
+        let mut admin_client = admin_client.clone();
         async move {
-            oncall
+            admin_client
                 .list_failed_calls(ListFailedCallsRequest::default())
                 .await
                 .ok()
@@ -304,7 +304,7 @@ async fn the_admin_service_is_granted_apart() {
     })
     .await;
     assert!(listed.into_inner().failed_calls.is_empty());
-    oncall
+    admin_client
         .backup_database(BackupDatabaseRequest::default())
         .await
         .unwrap();
