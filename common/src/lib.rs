@@ -4,6 +4,6 @@
 pub mod auth;
 pub mod healthcheck;
 pub mod security;
-#[cfg(feature = "test-support")]
+#[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod tls;
