@@ -340,6 +340,22 @@ async fn a_wake_stays_cheap_behind_a_long_transaction() {
         .await
         .unwrap();
     let read = rows_read(&plan[0]["Plan"], "messages");
+    // For comparison only: the predicate the inbox used before (xid >= the cursor's xmin).
+    let (old_plan,): (serde_json::Value,) = sqlx::query_as(
+        "EXPLAIN (ANALYZE, FORMAT JSON) SELECT m.seq FROM messages m \
+         WHERE m.xid >= pg_snapshot_xmin($1::text::pg_snapshot) \
+         AND NOT pg_visible_in_snapshot(m.xid, $1::text::pg_snapshot) \
+         AND pg_visible_in_snapshot(m.xid, $2::text::pg_snapshot)",
+    )
+    .bind(&delivered)
+    .bind(&now)
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    let before = rows_read(&old_plan[0]["Plan"], "messages");
+    eprintln!(
+        "inbox wake behind a long transaction: {read} message rows read (xmin predicate: {before})"
+    );
     assert!(read < 1000, "a wake read {read} message rows: {plan}");
     held.rollback().await.unwrap();
 }
