@@ -1,2 +1,10 @@
 //! Plumbing that conversation-service and token-service share, written once so the two
 //! cannot drift apart. Nothing here knows about conversations or tokens.
+
+pub mod duration;
+pub mod health;
+pub mod metrics;
+pub mod reflection;
+pub mod rpc;
+pub mod shutdown;
+pub mod telemetry;
