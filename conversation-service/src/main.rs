@@ -4,6 +4,6 @@ use conversation_service::{config::Config, startup::Application, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    telemetry::init(&config.log_format);
+    let _telemetry = telemetry::init(config.telemetry.log_format);
     Application::build(config).await?.run_until_stopped().await
 }

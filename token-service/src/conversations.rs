@@ -1,9 +1,12 @@
 //! The client of conversation-service: the two calls the outbox makes, each with a
 //! deadline, and the probe health uses. The channel connects lazily, so token-service
-//! starts and serves while conversation-service is down.
+//! starts and serves while conversation-service is down. Every call goes through
+//! `chat_common::rpc::ClientLayer`: it carries the caller's trace (`traceparent`) and is
+//! counted in `grpc_client_*`.
 
 use std::time::Duration;
 
+use chat_common::rpc::{ClientLayer, ClientService};
 use chat_proto::v1::{
     CreateConversationRequest, Customer, UpdateCustomerRequest,
     conversation_service_client::ConversationServiceClient,
@@ -15,6 +18,7 @@ use tonic::{
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+use tower::Layer;
 
 use crate::{
     error::Error,
@@ -23,7 +27,7 @@ use crate::{
 
 #[derive(Clone)]
 pub struct Conversations {
-    channel: Channel,
+    channel: ClientService<Channel>,
     max_message_bytes: usize,
 }
 
@@ -72,12 +76,13 @@ impl Conversations {
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
         Ok(Self {
-            channel: endpoint.connect_lazy(),
+            channel: ClientLayer::new(chat_proto::FILE_DESCRIPTOR_SET)
+                .layer(endpoint.connect_lazy()),
             max_message_bytes,
         })
     }
 
-    fn client(&self) -> ConversationServiceClient<Channel> {
+    fn client(&self) -> ConversationServiceClient<ClientService<Channel>> {
         ConversationServiceClient::new(self.channel.clone())
             .max_decoding_message_size(self.max_message_bytes.max(4 * 1024 * 1024))
     }
@@ -149,10 +154,11 @@ impl Conversations {
         }
     }
 
-    /// Whether conversation-service answers its health check with SERVING.
+    /// Whether conversation-service is ready: its readiness check (its service name;
+    /// `""` is only its liveness) says SERVING.
     pub async fn reachable(&self, timeout: Duration) -> bool {
         let mut request = tonic::Request::new(HealthCheckRequest {
-            service: String::new(),
+            service: crate::startup::CONVERSATION_DEPENDENCY.to_owned(),
         });
         request.set_timeout(timeout);
         let mut client = HealthClient::new(self.channel.clone());

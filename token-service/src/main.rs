@@ -4,7 +4,7 @@ use token_service::{config::Config, startup::Application, telemetry};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::parse();
-    telemetry::init(&config.log_format);
+    let _telemetry = telemetry::init(config.telemetry.log_format);
     Application::build(config)
         .await?
         .run_until_stopped()

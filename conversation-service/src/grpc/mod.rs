@@ -66,7 +66,6 @@ fn next_page<T>(rows: &mut Vec<T>, size: i64, token: impl Fn(&T) -> String) -> S
 
 #[tonic::async_trait]
 impl ConversationService for ConversationApi {
-    #[tracing::instrument(skip_all, fields(provider_id = %request.get_ref().provider_id, request_id = %request.get_ref().request_id))]
     async fn create_conversation(
         &self,
         request: Request<v1::CreateConversationRequest>,
@@ -79,21 +78,26 @@ impl ConversationService for ConversationApi {
             reuse_active: request.reuse_active,
             origin: parse_origin("origin", &request.origin)?,
         };
+        chat_common::rpc::record("provider_id", &new.provider_id);
+        if let Some(request_id) = new.request_id {
+            chat_common::rpc::record("request_id", request_id);
+        }
         let (row, created) = self.store.create_conversation(new).await?;
-        tracing::info!(conversation_id = %row.id, created, "conversation");
+        chat_common::rpc::record("conversation_id", row.id);
+        tracing::debug!(created, "conversation");
         ok(v1::CreateConversationResponse {
             conversation: Some(row.to_proto(None)),
             created,
         })
     }
 
-    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id))]
     async fn get_conversation(
         &self,
         request: Request<v1::GetConversationRequest>,
     ) -> GrpcResult<v1::GetConversationResponse> {
         let request = request.into_inner();
         let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        chat_common::rpc::record("conversation_id", id);
         let viewer = request
             .viewer
             .as_ref()
@@ -108,7 +112,6 @@ impl ConversationService for ConversationApi {
         })
     }
 
-    #[tracing::instrument(skip_all)]
     async fn list_conversations(
         &self,
         request: Request<v1::ListConversationsRequest>,
@@ -135,13 +138,13 @@ impl ConversationService for ConversationApi {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id))]
     async fn update_customer(
         &self,
         request: Request<v1::UpdateCustomerRequest>,
     ) -> GrpcResult<v1::UpdateCustomerResponse> {
         let request = request.into_inner();
         let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        chat_common::rpc::record("conversation_id", id);
         let patch = CustomerPatch::parse(&request)?;
         let row = if patch.is_empty() {
             self.store.get_conversation(id).await?
@@ -153,13 +156,13 @@ impl ConversationService for ConversationApi {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id))]
     async fn set_conversation_status(
         &self,
         request: Request<v1::SetConversationStatusRequest>,
     ) -> GrpcResult<v1::SetConversationStatusResponse> {
         let request = request.into_inner();
         let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        chat_common::rpc::record("conversation_id", id);
         let status = ConversationStatus::parse("status", request.status)?;
         let actor = request
             .actor
@@ -172,7 +175,6 @@ impl ConversationService for ConversationApi {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id))]
     async fn send_message(
         &self,
         request: Request<v1::SendMessageRequest>,
@@ -187,6 +189,7 @@ impl ConversationService for ConversationApi {
                 &request.client_message_id,
             )?,
         };
+        chat_common::rpc::record("conversation_id", message.conversation_id);
         let (row, created) = self.sender.send(message).await?;
         tracing::debug!(seq = row.seq, created, "message");
         ok(v1::SendMessageResponse {
@@ -195,13 +198,13 @@ impl ConversationService for ConversationApi {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id))]
     async fn list_messages(
         &self,
         request: Request<v1::ListMessagesRequest>,
     ) -> GrpcResult<v1::ListMessagesResponse> {
         let request = request.into_inner();
         let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        chat_common::rpc::record("conversation_id", id);
         let viewer = Participant::parse("viewer", request.viewer.as_ref())?;
         let direction = match v1::Direction::try_from(request.direction) {
             Ok(v1::Direction::Unspecified | v1::Direction::Forward) => ListDirection::Forward,
@@ -234,13 +237,13 @@ impl ConversationService for ConversationApi {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id, seq = request.get_ref().seq))]
     async fn mark_read(
         &self,
         request: Request<v1::MarkReadRequest>,
     ) -> GrpcResult<v1::MarkReadResponse> {
         let request = request.into_inner();
         let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        chat_common::rpc::record("conversation_id", id);
         let reader = Participant::parse("reader", request.reader.as_ref())?;
         let seq = parse_seq("seq", request.seq)?;
         let (read_seq, unread_count) = self.store.mark_read(id, &reader, seq).await?;
@@ -250,13 +253,13 @@ impl ConversationService for ConversationApi {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id))]
     async fn send_typing(
         &self,
         request: Request<v1::SendTypingRequest>,
     ) -> GrpcResult<v1::SendTypingResponse> {
         let request = request.into_inner();
         let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        chat_common::rpc::record("conversation_id", id);
         let sender = Participant::parse("sender", request.sender.as_ref())?;
         let conversation = self.store.get_conversation(id).await?;
         if !conversation.admits(&sender) {
@@ -269,13 +272,13 @@ impl ConversationService for ConversationApi {
     type StreamConversationStream =
         ReceiverStream<std::result::Result<v1::StreamConversationResponse, Status>>;
 
-    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id, after_seq = request.get_ref().after_seq))]
     async fn stream_conversation(
         &self,
         request: Request<v1::StreamConversationRequest>,
     ) -> GrpcResult<Self::StreamConversationStream> {
         let request = request.into_inner();
         let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        chat_common::rpc::record("conversation_id", id);
         let viewer = Participant::parse("viewer", request.viewer.as_ref())?;
         let after_seq = parse_seq("after_seq", request.after_seq)?;
         // Subscribe before reading, so nothing committed in between is missed.
@@ -305,7 +308,6 @@ impl ConversationService for ConversationApi {
 
     type StreamInboxStream = ReceiverStream<std::result::Result<v1::StreamInboxResponse, Status>>;
 
-    #[tracing::instrument(skip_all)]
     async fn stream_inbox(
         &self,
         request: Request<v1::StreamInboxRequest>,

@@ -53,6 +53,15 @@ enum Key {
     Inbox(Role, String),
 }
 
+impl Key {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Conversation(_) => "conversation",
+            Self::Inbox(..) => "inbox",
+        }
+    }
+}
+
 pub struct Hub {
     subscribers: Subscribers<Key>,
     next_id: AtomicU64,
@@ -74,7 +83,11 @@ pub struct Subscription {
 impl Subscription {
     /// Whether wake-ups were dropped since the last call (the stream must catch up).
     pub fn take_lagged(&self) -> bool {
-        self.lagged.swap(false, Ordering::AcqRel)
+        let lagged = self.lagged.swap(false, Ordering::AcqRel);
+        if lagged {
+            crate::metrics::streams_resynced("lagged", 1);
+        }
+        lagged
     }
 }
 
@@ -92,6 +105,7 @@ impl Drop for Subscription {
             }
         }
         self.hub.open.fetch_sub(1, Ordering::AcqRel);
+        crate::metrics::streams_open(self.key.kind(), -1.0);
     }
 }
 
@@ -151,6 +165,7 @@ impl Hub {
                     lagged: Arc::clone(&lagged),
                 },
             );
+        crate::metrics::streams_open(key.kind(), 1.0);
         Ok(Subscription {
             hub: Arc::clone(self),
             key,
@@ -238,12 +253,15 @@ impl Hub {
         for entry in map.values().flat_map(HashMap::values) {
             offer(entry, Wake::Resync);
         }
+        crate::metrics::streams_resynced("listener", map.values().map(|e| e.len() as u64).sum());
     }
 }
 
 fn offer(entry: &Entry, wake: Wake) {
-    if let Err(mpsc::error::TrySendError::Full(_)) = entry.wakes.try_send(wake) {
-        entry.lagged.store(true, Ordering::Release);
+    if let Err(mpsc::error::TrySendError::Full(_)) = entry.wakes.try_send(wake)
+        && !entry.lagged.swap(true, Ordering::AcqRel)
+    {
+        crate::metrics::stream_lagged();
     }
 }
 

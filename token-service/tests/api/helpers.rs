@@ -70,7 +70,11 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(db_path: PathBuf, conversation_url: &str, extra: &[&str]) -> TestApp {
-    token_service::telemetry::init("text");
+    // Kept for the whole test process: dropping it would stop giving spans trace ids.
+    static TELEMETRY: std::sync::OnceLock<chat_common::telemetry::Telemetry> =
+        std::sync::OnceLock::new();
+    TELEMETRY
+        .get_or_init(|| token_service::telemetry::init(chat_common::telemetry::LogFormat::Text));
     let mut args = test_args(&db_path, conversation_url);
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let config = Config::try_parse_from(args).unwrap();
@@ -298,7 +302,8 @@ pub async fn spawn_conversation_service(database_url: &str, listen: &str) -> Con
         async move {
             let reply = health
                 .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
+                    // Readiness: the database is reachable and migrated.
+                    service: "chat.v1.ConversationService".into(),
                 })
                 .await;
             reply.ok().filter(|r| r.get_ref().status == 1).map(|_| ())
