@@ -8,3 +8,4 @@ pub mod reflection;
 pub mod rpc;
 pub mod shutdown;
 pub mod telemetry;
+pub mod testing;

@@ -24,6 +24,8 @@ pub struct TestApp {
     pub tokens: TokenServiceClient<Channel>,
     pub channel: Channel,
     pub db_path: PathBuf,
+    /// `GET /metrics`, when started with `--metrics-addr`.
+    pub metrics: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     pub handle: JoinHandle<()>,
 }
@@ -80,6 +82,7 @@ pub async fn spawn_app_with(db_path: PathBuf, conversation_url: &str, extra: &[&
     let config = Config::try_parse_from(args).unwrap();
     let app = Application::build(config).await.unwrap();
     let addr = app.local_addr();
+    let metrics = app.metrics_addr();
     let shutdown = app.shutdown_token();
     let handle = tokio::spawn(async move {
         app.run_until_stopped().await.unwrap();
@@ -94,6 +97,7 @@ pub async fn spawn_app_with(db_path: PathBuf, conversation_url: &str, extra: &[&
         tokens: TokenServiceClient::new(channel.clone()),
         channel,
         db_path,
+        metrics,
         shutdown,
         handle,
     }

@@ -9,6 +9,7 @@ mod helpers;
 mod end_to_end;
 mod faults;
 mod health;
+mod observability;
 mod redeem;
 mod sessions;
 mod tokens;

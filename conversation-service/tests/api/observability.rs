@@ -1,0 +1,223 @@
+//! What the platform sees: Prometheus metrics after real calls, and probes that fit
+//! Kubernetes (liveness stays SERVING in a database outage; readiness follows the
+//! database and turns NOT_SERVING first on SIGTERM).
+
+use std::time::Duration;
+
+use chat_common::testing::{sample, scrape};
+use chat_proto::v1;
+use tonic::{Code, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use uuid::Uuid;
+
+use crate::helpers::{
+    connect, create, free_port, fresh_database, provider, send, spawn_app_with, wait_serving,
+};
+
+const READINESS: &str = "chat.v1.ConversationService";
+
+fn handled(text: &str, method: &str, code: &str) -> f64 {
+    sample(
+        text,
+        "grpc_server_handled_total",
+        &[
+            ("grpc_service", "chat.v1.ConversationService"),
+            ("grpc_method", method),
+            ("grpc_type", "unary"),
+            ("grpc_code", code),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn metrics_count_every_rpc_with_its_code_and_the_service_figures() {
+    let url = fresh_database().await;
+    let mut app = spawn_app_with(&url, &["--metrics-addr", "127.0.0.1:0"]).await;
+    let metrics = app.metrics.expect("metrics address");
+    let before = scrape(metrics).await.unwrap();
+
+    let id = create(&mut app.client, "p1").await.conversation_id;
+    send(&mut app.client, &id, provider("p1"), "hello")
+        .await
+        .unwrap();
+    let refused = send(&mut app.client, &id, provider("someone-else"), "hi")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let missing = app
+        .client
+        .get_conversation(v1::GetConversationRequest {
+            conversation_id: Uuid::new_v4().to_string(),
+            viewer: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let mut stream = app
+        .client
+        .stream_conversation(v1::StreamConversationRequest {
+            conversation_id: id.clone(),
+            viewer: provider("p1"),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap();
+
+    let after = scrape(metrics).await.unwrap();
+    let delta = |f: &dyn Fn(&str) -> f64| f(&after) - f(&before);
+    assert!(delta(&|t| handled(t, "CreateConversation", "OK")) >= 1.0);
+    assert!(delta(&|t| handled(t, "SendMessage", "OK")) >= 1.0);
+    assert!(delta(&|t| handled(t, "SendMessage", "PermissionDenied")) >= 1.0);
+    assert!(delta(&|t| handled(t, "GetConversation", "NotFound")) >= 1.0);
+    let started = |t: &str| {
+        sample(
+            t,
+            "grpc_server_started_total",
+            &[
+                ("grpc_method", "StreamConversation"),
+                ("grpc_type", "server_stream"),
+            ],
+        )
+    };
+    assert!(delta(&started) >= 1.0, "{after}");
+    let latency = |t: &str| {
+        sample(
+            t,
+            "grpc_server_handling_seconds_count",
+            &[("grpc_method", "SendMessage")],
+        )
+    };
+    assert!(delta(&latency) >= 2.0);
+    // Service figures: the open stream, the batch its message went out in, the pool.
+    assert!(sample(&after, "chat_streams_open", &[("kind", "conversation")]) >= 1.0);
+    assert!(delta(&|t| sample(t, "chat_send_batch_size_count", &[])) >= 1.0);
+    assert!(delta(&|t| sample(t, "chat_send_write_seconds_count", &[])) >= 1.0);
+    assert!(sample(&after, "chat_db_pool_max_connections", &[]) >= 1.0);
+    assert!(after.contains("chat_db_pool_connections{state=\"in_use\"}"));
+
+    // The stream ends: it is counted as handled once it is over.
+    drop(stream);
+    let ended = |t: &str| {
+        sample(
+            t,
+            "grpc_server_handled_total",
+            &[
+                ("grpc_method", "StreamConversation"),
+                ("grpc_code", "Canceled"),
+            ],
+        )
+    };
+    let mut counted = false;
+    for _ in 0..100 {
+        if ended(&scrape(metrics).await.unwrap()) > ended(&before) {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(counted, "a cancelled stream is counted as Canceled");
+}
+
+async fn health(channel: &Channel, service: &str) -> ServingStatus {
+    let reply = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap();
+    ServingStatus::try_from(reply.into_inner().status).unwrap()
+}
+
+async fn wait_for(channel: &Channel, service: &str, want: ServingStatus) {
+    for _ in 0..400 {
+        if health(channel, service).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{service} never became {want:?}");
+}
+
+#[tokio::test]
+async fn liveness_stays_serving_while_readiness_follows_an_unreachable_database() {
+    // A database that does not exist: the service starts, alive but not ready.
+    let url = format!(
+        "postgres://postgres@127.0.0.1:5432/cs_test_missing_{}",
+        Uuid::new_v4().simple()
+    );
+    let addr = free_port();
+    let config = <conversation_service::config::Config as clap::Parser>::try_parse_from([
+        "conversation-service",
+        "--listen",
+        &addr.to_string(),
+        "--database-url",
+        &url,
+        "--db-acquire-timeout",
+        "300ms",
+    ])
+    .unwrap();
+    let app = conversation_service::startup::Application::build(config)
+        .await
+        .unwrap();
+    let _stop = app.shutdown_token().drop_guard();
+    tokio::spawn(app.run_until_stopped());
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    // Several health rounds pass: readiness never turns on, liveness never turns off.
+    for _ in 0..5 {
+        assert_eq!(health(&channel, "").await, ServingStatus::Serving);
+        assert_eq!(health(&channel, READINESS).await, ServingStatus::NotServing);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_turns_readiness_off_first_and_keeps_serving_until_the_delay_ends() {
+    let url = fresh_database().await;
+    let addr = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_conversation-service"))
+        .args(["--listen", &addr.to_string(), "--database-url", &url])
+        // Long enough never to end on its own during the test: a second signal ends it.
+        .args(["--drain-delay", "10m"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_serving(addr).await;
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    let kill = |pid: u32| {
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    assert!(kill(child.id()).success());
+    wait_for(&channel, READINESS, ServingStatus::NotServing).await;
+    assert_eq!(health(&channel, "").await, ServingStatus::Serving);
+    // Still answering while load balancers take it out of rotation.
+    let mut client = connect(addr).await;
+    create(&mut client, "p1").await;
+
+    // A second SIGTERM skips the rest of the delay: it drains and exits cleanly.
+    assert!(kill(child.id()).success());
+    let exited = tokio::task::spawn_blocking(move || {
+        for _ in 0..400 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        None
+    })
+    .await
+    .unwrap();
+    assert_eq!(exited, Some(true));
+}

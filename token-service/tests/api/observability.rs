@@ -1,0 +1,223 @@
+//! What the platform sees: Prometheus metrics after real calls (this service's RPCs, its
+//! calls to conversation-service, the outbox and SQLite), and one trace over both
+//! services for a RedeemToken, visible in both services' log lines.
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use chat_common::{
+    telemetry::{LogFormat, subscriber, tracer_provider},
+    testing::{sample, scrape},
+};
+use chat_proto::v1::{ConversationState, RedeemTokenRequest};
+use serde_json::Value;
+use tonic::Code;
+use uuid::Uuid;
+
+use crate::helpers::{
+    eventually, fresh_database, new_provider, spawn_app_with, spawn_conversation_service,
+    temp_db_path,
+};
+
+fn server(text: &str, method: &str, code: &str) -> f64 {
+    sample(
+        text,
+        "grpc_server_handled_total",
+        &[
+            ("grpc_service", "chat.v1.TokenService"),
+            ("grpc_method", method),
+            ("grpc_type", "unary"),
+            ("grpc_code", code),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn metrics_count_rpcs_calls_to_conversation_service_and_the_store() {
+    let conv = spawn_conversation_service(&fresh_database().await, "127.0.0.1:0").await;
+    let app = spawn_app_with(
+        temp_db_path(),
+        &conv.url,
+        &["--metrics-addr", "127.0.0.1:0"],
+    )
+    .await;
+    let metrics = app.metrics.expect("metrics address");
+    let before = scrape(metrics).await.unwrap();
+
+    let prov = new_provider();
+    let issued = app.issue(&prov, 1).await;
+    let redeemed = app.redeem(&prov, &issued.secret).await.unwrap();
+    let session = redeemed.session.unwrap();
+    assert_eq!(
+        session.conversation_state,
+        ConversationState::Ready as i32,
+        "created inline"
+    );
+    // Guesses: unknown links until the caller is refused for guessing.
+    let mut refused = false;
+    for _ in 0..12 {
+        let guess = app.redeem(&prov, &format!("ctk_{}", "x".repeat(43))).await;
+        refused |= guess.unwrap_err().code() == Code::ResourceExhausted;
+    }
+    assert!(refused);
+
+    let after = scrape(metrics).await.unwrap();
+    let delta = |f: &dyn Fn(&str) -> f64| f(&after) - f(&before);
+    assert!(delta(&|t| server(t, "IssueToken", "OK")) >= 1.0, "{after}");
+    assert!(delta(&|t| server(t, "RedeemToken", "OK")) >= 1.0);
+    assert!(delta(&|t| server(t, "RedeemToken", "ResourceExhausted")) >= 1.0);
+    assert!(
+        delta(
+            &|t| server(t, "RedeemToken", "NotFound") + server(t, "RedeemToken", "InvalidArgument")
+        ) >= 1.0
+    );
+    let client = |t: &str| {
+        sample(
+            t,
+            "grpc_client_handled_total",
+            &[
+                ("grpc_service", "chat.v1.ConversationService"),
+                ("grpc_method", "CreateConversation"),
+                ("grpc_code", "OK"),
+            ],
+        )
+    };
+    assert!(delta(&client) >= 1.0);
+    let client_latency = |t: &str| {
+        sample(
+            t,
+            "grpc_client_handling_seconds_count",
+            &[("grpc_method", "CreateConversation")],
+        )
+    };
+    assert!(delta(&client_latency) >= 1.0);
+    assert!(delta(&|t| sample(t, "token_failed_guesses_total", &[])) >= 10.0);
+    assert!(delta(&|t| sample(t, "token_failed_guess_refusals_total", &[])) >= 1.0);
+    assert!(delta(&|t| sample(t, "token_sqlite_call_seconds_count", &[])) >= 3.0);
+    assert!(after.contains("token_sqlite_queue_length"));
+    // The outbox figures come with the health probe (every 100 ms in tests).
+    eventually(Duration::from_secs(10), || async move {
+        let text = scrape(metrics).await.ok()?;
+        (text.contains("token_outbox_depth")
+            && text.contains("token_outbox_oldest_pending_age_seconds")
+            && text.contains("token_outbox_failed_jobs"))
+        .then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+/// Log lines written to memory.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    fn lines(&self) -> Vec<Value> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+}
+
+/// The per-RPC line of `service/method`.
+fn rpc_line<'a>(
+    lines: &'a [Value],
+    service: &str,
+    method: &str,
+    trace_id: &str,
+) -> Option<&'a Value> {
+    lines.iter().find(|l| {
+        l["message"] == "rpc"
+            && l["grpc_service"] == service
+            && l["grpc_method"] == method
+            && l["trace_id"] == trace_id
+    })
+}
+
+// Current-thread runtime: both services run on this thread, so the capturing
+// subscriber set here sees everything they log.
+#[tokio::test(flavor = "current_thread")]
+async fn a_redeem_is_one_trace_over_both_services_and_every_rpc_line_has_a_trace_id() {
+    let capture = Capture::default();
+    let sink = capture.clone();
+    let provider = tracer_provider("token-chat-test");
+    let _logs = tracing::subscriber::set_default(subscriber(
+        "token-chat-test",
+        LogFormat::Json,
+        move || sink.clone(),
+        false,
+        &provider,
+    ));
+    let conv = spawn_conversation_service(&fresh_database().await, "127.0.0.1:0").await;
+    let app = spawn_app_with(temp_db_path(), &conv.url, &[]).await;
+    let prov = new_provider();
+    let issued = app.issue(&prov, 1).await;
+
+    let trace_id = format!("{:032x}", Uuid::new_v4().as_u128());
+    let mut request = tonic::Request::new(RedeemTokenRequest {
+        request_id: Uuid::new_v4().to_string(),
+        provider_id: prov.clone(),
+        secret: issued.secret.clone(),
+        customer_id: String::new(),
+        new_conversation: false,
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    let redeemed = app
+        .tokens
+        .clone()
+        .redeem_token(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let session = redeemed.session.unwrap();
+    assert_eq!(session.conversation_state, ConversationState::Ready as i32);
+
+    let lines = capture.lines();
+    let redeem = rpc_line(&lines, "chat.v1.TokenService", "RedeemToken", &trace_id)
+        .expect("token-service's RedeemToken line carries the caller's trace id");
+    assert_eq!(redeem["grpc_code"], "OK");
+    assert_eq!(redeem["session_id"], session.session_id.as_str());
+    assert_eq!(redeem["conversation_id"], session.conversation_id.as_str());
+    assert!(redeem["latency_ms"].as_f64().is_some());
+    let create = rpc_line(
+        &lines,
+        "chat.v1.ConversationService",
+        "CreateConversation",
+        &trace_id,
+    )
+    .expect("conversation-service's CreateConversation line is in the same trace");
+    assert_eq!(create["conversation_id"], session.conversation_id.as_str());
+    assert_eq!(create["grpc_code"], "OK");
+
+    // Without a traceparent a call starts its own trace, and its line names it.
+    let issue = lines
+        .iter()
+        .find(|l| l["message"] == "rpc" && l["grpc_method"] == "IssueToken")
+        .expect("IssueToken's line");
+    let own = issue["trace_id"].as_str().unwrap_or_default();
+    assert_eq!(own.len(), 32, "{issue}");
+    assert_ne!(own, trace_id);
+    app.stop().await;
+}
