@@ -14,7 +14,7 @@
 //!   "relation _sqlx_migrations already exists, skipping") are shown only from `warn` on
 //!   unless `RUST_LOG` names `sqlx` itself.
 
-use std::{collections::BTreeMap, fmt, io::IsTerminal, net::SocketAddr, time::SystemTime};
+use std::{fmt, io::IsTerminal, net::SocketAddr, time::SystemTime};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
@@ -176,19 +176,29 @@ where
         event.record(&mut JsonVisitor(&mut fields));
         // Tracing's own names for the span bookkeeping fields are noise in a log line.
         fields.retain(|key, _| !key.starts_with("otel."));
-        let mut line = BTreeMap::new();
-        line.insert(
-            "timestamp",
-            Value::from(humantime::format_rfc3339_micros(SystemTime::now()).to_string()),
-        );
-        line.insert("level", Value::from(meta.level().as_str()));
-        line.insert("app", Value::from(self.app));
-        line.insert("target", Value::from(meta.target()));
-        let mut text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
-        if !fields.is_empty() {
+        // Fixed keys first, in this order, then the fields.
+        let fixed = [
+            (
+                "timestamp",
+                humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            ),
+            ("level", meta.level().as_str().to_owned()),
+            ("app", self.app.to_owned()),
+            ("target", meta.target().to_owned()),
+        ];
+        let mut text = String::from("{");
+        for (i, (key, value)) in fixed.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            text.push_str(&format!("\"{key}\":"));
+            text.push_str(&serde_json::to_string(value).map_err(|_| fmt::Error)?);
+        }
+        if fields.is_empty() {
+            text.push('}');
+        } else {
+            // `{fixed` + `,` + `fields}` without the fields' opening brace.
             let rest = serde_json::to_string(&fields).map_err(|_| fmt::Error)?;
-            // Splice the two objects: `{fixed}` + `{fields}` -> `{fixed,fields}`.
-            text.pop();
             text.push(',');
             text.push_str(&rest[1..]);
         }
