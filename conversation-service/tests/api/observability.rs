@@ -221,3 +221,106 @@ async fn sigterm_turns_readiness_off_first_and_keeps_serving_until_the_delay_end
     .unwrap();
     assert_eq!(exited, Some(true));
 }
+
+mod collector {
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    };
+    use tokio::sync::mpsc;
+    use tonic::{Request, Response, Status};
+
+    /// An OTLP trace receiver: every export request goes to the channel.
+    pub struct Collector(pub mpsc::UnboundedSender<ExportTraceServiceRequest>);
+
+    #[tonic::async_trait]
+    impl TraceService for Collector {
+        async fn export(
+            &self,
+            request: Request<ExportTraceServiceRequest>,
+        ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+            let _ = self.0.send(request.into_inner());
+            Ok(Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }))
+        }
+    }
+
+    pub fn server(collector: Collector) -> TraceServiceServer<Collector> {
+        TraceServiceServer::new(collector)
+    }
+}
+
+#[tokio::test]
+async fn with_an_otlp_endpoint_each_rpc_is_exported_as_a_span_of_the_callers_trace() {
+    let (spans, mut exported) = tokio::sync::mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(collector::server(collector::Collector(spans)))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+
+    let url = fresh_database().await;
+    let addr = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_conversation-service"))
+        .args(["--listen", &addr.to_string(), "--database-url", &url])
+        .args(["--drain-delay", "0s"])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_serving(addr).await;
+    let trace_id = Uuid::new_v4().as_u128();
+    let parent_span = 0x00f0_67aa_0ba9_02b7_u64;
+    let mut request = tonic::Request::new(v1::CreateConversationRequest {
+        request_id: Uuid::new_v4().to_string(),
+        provider_id: "p1".into(),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id:032x}-{parent_span:016x}-01")
+            .parse()
+            .unwrap(),
+    );
+    connect(addr)
+        .await
+        .create_conversation(request)
+        .await
+        .unwrap();
+
+    // Stopping flushes what the batch exporter still holds.
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let exited = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exited.success());
+
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(export) = exported.recv().await {
+            let span = export
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .flat_map(|s| &s.spans)
+                .find(|s| s.trace_id == trace_id.to_be_bytes())
+                .cloned();
+            if span.is_some() {
+                return span;
+            }
+        }
+        None
+    })
+    .await
+    .expect("a span is exported")
+    .expect("the collector got the RPC's span");
+    assert_eq!(found.name, "chat.v1.ConversationService/CreateConversation");
+    assert_eq!(found.parent_span_id, parent_span.to_be_bytes());
+}
