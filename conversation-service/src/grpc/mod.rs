@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -64,6 +65,15 @@ fn next_page<T>(rows: &mut Vec<T>, size: i64, token: impl Fn(&T) -> String) -> S
     }
 }
 
+/// Puts a list's or an inbox's owner on the RPC's log line.
+fn record_owner(owner: &Participant) {
+    let field = match owner.role {
+        crate::domain::Role::Provider => "provider_id",
+        crate::domain::Role::Customer => "customer_id",
+    };
+    chat_common::rpc::record(field, &owner.id);
+}
+
 #[tonic::async_trait]
 impl ConversationService for ConversationApi {
     async fn create_conversation(
@@ -118,6 +128,7 @@ impl ConversationService for ConversationApi {
     ) -> GrpcResult<v1::ListConversationsResponse> {
         let request = request.into_inner();
         let owner = Participant::parse_owner("participant", request.participant.as_ref())?;
+        record_owner(&owner);
         let status = ConversationStatus::parse_filter("status", request.status)?;
         let (default, max) = CONVERSATIONS_PAGE;
         let size = PageSize::parse("page_size", request.page_size, default, max)?.0;
@@ -295,14 +306,18 @@ impl ConversationService for ConversationApi {
             .into());
         }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(streams::conversation_stream(
-            self.streams.clone(),
-            subscription,
-            conversation,
-            viewer,
-            after_seq,
-            tx,
-        ));
+        // The stream task logs inside the RPC's span: its lines carry the trace id too.
+        tokio::spawn(
+            streams::conversation_stream(
+                self.streams.clone(),
+                subscription,
+                conversation,
+                viewer,
+                after_seq,
+                tx,
+            )
+            .in_current_span(),
+        );
         ok(ReceiverStream::new(rx))
     }
 
@@ -314,6 +329,7 @@ impl ConversationService for ConversationApi {
     ) -> GrpcResult<Self::StreamInboxStream> {
         let request = request.into_inner();
         let owner = Participant::parse_owner("participant", request.participant.as_ref())?;
+        record_owner(&owner);
         let resumed = !request.cursor.is_empty();
         let cursor = if resumed {
             Some(InboxCursor::decode("cursor", &request.cursor)?)
@@ -326,14 +342,17 @@ impl ConversationService for ConversationApi {
             None => InboxCursor::at(self.store.current_snapshot().await?),
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(streams::inbox_stream(
-            self.streams.clone(),
-            subscription,
-            owner,
-            cursor,
-            resumed,
-            tx,
-        ));
+        tokio::spawn(
+            streams::inbox_stream(
+                self.streams.clone(),
+                subscription,
+                owner,
+                cursor,
+                resumed,
+                tx,
+            )
+            .in_current_span(),
+        );
         ok(ReceiverStream::new(rx))
     }
 }
