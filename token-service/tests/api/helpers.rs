@@ -72,13 +72,27 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(db_path: PathBuf, conversation_url: &str, extra: &[&str]) -> TestApp {
+    let mut args = test_args(&db_path, conversation_url);
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    spawn_app_from(db_path, args).await
+}
+
+/// `test_args` with `flag`'s value replaced (clap refuses a flag given twice).
+pub fn with_flag(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {
+    match args.iter().position(|a| a == flag) {
+        Some(i) => args[i + 1] = value.to_owned(),
+        None => args.extend([flag.to_owned(), value.to_owned()]),
+    }
+    args
+}
+
+/// Starts token-service with exactly `args` (from `test_args`).
+pub async fn spawn_app_from(db_path: PathBuf, args: Vec<String>) -> TestApp {
     // Kept for the whole test process: dropping it would stop giving spans trace ids.
     static TELEMETRY: std::sync::OnceLock<chat_common::telemetry::Telemetry> =
         std::sync::OnceLock::new();
     TELEMETRY
         .get_or_init(|| token_service::telemetry::init(chat_common::telemetry::LogFormat::Text));
-    let mut args = test_args(&db_path, conversation_url);
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
     let config = Config::try_parse_from(args).unwrap();
     let app = Application::build(config).await.unwrap();
     let addr = app.local_addr();

@@ -18,9 +18,23 @@ use tonic::Code;
 use uuid::Uuid;
 
 use crate::helpers::{
-    eventually, fresh_database, new_provider, spawn_app_with, spawn_conversation_service,
-    temp_db_path,
+    TestApp, eventually, fresh_database, new_provider, spawn_app_from, spawn_conversation_service,
+    temp_db_path, test_args, with_flag,
 };
+
+/// token-service that waits long enough for conversation-service on a busy machine, so
+/// a redemption's conversation is created inline (within the RPC and its trace).
+async fn spawn_patient_app(conversation_url: &str, extra: &[&str]) -> TestApp {
+    let db_path = temp_db_path();
+    let mut args = with_flag(
+        test_args(&db_path, conversation_url),
+        "--inline-wait",
+        "20s",
+    );
+    args = with_flag(args, "--call-timeout", "10s");
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    spawn_app_from(db_path, args).await
+}
 
 fn server(text: &str, method: &str, code: &str) -> f64 {
     sample(
@@ -38,12 +52,7 @@ fn server(text: &str, method: &str, code: &str) -> f64 {
 #[tokio::test]
 async fn metrics_count_rpcs_calls_to_conversation_service_and_the_store() {
     let conv = spawn_conversation_service(&fresh_database().await, "127.0.0.1:0").await;
-    let app = spawn_app_with(
-        temp_db_path(),
-        &conv.url,
-        &["--metrics-addr", "127.0.0.1:0"],
-    )
-    .await;
+    let app = spawn_patient_app(&conv.url, &["--metrics-addr", "127.0.0.1:0"]).await;
     let metrics = app.metrics.expect("metrics address");
     let before = scrape(metrics).await.unwrap();
 
@@ -166,7 +175,7 @@ async fn a_redeem_is_one_trace_over_both_services_and_every_rpc_line_has_a_trace
         &provider,
     ));
     let conv = spawn_conversation_service(&fresh_database().await, "127.0.0.1:0").await;
-    let app = spawn_app_with(temp_db_path(), &conv.url, &[]).await;
+    let app = spawn_patient_app(&conv.url, &[]).await;
     let prov = new_provider();
     let issued = app.issue(&prov, 1).await;
 
