@@ -6,9 +6,14 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-/// A stream opened (`+1`) or ended (`-1`); `kind` is `conversation` or `inbox`.
-pub fn streams_open(kind: &'static str, delta: f64) {
-    metrics::gauge!("chat_streams_open", "kind" => kind).increment(delta);
+use crate::realtime::Hub;
+
+/// Read at each scrape: open streams by kind.
+#[allow(clippy::cast_precision_loss)]
+pub fn sample_streams(hub: &Hub) {
+    let (conversation, inbox) = hub.open_by_kind();
+    metrics::gauge!("chat_streams_open", "kind" => "conversation").set(conversation as f64);
+    metrics::gauge!("chat_streams_open", "kind" => "inbox").set(inbox as f64);
 }
 
 /// A stream's wake-up queue overflowed: it is lagging and will catch up from the table.

@@ -155,8 +155,11 @@ impl Application {
             config.drain.drain_delay,
         ));
         if let Some(metrics) = metrics {
-            let pool = pool.clone();
-            let sample = move || crate::metrics::sample_pool(&pool);
+            let (pool, hub) = (pool.clone(), Arc::clone(&hub));
+            let sample = move || {
+                crate::metrics::sample_pool(&pool);
+                crate::metrics::sample_streams(&hub);
+            };
             tokio::spawn(metrics.serve(sample, background.clone()));
         }
 

@@ -53,15 +53,6 @@ enum Key {
     Inbox(Role, String),
 }
 
-impl Key {
-    fn kind(&self) -> &'static str {
-        match self {
-            Self::Conversation(_) => "conversation",
-            Self::Inbox(..) => "inbox",
-        }
-    }
-}
-
 pub struct Hub {
     subscribers: Subscribers<Key>,
     next_id: AtomicU64,
@@ -105,7 +96,6 @@ impl Drop for Subscription {
             }
         }
         self.hub.open.fetch_sub(1, Ordering::AcqRel);
-        crate::metrics::streams_open(self.key.kind(), -1.0);
     }
 }
 
@@ -124,6 +114,18 @@ impl Hub {
     /// Streams open in this process.
     pub fn open_streams(&self) -> usize {
         self.open.load(Ordering::Acquire)
+    }
+
+    /// Open streams by kind: (conversation streams, inbox streams).
+    pub fn open_by_kind(&self) -> (usize, usize) {
+        let map = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.iter().fold((0, 0), |(c, i), (key, entries)| match key {
+            Key::Conversation(_) => (c + entries.len(), i),
+            Key::Inbox(..) => (c, i + entries.len()),
+        })
     }
 
     pub fn is_listening(&self) -> bool {
@@ -165,7 +167,6 @@ impl Hub {
                     lagged: Arc::clone(&lagged),
                 },
             );
-        crate::metrics::streams_open(key.kind(), 1.0);
         Ok(Subscription {
             hub: Arc::clone(self),
             key,
