@@ -26,6 +26,8 @@ pub struct TestApp {
     pub db_path: PathBuf,
     /// `GET /metrics`, when started with `--metrics-addr`.
     pub metrics: Option<SocketAddr>,
+    /// The service's own database handle, to reach under the API (reopen it, ...).
+    pub store: token_service::store::Store,
     pub shutdown: CancellationToken,
     pub handle: JoinHandle<()>,
 }
@@ -73,28 +75,24 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(db_path: PathBuf, conversation_url: &str, extra: &[&str]) -> TestApp {
     let mut args = test_args(&db_path, conversation_url);
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    spawn_app_from(db_path, args).await
-}
-
-/// `test_args` with `flag`'s value replaced (clap refuses a flag given twice).
-pub fn with_flag(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {
-    match args.iter().position(|a| a == flag) {
-        Some(i) => args[i + 1] = value.to_owned(),
-        None => args.extend([flag.to_owned(), value.to_owned()]),
-    }
-    args
-}
-
-/// Starts token-service with exactly `args` (from `test_args`).
-pub async fn spawn_app_from(db_path: PathBuf, args: Vec<String>) -> TestApp {
     // Kept for the whole test process: dropping it would stop giving spans trace ids.
     static TELEMETRY: std::sync::OnceLock<chat_common::telemetry::Telemetry> =
         std::sync::OnceLock::new();
     TELEMETRY
         .get_or_init(|| token_service::telemetry::init(chat_common::telemetry::LogFormat::Text));
+    // A flag `test_args` already sets gets the new value; others are added.
+    let mut extra = extra.iter();
+    while let Some(arg) = extra.next() {
+        match args.iter().position(|a| a == arg) {
+            Some(at) if arg.starts_with("--") => {
+                args[at + 1] = (*extra.next().expect("a value for the flag")).to_owned();
+            }
+            _ => args.push((*arg).to_owned()),
+        }
+    }
     let config = Config::try_parse_from(args).unwrap();
     let app = Application::build(config).await.unwrap();
+    let store = app.store();
     let addr = app.local_addr();
     let metrics = app.metrics_addr();
     let shutdown = app.shutdown_token();
@@ -112,6 +110,7 @@ pub async fn spawn_app_from(db_path: PathBuf, args: Vec<String>) -> TestApp {
         channel,
         db_path,
         metrics,
+        store,
         shutdown,
         handle,
     }
@@ -164,7 +163,7 @@ impl TestApp {
     }
 
     /// Every row that matters, so a refused call can be shown to have changed nothing.
-    /// Outbox bookkeeping (attempts, leases) is left out: the worker moves it on its own.
+    /// Outbox bookkeeping (attempts, retry times) is left out: the worker moves it on its own.
     pub fn db_dump(&self) -> String {
         db_dump(&self.db_path)
     }

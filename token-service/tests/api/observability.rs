@@ -18,22 +18,16 @@ use tonic::Code;
 use uuid::Uuid;
 
 use crate::helpers::{
-    TestApp, eventually, fresh_database, new_provider, spawn_app_from, spawn_conversation_service,
-    temp_db_path, test_args, with_flag,
+    TestApp, eventually, fresh_database, new_provider, spawn_app_with, spawn_conversation_service,
+    temp_db_path,
 };
 
 /// token-service that waits long enough for conversation-service on a busy machine, so
 /// a redemption's conversation is created inline (within the RPC and its trace).
 async fn spawn_patient_app(conversation_url: &str, extra: &[&str]) -> TestApp {
-    let db_path = temp_db_path();
-    let mut args = with_flag(
-        test_args(&db_path, conversation_url),
-        "--inline-wait",
-        "20s",
-    );
-    args = with_flag(args, "--call-timeout", "10s");
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    spawn_app_from(db_path, args).await
+    let mut flags = vec!["--inline-wait", "20s", "--call-timeout", "10s"];
+    flags.extend_from_slice(extra);
+    spawn_app_with(temp_db_path(), conversation_url, &flags).await
 }
 
 fn server(text: &str, method: &str, code: &str) -> f64 {
