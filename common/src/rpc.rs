@@ -466,6 +466,12 @@ where
                 {
                     call.finish(status.code(), status.message());
                 }
+                // The server's deadline bounds the handler, not a stream it returned.
+                if let Some(call) = call.as_mut()
+                    && *this.side == Side::Server
+                {
+                    call.deadline = None;
+                }
                 Ok(response.map(|body| Observed { body, call }))
             }
             Err(error) => {
