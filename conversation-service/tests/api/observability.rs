@@ -122,6 +122,53 @@ async fn metrics_count_every_rpc_with_its_code_and_the_service_figures() {
     assert!(counted, "a cancelled stream is counted as Canceled");
 }
 
+#[tokio::test]
+async fn a_stream_outliving_the_request_timeout_then_cancelled_counts_as_canceled() {
+    let url = fresh_database().await;
+    let flags = ["--metrics-addr", "127.0.0.1:0", "--request-timeout", "2s"];
+    let mut app = spawn_app_with(&url, &flags).await;
+    let metrics = app.metrics.expect("metrics address");
+    let id = create(&mut app.client, "p1").await.conversation_id;
+    let count = |text: &str, code: &str| {
+        sample(
+            text,
+            "grpc_server_handled_total",
+            &[("grpc_method", "StreamConversation"), ("grpc_code", code)],
+        )
+    };
+    let before = scrape(metrics).await.unwrap();
+    let mut stream = app
+        .client
+        .stream_conversation(v1::StreamConversationRequest {
+            conversation_id: id,
+            viewer: provider("p1"),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap();
+    // Past the request timeout: the stream is not cut by it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    drop(stream);
+    let mut after = String::new();
+    for _ in 0..100 {
+        after = scrape(metrics).await.unwrap();
+        if count(&after, "Canceled") > count(&before, "Canceled") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        count(&after, "Canceled") > count(&before, "Canceled"),
+        "{after}"
+    );
+    assert!(
+        count(&after, "DeadlineExceeded") <= count(&before, "DeadlineExceeded"),
+        "{after}"
+    );
+}
+
 async fn health(channel: &Channel, service: &str) -> ServingStatus {
     let reply = HealthClient::new(channel.clone())
         .check(HealthCheckRequest {
