@@ -371,3 +371,83 @@ async fn with_an_otlp_endpoint_each_rpc_is_exported_as_a_span_of_the_callers_tra
     assert_eq!(found.name, "chat.v1.ConversationService/CreateConversation");
     assert_eq!(found.parent_span_id, parent_span.to_be_bytes());
 }
+
+/// Runs the binary on an already migrated database with stdout piped (not a terminal),
+/// stops it, and returns what it wrote.
+async fn output_of_a_run(database_url: &str, envs: &[(&str, &str)]) -> String {
+    let addr = free_port();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_conversation-service"));
+    command
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--database-url",
+            database_url,
+        ])
+        .args(["--drain-delay", "0s"])
+        .env_remove("LOG_FORMAT")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped());
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let child = command.spawn().unwrap();
+    wait_serving(addr).await;
+    let mut client = connect(addr).await;
+    create(&mut client, "p1").await;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn logs_off_a_terminal_have_no_colours_one_json_shape_and_no_migration_notice() {
+    let url = fresh_database().await;
+    // Migrated once, so the next start meets an existing _sqlx_migrations table.
+    drop(spawn_app_with(&url, &[]).await);
+
+    let text = output_of_a_run(&url, &[]).await;
+    assert!(text.contains("serving"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "ANSI escapes in piped output: {text}"
+    );
+    assert!(!text.contains("_sqlx_migrations"), "{text}");
+    assert!(
+        text.contains("grpc_method=\"CreateConversation\""),
+        "{text}"
+    );
+
+    let json = output_of_a_run(&url, &[("LOG_FORMAT", "json")]).await;
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    for line in &lines {
+        for key in ["timestamp", "level", "app", "target", "message"] {
+            assert!(line.get(key).is_some(), "{key} missing in {line}");
+        }
+        assert_eq!(line["app"], "conversation-service");
+    }
+    let rpc = lines
+        .iter()
+        .find(|l| l["message"] == "rpc" && l["grpc_method"] == "CreateConversation")
+        .expect("the per-RPC line");
+    assert_eq!(rpc["grpc_code"], "OK");
+    assert_eq!(rpc["grpc_service"], "chat.v1.ConversationService");
+    assert_eq!(rpc["provider_id"], "p1");
+    assert!(rpc["conversation_id"].is_string());
+    assert_eq!(rpc["trace_id"].as_str().map(str::len), Some(32));
+    assert!(rpc["latency_ms"].is_f64());
+
+    // The notice is only hidden, not gone: asking for sqlx's lines shows it.
+    let loud = output_of_a_run(&url, &[("RUST_LOG", "info,sqlx=info")]).await;
+    assert!(loud.contains("_sqlx_migrations"), "{loud}");
+}
