@@ -224,3 +224,79 @@ async fn a_redeem_is_one_trace_over_both_services_and_every_rpc_line_has_a_trace
     assert_ne!(own, trace_id);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn json_logs_have_the_same_shape_as_conversation_services() {
+    let db_path = temp_db_path();
+    let addr = crate::helpers::free_addr();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_token-service"))
+        .args(["--listen", &addr.to_string()])
+        .arg("--database")
+        .arg(&db_path)
+        .args(["--conversation-service", crate::helpers::NOWHERE])
+        .args(["--drain-delay", "0s"])
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    let mut tokens = chat_proto::v1::token_service_client::TokenServiceClient::new(channel);
+    let issued = eventually(Duration::from_secs(10), || {
+        let mut tokens = tokens.clone();
+        async move {
+            tokens
+                .issue_token(chat_proto::v1::IssueTokenRequest {
+                    provider_id: "p1".into(),
+                    label: "l".into(),
+                    ttl: None,
+                    max_uses: 1,
+                })
+                .await
+                .ok()
+        }
+    })
+    .await
+    .into_inner();
+    let refused = tokens
+        .check_token(chat_proto::v1::CheckTokenRequest {
+            provider_id: "p1".into(),
+            secret: "nonsense".into(),
+        })
+        .await;
+    assert!(refused.is_err());
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    for line in &lines {
+        for key in ["timestamp", "level", "app", "target", "message"] {
+            assert!(line.get(key).is_some(), "{key} missing in {line}");
+        }
+        assert_eq!(line["app"], "token-service");
+    }
+    let issue = lines
+        .iter()
+        .find(|l| l["message"] == "rpc" && l["grpc_method"] == "IssueToken")
+        .expect("IssueToken's line");
+    assert_eq!(issue["grpc_code"], "OK");
+    assert_eq!(issue["token_id"], issued.token.unwrap().token_id.as_str());
+    assert!(!text.contains(&issued.secret), "a secret in the logs");
+    let check = lines
+        .iter()
+        .find(|l| l["message"] == "rpc" && l["grpc_method"] == "CheckToken")
+        .expect("CheckToken's line");
+    assert_ne!(check["grpc_code"], "OK");
+    assert!(check["grpc_message"].is_string());
+}
