@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 use tracing::{Event, Subscriber, field::Field, level_filters::LevelFilter};
 use tracing_subscriber::{
     EnvFilter, Layer, Registry,
-    field::Visit,
+    field::{RecordFields, Visit},
     fmt::{
         FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter,
         format::{JsonFields, Writer},
@@ -115,6 +115,7 @@ where
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(writer)
             .with_ansi(ansi)
+            .fmt_fields(TextFields)
             .with_filter(log_filter())
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -206,6 +207,55 @@ where
     }
 }
 
+/// `key=value` fields for text lines, the message first and bare, without the
+/// `otel.*` fields that only steer the exported span.
+struct TextFields;
+
+impl<'w> FormatFields<'w> for TextFields {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut visitor = TextVisitor {
+            writer: &mut writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct TextVisitor<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Visit for TextVisitor<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"));
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let name = field.name();
+        if self.result.is_err() || name.starts_with("otel.") || name.starts_with("log.") {
+            return;
+        }
+        let separator = if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            " "
+        };
+        self.result = if name == "message" {
+            write!(self.writer, "{separator}{value:?}")
+        } else {
+            write!(self.writer, "{separator}{name}={value:?}")
+        };
+    }
+}
+
 /// Records an event's fields as JSON values.
 struct JsonVisitor<'a>(&'a mut Map<String, Value>);
 
@@ -264,28 +314,40 @@ mod tests {
         }
     }
 
-    #[test]
-    fn json_lines_flatten_span_and_event_fields_and_carry_no_ansi() {
+    fn captured(format: LogFormat) -> String {
         let capture = Capture::default();
         let sink = capture.clone();
         let provider = SdkTracerProvider::builder().build();
-        let subscriber = subscriber(
-            "test-app",
-            LogFormat::Json,
-            move || sink.clone(),
-            false,
-            &provider,
-        );
+        let subscriber = subscriber("test-app", format, move || sink.clone(), false, &provider);
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::error_span!(
                 "rpc",
+                otel.kind = "server",
                 grpc_method = "Send",
                 conversation_id = tracing::field::Empty
             );
             span.record("conversation_id", "c-1");
             span.in_scope(|| tracing::info!(seq = 3, "sent"));
         });
-        let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        let bytes = capture.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn text_lines_show_span_fields_but_not_otel_ones() {
+        let text = captured(LogFormat::Text);
+        assert!(
+            text.contains(r#"rpc{grpc_method="Send" conversation_id="c-1"}: "#),
+            "{text}"
+        );
+        assert!(text.contains("sent seq=3"), "{text}");
+        assert!(!text.contains("otel."), "{text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
+    }
+
+    #[test]
+    fn json_lines_flatten_span_and_event_fields_and_carry_no_ansi() {
+        let text = captured(LogFormat::Json);
         let line: Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(line["app"], "test-app");
         assert_eq!(line["level"], "INFO");
@@ -293,6 +355,7 @@ mod tests {
         assert_eq!(line["seq"], 3);
         assert_eq!(line["grpc_method"], "Send");
         assert_eq!(line["conversation_id"], "c-1");
+        assert!(line.get("otel.kind").is_none());
         assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
         assert!(!text.contains('\u{1b}'));
     }
