@@ -6,6 +6,6 @@ pub mod health;
 pub mod metrics;
 pub mod reflection;
 pub mod rpc;
+pub mod scrape;
 pub mod shutdown;
 pub mod telemetry;
-pub mod testing;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use chat_common::testing::{sample, scrape};
+use chat_common::scrape::{sample, scrape};
 use chat_proto::v1;
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{

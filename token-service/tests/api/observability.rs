@@ -9,8 +9,8 @@ use std::{
 };
 
 use chat_common::{
+    scrape::{sample, scrape},
     telemetry::{LogFormat, subscriber, tracer_provider},
-    testing::{sample, scrape},
 };
 use chat_proto::v1::{ConversationState, RedeemTokenRequest};
 use serde_json::Value;
