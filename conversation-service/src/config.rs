@@ -76,5 +76,8 @@ pub struct Config {
     pub telemetry: TelemetryArgs,
 
     #[command(flatten)]
+    pub security: chat_common::security::SecurityArgs,
+
+    #[command(flatten)]
     pub drain: DrainArgs,
 }

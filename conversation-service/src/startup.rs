@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::Context;
-use chat_common::{health::Probes, metrics::MetricsListener, rpc::ServerLayer};
+use chat_common::{health::Probes, metrics::MetricsListener, rpc::ServerLayer, security::Security};
 use chat_proto::v1::conversation_service_server::ConversationServiceServer;
 use sqlx::{
     PgPool,
@@ -22,11 +22,7 @@ use sqlx::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    Request, Status,
-    service::interceptor::InterceptedService,
-    transport::{Server, server::TcpIncoming},
-};
+use tonic::{Request, Status, service::interceptor::InterceptedService, transport::Server};
 
 use crate::{
     config::Config,
@@ -48,6 +44,7 @@ pub struct Application {
     pool: PgPool,
     hub: Arc<Hub>,
     migrated: Arc<AtomicBool>,
+    security: Security,
     shutdown: CancellationToken,
 }
 
@@ -59,6 +56,7 @@ impl Application {
     /// # Errors
     /// When the address cannot be bound or the database URL cannot be parsed.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let security = Security::load(&config.security)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -93,6 +91,7 @@ impl Application {
             pool,
             hub,
             migrated,
+            security,
             shutdown: CancellationToken::new(),
         })
     }
@@ -130,6 +129,7 @@ impl Application {
             pool,
             hub,
             migrated,
+            security,
             shutdown,
         } = self;
         let store = Store::new(pool.clone());
@@ -195,16 +195,14 @@ impl Application {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .tcp_nodelay(true)
+            .layer(security.layer())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(api)
-            // Our own listener (bound in build) does not inherit the builder's
-            // tcp_nodelay; without it Nagle adds ~40 ms to every streamed event.
+            // Our own listener (bound in build) sets TCP_NODELAY itself (see chat_common::tls).
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener)
-                    .with_nodelay(Some(true))
-                    .with_keepalive(Some(Duration::from_secs(60))),
+                security.incoming(listener, Duration::from_secs(60), shutdown.clone()),
                 shutdown.clone().cancelled_owned(),
             );
         tracing::info!(%local_addr, "serving");

@@ -4,11 +4,11 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use chat_common::{health::Probes, metrics::MetricsListener, rpc::ServerLayer};
+use chat_common::{health::Probes, metrics::MetricsListener, rpc::ServerLayer, security::Security};
 use chat_proto::v1::token_service_server::TokenServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -35,6 +35,7 @@ pub struct Application {
     store: Store,
     outbox: Outbox,
     conversations: Conversations,
+    security: Security,
     shutdown: CancellationToken,
 }
 
@@ -43,6 +44,8 @@ impl Application {
     /// unreachable conversation-service nor a database that cannot be opened yet stops
     /// the start: both are retried and reported by health.
     pub async fn build(config: Config) -> Result<Self, Error> {
+        let security =
+            Security::load(&config.security).map_err(|e| Error::Internal(e.to_string()))?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| Error::Internal(format!("binding {}: {e}", config.listen)))?;
@@ -61,8 +64,11 @@ impl Application {
         if let Err(e) = store.probe().await {
             tracing::warn!(error = %e, "database not usable yet; will retry");
         }
-        let conversations =
-            Conversations::new(&config.conversation_service, config.max_message_bytes)?;
+        let conversations = Conversations::new(
+            &config.conversation_service,
+            config.max_message_bytes,
+            &config.client,
+        )?;
         let outbox = Outbox::new(
             store.clone(),
             conversations.clone(),
@@ -83,6 +89,7 @@ impl Application {
             store,
             outbox,
             conversations,
+            security,
             shutdown: CancellationToken::new(),
         })
     }
@@ -115,6 +122,7 @@ impl Application {
             store,
             outbox,
             conversations,
+            security,
             shutdown,
         } = self;
 
@@ -143,6 +151,8 @@ impl Application {
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(MAX_REPLY_BYTES);
 
+        let reload = config.security.tls_reload_interval;
+        tokio::spawn(conversations.watch(reload, shutdown.clone()));
         let worker = tokio::spawn(outbox.clone().run(shutdown.clone()));
         if let Some(metrics) = metrics {
             let store = store.clone();
@@ -160,9 +170,7 @@ impl Application {
         ));
 
         let keepalive = config.keepalive.max(Duration::from_secs(1));
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(keepalive));
+        let incoming = security.incoming(listener, keepalive, shutdown.clone());
         tracing::info!(%local_addr, database = %config.database.display(),
             conversation_service = %config.conversation_service, "token-service listening");
 
@@ -180,6 +188,7 @@ impl Application {
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
                 config.max_concurrent_requests.max(1),
             ))
+            .layer(security.layer())
             .max_concurrent_streams(config.max_concurrent_streams)
             .http2_keepalive_interval(Some(keepalive))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))

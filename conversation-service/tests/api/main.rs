@@ -8,5 +8,6 @@ mod interop;
 mod messages;
 mod observability;
 mod pagination;
+mod security;
 mod startup;
 mod streams;

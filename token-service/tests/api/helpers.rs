@@ -351,6 +351,7 @@ pub fn provider(id: &str) -> Option<Participant> {
     Some(Participant {
         role: Role::Provider.into(),
         id: id.into(),
+        ..Default::default()
     })
 }
 
@@ -358,6 +359,7 @@ pub fn customer(id: &str) -> Option<Participant> {
     Some(Participant {
         role: Role::Customer.into(),
         id: id.into(),
+        ..Default::default()
     })
 }
 

@@ -12,5 +12,6 @@ mod faults;
 mod health;
 mod observability;
 mod redeem;
+mod security;
 mod sessions;
 mod tokens;
