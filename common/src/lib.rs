@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod duration;
 pub mod health;
+pub mod healthcheck;
 pub mod metrics;
 pub mod reflection;
 pub mod rpc;
@@ -11,6 +12,6 @@ pub mod scrape;
 pub mod security;
 pub mod shutdown;
 pub mod telemetry;
-#[cfg(feature = "test-support")]
+#[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod tls;

@@ -5,7 +5,9 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use chat_common::{health::Probes, metrics::MetricsListener, rpc::ServerLayer, security::Security};
-use chat_proto::v1::token_service_server::TokenServiceServer;
+use chat_proto::v1::{
+    token_admin_service_server::TokenAdminServiceServer, token_service_server::TokenServiceServer,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
@@ -15,7 +17,7 @@ use crate::{
     config::Config,
     conversations::Conversations,
     error::Error,
-    grpc::TokenGrpc,
+    grpc::{TokenAdminGrpc, TokenGrpc},
     limiter::FailureLimiter,
     outbox::{Outbox, OutboxSettings},
     store::Store,
@@ -24,6 +26,7 @@ use crate::{
 /// The health name under which token-service reports its view of conversation-service.
 pub const CONVERSATION_DEPENDENCY: &str = "chat.v1.ConversationService";
 const TOKEN_SERVICE: &str = "chat.v1.TokenService";
+const ADMIN_SERVICE: &str = "chat.v1.TokenAdminService";
 /// Largest reply: a full ListTokens page (200 links with 200-character labels) fits.
 const MAX_REPLY_BYTES: usize = 1024 * 1024;
 
@@ -134,9 +137,11 @@ impl Application {
             .set_service_status(CONVERSATION_DEPENDENCY, ServingStatus::Unknown)
             .await;
 
-        let (reflection_v1, reflection_v1alpha) =
-            chat_common::reflection::services(chat_proto::FILE_DESCRIPTOR_SET, &[TOKEN_SERVICE])
-                .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+        let (reflection_v1, reflection_v1alpha) = chat_common::reflection::services(
+            chat_proto::FILE_DESCRIPTOR_SET,
+            &[TOKEN_SERVICE, ADMIN_SERVICE],
+        )
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
         let limiter = Arc::new(FailureLimiter::new(
             config.failed_redemptions_limit,
@@ -153,6 +158,21 @@ impl Application {
 
         let reload = config.security.tls_reload_interval;
         tokio::spawn(conversations.watch(reload, shutdown.clone()));
+        let backup_dir = config.backup_dir.clone().unwrap_or_else(|| {
+            config
+                .database
+                .parent()
+                .unwrap_or_else(|| std::path::Path::new("."))
+                .join("backups")
+        });
+        let admin = TokenAdminServiceServer::new(TokenAdminGrpc::new(
+            store.clone(),
+            outbox.clone(),
+            backup_dir,
+        ))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(MAX_REPLY_BYTES);
+
         let worker = tokio::spawn(outbox.clone().run(shutdown.clone()));
         if let Some(metrics) = metrics {
             let store = store.clone();
@@ -198,6 +218,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(tokens)
+            .add_service(admin)
             .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
             .await;
         shutdown.cancel();
@@ -207,6 +228,19 @@ impl Application {
         tracing::info!("token-service stopped");
         served.map_err(|e| Error::Internal(format!("serving: {e}")))
     }
+}
+
+/// The `migrate` subcommand: opens the database, which creates or migrates it, and
+/// returns once that is done.
+///
+/// # Errors
+/// When the database cannot be opened or migrated, or another process holds it.
+pub async fn migrate_database(config: &Config) -> Result<(), Error> {
+    Store::start(config.database.clone(), config.sqlite_busy_timeout)?
+        .probe()
+        .await?;
+    tracing::info!(database = %config.database.display(), "migrations applied");
+    Ok(())
 }
 
 /// Keeps health current: the database (SERVING only while it answers and takes the

@@ -11,3 +11,4 @@ mod pagination;
 mod security;
 mod startup;
 mod streams;
+mod subcommands;

@@ -6,12 +6,15 @@
 
 mod helpers;
 
+mod admin;
 mod consistency;
 mod end_to_end;
 mod faults;
 mod health;
 mod observability;
 mod redeem;
+mod replicas;
 mod security;
 mod sessions;
+mod subcommands;
 mod tokens;
