@@ -103,6 +103,7 @@ pub struct Config {
 pub enum Command {
     /// Apply the database migrations and exit.
     Migrate,
-    /// Exit 0 if the service at --listen answers its gRPC health check with SERVING.
+    /// Exit 0 if the service at --listen is ready: its readiness health check (its API's
+    /// service name) answers SERVING.
     Healthcheck,
 }

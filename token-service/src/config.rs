@@ -169,7 +169,8 @@ pub enum Command {
     /// Create or migrate the database, then exit (fails while a token-service holds it;
     /// serving migrates too).
     Migrate,
-    /// Exit 0 if the service at --listen answers its gRPC health check with SERVING.
+    /// Exit 0 if the service at --listen is ready: its readiness health check (its API's
+    /// service name) answers SERVING.
     Healthcheck,
 }
 

@@ -25,7 +25,8 @@ use crate::{
 
 /// The health name under which token-service reports its view of conversation-service.
 pub const CONVERSATION_DEPENDENCY: &str = "chat.v1.ConversationService";
-const TOKEN_SERVICE: &str = "chat.v1.TokenService";
+/// The health name of token-service's readiness.
+pub const TOKEN_SERVICE: &str = "chat.v1.TokenService";
 const ADMIN_SERVICE: &str = "chat.v1.TokenAdminService";
 /// Largest reply: a full ListTokens page (200 links with 200-character labels) fits.
 const MAX_REPLY_BYTES: usize = 1024 * 1024;
