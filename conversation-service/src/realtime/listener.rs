@@ -30,6 +30,7 @@ pub async fn run_listener(options: PgConnectOptions, hub: Arc<Hub>, shutdown: Ca
 
 async fn listen(options: &PgConnectOptions, hub: &Hub, shutdown: &CancellationToken) {
     let mut backoff = BACKOFF_MIN;
+    let mut connected_before = false;
     loop {
         let connected = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -40,6 +41,9 @@ async fn listen(options: &PgConnectOptions, hub: &Hub, shutdown: &CancellationTo
             Ok(mut listener) => {
                 backoff = BACKOFF_MIN;
                 hub.set_listening(true);
+                if std::mem::replace(&mut connected_before, true) {
+                    crate::metrics::listener_reconnected();
+                }
                 tracing::info!(channel = CHANNEL, "listening");
                 hub.resync_all();
                 let mut check =

@@ -55,7 +55,9 @@ impl SendQueue {
                     // retry of it must not duplicate.
                     batch.retain(|(_, reply)| !reply.is_closed());
                     if !batch.is_empty() {
+                        let (size, started) = (batch.len(), std::time::Instant::now());
                         write_and_answer(&store, batch).await;
+                        crate::metrics::send_batch(size, started.elapsed());
                     }
                 }
             });

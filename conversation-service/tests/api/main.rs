@@ -7,6 +7,7 @@ mod helpers;
 mod inbox;
 mod interop;
 mod messages;
+mod observability;
 mod pagination;
 mod security;
 mod send_path;
