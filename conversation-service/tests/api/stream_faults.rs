@@ -101,7 +101,12 @@ async fn drain(stream: &mut Streaming<StreamConversationResponse>) -> (Vec<i64>,
 #[tokio::test]
 async fn a_stream_behind_at_sigterm_still_ends_unavailable() {
     let mut a = spawn_app().await;
-    let b = spawn_process(&a.database_url, &["--shutdown-grace", "5s"]).await;
+    // No drain delay: the streams are told at once, while this client is still behind.
+    let b = spawn_process(
+        &a.database_url,
+        &["--shutdown-grace", "5s", "--drain-delay", "0s"],
+    )
+    .await;
     let id = create(&mut a.client, "p1").await.conversation_id;
     pile_up(&a, &id, 400).await;
     let mut client = slow_client(b.addr).await;
