@@ -19,8 +19,8 @@ use crate::{
 
 /// How long a batch waits for a conversation's row lock, and how long any of its
 /// statements may run: one stuck conversation must not stall every send of the replica.
-pub const LOCK_TIMEOUT: &str = "1s";
-pub const STATEMENT_TIMEOUT: &str = "5s";
+pub const LOCK_TIMEOUT: &str = "3s";
+pub const STATEMENT_TIMEOUT: &str = "8s";
 
 /// The message and whether it was created now (false: an idempotent retry).
 pub type Sent = (MessageRow, bool);
