@@ -8,7 +8,7 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
-use rusqlite::{Connection, Row, TransactionBehavior, params};
+use rusqlite::{Connection, Row, params};
 
 use super::{Store, optional, sessions::session_by_id, uuid_at};
 use crate::{
@@ -282,14 +282,11 @@ impl Store {
     pub async fn complete(&self, job: &OutboxJob, done: Done) -> Result<Session, Error> {
         let (job_id, session_id) = (job.job_id, job.session_id);
         self.call(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .context("completing a call")?;
             match &done {
                 Done::ConversationCreated { conversation_id } => {
                     // Set once: CreateConversation is idempotent by the session id, so a
                     // second success names the same conversation.
-                    tx.execute(
+                    conn.execute(
                         "UPDATE chat_sessions SET conversation_id = ?2
                          WHERE session_id = ?1 AND conversation_id IS NULL",
                         params![session_id.to_string(), conversation_id],
@@ -297,17 +294,16 @@ impl Store {
                     .context("recording a conversation")?;
                 }
                 Done::CustomerUpdated => {
-                    tx.execute(
+                    conn.execute(
                         "UPDATE chat_sessions SET link_error_reason = NULL WHERE session_id = ?1",
                         [session_id.to_string()],
                     )
                     .context("recording a linked customer")?;
                 }
             }
-            tx.execute("DELETE FROM outbox WHERE job_id = ?1", [job_id])
+            conn.execute("DELETE FROM outbox WHERE job_id = ?1", [job_id])
                 .context("completing a call")?;
-            let session = session_by_id(&tx, session_id)?;
-            tx.commit().context("completing a call")?;
+            let session = session_by_id(conn, session_id)?;
             if let Done::ConversationCreated { conversation_id } = &done
                 && session.conversation_id.as_deref() != Some(conversation_id.as_str())
             {
@@ -350,24 +346,20 @@ impl Store {
     ) -> Result<(), Error> {
         let (error, reason) = (refusal.to_string(), refusal.reason.clone());
         self.call(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .context("giving up a call")?;
-            tx.execute(
+            conn.execute(
                 "UPDATE outbox SET attempts = attempts + 1, failed_time = ?2, last_error = ?3,
                                    error_reason = ?4
                  WHERE job_id = ?1",
                 params![job_id, to_micros(now), error, reason],
             )
             .context("giving up a call")?;
-            tx.execute(
+            conn.execute(
                 "UPDATE chat_sessions SET link_error_reason = ?2
                  WHERE session_id = (SELECT session_id FROM outbox
                                      WHERE job_id = ?1 AND kind = 'update_customer')",
                 params![job_id, reason],
             )
             .context("giving up a call")?;
-            tx.commit().context("giving up a call")?;
             Ok(())
         })
         .await

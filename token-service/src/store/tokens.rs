@@ -1,6 +1,6 @@
 //! chat_tokens: issue, list, revoke, look up by secret hash.
 
-use rusqlite::{Connection, Row, TransactionBehavior, params};
+use rusqlite::{Connection, Row, params};
 
 use super::{Store, optional, uuid_at};
 use crate::{
@@ -72,10 +72,7 @@ impl Store {
                 use_count: 0,
                 revoke_time: None,
             };
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .context("issuing a link")?;
-            tx.execute(
+            conn.execute(
                 "INSERT INTO chat_tokens (token_id, provider_id, secret_hash, label, create_time, expire_time, max_uses)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
@@ -89,7 +86,6 @@ impl Store {
                 ],
             )
             .context("issuing a link")?;
-            tx.commit().context("issuing a link")?;
             Ok(token)
         })
         .await
@@ -143,18 +139,14 @@ impl Store {
         now: Timestamp,
     ) -> Result<Token, Error> {
         self.call(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .context("revoking a link")?;
-            let token = token_by_id(&tx, token_id)?.ok_or(Error::TokenNotFound)?;
+            let token = token_by_id(conn, token_id)?.ok_or(Error::TokenNotFound)?;
             token.ensure_provider(&provider_id)?;
-            tx.execute(
+            conn.execute(
                 "UPDATE chat_tokens SET revoke_time = ?2 WHERE token_id = ?1 AND revoke_time IS NULL",
                 params![token_id.to_string(), to_micros(now)],
             )
             .context("revoking a link")?;
-            let token = token_by_id(&tx, token_id)?.ok_or(Error::TokenNotFound)?;
-            tx.commit().context("revoking a link")?;
+            let token = token_by_id(conn, token_id)?.ok_or(Error::TokenNotFound)?;
             Ok(token)
         })
         .await
