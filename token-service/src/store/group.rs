@@ -20,10 +20,13 @@ use crate::error::{Error, StoreResultExt};
 /// Most calls in one transaction; more wait for the next one.
 pub(super) const MAX_GROUP: usize = 256;
 
+/// Tells a kept call's caller how the group's COMMIT went.
+pub(super) type Settle = Box<dyn FnOnce(Result<(), Error>) + Send>;
+
 /// A call's verdict after running inside its savepoint.
 pub(super) enum Ran {
     /// Keep its writes; tell the caller once the group's COMMIT has an outcome.
-    Kept(Box<dyn FnOnce(Result<(), Error>) + Send>),
+    Kept(Settle),
     /// Undo its writes; the caller can hear its error at once (nothing was written).
     Failed {
         /// The connection is unusable (I/O error, corruption): the group stops here.
@@ -124,10 +127,10 @@ pub(super) fn run(conn: &Connection, works: Vec<Box<dyn Work>>, commits: &Atomic
             leftover: Vec::new(),
         };
     }
-    let mut kept: Vec<Box<dyn FnOnce(Result<(), Error>) + Send>> = Vec::with_capacity(works.len());
+    let mut kept: Vec<Settle> = Vec::with_capacity(works.len());
     let mut works = works.into_iter();
     let mut abandoned = false;
-    while let Some(work) = works.next() {
+    for work in works.by_ref() {
         if let Err(error) = exec(conn, "SAVEPOINT call") {
             work.refuse(unavailable("opening a savepoint", &error));
             abandoned = true;

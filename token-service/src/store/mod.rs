@@ -117,12 +117,7 @@ impl Db {
                 }
             }
             match pending.pop_front() {
-                Some(Job::Alone(job)) => {
-                    if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut self))).is_err() {
-                        tracing::error!("a database call panicked; reopening the connection");
-                        self.conn = None;
-                    }
-                }
+                Some(Job::Alone(job)) => self.run_alone(job),
                 Some(Job::Grouped(first)) => {
                     let mut works = vec![first];
                     while works.len() < group::MAX_GROUP
@@ -135,6 +130,15 @@ impl Db {
                 }
                 None => {}
             }
+        }
+    }
+
+    fn run_alone(&mut self, job: Box<dyn FnOnce(&mut Db) + Send>) {
+        // A panicking call must not take the only database thread with it.
+        let panicked = std::panic::catch_unwind(AssertUnwindSafe(|| job(self))).is_err();
+        if panicked {
+            tracing::error!("a database call panicked; reopening the connection");
+            self.conn = None;
         }
     }
 
