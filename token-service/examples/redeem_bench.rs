@@ -32,8 +32,7 @@ struct Args {
 
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-async fn fresh_database() -> anyhow::Result<String> {
-    let name = format!("bench_redeem_{}", Uuid::new_v4().simple());
+async fn fresh_database(name: &str) -> anyhow::Result<String> {
     let mut admin = PgConnection::connect(ADMIN_URL).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
         .execute(&mut admin)
@@ -41,10 +40,41 @@ async fn fresh_database() -> anyhow::Result<String> {
     Ok(format!("postgres://postgres@127.0.0.1:5432/{name}"))
 }
 
+/// CPU seconds used so far by this process (client and both services) and by the
+/// PostgreSQL backends serving `database`: a figure that a loaded machine distorts less
+/// than throughput.
+async fn cpu_seconds(database: &str) -> (f64, f64) {
+    // utime + stime, in USER_HZ (100 per second on Linux).
+    fn ticks(pid: &str) -> f64 {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+                let user: f64 = fields.get(11)?.parse().ok()?;
+                let system: f64 = fields.get(12)?.parse().ok()?;
+                Some((user + system) / 100.0)
+            })
+            .unwrap_or(0.0)
+    }
+    let backends: Vec<i32> = match PgConnection::connect(ADMIN_URL).await {
+        Ok(mut admin) => sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
+            .bind(database)
+            .fetch_all(&mut admin)
+            .await
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let postgres = backends.iter().map(|pid| ticks(&pid.to_string())).sum();
+    (ticks("self"), postgres)
+}
+
 /// conversation-service on a fresh database; returns its address.
-async fn start_conversations(shutdown: &CancellationToken) -> anyhow::Result<String> {
+async fn start_conversations(
+    database: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<String> {
     use conversation_service::{config::Config, startup::Application};
-    let url = fresh_database().await?;
+    let url = fresh_database(database).await?;
     let config = Config::try_parse_from([
         "conversation-service",
         "--listen",
@@ -151,6 +181,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 /// One phase: `callers` loops for `seconds`; returns redemptions per second.
 async fn phase(
     client: &TokenServiceClient<Channel>,
+    database: &str,
     callers: usize,
     seconds: u64,
 ) -> anyhow::Result<f64> {
@@ -167,6 +198,7 @@ async fn phase(
     for (provider, secret) in secrets.iter() {
         redeem(&mut client.clone(), provider, secret).await?;
     }
+    let cpu_before = cpu_seconds(database).await;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let mut tasks = Vec::with_capacity(callers);
@@ -189,15 +221,21 @@ async fn phase(
         latencies.extend(task.await??);
     }
     let elapsed = started.elapsed();
+    let cpu_after = cpu_seconds(database).await;
     latencies.sort_unstable();
     #[allow(clippy::cast_precision_loss)]
     let rate = latencies.len() as f64 / elapsed.as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    let per_redeem =
+        |before: f64, after: f64| (after - before) * 1000.0 / latencies.len().max(1) as f64;
     println!(
-        "RedeemToken end to end, {callers:>3} callers      {rate:>9.0} /s   p50 {:>7.2} ms   p90 {:>7.2} ms   p99 {:>7.2} ms   (n={})",
+        "RedeemToken end to end, {callers:>3} callers      {rate:>9.0} /s   p50 {:>7.2} ms   p90 {:>7.2} ms   p99 {:>7.2} ms   (n={}; CPU ms per redemption: services+client {:.2}, PostgreSQL {:.2})",
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.90),
         percentile(&latencies, 0.99),
-        latencies.len()
+        latencies.len(),
+        per_redeem(cpu_before.0, cpu_after.0),
+        per_redeem(cpu_before.1, cpu_after.1),
     );
     Ok(rate)
 }
@@ -206,16 +244,23 @@ async fn phase(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let shutdown = CancellationToken::new();
-    let conversations = start_conversations(&shutdown).await?;
+    let database = format!("bench_redeem_{}", Uuid::new_v4().simple());
+    let conversations = start_conversations(&database, &shutdown).await?;
     let client = start_tokens(&conversations, &shutdown).await?;
     // Let both services see each other healthy (token-service's first probe).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut best: f64 = 0.0;
     for &callers in &args.callers {
-        best = best.max(phase(&client, callers.max(1), args.seconds).await?);
+        best = best.max(phase(&client, &database, callers.max(1), args.seconds).await?);
     }
     println!("redeem_per_s={best:.0}");
     shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut admin = PgConnection::connect(ADMIN_URL).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
     Ok(())
 }
