@@ -219,6 +219,7 @@ fn open(path: &Path, busy_timeout: Duration) -> Result<Connection, Error> {
     // single-use link usable twice.
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
         .context("setting pragmas")?;
+    conn.set_prepared_statement_cache_capacity(64);
     migrations().to_latest(&mut conn)?;
     Ok(conn)
 }
@@ -313,6 +314,30 @@ fn is_broken(e: &rusqlite::Error) -> bool {
         e.sqlite_error_code(),
         Some(C::SystemIoFailure | C::CannotOpen | C::NotADatabase | C::DatabaseCorrupt)
     )
+}
+
+/// Statements through SQLite's statement cache: parsing them anew was a good share of a
+/// redemption's CPU.
+trait Cached {
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
 }
 
 /// Reads a UUID column stored as text.

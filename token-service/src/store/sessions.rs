@@ -4,7 +4,7 @@
 use rusqlite::{Connection, Row, params};
 
 use super::{
-    Store, optional,
+    Cached, Store, optional,
     outbox::{self, OutboxCall, OutboxJob},
     tokens::token_by_hash,
     uuid_at,
@@ -42,7 +42,7 @@ fn session_from_row(row: &Row<'_>) -> rusqlite::Result<(Session, Vec<u8>)> {
 }
 
 pub(super) fn session_by_id(conn: &Connection, id: SessionId) -> Result<Session, Error> {
-    optional(conn.query_row(
+    optional(conn.query_row_cached(
         &format!("SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE session_id = ?1"),
         [id.to_string()],
         session_from_row,
@@ -53,7 +53,7 @@ pub(super) fn session_by_id(conn: &Connection, id: SessionId) -> Result<Session,
 }
 
 fn session_by_hash(conn: &Connection, hash: &SecretHash) -> Result<Session, Error> {
-    let found = optional(conn.query_row(
+    let found = optional(conn.query_row_cached(
         &format!("SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE secret_hash = ?1"),
         [hash.as_bytes().as_slice()],
         session_from_row,
@@ -107,7 +107,7 @@ impl Store {
             let token = token_by_hash(conn, &r.token_hash)?.ok_or(Error::TokenNotFound)?;
             token.ensure_provider(&r.provider_id)?;
 
-            let previous = optional(conn.query_row(
+            let previous = optional(conn.query_row_cached(
                 "SELECT session_id, token_id, redeem_customer_id, new_conversation
                  FROM chat_sessions WHERE request_id = ?1",
                 [r.request_id.to_string()],
@@ -132,7 +132,7 @@ impl Store {
                 }
                 let session = session_by_id(conn, session_id)?;
                 session.ensure_open()?;
-                conn.execute(
+                conn.execute_cached(
                     "UPDATE chat_sessions SET secret_hash = ?2 WHERE session_id = ?1",
                     params![session.session_id.to_string(), r.session_hash.as_bytes().as_slice()],
                 )
@@ -166,7 +166,7 @@ impl Store {
                 end_time: None,
                 link: CustomerLink::from_stored(r.customer_id.is_some(), true, None),
             };
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO chat_sessions (session_id, token_id, provider_id, request_id, secret_hash,
                                             customer_id, create_time, redeem_customer_id, new_conversation)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?8)",
@@ -228,7 +228,7 @@ impl Store {
                 Some(linked) if linked != &customer_id => return Err(Error::CustomerAlreadyLinked),
                 Some(_) => {}
                 None => {
-                    conn.execute(
+                    conn.execute_cached(
                         "UPDATE chat_sessions SET customer_id = ?2 WHERE session_id = ?1",
                         params![session.session_id.to_string(), customer_id.as_str()],
                     )
@@ -269,9 +269,9 @@ impl Store {
         previous: Option<CustomerId>,
     ) -> Result<Session, Error> {
         self.call(move |conn| {
-            conn.execute("DELETE FROM outbox WHERE job_id = ?1", [job_id])
+            conn.execute_cached("DELETE FROM outbox WHERE job_id = ?1", [job_id])
                 .context("withdrawing a call")?;
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE chat_sessions SET customer_id = ?2
                  WHERE session_id = ?1 AND NOT EXISTS (
                      SELECT 1 FROM outbox WHERE session_id = ?1 AND kind = 'update_customer'
@@ -292,7 +292,7 @@ impl Store {
     pub async fn end_session(&self, hash: SecretHash, now: Timestamp) -> Result<Session, Error> {
         self.call(move |conn| {
             let session = session_by_hash(conn, &hash)?;
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE chat_sessions SET end_time = ?2 WHERE session_id = ?1 AND end_time IS NULL",
                 params![session.session_id.to_string(), to_micros(now)],
             )
