@@ -200,11 +200,11 @@ pub(super) fn run(conn: &Connection, works: Vec<Box<dyn Work>>, commits: &Atomic
 mod tests {
     use super::*;
 
+    /// Savepoints, deferred constraints and COMMIT behave in memory as in a file.
     fn temp_conn() -> Connection {
-        let path = std::env::temp_dir().join(format!("group-test-{}.db", uuid::Uuid::new_v4()));
-        let conn = Connection::open(path).unwrap();
+        let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;
+            "PRAGMA foreign_keys = ON;
              CREATE TABLE parent (id INTEGER PRIMARY KEY);
              CREATE TABLE t (v INTEGER NOT NULL,
                              parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);",
@@ -350,10 +350,10 @@ mod tests {
 
     #[tokio::test]
     async fn calls_queued_together_share_one_transaction() {
-        let path = std::env::temp_dir()
-            .join(format!("group-test-{}", uuid::Uuid::new_v4()))
-            .join("token.db");
-        let store = super::super::Store::start(path, std::time::Duration::from_secs(5)).unwrap();
+        let dir = std::env::temp_dir().join(format!("group-test-{}", uuid::Uuid::new_v4()));
+        let store =
+            super::super::Store::start(dir.join("token.db"), std::time::Duration::from_secs(5))
+                .unwrap();
         // Hold the thread so the next calls queue up behind it.
         let (release, held) = std::sync::mpsc::channel::<()>();
         store
@@ -397,5 +397,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(count, 100);
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
