@@ -102,6 +102,7 @@ async fn start(bin: &PathBuf, max_streams: usize) -> anyhow::Result<Service> {
                     participant: Some(v1::Participant {
                         role: v1::Role::Provider.into(),
                         id: "bench".into(),
+                        ..Default::default()
                     }),
                     ..Default::default()
                 })
@@ -163,6 +164,7 @@ async fn open(
             viewer: Some(v1::Participant {
                 role: v1::Role::Provider.into(),
                 id: "bench".into(),
+                ..Default::default()
             }),
             after_seq: 0,
         })
@@ -274,6 +276,7 @@ async fn fanout(args: &Args) -> anyhow::Result<f64> {
                 sender: Some(v1::Participant {
                     role: v1::Role::Provider.into(),
                     id: "bench".into(),
+                    ..Default::default()
                 }),
                 body: "fan-out".into(),
                 client_message_id: String::new(),

@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::Context;
+use chat_common::security::Security;
 use chat_proto::v1::conversation_service_server::ConversationServiceServer;
 use sqlx::{
     PgPool,
@@ -20,11 +21,7 @@ use sqlx::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    Request, Status,
-    service::interceptor::InterceptedService,
-    transport::{Server, server::TcpIncoming},
-};
+use tonic::{Request, Status, service::interceptor::InterceptedService, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -46,6 +43,7 @@ pub struct Application {
     pool: PgPool,
     hub: Arc<Hub>,
     migrated: Arc<AtomicBool>,
+    security: Security,
     shutdown: CancellationToken,
 }
 
@@ -57,19 +55,18 @@ impl Application {
     /// # Errors
     /// When the address cannot be bound or the database URL cannot be parsed.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let security = Security::load(&config.security)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
-        let options = PgConnectOptions::from_str(&config.database_url)
-            .context("DATABASE_URL is not a PostgreSQL URL")?
-            .application_name("conversation-service");
+        let options = connect_options(&config)?;
         let pool = PgPoolOptions::new()
             .max_connections(config.db_pool_size.max(1))
             .acquire_timeout(config.db_acquire_timeout)
             .connect_lazy_with(options);
         let migrated = Arc::new(AtomicBool::new(false));
-        match migrate(&pool).await {
+        match prepare_schema(&pool, config.migrate_on_start).await {
             Ok(()) => migrated.store(true, Ordering::Release),
             Err(error) => tracing::warn!(%error, "database not ready; will keep retrying"),
         }
@@ -82,6 +79,7 @@ impl Application {
             pool,
             hub,
             migrated,
+            security,
             shutdown: CancellationToken::new(),
         })
     }
@@ -113,6 +111,7 @@ impl Application {
             pool,
             hub,
             migrated,
+            security,
             shutdown,
         } = self;
         let store = Store::new(pool.clone());
@@ -134,6 +133,7 @@ impl Application {
             pool.clone(),
             Arc::clone(&hub),
             Arc::clone(&migrated),
+            config.migrate_on_start,
             reporter,
             background.clone(),
         ));
@@ -167,16 +167,14 @@ impl Application {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .tcp_nodelay(true)
+            .layer(security.layer())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(api)
-            // Our own listener (bound in build) does not inherit the builder's
-            // tcp_nodelay; without it Nagle adds ~40 ms to every streamed event.
+            // Our own listener (bound in build) sets TCP_NODELAY itself (see chat_common::tls).
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener)
-                    .with_nodelay(Some(true))
-                    .with_keepalive(Some(Duration::from_secs(60))),
+                security.incoming(listener, Duration::from_secs(60), shutdown.clone()),
                 shutdown.clone().cancelled_owned(),
             );
         tracing::info!(%local_addr, "serving");
@@ -215,9 +213,50 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .with_service_name("grpc.reflection.v1alpha.ServerReflection")
 }
 
+fn connect_options(config: &Config) -> anyhow::Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(&config.database_url)
+        .context("DATABASE_URL is not a PostgreSQL URL")?
+        .application_name("conversation-service"))
+}
+
+/// The `migrate` subcommand: applies the migrations and returns.
+///
+/// # Errors
+/// When PostgreSQL cannot be reached or a migration fails.
+pub async fn migrate_database(config: &Config) -> anyhow::Result<()> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(config.db_acquire_timeout)
+        .connect_with(connect_options(config)?)
+        .await
+        .context("connecting to PostgreSQL")?;
+    migrate(&pool).await?;
+    pool.close().await;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
 async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     // sqlx holds an advisory lock while migrating, so replicas starting together are safe.
     MIGRATOR.run(pool).await.context("applying migrations")
+}
+
+/// Migrates, or (`migrate_on_start` off) only checks that `migrate` has been run.
+async fn prepare_schema(pool: &PgPool, migrate_on_start: bool) -> anyhow::Result<()> {
+    if migrate_on_start {
+        return migrate(pool).await;
+    }
+    let needed = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await
+            .context("reading _sqlx_migrations (run `conversation-service migrate`)")?;
+    anyhow::ensure!(
+        applied.unwrap_or(0) >= needed,
+        "schema version {applied:?}, this build needs {needed}: run `conversation-service migrate`"
+    );
+    Ok(())
 }
 
 /// Keeps health in step with PostgreSQL (and the LISTEN connection), and finishes
@@ -226,13 +265,14 @@ async fn watch_health(
     pool: PgPool,
     hub: Arc<Hub>,
     migrated: Arc<AtomicBool>,
+    migrate_on_start: bool,
     reporter: HealthReporter,
     stop: CancellationToken,
 ) {
     let mut last: Option<bool> = None;
     loop {
         if !migrated.load(Ordering::Acquire) {
-            match migrate(&pool).await {
+            match prepare_schema(&pool, migrate_on_start).await {
                 Ok(()) => {
                     migrated.store(true, Ordering::Release);
                     tracing::info!("database ready");

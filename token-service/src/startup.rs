@@ -3,17 +3,20 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use chat_proto::v1::token_service_server::TokenServiceServer;
+use chat_common::security::Security;
+use chat_proto::v1::{
+    token_admin_service_server::TokenAdminServiceServer, token_service_server::TokenServiceServer,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     config::Config,
     conversations::Conversations,
     error::Error,
-    grpc::TokenGrpc,
+    grpc::{TokenAdminGrpc, TokenGrpc},
     limiter::FailureLimiter,
     outbox::{Outbox, OutboxSettings},
     store::Store,
@@ -22,6 +25,7 @@ use crate::{
 /// The health name under which token-service reports its view of conversation-service.
 pub const CONVERSATION_DEPENDENCY: &str = "chat.v1.ConversationService";
 const TOKEN_SERVICE: &str = "chat.v1.TokenService";
+const ADMIN_SERVICE: &str = "chat.v1.TokenAdminService";
 /// Largest reply: a full ListTokens page (200 links with 200-character labels) fits.
 const MAX_REPLY_BYTES: usize = 1024 * 1024;
 
@@ -32,6 +36,7 @@ pub struct Application {
     store: Store,
     outbox: Outbox,
     conversations: Conversations,
+    security: Security,
     shutdown: CancellationToken,
 }
 
@@ -40,6 +45,8 @@ impl Application {
     /// unreachable conversation-service nor a database that cannot be opened yet stops
     /// the start: both are retried and reported by health.
     pub async fn build(config: Config) -> Result<Self, Error> {
+        let security =
+            Security::load(&config.security).map_err(|e| Error::Internal(e.to_string()))?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| Error::Internal(format!("binding {}: {e}", config.listen)))?;
@@ -52,8 +59,11 @@ impl Application {
         if let Err(e) = store.probe().await {
             tracing::warn!(error = %e, "database not usable yet; will retry");
         }
-        let conversations =
-            Conversations::new(&config.conversation_service, config.max_message_bytes)?;
+        let conversations = Conversations::new(
+            &config.conversation_service,
+            config.max_message_bytes,
+            &config.client,
+        )?;
         let outbox = Outbox::new(
             store.clone(),
             conversations.clone(),
@@ -73,6 +83,7 @@ impl Application {
             store,
             outbox,
             conversations,
+            security,
             shutdown: CancellationToken::new(),
         })
     }
@@ -99,6 +110,7 @@ impl Application {
             store,
             outbox,
             conversations,
+            security,
             shutdown,
         } = self;
 
@@ -134,6 +146,23 @@ impl Application {
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(MAX_REPLY_BYTES);
 
+        let reload = config.security.tls_reload_interval;
+        tokio::spawn(conversations.watch(reload, shutdown.clone()));
+        let backup_dir = config.backup_dir.clone().unwrap_or_else(|| {
+            config
+                .database
+                .parent()
+                .unwrap_or_else(|| std::path::Path::new("."))
+                .join("backups")
+        });
+        let admin = TokenAdminServiceServer::new(TokenAdminGrpc::new(
+            store.clone(),
+            outbox.clone(),
+            backup_dir,
+        ))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(MAX_REPLY_BYTES);
+
         let worker = tokio::spawn(outbox.clone().run(shutdown.clone()));
         let prober = tokio::spawn(probe_health(
             store,
@@ -146,9 +175,7 @@ impl Application {
         ));
 
         let keepalive = config.keepalive.max(Duration::from_secs(1));
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(keepalive));
+        let incoming = security.incoming(listener, keepalive, shutdown.clone());
         tracing::info!(%local_addr, database = %config.database.display(),
             conversation_service = %config.conversation_service, "token-service listening");
 
@@ -158,6 +185,7 @@ impl Application {
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
                 config.max_concurrent_requests.max(1),
             ))
+            .layer(security.layer())
             .max_concurrent_streams(config.max_concurrent_streams)
             .http2_keepalive_interval(Some(keepalive))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -167,6 +195,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(tokens)
+            .add_service(admin)
             .serve_with_incoming_shutdown(incoming, async move {
                 tokio::select! {
                     () = stop.cancelled() => {}
@@ -182,6 +211,19 @@ impl Application {
     }
 }
 
+/// The `migrate` subcommand: opens the database, which creates or migrates it, and
+/// returns once that is done.
+///
+/// # Errors
+/// When the database cannot be opened or migrated, or another process holds it.
+pub async fn migrate_database(config: &Config) -> Result<(), Error> {
+    Store::start(config.database.clone(), config.sqlite_busy_timeout)?
+        .probe()
+        .await?;
+    tracing::info!(database = %config.database.display(), "migrations applied");
+    Ok(())
+}
+
 /// Reflection (v1 and v1alpha, grpcurl 1.8 speaks only the latter) lists what this
 /// server serves, not everything in the shared descriptor set, and knows
 /// google.rpc.ErrorInfo / BadRequest so grpcurl can render error details.
@@ -191,6 +233,7 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .with_service_name(TOKEN_SERVICE)
+        .with_service_name(ADMIN_SERVICE)
         .with_service_name("grpc.health.v1.Health")
         .with_service_name("grpc.reflection.v1.ServerReflection")
         .with_service_name("grpc.reflection.v1alpha.ServerReflection")

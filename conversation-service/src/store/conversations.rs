@@ -26,6 +26,7 @@ pub struct NewConversation {
     pub customer: CustomerDetails,
     pub reuse_active: bool,
     pub origin: String,
+    pub session_id: Option<Uuid>,
 }
 
 impl Store {
@@ -456,10 +457,10 @@ async fn write_plans(
         sqlx::query(
             "WITH ins AS (\
                INSERT INTO conversations (id, request_id, provider_id, customer_id, \
-                 customer_name, customer_email, customer_phone, origin) \
+                 customer_name, customer_email, customer_phone, origin, session_id) \
                SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], \
-                 $5::text[], $6::text[], $7::text[], $8::text[]) RETURNING id) \
-             INSERT INTO conversation_events (conversation_id, kind) SELECT id, $9 FROM ins",
+                 $5::text[], $6::text[], $7::text[], $8::text[], $9::uuid[]) RETURNING id) \
+             INSERT INTO conversation_events (conversation_id, kind) SELECT id, $10 FROM ins",
         )
         .bind(created.iter().map(|(id, _)| *id).collect::<Vec<_>>())
         .bind(
@@ -502,6 +503,12 @@ async fn write_plans(
             created
                 .iter()
                 .map(|(_, n)| n.origin.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            created
+                .iter()
+                .map(|(_, n)| n.session_id)
                 .collect::<Vec<_>>(),
         )
         .bind(EVENT_CREATED)
@@ -548,6 +555,7 @@ mod tests {
             },
             reuse_active: reuse,
             origin: String::new(),
+            session_id: None,
         }
     }
 

@@ -7,5 +7,7 @@ mod helpers;
 mod interop;
 mod messages;
 mod pagination;
+mod security;
 mod startup;
 mod streams;
+mod subcommands;

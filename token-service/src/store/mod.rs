@@ -10,6 +10,7 @@
 //! another process), calls fail with UNAVAILABLE and the next call or health probe tries
 //! again.
 
+mod admin;
 mod group;
 mod outbox;
 mod sessions;
@@ -264,6 +265,29 @@ impl Store {
         let (done, result) = oneshot::channel();
         self.send(Job::Grouped(Box::new(group::Call { f, done })))
             .await?;
+        result
+            .await
+            .map_err(|_| Error::StoreUnavailable("the SQLite thread dropped a call".into()))?
+    }
+
+    /// Runs `f` on the SQLite thread between two group transactions, with no transaction
+    /// open: for what must not see another call's uncommitted writes (a backup).
+    pub(super) async fn call_alone<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+    {
+        let (done, result) = oneshot::channel();
+        self.send(Job::Alone(Box::new(move |db: &mut Db| {
+            let outcome = db.conn().and_then(|conn| f(conn));
+            if let Err(Error::Store { source, .. }) = &outcome
+                && is_broken(source)
+            {
+                db.conn = None;
+            }
+            let _ = done.send(outcome);
+        })))
+        .await?;
         result
             .await
             .map_err(|_| Error::StoreUnavailable("the SQLite thread dropped a call".into()))?

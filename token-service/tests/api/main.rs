@@ -6,10 +6,14 @@
 
 mod helpers;
 
+mod admin;
 mod consistency;
 mod end_to_end;
 mod faults;
 mod health;
 mod redeem;
+mod replicas;
+mod security;
 mod sessions;
+mod subcommands;
 mod tokens;
