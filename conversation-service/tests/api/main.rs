@@ -6,6 +6,7 @@ mod conversations;
 mod helpers;
 mod interop;
 mod messages;
+mod observability;
 mod pagination;
 mod security;
 mod startup;

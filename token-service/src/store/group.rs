@@ -54,7 +54,10 @@ where
 {
     fn run(self: Box<Self>, conn: &Connection) -> Ran {
         let Self { f, done } = *self;
-        match f(conn) {
+        let started = std::time::Instant::now();
+        let outcome = f(conn);
+        crate::metrics::sqlite_call(started.elapsed());
+        match outcome {
             Ok(value) => Ran::Kept(Box::new(move |committed: Result<(), Error>| {
                 let _ = done.send(committed.map(|()| value));
             })),

@@ -14,6 +14,7 @@ mod admin;
 mod group;
 mod outbox;
 mod sessions;
+mod stats;
 mod tokens;
 
 use std::{
@@ -34,6 +35,7 @@ use uuid::Uuid;
 
 pub use outbox::{Done, OutboxCall, OutboxJob};
 pub use sessions::{Identified, Redeemed, Redemption};
+pub use stats::OutboxStats;
 
 use crate::error::{Error, StoreResultExt};
 
@@ -279,7 +281,9 @@ impl Store {
     {
         let (done, result) = oneshot::channel();
         self.send(Job::Alone(Box::new(move |db: &mut Db| {
+            let started = std::time::Instant::now();
             let outcome = db.conn().and_then(|conn| f(conn));
+            crate::metrics::sqlite_call(started.elapsed());
             if let Err(Error::Store { source, .. }) = &outcome
                 && is_broken(source)
             {

@@ -11,6 +11,7 @@ mod consistency;
 mod end_to_end;
 mod faults;
 mod health;
+mod observability;
 mod redeem;
 mod replicas;
 mod security;
