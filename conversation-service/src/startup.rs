@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::Context;
+use chat_common::seal::SealKey;
 use chat_proto::v1::conversation_service_server::ConversationServiceServer;
 use sqlx::{
     PgPool,
@@ -29,6 +30,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     config::Config,
+    domain::PageTokens,
     grpc::ConversationApi,
     realtime::{Hub, run_listener, streams::StreamContext},
     store::{SendQueue, Store},
@@ -145,9 +147,12 @@ impl Application {
             heartbeat: config.heartbeat_interval,
             shutdown: shutdown.clone(),
         };
-        let api = ConversationServiceServer::new(ConversationApi::new(store, sender, hub, streams))
-            .max_decoding_message_size(config.max_message_bytes)
-            .max_encoding_message_size(config.max_message_bytes.max(1024 * 1024));
+        let pages = PageTokens::new(page_token_key(config.page_token_key.as_deref())?);
+        let api = ConversationServiceServer::new(ConversationApi::new(
+            store, sender, hub, streams, pages,
+        ))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes.max(1024 * 1024));
         let ready = Arc::clone(&migrated);
         let api = InterceptedService::new(api, move |request: Request<()>| {
             if ready.load(Ordering::Acquire) {
@@ -213,6 +218,18 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .with_service_name("grpc.health.v1.Health")
         .with_service_name("grpc.reflection.v1.ServerReflection")
         .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+}
+
+/// The configured page token key, else a random one (tokens then stay on this process).
+fn page_token_key(configured: Option<&str>) -> anyhow::Result<SealKey> {
+    let (key, configured) = SealKey::configured_or_random(configured)
+        .map_err(|e| anyhow::anyhow!("PAGE_TOKEN_KEY: {e}"))?;
+    if !configured {
+        tracing::warn!(
+            "PAGE_TOKEN_KEY unset: page tokens work only on this process until it restarts"
+        );
+    }
+    Ok(key)
 }
 
 async fn migrate(pool: &PgPool) -> anyhow::Result<()> {

@@ -79,6 +79,11 @@ pub struct Config {
     #[arg(long, env = "CALLER_ADDRESS_HEADER", default_value = "x-forwarded-for")]
     pub caller_address_header: String,
 
+    /// Key (at least 16 bytes) that seals ListTokens page tokens (HMAC-SHA256). Unset: a
+    /// random key per process, so page tokens do not survive a restart.
+    #[arg(long, env = "PAGE_TOKEN_KEY", hide_env_values = true)]
+    pub page_token_key: Option<String>,
+
     /// Deadline of every RPC (a client's shorter grpc-timeout wins).
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,

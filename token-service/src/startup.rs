@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use chat_common::seal::SealKey;
 use chat_proto::v1::token_service_server::TokenServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -124,11 +125,20 @@ impl Application {
             config.failed_redemptions_limit,
             config.failed_redemptions_window,
         ));
+        let (page_key, configured) =
+            SealKey::configured_or_random(config.page_token_key.as_deref())
+                .map_err(|e| Error::Internal(format!("PAGE_TOKEN_KEY: {e}")))?;
+        if !configured {
+            tracing::warn!(
+                "PAGE_TOKEN_KEY unset: page tokens work only until this process restarts"
+            );
+        }
         let tokens = TokenServiceServer::new(TokenGrpc::new(
             store.clone(),
             outbox.clone(),
             limiter,
             &config.caller_address_header,
+            page_key,
         ))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(MAX_REPLY_BYTES);

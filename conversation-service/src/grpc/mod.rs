@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
-        ConversationId, CustomerDetails, CustomerPatch, PageSize, PageToken, Participant,
+        ConversationId, CustomerDetails, CustomerPatch, PageSize, PageTokens, Participant,
         Status as ConversationStatus, parse_body, parse_client_message_id, parse_external_id,
         parse_origin, parse_request_id, parse_seq,
     },
@@ -34,15 +34,23 @@ pub struct ConversationApi {
     sender: SendQueue,
     hub: Arc<Hub>,
     streams: StreamContext,
+    pages: PageTokens,
 }
 
 impl ConversationApi {
-    pub fn new(store: Store, sender: SendQueue, hub: Arc<Hub>, streams: StreamContext) -> Self {
+    pub fn new(
+        store: Store,
+        sender: SendQueue,
+        hub: Arc<Hub>,
+        streams: StreamContext,
+        pages: PageTokens,
+    ) -> Self {
         Self {
             store,
             sender,
             hub,
             streams,
+            pages,
         }
     }
 }
@@ -120,14 +128,15 @@ impl ConversationService for ConversationApi {
         let size = PageSize::parse("page_size", request.page_size, default, max)?.0;
         let query = format!("{:?}/{}/{:?}", owner.role, owner.id, status);
         let after: Option<(DateTime<Utc>, Uuid)> =
-            PageToken::decode("page_token", &query, &request.page_token)?;
+            self.pages
+                .decode("page_token", &query, &request.page_token)?;
         // One extra row tells whether another page exists.
         let mut rows = self
             .store
             .list_conversations(&owner, status, after, size + 1)
             .await?;
         let next_page_token = next_page(&mut rows, size, |last| {
-            PageToken::encode(&query, (last.last_activity_at, last.id))
+            self.pages.encode(&query, &(last.last_activity_at, last.id))
         });
         ok(v1::ListConversationsResponse {
             conversations: rows.iter().map(|r| r.to_proto(Some(owner.role))).collect(),
@@ -212,8 +221,10 @@ impl ConversationService for ConversationApi {
         let (default, max) = MESSAGES_PAGE;
         let size = PageSize::parse("page_size", request.page_size, default, max)?.0;
         let query = format!("{id}/{direction:?}/{cursor}");
-        let cursor =
-            PageToken::<i64>::decode("page_token", &query, &request.page_token)?.unwrap_or(cursor);
+        let cursor = self
+            .pages
+            .decode::<i64>("page_token", &query, &request.page_token)?
+            .unwrap_or(cursor);
         let conversation = self.store.get_conversation(id).await?;
         if !conversation.admits(&viewer) {
             return Err(Error::not_participant().into());
@@ -223,7 +234,7 @@ impl ConversationService for ConversationApi {
             .list_messages(id, direction, cursor, size + 1)
             .await?;
         let next_page_token =
-            next_page(&mut rows, size, |last| PageToken::encode(&query, last.seq));
+            next_page(&mut rows, size, |last| self.pages.encode(&query, &last.seq));
         ok(v1::ListMessagesResponse {
             messages: rows
                 .iter()

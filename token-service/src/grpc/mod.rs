@@ -5,6 +5,7 @@ mod convert;
 
 use std::sync::Arc;
 
+use chat_common::seal::SealKey;
 use chat_proto::v1::{self as pb, token_service_server::TokenService};
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, field};
@@ -28,6 +29,7 @@ pub struct TokenGrpc {
     outbox: Outbox,
     limiter: Arc<FailureLimiter>,
     caller_header: Arc<str>,
+    page_key: SealKey,
 }
 
 impl TokenGrpc {
@@ -36,12 +38,14 @@ impl TokenGrpc {
         outbox: Outbox,
         limiter: Arc<FailureLimiter>,
         caller_header: &str,
+        page_key: SealKey,
     ) -> Self {
         Self {
             store,
             outbox,
             limiter,
             caller_header: caller_header.to_ascii_lowercase().into(),
+            page_key,
         }
     }
 
@@ -95,7 +99,7 @@ impl TokenGrpc {
     async fn list(&self, r: pb::ListTokensRequest) -> Result<pb::ListTokensResponse, Error> {
         let provider_id = ProviderId::parse("provider_id", &r.provider_id)?;
         let page_size = PageSize::parse(r.page_size)?;
-        let cursor = TokenCursor::decode(&r.page_token, &provider_id)?;
+        let cursor = TokenCursor::decode(&self.page_key, &r.page_token, &provider_id)?;
         let mut tokens = self
             .store
             .list_tokens(provider_id.clone(), cursor, page_size.get())
@@ -108,7 +112,7 @@ impl TokenGrpc {
                     create_time: last.create_time,
                     token_id: last.token_id,
                 }
-                .encode(&provider_id);
+                .encode(&self.page_key, &provider_id);
             }
         }
         let now = now();

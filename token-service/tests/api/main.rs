@@ -8,6 +8,7 @@ mod helpers;
 
 mod end_to_end;
 mod faults;
+mod hardening;
 mod health;
 mod redeem;
 mod sessions;
