@@ -2,3 +2,4 @@
 //! cannot drift apart. Nothing here knows about conversations or tokens.
 
 pub mod seal;
+pub mod server;

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::Context;
-use chat_common::seal::SealKey;
+use chat_common::{seal::SealKey, server::OversizeLayer};
 use chat_proto::v1::conversation_service_server::ConversationServiceServer;
 use sqlx::{
     PgPool,
@@ -167,6 +167,7 @@ impl Application {
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let serve = Server::builder()
+            .layer(OversizeLayer::new(crate::error::DOMAIN))
             .timeout(config.request_timeout)
             .max_concurrent_streams(config.max_concurrent_streams)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))

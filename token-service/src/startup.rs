@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use chat_common::seal::SealKey;
+use chat_common::{seal::SealKey, server::OversizeLayer};
 use chat_proto::v1::token_service_server::TokenServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -167,6 +167,7 @@ impl Application {
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
                 config.max_concurrent_requests.max(1),
             ))
+            .layer(OversizeLayer::new(crate::error::DOMAIN))
             .max_concurrent_streams(config.max_concurrent_streams)
             .http2_keepalive_interval(Some(keepalive))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))

@@ -6,6 +6,7 @@ mod conversations;
 mod hardening;
 mod helpers;
 mod interop;
+mod limits;
 mod messages;
 mod pagination;
 mod startup;

@@ -1,0 +1,109 @@
+//! Limits as gRPC says: a request over the size limit is RESOURCE_EXHAUSTED with an
+//! ErrorInfo; a reply never exceeds its cap, because a page stops at a byte budget too.
+
+use std::collections::HashSet;
+
+use chat_proto::v1;
+use tonic::Code;
+use uuid::Uuid;
+
+use crate::helpers::{Client, create, new_provider, provider, reason, send, spawn_app};
+
+#[tokio::test]
+async fn a_request_over_the_size_limit_is_resource_exhausted_with_error_info() {
+    let mut app = spawn_app().await;
+    let status = app
+        .client
+        .create_conversation(v1::CreateConversationRequest {
+            request_id: Uuid::new_v4().to_string(),
+            provider_id: "p".into(),
+            origin: "x".repeat(100 * 1024),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason(&status), "REQUEST_TOO_LARGE");
+    assert_eq!(app.count("SELECT count(*) FROM conversations").await, 0);
+}
+
+/// 4,000 emoji: 16,000 bytes of UTF-8, the largest body there is.
+fn big_body(i: usize) -> String {
+    format!("{i} {}", "😀".repeat(3_990))
+}
+
+async fn walk_messages(client: &mut Client, id: &str, prov: &str) -> (Vec<i64>, usize) {
+    let (mut seqs, mut pages, mut token) = (Vec::new(), 0, String::new());
+    loop {
+        let page = client
+            .list_messages(v1::ListMessagesRequest {
+                conversation_id: id.into(),
+                viewer: provider(prov),
+                page_size: 500,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .expect("a page of big messages fits the reply cap")
+            .into_inner();
+        pages += 1;
+        seqs.extend(page.messages.iter().map(|m| m.seq));
+        if page.next_page_token.is_empty() {
+            return (seqs, pages);
+        }
+        token = page.next_page_token;
+    }
+}
+
+#[tokio::test]
+async fn list_messages_of_big_bodies_pages_by_bytes_and_misses_nothing() {
+    let mut app = spawn_app().await;
+    let prov = new_provider();
+    let id = create(&mut app.client, &prov).await.conversation_id;
+    // 150 x 16 KB = 2.4 MB: a single page of 500 would be far above the 1 MiB reply cap.
+    for i in 0..150 {
+        send(&mut app.client, &id, provider(&prov), &big_body(i))
+            .await
+            .unwrap();
+    }
+    let (seqs, pages) = walk_messages(&mut app.client, &id, &prov).await;
+    assert_eq!(seqs, (1..=150).collect::<Vec<i64>>());
+    assert!(pages > 1, "the byte budget split the walk");
+}
+
+#[tokio::test]
+async fn list_conversations_with_big_last_messages_pages_by_bytes_and_misses_nothing() {
+    let mut app = spawn_app().await;
+    let prov = new_provider();
+    let mut ids = HashSet::new();
+    for i in 0..200 {
+        let id = create(&mut app.client, &prov).await.conversation_id;
+        send(&mut app.client, &id, provider(&prov), &big_body(i))
+            .await
+            .unwrap();
+        ids.insert(id);
+    }
+    let (mut seen, mut pages, mut token) = (Vec::new(), 0, String::new());
+    loop {
+        let page = app
+            .client
+            .list_conversations(v1::ListConversationsRequest {
+                participant: provider(&prov),
+                page_size: 200,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .expect("a page of big conversations fits the reply cap")
+            .into_inner();
+        pages += 1;
+        seen.extend(page.conversations.into_iter().map(|c| c.conversation_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 200, "no conversation twice");
+    assert_eq!(seen.into_iter().collect::<HashSet<_>>(), ids);
+    assert!(pages > 1, "the byte budget split the walk");
+}
