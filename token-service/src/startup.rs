@@ -15,7 +15,7 @@ use crate::{
     conversations::Conversations,
     error::Error,
     grpc::TokenGrpc,
-    limiter::FailureLimiter,
+    limiter::{CallerIdentity, FailureLimiter},
     outbox::{Outbox, OutboxSettings},
     store::Store,
 };
@@ -137,7 +137,11 @@ impl Application {
             store.clone(),
             outbox.clone(),
             limiter,
-            &config.caller_address_header,
+            CallerIdentity {
+                key_header: config.caller_key_header.to_ascii_lowercase(),
+                address_header: config.caller_address_header.to_ascii_lowercase(),
+                trusted_hops: config.trusted_proxy_hops,
+            },
             page_key,
         ))
         .max_decoding_message_size(config.max_message_bytes)

@@ -16,7 +16,7 @@ use crate::{
         Session, SessionSecret, TokenCursor, TokenId, TokenSecret, Ttl, now,
     },
     error::Error,
-    limiter::FailureLimiter,
+    limiter::{CallerIdentity, FailureLimiter, Reservation},
     outbox::Outbox,
     store::{OutboxJob, Redemption, Store},
 };
@@ -28,7 +28,7 @@ pub struct TokenGrpc {
     store: Store,
     outbox: Outbox,
     limiter: Arc<FailureLimiter>,
-    caller_header: Arc<str>,
+    identity: Arc<CallerIdentity>,
     page_key: SealKey,
 }
 
@@ -37,32 +37,29 @@ impl TokenGrpc {
         store: Store,
         outbox: Outbox,
         limiter: Arc<FailureLimiter>,
-        caller_header: &str,
+        identity: CallerIdentity,
         page_key: SealKey,
     ) -> Self {
         Self {
             store,
             outbox,
             limiter,
-            caller_header: caller_header.to_ascii_lowercase().into(),
+            identity: Arc::new(identity),
             page_key,
         }
     }
 
     fn caller<T>(&self, request: &Request<T>) -> String {
-        FailureLimiter::caller_key(
-            &self.caller_header,
-            request.metadata(),
-            request.remote_addr(),
-        )
+        self.identity.key(request.metadata(), request.remote_addr())
     }
 
-    /// Counts a failed guess against the caller.
-    fn note_failure<T>(&self, caller: &str, result: Result<T, Error>) -> Result<T, Error> {
+    /// Counts a failed guess against the caller; any other outcome gives the
+    /// reservation back.
+    fn settle<T>(reservation: Reservation, result: Result<T, Error>) -> Result<T, Error> {
         if let Err(e) = &result
             && e.is_failed_guess()
         {
-            self.limiter.record_failure(caller);
+            reservation.failed();
         }
         result
     }
@@ -137,14 +134,14 @@ impl TokenGrpc {
         caller: &str,
         r: pb::CheckTokenRequest,
     ) -> Result<pb::CheckTokenResponse, Error> {
-        self.limiter.check(caller)?;
+        let reservation = self.limiter.reserve(caller).await?;
         let provider_id = ProviderId::parse("provider_id", &r.provider_id)?;
         let result = async {
             let secret = TokenSecret::parse(&r.secret)?;
             self.store.check_token(provider_id, secret.hash()).await
         }
         .await;
-        let token = self.note_failure(caller, result)?;
+        let token = Self::settle(reservation, result)?;
         Span::current().record("token_id", field::display(token.token_id));
         let now = now();
         Ok(pb::CheckTokenResponse {
@@ -158,7 +155,7 @@ impl TokenGrpc {
         caller: &str,
         r: pb::RedeemTokenRequest,
     ) -> Result<pb::RedeemTokenResponse, Error> {
-        self.limiter.check(caller)?;
+        let reservation = self.limiter.reserve(caller).await?;
         let request_id = RequestId::parse("request_id", &r.request_id)?;
         let provider_id = ProviderId::parse("provider_id", &r.provider_id)?;
         let customer_id = CustomerId::parse_optional("customer_id", &r.customer_id)?;
@@ -178,7 +175,7 @@ impl TokenGrpc {
                 .await
         }
         .await;
-        let redeemed = self.note_failure(caller, result)?;
+        let redeemed = Self::settle(reservation, result)?;
         let span = Span::current();
         span.record("token_id", field::display(redeemed.session.token_id));
         span.record("session_id", field::display(redeemed.session.session_id));
