@@ -76,6 +76,10 @@ pub struct Config {
     #[arg(long, env = "PAGE_TOKEN_KEY", hide_env_values = true)]
     pub page_token_key: Option<String>,
 
+    /// Connection settings shared with token-service.
+    #[command(flatten)]
+    pub connections: chat_common::server::Connections,
+
     /// Log format: `text` or `json`. Filter with RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -21,11 +21,7 @@ use sqlx::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    Request, Status,
-    service::interceptor::InterceptedService,
-    transport::{Server, server::TcpIncoming},
-};
+use tonic::{Request, Status, service::interceptor::InterceptedService};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -166,23 +162,18 @@ impl Application {
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
-        let serve = Server::builder()
+        let serve = config
+            .connections
+            .server()
             .layer(OversizeLayer::new(crate::error::DOMAIN))
             .timeout(config.request_timeout)
             .max_concurrent_streams(config.max_concurrent_streams)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(api)
-            // Our own listener (bound in build) does not inherit the builder's
-            // tcp_nodelay; without it Nagle adds ~40 ms to every streamed event.
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener)
-                    .with_nodelay(Some(true))
-                    .with_keepalive(Some(Duration::from_secs(60))),
+                config.connections.incoming(listener),
                 shutdown.clone().cancelled_owned(),
             );
         tracing::info!(%local_addr, "serving");

@@ -112,9 +112,9 @@ pub struct Config {
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
 
-    /// HTTP/2 and TCP keepalive interval.
-    #[arg(long, env = "KEEPALIVE", default_value = "30s", value_parser = parse_duration)]
-    pub keepalive: Duration,
+    /// Connection settings shared with conversation-service.
+    #[command(flatten)]
+    pub connections: chat_common::server::Connections,
 
     /// SQLite busy timeout (only an outside process, e.g. a backup, can hold the lock).
     #[arg(long, env = "SQLITE_BUSY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]

@@ -7,7 +7,6 @@ use chat_common::{seal::SealKey, server::OversizeLayer};
 use chat_proto::v1::token_service_server::TokenServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -158,25 +157,21 @@ impl Application {
             shutdown.clone(),
         ));
 
-        let keepalive = config.keepalive.max(Duration::from_secs(1));
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(keepalive));
+        let incoming = config.connections.incoming(listener);
         tracing::info!(%local_addr, database = %config.database.display(),
             conversation_service = %config.conversation_service, "token-service listening");
 
         let stop = shutdown.clone();
-        let served = Server::builder()
+        let served = config
+            .connections
+            .server()
             .timeout(config.request_timeout)
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
                 config.max_concurrent_requests.max(1),
             ))
             .layer(OversizeLayer::new(crate::error::DOMAIN))
             .max_concurrent_streams(config.max_concurrent_streams)
-            .http2_keepalive_interval(Some(keepalive))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .http2_max_header_list_size(16 * 1024)
-            .max_connection_age(Duration::from_secs(30 * 60))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

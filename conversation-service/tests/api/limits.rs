@@ -107,3 +107,26 @@ async fn list_conversations_with_big_last_messages_pages_by_bytes_and_misses_not
     assert_eq!(seen.into_iter().collect::<HashSet<_>>(), ids);
     assert!(pages > 1, "the byte budget split the walk");
 }
+
+#[tokio::test]
+async fn a_connection_that_never_starts_http2_is_closed_after_the_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let database_url = crate::helpers::fresh_database().await;
+    let mut app =
+        crate::helpers::spawn_app_with(&database_url, &["--handshake-timeout", "300ms"]).await;
+    let mut silent = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let mut buf = Vec::new();
+    // The server sends its SETTINGS, then closes (EOF or a reset) a client that says
+    // nothing. The outer timeout only keeps a regression from hanging.
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        silent.read_to_end(&mut buf),
+    )
+    .await
+    .expect("the server closed the silent connection");
+    let _closed_by_eof_or_reset = read;
+    // A connection that did its handshake stays, idle for longer than the timeout.
+    create(&mut app.client, "p").await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    create(&mut app.client, "p").await;
+}

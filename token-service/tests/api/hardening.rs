@@ -239,3 +239,23 @@ async fn forged_page_tokens_are_invalid_argument() {
         assert_invalid(list(forged).await, "page_token");
     }
 }
+
+#[tokio::test]
+async fn a_connection_that_never_starts_http2_is_closed_after_the_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let app = spawn_app_with(temp_db_path(), NOWHERE, &["--handshake-timeout", "300ms"]).await;
+    let mut silent = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let mut buf = Vec::new();
+    // The outer timeout only keeps a regression from hanging the suite.
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        silent.read_to_end(&mut buf),
+    )
+    .await
+    .expect("the server closed the silent connection");
+    let _closed_by_eof_or_reset = read;
+    // A connection that did its handshake stays, idle for longer than the timeout.
+    app.issue("p1", 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    app.issue("p1", 1).await;
+}
