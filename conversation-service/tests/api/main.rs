@@ -9,5 +9,6 @@ mod interop;
 mod limits;
 mod messages;
 mod pagination;
+mod properties;
 mod startup;
 mod streams;
