@@ -10,6 +10,7 @@ mod end_to_end;
 mod faults;
 mod hardening;
 mod health;
+mod properties;
 mod redeem;
 mod sessions;
 mod tokens;
