@@ -244,7 +244,11 @@ fn random_well_formed_requests_never_get_internal_and_refusals_write_nothing() {
         (app, known)
     });
     let mut runner = TestRunner::new(Config {
-        cases: CASES,
+        // PROPTEST_CASES=2000 for a longer run.
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(CASES),
         failure_persistence: None,
         ..Config::default()
     });

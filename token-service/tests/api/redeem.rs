@@ -283,6 +283,7 @@ async fn sixty_parallel_wrong_secrets_get_at_most_the_limit_looked_up() {
                 .is_err_and(|s| s.code() == Code::ResourceExhausted)
         })
         .count();
+    eprintln!("60 parallel wrong secrets: {looked_up} looked up, {refused} refused");
     assert!((1..=10).contains(&looked_up), "{looked_up} lookups");
     assert_eq!(looked_up + refused, 60);
     Arc::into_inner(app).unwrap().stop().await;
