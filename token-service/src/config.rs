@@ -59,11 +59,6 @@ pub struct Config {
     #[arg(long, env = "OUTBOX_BATCH", default_value_t = 16)]
     pub outbox_batch: u32,
 
-    /// How long a claimed outbox call is reserved for its caller before the worker may
-    /// try it again (longer than --inline-wait and --call-timeout).
-    #[arg(long, env = "OUTBOX_LEASE", default_value = "10s", value_parser = parse_duration)]
-    pub outbox_lease: Duration,
-
     /// Failed redemptions / checks (unknown link, wrong provider, malformed secret) one
     /// caller may make per window before RESOURCE_EXHAUSTED; 0 disables the limit.
     #[arg(long, env = "FAILED_REDEMPTIONS_LIMIT", default_value_t = 10)]

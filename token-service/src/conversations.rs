@@ -17,7 +17,7 @@ use tonic_health::pb::{
 };
 
 use crate::{
-    error::Error,
+    error::{Error, Refusal},
     store::{Done, OutboxCall},
 };
 
@@ -33,7 +33,7 @@ pub enum CallError {
     /// Worth retrying: conversation-service down, overloaded, or too slow.
     Transient(Status),
     /// Refused for good (bad input, a precondition that will not change by waiting).
-    Permanent(Status),
+    Permanent(Refusal),
     /// The call cannot be made yet (its conversation does not exist yet).
     NotReady,
 }
@@ -41,24 +41,22 @@ pub enum CallError {
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Transient(s) | Self::Permanent(s) => {
-                write!(f, "{:?}: {}", s.code(), s.message())
-            }
+            Self::Transient(s) => write!(f, "{:?}: {}", s.code(), s.message()),
+            Self::Permanent(refusal) => refusal.fmt(f),
             Self::NotReady => f.write_str("conversation not created yet"),
         }
     }
 }
 
+/// Only what waiting cannot change is permanent; anything else (down, overloaded, a
+/// misconfigured credential, a version skew) is retried until an operator fixes it.
 fn classify(status: Status) -> CallError {
     match status.code() {
-        Code::Unavailable
-        | Code::DeadlineExceeded
-        | Code::ResourceExhausted
-        | Code::Aborted
-        | Code::Cancelled
-        | Code::Unknown
-        | Code::Internal => CallError::Transient(status),
-        _ => CallError::Permanent(status),
+        Code::FailedPrecondition
+        | Code::InvalidArgument
+        | Code::NotFound
+        | Code::PermissionDenied => CallError::Permanent(Refusal::from_status(&status)),
+        _ => CallError::Transient(status),
     }
 }
 

@@ -45,6 +45,58 @@ pub enum Error {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// conversation-service refused a call for good; the caller hears its reason.
+    #[error("conversation-service refused: {0}")]
+    Refused(Refusal),
+}
+
+/// A refusal by conversation-service that waiting cannot change (FAILED_PRECONDITION,
+/// INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED), with its `ErrorInfo` reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: Code,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Refusal {
+    /// Reads a status from conversation-service; without an `ErrorInfo` the reason is
+    /// the code's name.
+    pub fn from_status(status: &Status) -> Self {
+        let reason = status
+            .get_error_details()
+            .error_info()
+            .map(|info| info.reason.clone())
+            .filter(|reason| !reason.is_empty())
+            .unwrap_or_else(|| code_name(status.code()).to_owned());
+        Self {
+            code: status.code(),
+            reason,
+            message: status.message().to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            code_name(self.code),
+            self.reason,
+            self.message
+        )
+    }
+}
+
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::NotFound => "NOT_FOUND",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        _ => "UNKNOWN",
+    }
 }
 
 impl Error {
@@ -67,7 +119,7 @@ impl Error {
     pub fn request_id_reused() -> Self {
         Self::InvalidArgument {
             field: "request_id",
-            description: "was already used to redeem a different link".into(),
+            description: "was already used for a different redemption (link, customer_id or new_conversation)".into(),
             reason: "REQUEST_ID_REUSED",
         }
     }
@@ -86,8 +138,9 @@ impl Error {
         )
     }
 
-    fn reason(&self) -> &'static str {
+    fn reason(&self) -> &str {
         match self {
+            Self::Refused(refusal) => &refusal.reason,
             Self::InvalidArgument { reason, .. } => reason,
             Self::TokenNotFound => "TOKEN_NOT_FOUND",
             Self::ProviderMismatch => "PROVIDER_MISMATCH",
@@ -209,6 +262,12 @@ impl From<Error> for Status {
                     )
                 }
             }
+            // Passed through as conversation-service said it: same code, same reason.
+            Error::Refused(refusal) => (
+                refusal.code,
+                refusal.message.clone(),
+                with_info(HashMap::new()),
+            ),
             Error::Internal(context) => {
                 tracing::error!(%context, "internal error");
                 (

@@ -1,8 +1,9 @@
 //! Drives the outbox: the RPC that queued a call makes it at once (retrying with backoff
 //! for a bounded time), and a background worker finishes whatever is left: after
 //! conversation-service was down, after a crash, after a restart. Every call is idempotent
-//! (CreateConversation by the session id, UpdateCustomer by its content), so running one
-//! twice is harmless; the lease only keeps that rare.
+//! (CreateConversation by the session id, UpdateCustomer by its content), and a session's
+//! calls never overlap: each is made only with its session's turn (see `store::outbox`),
+//! so contact details given later are never overwritten by older ones.
 
 use std::{
     sync::{
@@ -18,9 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     conversations::{CallError, Conversations},
-    domain::{Session, now},
+    domain::{CustomerId, Session, now},
     error::Error,
-    store::{OutboxCall, OutboxJob, Store},
+    store::{Done, OutboxCall, OutboxJob, Store},
 };
 
 #[derive(Debug, Clone)]
@@ -33,7 +34,6 @@ pub struct OutboxSettings {
     pub retry_max: Duration,
     pub poll: Duration,
     pub batch: u32,
-    pub lease: Duration,
 }
 
 #[derive(Clone)]
@@ -62,10 +62,6 @@ impl Outbox {
         }
     }
 
-    pub fn lease(&self) -> chrono::Duration {
-        to_chrono(self.settings.lease)
-    }
-
     pub fn set_reachable(&self, reachable: bool) {
         self.reachable.store(reachable, Ordering::Relaxed);
     }
@@ -84,10 +80,9 @@ impl Outbox {
             .min(self.settings.retry_max)
     }
 
-    /// Makes a call this caller holds the lease of, retrying transient failures until
-    /// `inline_wait` has passed. Returns the session when the call succeeded, `None` when
-    /// it was left queued for the worker.
-    pub async fn drive(&self, job: OutboxJob) -> Result<Option<Session>, Error> {
+    /// Makes a call this caller holds, retrying transient failures until `inline_wait`
+    /// has passed. Returns what it achieved, or the error that left it queued.
+    async fn call_inline(&self, job: &OutboxJob) -> Result<Done, CallError> {
         // Known down: one attempt (it may be back already), then answer PENDING at once.
         let wait = if self.reachable.load(Ordering::Relaxed) {
             self.settings.inline_wait
@@ -99,54 +94,88 @@ impl Outbox {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                break;
+                return Err(CallError::Transient(tonic::Status::unavailable(
+                    "inline wait elapsed",
+                )));
             }
             let timeout = self.settings.call_timeout.min(remaining);
             match self.conversations.call(&job.call, timeout).await {
-                Ok(done) => {
-                    let session = self.store.complete(&job, done).await?;
-                    // Calls queued behind this one (an UpdateCustomer) may run now.
-                    self.wake();
-                    return Ok(Some(session));
-                }
                 Err(CallError::Transient(status)) => {
                     tracing::debug!(job_id = job.job_id, code = ?status.code(), "conversation-service call failed; retrying");
                     if Instant::now() + delay >= deadline || !self.reachable.load(Ordering::Relaxed)
                     {
-                        break;
+                        return Err(CallError::Transient(status));
                     }
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                 }
-                Err(other) => {
-                    self.settle_failure(&job, other).await?;
-                    return Ok(None);
-                }
+                outcome => return outcome,
             }
         }
-        self.settle_failure(
-            &job,
-            CallError::Transient(tonic::Status::unavailable("inline wait elapsed")),
-        )
-        .await?;
-        Ok(None)
+    }
+
+    /// Records a call's effect; calls queued behind it may run now.
+    async fn finish(&self, job: OutboxJob, done: Done) -> Result<Session, Error> {
+        let session = self.store.complete(&job, done).await?;
+        // The session's turn ends before the worker looks for its next call.
+        drop(job);
+        self.wake();
+        Ok(session)
+    }
+
+    /// Makes a queued CreateConversation now. `None`: left queued for the worker.
+    pub async fn create_now(&self, job: OutboxJob) -> Result<Option<Session>, Error> {
+        match self.call_inline(&job).await {
+            Ok(done) => self.finish(job, done).await.map(Some),
+            Err(error) => {
+                self.settle_failure(&job, error).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Makes a queued UpdateCustomer now. A refusal for good reaches the caller instead
+    /// of the queue: the call is withdrawn and the session gets `previous` back, so it
+    /// stays as it was. `None`: left queued for the worker.
+    pub async fn link_now(
+        &self,
+        job: OutboxJob,
+        previous: Option<CustomerId>,
+    ) -> Result<Option<Session>, Error> {
+        match self.call_inline(&job).await {
+            Ok(done) => self.finish(job, done).await.map(Some),
+            Err(CallError::Permanent(refusal)) => {
+                tracing::info!(job_id = job.job_id, session_id = %job.session_id, %refusal,
+                    "conversation-service refused UpdateCustomer; the session is left as it was");
+                self.store
+                    .withdraw_link(job.job_id, job.session_id, previous)
+                    .await?;
+                drop(job);
+                self.wake();
+                Err(Error::Refused(refusal))
+            }
+            Err(error) => {
+                self.settle_failure(&job, error).await?;
+                Ok(None)
+            }
+        }
     }
 
     /// Records a failed call: retried later, or given up when it can never succeed.
     async fn settle_failure(&self, job: &OutboxJob, error: CallError) -> Result<(), Error> {
         let next = now() + to_chrono(self.backoff(job.attempts));
         match (&job.call, &error) {
-            (OutboxCall::UpdateCustomer { .. }, CallError::Permanent(status)) => {
-                tracing::error!(job_id = job.job_id, session_id = %job.session_id, code = ?status.code(),
-                    message = status.message(), "conversation-service refused UpdateCustomer; giving up");
-                self.store
-                    .give_up(job.job_id, now(), error.to_string())
-                    .await
+            (OutboxCall::UpdateCustomer { .. }, CallError::Permanent(refusal)) => {
+                // Nobody waits for this answer any more: it shows on GetSession
+                // (CUSTOMER_LINK_STATE_FAILED) and stays in the outbox for operators.
+                tracing::warn!(job_id = job.job_id, session_id = %job.session_id, %refusal,
+                    "conversation-service refused a queued UpdateCustomer; giving up");
+                self.store.give_up(job.job_id, now(), refusal).await
             }
-            (OutboxCall::CreateConversation { .. }, CallError::Permanent(status)) => {
+            (OutboxCall::CreateConversation { .. }, CallError::Permanent(refusal)) => {
                 // Never dropped: a session must end up with its conversation.
-                tracing::error!(job_id = job.job_id, session_id = %job.session_id, code = ?status.code(),
-                    message = status.message(), "conversation-service refused CreateConversation; will keep retrying");
+                tracing::error!(job_id = job.job_id, session_id = %job.session_id, %refusal,
+                    "conversation-service refused CreateConversation; will keep retrying");
                 let next = now() + to_chrono(self.settings.retry_max);
                 self.store
                     .retry_later(job.job_id, next, error.to_string())
@@ -178,18 +207,25 @@ impl Outbox {
             Ok(done) => self.store.complete(&job, done).await.map(|session| {
                 tracing::info!(job_id = job.job_id, session_id = %session.session_id,
                     conversation_id = ?session.conversation_id, "queued call completed");
+                true
             }),
-            Err(error) => self.settle_failure(&job, error).await,
+            Err(error) => self.settle_failure(&job, error).await.map(|()| false),
         };
-        if let Err(e) = outcome {
-            // The lease expires and the call is tried again.
-            tracing::warn!(job_id = job.job_id, error = %e, "could not record an outbox call's outcome");
+        let job_id = job.job_id;
+        // The session's turn ends here; a completed call may have a successor due now.
+        drop(job);
+        match outcome {
+            Ok(true) => self.wake(),
+            Ok(false) => {}
+            // The call stays queued and is tried again.
+            Err(e) => {
+                tracing::warn!(job_id, error = %e, "could not record an outbox call's outcome");
+            }
         }
     }
 
     /// The background worker: runs due calls until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let lease = self.lease();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -197,11 +233,7 @@ impl Outbox {
                 () = tokio::time::sleep(self.settings.poll) => {}
             }
             loop {
-                let jobs = match self
-                    .store
-                    .claim_due(now(), self.settings.batch, lease)
-                    .await
-                {
+                let jobs = match self.store.claim_due(now(), self.settings.batch).await {
                     Ok(jobs) => jobs,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the outbox");

@@ -64,10 +64,6 @@ impl Application {
                 retry_max: config.outbox_retry_max.max(config.outbox_retry),
                 poll: config.outbox_poll.max(Duration::from_millis(10)),
                 batch: config.outbox_batch.max(1),
-                // Never shorter than an RPC's own attempt, or the worker would call twice.
-                lease: config
-                    .outbox_lease
-                    .max(config.inline_wait + config.call_timeout),
             },
         );
         Ok(Self {
@@ -83,6 +79,11 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The database handle the service uses (tests reach under the API with it).
+    pub fn store(&self) -> Store {
+        self.store.clone()
     }
 
     /// Cancelling it stops the service gracefully (tests; signals do the same).

@@ -26,15 +26,35 @@ pub struct NewConversation {
 }
 
 impl Store {
-    /// Creates a conversation, or returns the one an earlier call with the same
-    /// `request_id` created (`false`). Concurrent duplicates wait on the unique index and
-    /// then find the winner's row.
+    /// Creates a conversation, or returns what an earlier call with the same
+    /// `request_id` returned (`false`): the key decides before `reuse_active` does, so a
+    /// retry never gets another conversation, even when reuse would now pick one.
     pub async fn create_conversation(
         &self,
         new: NewConversation,
     ) -> Result<(ConversationRow, bool)> {
         let ctx = "create conversation";
         let mut tx = self.pool.begin().await.map_err(|e| Error::db(ctx, e))?;
+        if let Some(request_id) = new.request_id {
+            // Serialises calls with one key: the first decides, every retry then finds its
+            // answer (READ COMMITTED: the lookup after the lock sees the winner's commit).
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 1))")
+                .bind(request_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| Error::db(ctx, e))?;
+            if let Some(id) = answered(&mut tx, request_id).await? {
+                let row = conversation_in(&mut tx, id).await?;
+                tx.commit().await.map_err(|e| Error::db(ctx, e))?;
+                if row.provider_id != new.provider_id {
+                    return Err(Error::invalid(
+                        "request_id",
+                        "was already used for a different request",
+                    ));
+                }
+                return Ok((row, false));
+            }
+        }
         if let (true, Some(customer_id)) = (new.reuse_active, new.customer.customer_id.as_deref()) {
             // Serialises "find or create" per (provider, customer) so two concurrent
             // reusing calls cannot both create.
@@ -54,15 +74,26 @@ impl Store {
             .await
             .map_err(|e| Error::db(ctx, e))?;
             if let Some((id,)) = existing {
+                if let Some(request_id) = new.request_id {
+                    sqlx::query(
+                        "INSERT INTO conversation_requests (request_id, conversation_id) \
+                         VALUES ($1, $2)",
+                    )
+                    .bind(request_id)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| Error::db(ctx, e))?;
+                }
+                let row = conversation_in(&mut tx, id).await?;
                 tx.commit().await.map_err(|e| Error::db(ctx, e))?;
-                return Ok((self.get_conversation(ConversationId(id)).await?, false));
+                return Ok((row, false));
             }
         }
         let id = Uuid::now_v7();
-        let inserted: Option<(Uuid,)> = sqlx::query_as(
+        sqlx::query(
             "INSERT INTO conversations (id, request_id, provider_id, customer_id, customer_name, \
-             customer_email, customer_phone, origin) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (request_id) DO NOTHING RETURNING id",
+             customer_email, customer_phone, origin) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(id)
         .bind(new.request_id)
@@ -72,20 +103,9 @@ impl Store {
         .bind(&new.customer.email)
         .bind(&new.customer.phone)
         .bind(&new.origin)
-        .fetch_optional(&mut *tx)
+        .execute(&mut *tx)
         .await
         .map_err(|e| Error::db(ctx, e))?;
-        if inserted.is_none() {
-            tx.rollback().await.map_err(|e| Error::db(ctx, e))?;
-            let row = self.by_request_id(new.request_id).await?;
-            if row.provider_id != new.provider_id {
-                return Err(Error::invalid(
-                    "request_id",
-                    "was already used for a different request",
-                ));
-            }
-            return Ok((row, false));
-        }
         record_event(&mut tx, id, EVENT_CREATED, None).await?;
         notify(
             &mut tx,
@@ -96,18 +116,11 @@ impl Store {
             },
         )
         .await?;
+        // Read in the transaction: one pool connection per call, even when duplicates
+        // queue on the key's lock.
+        let row = conversation_in(&mut tx, id).await?;
         tx.commit().await.map_err(|e| Error::db(ctx, e))?;
-        Ok((self.get_conversation(ConversationId(id)).await?, true))
-    }
-
-    async fn by_request_id(&self, request_id: Option<Uuid>) -> Result<ConversationRow> {
-        let sql = format!("{CONVERSATION_SELECT} WHERE c.request_id = $1");
-        sqlx::query_as(AssertSqlSafe(sql))
-            .bind(request_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| Error::db("conversation by request id", e))?
-            .ok_or(Error::NotFound("conversation"))
+        Ok((row, true))
     }
 
     pub async fn get_conversation(&self, id: ConversationId) -> Result<ConversationRow> {
@@ -260,6 +273,29 @@ impl Store {
         tx.commit().await.map_err(|e| Error::db(ctx, e))?;
         self.get_conversation(id).await
     }
+}
+
+async fn conversation_in(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<ConversationRow> {
+    let sql = format!("{CONVERSATION_SELECT} WHERE c.id = $1");
+    sqlx::query_as(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(|e| Error::db("create conversation", e))?
+        .ok_or(Error::NotFound("conversation"))
+}
+
+/// The conversation an earlier CreateConversation with this key returned, if any.
+async fn answered(tx: &mut Transaction<'_, Postgres>, request_id: Uuid) -> Result<Option<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT id FROM conversations WHERE request_id = $1 \
+         UNION ALL SELECT conversation_id FROM conversation_requests WHERE request_id = $1 \
+         LIMIT 1",
+    )
+    .bind(request_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(|e| Error::db("create conversation", e))
 }
 
 async fn record_event(

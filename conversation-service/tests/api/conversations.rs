@@ -565,3 +565,101 @@ async fn every_rpc_refuses_bad_and_unknown_conversation_ids() {
     assert_eq!(app.count("SELECT count(*) FROM conversations").await, 0);
     assert_eq!(app.count("SELECT count(*) FROM messages").await, 0);
 }
+
+#[tokio::test]
+async fn a_retry_returns_what_the_first_call_returned_even_when_reuse_would_pick_another() {
+    let mut app = spawn_app().await;
+    let request = |request_id: &str, reuse: bool| v1::CreateConversationRequest {
+        request_id: request_id.into(),
+        provider_id: "p1".into(),
+        customer: Some(v1::Customer {
+            customer_id: "c1".into(),
+            ..Default::default()
+        }),
+        reuse_active: reuse,
+        ..Default::default()
+    };
+    let create = |req: v1::CreateConversationRequest| {
+        let mut client = app.client.clone();
+        async move {
+            let reply = client.create_conversation(req).await.unwrap().into_inner();
+            (reply.conversation.unwrap().conversation_id, reply.created)
+        }
+    };
+    let (r1, r2, r3, r4) = (
+        Uuid::new_v4().to_string(),
+        Uuid::new_v4().to_string(),
+        Uuid::new_v4().to_string(),
+        Uuid::new_v4().to_string(),
+    );
+    // R1 (reuse, nothing to reuse) creates X; R2 (new) creates Y, now the newest.
+    let (x, created) = create(request(&r1, true)).await;
+    assert!(created);
+    let (y, created) = create(request(&r2, false)).await;
+    assert!(created);
+    assert_ne!(x, y);
+    // A retry of R1 returns X, although reuse_active would now pick Y.
+    assert_eq!(create(request(&r1, true)).await, (x.clone(), false));
+    // R3 (reuse) gets Y; after R4 (new) creates Z, a retry of R3 still gets Y.
+    assert_eq!(create(request(&r3, true)).await, (y.clone(), false));
+    let (z, created) = create(request(&r4, false)).await;
+    assert!(created && z != y);
+    assert_eq!(create(request(&r3, true)).await, (y.clone(), false));
+    // The key is bound to its first request: another provider is refused, reused or not.
+    for request_id in [&r1, &r3] {
+        let status = app
+            .client
+            .create_conversation(v1::CreateConversationRequest {
+                provider_id: "p2".into(),
+                ..request(request_id, true)
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM conversations").await, 3);
+}
+
+#[tokio::test]
+async fn concurrent_retries_of_a_reusing_request_all_get_the_same_answer() {
+    let app = spawn_app().await;
+    let request = |request_id: String| v1::CreateConversationRequest {
+        request_id,
+        provider_id: "p1".into(),
+        customer: Some(v1::Customer {
+            customer_id: "c1".into(),
+            ..Default::default()
+        }),
+        reuse_active: true,
+        ..Default::default()
+    };
+    let existing = app
+        .client
+        .clone()
+        .create_conversation(request(Uuid::new_v4().to_string()))
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap()
+        .conversation_id;
+    let request_id = Uuid::new_v4().to_string();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let mut client = app.client.clone();
+            let request = request(request_id.clone());
+            tokio::spawn(async move { client.create_conversation(request).await })
+        })
+        .collect();
+    for task in tasks {
+        let reply = task.await.unwrap().unwrap().into_inner();
+        assert!(!reply.created);
+        assert_eq!(reply.conversation.unwrap().conversation_id, existing);
+    }
+    assert_eq!(app.count("SELECT count(*) FROM conversations").await, 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM conversation_requests")
+            .await,
+        1
+    );
+}

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 pub use page::TokenCursor;
 pub use secret::{SecretHash, SessionSecret, TokenSecret};
-pub use session::{ContactDetails, Session};
+pub use session::{ContactDetails, CustomerLink, Session};
 pub use token::{NewToken, Token, TokenState};
 
 use crate::error::Error;

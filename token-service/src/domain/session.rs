@@ -15,6 +15,35 @@ pub struct Session {
     pub conversation_id: Option<String>,
     pub create_time: Timestamp,
     pub end_time: Option<Timestamp>,
+    /// Whether conversation-service has the customer on the conversation.
+    pub link: CustomerLink,
+}
+
+/// Whether the session's customer is linked to its conversation in conversation-service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CustomerLink {
+    /// No customer on the session.
+    None,
+    /// A call that links (or updates) the customer is queued.
+    Pending,
+    Linked,
+    /// conversation-service refused the queued call for good, for this reason.
+    Failed {
+        reason: String,
+    },
+}
+
+impl CustomerLink {
+    /// From what the store holds: the session's customer, whether calls are still queued
+    /// for it, and the reason of the last refused UpdateCustomer (cleared by a success).
+    pub fn from_stored(has_customer: bool, queued: bool, refused: Option<String>) -> Self {
+        match (has_customer, queued, refused) {
+            (false, _, _) => Self::None,
+            (true, true, _) => Self::Pending,
+            (true, false, Some(reason)) => Self::Failed { reason },
+            (true, false, None) => Self::Linked,
+        }
+    }
 }
 
 impl Session {

@@ -2,7 +2,7 @@
 
 use chat_proto::v1 as pb;
 
-use crate::domain::{Session, Timestamp, Token, TokenState};
+use crate::domain::{CustomerLink, Session, Timestamp, Token, TokenState};
 
 pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -40,6 +40,12 @@ pub fn session(s: &Session) -> pb::Session {
     } else {
         pb::ConversationState::Pending
     };
+    let (link_state, link_error_reason) = match &s.link {
+        CustomerLink::None => (pb::CustomerLinkState::Unspecified, String::new()),
+        CustomerLink::Pending => (pb::CustomerLinkState::Pending, String::new()),
+        CustomerLink::Linked => (pb::CustomerLinkState::Linked, String::new()),
+        CustomerLink::Failed { reason } => (pb::CustomerLinkState::Failed, reason.clone()),
+    };
     pb::Session {
         session_id: s.session_id.to_string(),
         token_id: s.token_id.to_string(),
@@ -53,6 +59,8 @@ pub fn session(s: &Session) -> pb::Session {
         conversation_state: state.into(),
         create_time: Some(timestamp(s.create_time)),
         end_time: s.end_time.map(timestamp),
+        customer_link_state: link_state.into(),
+        link_error_reason,
     }
 }
 

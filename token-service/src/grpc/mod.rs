@@ -18,7 +18,7 @@ use crate::{
     error::Error,
     limiter::{CallerIdentity, FailureLimiter, Reservation},
     outbox::Outbox,
-    store::{OutboxJob, Redemption, Store},
+    store::{Redemption, Store},
 };
 
 pub use convert::link_path;
@@ -66,10 +66,11 @@ impl TokenGrpc {
 
     /// Makes a queued call now on its own task, so a client that hangs up does not cut
     /// it short; the outbox worker finishes it if this does not.
-    async fn drive(&self, job: OutboxJob) -> Result<Option<Session>, Error> {
-        let outbox = self.outbox.clone();
-        let span = Span::current();
-        tokio::spawn(async move { outbox.drive(job).await }.instrument(span))
+    async fn detached<F>(call: F) -> Result<Option<Session>, Error>
+    where
+        F: Future<Output = Result<Option<Session>, Error>> + Send + 'static,
+    {
+        tokio::spawn(call.instrument(Span::current()))
             .await
             .map_err(|e| Error::Internal(format!("outbox call task: {e}")))?
     }
@@ -170,9 +171,7 @@ impl TokenGrpc {
                 customer_id,
                 new_conversation: r.new_conversation,
             };
-            self.store
-                .redeem(redemption, now(), self.outbox.lease())
-                .await
+            self.store.redeem(redemption, now()).await
         }
         .await;
         let redeemed = Self::settle(reservation, result)?;
@@ -181,10 +180,11 @@ impl TokenGrpc {
         span.record("session_id", field::display(redeemed.session.session_id));
         span.record("replayed", redeemed.replayed);
         let mut session = redeemed.session;
-        if let Some(job) = redeemed.job
-            && let Some(done) = self.drive(job).await?
-        {
-            session = done;
+        if let Some(job) = redeemed.job {
+            let outbox = self.outbox.clone();
+            if let Some(done) = Self::detached(async move { outbox.create_now(job).await }).await? {
+                session = done;
+            }
         }
         if let Some(id) = &session.conversation_id {
             span.record("conversation_id", id.as_str());
@@ -214,20 +214,18 @@ impl TokenGrpc {
             ContactDetails::parse(r.name.as_deref(), r.email.as_deref(), r.phone.as_deref())?;
         let identified = self
             .store
-            .identify(
-                secret.hash(),
-                customer_id,
-                contact,
-                now(),
-                self.outbox.lease(),
-            )
+            .identify(secret.hash(), customer_id, contact, now())
             .await?;
         record_session(&identified.session);
         let mut session = identified.session;
-        if let Some(job) = identified.job
-            && let Some(done) = self.drive(job).await?
-        {
-            session = done;
+        if let Some(job) = identified.job {
+            let outbox = self.outbox.clone();
+            let previous = identified.previous_customer;
+            if let Some(done) =
+                Self::detached(async move { outbox.link_now(job, previous).await }).await?
+            {
+                session = done;
+            }
         }
         Ok(pb::IdentifySessionResponse {
             session: Some(convert::session(&session)),

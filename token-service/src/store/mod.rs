@@ -33,9 +33,14 @@ use crate::error::{Error, StoreResultExt};
 const QUEUE: usize = 1024;
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!(
-        "../../../migrations/token/0001_tokens_sessions_outbox.sql"
-    ))])
+    Migrations::new(vec![
+        M::up(include_str!(
+            "../../../migrations/token/0001_tokens_sessions_outbox.sql"
+        )),
+        M::up(include_str!(
+            "../../../migrations/token/0002_consistency.sql"
+        )),
+    ])
 }
 
 type Job = Box<dyn FnOnce(&mut Db) + Send>;
@@ -45,6 +50,7 @@ type Job = Box<dyn FnOnce(&mut Db) + Send>;
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::Sender<Job>,
+    in_flight: outbox::InFlight,
 }
 
 struct Db {
@@ -108,8 +114,7 @@ fn lock(path: &Path) -> Result<std::fs::File, Error> {
     Ok(file)
 }
 
-/// Opens (creating it and its directory if needed), sets the pragmas, migrates, and
-/// voids outbox leases of earlier runs.
+/// Opens (creating it and its directory if needed), sets the pragmas and migrates.
 fn open(path: &Path, busy_timeout: Duration) -> Result<Connection, Error> {
     create_parent(path)?;
     let mut conn = Connection::open(path).context("opening the database")?;
@@ -128,13 +133,6 @@ fn open(path: &Path, busy_timeout: Duration) -> Result<Connection, Error> {
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
         .context("setting pragmas")?;
     migrations().to_latest(&mut conn)?;
-    let released = outbox::release_leases(&conn)?;
-    if released > 0 {
-        tracing::info!(
-            calls = released,
-            "resuming outbox calls left by an earlier run"
-        );
-    }
     Ok(conn)
 }
 
@@ -162,7 +160,10 @@ impl Store {
                 }
             })
             .map_err(|e| Error::Internal(format!("spawning the SQLite thread: {e}")))?;
-        Ok(Self { tx })
+        Ok(Self {
+            tx,
+            in_flight: outbox::InFlight::default(),
+        })
     }
 
     /// Runs `f` on the SQLite thread with the open connection.
@@ -180,6 +181,24 @@ impl Store {
                 db.conn = None;
             }
             let _ = done.send(outcome);
+        });
+        self.tx
+            .send(job)
+            .await
+            .map_err(|_| Error::StoreUnavailable("the SQLite thread has stopped".into()))?;
+        result
+            .await
+            .map_err(|_| Error::StoreUnavailable("the SQLite thread dropped a call".into()))?
+    }
+
+    /// Closes the connection and opens it again, as the SQLite thread does after an I/O
+    /// error; calls in flight to conversation-service are not affected. Tests use it to
+    /// exercise that path on demand.
+    pub async fn reopen(&self) -> Result<(), Error> {
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move |db: &mut Db| {
+            db.conn = None;
+            let _ = done.send(db.conn().map(|_| ()));
         });
         self.tx
             .send(job)

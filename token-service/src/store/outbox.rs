@@ -1,14 +1,19 @@
 //! The outbox: calls to conversation-service that must happen, kept in the same database
 //! as the session they belong to so they are queued atomically with it. Per session they
-//! run strictly in order (UpdateCustomer after CreateConversation); a call is held by one
-//! caller at a time through a lease.
+//! run strictly in order (UpdateCustomer after CreateConversation), and never two at once:
+//! a call is handed out only with its session's [`Turn`].
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use rusqlite::{Connection, Row, TransactionBehavior, params};
 
 use super::{Store, optional, sessions::session_by_id, uuid_at};
 use crate::{
     domain::{ContactDetails, Session, SessionId, Timestamp, to_micros},
-    error::{Error, StoreResultExt},
+    error::{Error, Refusal, StoreResultExt},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,13 +33,65 @@ pub enum OutboxCall {
     },
 }
 
-#[derive(Debug, Clone)]
+/// A queued call handed out to be made now, with its session's turn.
+#[derive(Debug)]
 pub struct OutboxJob {
     pub job_id: i64,
     pub session_id: SessionId,
     /// Attempts that failed before this one.
     pub attempts: u32,
     pub call: OutboxCall,
+    /// Held until the job is dropped, after its outcome is recorded.
+    _turn: Turn,
+}
+
+/// Sessions with a call being made right now, by an RPC or by the worker. A session's
+/// calls are handed out only while it is absent, so they never overlap and apply in
+/// queue order. It lives in this process, which alone holds the database's writer lock:
+/// reopening the connection cannot void it (leases in the file could be, and were), and
+/// a crash clears it with the calls it guarded.
+#[derive(Clone, Default)]
+pub(super) struct InFlight(Arc<Mutex<HashSet<SessionId>>>);
+
+impl InFlight {
+    fn take(&self, session_id: SessionId) -> Option<Turn> {
+        let mut held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        held.insert(session_id).then(|| Turn {
+            session_id,
+            in_flight: self.clone(),
+        })
+    }
+}
+
+/// One session's turn to call conversation-service; dropping it lets the next go.
+struct Turn {
+    session_id: SessionId,
+    in_flight: InFlight,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut held = self
+            .in_flight
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        held.remove(&self.session_id);
+    }
+}
+
+impl std::fmt::Debug for Turn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Turn").field(&self.session_id).finish()
+    }
+}
+
+/// A queued call as stored.
+struct Queued {
+    job_id: i64,
+    session_id: SessionId,
+    attempts: u32,
+    call: OutboxCall,
 }
 
 /// Only the head of a session's queue may run; a call refused for good no longer blocks.
@@ -44,7 +101,7 @@ const IS_HEAD: &str = "NOT EXISTS (SELECT 1 FROM outbox p WHERE p.session_id = o
 const JOB_COLUMNS: &str = "o.job_id, o.session_id, o.kind, o.request_id, o.reuse_active, o.origin,
      o.customer_id, o.name, o.email, o.phone, o.attempts, s.provider_id, s.conversation_id";
 
-fn job_from_row(row: &Row<'_>) -> rusqlite::Result<OutboxJob> {
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Queued> {
     let kind: String = row.get(2)?;
     let customer_id: Option<String> = row.get(6)?;
     let call = if kind == "create_conversation" {
@@ -67,7 +124,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<OutboxJob> {
         }
     };
     let attempts: i64 = row.get(10)?;
-    Ok(OutboxJob {
+    Ok(Queued {
         job_id: row.get(0)?,
         session_id: SessionId::from_uuid(uuid_at(row, 1)?),
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
@@ -75,7 +132,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<OutboxJob> {
     })
 }
 
-fn load_job(conn: &Connection, job_id: i64) -> Result<Option<OutboxJob>, Error> {
+fn load_job(conn: &Connection, job_id: i64) -> Result<Option<Queued>, Error> {
     optional(conn.query_row(
         &format!(
             "SELECT {JOB_COLUMNS} FROM outbox o JOIN chat_sessions s USING (session_id)
@@ -87,15 +144,32 @@ fn load_job(conn: &Connection, job_id: i64) -> Result<Option<OutboxJob>, Error> 
     .context("reading an outbox call")
 }
 
-/// Queues a call; `lease_until` reserves it for the caller that will make it right away.
+/// Hands a queued call out with its session's turn; `None` while another call of the
+/// session is being made (or the call is gone).
+pub(super) fn hand_out(
+    conn: &Connection,
+    in_flight: &InFlight,
+    job_id: i64,
+) -> Result<Option<OutboxJob>, Error> {
+    let Some(queued) = load_job(conn, job_id)? else {
+        return Ok(None);
+    };
+    Ok(in_flight.take(queued.session_id).map(|turn| OutboxJob {
+        job_id: queued.job_id,
+        session_id: queued.session_id,
+        attempts: queued.attempts,
+        call: queued.call,
+        _turn: turn,
+    }))
+}
+
+/// Queues a call; returns its id.
 pub(super) fn enqueue(
     conn: &Connection,
     session_id: SessionId,
     call: &OutboxCall,
     now: Timestamp,
-    lease_until: Option<Timestamp>,
-) -> Result<OutboxJob, Error> {
-    let lease = lease_until.map_or(0, to_micros);
+) -> Result<i64, Error> {
     match call {
         OutboxCall::CreateConversation {
             request_id,
@@ -105,8 +179,8 @@ pub(super) fn enqueue(
             ..
         } => conn.execute(
             "INSERT INTO outbox (session_id, kind, request_id, reuse_active, origin, customer_id,
-                                 next_attempt_time, lease_until, create_time)
-             VALUES (?1, 'create_conversation', ?2, ?3, ?4, ?5, ?6, ?7, ?6)",
+                                 next_attempt_time, create_time)
+             VALUES (?1, 'create_conversation', ?2, ?3, ?4, ?5, ?6, ?6)",
             params![
                 session_id.to_string(),
                 request_id,
@@ -114,7 +188,6 @@ pub(super) fn enqueue(
                 origin,
                 customer_id,
                 to_micros(now),
-                lease
             ],
         ),
         OutboxCall::UpdateCustomer {
@@ -123,8 +196,8 @@ pub(super) fn enqueue(
             ..
         } => conn.execute(
             "INSERT INTO outbox (session_id, kind, customer_id, name, email, phone,
-                                 next_attempt_time, lease_until, create_time)
-             VALUES (?1, 'update_customer', ?2, ?3, ?4, ?5, ?6, ?7, ?6)",
+                                 next_attempt_time, create_time)
+             VALUES (?1, 'update_customer', ?2, ?3, ?4, ?5, ?6, ?6)",
             params![
                 session_id.to_string(),
                 customer_id,
@@ -132,13 +205,11 @@ pub(super) fn enqueue(
                 contact.email,
                 contact.phone,
                 to_micros(now),
-                lease
             ],
         ),
     }
     .context("queueing a call")?;
-    load_job(conn, conn.last_insert_rowid())?
-        .ok_or_else(|| Error::Internal("a queued call vanished".into()))
+    Ok(conn.last_insert_rowid())
 }
 
 /// Calls still queued for a session.
@@ -151,12 +222,11 @@ pub(super) fn queued_for(conn: &Connection, session_id: SessionId) -> Result<i64
     .context("counting queued calls")
 }
 
-/// Takes the lease of a session's first queued call if nobody holds it.
-pub(super) fn lease_head(
+/// Hands out a session's first queued call, unless one of its calls is being made.
+pub(super) fn head_of(
     conn: &Connection,
+    in_flight: &InFlight,
     session_id: SessionId,
-    now: Timestamp,
-    lease: chrono::Duration,
 ) -> Result<Option<OutboxJob>, Error> {
     let job_id: Option<i64> = optional(conn.query_row(
         "SELECT job_id FROM outbox WHERE session_id = ?1 AND failed_time IS NULL
@@ -165,31 +235,10 @@ pub(super) fn lease_head(
         |r| r.get(0),
     ))
     .context("finding a session's next call")?;
-    let Some(job_id) = job_id else {
-        return Ok(None);
-    };
-    let taken = conn
-        .execute(
-            "UPDATE outbox SET lease_until = ?2 WHERE job_id = ?1 AND lease_until <= ?3",
-            params![job_id, to_micros(now + lease), to_micros(now)],
-        )
-        .context("leasing a call")?;
-    if taken == 1 {
-        load_job(conn, job_id)
-    } else {
-        Ok(None)
+    match job_id {
+        Some(job_id) => hand_out(conn, in_flight, job_id),
+        None => Ok(None),
     }
-}
-
-/// Voids every lease: called when this process opens the database. It holds the
-/// writer lock, so leases in the file were taken by a run that is gone (one killed
-/// mid-call); their calls are due now.
-pub(super) fn release_leases(conn: &Connection) -> Result<usize, Error> {
-    conn.execute(
-        "UPDATE outbox SET lease_until = 0, next_attempt_time = 0 WHERE lease_until <> 0",
-        [],
-    )
-    .context("releasing leases")
 }
 
 /// What a call achieved.
@@ -200,43 +249,30 @@ pub enum Done {
 }
 
 impl Store {
-    /// Leases up to `limit` due calls, each the head of its session's queue.
-    pub async fn claim_due(
-        &self,
-        now: Timestamp,
-        limit: u32,
-        lease: chrono::Duration,
-    ) -> Result<Vec<OutboxJob>, Error> {
+    /// Hands out up to `limit` due calls, each the head of its session's queue and of a
+    /// session with no call being made.
+    pub async fn claim_due(&self, now: Timestamp, limit: u32) -> Result<Vec<OutboxJob>, Error> {
+        let in_flight = self.in_flight.clone();
         self.call(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
+            let conn: &Connection = conn;
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT o.job_id FROM outbox o
+                     WHERE o.failed_time IS NULL AND o.next_attempt_time <= ?1 AND {IS_HEAD}
+                     ORDER BY o.job_id"
+                ))
                 .context("claiming outbox calls")?;
-            let ids = {
-                let mut stmt = tx
-                    .prepare_cached(&format!(
-                        "SELECT o.job_id FROM outbox o
-                         WHERE o.failed_time IS NULL AND o.next_attempt_time <= ?1
-                           AND o.lease_until <= ?1 AND {IS_HEAD}
-                         ORDER BY o.job_id LIMIT ?2"
-                    ))
-                    .context("claiming outbox calls")?;
-                stmt.query_map(params![to_micros(now), i64::from(limit)], |r| {
-                    r.get::<_, i64>(0)
-                })
-                .context("claiming outbox calls")?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .context("claiming outbox calls")?
-            };
-            let mut jobs = Vec::with_capacity(ids.len());
-            for id in ids {
-                tx.execute(
-                    "UPDATE outbox SET lease_until = ?2 WHERE job_id = ?1",
-                    params![id, to_micros(now + lease)],
-                )
-                .context("leasing a call")?;
-                jobs.extend(load_job(&tx, id)?);
+            let mut ids = stmt
+                .query_map([to_micros(now)], |r| r.get::<_, i64>(0))
+                .context("claiming outbox calls")?;
+            let mut jobs = Vec::new();
+            // Lazily: sessions in flight are skipped without reading the whole queue.
+            while jobs.len() < limit as usize
+                && let Some(id) = ids.next()
+            {
+                let id = id.context("claiming outbox calls")?;
+                jobs.extend(hand_out(conn, &in_flight, id)?);
             }
-            tx.commit().context("claiming outbox calls")?;
             Ok(jobs)
         })
         .await
@@ -249,15 +285,24 @@ impl Store {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .context("completing a call")?;
-            if let Done::ConversationCreated { conversation_id } = &done {
-                // Set once: CreateConversation is idempotent by the session id, so a
-                // second success names the same conversation.
-                tx.execute(
-                    "UPDATE chat_sessions SET conversation_id = ?2
-                     WHERE session_id = ?1 AND conversation_id IS NULL",
-                    params![session_id.to_string(), conversation_id],
-                )
-                .context("recording a conversation")?;
+            match &done {
+                Done::ConversationCreated { conversation_id } => {
+                    // Set once: CreateConversation is idempotent by the session id, so a
+                    // second success names the same conversation.
+                    tx.execute(
+                        "UPDATE chat_sessions SET conversation_id = ?2
+                         WHERE session_id = ?1 AND conversation_id IS NULL",
+                        params![session_id.to_string(), conversation_id],
+                    )
+                    .context("recording a conversation")?;
+                }
+                Done::CustomerUpdated => {
+                    tx.execute(
+                        "UPDATE chat_sessions SET link_error_reason = NULL WHERE session_id = ?1",
+                        [session_id.to_string()],
+                    )
+                    .context("recording a linked customer")?;
+                }
             }
             tx.execute("DELETE FROM outbox WHERE job_id = ?1", [job_id])
                 .context("completing a call")?;
@@ -284,7 +329,7 @@ impl Store {
         self.call(move |conn| {
             conn.execute(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_time = ?2,
-                                   lease_until = 0, last_error = ?3
+                                   last_error = ?3
                  WHERE job_id = ?1",
                 params![job_id, to_micros(next_attempt), error],
             )
@@ -294,16 +339,35 @@ impl Store {
         .await
     }
 
-    /// Gives a call up (conversation-service refused it for good); kept for operators.
-    pub async fn give_up(&self, job_id: i64, now: Timestamp, error: String) -> Result<(), Error> {
+    /// Gives a call up (conversation-service refused it for good): it stays in the outbox
+    /// with `failed_time` and the reason for operators, and a refused UpdateCustomer
+    /// marks its session's link as failed, with that reason.
+    pub async fn give_up(
+        &self,
+        job_id: i64,
+        now: Timestamp,
+        refusal: &Refusal,
+    ) -> Result<(), Error> {
+        let (error, reason) = (refusal.to_string(), refusal.reason.clone());
         self.call(move |conn| {
-            conn.execute(
-                "UPDATE outbox SET attempts = attempts + 1, failed_time = ?2, lease_until = 0,
-                                   last_error = ?3
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .context("giving up a call")?;
+            tx.execute(
+                "UPDATE outbox SET attempts = attempts + 1, failed_time = ?2, last_error = ?3,
+                                   error_reason = ?4
                  WHERE job_id = ?1",
-                params![job_id, to_micros(now), error],
+                params![job_id, to_micros(now), error, reason],
             )
             .context("giving up a call")?;
+            tx.execute(
+                "UPDATE chat_sessions SET link_error_reason = ?2
+                 WHERE session_id = (SELECT session_id FROM outbox
+                                     WHERE job_id = ?1 AND kind = 'update_customer')",
+                params![job_id, reason],
+            )
+            .context("giving up a call")?;
+            tx.commit().context("giving up a call")?;
             Ok(())
         })
         .await
@@ -311,7 +375,7 @@ impl Store {
 }
 
 impl Store {
-    /// Makes every queued call due at `now` (not those given up, not those leased).
+    /// Makes every queued call due at `now` (not those given up).
     pub async fn reschedule_all(&self, now: Timestamp) -> Result<usize, Error> {
         self.call(move |conn| {
             conn.execute(
@@ -322,5 +386,23 @@ impl Store {
             .context("rescheduling the outbox")
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_has_one_turn_at_a_time_and_dropping_it_frees_it() {
+        let in_flight = InFlight::default();
+        let (a, b) = (SessionId::new(), SessionId::new());
+        let turn = in_flight.take(a).expect("a free session");
+        assert!(in_flight.take(a).is_none(), "two turns for one session");
+        let other = in_flight.take(b).expect("another session is independent");
+        drop(turn);
+        assert!(in_flight.take(a).is_some(), "the turn was not freed");
+        drop(other);
+        assert!(in_flight.0.lock().unwrap().is_empty());
     }
 }

@@ -11,26 +11,31 @@ use super::{
 };
 use crate::{
     domain::{
-        ContactDetails, CustomerId, ProviderId, RequestId, SecretHash, Session, SessionId,
-        Timestamp, TokenId, from_micros, to_micros,
+        ContactDetails, CustomerId, CustomerLink, ProviderId, RequestId, SecretHash, Session,
+        SessionId, Timestamp, TokenId, from_micros, to_micros,
     },
     error::{Error, StoreResultExt},
 };
 
-const SESSION_COLUMNS: &str = "session_id, token_id, provider_id, customer_id, conversation_id, create_time, end_time, secret_hash";
+const SESSION_COLUMNS: &str = "session_id, token_id, provider_id, customer_id, conversation_id, create_time, end_time, secret_hash,
+     link_error_reason,
+     EXISTS (SELECT 1 FROM outbox o WHERE o.session_id = chat_sessions.session_id AND o.failed_time IS NULL)";
 
 fn session_from_row(row: &Row<'_>) -> rusqlite::Result<(Session, Vec<u8>)> {
+    let customer_id = row
+        .get::<_, Option<String>>(3)?
+        .map(CustomerId::from_stored);
+    let link = CustomerLink::from_stored(customer_id.is_some(), row.get(9)?, row.get(8)?);
     Ok((
         Session {
             session_id: SessionId::from_uuid(uuid_at(row, 0)?),
             token_id: TokenId::from_uuid(uuid_at(row, 1)?),
             provider_id: ProviderId::from_stored(row.get(2)?),
-            customer_id: row
-                .get::<_, Option<String>>(3)?
-                .map(CustomerId::from_stored),
+            customer_id,
             conversation_id: row.get(4)?,
             create_time: from_micros(row.get(5)?),
             end_time: row.get::<_, Option<i64>>(6)?.map(from_micros),
+            link,
         },
         row.get(7)?,
     ))
@@ -74,7 +79,7 @@ pub struct Redemption {
 #[derive(Debug)]
 pub struct Redeemed {
     pub session: Session,
-    /// The CreateConversation this caller holds the lease of and should make now.
+    /// The CreateConversation this caller holds the turn for and should make now.
     pub job: Option<OutboxJob>,
     /// True when `request_id` had been redeemed before (no use consumed).
     pub replayed: bool,
@@ -83,7 +88,10 @@ pub struct Redeemed {
 #[derive(Debug)]
 pub struct Identified {
     pub session: Session,
+    /// The UpdateCustomer this caller holds and should make now (nothing queued before it).
     pub job: Option<OutboxJob>,
+    /// The session's customer before this call, to put back if the call is refused.
+    pub previous_customer: Option<CustomerId>,
 }
 
 impl Store {
@@ -93,12 +101,8 @@ impl Store {
     /// The single SQLite writer plus `BEGIN IMMEDIATE` serialise redemptions, so the use
     /// count check and increment cannot interleave: N concurrent redemptions of a k-use
     /// link succeed exactly k times.
-    pub async fn redeem(
-        &self,
-        r: Redemption,
-        now: Timestamp,
-        lease: chrono::Duration,
-    ) -> Result<Redeemed, Error> {
+    pub async fn redeem(&self, r: Redemption, now: Timestamp) -> Result<Redeemed, Error> {
+        let in_flight = self.in_flight.clone();
         self.call(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -107,23 +111,36 @@ impl Store {
             token.ensure_provider(&r.provider_id)?;
 
             let previous = optional(tx.query_row(
-                &format!("SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE request_id = ?1"),
+                "SELECT session_id, token_id, redeem_customer_id, new_conversation
+                 FROM chat_sessions WHERE request_id = ?1",
                 [r.request_id.to_string()],
-                session_from_row,
+                |row| {
+                    Ok((
+                        SessionId::from_uuid(uuid_at(row, 0)?),
+                        TokenId::from_uuid(uuid_at(row, 1)?),
+                        row.get::<_, Option<String>>(2)?,
+                        row.get::<_, bool>(3)?,
+                    ))
+                },
             ))
             .context("looking up a redemption")?;
-            if let Some((session, _)) = previous {
-                // A retry: the same session, whatever the link's state is now.
-                if session.token_id != token.token_id {
+            if let Some((session_id, token_id, customer_id, new_conversation)) = previous {
+                // A retry: the same session, whatever the link's state is now, but only
+                // for the same request.
+                if token_id != token.token_id
+                    || customer_id.as_deref() != r.customer_id.as_ref().map(CustomerId::as_str)
+                    || new_conversation != r.new_conversation
+                {
                     return Err(Error::request_id_reused());
                 }
+                let session = session_by_id(&tx, session_id)?;
                 session.ensure_open()?;
                 tx.execute(
                     "UPDATE chat_sessions SET secret_hash = ?2 WHERE session_id = ?1",
                     params![session.session_id.to_string(), r.session_hash.as_bytes().as_slice()],
                 )
                 .context("rotating a session secret")?;
-                let job = outbox::lease_head(&tx, session.session_id, now, lease)?;
+                let job = outbox::head_of(&tx, &in_flight, session.session_id)?;
                 tx.commit().context("redeeming a link")?;
                 return Ok(Redeemed {
                     session,
@@ -151,10 +168,12 @@ impl Store {
                 conversation_id: None,
                 create_time: now,
                 end_time: None,
+                link: CustomerLink::from_stored(r.customer_id.is_some(), true, None),
             };
             tx.execute(
-                "INSERT INTO chat_sessions (session_id, token_id, provider_id, request_id, secret_hash, customer_id, create_time)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO chat_sessions (session_id, token_id, provider_id, request_id, secret_hash,
+                                            customer_id, create_time, redeem_customer_id, new_conversation)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?8)",
                 params![
                     session.session_id.to_string(),
                     session.token_id.to_string(),
@@ -163,6 +182,7 @@ impl Store {
                     r.session_hash.as_bytes().as_slice(),
                     session.customer_id.as_ref().map(CustomerId::as_str),
                     to_micros(now),
+                    r.new_conversation,
                 ],
             )
             .context("opening a session")?;
@@ -175,11 +195,12 @@ impl Store {
                 reuse_active: session.customer_id.is_some() && !r.new_conversation,
                 origin: format!("token:{}", token.token_id),
             };
-            let job = outbox::enqueue(&tx, session.session_id, &call, now, Some(now + lease))?;
+            let job_id = outbox::enqueue(&tx, session.session_id, &call, now)?;
+            let job = outbox::hand_out(&tx, &in_flight, job_id)?;
             tx.commit().context("redeeming a link")?;
             Ok(Redeemed {
                 session,
-                job: Some(job),
+                job,
                 replayed: false,
             })
         })
@@ -203,8 +224,8 @@ impl Store {
         customer_id: CustomerId,
         contact: ContactDetails,
         now: Timestamp,
-        lease: chrono::Duration,
     ) -> Result<Identified, Error> {
+        let in_flight = self.in_flight.clone();
         self.call(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -227,16 +248,55 @@ impl Store {
                 customer_id: customer_id.as_str().to_owned(),
                 contact,
             };
-            // Leased to this caller only if nothing is queued before it.
+            // Made by this caller only if nothing is queued before it.
             let ahead = outbox::queued_for(&tx, session.session_id)?;
-            let lease_until = (ahead == 0).then_some(now + lease);
-            let job = outbox::enqueue(&tx, session.session_id, &call, now, lease_until)?;
+            let job_id = outbox::enqueue(&tx, session.session_id, &call, now)?;
+            let job = if ahead == 0 {
+                outbox::hand_out(&tx, &in_flight, job_id)?
+            } else {
+                None
+            };
+            let previous_customer = session.customer_id;
             let session = session_by_id(&tx, session.session_id)?;
             tx.commit().context("identifying a session")?;
             Ok(Identified {
                 session,
-                job: lease_until.map(|_| job),
+                job,
+                previous_customer,
             })
+        })
+        .await
+    }
+
+    /// Takes back an UpdateCustomer that conversation-service refused while its caller
+    /// waited (the caller hears the refusal instead): the call is dropped and the session
+    /// gets its customer back, unless another UpdateCustomer of it is still queued.
+    pub async fn withdraw_link(
+        &self,
+        job_id: i64,
+        session_id: SessionId,
+        previous: Option<CustomerId>,
+    ) -> Result<Session, Error> {
+        self.call(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .context("withdrawing a call")?;
+            tx.execute("DELETE FROM outbox WHERE job_id = ?1", [job_id])
+                .context("withdrawing a call")?;
+            tx.execute(
+                "UPDATE chat_sessions SET customer_id = ?2
+                 WHERE session_id = ?1 AND NOT EXISTS (
+                     SELECT 1 FROM outbox WHERE session_id = ?1 AND kind = 'update_customer'
+                                           AND failed_time IS NULL)",
+                params![
+                    session_id.to_string(),
+                    previous.as_ref().map(CustomerId::as_str)
+                ],
+            )
+            .context("withdrawing a call")?;
+            let session = session_by_id(&tx, session_id)?;
+            tx.commit().context("withdrawing a call")?;
+            Ok(session)
         })
         .await
     }

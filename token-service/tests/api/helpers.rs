@@ -24,6 +24,8 @@ pub struct TestApp {
     pub tokens: TokenServiceClient<Channel>,
     pub channel: Channel,
     pub db_path: PathBuf,
+    /// The service's own database handle, to reach under the API (reopen it, ...).
+    pub store: token_service::store::Store,
     pub shutdown: CancellationToken,
     pub handle: JoinHandle<()>,
 }
@@ -72,9 +74,19 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(db_path: PathBuf, conversation_url: &str, extra: &[&str]) -> TestApp {
     token_service::telemetry::init("text");
     let mut args = test_args(&db_path, conversation_url);
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    // A flag `test_args` already sets gets the new value; others are added.
+    let mut extra = extra.iter();
+    while let Some(arg) = extra.next() {
+        match args.iter().position(|a| a == arg) {
+            Some(at) if arg.starts_with("--") => {
+                args[at + 1] = (*extra.next().expect("a value for the flag")).to_owned();
+            }
+            _ => args.push((*arg).to_owned()),
+        }
+    }
     let config = Config::try_parse_from(args).unwrap();
     let app = Application::build(config).await.unwrap();
+    let store = app.store();
     let addr = app.local_addr();
     let shutdown = app.shutdown_token();
     let handle = tokio::spawn(async move {
@@ -90,6 +102,7 @@ pub async fn spawn_app_with(db_path: PathBuf, conversation_url: &str, extra: &[&
         tokens: TokenServiceClient::new(channel.clone()),
         channel,
         db_path,
+        store,
         shutdown,
         handle,
     }
@@ -142,7 +155,7 @@ impl TestApp {
     }
 
     /// Every row that matters, so a refused call can be shown to have changed nothing.
-    /// Outbox bookkeeping (attempts, leases) is left out: the worker moves it on its own.
+    /// Outbox bookkeeping (attempts, retry times) is left out: the worker moves it on its own.
     pub fn db_dump(&self) -> String {
         db_dump(&self.db_path)
     }

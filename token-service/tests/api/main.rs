@@ -6,6 +6,7 @@
 
 mod helpers;
 
+mod consistency;
 mod end_to_end;
 mod faults;
 mod hardening;

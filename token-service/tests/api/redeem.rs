@@ -38,8 +38,28 @@ async fn redeem_opens_a_pending_session_while_conversation_service_is_down() {
     // The session secret is stored only as a hash; the call is queued.
     let dump = app.db_dump();
     assert!(!dump.contains(&redeemed.session_secret[4..]));
-    assert!(dump.contains("create_conversation"));
-    assert!(dump.contains(&format!("token:{token_id}")) || dump.contains(&session.session_id));
+    // One CreateConversation queued, named by the session id, with the link as origin.
+    let conn = rusqlite::Connection::open_with_flags(
+        &app.db_path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let queued: Vec<(String, String, String, String)> = conn
+        .prepare("SELECT session_id, kind, request_id, origin FROM outbox")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        queued,
+        vec![(
+            session.session_id.clone(),
+            "create_conversation".to_owned(),
+            session.session_id.clone(),
+            format!("token:{token_id}"),
+        )]
+    );
     app.stop().await;
 }
 
