@@ -206,18 +206,26 @@ async fn first_event<T>(
     }
 }
 
-/// Every row of every table, as text.
+/// Every row of every table (whatever the migrations made), as text.
 async fn rows(app: &TestApp) -> String {
     let mut db = app.db().await;
+    let tables: Vec<(String,)> = sqlx::query_as(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_name NOT LIKE '\\_sqlx%' ORDER BY 1",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
     let mut all = String::new();
-    for table in ["conversations", "messages", "conversation_events"] {
+    for (table,) in tables {
         let sql = format!(
-            "SELECT coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '') FROM {table} t"
+            "SELECT coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '') FROM \"{table}\" t"
         );
         let (text,): (String,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .fetch_one(&mut db)
             .await
             .unwrap();
+        all.push_str(&table);
         all.push_str(&text);
     }
     all
