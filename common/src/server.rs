@@ -14,16 +14,12 @@ use std::{
 use futures::{Stream, TryFutureExt, TryStreamExt, future::MapOk};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
     time::Sleep,
 };
 use tonic::{
     Code, Status,
     codegen::http,
-    transport::{
-        Server,
-        server::{Connected, TcpIncoming},
-    },
+    transport::{Server, server::Connected},
 };
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -61,17 +57,14 @@ impl Connections {
             .tcp_nodelay(true)
     }
 
-    /// The listener's connections, each closed if it does not start HTTP/2 in time.
-    pub fn incoming(
+    /// The accepted connections (plain or after TLS), each closed if it does not start
+    /// HTTP/2 in time.
+    pub fn handshake_deadline<IO>(
         &self,
-        listener: TcpListener,
-    ) -> impl Stream<Item = io::Result<HandshakeDeadline<TcpStream>>> + use<> {
+        incoming: impl Stream<Item = io::Result<IO>>,
+    ) -> impl Stream<Item = io::Result<HandshakeDeadline<IO>>> {
         let timeout = self.handshake_timeout.max(Duration::from_millis(10));
-        // Our own listener does not inherit the builder's TCP settings.
-        TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(self.keepalive.max(Duration::from_secs(1))))
-            .map_ok(move |stream| HandshakeDeadline::new(stream, timeout))
+        incoming.map_ok(move |io| HandshakeDeadline::new(io, timeout))
     }
 }
 

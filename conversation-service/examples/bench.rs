@@ -200,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
                             sender: Some(v1::Participant {
                                 role: v1::Role::Provider.into(),
                                 id: "bench".into(),
+                                ..Default::default()
                             }),
                             body,
                             client_message_id: String::new(),
@@ -274,6 +275,7 @@ async fn measure_delivery(
             viewer: Some(v1::Participant {
                 role: v1::Role::Customer.into(),
                 id: String::new(),
+                session_id: BENCH_SESSION.into(),
             }),
             after_seq: head,
         })
@@ -289,6 +291,7 @@ async fn measure_delivery(
                 sender: Some(v1::Participant {
                     role: v1::Role::Provider.into(),
                     id: "bench".into(),
+                    ..Default::default()
                 }),
                 body: "ping".into(),
                 client_message_id: String::new(),
@@ -335,6 +338,9 @@ async fn start(
     Ok((token, ConversationServiceClient::new(channel)))
 }
 
+/// The session every benchmark conversation is opened for (its anonymous viewer's proof).
+const BENCH_SESSION: &str = "0b6d1c2e-5d0a-4c1e-9d7f-2a9f3c1e8b11";
+
 async fn create_conversations(
     client: &mut ConversationServiceClient<Channel>,
     n: usize,
@@ -345,6 +351,7 @@ async fn create_conversations(
             .create_conversation(v1::CreateConversationRequest {
                 request_id: Uuid::new_v4().to_string(),
                 provider_id: "bench".into(),
+                session_id: BENCH_SESSION.into(),
                 ..Default::default()
             })
             .await?

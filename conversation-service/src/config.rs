@@ -83,6 +83,9 @@ pub struct Config {
     /// Log format: `text` or `json`. Filter with RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+
+    #[command(flatten)]
+    pub security: chat_common::security::SecurityArgs,
 }
 
 /// Parses `250ms`, `15s`, `2m` or a bare number of seconds.

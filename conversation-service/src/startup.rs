@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::Context;
-use chat_common::{seal::SealKey, server::OversizeLayer};
+use chat_common::{seal::SealKey, security::Security, server::OversizeLayer};
 use chat_proto::v1::conversation_service_server::ConversationServiceServer;
 use sqlx::{
     PgPool,
@@ -44,6 +44,7 @@ pub struct Application {
     pool: PgPool,
     hub: Arc<Hub>,
     migrated: Arc<AtomicBool>,
+    security: Security,
     shutdown: CancellationToken,
 }
 
@@ -55,6 +56,7 @@ impl Application {
     /// # Errors
     /// When the address cannot be bound or the database URL cannot be parsed.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let security = Security::load(&config.security)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -80,6 +82,7 @@ impl Application {
             pool,
             hub,
             migrated,
+            security,
             shutdown: CancellationToken::new(),
         })
     }
@@ -111,6 +114,7 @@ impl Application {
             pool,
             hub,
             migrated,
+            security,
             shutdown,
         } = self;
         let store = Store::new(pool.clone());
@@ -168,12 +172,18 @@ impl Application {
             .layer(OversizeLayer::new(crate::error::DOMAIN))
             .timeout(config.request_timeout)
             .max_concurrent_streams(config.max_concurrent_streams)
+            .layer(security.layer())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(api)
+            // Our own listener (bound in build) sets TCP_NODELAY itself (see chat_common::tls).
             .serve_with_incoming_shutdown(
-                config.connections.incoming(listener),
+                config.connections.handshake_deadline(security.incoming(
+                    listener,
+                    config.connections.keepalive,
+                    shutdown.clone(),
+                )),
                 shutdown.clone().cancelled_owned(),
             );
         tracing::info!(%local_addr, "serving");

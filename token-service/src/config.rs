@@ -118,6 +118,42 @@ pub struct Config {
     /// How often health probes SQLite and conversation-service.
     #[arg(long, env = "HEALTH_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub health_interval: Duration,
+
+    #[command(flatten)]
+    pub client: ClientSecurity,
+
+    #[command(flatten)]
+    pub security: chat_common::security::SecurityArgs,
+}
+
+/// How token-service proves itself to conversation-service and checks it. An `https://`
+/// URL needs the CA; a plaintext URL with TLS settings is refused at start.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClientSecurity {
+    /// PEM CA that signed conversation-service's certificate (required for https://).
+    #[arg(long, env = "CONVERSATION_SERVICE_CA")]
+    pub conversation_service_ca: Option<PathBuf>,
+
+    /// PEM client certificate presented to conversation-service (mutual TLS).
+    #[arg(
+        long,
+        env = "CONVERSATION_SERVICE_CLIENT_CERT",
+        requires = "conversation_service_client_key"
+    )]
+    pub conversation_service_client_cert: Option<PathBuf>,
+
+    /// PEM private key of that client certificate.
+    #[arg(
+        long,
+        env = "CONVERSATION_SERVICE_CLIENT_KEY",
+        requires = "conversation_service_client_cert"
+    )]
+    pub conversation_service_client_key: Option<PathBuf>,
+
+    /// File holding a bearer token sent to conversation-service (`authorization: Bearer`),
+    /// for meshes that terminate TLS.
+    #[arg(long, env = "CONVERSATION_SERVICE_TOKEN_FILE")]
+    pub conversation_service_token_file: Option<PathBuf>,
 }
 
 /// Parses `250ms`, `15s`, `2m` or a bare number of seconds.

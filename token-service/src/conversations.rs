@@ -2,7 +2,11 @@
 //! deadline, and the probe health uses. The channel connects lazily, so token-service
 //! starts and serves while conversation-service is down.
 
-use std::time::Duration;
+use std::{
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use chat_proto::v1::{
     CreateConversationRequest, Customer, UpdateCustomerRequest,
@@ -10,6 +14,7 @@ use chat_proto::v1::{
 };
 use tonic::{
     Code, Status,
+    metadata::{Ascii, MetadataValue},
     transport::{Channel, Endpoint},
 };
 use tonic_health::pb::{
@@ -17,13 +22,15 @@ use tonic_health::pb::{
 };
 
 use crate::{
+    config::ClientSecurity,
     error::{Error, Refusal},
     store::{Done, OutboxCall},
 };
 
 #[derive(Clone)]
 pub struct Conversations {
-    channel: Channel,
+    connection: Arc<RwLock<Arc<Connection>>>,
+    credentials: Arc<Credentials>,
     max_message_bytes: usize,
 }
 
@@ -51,6 +58,18 @@ impl std::fmt::Display for CallError {
 /// Only what waiting cannot change is permanent; anything else (down, overloaded, a
 /// misconfigured credential, a version skew) is retried until an operator fixes it.
 fn classify(status: Status) -> CallError {
+    // A refusal of token-service itself (its certificate, token or grants) is fixed by
+    // configuration, not by the request: keep the call queued until it is, and say so.
+    let refused_caller = status.code() == Code::Unauthenticated
+        || (status.code() == Code::PermissionDenied
+            && tonic_types::StatusExt::get_details_error_info(&status)
+                .is_some_and(|info| info.reason == "METHOD_NOT_GRANTED"));
+    if refused_caller {
+        tracing::error!(code = ?status.code(), message = status.message(),
+            "conversation-service does not accept token-service as a caller; check the client \
+             certificate / token and its CALLERS_FILE");
+        return CallError::Transient(status);
+    }
     match status.code() {
         Code::FailedPrecondition
         | Code::InvalidArgument
@@ -60,24 +79,163 @@ fn classify(status: Status) -> CallError {
     }
 }
 
+/// What a connection to conversation-service is made of; re-read when the files change.
+struct Credentials {
+    endpoint: Endpoint,
+    ca: Option<PathBuf>,
+    identity: Option<(PathBuf, PathBuf)>,
+    token_file: Option<PathBuf>,
+}
+
+/// The channel and bearer token in use; swapped whole on a rotation (calls in flight keep
+/// the old channel).
+struct Connection {
+    channel: Channel,
+    /// `Bearer <token>`, sent with every call when configured.
+    authorization: Option<MetadataValue<Ascii>>,
+}
+
+fn config_error(message: String) -> Error {
+    Error::Internal(format!("conversation-service: {message}"))
+}
+
+impl Credentials {
+    fn files(&self) -> Vec<PathBuf> {
+        let identity = self
+            .identity
+            .iter()
+            .flat_map(|(c, k)| [c.clone(), k.clone()]);
+        self.ca
+            .iter()
+            .cloned()
+            .chain(identity)
+            .chain(self.token_file.iter().cloned())
+            .collect()
+    }
+
+    fn connect(&self) -> Result<Connection, Error> {
+        let mut endpoint = self.endpoint.clone();
+        if let Some(ca) = &self.ca {
+            let identity = self
+                .identity
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path()));
+            let tls = chat_common::tls::client_tls(ca, identity)
+                .map_err(|e| config_error(e.to_string()))?;
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| config_error(format!("TLS: {e}")))?;
+        }
+        let authorization = self
+            .token_file
+            .as_deref()
+            .map(|path| {
+                let token = std::fs::read_to_string(path)
+                    .map_err(|e| config_error(format!("reading {}: {e}", path.display())))?;
+                MetadataValue::try_from(format!("Bearer {}", token.trim()))
+                    .map_err(|_| config_error(format!("{}: not a printable token", path.display())))
+            })
+            .transpose()?;
+        Ok(Connection {
+            channel: endpoint.connect_lazy(),
+            authorization,
+        })
+    }
+}
+
 impl Conversations {
-    pub fn new(url: &str, max_message_bytes: usize) -> Result<Self, Error> {
+    /// An `https://` URL gets TLS verified against `CONVERSATION_SERVICE_CA` (and, when
+    /// given, presents the client certificate); without a CA it is an error, never
+    /// plaintext. TLS settings with an `http://` URL are an error too.
+    pub fn new(
+        url: &str,
+        max_message_bytes: usize,
+        security: &ClientSecurity,
+    ) -> Result<Self, Error> {
         let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| Error::Internal(format!("conversation-service URL {url:?}: {e}")))?
+            .map_err(|e| config_error(format!("URL {url:?}: {e}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
+        let identity = security
+            .conversation_service_client_cert
+            .clone()
+            .zip(security.conversation_service_client_key.clone());
+        let https = url.starts_with("https://");
+        match (https, &security.conversation_service_ca) {
+            (true, None) => {
+                return Err(config_error(format!(
+                    "{url} is https:// but CONVERSATION_SERVICE_CA is not set: \
+                     its certificate could not be verified"
+                )));
+            }
+            (false, ca) if ca.is_some() || identity.is_some() => {
+                return Err(config_error(format!(
+                    "TLS settings are given but {url} is not https://"
+                )));
+            }
+            _ => {}
+        }
+        let credentials = Credentials {
+            endpoint,
+            ca: security.conversation_service_ca.clone(),
+            identity,
+            token_file: security.conversation_service_token_file.clone(),
+        };
+        let connection = credentials.connect()?;
         Ok(Self {
-            channel: endpoint.connect_lazy(),
+            connection: Arc::new(RwLock::new(Arc::new(connection))),
+            credentials: Arc::new(credentials),
             max_message_bytes,
         })
     }
 
+    fn current(&self) -> Arc<Connection> {
+        match self.connection.read() {
+            Ok(connection) => Arc::clone(&connection),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Re-reads the CA, client certificate and token (on SIGHUP or when they change,
+    /// every `interval`), so they rotate without a restart. A failed read keeps the
+    /// connection in use.
+    pub fn watch(
+        &self,
+        interval: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let this = self.clone();
+        chat_common::tls::watch_files(this.credentials.files(), interval, stop, move || match this
+            .credentials
+            .connect()
+        {
+            Ok(connection) => {
+                if let Ok(mut current) = this.connection.write() {
+                    *current = Arc::new(connection);
+                }
+                tracing::info!("conversation-service client credentials reloaded");
+            }
+            Err(error) => tracing::error!(%error,
+                    "conversation-service client credentials not reloaded; keeping the previous ones"),
+        })
+    }
+
     fn client(&self) -> ConversationServiceClient<Channel> {
-        ConversationServiceClient::new(self.channel.clone())
+        ConversationServiceClient::new(self.current().channel.clone())
             .max_decoding_message_size(self.max_message_bytes.max(4 * 1024 * 1024))
+    }
+
+    /// Adds the bearer token, if any.
+    fn authorize<T>(&self, mut request: tonic::Request<T>) -> tonic::Request<T> {
+        if let Some(value) = &self.current().authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        request
     }
 
     /// Makes one queued call with `timeout` as its deadline.
@@ -91,16 +249,20 @@ impl Conversations {
                     reuse_active,
                     origin,
                 } => {
-                    let mut request = tonic::Request::new(CreateConversationRequest {
-                        request_id: request_id.clone(),
-                        provider_id: provider_id.clone(),
-                        customer: Some(Customer {
-                            customer_id: customer_id.clone().unwrap_or_default(),
-                            ..Customer::default()
-                        }),
-                        reuse_active: *reuse_active,
-                        origin: origin.clone(),
-                    });
+                    // The session id is the request id: conversation-service binds the
+                    // anonymous visitor to it.
+                    let mut request =
+                        self.authorize(tonic::Request::new(CreateConversationRequest {
+                            request_id: request_id.clone(),
+                            session_id: request_id.clone(),
+                            provider_id: provider_id.clone(),
+                            customer: Some(Customer {
+                                customer_id: customer_id.clone().unwrap_or_default(),
+                                ..Customer::default()
+                            }),
+                            reuse_active: *reuse_active,
+                            origin: origin.clone(),
+                        }));
                     request.set_timeout(timeout);
                     let reply = self
                         .client()
@@ -122,13 +284,13 @@ impl Conversations {
                     contact,
                 } => {
                     let conversation_id = conversation_id.clone().ok_or(CallError::NotReady)?;
-                    let mut request = tonic::Request::new(UpdateCustomerRequest {
+                    let mut request = self.authorize(tonic::Request::new(UpdateCustomerRequest {
                         conversation_id,
                         customer_id: Some(customer_id.clone()),
                         name: contact.name.clone(),
                         email: contact.email.clone(),
                         phone: contact.phone.clone(),
-                    });
+                    }));
                     request.set_timeout(timeout);
                     self.client()
                         .update_customer(request)
@@ -149,11 +311,11 @@ impl Conversations {
 
     /// Whether conversation-service answers its health check with SERVING.
     pub async fn reachable(&self, timeout: Duration) -> bool {
-        let mut request = tonic::Request::new(HealthCheckRequest {
+        let mut request = self.authorize(tonic::Request::new(HealthCheckRequest {
             service: String::new(),
-        });
+        }));
         request.set_timeout(timeout);
-        let mut client = HealthClient::new(self.channel.clone());
+        let mut client = HealthClient::new(self.current().channel.clone());
         let check = client.check(request);
         matches!(
             tokio::time::timeout(timeout, check).await,

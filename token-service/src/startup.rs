@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use chat_common::{seal::SealKey, server::OversizeLayer};
+use chat_common::{seal::SealKey, security::Security, server::OversizeLayer};
 use chat_proto::v1::token_service_server::TokenServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,7 @@ pub struct Application {
     store: Store,
     outbox: Outbox,
     conversations: Conversations,
+    security: Security,
     shutdown: CancellationToken,
 }
 
@@ -40,6 +41,8 @@ impl Application {
     /// unreachable conversation-service nor a database that cannot be opened yet stops
     /// the start: both are retried and reported by health.
     pub async fn build(config: Config) -> Result<Self, Error> {
+        let security =
+            Security::load(&config.security).map_err(|e| Error::Internal(e.to_string()))?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| Error::Internal(format!("binding {}: {e}", config.listen)))?;
@@ -52,8 +55,11 @@ impl Application {
         if let Err(e) = store.probe().await {
             tracing::warn!(error = %e, "database not usable yet; will retry");
         }
-        let conversations =
-            Conversations::new(&config.conversation_service, config.max_message_bytes)?;
+        let conversations = Conversations::new(
+            &config.conversation_service,
+            config.max_message_bytes,
+            &config.client,
+        )?;
         let outbox = Outbox::new(
             store.clone(),
             conversations.clone(),
@@ -73,6 +79,7 @@ impl Application {
             store,
             outbox,
             conversations,
+            security,
             shutdown: CancellationToken::new(),
         })
     }
@@ -99,6 +106,7 @@ impl Application {
             store,
             outbox,
             conversations,
+            security,
             shutdown,
         } = self;
 
@@ -147,6 +155,8 @@ impl Application {
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(MAX_REPLY_BYTES);
 
+        let reload = config.security.tls_reload_interval;
+        tokio::spawn(conversations.watch(reload, shutdown.clone()));
         let worker = tokio::spawn(outbox.clone().run(shutdown.clone()));
         let prober = tokio::spawn(probe_health(
             store,
@@ -158,7 +168,11 @@ impl Application {
             shutdown.clone(),
         ));
 
-        let incoming = config.connections.incoming(listener);
+        let incoming = config.connections.handshake_deadline(security.incoming(
+            listener,
+            config.connections.keepalive.max(Duration::from_secs(1)),
+            shutdown.clone(),
+        ));
         tracing::info!(%local_addr, database = %config.database.display(),
             conversation_service = %config.conversation_service, "token-service listening");
 
@@ -171,6 +185,7 @@ impl Application {
                 config.max_concurrent_requests.max(1),
             ))
             .layer(OversizeLayer::new(crate::error::DOMAIN))
+            .layer(security.layer())
             .max_concurrent_streams(config.max_concurrent_streams)
             .http2_max_header_list_size(16 * 1024)
             .add_service(health_service)

@@ -126,7 +126,13 @@ impl Participant {
         v1::Participant {
             role: self.role.to_proto().into(),
             id: self.id.clone(),
+            session_id: String::new(),
         }
+    }
+
+    /// The customer of a conversation with no customer linked yet.
+    pub fn is_anonymous(&self) -> bool {
+        self.role == Role::Customer && self.id.is_empty()
     }
 
     /// Whether this participant may act on a conversation of `provider_id` whose linked
@@ -136,6 +142,52 @@ impl Participant {
             Role::Provider => self.id == provider_id,
             Role::Customer => self.id == customer_id.unwrap_or(""),
         }
+    }
+}
+
+/// A token-service session id (a UUID): who opened a conversation for an anonymous
+/// visitor, and what that visitor presents later. Empty means none.
+pub fn parse_session_id(field: &'static str, text: &str) -> Result<Option<Uuid>> {
+    parse_request_id(field, text)
+}
+
+/// Parses an acting participant with the session it presents (kept only for the
+/// anonymous customer, the only one that needs it).
+pub fn parse_acting(
+    field: &'static str,
+    proto: Option<&v1::Participant>,
+) -> Result<(Participant, Option<Uuid>)> {
+    let participant = Participant::parse(field, proto)?;
+    let session = if participant.is_anonymous() {
+        parse_session_id(field, proto.map_or("", |p| p.session_id.as_str()))?
+    } else {
+        None
+    };
+    Ok((participant, session))
+}
+
+/// The anonymous customer is bound to the session that created its conversation: it must
+/// present exactly that session, so a conversation id alone grants nothing. Others pass.
+pub fn check_session(
+    participant: &Participant,
+    presented: Option<Uuid>,
+    recorded: Option<Uuid>,
+) -> Result<()> {
+    if !participant.is_anonymous() {
+        return Ok(());
+    }
+    match (presented, recorded) {
+        (Some(presented), Some(recorded)) if presented == recorded => Ok(()),
+        (None, _) => Err(Error::PermissionDenied {
+            reason: "SESSION_MISMATCH",
+            message: "the anonymous customer must present the session that opened the \
+                      conversation (participant.session_id)"
+                .into(),
+        }),
+        _ => Err(Error::PermissionDenied {
+            reason: "SESSION_MISMATCH",
+            message: "this session did not open the conversation".into(),
+        }),
     }
 }
 
@@ -325,6 +377,25 @@ mod tests {
         assert!(parse_body("b", &"é".repeat(4001)).is_err());
         assert!(parse_body("b", "hello\u{0}world").is_err());
         assert!(parse_body("b", "line\n\tindented").is_ok());
+    }
+
+    #[test]
+    fn the_anonymous_customer_needs_the_recorded_session() {
+        let anon = Participant {
+            role: Role::Customer,
+            id: String::new(),
+        };
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        assert!(check_session(&anon, Some(a), Some(a)).is_ok());
+        assert!(check_session(&anon, Some(b), Some(a)).is_err());
+        assert!(check_session(&anon, None, Some(a)).is_err());
+        assert!(check_session(&anon, Some(a), None).is_err());
+        assert!(check_session(&anon, None, None).is_err());
+        let linked = Participant {
+            role: Role::Customer,
+            id: "c1".into(),
+        };
+        assert!(check_session(&linked, None, Some(a)).is_ok());
     }
 
     #[test]

@@ -13,8 +13,8 @@ use uuid::Uuid;
 use crate::{
     domain::{
         ConversationId, CustomerDetails, CustomerPatch, PageSize, PageTokens, Participant,
-        Status as ConversationStatus, parse_body, parse_client_message_id, parse_external_id,
-        parse_origin, parse_request_id, parse_seq,
+        Status as ConversationStatus, parse_acting, parse_body, parse_client_message_id,
+        parse_external_id, parse_origin, parse_request_id, parse_seq, parse_session_id,
     },
     error::Error,
     realtime::{
@@ -52,6 +52,26 @@ impl ConversationApi {
             streams,
             pages,
         }
+    }
+}
+
+impl ConversationApi {
+    /// The anonymous customer must present the session that opened the conversation.
+    /// Calls whose store step checks membership under the row lock read the conversation
+    /// here only for that (the recorded session never changes, so this cannot race).
+    async fn check_anonymous(
+        &self,
+        id: ConversationId,
+        participant: &Participant,
+        session: Option<Uuid>,
+    ) -> Result<(), Error> {
+        if participant.is_anonymous() {
+            self.store
+                .get_conversation(id)
+                .await?
+                .authorize(participant, session)?;
+        }
+        Ok(())
     }
 }
 
@@ -104,6 +124,7 @@ impl ConversationService for ConversationApi {
             customer: CustomerDetails::parse(request.customer.as_ref())?,
             reuse_active: request.reuse_active,
             origin: parse_origin("origin", &request.origin)?,
+            session_id: parse_session_id("session_id", &request.session_id)?,
         };
         let (row, created) = self.store.create_conversation(new).await?;
         tracing::info!(conversation_id = %row.id, created, "conversation");
@@ -123,12 +144,13 @@ impl ConversationService for ConversationApi {
         let viewer = request
             .viewer
             .as_ref()
-            .map(|v| Participant::parse("viewer", Some(v)))
+            .map(|v| parse_acting("viewer", Some(v)))
             .transpose()?;
         let row = self.store.get_conversation(id).await?;
-        if viewer.as_ref().is_some_and(|v| !row.admits(v)) {
-            return Err(Error::not_participant().into());
+        if let Some((viewer, session)) = &viewer {
+            row.authorize(viewer, *session)?;
         }
+        let viewer = viewer.map(|(v, _)| v);
         ok(v1::GetConversationResponse {
             conversation: Some(row.to_proto(viewer.map(|v| v.role))),
         })
@@ -194,8 +216,12 @@ impl ConversationService for ConversationApi {
         let actor = request
             .actor
             .as_ref()
-            .map(|a| Participant::parse("actor", Some(a)))
+            .map(|a| parse_acting("actor", Some(a)))
             .transpose()?;
+        if let Some((actor, session)) = &actor {
+            self.check_anonymous(id, actor, *session).await?;
+        }
+        let actor = actor.map(|(a, _)| a);
         let row = self.store.set_status(id, status, actor.as_ref()).await?;
         ok(v1::SetConversationStatusResponse {
             conversation: Some(row.to_proto(actor.map(|a| a.role))),
@@ -208,9 +234,13 @@ impl ConversationService for ConversationApi {
         request: Request<v1::SendMessageRequest>,
     ) -> GrpcResult<v1::SendMessageResponse> {
         let request = request.into_inner();
+        let conversation_id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        let (sender, session) = parse_acting("sender", request.sender.as_ref())?;
+        self.check_anonymous(conversation_id, &sender, session)
+            .await?;
         let message = NewMessage {
-            conversation_id: ConversationId::parse("conversation_id", &request.conversation_id)?,
-            sender: Participant::parse("sender", request.sender.as_ref())?,
+            conversation_id,
+            sender,
             body: parse_body("body", &request.body)?,
             client_message_id: parse_client_message_id(
                 "client_message_id",
@@ -232,7 +262,7 @@ impl ConversationService for ConversationApi {
     ) -> GrpcResult<v1::ListMessagesResponse> {
         let request = request.into_inner();
         let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
-        let viewer = Participant::parse("viewer", request.viewer.as_ref())?;
+        let (viewer, session) = parse_acting("viewer", request.viewer.as_ref())?;
         let direction = match v1::Direction::try_from(request.direction) {
             Ok(v1::Direction::Unspecified | v1::Direction::Forward) => ListDirection::Forward,
             Ok(v1::Direction::Backward) => ListDirection::Backward,
@@ -247,9 +277,7 @@ impl ConversationService for ConversationApi {
             .decode::<i64>("page_token", &query, &request.page_token)?
             .unwrap_or(cursor);
         let conversation = self.store.get_conversation(id).await?;
-        if !conversation.admits(&viewer) {
-            return Err(Error::not_participant().into());
-        }
+        conversation.authorize(&viewer, session)?;
         let rows = self
             .store
             .list_messages(id, direction, cursor, size + 1)
@@ -272,7 +300,8 @@ impl ConversationService for ConversationApi {
     ) -> GrpcResult<v1::MarkReadResponse> {
         let request = request.into_inner();
         let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
-        let reader = Participant::parse("reader", request.reader.as_ref())?;
+        let (reader, session) = parse_acting("reader", request.reader.as_ref())?;
+        self.check_anonymous(id, &reader, session).await?;
         let seq = parse_seq("seq", request.seq)?;
         let (read_seq, unread_count) = self.store.mark_read(id, &reader, seq).await?;
         ok(v1::MarkReadResponse {
@@ -288,11 +317,9 @@ impl ConversationService for ConversationApi {
     ) -> GrpcResult<v1::SendTypingResponse> {
         let request = request.into_inner();
         let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
-        let sender = Participant::parse("sender", request.sender.as_ref())?;
+        let (sender, session) = parse_acting("sender", request.sender.as_ref())?;
         let conversation = self.store.get_conversation(id).await?;
-        if !conversation.admits(&sender) {
-            return Err(Error::not_participant().into());
-        }
+        conversation.authorize(&sender, session)?;
         self.store.typing(id, &sender).await?;
         ok(v1::SendTypingResponse {})
     }
@@ -307,14 +334,12 @@ impl ConversationService for ConversationApi {
     ) -> GrpcResult<Self::StreamConversationStream> {
         let request = request.into_inner();
         let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
-        let viewer = Participant::parse("viewer", request.viewer.as_ref())?;
+        let (viewer, session) = parse_acting("viewer", request.viewer.as_ref())?;
         let after_seq = parse_seq("after_seq", request.after_seq)?;
         // Subscribe before reading, so nothing committed in between is missed.
         let subscription = self.hub.subscribe_conversation(id.0)?;
         let conversation = self.store.get_conversation(id).await?;
-        if !conversation.admits(&viewer) {
-            return Err(Error::not_participant().into());
-        }
+        conversation.authorize(&viewer, session)?;
         if after_seq > conversation.head_seq {
             return Err(Error::OutOfRange {
                 field: "after_seq",

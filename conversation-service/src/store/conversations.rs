@@ -23,6 +23,7 @@ pub struct NewConversation {
     pub customer: CustomerDetails,
     pub reuse_active: bool,
     pub origin: String,
+    pub session_id: Option<Uuid>,
 }
 
 impl Store {
@@ -93,7 +94,8 @@ impl Store {
         let id = Uuid::now_v7();
         sqlx::query(
             "INSERT INTO conversations (id, request_id, provider_id, customer_id, customer_name, \
-             customer_email, customer_phone, origin) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             customer_email, customer_phone, origin, session_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(id)
         .bind(new.request_id)
@@ -103,6 +105,7 @@ impl Store {
         .bind(&new.customer.email)
         .bind(&new.customer.phone)
         .bind(&new.origin)
+        .bind(new.session_id)
         .execute(&mut *tx)
         .await
         .map_err(|e| Error::db(ctx, e))?;

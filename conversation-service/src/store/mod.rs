@@ -11,7 +11,10 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::domain::{ConversationId, Participant, Role, Status};
+use crate::{
+    domain::{ConversationId, Participant, Role, Status, check_session},
+    error::{Error, Result},
+};
 
 pub use batcher::{NewMessage, SendQueue};
 pub use conversations::NewConversation;
@@ -52,6 +55,8 @@ pub struct ConversationRow {
     pub customer_phone: String,
     pub status: i16,
     pub origin: String,
+    /// The token-service session that opened it for an anonymous visitor.
+    pub session_id: Option<Uuid>,
     pub head_seq: i64,
     pub provider_read_seq: i64,
     pub customer_read_seq: i64,
@@ -67,7 +72,7 @@ pub struct ConversationRow {
 
 /// The select list and joins that fill a [`ConversationRow`]; callers add WHERE/ORDER.
 pub(crate) const CONVERSATION_SELECT: &str = "SELECT c.id, c.provider_id, c.customer_id, \
-     c.customer_name, c.customer_email, c.customer_phone, c.status, c.origin, c.head_seq, \
+     c.customer_name, c.customer_email, c.customer_phone, c.status, c.origin, c.session_id, c.head_seq, \
      c.provider_read_seq, c.customer_read_seq, c.created_at, c.last_activity_at, \
      m.id AS lm_id, m.sender_role AS lm_sender_role, m.sender_id AS lm_sender_id, \
      m.body AS lm_body, m.client_message_id AS lm_client_message_id, \
@@ -93,6 +98,15 @@ impl ConversationRow {
 
     pub fn admits(&self, participant: &Participant) -> bool {
         participant.belongs_to(&self.provider_id, self.customer_id.as_deref())
+    }
+
+    /// A participant of this conversation, and the anonymous customer only with the
+    /// session that opened it (see [`crate::domain::check_session`]).
+    pub fn authorize(&self, participant: &Participant, session: Option<Uuid>) -> Result<()> {
+        if !self.admits(participant) {
+            return Err(Error::not_participant());
+        }
+        check_session(participant, session, self.session_id)
     }
 
     /// The conversation as the API shows it; `viewer` fills `unread_count`. Sending a

@@ -50,6 +50,7 @@ async fn a_nul_byte_in_any_text_field_is_invalid_argument_naming_it_and_writes_n
         ("request_id", create_with(&|r| r.request_id = NUL.into())),
         ("provider_id", create_with(&|r| r.provider_id = NUL.into())),
         ("origin", create_with(&|r| r.origin = NUL.into())),
+        ("session_id", create_with(&|r| r.session_id = NUL.into())),
         (
             "customer.customer_id",
             create_with(&|r| r.customer.as_mut().unwrap().customer_id = NUL.into()),
@@ -174,6 +175,16 @@ async fn a_nul_byte_in_any_text_field_is_invalid_argument_naming_it_and_writes_n
             "sender",
             v1::SendMessageRequest {
                 sender: with_nul(customer("c1")),
+                ..message()
+            },
+        ),
+        (
+            "sender",
+            v1::SendMessageRequest {
+                sender: customer("").map(|p| v1::Participant {
+                    session_id: format!("{}\u{0}", p.session_id),
+                    ..p
+                }),
                 ..message()
             },
         ),

@@ -167,13 +167,23 @@ pub fn provider(id: &str) -> Option<Participant> {
     Some(Participant {
         role: Role::Provider.into(),
         id: id.into(),
+        ..Default::default()
     })
 }
 
+/// The session every conversation made by [`create`] is opened for.
+pub const SESSION: &str = "5e55105e-0000-4000-8000-000000000001";
+
+/// A customer; the anonymous one (`""`) presents [`SESSION`].
 pub fn customer(id: &str) -> Option<Participant> {
     Some(Participant {
         role: Role::Customer.into(),
         id: id.into(),
+        session_id: if id.is_empty() {
+            SESSION.into()
+        } else {
+            String::new()
+        },
     })
 }
 
@@ -187,6 +197,7 @@ pub async fn create(client: &mut Client, provider_id: &str) -> v1::Conversation 
         .create_conversation(v1::CreateConversationRequest {
             request_id: Uuid::new_v4().to_string(),
             provider_id: provider_id.into(),
+            session_id: SESSION.into(),
             ..Default::default()
         })
         .await

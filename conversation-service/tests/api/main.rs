@@ -11,5 +11,6 @@ mod limits;
 mod messages;
 mod pagination;
 mod properties;
+mod security;
 mod startup;
 mod streams;

@@ -37,7 +37,11 @@ fn int64() -> impl Strategy<Value = i64> {
 fn participant(known: &[String]) -> impl Strategy<Value = Option<v1::Participant>> + use<> {
     proptest::option::weighted(
         0.9,
-        (-1..4, text(known)).prop_map(|(role, id)| v1::Participant { role, id }),
+        (-1..4, text(known), text(known)).prop_map(|(role, id, session_id)| v1::Participant {
+            role,
+            id,
+            session_id,
+        }),
     )
 }
 
@@ -74,14 +78,15 @@ fn call(known: &[String]) -> impl Strategy<Value = Call> + use<> {
     let p = || participant(known);
     let maybe = || proptest::option::of(text(known));
     prop_oneof![
-        (t(), t(), customer(known), any::<bool>(), t()).prop_map(
-            |(request_id, provider_id, customer, reuse_active, origin)| {
+        (t(), t(), customer(known), any::<bool>(), t(), t()).prop_map(
+            |(request_id, provider_id, customer, reuse_active, origin, session_id)| {
                 Call::Create(v1::CreateConversationRequest {
                     request_id,
                     provider_id,
                     customer,
                     reuse_active,
                     origin,
+                    session_id,
                 })
             }
         ),

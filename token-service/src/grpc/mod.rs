@@ -5,7 +5,7 @@ mod convert;
 
 use std::sync::Arc;
 
-use chat_common::seal::SealKey;
+use chat_common::{seal::SealKey, tls::PeerInfo};
 use chat_proto::v1::{self as pb, token_service_server::TokenService};
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, field};
@@ -50,7 +50,14 @@ impl TokenGrpc {
     }
 
     fn caller<T>(&self, request: &Request<T>) -> String {
-        self.identity.key(request.metadata(), request.remote_addr())
+        // Connections come through chat-common's acceptor, whose PeerInfo (not tonic's
+        // TcpConnectInfo) carries the peer address.
+        let peer = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.remote_addr)
+            .or_else(|| request.remote_addr());
+        self.identity.key(request.metadata(), peer)
     }
 
     /// Counts a failed guess against the caller; any other outcome gives the

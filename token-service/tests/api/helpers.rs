@@ -342,6 +342,7 @@ pub fn provider(id: &str) -> Option<Participant> {
     Some(Participant {
         role: Role::Provider.into(),
         id: id.into(),
+        ..Default::default()
     })
 }
 
@@ -349,6 +350,7 @@ pub fn customer(id: &str) -> Option<Participant> {
     Some(Participant {
         role: Role::Customer.into(),
         id: id.into(),
+        ..Default::default()
     })
 }
 

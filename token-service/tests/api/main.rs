@@ -13,5 +13,6 @@ mod hardening;
 mod health;
 mod properties;
 mod redeem;
+mod security;
 mod sessions;
 mod tokens;

@@ -1,0 +1,588 @@
+//! Who is calling, and may it call this method. The callers file (`CALLERS_FILE`, TOML)
+//! names each caller, how it proves who it is (a client certificate SAN such as a SPIFFE
+//! id, or a bearer token of which only the SHA-256 is kept) and which full gRPC methods
+//! (`/chat.v1.ConversationService/SendMessage`, or `/chat.v1.ConversationService/*`) it
+//! may call. [`AuthLayer`] enforces it on every request before any handler runs: an
+//! unknown or missing credential is UNAUTHENTICATED, a known caller outside its grants is
+//! PERMISSION_DENIED, both with a `google.rpc.ErrorInfo` reason. The caller it recognised
+//! is put into the request's extensions as a [`Caller`].
+//!
+//! What this proves is only *which service* calls. Fields inside a request (`viewer`,
+//! `sender`, `provider_id`) say on whose behalf a granted caller acts; the services check
+//! those against their own data.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::Path,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use futures::future::{Either, Ready, ready};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tonic::{Code, Status, codegen::http, transport::server::TcpConnectInfo};
+use tonic_types::{ErrorDetails, StatusExt};
+use tower::{Layer, Service};
+
+use crate::tls::PeerInfo;
+
+/// The `google.rpc.ErrorInfo` domain of the refusals given here.
+pub const DOMAIN: &str = "chat.v1";
+
+/// Methods anyone may call when the callers file does not say otherwise: health checks
+/// (load balancers carry no credentials) and reflection (it only describes the API).
+pub const DEFAULT_OPEN: [&str; 3] = [
+    "/grpc.health.v1.Health/*",
+    "/grpc.reflection.v1.ServerReflection/*",
+    "/grpc.reflection.v1alpha.ServerReflection/*",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The callers file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    #[serde(default)]
+    open: Option<OpenSpec>,
+    #[serde(default)]
+    roles: BTreeMap<String, RoleSpec>,
+    #[serde(default, rename = "caller")]
+    callers: Vec<CallerSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenSpec {
+    methods: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleSpec {
+    methods: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallerSpec {
+    name: String,
+    /// Subject alternative names (URI such as a SPIFFE id, or DNS) of its client
+    /// certificate; any one of them identifies the caller.
+    #[serde(default)]
+    san: Vec<String>,
+    /// Hex SHA-256 of its bearer tokens (several, so a token can be rotated).
+    #[serde(default)]
+    token_sha256: Vec<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+}
+
+/// A set of full method paths: exact ones and whole services (`/pkg.Service/*`).
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    methods: HashSet<String>,
+    services: HashSet<String>,
+}
+
+impl Grants {
+    fn add(&mut self, pattern: &str) -> Result<(), PolicyError> {
+        let invalid = || {
+            PolicyError::Invalid(format!(
+                "`{pattern}` is not a gRPC method path like /chat.v1.TokenService/IssueToken \
+                 or /chat.v1.TokenService/*"
+            ))
+        };
+        let rest = pattern.strip_prefix('/').ok_or_else(invalid)?;
+        let (service, method) = rest.split_once('/').ok_or_else(invalid)?;
+        if service.is_empty() || method.is_empty() || method.contains('/') {
+            return Err(invalid());
+        }
+        if method == "*" {
+            self.services.insert(service.to_owned());
+        } else if method.contains('*') {
+            return Err(invalid());
+        } else {
+            self.methods.insert(pattern.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Whether `path` (`/pkg.Service/Method`) is granted.
+    pub fn allows(&self, path: &str) -> bool {
+        if self.methods.contains(path) {
+            return true;
+        }
+        path.strip_prefix('/')
+            .and_then(|rest| rest.split_once('/'))
+            .is_some_and(|(service, _)| self.services.contains(service))
+    }
+}
+
+/// A caller recognised by its credentials; handlers find it in the request extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub name: Arc<str>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    caller: Caller,
+    grants: Grants,
+}
+
+/// The parsed callers file: who may call what.
+#[derive(Debug)]
+pub struct Policy {
+    open: Grants,
+    entries: Vec<Entry>,
+    by_san: HashMap<String, usize>,
+    /// (SHA-256 of a token, entry index); compared in constant time, all of them.
+    tokens: Vec<([u8; 32], usize)>,
+}
+
+impl Policy {
+    /// Reads and checks a callers file: every method pattern well formed, every role
+    /// defined, no SAN or token shared by two callers.
+    ///
+    /// # Errors
+    /// When the file cannot be read or is not a valid callers file.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            PolicyError::Parse { source, .. } => PolicyError::Parse {
+                path: path.display().to_string(),
+                source,
+            },
+            PolicyError::Invalid(message) => {
+                PolicyError::Invalid(format!("{}: {message}", path.display()))
+            }
+            other => other,
+        })
+    }
+
+    /// Parses the text of a callers file (see [`Policy::load`]).
+    ///
+    /// # Errors
+    /// When it is not a valid callers file.
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        let spec: FileSpec = toml::from_str(text).map_err(|source| PolicyError::Parse {
+            path: String::new(),
+            source,
+        })?;
+        let mut open = Grants::default();
+        match &spec.open {
+            Some(section) => section.methods.iter().try_for_each(|m| open.add(m))?,
+            None => DEFAULT_OPEN.iter().try_for_each(|m| open.add(m))?,
+        }
+        let mut policy = Self {
+            open,
+            entries: Vec::new(),
+            by_san: HashMap::new(),
+            tokens: Vec::new(),
+        };
+        let mut names = HashSet::new();
+        for caller in &spec.callers {
+            let index = policy.entries.len();
+            if caller.name.trim().is_empty() || !names.insert(caller.name.clone()) {
+                return Err(PolicyError::Invalid(format!(
+                    "caller name `{}` is empty or used twice",
+                    caller.name
+                )));
+            }
+            if caller.san.is_empty() && caller.token_sha256.is_empty() {
+                return Err(PolicyError::Invalid(format!(
+                    "caller `{}` has neither `san` nor `token_sha256`: nothing identifies it",
+                    caller.name
+                )));
+            }
+            let mut grants = Grants::default();
+            for role in &caller.roles {
+                let role_spec = spec.roles.get(role).ok_or_else(|| {
+                    PolicyError::Invalid(format!(
+                        "caller `{}` has role `{role}`, which [roles] does not define",
+                        caller.name
+                    ))
+                })?;
+                role_spec.methods.iter().try_for_each(|m| grants.add(m))?;
+            }
+            caller.methods.iter().try_for_each(|m| grants.add(m))?;
+            for san in &caller.san {
+                if policy.by_san.insert(san.clone(), index).is_some() {
+                    return Err(PolicyError::Invalid(format!(
+                        "SAN `{san}` identifies two callers"
+                    )));
+                }
+            }
+            for hash in &caller.token_sha256 {
+                let bytes = hex::decode(hash.trim())
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .ok_or_else(|| {
+                        PolicyError::Invalid(format!(
+                            "caller `{}`: token_sha256 must be 64 hex digits (sha256sum of the token)",
+                            caller.name
+                        ))
+                    })?;
+                if policy.tokens.iter().any(|(known, _)| *known == bytes) {
+                    return Err(PolicyError::Invalid(format!(
+                        "caller `{}`: a token hash is used twice",
+                        caller.name
+                    )));
+                }
+                policy.tokens.push((bytes, index));
+            }
+            policy.entries.push(Entry {
+                caller: Caller {
+                    name: Arc::from(caller.name.as_str()),
+                },
+                grants,
+            });
+        }
+        Ok(policy)
+    }
+
+    /// The names of the callers, in file order.
+    pub fn caller_names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|e| &*e.caller.name)
+    }
+
+    /// Decides one call. A bearer token, when sent, is what identifies the caller (a mesh
+    /// may also present its own certificate); otherwise the client certificate does.
+    ///
+    /// # Errors
+    /// UNAUTHENTICATED or PERMISSION_DENIED, with an ErrorInfo reason.
+    pub fn authorize(
+        &self,
+        path: &str,
+        authorization: Option<&[u8]>,
+        sans: &[String],
+    ) -> Result<Option<Caller>, Refusal> {
+        let identified = match authorization {
+            Some(header) => self.by_token(header).map(Some),
+            None => Ok(sans.iter().find_map(|san| self.by_san.get(san).copied())),
+        };
+        let index = match identified {
+            Ok(Some(index)) => index,
+            // Open methods answer whatever credentials came (or did not).
+            _ if self.open.allows(path) => return Ok(None),
+            Err(refusal) => return Err(refusal),
+            Ok(None) if sans.is_empty() => return Err(Refusal::NoCredentials),
+            Ok(None) => return Err(Refusal::UnknownCertificate),
+        };
+        let entry = &self.entries[index];
+        if entry.grants.allows(path) || self.open.allows(path) {
+            Ok(Some(entry.caller.clone()))
+        } else {
+            Err(Refusal::NotGranted {
+                caller: entry.caller.clone(),
+            })
+        }
+    }
+
+    fn by_token(&self, header: &[u8]) -> Result<usize, Refusal> {
+        let token = header
+            .strip_prefix(b"Bearer ")
+            .or_else(|| header.strip_prefix(b"bearer "))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty())
+            .ok_or(Refusal::MalformedAuthorization)?;
+        let presented: [u8; 32] = Sha256::digest(token).into();
+        // Every stored hash is compared, so timing says nothing about which matched.
+        let mut found = None;
+        for (hash, index) in &self.tokens {
+            if bool::from(hash.ct_eq(&presented)) {
+                found = Some(*index);
+            }
+        }
+        found.ok_or(Refusal::UnknownToken)
+    }
+}
+
+/// Why a call was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    NoCredentials,
+    MalformedAuthorization,
+    UnknownToken,
+    UnknownCertificate,
+    NotGranted { caller: Caller },
+}
+
+impl Refusal {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoCredentials => "CREDENTIALS_REQUIRED",
+            Self::MalformedAuthorization => "MALFORMED_AUTHORIZATION",
+            Self::UnknownToken => "UNKNOWN_TOKEN",
+            Self::UnknownCertificate => "UNKNOWN_CERTIFICATE",
+            Self::NotGranted { .. } => "METHOD_NOT_GRANTED",
+        }
+    }
+
+    /// The status a caller sees: never which tokens or names exist.
+    pub fn to_status(&self, path: &str) -> Status {
+        let (code, message, mut metadata) = match self {
+            Self::NoCredentials => (
+                Code::Unauthenticated,
+                "a client certificate or a bearer token is required".to_owned(),
+                HashMap::new(),
+            ),
+            Self::MalformedAuthorization => (
+                Code::Unauthenticated,
+                "the authorization header must be `Bearer <token>`".to_owned(),
+                HashMap::new(),
+            ),
+            Self::UnknownToken => (
+                Code::Unauthenticated,
+                "unknown bearer token".to_owned(),
+                HashMap::new(),
+            ),
+            Self::UnknownCertificate => (
+                Code::Unauthenticated,
+                "the client certificate names no known caller".to_owned(),
+                HashMap::new(),
+            ),
+            Self::NotGranted { caller } => (
+                Code::PermissionDenied,
+                format!("caller `{}` may not call {path}", caller.name),
+                HashMap::from([("caller".to_owned(), caller.name.to_string())]),
+            ),
+        };
+        metadata.insert("method".to_owned(), path.to_owned());
+        let mut details = ErrorDetails::new();
+        details.set_error_info(self.reason(), DOMAIN, metadata);
+        Status::with_error_details(code, message, details)
+    }
+}
+
+/// Checks every request against a [`Policy`] (or lets everything through when there is
+/// none: open mode). Also puts the connection's TCP addresses where tonic's
+/// `Request::remote_addr` looks for them.
+#[derive(Clone)]
+pub struct AuthLayer {
+    policy: Option<Arc<Policy>>,
+}
+
+impl AuthLayer {
+    pub fn new(policy: Option<Policy>) -> Self {
+        Self {
+            policy: policy.map(Arc::new),
+        }
+    }
+
+    pub fn from_shared(policy: Option<Arc<Policy>>) -> Self {
+        Self { policy }
+    }
+
+    /// Lets every call through.
+    pub fn open() -> Self {
+        Self { policy: None }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    policy: Option<Arc<Policy>>,
+}
+
+impl<S, B, ResBody> Service<http::Request<B>> for Auth<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Either<S::Future, Ready<Result<S::Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let peer = request.extensions().get::<PeerInfo>().cloned();
+        if let Some(peer) = &peer {
+            request.extensions_mut().insert(TcpConnectInfo {
+                local_addr: peer.local_addr,
+                remote_addr: peer.remote_addr,
+            });
+        }
+        let Some(policy) = &self.policy else {
+            return Either::Left(self.inner.call(request));
+        };
+        let sans = peer.as_ref().map_or(&[][..], |p| &p.sans[..]);
+        let path = request.uri().path();
+        let authorization = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(http::HeaderValue::as_bytes);
+        match policy.authorize(path, authorization, sans) {
+            Ok(caller) => {
+                if let Some(caller) = caller {
+                    request.extensions_mut().insert(caller);
+                }
+                Either::Left(self.inner.call(request))
+            }
+            Err(refusal) => {
+                tracing::warn!(
+                    method = path,
+                    reason = refusal.reason(),
+                    peer = ?peer.as_ref().and_then(|p| p.remote_addr),
+                    "call refused"
+                );
+                Either::Right(ready(Ok(refusal.to_status(path).into_http())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+        [roles.reader]
+        methods = ["/chat.v1.ConversationService/GetConversation"]
+
+        [[caller]]
+        name = "token-service"
+        san = ["spiffe://chat.test/token-service"]
+        roles = ["reader"]
+        methods = ["/chat.v1.ConversationService/CreateConversation"]
+
+        [[caller]]
+        name = "bff"
+        token_sha256 = ["2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"]
+        methods = ["/chat.v1.ConversationService/*"]
+    "#;
+
+    fn policy() -> Policy {
+        Policy::parse(FILE).unwrap()
+    }
+
+    #[test]
+    fn a_certificate_caller_gets_its_roles_and_methods_only() {
+        let sans = ["spiffe://chat.test/token-service".to_owned()];
+        let p = policy();
+        let ok = p.authorize("/chat.v1.ConversationService/GetConversation", None, &sans);
+        assert_eq!(ok.unwrap().unwrap().name.as_ref(), "token-service");
+        assert!(
+            p.authorize(
+                "/chat.v1.ConversationService/CreateConversation",
+                None,
+                &sans
+            )
+            .is_ok()
+        );
+        let refused = p.authorize("/chat.v1.ConversationService/SendMessage", None, &sans);
+        assert_eq!(refused.unwrap_err().reason(), "METHOD_NOT_GRANTED");
+    }
+
+    #[test]
+    fn a_bearer_token_is_matched_by_its_hash() {
+        // sha256("secret")
+        let p = policy();
+        let caller = p
+            .authorize(
+                "/chat.v1.ConversationService/SendMessage",
+                Some(b"Bearer secret"),
+                &[],
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(caller.name.as_ref(), "bff");
+        let wrong = p.authorize(
+            "/chat.v1.ConversationService/SendMessage",
+            Some(b"Bearer secreT"),
+            &[],
+        );
+        assert_eq!(wrong.unwrap_err(), Refusal::UnknownToken);
+        let malformed = p.authorize(
+            "/chat.v1.ConversationService/SendMessage",
+            Some(b"Basic x"),
+            &[],
+        );
+        assert_eq!(malformed.unwrap_err(), Refusal::MalformedAuthorization);
+    }
+
+    #[test]
+    fn health_and_reflection_are_open_unless_the_file_says_otherwise() {
+        let p = policy();
+        assert!(
+            p.authorize("/grpc.health.v1.Health/Check", None, &[])
+                .is_ok()
+        );
+        assert_eq!(
+            p.authorize("/chat.v1.TokenService/IssueToken", None, &[])
+                .unwrap_err(),
+            Refusal::NoCredentials
+        );
+        let unknown = ["spiffe://chat.test/stranger".to_owned()];
+        assert_eq!(
+            p.authorize("/chat.v1.TokenService/IssueToken", None, &unknown)
+                .unwrap_err(),
+            Refusal::UnknownCertificate
+        );
+        let health = p.authorize("/grpc.health.v1.Health/Check", Some(b"Bearer wrong"), &[]);
+        assert_eq!(
+            health,
+            Ok(None),
+            "a bad token does not close an open method"
+        );
+        let closed = Policy::parse(&format!("[open]\nmethods = []\n{FILE}")).unwrap();
+        assert_eq!(
+            closed
+                .authorize("/grpc.health.v1.Health/Check", None, &[])
+                .unwrap_err(),
+            Refusal::NoCredentials
+        );
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_a_reason() {
+        for bad in [
+            "[[caller]]\nname = \"x\"\nmethods = [\"/a/b\"]\n",
+            "[[caller]]\nname = \"x\"\nsan = [\"s\"]\nmethods = [\"a/b\"]\n",
+            "[[caller]]\nname = \"x\"\nsan = [\"s\"]\nmethods = [\"/a/b*\"]\n",
+            "[[caller]]\nname = \"x\"\nsan = [\"s\"]\nroles = [\"nope\"]\n",
+            "[[caller]]\nname = \"x\"\ntoken_sha256 = [\"abcd\"]\n",
+            "[[caller]]\nname = \"x\"\nsan = [\"s\"]\n[[caller]]\nname = \"y\"\nsan = [\"s\"]\n",
+            "[[caller]]\nname = \"x\"\nsan = [\"s\"]\nmetods = []\n",
+        ] {
+            assert!(Policy::parse(bad).is_err(), "accepted: {bad}");
+        }
+    }
+}

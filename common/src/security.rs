@@ -1,0 +1,138 @@
+//! The security settings both servers share (`TLS_CERT`, `TLS_KEY`, `TLS_CLIENT_CA`,
+//! `CALLERS_FILE`), read once at start into what startup needs: the stream of accepted
+//! connections and the layer that checks callers.
+
+use std::{io, path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::{AuthLayer, Policy, PolicyError},
+    tls::{Conn, ServerTls, TlsError, TlsFiles},
+};
+
+/// TLS and caller flags, flattened into each service's configuration.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SecurityArgs {
+    /// PEM certificate chain of this server. With `--tls-key`, the server speaks only TLS.
+    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA: clients must present a certificate it signed (mutual TLS).
+    #[arg(long, env = "TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// How often the TLS files are checked for a rotation (SIGHUP reloads at once).
+    #[arg(long, env = "TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = seconds)]
+    pub tls_reload_interval: Duration,
+
+    /// TOML file naming each caller, its credentials and the methods it may call.
+    /// Unset: every caller may call everything (local development only).
+    #[arg(long, env = "CALLERS_FILE")]
+    pub callers_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("CALLERS_FILE {0}")]
+    Policy(#[from] PolicyError),
+}
+
+/// `15s`, `500ms` or a bare number of seconds.
+fn seconds(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let parsed = match text.strip_suffix("ms") {
+        Some(ms) => ms.parse().map(Duration::from_millis),
+        None => text
+            .strip_suffix('s')
+            .unwrap_or(text)
+            .parse()
+            .map(Duration::from_secs),
+    };
+    parsed.map_err(|_| format!("`{text}` is not a duration like 500ms or 10s"))
+}
+
+/// What a server runs with: its TLS configuration (if any) and its callers policy.
+pub struct Security {
+    tls: Option<Arc<ServerTls>>,
+    policy: Option<Arc<Policy>>,
+    reload_interval: Duration,
+}
+
+impl Security {
+    /// Reads the files named by `args`, and says loudly when the service runs open or in
+    /// plaintext.
+    ///
+    /// # Errors
+    /// When a named file is missing or invalid: a service never starts less protected
+    /// than it was told to be.
+    pub fn load(args: &SecurityArgs) -> Result<Self, SecurityError> {
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(ServerTls::load(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.tls_client_ca.clone(),
+            })?),
+            _ => None,
+        };
+        let policy = args
+            .callers_file
+            .as_deref()
+            .map(Policy::load)
+            .transpose()?
+            .map(Arc::new);
+        match &tls {
+            Some(tls) => tracing::info!(mutual = tls.mutual(), "TLS on"),
+            None => tracing::warn!("TLS_CERT/TLS_KEY not set: serving PLAINTEXT"),
+        }
+        match &policy {
+            Some(policy) => {
+                let callers: Vec<&str> = policy.caller_names().collect();
+                tracing::info!(?callers, "callers file loaded");
+            }
+            None => tracing::warn!(
+                "CALLERS_FILE not set: OPEN MODE, every caller may call every method \
+                 without credentials; for local development only"
+            ),
+        }
+        Ok(Self {
+            tls,
+            policy,
+            reload_interval: args.tls_reload_interval.max(Duration::from_millis(10)),
+        })
+    }
+
+    /// The TLS configuration, to reload it by hand (SIGHUP and file changes already do).
+    pub fn tls(&self) -> Option<Arc<ServerTls>> {
+        self.tls.clone()
+    }
+
+    /// The layer that checks every call against the callers file.
+    pub fn layer(&self) -> AuthLayer {
+        AuthLayer::from_shared(self.policy.clone())
+    }
+
+    /// The accepted connections to serve (see [`crate::tls::incoming`]).
+    pub fn incoming(
+        &self,
+        listener: TcpListener,
+        keepalive: Duration,
+        stop: CancellationToken,
+    ) -> ReceiverStream<io::Result<Conn>> {
+        crate::tls::incoming(
+            listener,
+            self.tls.clone(),
+            keepalive,
+            self.reload_interval,
+            stop,
+        )
+    }
+}
