@@ -130,3 +130,44 @@ async fn a_connection_that_never_starts_http2_is_closed_after_the_handshake_time
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     create(&mut app.client, "p").await;
 }
+
+/// Local ports of this machine's established TCP connections to `port` (client side).
+fn client_ports_to(port: u16) -> std::collections::HashSet<u16> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let hex_port = |address: &str| {
+        address
+            .rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let established = fields.get(3) == Some(&"01");
+            let to_port = fields.get(2).and_then(|a| hex_port(a)) == Some(port);
+            (established && to_port)
+                .then(|| fields.get(1).and_then(|a| hex_port(a)))
+                .flatten()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn past_the_max_connection_age_calls_move_to_a_new_connection() {
+    let database_url = crate::helpers::fresh_database().await;
+    let mut replica =
+        crate::helpers::spawn_process(&database_url, &["--max-connection-age", "500ms"]).await;
+    let port = replica.addr.port();
+    create(&mut replica.client, "p").await;
+    let before = client_ports_to(port);
+    assert!(!before.is_empty());
+    // Past the age the server says GOAWAY; the client's next call opens a new connection.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    create(&mut replica.client, "p").await;
+    let after = client_ports_to(port);
+    assert!(
+        !after.is_subset(&before),
+        "a new connection after the age: {before:?} -> {after:?}"
+    );
+}
