@@ -6,7 +6,11 @@ use std::{env, fs, path::PathBuf};
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["chat/v1/conversation.proto", "chat/v1/token.proto"];
+    let files = [
+        "chat/v1/conversation.proto",
+        "chat/v1/token.proto",
+        "chat/v1/token_admin.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -14,7 +14,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::Path,
-    sync::Arc,
+    sync::{Arc, RwLock},
     task::{Context, Poll},
 };
 
@@ -377,22 +377,45 @@ impl Refusal {
     }
 }
 
+/// The policy in force, replaced whole when the callers file is reloaded.
+#[derive(Clone)]
+pub struct SharedPolicy(Arc<RwLock<Arc<Policy>>>);
+
+impl SharedPolicy {
+    pub fn new(policy: Policy) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(policy))))
+    }
+
+    pub fn current(&self) -> Arc<Policy> {
+        match self.0.read() {
+            Ok(policy) => Arc::clone(&policy),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Re-reads `path`; a file that does not load keeps the policy in force.
+    ///
+    /// # Errors
+    /// When the file cannot be read or is not a valid callers file.
+    pub fn reload(&self, path: &Path) -> Result<(), PolicyError> {
+        let policy = Arc::new(Policy::load(path)?);
+        if let Ok(mut current) = self.0.write() {
+            *current = policy;
+        }
+        Ok(())
+    }
+}
+
 /// Checks every request against a [`Policy`] (or lets everything through when there is
 /// none: open mode). Also puts the connection's TCP addresses where tonic's
 /// `Request::remote_addr` looks for them.
 #[derive(Clone)]
 pub struct AuthLayer {
-    policy: Option<Arc<Policy>>,
+    policy: Option<SharedPolicy>,
 }
 
 impl AuthLayer {
-    pub fn new(policy: Option<Policy>) -> Self {
-        Self {
-            policy: policy.map(Arc::new),
-        }
-    }
-
-    pub fn from_shared(policy: Option<Arc<Policy>>) -> Self {
+    pub fn new(policy: Option<SharedPolicy>) -> Self {
         Self { policy }
     }
 
@@ -416,7 +439,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct Auth<S> {
     inner: S,
-    policy: Option<Arc<Policy>>,
+    policy: Option<SharedPolicy>,
 }
 
 impl<S, B, ResBody> Service<http::Request<B>> for Auth<S>
@@ -440,7 +463,7 @@ where
                 remote_addr: peer.remote_addr,
             });
         }
-        let Some(policy) = &self.policy else {
+        let Some(policy) = self.policy.as_ref().map(SharedPolicy::current) else {
             return Either::Left(self.inner.call(request));
         };
         let sans = peer.as_ref().map_or(&[][..], |p| &p.sans[..]);
@@ -569,6 +592,48 @@ mod tests {
                 .unwrap_err(),
             Refusal::NoCredentials
         );
+    }
+
+    #[test]
+    fn the_example_file_grants_the_documented_roles() {
+        let p = Policy::load(&crate::testing::example_callers_file()).unwrap();
+        let conv = |m: &str| format!("/chat.v1.ConversationService/{m}");
+        let as_ = |workload: &str| [format!("spiffe://chat.example/{workload}")];
+        let may = |who: &[String], method: &str| p.authorize(method, None, who).is_ok();
+        for m in ["CreateConversation", "GetConversation", "UpdateCustomer"] {
+            assert!(may(&as_("token-service"), &conv(m)), "{m}");
+        }
+        assert!(!may(&as_("token-service"), &conv("SendMessage")));
+        assert!(!may(
+            &as_("token-service"),
+            "/chat.v1.TokenService/IssueToken"
+        ));
+        assert!(may(&as_("bff"), &conv("StreamInbox")));
+        assert!(may(&as_("bff"), "/chat.v1.TokenService/RedeemToken"));
+        assert!(!may(&as_("bff"), &conv("UpdateCustomer")));
+        assert!(may(&as_("operator"), &conv("ListMessages")));
+        assert!(may(&as_("operator"), "/chat.v1.TokenService/ListTokens"));
+        assert!(!may(&as_("operator"), &conv("SetConversationStatus")));
+        assert!(!may(&as_("operator"), "/chat.v1.TokenService/RevokeToken"));
+        assert!(may(
+            &as_("operator"),
+            "/chat.v1.TokenAdminService/ListFailedCalls"
+        ));
+        assert!(!may(
+            &as_("operator"),
+            "/chat.v1.TokenAdminService/DropFailedCall"
+        ));
+        assert!(may(
+            &as_("admin"),
+            "/chat.v1.TokenAdminService/BackupDatabase"
+        ));
+        assert!(!may(
+            &as_("bff"),
+            "/chat.v1.TokenAdminService/ListFailedCalls"
+        ));
+        let bearer = format!("Bearer {}", crate::testing::EXAMPLE_BFF_TOKEN);
+        let mesh = p.authorize(&conv("SendMessage"), Some(bearer.as_bytes()), &[]);
+        assert_eq!(mesh.unwrap().unwrap().name.as_ref(), "mesh-bff");
     }
 
     #[test]

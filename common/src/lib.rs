@@ -2,9 +2,10 @@
 //! cannot drift apart. Nothing here knows about conversations or tokens.
 
 pub mod auth;
+pub mod healthcheck;
 pub mod seal;
 pub mod security;
 pub mod server;
-#[cfg(feature = "test-support")]
+#[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod tls;

@@ -9,8 +9,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::{AuthLayer, Policy, PolicyError},
-    tls::{Conn, ServerTls, TlsError, TlsFiles},
+    auth::{AuthLayer, Policy, PolicyError, SharedPolicy},
+    tls::{Conn, ServerTls, TlsError, TlsFiles, watch_files},
 };
 
 /// TLS and caller flags, flattened into each service's configuration.
@@ -28,7 +28,8 @@ pub struct SecurityArgs {
     #[arg(long, env = "TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// How often the TLS files are checked for a rotation (SIGHUP reloads at once).
+    /// How often the TLS files and the callers file are checked for a change (SIGHUP
+    /// reloads at once).
     #[arg(long, env = "TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = seconds)]
     pub tls_reload_interval: Duration,
 
@@ -63,7 +64,7 @@ fn seconds(text: &str) -> Result<Duration, String> {
 /// What a server runs with: its TLS configuration (if any) and its callers policy.
 pub struct Security {
     tls: Option<Arc<ServerTls>>,
-    policy: Option<Arc<Policy>>,
+    policy: Option<(SharedPolicy, PathBuf)>,
     reload_interval: Duration,
 }
 
@@ -83,18 +84,17 @@ impl Security {
             })?),
             _ => None,
         };
-        let policy = args
-            .callers_file
-            .as_deref()
-            .map(Policy::load)
-            .transpose()?
-            .map(Arc::new);
+        let policy = match &args.callers_file {
+            Some(path) => Some((SharedPolicy::new(Policy::load(path)?), path.clone())),
+            None => None,
+        };
         match &tls {
             Some(tls) => tracing::info!(mutual = tls.mutual(), "TLS on"),
             None => tracing::warn!("TLS_CERT/TLS_KEY not set: serving PLAINTEXT"),
         }
         match &policy {
-            Some(policy) => {
+            Some((policy, _)) => {
+                let policy = policy.current();
                 let callers: Vec<&str> = policy.caller_names().collect();
                 tracing::info!(?callers, "callers file loaded");
             }
@@ -117,16 +117,32 @@ impl Security {
 
     /// The layer that checks every call against the callers file.
     pub fn layer(&self) -> AuthLayer {
-        AuthLayer::from_shared(self.policy.clone())
+        AuthLayer::new(self.policy.as_ref().map(|(policy, _)| policy.clone()))
     }
 
-    /// The accepted connections to serve (see [`crate::tls::incoming`]).
+    /// The accepted connections to serve (see [`crate::tls::incoming`]). While they are
+    /// served, the callers file is reloaded when it changes or on SIGHUP, like the TLS
+    /// files; a file that does not load keeps the policy in force.
     pub fn incoming(
         &self,
         listener: TcpListener,
         keepalive: Duration,
         stop: CancellationToken,
     ) -> ReceiverStream<io::Result<Conn>> {
+        if let Some((policy, path)) = self.policy.clone() {
+            let paths = vec![path.clone()];
+            tokio::spawn(watch_files(
+                paths,
+                self.reload_interval,
+                stop.clone(),
+                move || match policy.reload(&path) {
+                    Ok(()) => tracing::info!(path = %path.display(), "callers file reloaded"),
+                    Err(error) => {
+                        tracing::error!(%error, "callers file not reloaded; keeping the previous one");
+                    }
+                },
+            ));
+        }
         crate::tls::incoming(
             listener,
             self.tls.clone(),

@@ -459,3 +459,41 @@ pub fn client_tls(
     }
     Ok(config)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Pki;
+
+    #[test]
+    fn a_client_certificate_names_its_spiffe_id() {
+        let pki = Pki::new("sans");
+        let pair = pki.client("bff");
+        let der = read_certs(&pair.cert).unwrap();
+        assert_eq!(
+            subject_alt_names(&der[0]),
+            vec!["spiffe://chat.example/bff".to_owned()]
+        );
+        assert!(subject_alt_names(b"not a certificate").is_empty());
+    }
+
+    #[test]
+    fn unusable_files_are_refused_with_their_path() {
+        let pki = Pki::new("bad-files");
+        let (a, b) = (pki.server("a"), pki.server("b"));
+        let files = |cert: &Path, key: &Path| TlsFiles {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            client_ca: None,
+        };
+        assert!(files(&a.cert, &a.key).build().is_ok());
+        let mismatch = files(&a.cert, &b.key).build().unwrap_err().to_string();
+        assert!(mismatch.contains("does not fit"), "{mismatch}");
+        let missing = files(&pki.dir.join("nope.pem"), &a.key)
+            .build()
+            .unwrap_err();
+        assert!(missing.to_string().contains("nope.pem"), "{missing}");
+        let not_pem = files(&a.key, &a.key).build().unwrap_err();
+        assert!(not_pem.to_string().contains("a-key.pem"), "{not_pem}");
+    }
+}

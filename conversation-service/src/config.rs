@@ -3,15 +3,24 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// conversation-service: conversations, messages and read state in PostgreSQL, with
 /// real-time streams across replicas.
 #[derive(Debug, Clone, Parser)]
 #[command(version, about)]
 pub struct Config {
+    /// Without a subcommand: serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address the gRPC server listens on.
-    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "LISTEN_ADDR",
+        default_value = "127.0.0.1:50051",
+        global = true
+    )]
     pub listen: SocketAddr,
 
     /// PostgreSQL connection URL. The database must exist; migrations are applied at start.
@@ -19,9 +28,16 @@ pub struct Config {
         long,
         env = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/chat",
-        hide_env_values = true
+        hide_env_values = true,
+        global = true
     )]
     pub database_url: String,
+
+    /// Apply migrations at start. With `false` the schema must come from
+    /// `conversation-service migrate` (e.g. a Job with a DDL-capable user, so serving
+    /// needs DML rights only); until it does, the service reports NOT_SERVING.
+    #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
 
     /// Maximum connections in the PostgreSQL pool (the LISTEN connection is extra).
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16)]
@@ -86,6 +102,15 @@ pub struct Config {
 
     #[command(flatten)]
     pub security: chat_common::security::SecurityArgs,
+}
+
+/// What the binary does instead of serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Exit 0 if the service at --listen answers its gRPC health check with SERVING.
+    Healthcheck,
 }
 
 /// Parses `250ms`, `15s`, `2m` or a bare number of seconds.

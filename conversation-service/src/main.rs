@@ -1,9 +1,19 @@
 use clap::Parser;
-use conversation_service::{config::Config, startup::Application, telemetry};
+use conversation_service::{
+    config::{Command, Config},
+    startup::{self, Application},
+    telemetry,
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     telemetry::init(&config.log_format);
-    Application::build(config).await?.run_until_stopped().await
+    match config.command {
+        Some(Command::Migrate) => startup::migrate_database(&config).await,
+        Some(Command::Healthcheck) => {
+            chat_common::healthcheck::check(config.listen, "", config.request_timeout).await
+        }
+        None => Application::build(config).await?.run_until_stopped().await,
+    }
 }

@@ -61,15 +61,13 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
-        let options = PgConnectOptions::from_str(&config.database_url)
-            .context("DATABASE_URL is not a PostgreSQL URL")?
-            .application_name("conversation-service");
+        let options = connect_options(&config)?;
         let pool = PgPoolOptions::new()
             .max_connections(config.db_pool_size.max(1))
             .acquire_timeout(config.db_acquire_timeout)
             .connect_lazy_with(options);
         let migrated = Arc::new(AtomicBool::new(false));
-        match migrate(&pool).await {
+        match prepare_schema(&pool, config.migrate_on_start).await {
             Ok(()) => migrated.store(true, Ordering::Release),
             Err(error) => tracing::warn!(%error, "database not ready; will keep retrying"),
         }
@@ -136,6 +134,7 @@ impl Application {
             pool.clone(),
             Arc::clone(&hub),
             Arc::clone(&migrated),
+            config.migrate_on_start,
             reporter,
             background.clone(),
         ));
@@ -234,9 +233,50 @@ fn page_token_key(configured: Option<&str>) -> anyhow::Result<SealKey> {
     Ok(key)
 }
 
+fn connect_options(config: &Config) -> anyhow::Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(&config.database_url)
+        .context("DATABASE_URL is not a PostgreSQL URL")?
+        .application_name("conversation-service"))
+}
+
+/// The `migrate` subcommand: applies the migrations and returns.
+///
+/// # Errors
+/// When PostgreSQL cannot be reached or a migration fails.
+pub async fn migrate_database(config: &Config) -> anyhow::Result<()> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(config.db_acquire_timeout)
+        .connect_with(connect_options(config)?)
+        .await
+        .context("connecting to PostgreSQL")?;
+    migrate(&pool).await?;
+    pool.close().await;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
 async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     // sqlx holds an advisory lock while migrating, so replicas starting together are safe.
     MIGRATOR.run(pool).await.context("applying migrations")
+}
+
+/// Migrates, or (`migrate_on_start` off) only checks that `migrate` has been run.
+async fn prepare_schema(pool: &PgPool, migrate_on_start: bool) -> anyhow::Result<()> {
+    if migrate_on_start {
+        return migrate(pool).await;
+    }
+    let needed = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await
+            .context("reading _sqlx_migrations (run `conversation-service migrate`)")?;
+    anyhow::ensure!(
+        applied.unwrap_or(0) >= needed,
+        "schema version {applied:?}, this build needs {needed}: run `conversation-service migrate`"
+    );
+    Ok(())
 }
 
 /// Keeps health in step with PostgreSQL (and the LISTEN connection), and finishes
@@ -245,13 +285,14 @@ async fn watch_health(
     pool: PgPool,
     hub: Arc<Hub>,
     migrated: Arc<AtomicBool>,
+    migrate_on_start: bool,
     reporter: HealthReporter,
     stop: CancellationToken,
 ) {
     let mut last: Option<bool> = None;
     loop {
         if !migrated.load(Ordering::Acquire) {
-            match migrate(&pool).await {
+            match prepare_schema(&pool, migrate_on_start).await {
                 Ok(()) => {
                     migrated.store(true, Ordering::Release);
                     tracing::info!("database ready");

@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -13,16 +13,36 @@ use clap::Parser;
     about = "Chat links and customer sessions (SQLite), redeemed into exactly one conversation"
 )]
 pub struct Config {
+    /// Without a subcommand: serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// gRPC listen address (port 0 picks a free port).
-    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50052")]
+    #[arg(
+        long,
+        env = "LISTEN_ADDR",
+        default_value = "127.0.0.1:50052",
+        global = true
+    )]
     pub listen: SocketAddr,
 
     /// SQLite database file; its parent directory is created if missing. One
     /// token-service per file (enforced by `<file>.lock`).
-    #[arg(long, env = "TOKEN_DB_PATH", default_value = "./data/token.db")]
+    #[arg(
+        long,
+        env = "TOKEN_DB_PATH",
+        default_value = "./data/token.db",
+        global = true
+    )]
     pub database: PathBuf,
 
-    /// conversation-service gRPC endpoint.
+    /// Directory of BackupDatabase's copies (TokenAdminService); default: `backups/` beside
+    /// the database file.
+    #[arg(long, env = "BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+
+    /// conversation-service gRPC endpoint; several replicas separated by commas are
+    /// balanced per call (a replica that is down fails calls the outbox retries).
     #[arg(
         long,
         env = "CONVERSATION_SERVICE_URL",
@@ -154,6 +174,16 @@ pub struct ClientSecurity {
     /// for meshes that terminate TLS.
     #[arg(long, env = "CONVERSATION_SERVICE_TOKEN_FILE")]
     pub conversation_service_token_file: Option<PathBuf>,
+}
+
+/// What the binary does instead of serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Create or migrate the database, then exit (fails while a token-service holds it;
+    /// serving migrates too).
+    Migrate,
+    /// Exit 0 if the service at --listen answers its gRPC health check with SERVING.
+    Healthcheck,
 }
 
 /// Parses `250ms`, `15s`, `2m` or a bare number of seconds.

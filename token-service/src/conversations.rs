@@ -55,6 +55,16 @@ impl std::fmt::Display for CallError {
     }
 }
 
+fn endpoint(url: &str) -> Result<Endpoint, Error> {
+    Ok(Endpoint::from_shared(url.to_owned())
+        .map_err(|e| config_error(format!("URL {url:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true))
+}
+
 /// Only what waiting cannot change is permanent; anything else (down, overloaded, a
 /// misconfigured credential, a version skew) is retried until an operator fixes it.
 fn classify(status: Status) -> CallError {
@@ -81,7 +91,8 @@ fn classify(status: Status) -> CallError {
 
 /// What a connection to conversation-service is made of; re-read when the files change.
 struct Credentials {
-    endpoint: Endpoint,
+    /// One per replica; several are balanced per call.
+    endpoints: Vec<Endpoint>,
     ca: Option<PathBuf>,
     identity: Option<(PathBuf, PathBuf)>,
     token_file: Option<PathBuf>,
@@ -114,7 +125,7 @@ impl Credentials {
     }
 
     fn connect(&self) -> Result<Connection, Error> {
-        let mut endpoint = self.endpoint.clone();
+        let mut endpoints = self.endpoints.clone();
         if let Some(ca) = &self.ca {
             let identity = self
                 .identity
@@ -122,10 +133,17 @@ impl Credentials {
                 .map(|(c, k)| (c.as_path(), k.as_path()));
             let tls = chat_common::tls::client_tls(ca, identity)
                 .map_err(|e| config_error(e.to_string()))?;
-            endpoint = endpoint
-                .tls_config(tls)
+            endpoints = endpoints
+                .into_iter()
+                .map(|endpoint| endpoint.tls_config(tls.clone()))
+                .collect::<Result<_, _>>()
                 .map_err(|e| config_error(format!("TLS: {e}")))?;
         }
+        let channel = match endpoints.as_slice() {
+            [] => return Err(config_error("no URL given".to_owned())),
+            [one] => one.connect_lazy(),
+            _ => Channel::balance_list(endpoints.into_iter()),
+        };
         let authorization = self
             .token_file
             .as_deref()
@@ -137,33 +155,45 @@ impl Credentials {
             })
             .transpose()?;
         Ok(Connection {
-            channel: endpoint.connect_lazy(),
+            channel,
             authorization,
         })
     }
 }
 
 impl Conversations {
-    /// An `https://` URL gets TLS verified against `CONVERSATION_SERVICE_CA` (and, when
-    /// given, presents the client certificate); without a CA it is an error, never
-    /// plaintext. TLS settings with an `http://` URL are an error too.
+    /// `urls`: one URL, or several separated by commas (replicas), balanced per call.
+    /// `https://` URLs get TLS verified against `CONVERSATION_SERVICE_CA` (and, when
+    /// given, present the client certificate); without a CA it is an error, never
+    /// plaintext. TLS settings with `http://` URLs are an error too, and so is a mix.
     pub fn new(
-        url: &str,
+        urls: &str,
         max_message_bytes: usize,
         security: &ClientSecurity,
     ) -> Result<Self, Error> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| config_error(format!("URL {url:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
+        let urls: Vec<&str> = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .collect();
+        let endpoints = urls
+            .iter()
+            .map(|url| endpoint(url))
+            .collect::<Result<Vec<_>, _>>()?;
+        let https = urls.iter().all(|url| url.starts_with("https://"));
+        if !https && urls.iter().any(|url| url.starts_with("https://")) {
+            return Err(config_error(format!(
+                "{urls:?} mixes https:// and plaintext URLs"
+            )));
+        }
+        let url = urls.join(",");
+        if urls.is_empty() {
+            return Err(config_error("no URL given".to_owned()));
+        }
         let identity = security
             .conversation_service_client_cert
             .clone()
             .zip(security.conversation_service_client_key.clone());
-        let https = url.starts_with("https://");
         match (https, &security.conversation_service_ca) {
             (true, None) => {
                 return Err(config_error(format!(
@@ -179,7 +209,7 @@ impl Conversations {
             _ => {}
         }
         let credentials = Credentials {
-            endpoint,
+            endpoints,
             ca: security.conversation_service_ca.clone(),
             identity,
             token_file: security.conversation_service_token_file.clone(),

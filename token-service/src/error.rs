@@ -35,6 +35,10 @@ pub enum Error {
     CustomerAlreadyLinked,
     #[error("too many failed redemptions; retry later")]
     TooManyFailedRedemptions { retry_after: Duration },
+    #[error("no failed call with that call_id")]
+    FailedCallNotFound,
+    #[error("a backup with that file name exists")]
+    BackupExists,
     #[error("database unavailable: {0}")]
     StoreUnavailable(String),
     #[error("database error while {context}: {source}")]
@@ -151,6 +155,8 @@ impl Error {
             Self::SessionEnded => "SESSION_ENDED",
             Self::CustomerAlreadyLinked => "CUSTOMER_ALREADY_LINKED",
             Self::TooManyFailedRedemptions { .. } => "TOO_MANY_FAILED_REDEMPTIONS",
+            Self::FailedCallNotFound => "FAILED_CALL_NOT_FOUND",
+            Self::BackupExists => "BACKUP_EXISTS",
             Self::StoreUnavailable(_) => "STORE_UNAVAILABLE",
             Self::Store { source, .. } if is_transient(source) => "STORE_UNAVAILABLE",
             Self::Store { .. } | Self::Internal(_) => "INTERNAL",
@@ -206,7 +212,14 @@ impl From<Error> for Status {
                 details.add_bad_request_violation(*field, description.clone());
                 (Code::InvalidArgument, error.to_string(), details)
             }
-            Error::TokenNotFound => (Code::NotFound, error.to_string(), with_info(HashMap::new())),
+            Error::TokenNotFound | Error::FailedCallNotFound => {
+                (Code::NotFound, error.to_string(), with_info(HashMap::new()))
+            }
+            Error::BackupExists => (
+                Code::AlreadyExists,
+                error.to_string(),
+                with_info(HashMap::new()),
+            ),
             // A session is found by its secret: an unknown one is a bad credential.
             Error::SessionNotFound => (
                 Code::Unauthenticated,

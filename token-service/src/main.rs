@@ -1,13 +1,25 @@
 use clap::Parser;
-use token_service::{config::Config, startup::Application, telemetry};
+use token_service::{
+    config::{Command, Config},
+    startup::{self, Application},
+    telemetry,
+};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::parse();
     telemetry::init(&config.log_format);
-    Application::build(config)
-        .await?
-        .run_until_stopped()
-        .await?;
+    match config.command {
+        Some(Command::Migrate) => startup::migrate_database(&config).await?,
+        Some(Command::Healthcheck) => {
+            chat_common::healthcheck::check(config.listen, "", config.request_timeout).await?;
+        }
+        None => {
+            Application::build(config)
+                .await?
+                .run_until_stopped()
+                .await?
+        }
+    }
     Ok(())
 }

@@ -4,7 +4,9 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use chat_common::{seal::SealKey, security::Security, server::OversizeLayer};
-use chat_proto::v1::token_service_server::TokenServiceServer;
+use chat_proto::v1::{
+    token_admin_service_server::TokenAdminServiceServer, token_service_server::TokenServiceServer,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -13,7 +15,7 @@ use crate::{
     config::Config,
     conversations::Conversations,
     error::Error,
-    grpc::TokenGrpc,
+    grpc::{TokenAdminGrpc, TokenGrpc},
     limiter::{CallerIdentity, FailureLimiter},
     outbox::{Outbox, OutboxSettings},
     store::Store,
@@ -22,6 +24,7 @@ use crate::{
 /// The health name under which token-service reports its view of conversation-service.
 pub const CONVERSATION_DEPENDENCY: &str = "chat.v1.ConversationService";
 const TOKEN_SERVICE: &str = "chat.v1.TokenService";
+const ADMIN_SERVICE: &str = "chat.v1.TokenAdminService";
 /// Largest reply: a full ListTokens page (200 links with 200-character labels) fits.
 const MAX_REPLY_BYTES: usize = 1024 * 1024;
 
@@ -157,6 +160,21 @@ impl Application {
 
         let reload = config.security.tls_reload_interval;
         tokio::spawn(conversations.watch(reload, shutdown.clone()));
+        let backup_dir = config.backup_dir.clone().unwrap_or_else(|| {
+            config
+                .database
+                .parent()
+                .unwrap_or_else(|| std::path::Path::new("."))
+                .join("backups")
+        });
+        let admin = TokenAdminServiceServer::new(TokenAdminGrpc::new(
+            store.clone(),
+            outbox.clone(),
+            backup_dir,
+        ))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(MAX_REPLY_BYTES);
+
         let worker = tokio::spawn(outbox.clone().run(shutdown.clone()));
         let prober = tokio::spawn(probe_health(
             store,
@@ -192,6 +210,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(tokens)
+            .add_service(admin)
             .serve_with_incoming_shutdown(incoming, async move {
                 tokio::select! {
                     () = stop.cancelled() => {}
@@ -207,6 +226,19 @@ impl Application {
     }
 }
 
+/// The `migrate` subcommand: opens the database, which creates or migrates it, and
+/// returns once that is done.
+///
+/// # Errors
+/// When the database cannot be opened or migrated, or another process holds it.
+pub async fn migrate_database(config: &Config) -> Result<(), Error> {
+    Store::start(config.database.clone(), config.sqlite_busy_timeout)?
+        .probe()
+        .await?;
+    tracing::info!(database = %config.database.display(), "migrations applied");
+    Ok(())
+}
+
 /// Reflection (v1 and v1alpha, grpcurl 1.8 speaks only the latter) lists what this
 /// server serves, not everything in the shared descriptor set, and knows
 /// google.rpc.ErrorInfo / BadRequest so grpcurl can render error details.
@@ -216,6 +248,7 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .with_service_name(TOKEN_SERVICE)
+        .with_service_name(ADMIN_SERVICE)
         .with_service_name("grpc.health.v1.Health")
         .with_service_name("grpc.reflection.v1.ServerReflection")
         .with_service_name("grpc.reflection.v1alpha.ServerReflection")

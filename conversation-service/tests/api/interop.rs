@@ -1,9 +1,26 @@
 //! Drives the service from a client that shares none of our Rust code: Python grpcio,
 //! with message types built from server reflection, as an operator's tool would.
 
-use std::process::Command;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use crate::helpers::spawn_app;
+
+/// `INTEROP_PYTHON` (scripts/test.sh sets it to target/venv's), else that venv when it
+/// exists, else `python3`.
+fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("INTEROP_PYTHON") {
+        return python.into();
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        "python3".into()
+    }
+}
 
 #[tokio::test]
 async fn python_client_through_reflection() {
@@ -13,11 +30,12 @@ async fn python_client_through_reflection() {
         "/tests/interop/reflection_client.py"
     );
     let addr = app.addr.to_string();
+    let python = python();
     let output =
-        tokio::task::spawn_blocking(move || Command::new("python3").arg(script).arg(addr).output())
+        tokio::task::spawn_blocking(move || Command::new(&python).arg(script).arg(addr).output())
             .await
             .unwrap()
-            .expect("python3 with grpcio (see .ci/run)");
+            .expect("python with grpcio: run scripts/test.sh, which installs it into target/venv");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -14,3 +14,4 @@ mod properties;
 mod security;
 mod startup;
 mod streams;
+mod subcommands;

@@ -555,3 +555,58 @@ async fn a_retry_cannot_bind_the_conversation_to_another_session() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn the_callers_file_is_reloaded_when_it_changes() {
+    use sha2::{Digest, Sha256};
+    let dir = Pki::new("callers-reload");
+    let callers = dir.dir.join("callers.toml");
+    let file_for = |token: &str| {
+        let hash: String = Sha256::digest(token)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!(
+            "[[caller]]\nname = \"bff\"\ntoken_sha256 = [\"{hash}\"]\n\
+             methods = [\"/chat.v1.ConversationService/ListConversations\"]\n"
+        )
+    };
+    std::fs::write(&callers, file_for("first-token")).unwrap();
+    let database_url = fresh_database().await;
+    let app = spawn_app_with(
+        &database_url,
+        &[
+            "--callers-file",
+            path(&callers),
+            "--tls-reload-interval",
+            "50ms",
+        ],
+    )
+    .await;
+    let mut client = app.client.clone();
+    let mut list = async |token: &str| {
+        client
+            .list_conversations(with_token(list_request("p1"), token))
+            .await
+            .map(|_| ())
+    };
+    list("first-token").await.unwrap();
+
+    std::fs::write(&callers, file_for("second-token")).unwrap();
+    let mut reloaded = false;
+    for _ in 0..100 {
+        if list("second-token").await.is_ok() {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reloaded, "the new token was never accepted");
+    let old = list("first-token").await.unwrap_err();
+    assert_eq!(reason(&old), "UNKNOWN_TOKEN");
+
+    // A broken file is not taken: the policy in force stays.
+    std::fs::write(&callers, "[[caller]]\nname = ").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    list("second-token").await.unwrap();
+}

@@ -1,6 +1,7 @@
 //! Values that can only hold what the contract allows. Each `parse` names the proto field
 //! it reads so a refusal says which one was wrong.
 
+mod admin;
 mod page;
 mod secret;
 mod session;
@@ -10,6 +11,7 @@ use std::fmt;
 
 use uuid::Uuid;
 
+pub use admin::{BackupName, CallId, CallKind, FailedCall, FailedCallCursor};
 pub use page::TokenCursor;
 pub use secret::{SecretHash, SessionSecret, TokenSecret};
 pub use session::{ContactDetails, CustomerLink, Session};

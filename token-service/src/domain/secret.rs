@@ -73,7 +73,15 @@ macro_rules! secret {
                     return Err(Error::invalid($field, "is required"));
                 }
                 if !well_formed(Self::PREFIX, value) {
-                    return Err(Error::invalid($field, concat!("is not a ", $prefix, " secret")));
+                    // Says the expected shape: a truncated or mistyped secret does start
+                    // with the prefix, so "is not a ctk_ secret" would mislead.
+                    return Err(Error::invalid(
+                        $field,
+                        format!(
+                            "must be {} followed by {SECRET_CHARS} characters (A-Z a-z 0-9 - _), exactly as issued",
+                            $prefix
+                        ),
+                    ));
                 }
                 Ok(Self(value.to_owned()))
             }
@@ -110,6 +118,19 @@ secret!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_malformed_secret_is_told_the_expected_shape() {
+        let truncated = format!("{}abc", TokenSecret::PREFIX);
+        let Err(Error::InvalidArgument { description, .. }) = TokenSecret::parse(&truncated) else {
+            panic!("a truncated secret must be refused");
+        };
+        assert!(
+            description.contains("ctk_ followed by 43 characters"),
+            "{description}"
+        );
+        assert!(SessionSecret::parse("ctk_x").is_err());
+    }
 
     #[test]
     fn generated_secrets_parse_and_hash_stably() {

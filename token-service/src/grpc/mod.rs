@@ -1,6 +1,7 @@
 //! `chat.v1.TokenService`: parse the request into domain values, call the store (and the
 //! outbox), build the reply. One span per RPC with its ids, never a secret.
 
+mod admin;
 mod convert;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::{
     store::{Redemption, Store},
 };
 
+pub use admin::TokenAdminGrpc;
 pub use convert::link_path;
 
 #[derive(Clone)]

@@ -9,6 +9,7 @@
 //! another process), calls fail with UNAVAILABLE and the next call or health probe tries
 //! again.
 
+mod admin;
 mod outbox;
 mod sessions;
 mod tokens;

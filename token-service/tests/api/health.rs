@@ -100,6 +100,7 @@ async fn reflection_v1_and_v1alpha_list_the_services() {
     let reply = stream.next().await.unwrap().unwrap();
     let listed = format!("{reply:?}");
     assert!(listed.contains("chat.v1.TokenService"), "{listed}");
+    assert!(listed.contains("chat.v1.TokenAdminService"), "{listed}");
     assert!(listed.contains("grpc.health.v1.Health"), "{listed}");
     assert!(!listed.contains("chat.v1.ConversationService"), "{listed}");
 

@@ -6,6 +6,7 @@
 
 mod helpers;
 
+mod admin;
 mod consistency;
 mod end_to_end;
 mod faults;
@@ -13,6 +14,8 @@ mod hardening;
 mod health;
 mod properties;
 mod redeem;
+mod replicas;
 mod security;
 mod sessions;
+mod subcommands;
 mod tokens;

@@ -1,0 +1,133 @@
+//! What operators do to the database: look at, retry and drop calls that conversation-service
+//! refused for good, and write online backups. Like everything else here it runs on the
+//! SQLite thread, so a backup is a consistent snapshot between two transactions.
+
+use std::{path::PathBuf, time::Duration};
+
+use rusqlite::{Connection, Row, backup::Backup, params};
+
+use super::{Store, uuid_at};
+use crate::{
+    domain::{
+        BackupName, CallId, CallKind, FailedCall, FailedCallCursor, SessionId, Timestamp,
+        from_micros, to_micros,
+    },
+    error::{Error, StoreResultExt},
+};
+
+fn failed_call(row: &Row<'_>) -> rusqlite::Result<FailedCall> {
+    let kind: String = row.get(2)?;
+    let attempts: i64 = row.get(3)?;
+    Ok(FailedCall {
+        call_id: CallId::parse(row.get(0)?).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Integer, e.into())
+        })?,
+        session_id: SessionId::from_uuid(uuid_at(row, 1)?),
+        kind: if kind == "create_conversation" {
+            CallKind::CreateConversation
+        } else {
+            CallKind::UpdateCustomer
+        },
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        last_error: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
+        fail_time: from_micros(row.get(5)?),
+        create_time: from_micros(row.get(6)?),
+        error_reason: row.get::<_, Option<String>>(7)?.unwrap_or_default(),
+    })
+}
+
+impl Store {
+    /// Up to `limit` failed calls after `after`, oldest first.
+    pub async fn failed_calls(
+        &self,
+        after: Option<FailedCallCursor>,
+        limit: u32,
+    ) -> Result<Vec<FailedCall>, Error> {
+        self.call(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT job_id, session_id, kind, attempts, last_error, failed_time, create_time,
+                            error_reason
+                     FROM outbox WHERE failed_time IS NOT NULL AND job_id > ?1
+                     ORDER BY job_id LIMIT ?2",
+                )
+                .context("listing failed calls")?;
+            let after = after.map_or(0, |c| c.0);
+            stmt.query_map(params![after, i64::from(limit)], failed_call)
+                .context("listing failed calls")?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .context("listing failed calls")
+        })
+        .await
+    }
+
+    /// Queues a failed call again, due at `now`, with a fresh attempt count.
+    pub async fn retry_failed_call(&self, call_id: CallId, now: Timestamp) -> Result<(), Error> {
+        self.call(move |conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE outbox SET failed_time = NULL, attempts = 0, next_attempt_time = ?2
+                     WHERE job_id = ?1 AND failed_time IS NOT NULL",
+                    params![call_id.get(), to_micros(now)],
+                )
+                .context("retrying a failed call")?;
+            if changed == 0 {
+                return Err(Error::FailedCallNotFound);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes a failed call.
+    pub async fn drop_failed_call(&self, call_id: CallId) -> Result<(), Error> {
+        self.call(move |conn| {
+            let changed = conn
+                .execute(
+                    "DELETE FROM outbox WHERE job_id = ?1 AND failed_time IS NOT NULL",
+                    [call_id.get()],
+                )
+                .context("dropping a failed call")?;
+            if changed == 0 {
+                return Err(Error::FailedCallNotFound);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Copies the database to `dir/name` with SQLite's online backup API, through a
+    /// `.partial` file renamed at the end, so a file with that name is always complete.
+    /// On this thread no write can interleave, so the copy finishes in one pass.
+    /// Returns the path and size.
+    pub async fn backup(&self, dir: PathBuf, name: BackupName) -> Result<(PathBuf, u64), Error> {
+        self.call(move |conn| {
+            let unavailable = |what: &str, e: std::io::Error| {
+                Error::StoreUnavailable(format!("backup: {what} {}: {e}", dir.display()))
+            };
+            std::fs::create_dir_all(&dir).map_err(|e| unavailable("creating", e))?;
+            let path = dir.join(name.as_str());
+            if path.exists() {
+                return Err(Error::BackupExists);
+            }
+            let partial = dir.join(format!("{}.partial", name.as_str()));
+            let _ = std::fs::remove_file(&partial);
+            {
+                let mut copy = Connection::open(&partial).context("creating a backup")?;
+                Backup::new(conn, &mut copy)
+                    .and_then(|b| b.run_to_completion(256, Duration::ZERO, None))
+                    .context("writing a backup")?;
+                // One self-contained file: no -wal/-shm beside it when it is opened.
+                copy.pragma_update(None, "journal_mode", "DELETE")
+                    .context("finishing a backup")?;
+            }
+            let size = std::fs::metadata(&partial)
+                .map_err(|e| unavailable("reading the backup in", e))?
+                .len();
+            std::fs::rename(&partial, &path)
+                .map_err(|e| unavailable("renaming the backup in", e))?;
+            Ok((path, size))
+        })
+        .await
+    }
+}
