@@ -243,3 +243,77 @@ async fn backups_go_to_the_configured_directory() {
     assert_eq!(std::path::PathBuf::from(reply.path), dir.join("a.db"));
     app.stop().await;
 }
+
+/// With the example callers file over mutual TLS: the admin may use the admin service,
+/// the read-only operator may not take a backup (it is granted apart from TokenService).
+#[tokio::test]
+async fn the_admin_service_is_granted_apart() {
+    use chat_common::testing::{Pki, example_callers_file};
+    use clap::Parser;
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+    let pki = Pki::new("token-admin");
+    let server = pki.server("token");
+    let callers = example_callers_file();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let mut args = crate::helpers::test_args(&temp_db_path(), crate::helpers::NOWHERE);
+    args.extend([
+        "--tls-cert".into(),
+        path(&server.cert),
+        "--tls-key".into(),
+        path(&server.key),
+        "--tls-client-ca".into(),
+        path(&pki.ca()),
+        "--callers-file".into(),
+        path(&callers),
+    ]);
+    let app = token_service::startup::Application::build(
+        token_service::config::Config::try_parse_from(args).unwrap(),
+    )
+    .await
+    .unwrap();
+    let addr = app.local_addr();
+    let _stop = app.shutdown_token().drop_guard();
+    tokio::spawn(app.run_until_stopped());
+    let client = |workload: &str| {
+        let pair = pki.client(workload);
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read(pki.ca()).unwrap()))
+            .domain_name("localhost")
+            .identity(Identity::from_pem(
+                std::fs::read(&pair.cert).unwrap(),
+                std::fs::read(&pair.key).unwrap(),
+            ));
+        let channel = Channel::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_lazy();
+        TokenAdminServiceClient::new(channel)
+    };
+
+    let mut admin_client = client("admin");
+    let listed = eventually(WAIT, || {
+        let mut admin_client = admin_client.clone();
+        async move {
+            admin_client
+                .list_failed_calls(ListFailedCallsRequest::default())
+                .await
+                .ok()
+        }
+    })
+    .await;
+    assert!(listed.into_inner().failed_calls.is_empty());
+    admin_client
+        .backup_database(BackupDatabaseRequest::default())
+        .await
+        .unwrap();
+
+    assert_refused(
+        client("operator")
+            .backup_database(BackupDatabaseRequest::default())
+            .await,
+        Code::PermissionDenied,
+        "METHOD_NOT_GRANTED",
+    );
+}
