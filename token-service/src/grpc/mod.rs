@@ -52,14 +52,7 @@ impl TokenGrpc {
     }
 
     fn caller<T>(&self, request: &Request<T>) -> String {
-        // Connections come through chat-common's acceptor, whose PeerInfo (not tonic's
-        // TcpConnectInfo) carries the peer address.
-        let peer = request
-            .extensions()
-            .get::<PeerInfo>()
-            .and_then(|p| p.remote_addr)
-            .or_else(|| request.remote_addr());
-        self.identity.key(request.metadata(), peer)
+        self.identity.key(request.metadata(), peer_address(request))
     }
 
     /// Counts a failed guess against the caller; any other outcome gives the
@@ -251,6 +244,17 @@ impl TokenGrpc {
     }
 }
 
+/// The address of the connection a request came on. Connections come through
+/// chat-common's acceptor, whose `PeerInfo` (not tonic's `TcpConnectInfo`, so not
+/// `remote_addr()`) carries it.
+fn peer_address<T>(request: &Request<T>) -> Option<std::net::SocketAddr> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .and_then(|p| p.remote_addr)
+        .or_else(|| request.remote_addr())
+}
+
 fn record_session(session: &Session) {
     let span = Span::current();
     span.record("session_id", field::display(session.session_id));
@@ -373,5 +377,23 @@ impl TokenService for TokenGrpc {
         async { reply(self.end(request.into_inner()).await) }
             .instrument(span)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_is_read_from_the_acceptors_peer_info() {
+        let mut request = Request::new(());
+        assert_eq!(peer_address(&request), None);
+        let addr: std::net::SocketAddr = "192.0.2.7:4000".parse().unwrap();
+        request.extensions_mut().insert(PeerInfo {
+            local_addr: None,
+            remote_addr: Some(addr),
+            sans: std::sync::Arc::from([]),
+        });
+        assert_eq!(peer_address(&request), Some(addr));
     }
 }
