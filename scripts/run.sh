@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the whole system on this machine: PostgreSQL (if down), the `chat` database
 # (created if missing; migrations are applied by the service), conversation-service on
-# 127.0.0.1:50051 and token-service on 127.0.0.1:50052. Ctrl-C stops both.
+# 127.0.0.1:50051 and token-service on 127.0.0.1:50052, with Prometheus metrics on
+# 127.0.0.1:9464 and 127.0.0.1:9465. Ctrl-C stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-postgres.sh
@@ -19,9 +20,11 @@ stop() {
   wait || true
 }
 trap stop INT TERM EXIT
-target/release/conversation-service & pids+=($!)
+# No load balancer here to wait for: stop at once rather than after a drain delay.
+export DRAIN_DELAY="${DRAIN_DELAY:-0s}"
+METRICS_ADDR="${CONVERSATION_METRICS_ADDR:-127.0.0.1:9464}" target/release/conversation-service & pids+=($!)
 if [ -x target/release/token-service ]; then
-  target/release/token-service & pids+=($!)
+  METRICS_ADDR="${TOKEN_METRICS_ADDR:-127.0.0.1:9465}" target/release/token-service & pids+=($!)
 fi
 # Either one exiting (or Ctrl-C) stops both.
 wait -n || true

@@ -2,10 +2,18 @@
 //! cannot drift apart. Nothing here knows about conversations or tokens.
 
 pub mod auth;
+pub mod duration;
+pub mod health;
 pub mod healthcheck;
+pub mod metrics;
+pub mod reflection;
+pub mod rpc;
+pub mod scrape;
 pub mod seal;
 pub mod security;
 pub mod server;
+pub mod shutdown;
+pub mod telemetry;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod tls;

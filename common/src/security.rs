@@ -30,7 +30,7 @@ pub struct SecurityArgs {
 
     /// How often the TLS files and the callers file are checked for a change (SIGHUP
     /// reloads at once).
-    #[arg(long, env = "TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = seconds)]
+    #[arg(long, env = "TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = crate::duration::parse_duration)]
     pub tls_reload_interval: Duration,
 
     /// TOML file naming each caller, its credentials and the methods it may call.
@@ -45,20 +45,6 @@ pub enum SecurityError {
     Tls(#[from] TlsError),
     #[error("CALLERS_FILE {0}")]
     Policy(#[from] PolicyError),
-}
-
-/// `15s`, `500ms` or a bare number of seconds.
-fn seconds(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let parsed = match text.strip_suffix("ms") {
-        Some(ms) => ms.parse().map(Duration::from_millis),
-        None => text
-            .strip_suffix('s')
-            .unwrap_or(text)
-            .parse()
-            .map(Duration::from_secs),
-    };
-    parsed.map_err(|_| format!("`{text}` is not a duration like 500ms or 10s"))
 }
 
 /// What a server runs with: its TLS configuration (if any) and its callers policy.

@@ -3,6 +3,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+pub use chat_common::duration::parse_duration;
+use chat_common::{shutdown::DrainArgs, telemetry::TelemetryArgs};
 use clap::{Parser, Subcommand};
 
 /// conversation-service: conversations, messages and read state in PostgreSQL, with
@@ -96,12 +98,14 @@ pub struct Config {
     #[command(flatten)]
     pub connections: chat_common::server::Connections,
 
-    /// Log format: `text` or `json`. Filter with RUST_LOG (default `info`).
-    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 
     #[command(flatten)]
     pub security: chat_common::security::SecurityArgs,
+
+    #[command(flatten)]
+    pub drain: DrainArgs,
 }
 
 /// What the binary does instead of serving.
@@ -109,40 +113,7 @@ pub struct Config {
 pub enum Command {
     /// Apply the database migrations and exit.
     Migrate,
-    /// Exit 0 if the service at --listen answers its gRPC health check with SERVING.
+    /// Exit 0 if the service at --listen is ready: its readiness health check (its API's
+    /// service name) answers SERVING.
     Healthcheck,
-}
-
-/// Parses `250ms`, `15s`, `2m` or a bare number of seconds.
-///
-/// # Errors
-/// When the text is not one of those forms.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((text, "s"), |i| text.split_at(i));
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 250ms, 15s or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(value)),
-        "s" => Ok(Duration::from_secs(value)),
-        "m" => Ok(Duration::from_secs(value * 60)),
-        _ => Err(format!("`{text}`: unit must be ms, s or m")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("2h").is_err());
-        assert!(parse_duration("s").is_err());
-    }
 }

@@ -8,11 +8,13 @@ use conversation_service::{
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    telemetry::init(&config.log_format);
+    let _telemetry = telemetry::init(config.telemetry.log_format);
     match config.command {
         Some(Command::Migrate) => startup::migrate_database(&config).await,
+        // Readiness: `""` is liveness only and stays SERVING in a database outage.
         Some(Command::Healthcheck) => {
-            chat_common::healthcheck::check(config.listen, "", config.request_timeout).await
+            let service = startup::SERVICE_NAME;
+            chat_common::healthcheck::check(config.listen, service, config.request_timeout).await
         }
         None => Application::build(config).await?.run_until_stopped().await,
     }

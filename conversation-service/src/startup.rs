@@ -1,6 +1,7 @@
 //! The Application: binds first (port 0 in tests), wires store, realtime and gRPC
 //! services, serves until SIGTERM/SIGINT or a programmatic shutdown, then stops streams
-//! within a hard deadline.
+//! within a hard deadline. Health: `""` is liveness, `chat.v1.ConversationService`
+//! readiness (see `chat_common::health`).
 
 use std::{
     net::SocketAddr,
@@ -13,7 +14,10 @@ use std::{
 };
 
 use anyhow::Context;
-use chat_common::{seal::SealKey, security::Security, server::OversizeLayer};
+use chat_common::{
+    health::Probes, metrics::MetricsListener, rpc::ServerLayer, seal::SealKey, security::Security,
+    server::OversizeLayer,
+};
 use chat_proto::v1::conversation_service_server::ConversationServiceServer;
 use sqlx::{
     PgPool,
@@ -22,7 +26,6 @@ use sqlx::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status, service::interceptor::InterceptedService};
-use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     config::Config,
@@ -40,6 +43,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/convers
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    metrics: Option<MetricsListener>,
     config: Config,
     pool: PgPool,
     hub: Arc<Hub>,
@@ -61,6 +65,14 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let metrics = match config.telemetry.metrics_addr {
+            Some(addr) => Some(
+                MetricsListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics address {addr}"))?,
+            ),
+            None => None,
+        };
         let options = connect_options(&config)?;
         let pool = PgPoolOptions::new()
             .max_connections(config.db_pool_size.max(1))
@@ -76,6 +88,7 @@ impl Application {
         Ok(Self {
             listener,
             local_addr,
+            metrics,
             config,
             pool,
             hub,
@@ -87,6 +100,11 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `GET /metrics` is served, when `METRICS_ADDR` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|m| m.local_addr().ok())
     }
 
     /// Cancelling it stops the service as SIGTERM would.
@@ -108,6 +126,7 @@ impl Application {
         let Self {
             listener,
             local_addr,
+            metrics,
             config,
             pool,
             hub,
@@ -117,12 +136,7 @@ impl Application {
         } = self;
         let store = Store::new(pool.clone());
         let (reporter, health_service) = tonic_health::server::health_reporter();
-        reporter
-            .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-            .await;
-        reporter
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        let probes = Probes::new(reporter, &[SERVICE_NAME]).await;
 
         let background = CancellationToken::new();
         tokio::spawn(run_listener(
@@ -135,10 +149,22 @@ impl Application {
             Arc::clone(&hub),
             Arc::clone(&migrated),
             config.migrate_on_start,
-            reporter,
+            probes.clone(),
             background.clone(),
         ));
-        tokio::spawn(watch_signals(shutdown.clone()));
+        tokio::spawn(chat_common::shutdown::drain_on_signal(
+            shutdown.clone(),
+            probes,
+            config.drain.drain_delay,
+        ));
+        if let Some(metrics) = metrics {
+            let (pool, hub) = (pool.clone(), Arc::clone(&hub));
+            let sample = move || {
+                crate::metrics::sample_pool(&pool);
+                crate::metrics::sample_streams(&hub);
+            };
+            tokio::spawn(metrics.serve(sample, background.clone()));
+        }
 
         let sender = SendQueue::start(store.clone(), config.send_writers, config.send_batch_max);
         let streams = StreamContext {
@@ -162,14 +188,19 @@ impl Application {
                 ))
             }
         });
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let (reflection_v1, reflection_v1alpha) =
+            chat_common::reflection::services(chat_proto::FILE_DESCRIPTOR_SET, &[SERVICE_NAME])?;
 
         let serve = config
             .connections
             .server()
-            .layer(OversizeLayer::new(crate::error::DOMAIN))
             .timeout(config.request_timeout)
+            .layer(ServerLayer::new(
+                chat_proto::FILE_DESCRIPTOR_SET,
+                Some(config.request_timeout),
+            ))
+            // Inside the RPC layer, so its logs and metrics see RESOURCE_EXHAUSTED.
+            .layer(OversizeLayer::new(crate::error::DOMAIN))
             .max_concurrent_streams(config.max_concurrent_streams)
             .layer(security.layer())
             .add_service(health_service)
@@ -205,20 +236,6 @@ impl Application {
         tracing::info!("stopped");
         served.context("gRPC server failed")
     }
-}
-
-/// Reflection, v1 and v1alpha (grpcurl 1.8 speaks only the latter): lists what this
-/// server serves (not TokenService, which shares the descriptor set) and knows
-/// google.rpc.ErrorInfo / BadRequest so grpcurl can print error details.
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name(SERVICE_NAME)
-        .with_service_name("grpc.health.v1.Health")
-        .with_service_name("grpc.reflection.v1.ServerReflection")
-        .with_service_name("grpc.reflection.v1alpha.ServerReflection")
 }
 
 /// The configured page token key, else a random one (tokens then stay on this process).
@@ -286,7 +303,7 @@ async fn watch_health(
     hub: Arc<Hub>,
     migrated: Arc<AtomicBool>,
     migrate_on_start: bool,
-    reporter: HealthReporter,
+    probes: Probes,
     stop: CancellationToken,
 ) {
     let mut last: Option<bool> = None;
@@ -308,13 +325,7 @@ async fn watch_health(
         .is_ok_and(|r| r.is_ok());
         let serving = reachable && migrated.load(Ordering::Acquire) && hub.is_listening();
         if last != Some(serving) {
-            let status = if serving {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            reporter.set_service_status(SERVICE_NAME, status).await;
-            reporter.set_service_status("", status).await;
+            probes.set_ready(serving).await;
             if serving {
                 tracing::info!("serving: database reachable");
             } else {
@@ -327,23 +338,4 @@ async fn watch_health(
             () = tokio::time::sleep(HEALTH_INTERVAL) => {}
         }
     }
-}
-
-async fn watch_signals(shutdown: CancellationToken) {
-    let terminate = async {
-        #[cfg(unix)]
-        if let Ok(mut signal) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            signal.recv().await;
-            return;
-        }
-        std::future::pending::<()>().await;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
-        () = terminate => tracing::info!("SIGTERM"),
-        () = shutdown.cancelled() => return,
-    }
-    shutdown.cancel();
 }

@@ -1,9 +1,11 @@
 //! Typed configuration: every flag has an environment variable and a default that works
 //! on a developer machine (`token-service --help` lists them). Durations are written as
-//! in conversation-service: `250ms`, `15s`, `2m`, or a bare number of seconds.
+//! in conversation-service: `250ms`, `15s`, `1m30s`, `1h`, or a bare number of seconds.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+pub use chat_common::duration::parse_duration;
+use chat_common::{shutdown::DrainArgs, telemetry::TelemetryArgs};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Clone, Parser)]
@@ -50,9 +52,11 @@ pub struct Config {
     )]
     pub conversation_service: String,
 
-    /// Log format: `text` or `json` (filter with RUST_LOG, default `info`).
-    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+
+    #[command(flatten)]
+    pub drain: DrainArgs,
 
     /// How long RedeemToken / IdentifySession keep trying conversation-service before
     /// answering with the call left queued in the outbox (PENDING).
@@ -182,28 +186,9 @@ pub enum Command {
     /// Create or migrate the database, then exit (fails while a token-service holds it;
     /// serving migrates too).
     Migrate,
-    /// Exit 0 if the service at --listen answers its gRPC health check with SERVING.
+    /// Exit 0 if the service at --listen is ready: its readiness health check (its API's
+    /// service name) answers SERVING.
     Healthcheck,
-}
-
-/// Parses `250ms`, `15s`, `2m` or a bare number of seconds.
-///
-/// # Errors
-/// When the text is not one of those forms.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((text, "s"), |i| text.split_at(i));
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 250ms, 15s or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(value)),
-        "s" => Ok(Duration::from_secs(value)),
-        "m" => Ok(Duration::from_secs(value.saturating_mul(60))),
-        _ => Err(format!("`{text}`: unit must be ms, s or m")),
-    }
 }
 
 #[cfg(test)]
@@ -216,14 +201,5 @@ mod tests {
         assert_eq!(config.listen.port(), 50052);
         assert_eq!(config.conversation_service, "http://127.0.0.1:50051");
         assert_eq!(config.inline_wait, Duration::from_secs(2));
-    }
-
-    #[test]
-    fn durations_read_like_conversation_service() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("2h").is_err());
-        assert!(parse_duration("fast").is_err());
     }
 }

@@ -1,6 +1,8 @@
 //! The client of conversation-service: the two calls the outbox makes, each with a
 //! deadline, and the probe health uses. The channel connects lazily, so token-service
-//! starts and serves while conversation-service is down.
+//! starts and serves while conversation-service is down. Every call goes through
+//! `chat_common::rpc::ClientLayer`: it carries the caller's trace (`traceparent`) and is
+//! counted in `grpc_client_*`.
 
 use std::{
     path::PathBuf,
@@ -8,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use chat_common::rpc::{ClientLayer, ClientService};
 use chat_proto::v1::{
     CreateConversationRequest, Customer, UpdateCustomerRequest,
     conversation_service_client::ConversationServiceClient,
@@ -20,6 +23,7 @@ use tonic::{
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+use tower::Layer;
 
 use crate::{
     config::ClientSecurity,
@@ -31,6 +35,8 @@ use crate::{
 pub struct Conversations {
     connection: Arc<RwLock<Arc<Connection>>>,
     credentials: Arc<Credentials>,
+    /// Counts the calls and carries their trace (wraps whichever connection is current).
+    layer: ClientLayer,
     max_message_bytes: usize,
 }
 
@@ -218,6 +224,7 @@ impl Conversations {
         Ok(Self {
             connection: Arc::new(RwLock::new(Arc::new(connection))),
             credentials: Arc::new(credentials),
+            layer: ClientLayer::new(chat_proto::FILE_DESCRIPTOR_SET),
             max_message_bytes,
         })
     }
@@ -253,8 +260,8 @@ impl Conversations {
         })
     }
 
-    fn client(&self) -> ConversationServiceClient<Channel> {
-        ConversationServiceClient::new(self.current().channel.clone())
+    fn client(&self) -> ConversationServiceClient<ClientService<Channel>> {
+        ConversationServiceClient::new(self.layer.layer(self.current().channel.clone()))
             .max_decoding_message_size(self.max_message_bytes.max(4 * 1024 * 1024))
     }
 
@@ -339,13 +346,14 @@ impl Conversations {
         }
     }
 
-    /// Whether conversation-service answers its health check with SERVING.
+    /// Whether conversation-service is ready: its readiness check (its service name;
+    /// `""` is only its liveness) says SERVING.
     pub async fn reachable(&self, timeout: Duration) -> bool {
         let mut request = self.authorize(tonic::Request::new(HealthCheckRequest {
-            service: String::new(),
+            service: crate::startup::CONVERSATION_DEPENDENCY.to_owned(),
         }));
         request.set_timeout(timeout);
-        let mut client = HealthClient::new(self.current().channel.clone());
+        let mut client = HealthClient::new(self.layer.layer(self.current().channel.clone()));
         let check = client.check(request);
         matches!(
             tokio::time::timeout(timeout, check).await,

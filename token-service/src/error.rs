@@ -247,6 +247,7 @@ impl From<Error> for Status {
                 with_info(HashMap::new()),
             ),
             Error::TooManyFailedRedemptions { retry_after } => {
+                crate::metrics::failed_guess_refused();
                 let mut details = with_info(HashMap::new());
                 details.set_retry_info(Some(*retry_after));
                 (Code::ResourceExhausted, error.to_string(), details)

@@ -7,6 +7,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod limiter;
+pub mod metrics;
 pub mod outbox;
 pub mod startup;
 pub mod store;

@@ -8,11 +8,13 @@ use token_service::{
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::parse();
-    telemetry::init(&config.log_format);
+    let _telemetry = telemetry::init(config.telemetry.log_format);
     match config.command {
         Some(Command::Migrate) => startup::migrate_database(&config).await?,
         Some(Command::Healthcheck) => {
-            chat_common::healthcheck::check(config.listen, "", config.request_timeout).await?;
+            // Readiness: `""` is liveness only and stays SERVING in a database outage.
+            let service = startup::TOKEN_SERVICE;
+            chat_common::healthcheck::check(config.listen, service, config.request_timeout).await?;
         }
         None => {
             Application::build(config)

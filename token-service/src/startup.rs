@@ -1,15 +1,19 @@
 //! The application: bind, open the database, wire the services and their limits, serve
-//! until SIGTERM / SIGINT or a programmatic shutdown.
+//! until SIGTERM / SIGINT or a programmatic shutdown. Health: `""` is liveness,
+//! `chat.v1.TokenService` readiness (see `chat_common::health`).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use chat_common::{seal::SealKey, security::Security, server::OversizeLayer};
+use chat_common::{
+    health::Probes, metrics::MetricsListener, rpc::ServerLayer, seal::SealKey, security::Security,
+    server::OversizeLayer,
+};
 use chat_proto::v1::{
     token_admin_service_server::TokenAdminServiceServer, token_service_server::TokenServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_health::ServingStatus;
 
 use crate::{
     config::Config,
@@ -23,7 +27,8 @@ use crate::{
 
 /// The health name under which token-service reports its view of conversation-service.
 pub const CONVERSATION_DEPENDENCY: &str = "chat.v1.ConversationService";
-const TOKEN_SERVICE: &str = "chat.v1.TokenService";
+/// The health name of token-service's readiness.
+pub const TOKEN_SERVICE: &str = "chat.v1.TokenService";
 const ADMIN_SERVICE: &str = "chat.v1.TokenAdminService";
 /// Largest reply: a full ListTokens page (200 links with 200-character labels) fits.
 const MAX_REPLY_BYTES: usize = 1024 * 1024;
@@ -31,6 +36,7 @@ const MAX_REPLY_BYTES: usize = 1024 * 1024;
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    metrics: Option<MetricsListener>,
     config: Config,
     store: Store,
     outbox: Outbox,
@@ -52,6 +58,12 @@ impl Application {
         let local_addr = listener
             .local_addr()
             .map_err(|e| Error::Internal(format!("reading the bound address: {e}")))?;
+        let metrics = match config.telemetry.metrics_addr {
+            Some(addr) => Some(MetricsListener::bind(addr).await.map_err(|e| {
+                Error::Internal(format!("binding the metrics address {addr}: {e}"))
+            })?),
+            None => None,
+        };
         let store = Store::start(config.database.clone(), config.sqlite_busy_timeout)?;
         // The first open (directory, lock, migrations) happens before serving; a failure
         // is retried on use and by the health probe.
@@ -78,6 +90,7 @@ impl Application {
         Ok(Self {
             listener,
             local_addr,
+            metrics,
             config,
             store,
             outbox,
@@ -89,6 +102,11 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `GET /metrics` is served, when `METRICS_ADDR` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|m| m.local_addr().ok())
     }
 
     /// The database handle the service uses (tests reach under the API with it).
@@ -105,6 +123,7 @@ impl Application {
         let Self {
             listener,
             local_addr,
+            metrics,
             config,
             store,
             outbox,
@@ -114,23 +133,18 @@ impl Application {
         } = self;
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        // NOT_SERVING until the first probe has seen the database.
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        health
-            .set_service_status(TOKEN_SERVICE, ServingStatus::NotServing)
-            .await;
-        health
+        // Readiness NOT_SERVING until the first probe has seen the database.
+        let probes = Probes::new(health, &[TOKEN_SERVICE]).await;
+        probes
+            .reporter()
             .set_service_status(CONVERSATION_DEPENDENCY, ServingStatus::Unknown)
             .await;
 
-        let reflection_v1 = reflection()
-            .build_v1()
-            .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+        let (reflection_v1, reflection_v1alpha) = chat_common::reflection::services(
+            chat_proto::FILE_DESCRIPTOR_SET,
+            &[TOKEN_SERVICE, ADMIN_SERVICE],
+        )
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
         let limiter = Arc::new(FailureLimiter::new(
             config.failed_redemptions_limit,
@@ -176,11 +190,16 @@ impl Application {
         .max_encoding_message_size(MAX_REPLY_BYTES);
 
         let worker = tokio::spawn(outbox.clone().run(shutdown.clone()));
+        if let Some(metrics) = metrics {
+            let store = store.clone();
+            let sample = move || crate::metrics::sample(&store);
+            tokio::spawn(metrics.serve(sample, shutdown.clone()));
+        }
         let prober = tokio::spawn(probe_health(
             store,
             conversations,
             outbox,
-            health,
+            probes.clone(),
             config.health_interval.max(Duration::from_millis(10)),
             config.call_timeout.max(Duration::from_millis(1)),
             shutdown.clone(),
@@ -194,11 +213,19 @@ impl Application {
         tracing::info!(%local_addr, database = %config.database.display(),
             conversation_service = %config.conversation_service, "token-service listening");
 
-        let stop = shutdown.clone();
+        let signals = tokio::spawn(chat_common::shutdown::drain_on_signal(
+            shutdown.clone(),
+            probes,
+            config.drain.drain_delay,
+        ));
         let served = config
             .connections
             .server()
             .timeout(config.request_timeout)
+            .layer(ServerLayer::new(
+                chat_proto::FILE_DESCRIPTOR_SET,
+                Some(config.request_timeout),
+            ))
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
                 config.max_concurrent_requests.max(1),
             ))
@@ -211,14 +238,10 @@ impl Application {
             .add_service(reflection_v1alpha)
             .add_service(tokens)
             .add_service(admin)
-            .serve_with_incoming_shutdown(incoming, async move {
-                tokio::select! {
-                    () = stop.cancelled() => {}
-                    () = termination() => tracing::info!("signal received, shutting down"),
-                }
-            })
+            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
             .await;
         shutdown.cancel();
+        let _ = signals.await;
         let _ = worker.await;
         let _ = prober.await;
         tracing::info!("token-service stopped");
@@ -239,45 +262,6 @@ pub async fn migrate_database(config: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-/// Reflection (v1 and v1alpha, grpcurl 1.8 speaks only the latter) lists what this
-/// server serves, not everything in the shared descriptor set, and knows
-/// google.rpc.ErrorInfo / BadRequest so grpcurl can render error details.
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name(TOKEN_SERVICE)
-        .with_service_name(ADMIN_SERVICE)
-        .with_service_name("grpc.health.v1.Health")
-        .with_service_name("grpc.reflection.v1.ServerReflection")
-        .with_service_name("grpc.reflection.v1alpha.ServerReflection")
-}
-
-/// SIGTERM or SIGINT.
-async fn termination() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-}
-
 /// Keeps health current: the database (SERVING only while it answers and takes the
 /// write lock) and conversation-service (reported under its own name; token-service
 /// serves without it, queueing calls). When conversation-service comes back, queued
@@ -286,7 +270,7 @@ async fn probe_health(
     store: Store,
     conversations: Conversations,
     outbox: Outbox,
-    health: HealthReporter,
+    probes: Probes,
     interval: Duration,
     timeout: Duration,
     shutdown: CancellationToken,
@@ -299,6 +283,9 @@ async fn probe_health(
                 if depth > 0 {
                     tracing::debug!(queued_calls = depth, "outbox");
                 }
+                if let Ok(stats) = store.outbox_stats().await {
+                    crate::metrics::outbox(stats);
+                }
                 true
             }
             Err(e) => {
@@ -309,14 +296,10 @@ async fn probe_health(
             }
         };
         if db_ok != Some(db) {
-            let status = if db {
+            if db {
                 tracing::info!("database usable: SERVING");
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            health.set_service_status("", status).await;
-            health.set_service_status(TOKEN_SERVICE, status).await;
+            }
+            probes.set_ready(db).await;
             db_ok = Some(db);
         }
 
@@ -325,7 +308,8 @@ async fn probe_health(
             outbox.set_reachable(conv);
             if conv {
                 tracing::info!("conversation-service reachable");
-                health
+                probes
+                    .reporter()
                     .set_service_status(CONVERSATION_DEPENDENCY, ServingStatus::Serving)
                     .await;
                 if conv_ok.is_some() {
@@ -335,7 +319,8 @@ async fn probe_health(
                 tracing::warn!(
                     "conversation-service unreachable; redemptions queue their conversations"
                 );
-                health
+                probes
+                    .reporter()
                     .set_service_status(CONVERSATION_DEPENDENCY, ServingStatus::NotServing)
                     .await;
             }

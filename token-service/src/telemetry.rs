@@ -1,17 +1,10 @@
-//! The tracing subscriber, built once at start.
+//! The tracing subscriber, built once at start (the shared setup of `chat-common`).
 
-use tracing_subscriber::{EnvFilter, fmt};
+use chat_common::telemetry::{LogFormat, Telemetry};
 
-/// Installs the global subscriber: `RUST_LOG` filters (default `info`), `format` is
-/// `text` or `json`. Calling it twice (tests) keeps the first one.
-pub fn init(format: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_target(true);
-    let result = if format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-    // Already installed (several apps in one test process): keep the first.
-    let _ = result;
+/// Installs the global subscriber (see `chat_common::telemetry`). Calling it twice
+/// (tests) keeps the first one.
+#[must_use = "dropping the guard stops exporting traces"]
+pub fn init(format: LogFormat) -> Telemetry {
+    chat_common::telemetry::init("token-service", format)
 }

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -110,9 +111,17 @@ fn page<R, P: prost::Message>(
     (items, String::new())
 }
 
+/// Puts a list's or an inbox's owner on the RPC's log line.
+fn record_owner(owner: &Participant) {
+    let field = match owner.role {
+        crate::domain::Role::Provider => "provider_id",
+        crate::domain::Role::Customer => "customer_id",
+    };
+    chat_common::rpc::record(field, &owner.id);
+}
+
 #[tonic::async_trait]
 impl ConversationService for ConversationApi {
-    #[tracing::instrument(skip_all, fields(provider_id = %request.get_ref().provider_id, request_id = %request.get_ref().request_id))]
     async fn create_conversation(
         &self,
         request: Request<v1::CreateConversationRequest>,
@@ -126,21 +135,26 @@ impl ConversationService for ConversationApi {
             origin: parse_origin("origin", &request.origin)?,
             session_id: parse_session_id("session_id", &request.session_id)?,
         };
+        chat_common::rpc::record("provider_id", &new.provider_id);
+        if let Some(request_id) = new.request_id {
+            chat_common::rpc::record("request_id", request_id);
+        }
         let (row, created) = self.store.create_conversation(new).await?;
-        tracing::info!(conversation_id = %row.id, created, "conversation");
+        chat_common::rpc::record("conversation_id", row.id);
+        tracing::debug!(created, "conversation");
         ok(v1::CreateConversationResponse {
             conversation: Some(row.to_proto(None)),
             created,
         })
     }
 
-    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id))]
     async fn get_conversation(
         &self,
         request: Request<v1::GetConversationRequest>,
     ) -> GrpcResult<v1::GetConversationResponse> {
         let request = request.into_inner();
         let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        chat_common::rpc::record("conversation_id", id);
         let viewer = request
             .viewer
             .as_ref()
@@ -156,13 +170,13 @@ impl ConversationService for ConversationApi {
         })
     }
 
-    #[tracing::instrument(skip_all)]
     async fn list_conversations(
         &self,
         request: Request<v1::ListConversationsRequest>,
     ) -> GrpcResult<v1::ListConversationsResponse> {
         let request = request.into_inner();
         let owner = Participant::parse_owner("participant", request.participant.as_ref())?;
+        record_owner(&owner);
         let status = ConversationStatus::parse_filter("status", request.status)?;
         let (default, max) = CONVERSATIONS_PAGE;
         let size = PageSize::parse("page_size", request.page_size, default, max)?.0;
@@ -187,13 +201,13 @@ impl ConversationService for ConversationApi {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id))]
     async fn update_customer(
         &self,
         request: Request<v1::UpdateCustomerRequest>,
     ) -> GrpcResult<v1::UpdateCustomerResponse> {
         let request = request.into_inner();
         let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        chat_common::rpc::record("conversation_id", id);
         let patch = CustomerPatch::parse(&request)?;
         let row = if patch.is_empty() {
             self.store.get_conversation(id).await?
@@ -205,13 +219,13 @@ impl ConversationService for ConversationApi {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id))]
     async fn set_conversation_status(
         &self,
         request: Request<v1::SetConversationStatusRequest>,
     ) -> GrpcResult<v1::SetConversationStatusResponse> {
         let request = request.into_inner();
         let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        chat_common::rpc::record("conversation_id", id);
         let status = ConversationStatus::parse("status", request.status)?;
         let actor = request
             .actor
@@ -228,7 +242,6 @@ impl ConversationService for ConversationApi {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id))]
     async fn send_message(
         &self,
         request: Request<v1::SendMessageRequest>,
@@ -247,6 +260,7 @@ impl ConversationService for ConversationApi {
                 &request.client_message_id,
             )?,
         };
+        chat_common::rpc::record("conversation_id", message.conversation_id);
         let (row, created) = self.sender.send(message).await?;
         tracing::debug!(seq = row.seq, created, "message");
         ok(v1::SendMessageResponse {
@@ -255,13 +269,13 @@ impl ConversationService for ConversationApi {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id))]
     async fn list_messages(
         &self,
         request: Request<v1::ListMessagesRequest>,
     ) -> GrpcResult<v1::ListMessagesResponse> {
         let request = request.into_inner();
         let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        chat_common::rpc::record("conversation_id", id);
         let (viewer, session) = parse_acting("viewer", request.viewer.as_ref())?;
         let direction = match v1::Direction::try_from(request.direction) {
             Ok(v1::Direction::Unspecified | v1::Direction::Forward) => ListDirection::Forward,
@@ -293,13 +307,13 @@ impl ConversationService for ConversationApi {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id, seq = request.get_ref().seq))]
     async fn mark_read(
         &self,
         request: Request<v1::MarkReadRequest>,
     ) -> GrpcResult<v1::MarkReadResponse> {
         let request = request.into_inner();
         let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        chat_common::rpc::record("conversation_id", id);
         let (reader, session) = parse_acting("reader", request.reader.as_ref())?;
         self.check_anonymous(id, &reader, session).await?;
         let seq = parse_seq("seq", request.seq)?;
@@ -310,13 +324,13 @@ impl ConversationService for ConversationApi {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id))]
     async fn send_typing(
         &self,
         request: Request<v1::SendTypingRequest>,
     ) -> GrpcResult<v1::SendTypingResponse> {
         let request = request.into_inner();
         let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        chat_common::rpc::record("conversation_id", id);
         let (sender, session) = parse_acting("sender", request.sender.as_ref())?;
         let conversation = self.store.get_conversation(id).await?;
         conversation.authorize(&sender, session)?;
@@ -327,13 +341,13 @@ impl ConversationService for ConversationApi {
     type StreamConversationStream =
         ReceiverStream<std::result::Result<v1::StreamConversationResponse, Status>>;
 
-    #[tracing::instrument(skip_all, fields(conversation_id = %request.get_ref().conversation_id, after_seq = request.get_ref().after_seq))]
     async fn stream_conversation(
         &self,
         request: Request<v1::StreamConversationRequest>,
     ) -> GrpcResult<Self::StreamConversationStream> {
         let request = request.into_inner();
         let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        chat_common::rpc::record("conversation_id", id);
         let (viewer, session) = parse_acting("viewer", request.viewer.as_ref())?;
         let after_seq = parse_seq("after_seq", request.after_seq)?;
         // Subscribe before reading, so nothing committed in between is missed.
@@ -348,26 +362,30 @@ impl ConversationService for ConversationApi {
             .into());
         }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(streams::conversation_stream(
-            self.streams.clone(),
-            subscription,
-            conversation,
-            viewer,
-            after_seq,
-            tx,
-        ));
+        // The stream task logs inside the RPC's span: its lines carry the trace id too.
+        tokio::spawn(
+            streams::conversation_stream(
+                self.streams.clone(),
+                subscription,
+                conversation,
+                viewer,
+                after_seq,
+                tx,
+            )
+            .in_current_span(),
+        );
         ok(ReceiverStream::new(rx))
     }
 
     type StreamInboxStream = ReceiverStream<std::result::Result<v1::StreamInboxResponse, Status>>;
 
-    #[tracing::instrument(skip_all)]
     async fn stream_inbox(
         &self,
         request: Request<v1::StreamInboxRequest>,
     ) -> GrpcResult<Self::StreamInboxStream> {
         let request = request.into_inner();
         let owner = Participant::parse_owner("participant", request.participant.as_ref())?;
+        record_owner(&owner);
         let resumed = !request.cursor.is_empty();
         let cursor = if resumed {
             Some(InboxCursor::decode("cursor", &request.cursor)?)
@@ -380,14 +398,17 @@ impl ConversationService for ConversationApi {
             None => InboxCursor::at(self.store.current_snapshot().await?),
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(streams::inbox_stream(
-            self.streams.clone(),
-            subscription,
-            owner,
-            cursor,
-            resumed,
-            tx,
-        ));
+        tokio::spawn(
+            streams::inbox_stream(
+                self.streams.clone(),
+                subscription,
+                owner,
+                cursor,
+                resumed,
+                tx,
+            )
+            .in_current_span(),
+        );
         ok(ReceiverStream::new(rx))
     }
 }

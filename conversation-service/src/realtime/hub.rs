@@ -74,7 +74,11 @@ pub struct Subscription {
 impl Subscription {
     /// Whether wake-ups were dropped since the last call (the stream must catch up).
     pub fn take_lagged(&self) -> bool {
-        self.lagged.swap(false, Ordering::AcqRel)
+        let lagged = self.lagged.swap(false, Ordering::AcqRel);
+        if lagged {
+            crate::metrics::streams_resynced("lagged", 1);
+        }
+        lagged
     }
 }
 
@@ -110,6 +114,18 @@ impl Hub {
     /// Streams open in this process.
     pub fn open_streams(&self) -> usize {
         self.open.load(Ordering::Acquire)
+    }
+
+    /// Open streams by kind: (conversation streams, inbox streams).
+    pub fn open_by_kind(&self) -> (usize, usize) {
+        let map = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.iter().fold((0, 0), |(c, i), (key, entries)| match key {
+            Key::Conversation(_) => (c + entries.len(), i),
+            Key::Inbox(..) => (c, i + entries.len()),
+        })
     }
 
     pub fn is_listening(&self) -> bool {
@@ -238,12 +254,15 @@ impl Hub {
         for entry in map.values().flat_map(HashMap::values) {
             offer(entry, Wake::Resync);
         }
+        crate::metrics::streams_resynced("listener", map.values().map(|e| e.len() as u64).sum());
     }
 }
 
 fn offer(entry: &Entry, wake: Wake) {
-    if let Err(mpsc::error::TrySendError::Full(_)) = entry.wakes.try_send(wake) {
-        entry.lagged.store(true, Ordering::Release);
+    if let Err(mpsc::error::TrySendError::Full(_)) = entry.wakes.try_send(wake)
+        && !entry.lagged.swap(true, Ordering::AcqRel)
+    {
+        crate::metrics::stream_lagged();
     }
 }
 

@@ -15,6 +15,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub async fn run_listener(pool: PgPool, hub: Arc<Hub>, shutdown: CancellationToken) {
     let mut backoff = BACKOFF_MIN;
+    let mut connected_before = false;
     loop {
         let connected = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -24,6 +25,9 @@ pub async fn run_listener(pool: PgPool, hub: Arc<Hub>, shutdown: CancellationTok
             Ok(mut listener) => {
                 backoff = BACKOFF_MIN;
                 hub.set_listening(true);
+                if std::mem::replace(&mut connected_before, true) {
+                    crate::metrics::listener_reconnected();
+                }
                 tracing::info!(channel = CHANNEL, "listening");
                 hub.resync_all();
                 loop {

@@ -64,7 +64,9 @@ impl SendQueue {
                             }
                         }
                     }
+                    let (size, started) = (batch.len(), std::time::Instant::now());
                     write_and_answer(&store, batch).await;
+                    crate::metrics::send_batch(size, started.elapsed());
                 }
             });
         }

@@ -40,6 +40,8 @@ pub struct TestApp {
     pub database_url: String,
     pub client: Client,
     pub hub: Arc<Hub>,
+    /// `GET /metrics`, when started with `--metrics-addr`.
+    pub metrics: Option<SocketAddr>,
     /// Stops the service when the test ends.
     _shutdown: tokio_util::sync::DropGuard,
 }
@@ -77,6 +79,7 @@ pub async fn spawn_app_with(database_url: &str, flags: &[&str]) -> TestApp {
     let app = Application::build(config).await.unwrap();
     let addr = app.local_addr();
     let hub = app.hub();
+    let metrics = app.metrics_addr();
     let shutdown = app.shutdown_token().drop_guard();
     tokio::spawn(app.run_until_stopped());
     let client = connect(addr).await;
@@ -86,6 +89,7 @@ pub async fn spawn_app_with(database_url: &str, flags: &[&str]) -> TestApp {
         database_url: database_url.to_owned(),
         client,
         hub,
+        metrics,
         _shutdown: shutdown,
     }
 }

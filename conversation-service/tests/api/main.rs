@@ -9,6 +9,7 @@ mod helpers;
 mod interop;
 mod limits;
 mod messages;
+mod observability;
 mod pagination;
 mod properties;
 mod security;

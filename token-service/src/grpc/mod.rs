@@ -62,6 +62,7 @@ impl TokenGrpc {
             && e.is_failed_guess()
         {
             reservation.failed();
+            crate::metrics::failed_guess();
         }
         result
     }
@@ -265,33 +266,23 @@ fn record_session(session: &Session) {
     }
 }
 
-/// The end of every RPC: the outcome is logged in its span, the error mapped once.
+/// The end of every RPC: the error mapped once (the per-RPC log line with its outcome
+/// is written by `chat_common::rpc::ServerLayer`).
 fn reply<T>(result: Result<T, Error>) -> Result<Response<T>, Status> {
-    match result {
-        Ok(reply) => {
-            tracing::info!("ok");
-            Ok(Response::new(reply))
-        }
-        Err(e) => {
-            let status = Status::from(e);
-            tracing::info!(code = ?status.code(), message = status.message(), "refused");
-            Err(status)
-        }
-    }
+    result.map(Response::new).map_err(Status::from)
 }
 
+/// The RPC's span, opened by `chat_common::rpc::ServerLayer` (it declares the id
+/// fields recorded here and in the handlers), with the provider the request names.
 macro_rules! rpc_span {
-    ($method:literal, $provider:expr) => {
-        tracing::info_span!(
-            "rpc",
-            method = $method,
-            provider_id = $provider,
-            token_id = field::Empty,
-            session_id = field::Empty,
-            conversation_id = field::Empty,
-            replayed = field::Empty,
-        )
+    ($method:literal, field::Empty) => {
+        Span::current()
     };
+    ($method:literal, $provider:expr) => {{
+        let span = Span::current();
+        span.record("provider_id", $provider);
+        span
+    }};
 }
 
 #[tonic::async_trait]

@@ -12,6 +12,7 @@
 mod admin;
 mod outbox;
 mod sessions;
+mod stats;
 mod tokens;
 
 use std::{
@@ -27,6 +28,7 @@ use uuid::Uuid;
 
 pub use outbox::{Done, OutboxCall, OutboxJob};
 pub use sessions::{Identified, Redeemed, Redemption};
+pub use stats::OutboxStats;
 
 use crate::error::{Error, StoreResultExt};
 
@@ -175,7 +177,9 @@ impl Store {
     {
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move |db: &mut Db| {
+            let started = std::time::Instant::now();
             let outcome = db.conn().and_then(f);
+            crate::metrics::sqlite_call(started.elapsed());
             if let Err(Error::Store { source, .. }) = &outcome
                 && is_broken(source)
             {

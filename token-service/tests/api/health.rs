@@ -47,7 +47,7 @@ async fn serving_without_conversation_service_and_says_so() {
 }
 
 #[tokio::test]
-async fn not_serving_while_the_database_cannot_be_opened_then_recovers() {
+async fn not_ready_but_alive_while_the_database_cannot_be_opened_then_recovers() {
     // The database's directory is blocked by a plain file: nothing can be opened.
     let db_path = temp_db_path();
     let dir = db_path.parent().unwrap().to_owned();
@@ -56,7 +56,9 @@ async fn not_serving_while_the_database_cannot_be_opened_then_recovers() {
 
     let app = spawn_app_with(db_path.clone(), NOWHERE, &[]).await;
     let channel = app.channel.clone();
-    wait_status(&channel, "", ServingStatus::NotServing).await;
+    wait_status(&channel, "chat.v1.TokenService", ServingStatus::NotServing).await;
+    // Liveness stays SERVING: restarting would not bring the database back.
+    assert_eq!(status(&channel, "").await, ServingStatus::Serving);
     let refused = app
         .tokens
         .clone()
@@ -128,7 +130,7 @@ async fn a_second_process_on_the_same_database_waits_for_the_first() {
     first.issue("p", 0).await;
     let second = spawn_app_with(first.db_path.clone(), NOWHERE, &[]).await;
     let channel = second.channel.clone();
-    wait_status(&channel, "", ServingStatus::NotServing).await;
+    wait_status(&channel, "chat.v1.TokenService", ServingStatus::NotServing).await;
     let refused = second
         .tokens
         .clone()
@@ -142,7 +144,7 @@ async fn a_second_process_on_the_same_database_waits_for_the_first() {
 
     // The first one goes away: the second takes the database over.
     first.stop().await;
-    wait_status(&channel, "", ServingStatus::Serving).await;
+    wait_status(&channel, "chat.v1.TokenService", ServingStatus::Serving).await;
     let listed = second
         .tokens
         .clone()

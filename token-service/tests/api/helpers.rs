@@ -24,6 +24,8 @@ pub struct TestApp {
     pub tokens: TokenServiceClient<Channel>,
     pub channel: Channel,
     pub db_path: PathBuf,
+    /// `GET /metrics`, when started with `--metrics-addr`.
+    pub metrics: Option<SocketAddr>,
     /// The service's own database handle, to reach under the API (reopen it, ...).
     pub store: token_service::store::Store,
     pub shutdown: CancellationToken,
@@ -72,8 +74,12 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(db_path: PathBuf, conversation_url: &str, extra: &[&str]) -> TestApp {
-    token_service::telemetry::init("text");
     let mut args = test_args(&db_path, conversation_url);
+    // Kept for the whole test process: dropping it would stop giving spans trace ids.
+    static TELEMETRY: std::sync::OnceLock<chat_common::telemetry::Telemetry> =
+        std::sync::OnceLock::new();
+    TELEMETRY
+        .get_or_init(|| token_service::telemetry::init(chat_common::telemetry::LogFormat::Text));
     // A flag `test_args` already sets gets the new value; others are added.
     let mut extra = extra.iter();
     while let Some(arg) = extra.next() {
@@ -88,6 +94,7 @@ pub async fn spawn_app_with(db_path: PathBuf, conversation_url: &str, extra: &[&
     let app = Application::build(config).await.unwrap();
     let store = app.store();
     let addr = app.local_addr();
+    let metrics = app.metrics_addr();
     let shutdown = app.shutdown_token();
     let handle = tokio::spawn(async move {
         app.run_until_stopped().await.unwrap();
@@ -102,6 +109,7 @@ pub async fn spawn_app_with(db_path: PathBuf, conversation_url: &str, extra: &[&
         tokens: TokenServiceClient::new(channel.clone()),
         channel,
         db_path,
+        metrics,
         store,
         shutdown,
         handle,
@@ -311,7 +319,8 @@ pub async fn spawn_conversation_service(database_url: &str, listen: &str) -> Con
         async move {
             let reply = health
                 .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
+                    // Readiness: the database is reachable and migrated.
+                    service: "chat.v1.ConversationService".into(),
                 })
                 .await;
             reply.ok().filter(|r| r.get_ref().status == 1).map(|_| ())

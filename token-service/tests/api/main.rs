@@ -12,6 +12,7 @@ mod end_to_end;
 mod faults;
 mod hardening;
 mod health;
+mod observability;
 mod properties;
 mod redeem;
 mod replicas;

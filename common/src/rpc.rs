@@ -1,0 +1,567 @@
+//! One tower layer around every RPC, on both sides of a call.
+//!
+//! [`ServerLayer`] (on `Server::builder().layer(..)`) gives each RPC a span named `rpc`
+//! whose parent is the W3C `traceparent` the caller sent, counts it in
+//! `grpc_server_started_total`, `grpc_server_handled_total` and
+//! `grpc_server_handling_seconds` (labels `grpc_service`, `grpc_method`, `grpc_type`,
+//! `grpc_code`, the names Grafana's gRPC dashboards expect), and writes one log line when
+//! it ends (target `grpc`: service, method, code, latency, trace id and the ids the
+//! handler recorded with [`record`]). A server stream ends when its last frame is sent.
+//!
+//! [`ClientLayer`] (around a `Channel`) sends the current span's context as
+//! `traceparent` and counts `grpc_client_started_total`, `grpc_client_handled_total` and
+//! `grpc_client_handling_seconds`.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::{Duration, Instant},
+};
+
+use http_body::{Body, Frame, SizeHint};
+use opentelemetry::{
+    propagation::{Extractor, Injector, TextMapPropagator},
+    trace::{TraceContextExt, TraceId},
+};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use pin_project_lite::pin_project;
+use prost::Message;
+use tonic::{Code, Status};
+use tower::{Layer, Service};
+use tracing::{Instrument, Span, field, instrument::Instrumented};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Records `value` as the field `name` of the current RPC's log line and span. `name`
+/// is one of `provider_id`, `customer_id`, `conversation_id`, `request_id`,
+/// `session_id`, `token_id`, `replayed`; other names are ignored.
+pub fn record(name: &'static str, value: impl std::fmt::Display) {
+    Span::current().record(name, field::display(value));
+}
+
+/// gRPC's canonical code names, as Go's `codes.Code.String()` writes them (the
+/// `grpc_code` label of go-grpc-prometheus, which dashboards filter on).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// What the layer knows about a method, from the descriptor sets.
+#[derive(Clone, Debug)]
+struct Method {
+    service: &'static str,
+    method: &'static str,
+    kind: &'static str,
+    /// Health and reflection: logged at debug, probes would drown everything else.
+    quiet: bool,
+}
+
+const UNKNOWN: Method = Method {
+    service: "unknown",
+    method: "unknown",
+    kind: "unary",
+    quiet: false,
+};
+
+/// Every method a server serves (or a client calls), by path. A path not in it is
+/// labelled `unknown`, so a caller cannot grow the label space.
+#[derive(Clone, Debug)]
+struct Methods(Arc<HashMap<String, Method>>);
+
+impl Methods {
+    /// `api` plus health and reflection.
+    fn with_standard(api: &[u8]) -> Self {
+        let sets = [
+            api,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        let mut methods = HashMap::new();
+        for set in sets {
+            let Ok(set) = prost_types::FileDescriptorSet::decode(set) else {
+                continue;
+            };
+            for file in set.file {
+                let package = file.package.unwrap_or_default();
+                for service in file.service {
+                    let service_name = match (package.as_str(), service.name) {
+                        (_, None) => continue,
+                        ("", Some(name)) => name,
+                        (package, Some(name)) => format!("{package}.{name}"),
+                    };
+                    // Leaked once per name: the set is fixed at start and small.
+                    let service_name: &'static str = Box::leak(service_name.into_boxed_str());
+                    let quiet = service_name.starts_with("grpc.health.")
+                        || service_name.starts_with("grpc.reflection.");
+                    for method in service.method {
+                        let Some(name) = method.name else { continue };
+                        let kind = match (
+                            method.client_streaming.unwrap_or(false),
+                            method.server_streaming.unwrap_or(false),
+                        ) {
+                            (false, false) => "unary",
+                            (false, true) => "server_stream",
+                            (true, false) => "client_stream",
+                            (true, true) => "bidi_stream",
+                        };
+                        let path = format!("/{service_name}/{name}");
+                        methods.insert(
+                            path,
+                            Method {
+                                service: service_name,
+                                method: Box::leak(name.into_boxed_str()),
+                                kind,
+                                quiet,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        Self(Arc::new(methods))
+    }
+
+    fn get(&self, path: &str) -> Method {
+        self.0.get(path).cloned().unwrap_or(UNKNOWN)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Server,
+    Client,
+}
+
+/// One call in flight; its outcome is recorded exactly once, when it ends or, if it is
+/// dropped first, as cancelled (or past its deadline).
+struct Call {
+    side: Side,
+    method: Method,
+    span: Span,
+    started: Instant,
+    deadline: Option<Duration>,
+    done: bool,
+}
+
+impl Call {
+    fn start(side: Side, method: Method, span: Span, deadline: Option<Duration>) -> Self {
+        let name = match side {
+            Side::Server => "grpc_server_started_total",
+            Side::Client => "grpc_client_started_total",
+        };
+        metrics::counter!(name, "grpc_service" => method.service, "grpc_method" => method.method,
+            "grpc_type" => method.kind)
+        .increment(1);
+        Self {
+            side,
+            method,
+            span,
+            started: Instant::now(),
+            deadline,
+            done: false,
+        }
+    }
+
+    fn finish(&mut self, code: Code, message: &str) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let elapsed = self.started.elapsed();
+        let m = &self.method;
+        let (handled, seconds) = match self.side {
+            Side::Server => ("grpc_server_handled_total", "grpc_server_handling_seconds"),
+            Side::Client => ("grpc_client_handled_total", "grpc_client_handling_seconds"),
+        };
+        let code_name = code_name(code);
+        metrics::counter!(handled, "grpc_service" => m.service, "grpc_method" => m.method,
+            "grpc_type" => m.kind, "grpc_code" => code_name)
+        .increment(1);
+        metrics::histogram!(seconds, "grpc_service" => m.service, "grpc_method" => m.method,
+            "grpc_type" => m.kind)
+        .record(elapsed.as_secs_f64());
+
+        self.span.record("grpc_code", code_name);
+        if code != Code::Ok {
+            self.span.record("otel.status_code", "ERROR");
+        }
+        let latency_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
+        let message = (!message.is_empty()).then_some(message);
+        let _entered = self.span.enter();
+        match (self.side, code) {
+            (Side::Server, Code::Internal | Code::Unknown | Code::DataLoss) => {
+                tracing::warn!(target: "grpc", latency_ms, grpc_message = message, "rpc");
+            }
+            (Side::Server, _) if !m.quiet => {
+                tracing::info!(target: "grpc", latency_ms, grpc_message = message, "rpc");
+            }
+            _ => tracing::debug!(target: "grpc", latency_ms, grpc_message = message, "rpc"),
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.done {
+            let late = self.deadline.is_some_and(|d| self.started.elapsed() >= d);
+            let code = if late {
+                Code::DeadlineExceeded
+            } else {
+                Code::Cancelled
+            };
+            self.finish(code, "");
+        }
+    }
+}
+
+/// The `grpc-timeout` header (`<digits><H|M|S|m|u|n>`), if any.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    let value: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value.saturating_mul(3600)),
+        "M" => Duration::from_secs(value.saturating_mul(60)),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// The per-RPC layer of a server. Add it first, so it sees every RPC.
+#[derive(Clone, Debug)]
+pub struct ServerLayer {
+    methods: Methods,
+    timeout: Option<Duration>,
+}
+
+impl ServerLayer {
+    /// `descriptor_set`: the encoded `FileDescriptorSet` of the served API (health and
+    /// reflection are known already). `timeout`: the server's own request deadline, so
+    /// a call it cut short counts as DeadlineExceeded rather than cancelled.
+    pub fn new(descriptor_set: &[u8], timeout: Option<Duration>) -> Self {
+        Self {
+            methods: Methods::with_standard(descriptor_set),
+            timeout,
+        }
+    }
+}
+
+impl<S> Layer<S> for ServerLayer {
+    type Service = ServerService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ServerService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerService<S> {
+    inner: S,
+    layer: ServerLayer,
+}
+
+impl<S, B, R> Service<http::Request<B>> for ServerService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>>,
+{
+    type Response = http::Response<Observed<R>>;
+    type Error = S::Error;
+    type Future = Pending<Instrumented<S::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = self.layer.methods.get(request.uri().path());
+        let span = tracing::error_span!(
+            target: "grpc",
+            "rpc",
+            otel.name = format_args!("{}/{}", method.service, method.method),
+            otel.kind = "server",
+            otel.status_code = field::Empty,
+            trace_id = field::Empty,
+            grpc_service = method.service,
+            grpc_method = method.method,
+            grpc_code = field::Empty,
+            provider_id = field::Empty,
+            customer_id = field::Empty,
+            conversation_id = field::Empty,
+            request_id = field::Empty,
+            session_id = field::Empty,
+            token_id = field::Empty,
+            replayed = field::Empty,
+        );
+        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
+        let remote = parent.span().span_context().trace_id();
+        // Without the OpenTelemetry layer (a test's bare subscriber) the caller's id still
+        // names the trace.
+        let _ = span.set_parent(parent);
+        let own = span.context().span().span_context().trace_id();
+        let trace_id = if own == TraceId::INVALID { remote } else { own };
+        if trace_id != TraceId::INVALID {
+            span.record("trace_id", field::display(trace_id));
+        }
+        let deadline = [grpc_timeout(request.headers()), self.layer.timeout]
+            .into_iter()
+            .flatten()
+            .min();
+        let call = Call::start(Side::Server, method, span.clone(), deadline);
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        Pending {
+            future: future.instrument(span),
+            call: Some(call),
+            side: Side::Server,
+        }
+    }
+}
+
+/// The client layer: wrap the channel of a generated client with it.
+#[derive(Clone, Debug)]
+pub struct ClientLayer {
+    methods: Methods,
+}
+
+impl ClientLayer {
+    /// `descriptor_set`: the encoded `FileDescriptorSet` of the API called.
+    pub fn new(descriptor_set: &[u8]) -> Self {
+        Self {
+            methods: Methods::with_standard(descriptor_set),
+        }
+    }
+}
+
+impl<S> Layer<S> for ClientLayer {
+    type Service = ClientService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientService {
+            inner,
+            methods: self.methods.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientService<S> {
+    inner: S,
+    methods: Methods,
+}
+
+impl<S, B, R> Service<http::Request<B>> for ClientService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>>,
+{
+    type Response = http::Response<Observed<R>>;
+    type Error = S::Error;
+    type Future = Pending<Instrumented<S::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let method = self.methods.get(request.uri().path());
+        let span = tracing::info_span!(
+            target: "grpc",
+            "rpc.client",
+            otel.name = format_args!("{}/{}", method.service, method.method),
+            otel.kind = "client",
+            otel.status_code = field::Empty,
+            grpc_service = method.service,
+            grpc_method = method.method,
+            grpc_code = field::Empty,
+        );
+        let context = span.context();
+        TraceContextPropagator::new()
+            .inject_context(&context, &mut HeaderInjector(request.headers_mut()));
+        let deadline = grpc_timeout(request.headers());
+        let call = Call::start(Side::Client, method, span.clone(), deadline);
+        Pending {
+            future: self.inner.call(request).instrument(span),
+            call: Some(call),
+            side: Side::Client,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of either layer.
+    pub struct Pending<F> {
+        #[pin]
+        future: F,
+        call: Option<Call>,
+        side: Side,
+    }
+}
+
+impl<F, R, E> Future for Pending<F>
+where
+    F: Future<Output = Result<http::Response<R>, E>>,
+{
+    type Output = Result<http::Response<Observed<R>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.future.poll(cx));
+        let mut call = this.call.take();
+        Poll::Ready(match result {
+            Ok(response) => {
+                // A trailers-only response (an error) carries its status in the headers.
+                if let Some(status) = Status::from_header_map(response.headers())
+                    && let Some(mut call) = call.take()
+                {
+                    call.finish(status.code(), status.message());
+                }
+                // The server's deadline bounds the handler, not a stream it returned.
+                if let Some(call) = call.as_mut()
+                    && *this.side == Side::Server
+                {
+                    call.deadline = None;
+                }
+                Ok(response.map(|body| Observed { body, call }))
+            }
+            Err(error) => {
+                if let Some(mut call) = call {
+                    // A client that never got a response could not reach the server.
+                    let code = match this.side {
+                        Side::Client => Code::Unavailable,
+                        Side::Server => Code::Unknown,
+                    };
+                    call.finish(code, "");
+                }
+                Err(error)
+            }
+        })
+    }
+}
+
+pin_project! {
+    /// A response body that records its call's outcome from the trailers.
+    pub struct Observed<B> {
+        #[pin]
+        body: B,
+        call: Option<Call>,
+    }
+}
+
+impl<B: Body> Body for Observed<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.body.poll_frame(cx));
+        let outcome = match &frame {
+            Some(Ok(frame)) => frame.trailers_ref().map(|trailers| {
+                Status::from_header_map(trailers).map_or((Code::Unknown, String::new()), |s| {
+                    (s.code(), s.message().to_owned())
+                })
+            }),
+            Some(Err(_)) => Some((Code::Unknown, "the body failed".to_owned())),
+            None => Some((Code::Unknown, "no trailers".to_owned())),
+        };
+        if let Some((code, message)) = outcome
+            && let Some(mut call) = this.call.take()
+        {
+            call.finish(code, &message);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_come_from_the_descriptor_sets() {
+        let methods = Methods::with_standard(&[]);
+        let watch = methods.get("/grpc.health.v1.Health/Watch");
+        assert_eq!(
+            (watch.service, watch.method),
+            ("grpc.health.v1.Health", "Watch")
+        );
+        assert_eq!(watch.kind, "server_stream");
+        assert!(watch.quiet);
+        let info = methods.get("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo");
+        assert_eq!(info.kind, "bidi_stream");
+        assert_eq!(methods.get("/no.Such/Thing").service, "unknown");
+    }
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(grpc_timeout(&headers), None);
+        headers.insert("grpc-timeout", http::HeaderValue::from_static("250m"));
+        assert_eq!(grpc_timeout(&headers), Some(Duration::from_millis(250)));
+        headers.insert("grpc-timeout", http::HeaderValue::from_static("3S"));
+        assert_eq!(grpc_timeout(&headers), Some(Duration::from_secs(3)));
+        headers.insert("grpc-timeout", http::HeaderValue::from_static("x"));
+        assert_eq!(grpc_timeout(&headers), None);
+    }
+}

@@ -1,0 +1,362 @@
+//! Logs and traces, set up once per process the same way in both services.
+//!
+//! - One JSON shape (`--log-format json`): every line is one object with `timestamp`,
+//!   `level`, `app`, `target`, `message`, the event's fields and the fields of every span
+//!   it happened in (flattened, innermost wins). Inside an RPC that includes `trace_id`,
+//!   `grpc_service`, `grpc_method` and the ids the handler recorded (see [`crate::rpc`]).
+//! - Text (`--log-format text`, the default) without ANSI colours unless stdout is a
+//!   terminal.
+//! - Traces: spans always get OpenTelemetry ids (so `trace_id` is in the logs and
+//!   `traceparent` is propagated even with no collector); they are exported over OTLP/gRPC
+//!   only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the exporter also reads the other
+//!   standard `OTEL_EXPORTER_OTLP_*` variables).
+//! - `RUST_LOG` filters (default `info`); PostgreSQL's notices (such as
+//!   "relation _sqlx_migrations already exists, skipping") are shown only from `warn` on
+//!   unless `RUST_LOG` names `sqlx` itself.
+
+use std::{fmt, io::IsTerminal, net::SocketAddr, time::SystemTime};
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use serde_json::{Map, Value};
+use tracing::{Event, Subscriber, field::Field, level_filters::LevelFilter};
+use tracing_subscriber::{
+    EnvFilter, Layer, Registry,
+    field::{RecordFields, Visit},
+    fmt::{
+        FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter,
+        format::{JsonFields, Writer},
+    },
+    layer::SubscriberExt,
+    registry::LookupSpan,
+    util::SubscriberInitExt,
+};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colours only on a terminal).
+    Text,
+    /// One JSON object per line, the same shape in both services.
+    Json,
+}
+
+/// The observability flags both services take (`#[command(flatten)]`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TelemetryArgs {
+    /// Log format: `text` or `json`. Filter with RUST_LOG (default `info`; the per-RPC
+    /// lines have target `grpc`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Address of the Prometheus endpoint (`GET /metrics`); off when unset.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Keeps the trace pipeline alive; dropping it flushes spans not exported yet.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        let _ = self.provider.shutdown();
+    }
+}
+
+/// Installs the process's subscriber writing to stdout: logs in `format`, traces
+/// exported when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. `app` names the service in log
+/// lines and in exported traces. A second call (several apps in one test process)
+/// leaves the first subscriber in place.
+#[must_use = "dropping the guard stops exporting traces"]
+pub fn init(app: &'static str, format: LogFormat) -> Telemetry {
+    let provider = tracer_provider(app);
+    let ansi = std::io::stdout().is_terminal();
+    let installed = subscriber(app, format, std::io::stdout, ansi, &provider).try_init();
+    if let (Ok(()), Ok(endpoint)) = (installed, std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")) {
+        tracing::info!(%endpoint, "exporting traces over OTLP");
+    }
+    Telemetry { provider }
+}
+
+/// A tracer provider: with the OTLP exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` is set,
+/// else one that only gives spans their ids.
+pub fn tracer_provider(app: &'static str) -> SdkTracerProvider {
+    let resource = Resource::builder().with_service_name(app).build();
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let exporting = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some_and(|v| !v.is_empty());
+    if exporting {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+        {
+            Ok(exporter) => return builder.with_batch_exporter(exporter).build(),
+            // Logging is not set up yet: say it on stderr, and run without exporting.
+            Err(error) => eprintln!("cannot export traces over OTLP: {error}"),
+        }
+    }
+    builder.build()
+}
+
+/// The subscriber [`init`] installs, writing to `writer` (tests capture lines this way,
+/// with `tracing::subscriber::set_default`).
+pub fn subscriber<W>(
+    app: &'static str,
+    format: LogFormat,
+    writer: W,
+    ansi: bool,
+    provider: &SdkTracerProvider,
+) -> impl Subscriber + Send + Sync + 'static
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let logs = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(ansi)
+            .fmt_fields(TextFields)
+            .with_filter(log_filter())
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .event_format(JsonLine { app })
+            .fmt_fields(JsonFields::new())
+            .with_filter(log_filter())
+            .boxed(),
+    };
+    // Traces do not follow RUST_LOG: a quieter log must not break propagation.
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(app))
+        .with_filter(LevelFilter::INFO);
+    Registry::default().with(logs).with(traces)
+}
+
+fn log_filter() -> EnvFilter {
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let mut filter = EnvFilter::new(from_env.as_deref().unwrap_or("info"));
+    if !from_env.is_some_and(|v| v.contains("sqlx")) {
+        // PostgreSQL NOTICEs, e.g. "_sqlx_migrations already exists" on every start.
+        if let Ok(directive) = "sqlx::postgres::notice=warn".parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
+}
+
+/// The JSON line: fixed keys, then span fields from the root span in, then the event's.
+struct JsonLine {
+    app: &'static str,
+}
+
+impl<S, N> FormatEvent<S, N> for JsonLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let mut fields = Map::new();
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                if let Some(recorded) = extensions.get::<FormattedFields<N>>()
+                    && let Ok(Value::Object(map)) = serde_json::from_str(recorded.as_str())
+                {
+                    fields.extend(map);
+                }
+            }
+        }
+        event.record(&mut JsonVisitor(&mut fields));
+        // Tracing's own names for the span bookkeeping fields are noise in a log line.
+        fields.retain(|key, _| !key.starts_with("otel."));
+        // Fixed keys first, in this order, then the fields.
+        let fixed = [
+            (
+                "timestamp",
+                humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            ),
+            ("level", meta.level().as_str().to_owned()),
+            ("app", self.app.to_owned()),
+            ("target", meta.target().to_owned()),
+        ];
+        let mut text = String::from("{");
+        for (i, (key, value)) in fixed.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            text.push_str(&format!("\"{key}\":"));
+            text.push_str(&serde_json::to_string(value).map_err(|_| fmt::Error)?);
+        }
+        if fields.is_empty() {
+            text.push('}');
+        } else {
+            // `{fixed` + `,` + `fields}` without the fields' opening brace.
+            let rest = serde_json::to_string(&fields).map_err(|_| fmt::Error)?;
+            text.push(',');
+            text.push_str(&rest[1..]);
+        }
+        writeln!(writer, "{text}")
+    }
+}
+
+/// `key=value` fields for text lines, the message first and bare, without the
+/// `otel.*` fields that only steer the exported span.
+struct TextFields;
+
+impl<'w> FormatFields<'w> for TextFields {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut visitor = TextVisitor {
+            writer: &mut writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct TextVisitor<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Visit for TextVisitor<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"));
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let name = field.name();
+        if self.result.is_err() || name.starts_with("otel.") || name.starts_with("log.") {
+            return;
+        }
+        let separator = if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            " "
+        };
+        self.result = if name == "message" {
+            write!(self.writer, "{separator}{value:?}")
+        } else {
+            write!(self.writer, "{separator}{name}={value:?}")
+        };
+    }
+}
+
+/// Records an event's fields as JSON values.
+struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+
+impl Visit for JsonVisitor<'_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0
+            .insert(field.name().into(), Value::from(value.to_string()));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().into(), Value::from(format!("{value:?}")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| std::io::ErrorKind::Other)?
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn captured(format: LogFormat) -> String {
+        let capture = Capture::default();
+        let sink = capture.clone();
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = subscriber("test-app", format, move || sink.clone(), false, &provider);
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::error_span!(
+                "rpc",
+                otel.kind = "server",
+                grpc_method = "Send",
+                conversation_id = tracing::field::Empty
+            );
+            span.record("conversation_id", "c-1");
+            span.in_scope(|| tracing::info!(seq = 3, "sent"));
+        });
+        let bytes = capture.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn text_lines_show_span_fields_but_not_otel_ones() {
+        let text = captured(LogFormat::Text);
+        assert!(
+            text.contains(r#"rpc{grpc_method="Send" conversation_id="c-1"}: "#),
+            "{text}"
+        );
+        assert!(text.contains("sent seq=3"), "{text}");
+        assert!(!text.contains("otel."), "{text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
+    }
+
+    #[test]
+    fn json_lines_flatten_span_and_event_fields_and_carry_no_ansi() {
+        let text = captured(LogFormat::Json);
+        let line: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["app"], "test-app");
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["message"], "sent");
+        assert_eq!(line["seq"], 3);
+        assert_eq!(line["grpc_method"], "Send");
+        assert_eq!(line["conversation_id"], "c-1");
+        assert!(line.get("otel.kind").is_none());
+        assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert!(!text.contains('\u{1b}'));
+    }
+}

@@ -1,0 +1,54 @@
+//! conversation-service's own metrics, named once here and called from one line where
+//! each thing happens. Per-RPC metrics come from `chat_common::rpc`; without
+//! `METRICS_ADDR` all of these are no-ops.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::realtime::Hub;
+
+/// Read at each scrape: open streams by kind.
+#[allow(clippy::cast_precision_loss)]
+pub fn sample_streams(hub: &Hub) {
+    let (conversation, inbox) = hub.open_by_kind();
+    metrics::gauge!("chat_streams_open", "kind" => "conversation").set(conversation as f64);
+    metrics::gauge!("chat_streams_open", "kind" => "inbox").set(inbox as f64);
+}
+
+/// A stream's wake-up queue overflowed: it is lagging and will catch up from the table.
+pub fn stream_lagged() {
+    metrics::counter!("chat_stream_lagged_total").increment(1);
+}
+
+/// Streams told to catch up from the table; `cause` is `lagged` or `listener` (the
+/// LISTEN connection came back).
+pub fn streams_resynced(cause: &'static str, streams: u64) {
+    metrics::counter!("chat_stream_resyncs_total", "cause" => cause).increment(streams);
+}
+
+/// The LISTEN connection was re-established after it was lost.
+pub fn listener_reconnected() {
+    metrics::counter!("chat_listener_reconnects_total").increment(1);
+}
+
+/// One SendMessage batch written: its size and how long writing it took.
+pub fn send_batch(messages: usize, took: Duration) {
+    #[allow(clippy::cast_precision_loss)]
+    metrics::histogram!("chat_send_batch_size").record(messages as f64);
+    metrics::histogram!("chat_send_write_seconds").record(took.as_secs_f64());
+}
+
+/// Read at each scrape: the pool's connections in use and idle.
+pub fn sample_pool(pool: &PgPool) {
+    let idle = pool.num_idle();
+    let open = usize::try_from(pool.size()).unwrap_or(usize::MAX);
+    #[allow(clippy::cast_precision_loss)]
+    {
+        metrics::gauge!("chat_db_pool_connections", "state" => "in_use")
+            .set(open.saturating_sub(idle) as f64);
+        metrics::gauge!("chat_db_pool_connections", "state" => "idle").set(idle as f64);
+        metrics::gauge!("chat_db_pool_max_connections")
+            .set(f64::from(pool.options().get_max_connections()));
+    }
+}

@@ -1,0 +1,37 @@
+//! token-service's own metrics, named once here and called from one line where each
+//! thing happens. Per-RPC metrics (server and client side) come from `chat_common::rpc`;
+//! without `METRICS_ADDR` all of these are no-ops.
+
+use std::time::Duration;
+
+use crate::store::{OutboxStats, Store};
+
+/// Read on every health probe: the outbox's depth, oldest waiting call, failed calls.
+#[allow(clippy::cast_precision_loss)]
+pub fn outbox(stats: OutboxStats) {
+    metrics::gauge!("token_outbox_depth").set(stats.pending as f64);
+    metrics::gauge!("token_outbox_oldest_pending_age_seconds").set(stats.oldest_pending_seconds);
+    metrics::gauge!("token_outbox_failed_jobs").set(stats.failed as f64);
+}
+
+/// A failed guess (unknown link, wrong provider, malformed secret) counted against its
+/// caller.
+pub fn failed_guess() {
+    metrics::counter!("token_failed_guesses_total").increment(1);
+}
+
+/// A caller refused with RESOURCE_EXHAUSTED for too many failed guesses.
+pub fn failed_guess_refused() {
+    metrics::counter!("token_failed_guess_refusals_total").increment(1);
+}
+
+/// One call on the SQLite thread (a write transaction with its commit, or a read).
+pub fn sqlite_call(took: Duration) {
+    metrics::histogram!("token_sqlite_call_seconds").record(took.as_secs_f64());
+}
+
+/// Read at each scrape: calls waiting for the SQLite thread.
+#[allow(clippy::cast_precision_loss)]
+pub fn sample(store: &Store) {
+    metrics::gauge!("token_sqlite_queue_length").set(store.queue_len() as f64);
+}

@@ -1,0 +1,48 @@
+//! Figures about the store for metrics: the outbox and the SQLite thread's queue.
+
+use crate::{domain::to_micros, error::StoreResultExt};
+
+use super::{Error, Store};
+
+/// The outbox at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OutboxStats {
+    /// Calls waiting to be made.
+    pub pending: i64,
+    /// Age of the oldest waiting call, in seconds (0 when none waits).
+    pub oldest_pending_seconds: f64,
+    /// Calls conversation-service refused for good, kept for operators.
+    pub failed: i64,
+}
+
+impl Store {
+    /// Calls waiting for the SQLite thread right now.
+    pub fn queue_len(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    pub async fn outbox_stats(&self) -> Result<OutboxStats, Error> {
+        let now = to_micros(crate::domain::now());
+        self.call(move |conn| {
+            let (pending, oldest, failed): (i64, Option<i64>, i64) = conn
+                .query_row(
+                    "SELECT count(*) FILTER (WHERE failed_time IS NULL),
+                            min(create_time) FILTER (WHERE failed_time IS NULL),
+                            count(*) FILTER (WHERE failed_time IS NOT NULL)
+                     FROM outbox",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .context("reading outbox figures")?;
+            #[allow(clippy::cast_precision_loss)]
+            let oldest_pending_seconds =
+                oldest.map_or(0.0, |t| (now.saturating_sub(t)).max(0) as f64 / 1e6);
+            Ok(OutboxStats {
+                pending,
+                oldest_pending_seconds,
+                failed,
+            })
+        })
+        .await
+    }
+}
