@@ -154,7 +154,7 @@ impl Application {
         ));
         tokio::spawn(chat_common::shutdown::drain_on_signal(
             shutdown.clone(),
-            probes,
+            probes.clone(),
             config.drain.drain_delay,
         ));
         if let Some(metrics) = metrics {
@@ -163,7 +163,7 @@ impl Application {
                 crate::metrics::sample_pool(&pool);
                 crate::metrics::sample_streams(&hub);
             };
-            tokio::spawn(metrics.serve(sample, background.clone()));
+            tokio::spawn(metrics.serve(sample, probes, background.clone()));
         }
 
         let sender = SendQueue::start(store.clone(), config.send_writers, config.send_batch_max);

@@ -193,7 +193,7 @@ impl Application {
         if let Some(metrics) = metrics {
             let store = store.clone();
             let sample = move || crate::metrics::sample(&store);
-            tokio::spawn(metrics.serve(sample, shutdown.clone()));
+            tokio::spawn(metrics.serve(sample, probes.clone(), shutdown.clone()));
         }
         let prober = tokio::spawn(probe_health(
             store,
