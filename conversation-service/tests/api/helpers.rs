@@ -130,6 +130,7 @@ pub async fn wait_health(addr: SocketAddr, status: i32) {
 /// A replica as a separate OS process (killed on drop).
 pub struct Replica {
     pub child: Child,
+    pub addr: SocketAddr,
     pub client: Client,
 }
 
@@ -163,6 +164,7 @@ pub async fn spawn_process(database_url: &str, flags: &[&str]) -> Replica {
     wait_serving(addr).await;
     Replica {
         child,
+        addr,
         client: connect(addr).await,
     }
 }

@@ -3,11 +3,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod conversations;
+mod faults;
+mod hardening;
 mod helpers;
 mod interop;
+mod limits;
 mod messages;
 mod observability;
 mod pagination;
+mod properties;
 mod security;
 mod startup;
 mod streams;
