@@ -6,8 +6,14 @@
 //! - **readiness** is the API's own service name (`chat.v1.ConversationService`,
 //!   `chat.v1.TokenService`): SERVING only while the database answers, and NOT_SERVING
 //!   from the moment a SIGTERM arrives, so load balancers stop sending before draining.
+//!
+//! The same two answers are served as plain HTTP (`/livez`, `/readyz`) on `METRICS_ADDR`,
+//! for probes that cannot speak TLS (kubelet's gRPC probe) once `TLS_CERT` is set.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
 
 use tokio::sync::Mutex;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -22,6 +28,8 @@ pub struct Probes {
     /// (the database is usable, draining has begun). Held across the updates so a
     /// health check that lands during a drain cannot turn readiness back on.
     state: Arc<Mutex<(bool, bool)>>,
+    /// What readiness says now, for readers that cannot wait on the lock.
+    ready_now: Arc<AtomicBool>,
 }
 
 impl Probes {
@@ -40,6 +48,7 @@ impl Probes {
             reporter,
             readiness: readiness.into(),
             state: Arc::new(Mutex::new((false, false))),
+            ready_now: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -62,7 +71,14 @@ impl Probes {
         self.publish(*state).await;
     }
 
+    /// Whether readiness is SERVING now.
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        self.ready_now.load(Ordering::Acquire)
+    }
+
     async fn publish(&self, (ready, draining): (bool, bool)) {
+        self.ready_now.store(ready && !draining, Ordering::Release);
         let status = if ready && !draining {
             ServingStatus::Serving
         } else {

@@ -9,7 +9,9 @@ pub mod metrics;
 pub mod reflection;
 pub mod rpc;
 pub mod scrape;
+pub mod seal;
 pub mod security;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-support"))]

@@ -4,10 +4,12 @@
 
 use std::{net::SocketAddr, sync::OnceLock};
 
-use axum::{Router, routing::get};
+use axum::{Router, http::StatusCode, routing::get};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::health::Probes;
 
 /// Buckets of every `*_seconds` histogram: 0.5 ms to 30 s.
 const SECONDS: &[f64] = &[
@@ -63,8 +65,10 @@ impl MetricsListener {
     }
 
     /// Serves `GET /metrics` until `stop`. `sample` runs before each scrape, to set the
-    /// gauges that are read rather than counted (pool sizes, queue lengths).
-    pub async fn serve<F>(self, sample: F, stop: CancellationToken)
+    /// gauges that are read rather than counted (pool sizes, queue lengths). Also serves
+    /// the probes as plain HTTP: `GET /livez` (200 while the process serves) and
+    /// `GET /readyz` (200 when ready, else 503).
+    pub async fn serve<F>(self, sample: F, probes: Probes, stop: CancellationToken)
     where
         F: Fn() + Clone + Send + Sync + 'static,
     {
@@ -78,7 +82,20 @@ impl MetricsListener {
                 })
             }
         };
-        let app = Router::new().route("/metrics", get(render));
+        let readyz = move || {
+            let ready = probes.is_ready();
+            async move {
+                if ready {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }
+        };
+        let app = Router::new()
+            .route("/metrics", get(render))
+            .route("/livez", get(|| async { "alive\n" }))
+            .route("/readyz", get(readyz));
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await;

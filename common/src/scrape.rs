@@ -10,19 +10,31 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// # Errors
 /// When the endpoint cannot be reached or does not answer 200.
 pub async fn scrape(addr: SocketAddr) -> std::io::Result<String> {
+    match get(addr, "/metrics").await? {
+        (200, body) => Ok(body),
+        (status, _) => Err(std::io::Error::other(format!("answered {status}"))),
+    }
+}
+
+/// `GET path` from `addr`: the status code and the body.
+///
+/// # Errors
+/// When the endpoint cannot be reached or the answer is not HTTP.
+pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
-        .await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
     let (head, body) = response
         .split_once("\r\n\r\n")
         .ok_or_else(|| std::io::Error::other("no HTTP header"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(std::io::Error::other(format!("answered {head}")));
-    }
-    Ok(body.to_owned())
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP status line: {head}")))?;
+    Ok((status, body.to_owned()))
 }
 
 /// The sum of the samples named `name` whose labels include every `(key, value)` of

@@ -88,6 +88,16 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Key (at least 16 bytes) that seals page tokens (HMAC-SHA256). Unset: a random key
+    /// per process, so page tokens do not survive a restart or work on another replica;
+    /// give every replica the same key.
+    #[arg(long, env = "PAGE_TOKEN_KEY", hide_env_values = true)]
+    pub page_token_key: Option<String>,
+
+    /// Connection settings shared with token-service.
+    #[command(flatten)]
+    pub connections: chat_common::server::Connections,
+
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 

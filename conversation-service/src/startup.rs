@@ -14,7 +14,10 @@ use std::{
 };
 
 use anyhow::Context;
-use chat_common::{health::Probes, metrics::MetricsListener, rpc::ServerLayer, security::Security};
+use chat_common::{
+    health::Probes, metrics::MetricsListener, rpc::ServerLayer, seal::SealKey, security::Security,
+    server::OversizeLayer,
+};
 use chat_proto::v1::conversation_service_server::ConversationServiceServer;
 use sqlx::{
     PgPool,
@@ -22,10 +25,11 @@ use sqlx::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Status, service::interceptor::InterceptedService, transport::Server};
+use tonic::{Request, Status, service::interceptor::InterceptedService};
 
 use crate::{
     config::Config,
+    domain::PageTokens,
     grpc::ConversationApi,
     realtime::{Hub, run_listener, streams::StreamContext},
     store::{SendQueue, Store},
@@ -150,7 +154,7 @@ impl Application {
         ));
         tokio::spawn(chat_common::shutdown::drain_on_signal(
             shutdown.clone(),
-            probes,
+            probes.clone(),
             config.drain.drain_delay,
         ));
         if let Some(metrics) = metrics {
@@ -159,7 +163,7 @@ impl Application {
                 crate::metrics::sample_pool(&pool);
                 crate::metrics::sample_streams(&hub);
             };
-            tokio::spawn(metrics.serve(sample, background.clone()));
+            tokio::spawn(metrics.serve(sample, probes, background.clone()));
         }
 
         let sender = SendQueue::start(store.clone(), config.send_writers, config.send_batch_max);
@@ -171,9 +175,12 @@ impl Application {
                 config.db_pool_size,
             ))),
         };
-        let api = ConversationServiceServer::new(ConversationApi::new(store, sender, hub, streams))
-            .max_decoding_message_size(config.max_message_bytes)
-            .max_encoding_message_size(config.max_message_bytes.max(1024 * 1024));
+        let pages = PageTokens::new(page_token_key(config.page_token_key.as_deref())?);
+        let api = ConversationServiceServer::new(ConversationApi::new(
+            store, sender, hub, streams, pages,
+        ))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes.max(1024 * 1024));
         let ready = Arc::clone(&migrated);
         let api = InterceptedService::new(api, move |request: Request<()>| {
             if ready.load(Ordering::Acquire) {
@@ -187,16 +194,17 @@ impl Application {
         let (reflection_v1, reflection_v1alpha) =
             chat_common::reflection::services(chat_proto::FILE_DESCRIPTOR_SET, &[SERVICE_NAME])?;
 
-        let serve = Server::builder()
+        let serve = config
+            .connections
+            .server()
             .timeout(config.request_timeout)
             .layer(ServerLayer::new(
                 chat_proto::FILE_DESCRIPTOR_SET,
                 Some(config.request_timeout),
             ))
+            // Inside the RPC layer, so its logs and metrics see RESOURCE_EXHAUSTED.
+            .layer(OversizeLayer::new(crate::error::DOMAIN))
             .max_concurrent_streams(config.max_concurrent_streams)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .tcp_nodelay(true)
             .layer(security.layer())
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -204,7 +212,11 @@ impl Application {
             .add_service(api)
             // Our own listener (bound in build) sets TCP_NODELAY itself (see chat_common::tls).
             .serve_with_incoming_shutdown(
-                security.incoming(listener, Duration::from_secs(60), shutdown.clone()),
+                config.connections.handshake_deadline(security.incoming(
+                    listener,
+                    config.connections.keepalive,
+                    shutdown.clone(),
+                )),
                 shutdown.clone().cancelled_owned(),
             );
         tracing::info!(%local_addr, "serving");
@@ -233,6 +245,18 @@ impl Application {
 /// Catch-up reads in flight at once: a quarter of the pool, so unary calls keep the rest.
 fn catch_up_slots(pool_size: u32) -> usize {
     usize::try_from(pool_size / 4).unwrap_or(1).max(1)
+}
+
+/// The configured page token key, else a random one (tokens then stay on this process).
+fn page_token_key(configured: Option<&str>) -> anyhow::Result<SealKey> {
+    let (key, configured) = SealKey::configured_or_random(configured)
+        .map_err(|e| anyhow::anyhow!("PAGE_TOKEN_KEY: {e}"))?;
+    if !configured {
+        tracing::warn!(
+            "PAGE_TOKEN_KEY unset: page tokens work only on this process until it restarts"
+        );
+    }
+    Ok(key)
 }
 
 fn connect_options(config: &Config) -> anyhow::Result<PgConnectOptions> {

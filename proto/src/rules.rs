@@ -9,6 +9,36 @@
 pub const MAX_ID_LEN: usize = 128;
 /// Longest display name, in characters.
 pub const MAX_NAME_CHARS: usize = 200;
+/// Longest message body, in characters.
+pub const MAX_BODY_CHARS: usize = 4000;
+
+/// What every text field must be: PostgreSQL's `text` cannot hold NUL (0x00), so no
+/// field may carry one (other rules may be stricter).
+///
+/// # Errors
+/// When it holds a NUL character.
+pub fn text(text: &str) -> Result<&str, &'static str> {
+    if text.contains('\0') {
+        return Err("must not contain NUL characters");
+    }
+    Ok(text)
+}
+
+/// A message body: 1 to 4000 characters, not only whitespace, no NUL. Newlines, tabs and
+/// every other character are kept as sent.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn body(body: &str) -> Result<String, &'static str> {
+    text(body)?;
+    if body.trim().is_empty() {
+        return Err("must not be empty");
+    }
+    if body.chars().count() > MAX_BODY_CHARS {
+        return Err("must be at most 4000 characters");
+    }
+    Ok(body.to_owned())
+}
 
 /// A provider's or customer's id as the marketplace knows it: 1 to 128 of
 /// `A-Z a-z 0-9 - _ . : @` (it appears in link paths, so nothing that needs escaping).
@@ -117,6 +147,25 @@ mod tests {
         for bad in ["12345", "+12a4567890", "1234567890123456", "++1234567"] {
             assert!(phone(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn bodies_refuse_nul_and_keep_newlines_and_tabs() {
+        assert_eq!(body("a\n\tb").as_deref(), Ok("a\n\tb"));
+        assert!(body("hello\u{0}world").is_err());
+        assert!(body(" \n").is_err());
+        assert!(body(&"é".repeat(4000)).is_ok());
+        assert!(body(&"é".repeat(4001)).is_err());
+    }
+
+    #[test]
+    fn every_rule_refuses_nul() {
+        let nul = "a\u{0}b";
+        assert!(text(nul).is_err());
+        assert!(external_id(nul).is_err());
+        assert!(name(nul).is_err());
+        assert!(email("a\u{0}@b.co").is_err());
+        assert!(phone("+1234567\u{0}8").is_err());
     }
 
     #[test]

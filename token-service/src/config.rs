@@ -92,11 +92,28 @@ pub struct Config {
     #[arg(long, env = "FAILED_REDEMPTIONS_WINDOW", default_value = "1m", value_parser = parse_duration)]
     pub failed_redemptions_window: Duration,
 
-    /// Metadata key naming the end user's address, set by the BFF in front of this
-    /// internal service (its first comma-separated value). Empty, or absent from a
-    /// request: the peer address is used.
+    /// Metadata key whose value the BFF sets to name the end user for the failed-guess
+    /// limit (an account or device id gives each end user its own budget; the end
+    /// user's address works too). The BFF must always set it, replacing any value the
+    /// end user sent. Empty, or absent from a request: the address below is used.
+    #[arg(long, env = "CALLER_KEY_HEADER", default_value = "")]
+    pub caller_key_header: String,
+
+    /// Metadata key of the forwarded-for chain the trusted proxies append to.
     #[arg(long, env = "CALLER_ADDRESS_HEADER", default_value = "x-forwarded-for")]
     pub caller_address_header: String,
+
+    /// Proxies (BFFs, load balancers) in front of this service that each append the
+    /// address they were called from to --caller-address-header: the caller is the entry
+    /// this many from the right. 0: the chain is ignored and the peer address is the
+    /// caller (anything to its left was written by the client and proves nothing).
+    #[arg(long, env = "TRUSTED_PROXY_HOPS", default_value_t = 0)]
+    pub trusted_proxy_hops: usize,
+
+    /// Key (at least 16 bytes) that seals ListTokens page tokens (HMAC-SHA256). Unset: a
+    /// random key per process, so page tokens do not survive a restart.
+    #[arg(long, env = "PAGE_TOKEN_KEY", hide_env_values = true)]
+    pub page_token_key: Option<String>,
 
     /// Deadline of every RPC (a client's shorter grpc-timeout wins).
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -114,9 +131,9 @@ pub struct Config {
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
 
-    /// HTTP/2 and TCP keepalive interval.
-    #[arg(long, env = "KEEPALIVE", default_value = "30s", value_parser = parse_duration)]
-    pub keepalive: Duration,
+    /// Connection settings shared with conversation-service.
+    #[command(flatten)]
+    pub connections: chat_common::server::Connections,
 
     /// SQLite busy timeout (only an outside process, e.g. a backup, can hold the lock).
     #[arg(long, env = "SQLITE_BUSY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]

@@ -25,7 +25,7 @@ pub fn failed_guess_refused() {
     metrics::counter!("token_failed_guess_refusals_total").increment(1);
 }
 
-/// One call on the SQLite thread (a write transaction with its commit, or a read).
+/// One call on the SQLite thread: its statements (the COMMIT is shared by its group).
 pub fn sqlite_call(took: Duration) {
     metrics::histogram!("token_sqlite_call_seconds").record(took.as_secs_f64());
 }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     conversations::{CallError, Conversations},
-    domain::{CustomerId, Session, now},
+    domain::{CustomerId, CustomerLink, Session, now},
     error::Error,
     store::{Done, OutboxCall, OutboxJob, Store},
 };
@@ -114,12 +114,16 @@ impl Outbox {
         }
     }
 
-    /// Records a call's effect; calls queued behind it may run now.
+    /// Records a call's effect; a call queued behind it may run now.
     async fn finish(&self, job: OutboxJob, done: Done) -> Result<Session, Error> {
         let session = self.store.complete(&job, done).await?;
-        // The session's turn ends before the worker looks for its next call.
+        // The session's turn ends before the worker looks for its next call. Only a
+        // session with a call still queued (an UpdateCustomer: it has a customer) wakes
+        // the worker: a wake per redemption would scan the queue once per redemption.
         drop(job);
-        self.wake();
+        if session.link == CustomerLink::Pending {
+            self.wake();
+        }
         Ok(session)
     }
 

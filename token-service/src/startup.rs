@@ -4,13 +4,15 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use chat_common::{health::Probes, metrics::MetricsListener, rpc::ServerLayer, security::Security};
+use chat_common::{
+    health::Probes, metrics::MetricsListener, rpc::ServerLayer, seal::SealKey, security::Security,
+    server::OversizeLayer,
+};
 use chat_proto::v1::{
     token_admin_service_server::TokenAdminServiceServer, token_service_server::TokenServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -18,7 +20,7 @@ use crate::{
     conversations::Conversations,
     error::Error,
     grpc::{TokenAdminGrpc, TokenGrpc},
-    limiter::FailureLimiter,
+    limiter::{CallerIdentity, FailureLimiter},
     outbox::{Outbox, OutboxSettings},
     store::Store,
 };
@@ -148,11 +150,24 @@ impl Application {
             config.failed_redemptions_limit,
             config.failed_redemptions_window,
         ));
+        let (page_key, configured) =
+            SealKey::configured_or_random(config.page_token_key.as_deref())
+                .map_err(|e| Error::Internal(format!("PAGE_TOKEN_KEY: {e}")))?;
+        if !configured {
+            tracing::warn!(
+                "PAGE_TOKEN_KEY unset: page tokens work only until this process restarts"
+            );
+        }
         let tokens = TokenServiceServer::new(TokenGrpc::new(
             store.clone(),
             outbox.clone(),
             limiter,
-            &config.caller_address_header,
+            CallerIdentity {
+                key_header: config.caller_key_header.to_ascii_lowercase(),
+                address_header: config.caller_address_header.to_ascii_lowercase(),
+                trusted_hops: config.trusted_proxy_hops,
+            },
+            page_key,
         ))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(MAX_REPLY_BYTES);
@@ -178,7 +193,7 @@ impl Application {
         if let Some(metrics) = metrics {
             let store = store.clone();
             let sample = move || crate::metrics::sample(&store);
-            tokio::spawn(metrics.serve(sample, shutdown.clone()));
+            tokio::spawn(metrics.serve(sample, probes.clone(), shutdown.clone()));
         }
         let prober = tokio::spawn(probe_health(
             store,
@@ -190,8 +205,11 @@ impl Application {
             shutdown.clone(),
         ));
 
-        let keepalive = config.keepalive.max(Duration::from_secs(1));
-        let incoming = security.incoming(listener, keepalive, shutdown.clone());
+        let incoming = config.connections.handshake_deadline(security.incoming(
+            listener,
+            config.connections.keepalive.max(Duration::from_secs(1)),
+            shutdown.clone(),
+        ));
         tracing::info!(%local_addr, database = %config.database.display(),
             conversation_service = %config.conversation_service, "token-service listening");
 
@@ -200,7 +218,9 @@ impl Application {
             probes,
             config.drain.drain_delay,
         ));
-        let served = Server::builder()
+        let served = config
+            .connections
+            .server()
             .timeout(config.request_timeout)
             .layer(ServerLayer::new(
                 chat_proto::FILE_DESCRIPTOR_SET,
@@ -209,12 +229,10 @@ impl Application {
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
                 config.max_concurrent_requests.max(1),
             ))
+            .layer(OversizeLayer::new(crate::error::DOMAIN))
             .layer(security.layer())
             .max_concurrent_streams(config.max_concurrent_streams)
-            .http2_keepalive_interval(Some(keepalive))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .http2_max_header_list_size(16 * 1024)
-            .max_connection_age(Duration::from_secs(30 * 60))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
-pub use page::{PageSize, PageToken};
+pub use page::{PageKey, PageSize, PageTokens};
 
 /// A conversation's id (a UUID).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -362,17 +362,9 @@ impl CustomerPatch {
     }
 }
 
-pub const MAX_BODY_CHARS: usize = 4000;
-
-/// A message body: 1 to 4000 characters, not only whitespace.
+/// A message body (see [`chat_proto::rules::body`]): newlines and tabs kept, NUL refused.
 pub fn parse_body(field: &'static str, text: &str) -> Result<String> {
-    if text.trim().is_empty() {
-        return Err(Error::invalid(field, "must not be empty"));
-    }
-    if text.chars().count() > MAX_BODY_CHARS {
-        return Err(Error::invalid(field, "must be at most 4000 characters"));
-    }
-    Ok(text.to_owned())
+    rules::body(text).map_err(|d| Error::invalid(field, d))
 }
 
 /// A sender's idempotency key: at most 128 printable characters; empty means none.
@@ -418,6 +410,8 @@ mod tests {
         assert!(parse_body("b", "  \n").is_err());
         assert!(parse_body("b", &"é".repeat(4000)).is_ok());
         assert!(parse_body("b", &"é".repeat(4001)).is_err());
+        assert!(parse_body("b", "hello\u{0}world").is_err());
+        assert!(parse_body("b", "line\n\tindented").is_ok());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! AIP-158 pagination: page sizes and opaque page tokens bound to the query that made them.
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chat_common::seal::SealKey;
+use chrono::{DateTime, Datelike, Utc};
 use serde::{Serialize, de::DeserializeOwned};
-use sha2::{Digest, Sha256};
+use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
@@ -20,46 +21,63 @@ impl PageSize {
     }
 }
 
-/// A position in a listing, serialised as base64url JSON with a fingerprint of the query
-/// (filters) that produced it. It carries only a position, never access: the filters of
-/// the request are applied again on every page.
-#[derive(Debug, Clone, serde::Deserialize, Serialize)]
-pub struct PageToken<K> {
-    /// First 8 bytes of SHA-256 over the query's filters, hex.
-    q: String,
-    /// The last key of the previous page.
-    k: K,
+/// The last key of a page, as a page token carries it. Checked again after the token's
+/// tag, so even a token sealed under a leaked key cannot put an impossible value in SQL.
+pub trait PageKey: Serialize + DeserializeOwned {
+    fn is_valid(&self) -> bool;
 }
 
-fn fingerprint(query: &str) -> String {
-    let digest = Sha256::digest(query.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+/// A message position.
+impl PageKey for i64 {
+    fn is_valid(&self) -> bool {
+        *self >= 0
+    }
 }
 
-impl<K: Serialize + DeserializeOwned> PageToken<K> {
-    pub fn encode(query: &str, key: K) -> String {
-        let token = Self {
-            q: fingerprint(query),
-            k: key,
-        };
-        // Serialising plain data to JSON cannot fail.
-        let json = serde_json::to_vec(&token).unwrap_or_default();
-        URL_SAFE_NO_PAD.encode(json)
+/// A conversation's last activity and id.
+impl PageKey for (DateTime<Utc>, Uuid) {
+    fn is_valid(&self) -> bool {
+        (1..=9999).contains(&self.0.year())
+    }
+}
+
+/// Makes and opens page tokens: the last key of a page as JSON, sealed (HMAC-SHA256)
+/// for the query (filters) that produced it. A token carries only a position, never
+/// access: the filters of the request are applied again on every page. A forged,
+/// edited or foreign token is INVALID_ARGUMENT.
+#[derive(Debug, Clone)]
+pub struct PageTokens {
+    key: SealKey,
+}
+
+impl PageTokens {
+    pub fn new(key: SealKey) -> Self {
+        Self { key }
     }
 
-    /// Decodes a token; empty means the first page. A token from another query, or one
-    /// that was tampered with, is INVALID_ARGUMENT.
-    pub fn decode(field: &'static str, query: &str, text: &str) -> Result<Option<K>> {
+    pub fn encode<K: PageKey>(&self, query: &str, key: &K) -> String {
+        // Serialising plain data to JSON cannot fail.
+        let json = serde_json::to_vec(key).unwrap_or_default();
+        self.key.seal(query, &json)
+    }
+
+    /// Decodes a token; empty means the first page.
+    pub fn decode<K: PageKey>(
+        &self,
+        field: &'static str,
+        query: &str,
+        text: &str,
+    ) -> Result<Option<K>> {
         if text.is_empty() {
             return Ok(None);
         }
         let bad = || Error::invalid(field, "is not a page token of this query");
-        let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| bad())?;
-        let token: Self = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-        if token.q != fingerprint(query) {
+        let json = self.key.open(query, text).ok_or_else(bad)?;
+        let key: K = serde_json::from_slice(&json).map_err(|_| bad())?;
+        if !key.is_valid() {
             return Err(bad());
         }
-        Ok(Some(token.k))
+        Ok(Some(key))
     }
 }
 
@@ -67,14 +85,44 @@ impl<K: Serialize + DeserializeOwned> PageToken<K> {
 mod tests {
     use super::*;
 
+    fn tokens() -> PageTokens {
+        PageTokens::new(SealKey::random().expect("random key"))
+    }
+
     #[test]
-    fn token_round_trips_and_is_bound_to_its_query() {
-        let token = PageToken::encode("provider:p1", (42_i64, "x".to_owned()));
-        let key: Option<(i64, String)> =
-            PageToken::decode("t", "provider:p1", &token).ok().flatten();
-        assert_eq!(key, Some((42, "x".to_owned())));
-        assert!(PageToken::<(i64, String)>::decode("t", "provider:p2", &token).is_err());
-        assert!(PageToken::<(i64, String)>::decode("t", "provider:p1", "garbage!").is_err());
+    fn token_round_trips_and_is_bound_to_its_query_and_key() {
+        let pages = tokens();
+        let now = chrono::Utc::now();
+        let id = Uuid::new_v4();
+        let token = pages.encode("provider:p1", &(now, id));
+        let key: Option<(DateTime<Utc>, Uuid)> =
+            pages.decode("t", "provider:p1", &token).ok().flatten();
+        assert_eq!(key, Some((now, id)));
+        assert!(
+            pages
+                .decode::<(DateTime<Utc>, Uuid)>("t", "provider:p2", &token)
+                .is_err()
+        );
+        assert!(
+            tokens()
+                .decode::<(DateTime<Utc>, Uuid)>("t", "provider:p1", &token)
+                .is_err()
+        );
+        assert!(pages.decode::<i64>("t", "provider:p1", "garbage!").is_err());
+    }
+
+    #[test]
+    fn sealed_keys_out_of_range_are_refused() {
+        let pages = tokens();
+        let far: DateTime<Utc> = "-5000-01-01T00:00:00Z".parse().expect("chrono parses it");
+        let token = pages.encode("q", &(far, Uuid::nil()));
+        assert!(
+            pages
+                .decode::<(DateTime<Utc>, Uuid)>("t", "q", &token)
+                .is_err()
+        );
+        let token = pages.encode("q", &-1_i64);
+        assert!(pages.decode::<i64>("t", "q", &token).is_err());
     }
 
     #[test]

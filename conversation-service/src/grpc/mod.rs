@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
-        ConversationId, CustomerDetails, CustomerPatch, PageSize, PageToken, Participant,
+        ConversationId, CustomerDetails, CustomerPatch, PageSize, PageTokens, Participant,
         Status as ConversationStatus, parse_acting, parse_body, parse_client_message_id,
         parse_external_id, parse_origin, parse_request_id, parse_seq, parse_session_id,
     },
@@ -36,15 +36,23 @@ pub struct ConversationApi {
     sender: SendQueue,
     hub: Arc<Hub>,
     streams: StreamContext,
+    pages: PageTokens,
 }
 
 impl ConversationApi {
-    pub fn new(store: Store, sender: SendQueue, hub: Arc<Hub>, streams: StreamContext) -> Self {
+    pub fn new(
+        store: Store,
+        sender: SendQueue,
+        hub: Arc<Hub>,
+        streams: StreamContext,
+        pages: PageTokens,
+    ) -> Self {
         Self {
             store,
             sender,
             hub,
             streams,
+            pages,
         }
     }
 }
@@ -75,15 +83,33 @@ fn ok<T>(value: T) -> GrpcResult<T> {
     Ok(Response::new(value))
 }
 
-/// Rows were read with one extra (`size + 1`): if it came, drop it and return the token
-/// of the page's last row; otherwise this was the last page.
-fn next_page<T>(rows: &mut Vec<T>, size: i64, token: impl Fn(&T) -> String) -> String {
-    if rows.len() > usize::try_from(size).unwrap_or(usize::MAX) {
-        rows.pop();
-        rows.last().map(token).unwrap_or_default()
-    } else {
-        String::new()
+/// Encoded bytes of the items of one list page. Replies are capped at 1 MiB (tonic's
+/// encoding limit); half of it leaves room for everything else in the reply.
+const PAGE_BYTES: usize = 512 * 1024;
+
+/// Builds a page from rows read with one extra (`size + 1`): as many items as fit in
+/// `size` and in [`PAGE_BYTES`] (at least one), and the token of the last one kept when
+/// more follow. A page may hold fewer than `size` items; the token continues after it.
+fn page<R, P: prost::Message>(
+    rows: &[R],
+    size: i64,
+    to_proto: impl Fn(&R) -> P,
+    token: impl Fn(&R) -> String,
+) -> (Vec<P>, String) {
+    let size = usize::try_from(size).unwrap_or(usize::MAX);
+    let mut items = Vec::new();
+    let mut bytes = 0;
+    for (i, row) in rows.iter().enumerate() {
+        let item = to_proto(row);
+        // The item, its field tag and its length prefix.
+        let len = item.encoded_len() + 1 + prost::length_delimiter_len(item.encoded_len());
+        if i == size || (i > 0 && bytes + len > PAGE_BYTES) {
+            return (items, token(&rows[i - 1]));
+        }
+        bytes += len;
+        items.push(item);
     }
+    (items, String::new())
 }
 
 /// Puts a list's or an inbox's owner on the RPC's log line.
@@ -157,20 +183,21 @@ impl ConversationService for ConversationApi {
         let size = PageSize::parse("page_size", request.page_size, default, max)?.0;
         let query = format!("{:?}/{}/{:?}", owner.role(), owner.id(), status);
         let after: Option<(DateTime<Utc>, Uuid)> =
-            PageToken::decode("page_token", &query, &request.page_token)?;
+            self.pages
+                .decode("page_token", &query, &request.page_token)?;
         // One extra row tells whether another page exists.
-        let mut rows = self
+        let rows = self
             .store
             .list_conversations(&owner, status, after, size + 1)
             .await?;
-        let next_page_token = next_page(&mut rows, size, |last| {
-            PageToken::encode(&query, (last.last_activity_at, last.id))
-        });
+        let (conversations, next_page_token) = page(
+            &rows,
+            size,
+            |r| convert::conversation(r, Some(owner.role())),
+            |last| self.pages.encode(&query, &(last.last_activity_at, last.id)),
+        );
         ok(v1::ListConversationsResponse {
-            conversations: rows
-                .iter()
-                .map(|r| convert::conversation(r, Some(owner.role())))
-                .collect(),
+            conversations,
             next_page_token,
         })
     }
@@ -260,18 +287,21 @@ impl ConversationService for ConversationApi {
         let (default, max) = MESSAGES_PAGE;
         let size = PageSize::parse("page_size", request.page_size, default, max)?.0;
         let query = format!("{id}/{direction:?}/{cursor}");
-        let cursor =
-            PageToken::<i64>::decode("page_token", &query, &request.page_token)?.unwrap_or(cursor);
+        let cursor = self
+            .pages
+            .decode::<i64>("page_token", &query, &request.page_token)?
+            .unwrap_or(cursor);
         let conversation = self.store.get_conversation(id).await?;
         conversation.authorize(&viewer, session)?;
-        let mut rows = self
+        let rows = self
             .store
             .list_messages(id, direction, cursor, size + 1)
             .await?;
-        let next_page_token =
-            next_page(&mut rows, size, |last| PageToken::encode(&query, last.seq));
+        let (messages, next_page_token) = page(&rows, size, convert::message, |last| {
+            self.pages.encode(&query, &last.seq)
+        });
         ok(v1::ListMessagesResponse {
-            messages: rows.iter().map(convert::message).collect(),
+            messages,
             next_page_token,
             head_seq: conversation.head_seq,
         })
@@ -383,5 +413,43 @@ impl ConversationService for ConversationApi {
             &self.streams.shutdown,
             "your last cursor",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(body: &str) -> v1::Message {
+        v1::Message {
+            body: body.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_page_ends_at_its_size_or_its_byte_budget_whichever_comes_first() {
+        let small: Vec<String> = (0..6).map(|i| i.to_string()).collect();
+        let (items, token) = page(&small, 5, |b| message(b), Clone::clone);
+        assert_eq!((items.len(), token.as_str()), (5, "4"));
+        let (items, token) = page(&small[..5], 5, |b| message(b), Clone::clone);
+        assert_eq!((items.len(), token.as_str()), (5, ""));
+
+        let big: Vec<String> = (0..100)
+            .map(|i| format!("{i:03}{}", "😀".repeat(4000)))
+            .collect();
+        let (items, token) = page(&big, 99, |b| message(b), |b| b[..3].to_owned());
+        let bytes: usize = items.iter().map(prost::Message::encoded_len).sum();
+        assert!(
+            bytes <= PAGE_BYTES && items.len() < 99,
+            "{} items",
+            items.len()
+        );
+        assert_eq!(token, format!("{:03}", items.len() - 1));
+
+        // One item larger than the budget still makes a page of one.
+        let huge = vec!["x".repeat(PAGE_BYTES * 2), "y".to_owned()];
+        let (items, token) = page(&huge, 5, |b| message(b), |b| b[..1].to_owned());
+        assert_eq!((items.len(), token.as_str()), (1, "x"));
     }
 }

@@ -1,8 +1,10 @@
 //! Conversations: create (idempotent), read, list, link a customer, open/close.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
-use sqlx::{Postgres, QueryBuilder, Transaction};
+use sqlx::{PgPool, Postgres, QueryBuilder, Transaction};
 use uuid::Uuid;
 
 use super::{CONVERSATION_SELECT, ConversationRow, Notice, Store};
@@ -16,6 +18,7 @@ pub(crate) const EVENT_CREATED: i16 = 1;
 pub(crate) const EVENT_CUSTOMER: i16 = 2;
 pub(crate) const EVENT_STATUS: i16 = 3;
 
+#[derive(Debug, Clone)]
 pub struct NewConversation {
     pub request_id: Option<Uuid>,
     pub provider_id: String,
@@ -29,100 +32,12 @@ impl Store {
     /// Creates a conversation, or returns what an earlier call with the same
     /// `request_id` returned (`false`): the key decides before `reuse_active` does, so a
     /// retry never gets another conversation, even when reuse would now pick one.
+    /// Concurrent calls are written together (see `create_queue`).
     pub async fn create_conversation(
         &self,
         new: NewConversation,
     ) -> Result<(ConversationRow, bool)> {
-        let ctx = "create conversation";
-        let mut tx = self.pool.begin().await.map_err(|e| Error::db(ctx, e))?;
-        if let Some(request_id) = new.request_id {
-            // Serialises calls with one key: the first decides, every retry then finds its
-            // answer (READ COMMITTED: the lookup after the lock sees the winner's commit).
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 1))")
-                .bind(request_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| Error::db(ctx, e))?;
-            if let Some(id) = answered(&mut tx, request_id).await? {
-                let row = conversation_in(&mut tx, id).await?;
-                tx.commit().await.map_err(|e| Error::db(ctx, e))?;
-                if row.provider_id != new.provider_id {
-                    return Err(Error::invalid(
-                        "request_id",
-                        "was already used for a different request",
-                    ));
-                }
-                return Ok((row, false));
-            }
-        }
-        if let (true, Some(customer_id)) = (new.reuse_active, new.customer.customer_id.as_deref()) {
-            // Serialises "find or create" per (provider, customer) so two concurrent
-            // reusing calls cannot both create.
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
-                .bind(&new.provider_id)
-                .bind(customer_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| Error::db(ctx, e))?;
-            let existing: Option<(Uuid,)> = sqlx::query_as(
-                "SELECT id FROM conversations WHERE provider_id = $1 AND customer_id = $2 \
-                 AND status = 1 ORDER BY last_activity_at DESC LIMIT 1",
-            )
-            .bind(&new.provider_id)
-            .bind(customer_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| Error::db(ctx, e))?;
-            if let Some((id,)) = existing {
-                if let Some(request_id) = new.request_id {
-                    sqlx::query(
-                        "INSERT INTO conversation_requests (request_id, conversation_id) \
-                         VALUES ($1, $2)",
-                    )
-                    .bind(request_id)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| Error::db(ctx, e))?;
-                }
-                let row = conversation_in(&mut tx, id).await?;
-                tx.commit().await.map_err(|e| Error::db(ctx, e))?;
-                return Ok((row, false));
-            }
-        }
-        let id = Uuid::now_v7();
-        sqlx::query(
-            "INSERT INTO conversations (id, request_id, provider_id, customer_id, customer_name, \
-             customer_email, customer_phone, origin, session_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(id)
-        .bind(new.request_id)
-        .bind(&new.provider_id)
-        .bind(new.customer.customer_id.as_deref())
-        .bind(&new.customer.name)
-        .bind(&new.customer.email)
-        .bind(&new.customer.phone)
-        .bind(&new.origin)
-        .bind(new.session_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| Error::db(ctx, e))?;
-        record_event(&mut tx, id, EVENT_CREATED, None).await?;
-        notify(
-            &mut tx,
-            &Notice::Created {
-                conversation_id: id,
-                provider_id: new.provider_id.clone(),
-                customer_id: new.customer.customer_id.clone(),
-            },
-        )
-        .await?;
-        // Read in the transaction: one pool connection per call, even when duplicates
-        // queue on the key's lock.
-        let row = conversation_in(&mut tx, id).await?;
-        tx.commit().await.map_err(|e| Error::db(ctx, e))?;
-        Ok((row, true))
+        self.creates.create(new).await
     }
 
     pub async fn get_conversation(&self, id: ConversationId) -> Result<ConversationRow> {
@@ -224,7 +139,7 @@ impl Store {
             &mut tx,
             &Notice::Customer {
                 conversation_id: id.0,
-                provider_id,
+                provider_id: provider_id,
                 customer_id: patch.customer_id.clone().or(current),
             },
         )
@@ -266,8 +181,8 @@ impl Store {
                 &Notice::Status {
                     conversation_id: id.0,
                     status: status.as_i16(),
-                    provider_id,
-                    customer_id,
+                    provider_id: provider_id,
+                    customer_id: customer_id,
                 },
             )
             .await?;
@@ -275,29 +190,6 @@ impl Store {
         tx.commit().await.map_err(|e| Error::db(ctx, e))?;
         self.get_conversation(id).await
     }
-}
-
-async fn conversation_in(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<ConversationRow> {
-    let sql = format!("{CONVERSATION_SELECT} WHERE c.id = $1");
-    sqlx::query_as(AssertSqlSafe(sql))
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(|e| Error::db("create conversation", e))?
-        .ok_or(Error::ConversationNotFound)
-}
-
-/// The conversation an earlier CreateConversation with this key returned, if any.
-async fn answered(tx: &mut Transaction<'_, Postgres>, request_id: Uuid) -> Result<Option<Uuid>> {
-    sqlx::query_scalar(
-        "SELECT id FROM conversations WHERE request_id = $1 \
-         UNION ALL SELECT conversation_id FROM conversation_requests WHERE request_id = $1 \
-         LIMIT 1",
-    )
-    .bind(request_id)
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(|e| Error::db("create conversation", e))
 }
 
 async fn record_event(
@@ -327,4 +219,425 @@ pub(crate) async fn notify(tx: &mut Transaction<'_, Postgres>, notice: &Notice) 
         .await
         .map_err(|e| Error::db("notify", e))?;
     Ok(())
+}
+
+/// What one CreateConversation of a batch gets, decided from what the database holds
+/// (under the batch's locks) and from the calls before it in the batch, exactly as if the
+/// calls had run one after another in batch order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Plan {
+    /// A retry: what the first call with this key returned.
+    Answered(Uuid),
+    /// The key belongs to another provider's conversation.
+    KeyReused,
+    /// The customer's active conversation with the provider; the key is recorded for it.
+    Reuse(Uuid),
+    /// A new conversation with this id.
+    Create(Uuid),
+}
+
+/// What the database said before a batch was decided.
+#[derive(Debug, Default)]
+pub(super) struct Known {
+    /// Earlier answers by request_id: the conversation and its provider.
+    pub(super) answered: HashMap<Uuid, (Uuid, String)>,
+    /// The most recently active open conversation per (provider, customer).
+    pub(super) active: HashMap<(String, String), Uuid>,
+}
+
+/// Decides every call of a batch; `new_id` names each conversation to create.
+pub(super) fn plan(
+    batch: &[NewConversation],
+    mut known: Known,
+    mut new_id: impl FnMut() -> Uuid,
+) -> Vec<Plan> {
+    let mut plans = Vec::with_capacity(batch.len());
+    for new in batch {
+        if let Some(request_id) = new.request_id
+            && let Some((id, provider_id)) = known.answered.get(&request_id)
+        {
+            plans.push(if *provider_id == new.provider_id {
+                Plan::Answered(*id)
+            } else {
+                Plan::KeyReused
+            });
+            continue;
+        }
+        let pair = new
+            .customer
+            .customer_id
+            .as_ref()
+            .map(|customer| (new.provider_id.clone(), customer.clone()));
+        let reused = pair
+            .as_ref()
+            .filter(|_| new.reuse_active)
+            .and_then(|pair| known.active.get(pair).copied());
+        let (plan, id) = match reused {
+            Some(id) => (Plan::Reuse(id), id),
+            None => {
+                let id = new_id();
+                if let Some(pair) = pair {
+                    // The newest open conversation of this pair from now on.
+                    known.active.insert(pair, id);
+                }
+                (Plan::Create(id), id)
+            }
+        };
+        if let Some(request_id) = new.request_id {
+            // A later call with this key in the same batch is its retry.
+            known
+                .answered
+                .insert(request_id, (id, new.provider_id.clone()));
+        }
+        plans.push(plan);
+    }
+    plans
+}
+
+/// Writes a batch of CreateConversation in one transaction with one NOTIFY statement.
+/// The outer error fails the whole batch; the inner ones belong to single calls.
+pub(super) async fn create_batch(
+    pool: &PgPool,
+    batch: &[NewConversation],
+) -> Result<Vec<Result<(ConversationRow, bool)>>> {
+    let ctx = "create conversations";
+    let db = |e| Error::db(ctx, e);
+    let mut tx = pool.begin().await.map_err(db)?;
+
+    // Serialises calls with one key: the first decides, every retry then finds its answer
+    // (READ COMMITTED: the lookup after the lock sees the winner's commit). Keys are
+    // locked in one order, then (provider, customer) pairs, so batches cannot deadlock.
+    let keys: Vec<Uuid> = batch.iter().filter_map(|n| n.request_id).collect();
+    if !keys.is_empty() {
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(k) FROM \
+             (SELECT DISTINCT hashtextextended(r::text, 1) AS k FROM unnest($1::uuid[]) r \
+              ORDER BY k) s",
+        )
+        .bind(&keys)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    }
+    let mut known = Known::default();
+    if !keys.is_empty() {
+        let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+            "SELECT c.request_id, c.id, c.provider_id FROM conversations c \
+             WHERE c.request_id = ANY($1) \
+             UNION ALL SELECT r.request_id, c.id, c.provider_id FROM conversation_requests r \
+             JOIN conversations c ON c.id = r.conversation_id WHERE r.request_id = ANY($1)",
+        )
+        .bind(&keys)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        known.answered = rows
+            .into_iter()
+            .map(|(key, id, provider)| (key, (id, provider)))
+            .collect();
+    }
+    // Serialises "find or create" per (provider, customer) so two concurrent reusing
+    // calls cannot both create.
+    let (providers, customers): (Vec<&str>, Vec<&str>) = batch
+        .iter()
+        .filter(|n| {
+            n.reuse_active
+                && !n
+                    .request_id
+                    .is_some_and(|k| known.answered.contains_key(&k))
+        })
+        .filter_map(|n| Some((n.provider_id.as_str(), n.customer.customer_id.as_deref()?)))
+        .unzip();
+    if !providers.is_empty() {
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(k) FROM \
+             (SELECT DISTINCT hashtextextended(p || '/' || c, 0) AS k \
+              FROM unnest($1::text[], $2::text[]) AS t(p, c) ORDER BY k) s",
+        )
+        .bind(&providers)
+        .bind(&customers)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let rows: Vec<(String, String, Uuid)> = sqlx::query_as(
+            "SELECT DISTINCT ON (provider_id, customer_id) provider_id, customer_id, id \
+             FROM conversations WHERE (provider_id, customer_id) IN \
+               (SELECT * FROM unnest($1::text[], $2::text[])) AND status = 1 \
+             ORDER BY provider_id, customer_id, last_activity_at DESC",
+        )
+        .bind(&providers)
+        .bind(&customers)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        known.active = rows
+            .into_iter()
+            .map(|(provider, customer, id)| ((provider, customer), id))
+            .collect();
+    }
+
+    let plans = plan(batch, known, Uuid::now_v7);
+    write_plans(&mut tx, batch, &plans).await?;
+    let ids: Vec<Uuid> = plans
+        .iter()
+        .filter_map(|p| match p {
+            Plan::Answered(id) | Plan::Reuse(id) | Plan::Create(id) => Some(*id),
+            Plan::KeyReused => None,
+        })
+        .collect();
+    // Read in the transaction: one pool connection per batch.
+    let sql = format!("{CONVERSATION_SELECT} WHERE c.id = ANY($1)");
+    let rows: HashMap<Uuid, ConversationRow> = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?
+        .into_iter()
+        .map(|row: ConversationRow| (row.id, row))
+        .collect();
+    tx.commit().await.map_err(db)?;
+
+    Ok(plans
+        .into_iter()
+        .map(|plan| {
+            let (id, created) = match plan {
+                Plan::KeyReused => {
+                    return Err(Error::invalid(
+                        "request_id",
+                        "was already used for a different request",
+                    ));
+                }
+                Plan::Answered(id) | Plan::Reuse(id) => (id, false),
+                Plan::Create(id) => (id, true),
+            };
+            rows.get(&id)
+                .cloned()
+                .map(|row| (row, created))
+                .ok_or(Error::ConversationNotFound)
+        })
+        .collect())
+}
+
+/// Inserts the new conversations, their inbox events and the keys of reused ones, and
+/// queues one NOTIFY per new conversation in one statement (one commit-time lock).
+async fn write_plans(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &[NewConversation],
+    plans: &[Plan],
+) -> Result<()> {
+    let ctx = "create conversations";
+    let mut created: Vec<(Uuid, &NewConversation)> = Vec::new();
+    let (mut reused_keys, mut reused_ids) = (Vec::new(), Vec::new());
+    for (new, plan) in batch.iter().zip(plans) {
+        match plan {
+            Plan::Create(id) => created.push((*id, new)),
+            // A key is decided once per batch: later calls with it are Answered.
+            Plan::Reuse(id) => {
+                if let Some(key) = new.request_id {
+                    reused_keys.push(key);
+                    reused_ids.push(*id);
+                }
+            }
+            Plan::Answered(_) | Plan::KeyReused => {}
+        }
+    }
+    if !created.is_empty() {
+        let notices: Vec<String> = created
+            .iter()
+            .map(|(id, new)| {
+                Notice::Created {
+                    conversation_id: *id,
+                    provider_id: new.provider_id.clone(),
+                    customer_id: new.customer.customer_id.clone(),
+                }
+                .encode()
+            })
+            .collect();
+        sqlx::query(
+            "WITH ins AS (\
+               INSERT INTO conversations (id, request_id, provider_id, customer_id, \
+                 customer_name, customer_email, customer_phone, origin, session_id) \
+               SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], \
+                 $5::text[], $6::text[], $7::text[], $8::text[], $9::uuid[]) RETURNING id) \
+             INSERT INTO conversation_events (conversation_id, kind) SELECT id, $10 FROM ins",
+        )
+        .bind(created.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        .bind(
+            created
+                .iter()
+                .map(|(_, n)| n.request_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            created
+                .iter()
+                .map(|(_, n)| n.provider_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            created
+                .iter()
+                .map(|(_, n)| n.customer.customer_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            created
+                .iter()
+                .map(|(_, n)| n.customer.name.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            created
+                .iter()
+                .map(|(_, n)| n.customer.email.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            created
+                .iter()
+                .map(|(_, n)| n.customer.phone.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            created
+                .iter()
+                .map(|(_, n)| n.origin.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            created
+                .iter()
+                .map(|(_, n)| n.session_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(EVENT_CREATED)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| Error::db(ctx, e))?;
+        sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+            .bind(super::CHANNEL)
+            .bind(notices)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| Error::db("notify", e))?;
+    }
+    if !reused_keys.is_empty() {
+        sqlx::query(
+            "INSERT INTO conversation_requests (request_id, conversation_id) \
+             SELECT * FROM unnest($1::uuid[], $2::uuid[])",
+        )
+        .bind(&reused_keys)
+        .bind(&reused_ids)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| Error::db(ctx, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(
+        key: Option<u128>,
+        provider: &str,
+        customer: Option<&str>,
+        reuse: bool,
+    ) -> NewConversation {
+        NewConversation {
+            request_id: key.map(Uuid::from_u128),
+            provider_id: provider.into(),
+            customer: CustomerDetails {
+                customer_id: customer.map(str::to_owned),
+                ..CustomerDetails::default()
+            },
+            reuse_active: reuse,
+            origin: String::new(),
+            session_id: None,
+        }
+    }
+
+    /// Ids 1001, 1002, ... for the conversations a plan creates.
+    fn ids() -> impl FnMut() -> Uuid {
+        let mut next = 1000;
+        move || {
+            next += 1;
+            Uuid::from_u128(next)
+        }
+    }
+
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    #[test]
+    fn duplicates_in_one_batch_resolve_to_one_conversation() {
+        let batch = [
+            new(Some(1), "p", None, false),
+            new(Some(1), "p", None, false),
+            new(Some(2), "p", None, false),
+            new(Some(1), "p", None, false),
+        ];
+        assert_eq!(
+            plan(&batch, Known::default(), ids()),
+            [
+                Plan::Create(id(1001)),
+                Plan::Answered(id(1001)),
+                Plan::Create(id(1002)),
+                Plan::Answered(id(1001)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_key_used_by_another_provider_is_refused() {
+        let mut known = Known::default();
+        known.answered.insert(id(1), (id(7), "other".into()));
+        let batch = [
+            new(Some(1), "p", None, false),
+            new(Some(2), "p", None, false),
+            new(Some(2), "q", None, false),
+        ];
+        assert_eq!(
+            plan(&batch, known, ids()),
+            [Plan::KeyReused, Plan::Create(id(1001)), Plan::KeyReused]
+        );
+    }
+
+    #[test]
+    fn the_key_decides_before_reuse() {
+        let mut known = Known::default();
+        known.answered.insert(id(1), (id(7), "p".into()));
+        known.active.insert(("p".into(), "c".into()), id(8));
+        let batch = [
+            new(Some(1), "p", Some("c"), true),
+            new(Some(2), "p", Some("c"), true),
+        ];
+        assert_eq!(
+            plan(&batch, known, ids()),
+            [Plan::Answered(id(7)), Plan::Reuse(id(8))]
+        );
+    }
+
+    #[test]
+    fn reuse_sees_what_earlier_calls_of_the_batch_created() {
+        let batch = [
+            new(Some(1), "p", Some("c"), true),
+            new(Some(2), "p", Some("c"), true),
+            new(Some(3), "p", Some("d"), false),
+            new(None, "p", Some("d"), true),
+            new(Some(5), "p", Some("d"), false),
+        ];
+        assert_eq!(
+            plan(&batch, Known::default(), ids()),
+            [
+                Plan::Create(id(1001)),
+                Plan::Reuse(id(1001)),
+                Plan::Create(id(1002)),
+                Plan::Reuse(id(1002)),
+                Plan::Create(id(1003)),
+            ]
+        );
+    }
 }

@@ -3,6 +3,7 @@
 
 mod batcher;
 mod conversations;
+mod create_queue;
 mod inbox;
 mod messages;
 mod notice;
@@ -31,11 +32,16 @@ pub use notice::{CHANNEL, Notice, Touched};
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    creates: create_queue::CreateQueue,
 }
 
 impl Store {
+    /// Also starts CreateConversation's writer tasks, so it must run within Tokio.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            creates: create_queue::CreateQueue::start(pool.clone()),
+            pool,
+        }
     }
 }
 

@@ -146,6 +146,60 @@ async fn twenty_concurrent_identical_creates_make_one_row() {
     );
 }
 
+/// Concurrent creates are written together: every key, sent twice at once, gets one
+/// conversation (created once), and some of them shared a transaction (their events
+/// carry the same transaction id), with a NOTIFY each.
+#[tokio::test]
+async fn concurrent_creates_share_transactions_and_each_key_gets_one_conversation() {
+    let app = spawn_app().await;
+    let keys: Vec<String> = (0..100).map(|_| Uuid::new_v4().to_string()).collect();
+    let mut tasks = Vec::new();
+    for key in keys.iter().chain(&keys) {
+        let mut client = app.client.clone();
+        let request = v1::CreateConversationRequest {
+            request_id: key.clone(),
+            provider_id: "prov-batch".into(),
+            ..Default::default()
+        };
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let reply = client
+                .create_conversation(request)
+                .await
+                .unwrap()
+                .into_inner();
+            (
+                key,
+                reply.conversation.unwrap().conversation_id,
+                reply.created,
+            )
+        }));
+    }
+    let mut answers: std::collections::HashMap<String, (String, usize)> =
+        std::collections::HashMap::new();
+    for task in tasks {
+        let (key, id, created) = task.await.unwrap();
+        let entry = answers.entry(key).or_insert_with(|| (id.clone(), 0));
+        assert_eq!(entry.0, id, "one key, two conversations");
+        entry.1 += usize::from(created);
+    }
+    assert_eq!(answers.len(), 100);
+    assert!(answers.values().all(|(_, created)| *created == 1));
+    assert_eq!(app.count("SELECT count(*) FROM conversations").await, 100);
+    assert_eq!(
+        app.count("SELECT count(*) FROM conversation_events WHERE kind = 1")
+            .await,
+        100
+    );
+    let transactions = app
+        .count("SELECT count(DISTINCT xid::text) FROM conversation_events")
+        .await;
+    assert!(
+        transactions < 100,
+        "200 concurrent creates took {transactions} transactions"
+    );
+}
+
 #[tokio::test]
 async fn request_id_reused_for_another_provider_is_refused() {
     let mut app = spawn_app().await;

@@ -3,12 +3,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod conversations;
+mod faults;
+mod hardening;
 mod helpers;
 mod inbox;
 mod interop;
+mod limits;
 mod messages;
 mod observability;
 mod pagination;
+mod properties;
 mod security;
 mod send_path;
 mod startup;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use chat_common::scrape::{sample, scrape};
+use chat_common::scrape::{get, sample, scrape};
 use chat_proto::v1;
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{
@@ -205,22 +205,45 @@ async fn liveness_stays_serving_while_readiness_follows_an_unreachable_database(
         &url,
         "--db-acquire-timeout",
         "300ms",
+        "--metrics-addr",
+        "127.0.0.1:0",
     ])
     .unwrap();
     let app = conversation_service::startup::Application::build(config)
         .await
         .unwrap();
+    let metrics = app.metrics_addr().expect("metrics endpoint bound");
     let _stop = app.shutdown_token().drop_guard();
     tokio::spawn(app.run_until_stopped());
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_lazy();
-    // Several health rounds pass: readiness never turns on, liveness never turns off.
+    // Several health rounds pass: readiness never turns on, liveness never turns off,
+    // over gRPC and over the plain-HTTP probes alike.
     for _ in 0..5 {
         assert_eq!(health(&channel, "").await, ServingStatus::Serving);
         assert_eq!(health(&channel, READINESS).await, ServingStatus::NotServing);
+        assert_eq!(get(metrics, "/livez").await.unwrap().0, 200);
+        assert_eq!(get(metrics, "/readyz").await.unwrap().0, 503);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+#[tokio::test]
+async fn the_http_probes_say_ready_while_the_database_answers() {
+    let app = spawn_app_with(&fresh_database().await, &["--metrics-addr", "127.0.0.1:0"]).await;
+    let metrics = app.metrics.expect("metrics endpoint bound");
+    let mut ready = 0;
+    for _ in 0..100 {
+        ready = get(metrics, "/readyz").await.unwrap().0;
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready, 200);
+    assert_eq!(get(metrics, "/livez").await.unwrap().0, 200);
+    assert_eq!(get(metrics, "/nothing-here").await.unwrap().0, 404);
 }
 
 #[tokio::test]

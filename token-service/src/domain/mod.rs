@@ -270,18 +270,27 @@ mod tests {
     }
 
     #[test]
-    fn page_tokens_are_bound_to_their_provider() {
+    fn page_tokens_are_bound_to_their_provider_and_key() {
+        let key = chat_common::seal::SealKey::random().unwrap();
         let p = ProviderId::parse("provider_id", "p").unwrap();
         let q = ProviderId::parse("provider_id", "q").unwrap();
         let cursor = TokenCursor {
             create_time: now(),
             token_id: TokenId::new(),
         };
-        let text = cursor.encode(&p);
-        assert_eq!(TokenCursor::decode(&text, &p).unwrap(), Some(cursor));
-        assert!(TokenCursor::decode(&text, &q).is_err());
-        assert!(TokenCursor::decode(&text[1..], &p).is_err());
-        assert!(TokenCursor::decode("", &p).unwrap().is_none());
+        let text = cursor.encode(&key, &p);
+        assert_eq!(TokenCursor::decode(&key, &text, &p).unwrap(), Some(cursor));
+        assert!(TokenCursor::decode(&key, &text, &q).is_err());
+        assert!(TokenCursor::decode(&key, &text[1..], &p).is_err());
+        assert!(TokenCursor::decode(&key, "", &p).unwrap().is_none());
+        let other = chat_common::seal::SealKey::random().unwrap();
+        assert!(TokenCursor::decode(&other, &text, &p).is_err());
+        // A sealed position before 1970 is refused even with the right key.
+        let old = TokenCursor {
+            create_time: chrono::DateTime::from_timestamp_micros(-1).unwrap(),
+            token_id: TokenId::new(),
+        };
+        assert!(TokenCursor::decode(&key, &old.encode(&key, &p), &p).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod convert;
 
 use std::sync::Arc;
 
+use chat_common::{seal::SealKey, tls::PeerInfo};
 use chat_proto::v1::{self as pb, token_service_server::TokenService};
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, field};
@@ -16,7 +17,7 @@ use crate::{
         Session, SessionSecret, TokenCursor, TokenId, TokenSecret, Ttl, now,
     },
     error::Error,
-    limiter::FailureLimiter,
+    limiter::{CallerIdentity, FailureLimiter, Reservation},
     outbox::Outbox,
     store::{Redemption, Store},
 };
@@ -29,7 +30,8 @@ pub struct TokenGrpc {
     store: Store,
     outbox: Outbox,
     limiter: Arc<FailureLimiter>,
-    caller_header: Arc<str>,
+    identity: Arc<CallerIdentity>,
+    page_key: SealKey,
 }
 
 impl TokenGrpc {
@@ -37,30 +39,29 @@ impl TokenGrpc {
         store: Store,
         outbox: Outbox,
         limiter: Arc<FailureLimiter>,
-        caller_header: &str,
+        identity: CallerIdentity,
+        page_key: SealKey,
     ) -> Self {
         Self {
             store,
             outbox,
             limiter,
-            caller_header: caller_header.to_ascii_lowercase().into(),
+            identity: Arc::new(identity),
+            page_key,
         }
     }
 
     fn caller<T>(&self, request: &Request<T>) -> String {
-        FailureLimiter::caller_key(
-            &self.caller_header,
-            request.metadata(),
-            request.remote_addr(),
-        )
+        self.identity.key(request.metadata(), peer_address(request))
     }
 
-    /// Counts a failed guess against the caller.
-    fn note_failure<T>(&self, caller: &str, result: Result<T, Error>) -> Result<T, Error> {
+    /// Counts a failed guess against the caller; any other outcome gives the
+    /// reservation back.
+    fn settle<T>(reservation: Reservation, result: Result<T, Error>) -> Result<T, Error> {
         if let Err(e) = &result
             && e.is_failed_guess()
         {
-            self.limiter.record_failure(caller);
+            reservation.failed();
             crate::metrics::failed_guess();
         }
         result
@@ -99,7 +100,7 @@ impl TokenGrpc {
     async fn list(&self, r: pb::ListTokensRequest) -> Result<pb::ListTokensResponse, Error> {
         let provider_id = ProviderId::parse("provider_id", &r.provider_id)?;
         let page_size = PageSize::parse(r.page_size)?;
-        let cursor = TokenCursor::decode(&r.page_token, &provider_id)?;
+        let cursor = TokenCursor::decode(&self.page_key, &r.page_token, &provider_id)?;
         let mut tokens = self
             .store
             .list_tokens(provider_id.clone(), cursor, page_size.get())
@@ -112,7 +113,7 @@ impl TokenGrpc {
                     create_time: last.create_time,
                     token_id: last.token_id,
                 }
-                .encode(&provider_id);
+                .encode(&self.page_key, &provider_id);
             }
         }
         let now = now();
@@ -137,14 +138,14 @@ impl TokenGrpc {
         caller: &str,
         r: pb::CheckTokenRequest,
     ) -> Result<pb::CheckTokenResponse, Error> {
-        self.limiter.check(caller)?;
+        let reservation = self.limiter.reserve(caller).await?;
         let provider_id = ProviderId::parse("provider_id", &r.provider_id)?;
         let result = async {
             let secret = TokenSecret::parse(&r.secret)?;
             self.store.check_token(provider_id, secret.hash()).await
         }
         .await;
-        let token = self.note_failure(caller, result)?;
+        let token = Self::settle(reservation, result)?;
         Span::current().record("token_id", field::display(token.token_id));
         let now = now();
         Ok(pb::CheckTokenResponse {
@@ -158,7 +159,7 @@ impl TokenGrpc {
         caller: &str,
         r: pb::RedeemTokenRequest,
     ) -> Result<pb::RedeemTokenResponse, Error> {
-        self.limiter.check(caller)?;
+        let reservation = self.limiter.reserve(caller).await?;
         let request_id = RequestId::parse("request_id", &r.request_id)?;
         let provider_id = ProviderId::parse("provider_id", &r.provider_id)?;
         let customer_id = CustomerId::parse_optional("customer_id", &r.customer_id)?;
@@ -176,7 +177,7 @@ impl TokenGrpc {
             self.store.redeem(redemption, now()).await
         }
         .await;
-        let redeemed = self.note_failure(caller, result)?;
+        let redeemed = Self::settle(reservation, result)?;
         let span = Span::current();
         span.record("token_id", field::display(redeemed.session.token_id));
         span.record("session_id", field::display(redeemed.session.session_id));
@@ -242,6 +243,17 @@ impl TokenGrpc {
             session: Some(convert::session(&session)),
         })
     }
+}
+
+/// The address of the connection a request came on. Connections come through
+/// chat-common's acceptor, whose `PeerInfo` (not tonic's `TcpConnectInfo`, so not
+/// `remote_addr()`) carries it.
+fn peer_address<T>(request: &Request<T>) -> Option<std::net::SocketAddr> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .and_then(|p| p.remote_addr)
+        .or_else(|| request.remote_addr())
 }
 
 fn record_session(session: &Session) {
@@ -356,5 +368,23 @@ impl TokenService for TokenGrpc {
         async { reply(self.end(request.into_inner()).await) }
             .instrument(span)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_is_read_from_the_acceptors_peer_info() {
+        let mut request = Request::new(());
+        assert_eq!(peer_address(&request), None);
+        let addr: std::net::SocketAddr = "192.0.2.7:4000".parse().unwrap();
+        request.extensions_mut().insert(PeerInfo {
+            local_addr: None,
+            remote_addr: Some(addr),
+            sans: std::sync::Arc::from([]),
+        });
+        assert_eq!(peer_address(&request), Some(addr));
     }
 }

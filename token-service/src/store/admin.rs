@@ -101,7 +101,9 @@ impl Store {
     /// On this thread no write can interleave, so the copy finishes in one pass.
     /// Returns the path and size.
     pub async fn backup(&self, dir: PathBuf, name: BackupName) -> Result<(PathBuf, u64), Error> {
-        self.call(move |conn| {
+        // Between group transactions: inside one, the copy would hold the group's
+        // uncommitted writes.
+        self.call_alone(move |conn| {
             let unavailable = |what: &str, e: std::io::Error| {
                 Error::StoreUnavailable(format!("backup: {what} {}: {e}", dir.display()))
             };

@@ -1,6 +1,7 @@
 //! SQLite, owned by one dedicated thread: every query runs there, never on an async
-//! worker. That thread is the only writer; write transactions still open with
-//! `BEGIN IMMEDIATE` so an outside reader (a backup) cannot turn them into SQLITE_BUSY.
+//! worker. That thread is the only writer; it runs the calls waiting in its queue together
+//! in one `BEGIN IMMEDIATE` transaction (group commit, see `group`), so an outside reader
+//! (a backup) cannot turn them into SQLITE_BUSY and one fsync serves many callers.
 //!
 //! One process at a time: an exclusive lock on `<database>.lock` (released by the kernel
 //! when the process dies, even by SIGKILL) keeps a second token-service off the file.
@@ -10,14 +11,20 @@
 //! again.
 
 mod admin;
+mod group;
 mod outbox;
 mod sessions;
 mod stats;
 mod tokens;
 
 use std::{
+    collections::VecDeque,
     panic::AssertUnwindSafe,
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -46,7 +53,12 @@ fn migrations() -> Migrations<'static> {
     ])
 }
 
-type Job = Box<dyn FnOnce(&mut Db) + Send>;
+enum Job {
+    /// Runs in the next group transaction, inside its own savepoint.
+    Grouped(Box<dyn group::Work>),
+    /// Needs the connection to itself, between transactions.
+    Alone(Box<dyn FnOnce(&mut Db) + Send>),
+}
 
 /// A handle to the SQLite thread. Cheap to clone; the thread ends when the last handle
 /// is dropped.
@@ -54,6 +66,7 @@ type Job = Box<dyn FnOnce(&mut Db) + Send>;
 pub struct Store {
     tx: mpsc::Sender<Job>,
     in_flight: outbox::InFlight,
+    commits: Arc<AtomicU64>,
 }
 
 struct Db {
@@ -84,6 +97,80 @@ impl Db {
         self.conn
             .as_mut()
             .ok_or_else(|| Error::StoreUnavailable("database not open".into()))
+    }
+}
+
+impl Db {
+    /// The SQLite thread: takes what is queued (up to a group's worth) and runs it, the
+    /// grouped calls in one transaction each time.
+    fn serve(mut self, mut rx: mpsc::Receiver<Job>, commits: &AtomicU64) {
+        let _ = self.conn();
+        let mut pending: VecDeque<Job> = VecDeque::new();
+        loop {
+            if pending.is_empty() {
+                match rx.blocking_recv() {
+                    Some(job) => pending.push_back(job),
+                    None => return,
+                }
+            }
+            while pending.len() < group::MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(job) => pending.push_back(job),
+                    Err(_) => break,
+                }
+            }
+            match pending.pop_front() {
+                Some(Job::Alone(job)) => self.run_alone(job),
+                Some(Job::Grouped(first)) => {
+                    let mut works = vec![first];
+                    while works.len() < group::MAX_GROUP
+                        && let Some(Job::Grouped(_)) = pending.front()
+                        && let Some(Job::Grouped(work)) = pending.pop_front()
+                    {
+                        works.push(work);
+                    }
+                    self.run_group(works, &mut pending, commits);
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn run_alone(&mut self, job: Box<dyn FnOnce(&mut Db) + Send>) {
+        // A panicking call must not take the only database thread with it.
+        let panicked = std::panic::catch_unwind(AssertUnwindSafe(|| job(self))).is_err();
+        if panicked {
+            tracing::error!("a database call panicked; reopening the connection");
+            self.conn = None;
+        }
+    }
+
+    fn run_group(
+        &mut self,
+        works: Vec<Box<dyn group::Work>>,
+        pending: &mut VecDeque<Job>,
+        commits: &AtomicU64,
+    ) {
+        let conn = match self.conn() {
+            Ok(conn) => conn,
+            Err(e) => {
+                let message = match e {
+                    Error::StoreUnavailable(message) => message,
+                    other => other.to_string(),
+                };
+                for work in works {
+                    work.refuse(Error::StoreUnavailable(message.clone()));
+                }
+                return;
+            }
+        };
+        let ended = group::run(conn, works, commits);
+        if ended.broken {
+            self.conn = None;
+        }
+        for work in ended.leftover.into_iter().rev() {
+            pending.push_front(Job::Grouped(work));
+        }
     }
 }
 
@@ -135,6 +222,7 @@ fn open(path: &Path, busy_timeout: Duration) -> Result<Connection, Error> {
     // single-use link usable twice.
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
         .context("setting pragmas")?;
+    conn.set_prepared_statement_cache_capacity(64);
     migrations().to_latest(&mut conn)?;
     Ok(conn)
 }
@@ -143,42 +231,58 @@ impl Store {
     /// Starts the SQLite thread and tries a first open; a failure is logged and retried
     /// on use rather than stopping the service.
     pub fn start(path: PathBuf, busy_timeout: Duration) -> Result<Self, Error> {
-        let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
+        let (tx, rx) = mpsc::channel::<Job>(QUEUE);
+        let commits = Arc::new(AtomicU64::new(0));
+        let db = Db {
+            path,
+            busy_timeout,
+            conn: None,
+            lock: None,
+        };
+        let counter = Arc::clone(&commits);
         std::thread::Builder::new()
             .name("sqlite".into())
-            .spawn(move || {
-                let mut db = Db {
-                    path,
-                    busy_timeout,
-                    conn: None,
-                    lock: None,
-                };
-                let _ = db.conn();
-                while let Some(job) = rx.blocking_recv() {
-                    // A panicking query must not take the only database thread with it.
-                    if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut db))).is_err() {
-                        tracing::error!("a database call panicked; reopening the connection");
-                        db.conn = None;
-                    }
-                }
-            })
+            .spawn(move || db.serve(rx, &counter))
             .map_err(|e| Error::Internal(format!("spawning the SQLite thread: {e}")))?;
         Ok(Self {
             tx,
             in_flight: outbox::InFlight::default(),
+            commits,
         })
     }
 
-    /// Runs `f` on the SQLite thread with the open connection.
+    /// Write transactions committed so far (each may carry many calls).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` on the SQLite thread, in a savepoint of the next group transaction; the
+    /// result comes back once that transaction has committed. An error from `f` undoes
+    /// what `f` wrote, and only that.
     pub async fn call<T, F>(&self, f: F) -> Result<T, Error>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
     {
         let (done, result) = oneshot::channel();
-        let job: Job = Box::new(move |db: &mut Db| {
+        self.send(Job::Grouped(Box::new(group::Call { f, done })))
+            .await?;
+        result
+            .await
+            .map_err(|_| Error::StoreUnavailable("the SQLite thread dropped a call".into()))?
+    }
+
+    /// Runs `f` on the SQLite thread between two group transactions, with no transaction
+    /// open: for what must not see another call's uncommitted writes (a backup).
+    pub(super) async fn call_alone<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+    {
+        let (done, result) = oneshot::channel();
+        self.send(Job::Alone(Box::new(move |db: &mut Db| {
             let started = std::time::Instant::now();
-            let outcome = db.conn().and_then(f);
+            let outcome = db.conn().and_then(|conn| f(conn));
             crate::metrics::sqlite_call(started.elapsed());
             if let Err(Error::Store { source, .. }) = &outcome
                 && is_broken(source)
@@ -186,14 +290,18 @@ impl Store {
                 db.conn = None;
             }
             let _ = done.send(outcome);
-        });
-        self.tx
-            .send(job)
-            .await
-            .map_err(|_| Error::StoreUnavailable("the SQLite thread has stopped".into()))?;
+        })))
+        .await?;
         result
             .await
             .map_err(|_| Error::StoreUnavailable("the SQLite thread dropped a call".into()))?
+    }
+
+    async fn send(&self, job: Job) -> Result<(), Error> {
+        self.tx
+            .send(job)
+            .await
+            .map_err(|_| Error::StoreUnavailable("the SQLite thread has stopped".into()))
     }
 
     /// Closes the connection and opens it again, as the SQLite thread does after an I/O
@@ -201,35 +309,27 @@ impl Store {
     /// exercise that path on demand.
     pub async fn reopen(&self) -> Result<(), Error> {
         let (done, result) = oneshot::channel();
-        let job: Job = Box::new(move |db: &mut Db| {
+        self.send(Job::Alone(Box::new(move |db: &mut Db| {
             db.conn = None;
             let _ = done.send(db.conn().map(|_| ()));
-        });
-        self.tx
-            .send(job)
-            .await
-            .map_err(|_| Error::StoreUnavailable("the SQLite thread has stopped".into()))?;
+        })))
+        .await?;
         result
             .await
             .map_err(|_| Error::StoreUnavailable("the SQLite thread dropped a call".into()))?
     }
 
-    /// Health probe: the database answers a read and can take the write lock. Returns
-    /// the number of calls waiting in the outbox.
+    /// Health probe: the database takes the write lock (every call runs in a
+    /// `BEGIN IMMEDIATE` transaction) and answers a read. Returns the number of calls
+    /// waiting in the outbox.
     pub async fn probe(&self) -> Result<i64, Error> {
         self.call(|conn| {
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .context("probing the write lock")?;
-            let depth = tx
-                .query_row(
-                    "SELECT count(*) FROM outbox WHERE failed_time IS NULL",
-                    [],
-                    |r| r.get(0),
-                )
-                .context("counting the outbox")?;
-            tx.rollback().context("probing the write lock")?;
-            Ok(depth)
+            conn.query_row(
+                "SELECT count(*) FROM outbox WHERE failed_time IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .context("counting the outbox")
         })
         .await
     }
@@ -242,6 +342,30 @@ fn is_broken(e: &rusqlite::Error) -> bool {
         e.sqlite_error_code(),
         Some(C::SystemIoFailure | C::CannotOpen | C::NotADatabase | C::DatabaseCorrupt)
     )
+}
+
+/// Statements through SQLite's statement cache: parsing them anew was a good share of a
+/// redemption's CPU.
+trait Cached {
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
 }
 
 /// Reads a UUID column stored as text.

@@ -8,9 +8,9 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
-use rusqlite::{Connection, Row, TransactionBehavior, params};
+use rusqlite::{Connection, Row, params};
 
-use super::{Store, optional, sessions::session_by_id, uuid_at};
+use super::{Cached, Store, optional, sessions::session_by_id, uuid_at};
 use crate::{
     domain::{ContactDetails, Session, SessionId, Timestamp, to_micros},
     error::{Error, Refusal, StoreResultExt},
@@ -133,7 +133,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Queued> {
 }
 
 fn load_job(conn: &Connection, job_id: i64) -> Result<Option<Queued>, Error> {
-    optional(conn.query_row(
+    optional(conn.query_row_cached(
         &format!(
             "SELECT {JOB_COLUMNS} FROM outbox o JOIN chat_sessions s USING (session_id)
              WHERE o.job_id = ?1"
@@ -177,7 +177,7 @@ pub(super) fn enqueue(
             reuse_active,
             origin,
             ..
-        } => conn.execute(
+        } => conn.execute_cached(
             "INSERT INTO outbox (session_id, kind, request_id, reuse_active, origin, customer_id,
                                  next_attempt_time, create_time)
              VALUES (?1, 'create_conversation', ?2, ?3, ?4, ?5, ?6, ?6)",
@@ -194,7 +194,7 @@ pub(super) fn enqueue(
             customer_id,
             contact,
             ..
-        } => conn.execute(
+        } => conn.execute_cached(
             "INSERT INTO outbox (session_id, kind, customer_id, name, email, phone,
                                  next_attempt_time, create_time)
              VALUES (?1, 'update_customer', ?2, ?3, ?4, ?5, ?6, ?6)",
@@ -214,7 +214,7 @@ pub(super) fn enqueue(
 
 /// Calls still queued for a session.
 pub(super) fn queued_for(conn: &Connection, session_id: SessionId) -> Result<i64, Error> {
-    conn.query_row(
+    conn.query_row_cached(
         "SELECT count(*) FROM outbox WHERE session_id = ?1 AND failed_time IS NULL",
         [session_id.to_string()],
         |r| r.get(0),
@@ -228,7 +228,7 @@ pub(super) fn head_of(
     in_flight: &InFlight,
     session_id: SessionId,
 ) -> Result<Option<OutboxJob>, Error> {
-    let job_id: Option<i64> = optional(conn.query_row(
+    let job_id: Option<i64> = optional(conn.query_row_cached(
         "SELECT job_id FROM outbox WHERE session_id = ?1 AND failed_time IS NULL
          ORDER BY job_id LIMIT 1",
         [session_id.to_string()],
@@ -282,14 +282,11 @@ impl Store {
     pub async fn complete(&self, job: &OutboxJob, done: Done) -> Result<Session, Error> {
         let (job_id, session_id) = (job.job_id, job.session_id);
         self.call(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .context("completing a call")?;
             match &done {
                 Done::ConversationCreated { conversation_id } => {
                     // Set once: CreateConversation is idempotent by the session id, so a
                     // second success names the same conversation.
-                    tx.execute(
+                    conn.execute_cached(
                         "UPDATE chat_sessions SET conversation_id = ?2
                          WHERE session_id = ?1 AND conversation_id IS NULL",
                         params![session_id.to_string(), conversation_id],
@@ -297,17 +294,16 @@ impl Store {
                     .context("recording a conversation")?;
                 }
                 Done::CustomerUpdated => {
-                    tx.execute(
+                    conn.execute_cached(
                         "UPDATE chat_sessions SET link_error_reason = NULL WHERE session_id = ?1",
                         [session_id.to_string()],
                     )
                     .context("recording a linked customer")?;
                 }
             }
-            tx.execute("DELETE FROM outbox WHERE job_id = ?1", [job_id])
+            conn.execute_cached("DELETE FROM outbox WHERE job_id = ?1", [job_id])
                 .context("completing a call")?;
-            let session = session_by_id(&tx, session_id)?;
-            tx.commit().context("completing a call")?;
+            let session = session_by_id(conn, session_id)?;
             if let Done::ConversationCreated { conversation_id } = &done
                 && session.conversation_id.as_deref() != Some(conversation_id.as_str())
             {
@@ -327,7 +323,7 @@ impl Store {
         error: String,
     ) -> Result<(), Error> {
         self.call(move |conn| {
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_time = ?2,
                                    last_error = ?3
                  WHERE job_id = ?1",
@@ -350,24 +346,20 @@ impl Store {
     ) -> Result<(), Error> {
         let (error, reason) = (refusal.to_string(), refusal.reason.clone());
         self.call(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .context("giving up a call")?;
-            tx.execute(
+            conn.execute_cached(
                 "UPDATE outbox SET attempts = attempts + 1, failed_time = ?2, last_error = ?3,
                                    error_reason = ?4
                  WHERE job_id = ?1",
                 params![job_id, to_micros(now), error, reason],
             )
             .context("giving up a call")?;
-            tx.execute(
+            conn.execute_cached(
                 "UPDATE chat_sessions SET link_error_reason = ?2
                  WHERE session_id = (SELECT session_id FROM outbox
                                      WHERE job_id = ?1 AND kind = 'update_customer')",
                 params![job_id, reason],
             )
             .context("giving up a call")?;
-            tx.commit().context("giving up a call")?;
             Ok(())
         })
         .await
@@ -378,7 +370,7 @@ impl Store {
     /// Makes every queued call due at `now` (not those given up).
     pub async fn reschedule_all(&self, now: Timestamp) -> Result<usize, Error> {
         self.call(move |conn| {
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE outbox SET next_attempt_time = ?1
                  WHERE failed_time IS NULL AND next_attempt_time > ?1",
                 [to_micros(now)],

@@ -1,10 +1,10 @@
 //! chat_sessions: redemption (one use, one session, one queued CreateConversation, in one
 //! transaction), identification and ending.
 
-use rusqlite::{Connection, Row, TransactionBehavior, params};
+use rusqlite::{Connection, Row, params};
 
 use super::{
-    Store, optional,
+    Cached, Store, optional,
     outbox::{self, OutboxCall, OutboxJob},
     tokens::token_by_hash,
     uuid_at,
@@ -42,7 +42,7 @@ fn session_from_row(row: &Row<'_>) -> rusqlite::Result<(Session, Vec<u8>)> {
 }
 
 pub(super) fn session_by_id(conn: &Connection, id: SessionId) -> Result<Session, Error> {
-    optional(conn.query_row(
+    optional(conn.query_row_cached(
         &format!("SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE session_id = ?1"),
         [id.to_string()],
         session_from_row,
@@ -53,7 +53,7 @@ pub(super) fn session_by_id(conn: &Connection, id: SessionId) -> Result<Session,
 }
 
 fn session_by_hash(conn: &Connection, hash: &SecretHash) -> Result<Session, Error> {
-    let found = optional(conn.query_row(
+    let found = optional(conn.query_row_cached(
         &format!("SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE secret_hash = ?1"),
         [hash.as_bytes().as_slice()],
         session_from_row,
@@ -104,13 +104,10 @@ impl Store {
     pub async fn redeem(&self, r: Redemption, now: Timestamp) -> Result<Redeemed, Error> {
         let in_flight = self.in_flight.clone();
         self.call(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .context("redeeming a link")?;
-            let token = token_by_hash(&tx, &r.token_hash)?.ok_or(Error::TokenNotFound)?;
+            let token = token_by_hash(conn, &r.token_hash)?.ok_or(Error::TokenNotFound)?;
             token.ensure_provider(&r.provider_id)?;
 
-            let previous = optional(tx.query_row(
+            let previous = optional(conn.query_row_cached(
                 "SELECT session_id, token_id, redeem_customer_id, new_conversation
                  FROM chat_sessions WHERE request_id = ?1",
                 [r.request_id.to_string()],
@@ -133,15 +130,14 @@ impl Store {
                 {
                     return Err(Error::request_id_reused());
                 }
-                let session = session_by_id(&tx, session_id)?;
+                let session = session_by_id(conn, session_id)?;
                 session.ensure_open()?;
-                tx.execute(
+                conn.execute_cached(
                     "UPDATE chat_sessions SET secret_hash = ?2 WHERE session_id = ?1",
                     params![session.session_id.to_string(), r.session_hash.as_bytes().as_slice()],
                 )
                 .context("rotating a session secret")?;
-                let job = outbox::head_of(&tx, &in_flight, session.session_id)?;
-                tx.commit().context("redeeming a link")?;
+                let job = outbox::head_of(conn, &in_flight, session.session_id)?;
                 return Ok(Redeemed {
                     session,
                     job,
@@ -150,7 +146,7 @@ impl Store {
             }
 
             token.ensure_redeemable(now)?;
-            let used = tx
+            let used = conn
                 .execute(
                     "UPDATE chat_tokens SET use_count = use_count + 1
                      WHERE token_id = ?1 AND (max_uses = 0 OR use_count < max_uses)",
@@ -170,7 +166,7 @@ impl Store {
                 end_time: None,
                 link: CustomerLink::from_stored(r.customer_id.is_some(), true, None),
             };
-            tx.execute(
+            conn.execute_cached(
                 "INSERT INTO chat_sessions (session_id, token_id, provider_id, request_id, secret_hash,
                                             customer_id, create_time, redeem_customer_id, new_conversation)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?8)",
@@ -195,9 +191,8 @@ impl Store {
                 reuse_active: session.customer_id.is_some() && !r.new_conversation,
                 origin: format!("token:{}", token.token_id),
             };
-            let job_id = outbox::enqueue(&tx, session.session_id, &call, now)?;
-            let job = outbox::hand_out(&tx, &in_flight, job_id)?;
-            tx.commit().context("redeeming a link")?;
+            let job_id = outbox::enqueue(conn, session.session_id, &call, now)?;
+            let job = outbox::hand_out(conn, &in_flight, job_id)?;
             Ok(Redeemed {
                 session,
                 job,
@@ -227,16 +222,13 @@ impl Store {
     ) -> Result<Identified, Error> {
         let in_flight = self.in_flight.clone();
         self.call(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .context("identifying a session")?;
-            let session = session_by_hash(&tx, &hash)?;
+            let session = session_by_hash(conn, &hash)?;
             session.ensure_open()?;
             match &session.customer_id {
                 Some(linked) if linked != &customer_id => return Err(Error::CustomerAlreadyLinked),
                 Some(_) => {}
                 None => {
-                    tx.execute(
+                    conn.execute_cached(
                         "UPDATE chat_sessions SET customer_id = ?2 WHERE session_id = ?1",
                         params![session.session_id.to_string(), customer_id.as_str()],
                     )
@@ -249,16 +241,15 @@ impl Store {
                 contact,
             };
             // Made by this caller only if nothing is queued before it.
-            let ahead = outbox::queued_for(&tx, session.session_id)?;
-            let job_id = outbox::enqueue(&tx, session.session_id, &call, now)?;
+            let ahead = outbox::queued_for(conn, session.session_id)?;
+            let job_id = outbox::enqueue(conn, session.session_id, &call, now)?;
             let job = if ahead == 0 {
-                outbox::hand_out(&tx, &in_flight, job_id)?
+                outbox::hand_out(conn, &in_flight, job_id)?
             } else {
                 None
             };
             let previous_customer = session.customer_id;
-            let session = session_by_id(&tx, session.session_id)?;
-            tx.commit().context("identifying a session")?;
+            let session = session_by_id(conn, session.session_id)?;
             Ok(Identified {
                 session,
                 job,
@@ -278,12 +269,9 @@ impl Store {
         previous: Option<CustomerId>,
     ) -> Result<Session, Error> {
         self.call(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
+            conn.execute_cached("DELETE FROM outbox WHERE job_id = ?1", [job_id])
                 .context("withdrawing a call")?;
-            tx.execute("DELETE FROM outbox WHERE job_id = ?1", [job_id])
-                .context("withdrawing a call")?;
-            tx.execute(
+            conn.execute_cached(
                 "UPDATE chat_sessions SET customer_id = ?2
                  WHERE session_id = ?1 AND NOT EXISTS (
                      SELECT 1 FROM outbox WHERE session_id = ?1 AND kind = 'update_customer'
@@ -294,8 +282,7 @@ impl Store {
                 ],
             )
             .context("withdrawing a call")?;
-            let session = session_by_id(&tx, session_id)?;
-            tx.commit().context("withdrawing a call")?;
+            let session = session_by_id(conn, session_id)?;
             Ok(session)
         })
         .await
@@ -304,17 +291,13 @@ impl Store {
     /// Ends a session; ending it again returns it unchanged.
     pub async fn end_session(&self, hash: SecretHash, now: Timestamp) -> Result<Session, Error> {
         self.call(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .context("ending a session")?;
-            let session = session_by_hash(&tx, &hash)?;
-            tx.execute(
+            let session = session_by_hash(conn, &hash)?;
+            conn.execute_cached(
                 "UPDATE chat_sessions SET end_time = ?2 WHERE session_id = ?1 AND end_time IS NULL",
                 params![session.session_id.to_string(), to_micros(now)],
             )
             .context("ending a session")?;
-            let session = session_by_id(&tx, session.session_id)?;
-            tx.commit().context("ending a session")?;
+            let session = session_by_id(conn, session.session_id)?;
             Ok(session)
         })
         .await

@@ -1,8 +1,8 @@
 //! chat_tokens: issue, list, revoke, look up by secret hash.
 
-use rusqlite::{Connection, Row, TransactionBehavior, params};
+use rusqlite::{Connection, Row, params};
 
-use super::{Store, optional, uuid_at};
+use super::{Cached, Store, optional, uuid_at};
 use crate::{
     domain::{
         NewToken, ProviderId, SecretHash, Timestamp, Token, TokenCursor, TokenId, from_micros,
@@ -35,7 +35,7 @@ pub(super) fn token_from_row(row: &Row<'_>) -> rusqlite::Result<(Token, Vec<u8>)
 
 /// The link whose secret hashes to `hash`, if any.
 pub(super) fn token_by_hash(conn: &Connection, hash: &SecretHash) -> Result<Option<Token>, Error> {
-    let found = optional(conn.query_row(
+    let found = optional(conn.query_row_cached(
         &format!("SELECT {TOKEN_COLUMNS} FROM chat_tokens WHERE secret_hash = ?1"),
         [hash.as_bytes().as_slice()],
         token_from_row,
@@ -45,7 +45,7 @@ pub(super) fn token_by_hash(conn: &Connection, hash: &SecretHash) -> Result<Opti
 }
 
 fn token_by_id(conn: &Connection, token_id: TokenId) -> Result<Option<Token>, Error> {
-    Ok(optional(conn.query_row(
+    Ok(optional(conn.query_row_cached(
         &format!("SELECT {TOKEN_COLUMNS} FROM chat_tokens WHERE token_id = ?1"),
         [token_id.to_string()],
         token_from_row,
@@ -72,10 +72,7 @@ impl Store {
                 use_count: 0,
                 revoke_time: None,
             };
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .context("issuing a link")?;
-            tx.execute(
+            conn.execute_cached(
                 "INSERT INTO chat_tokens (token_id, provider_id, secret_hash, label, create_time, expire_time, max_uses)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
@@ -89,7 +86,6 @@ impl Store {
                 ],
             )
             .context("issuing a link")?;
-            tx.commit().context("issuing a link")?;
             Ok(token)
         })
         .await
@@ -143,18 +139,14 @@ impl Store {
         now: Timestamp,
     ) -> Result<Token, Error> {
         self.call(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .context("revoking a link")?;
-            let token = token_by_id(&tx, token_id)?.ok_or(Error::TokenNotFound)?;
+            let token = token_by_id(conn, token_id)?.ok_or(Error::TokenNotFound)?;
             token.ensure_provider(&provider_id)?;
-            tx.execute(
+            conn.execute_cached(
                 "UPDATE chat_tokens SET revoke_time = ?2 WHERE token_id = ?1 AND revoke_time IS NULL",
                 params![token_id.to_string(), to_micros(now)],
             )
             .context("revoking a link")?;
-            let token = token_by_id(&tx, token_id)?.ok_or(Error::TokenNotFound)?;
-            tx.commit().context("revoking a link")?;
+            let token = token_by_id(conn, token_id)?.ok_or(Error::TokenNotFound)?;
             Ok(token)
         })
         .await

@@ -239,3 +239,46 @@ async fn retries_and_known_customers_never_make_a_second_conversation() {
     app.stop().await;
     conv.stop().await;
 }
+
+/// Concurrent redemptions share SQLite transactions (group commit: fewer COMMITs than
+/// redemptions, where each redemption writes twice) and conversation-service's create
+/// transactions, and still each gets its own session and exactly one conversation.
+#[tokio::test]
+async fn concurrent_redemptions_share_commits_and_each_gets_one_conversation() {
+    let conv = spawn_conversation_service(&fresh_database().await, "127.0.0.1:0").await;
+    let app = std::sync::Arc::new(
+        spawn_app_with(temp_db_path(), &conv.url, &["--inline-wait", "5s"]).await,
+    );
+    let prov = new_provider();
+    let secret = app.issue(&prov, 0).await.secret;
+    let before = app.store.commits();
+    let calls = (0..64).map(|_| {
+        let app = std::sync::Arc::clone(&app);
+        let (prov, secret) = (prov.clone(), secret.clone());
+        tokio::spawn(async move { app.redeem(&prov, &secret).await })
+    });
+    let mut sessions = std::collections::HashSet::new();
+    for call in futures::future::join_all(calls).await {
+        let session = call.unwrap().unwrap().session.unwrap();
+        sessions.insert(session.session_id);
+    }
+    let commits = app.store.commits() - before;
+    assert_eq!(sessions.len(), 64);
+    assert!(
+        commits < 64,
+        "64 redemptions (128 writes) took {commits} COMMITs"
+    );
+    // Every session gets its conversation, and no session gets two.
+    let conversations = eventually(WAIT, || {
+        let client = conv.client.clone();
+        let prov = prov.clone();
+        async move {
+            let all = list_all(&client, provider(&prov)).await;
+            (all.len() >= 64).then_some(all)
+        }
+    })
+    .await;
+    assert_eq!(conversations.len(), 64);
+    std::sync::Arc::into_inner(app).unwrap().stop().await;
+    conv.stop().await;
+}

@@ -334,3 +334,139 @@ async fn sigterm_stops_the_process_gracefully() {
     .await;
     assert!(exited.success(), "exit status {exited:?}");
 }
+
+#[tokio::test]
+async fn token_service_killed_mid_redeem_counts_no_use_twice_and_leaves_no_orphan() {
+    let database_url = fresh_database().await;
+    let conv = spawn_conversation_service(&database_url, "127.0.0.1:0").await;
+    let db = temp_db_path();
+    let listen = free_addr().to_string();
+    let process = start_process(&listen, &db, &conv.url);
+    let tokens = connect(&listen).await;
+    let prov = new_provider();
+    let link = tokens
+        .clone()
+        .issue_token(chat_proto::v1::IssueTokenRequest {
+            provider_id: prov.clone(),
+            label: "kill mid redeem".into(),
+            ttl: None,
+            max_uses: 40,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let request = |request_id: &str| chat_proto::v1::RedeemTokenRequest {
+        request_id: request_id.to_owned(),
+        provider_id: prov.clone(),
+        secret: link.secret.clone(),
+        customer_id: String::new(),
+        new_conversation: false,
+    };
+    let request_ids: Vec<String> = (0..60).map(|_| Uuid::new_v4().to_string()).collect();
+    // 60 redemptions of a 40-use link in flight; SIGKILL once the first ones answer.
+    let in_flight = join_all(request_ids.iter().map(|id| {
+        let mut tokens = tokens.clone();
+        let request = request(id);
+        async move { tokens.redeem_token(request).await }
+    }));
+    let killer = async {
+        eventually(Duration::from_secs(10), || {
+            let dump = db_dump(&db);
+            async move { (dump.matches("create_conversation").count() >= 3).then_some(()) }
+        })
+        .await;
+        drop(process);
+    };
+    let (answers, ()) = tokio::join!(in_flight, killer);
+    let answered = answers.iter().filter(|a| a.is_ok()).count();
+    assert!(answered < 60, "the kill cut some redemptions short");
+
+    // Restart; every caller retries with its request_id, as AIP-155 says.
+    let _process = start_process(&listen, &db, &conv.url);
+    let tokens = connect(&listen).await;
+    let mut secrets = Vec::new();
+    for id in &request_ids {
+        match tokens.clone().redeem_token(request(id)).await {
+            Ok(reply) => secrets.push(reply.into_inner().session_secret),
+            Err(status) => assert_eq!(status.code(), tonic::Code::FailedPrecondition),
+        }
+    }
+    assert_eq!(secrets.len(), 40, "exactly the link's uses were sold");
+    let sessions = settled(&tokens, &secrets).await;
+    assert_one_conversation_each(&conv.client, &prov, &sessions).await;
+    let checked = tokens
+        .clone()
+        .check_token(chat_proto::v1::CheckTokenRequest {
+            provider_id: prov.clone(),
+            secret: link.secret.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(checked.token.unwrap().use_count, 40, "no use counted twice");
+    eventually(SETTLE, || {
+        let dump = db_dump(&db);
+        async move { (!dump.contains("create_conversation")).then_some(()) }
+    })
+    .await;
+    conv.stop().await;
+}
+
+#[tokio::test]
+async fn an_sqlite_file_locked_by_another_process_is_unavailable_then_recovers() {
+    use std::io::{BufRead, BufReader, Write};
+    use tonic::Code;
+    let db = temp_db_path();
+    let app = spawn_app_with(
+        db.clone(),
+        crate::helpers::NOWHERE,
+        &["--sqlite-busy-timeout", "200ms"],
+    )
+    .await;
+    app.issue("p1", 1).await;
+    let before = app.db_dump();
+    // Another process (the sqlite3 shell, as an operator's script would) takes the
+    // write lock and holds it.
+    let mut shell = Command::new("sqlite3")
+        .arg(&db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the sqlite3 shell is installed");
+    let mut stdin = shell.stdin.take().unwrap();
+    stdin
+        .write_all(b"BEGIN EXCLUSIVE;\nSELECT 'locked';\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    let mut line = String::new();
+    BufReader::new(shell.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+
+    let issue = || {
+        let mut tokens = app.tokens.clone();
+        async move {
+            tokens
+                .issue_token(chat_proto::v1::IssueTokenRequest {
+                    provider_id: "p1".into(),
+                    label: "while locked".into(),
+                    ttl: None,
+                    max_uses: 1,
+                })
+                .await
+        }
+    };
+    for _ in 0..3 {
+        let status = issue().await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert_eq!(crate::helpers::reason(&status), "STORE_UNAVAILABLE");
+    }
+    // The shell lets go (as a process that exits does): writes work again.
+    stdin.write_all(b"ROLLBACK;\n.quit\n").unwrap();
+    drop(stdin);
+    shell.wait().unwrap();
+    assert_eq!(app.db_dump(), before, "the refused writes left nothing");
+    eventually(Duration::from_secs(10), || async { issue().await.ok() }).await;
+    app.stop().await;
+}

@@ -8,7 +8,9 @@ use futures::future::join_all;
 use tonic::Code;
 use uuid::Uuid;
 
-use crate::helpers::{assert_invalid, assert_refused, spawn_app};
+use crate::helpers::{
+    NOWHERE, TestApp, assert_invalid, assert_refused, spawn_app, spawn_app_with, temp_db_path,
+};
 
 fn request(provider: &str, secret: &str) -> RedeemTokenRequest {
     RedeemTokenRequest {
@@ -206,38 +208,54 @@ async fn a_hundred_concurrent_redemptions_of_a_five_use_link_succeed_exactly_fiv
     Arc::into_inner(app).unwrap().stop().await;
 }
 
-fn from(caller: &str, req: RedeemTokenRequest) -> tonic::Request<RedeemTokenRequest> {
+fn from(chain: &str, req: RedeemTokenRequest) -> tonic::Request<RedeemTokenRequest> {
+    with_header("x-forwarded-for", chain, req)
+}
+
+fn with_header(
+    name: &'static str,
+    value: &str,
+    req: RedeemTokenRequest,
+) -> tonic::Request<RedeemTokenRequest> {
     let mut request = tonic::Request::new(req);
+    request.metadata_mut().insert(name, value.parse().unwrap());
     request
-        .metadata_mut()
-        .insert("x-forwarded-for", caller.parse().unwrap());
-    request
+}
+
+fn wrong_guess(provider: &str) -> RedeemTokenRequest {
+    let secret = format!(
+        "ctk_{}",
+        &Uuid::new_v4().simple().to_string().repeat(2)[..43]
+    );
+    request(provider, &secret)
+}
+
+/// One BFF in front: it appends the end user's address to x-forwarded-for.
+async fn behind_one_proxy() -> TestApp {
+    spawn_app_with(temp_db_path(), NOWHERE, &["--trusted-proxy-hops", "1"]).await
 }
 
 #[tokio::test]
 async fn repeated_failed_redemptions_from_one_caller_are_slowed_down() {
-    let app = spawn_app().await;
+    let app = behind_one_proxy().await;
     let issued = app.issue("prov", 0).await;
     let mut client = app.tokens.clone();
     // The test limit is 10 failed guesses per window.
     for _ in 0..10 {
-        let guess = request(
-            "prov",
-            &format!(
-                "ctk_{}",
-                Uuid::new_v4().simple().to_string().repeat(2)[..43].to_owned()
-            ),
-        );
         let refused = client
-            .redeem_token(from("203.0.113.7, 10.0.0.1", guess))
+            .redeem_token(from("203.0.113.7", wrong_guess("prov")))
             .await;
         assert_refused(refused, Code::NotFound, "TOKEN_NOT_FOUND");
     }
-    // Now even a valid link is refused for that caller, before any lookup...
+    // Now even a valid link is refused for that caller, before any lookup, whatever
+    // the client wrote to the left of what the proxy appended...
     let before = app.db_dump();
     let status = assert_refused(
         client
-            .redeem_token(from("203.0.113.7", request("prov", &issued.secret)))
+            .redeem_token(from(
+                "198.51.100.1, 203.0.113.7",
+                request("prov", &issued.secret),
+            ))
             .await,
         Code::ResourceExhausted,
         "TOO_MANY_FAILED_REDEMPTIONS",
@@ -257,9 +275,94 @@ async fn repeated_failed_redemptions_from_one_caller_are_slowed_down() {
         "TOO_MANY_FAILED_REDEMPTIONS",
     );
     assert_eq!(app.db_dump(), before);
-    // ...while another caller is unaffected.
+    // ...while another caller is unaffected, even one the attacker named.
     client
         .redeem_token(from("198.51.100.1", request("prov", &issued.secret)))
+        .await
+        .unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sixty_parallel_wrong_secrets_get_at_most_the_limit_looked_up() {
+    let app = Arc::new(spawn_app().await);
+    app.issue("prov", 0).await;
+    let results = join_all((0..60).map(|_| {
+        let mut client = app.tokens.clone();
+        async move { client.redeem_token(wrong_guess("prov")).await }
+    }))
+    .await;
+    let looked_up = results
+        .iter()
+        .filter(|r| r.as_ref().is_err_and(|s| s.code() == Code::NotFound))
+        .count();
+    let refused = results
+        .iter()
+        .filter(|r| {
+            r.as_ref()
+                .is_err_and(|s| s.code() == Code::ResourceExhausted)
+        })
+        .count();
+    eprintln!("60 parallel wrong secrets: {looked_up} looked up, {refused} refused");
+    assert!((1..=10).contains(&looked_up), "{looked_up} lookups");
+    assert_eq!(looked_up + refused, 60);
+    Arc::into_inner(app).unwrap().stop().await;
+}
+
+#[tokio::test]
+async fn a_rotated_forwarded_for_does_not_reset_the_budget() {
+    // Without trusted proxies the chain is the client's own text: the peer is the caller.
+    let app = spawn_app().await;
+    let issued = app.issue("prov", 0).await;
+    let mut client = app.tokens.clone();
+    let mut looked_up = 0;
+    for i in 0..30 {
+        let reply = client
+            .redeem_token(from(&format!("192.0.2.{i}"), wrong_guess("prov")))
+            .await;
+        looked_up += usize::from(reply.is_err_and(|s| s.code() == Code::NotFound));
+    }
+    assert_eq!(looked_up, 10);
+    assert_refused(
+        client
+            .redeem_token(from("192.0.2.200", request("prov", &issued.secret)))
+            .await,
+        Code::ResourceExhausted,
+        "TOO_MANY_FAILED_REDEMPTIONS",
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_set_by_the_bff_gives_each_end_user_its_own_budget() {
+    let app = spawn_app_with(
+        temp_db_path(),
+        NOWHERE,
+        &["--caller-key-header", "x-end-user"],
+    )
+    .await;
+    let issued = app.issue("prov", 0).await;
+    let mut client = app.tokens.clone();
+    for _ in 0..10 {
+        let refused = client
+            .redeem_token(with_header("x-end-user", "typo-user", wrong_guess("prov")))
+            .await;
+        assert_refused(refused, Code::NotFound, "TOKEN_NOT_FOUND");
+    }
+    assert_refused(
+        client
+            .redeem_token(with_header("x-end-user", "typo-user", wrong_guess("prov")))
+            .await,
+        Code::ResourceExhausted,
+        "TOO_MANY_FAILED_REDEMPTIONS",
+    );
+    // Everyone else behind the same BFF (same peer address) keeps their budget.
+    client
+        .redeem_token(with_header(
+            "x-end-user",
+            "other-user",
+            request("prov", &issued.secret),
+        ))
         .await
         .unwrap();
     app.stop().await;

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# One benchmark command: builds once, runs every measurement of issue 13 on fresh
+# databases, prints a table and, as its last line, one RESULT line. A benchmark, not a
+# test: it asserts nothing about speed.
+#
+#   scripts/bench.sh            release build, 10 s phases, 2,000 idle streams
+#   scripts/bench.sh --smoke    debug build, 2 s phases, 200 streams (checks that it runs)
+#
+# BENCH_SECONDS, BENCH_STREAMS override the phase length and the idle stream count;
+# BENCH_NAIVE_CLIENTS the pgbench clients of the naive reference (default 16: NOTIFY
+# serialises its commits anyway, and the PostgreSQL is shared). Needs the local
+# PostgreSQL (scripts/ensure-postgres.sh), psql and pgbench. Databases it creates are
+# dropped at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" == "--smoke" ]]; then
+  profile=() dir=target/debug seconds=${BENCH_SECONDS:-2} streams=${BENCH_STREAMS:-200}
+  deliveries=200 callers=4,64 fanout_messages=50
+else
+  profile=(--release) dir=target/release seconds=${BENCH_SECONDS:-10} streams=${BENCH_STREAMS:-2000}
+  deliveries=2000 callers=4,16,64 fanout_messages=200
+fi
+naive_clients=${BENCH_NAIVE_CLIENTS:-16}
+pg=(-h 127.0.0.1 -U postgres)
+logs=$(mktemp -d)
+# The send benchmark leaves its databases (bench_ref_*, bench_svc_*) behind: those that
+# appeared while it ran are dropped after it.
+send_databases() {
+  psql "${pg[@]}" -d postgres -Atc \
+    "SELECT datname FROM pg_database WHERE datname LIKE 'bench\_ref\_%' OR datname LIKE 'bench\_svc\_%'" | sort
+}
+drop_new_send_databases() {
+  comm -13 "$logs/databases" <(send_databases) | while read -r db; do
+    psql "${pg[@]}" -d postgres -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" || true
+  done
+}
+trap 'rm -rf "$logs"' EXIT
+
+scripts/ensure-postgres.sh
+cargo build "${profile[@]}" --locked -p conversation-service -p token-service \
+  --bin conversation-service --example bench --example streams_bench --example redeem_bench
+
+machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+started=$(date -u '+%Y-%m-%d %H:%M UTC')
+
+# First number after the word `$2` on the first line of file `$1` matching `$3`.
+after_word() { grep -m1 -- "$3" "$1" | awk -v w="$2" '{for (i = 1; i < NF; i++) if ($i == w) {print $(i + 1); exit}}'; }
+# The value of `key=` in file `$1`.
+value_of() { grep -o -- "$2=[0-9.]*" "$1" | tail -1 | cut -d= -f2; }
+or_na() { [[ -n "${1:-}" ]] && echo "$1" || echo n/a; }
+
+echo "== SendMessage (conversation-service/examples/bench.rs)"
+send_databases >"$logs/databases"
+"$dir/examples/bench" --seconds "$seconds" --clients 64 --conversations 64 --deliveries "$deliveries" \
+  | tee "$logs/send" || true
+drop_new_send_databases
+send=$(awk '/SendMessage \(gRPC\)/ {for (i = 1; i < NF; i++) if ($(i + 1) == "msg/s") {print $i; exit}}' "$logs/send")
+delivery_p99=$(sed -n '/other replica/,$p' "$logs/send" | after_word /dev/stdin p99 "received")
+
+echo "== PostgreSQL references (pgbench on the project's schema)"
+refdb="bench_pgref_$$"
+psql "${pg[@]}" -qc "CREATE DATABASE $refdb"
+for migration in migrations/conversation/*.sql; do
+  psql "${pg[@]}" -d "$refdb" -q -v ON_ERROR_STOP=1 -f "$migration"
+done
+psql "${pg[@]}" -d "$refdb" -q -c "CREATE TABLE bench_ids (n int PRIMARY KEY, id uuid NOT NULL);
+  INSERT INTO bench_ids SELECT g, gen_random_uuid() FROM generate_series(1, 64) g;
+  INSERT INTO conversations (id, provider_id) SELECT id, 'bench' FROM bench_ids;"
+# What a naive SendMessage does: lock the conversation and take the next seq, insert,
+# NOTIFY, commit; one transaction per message.
+cat >"$logs/naive.sql" <<'SQL'
+\set n random(1, 64)
+BEGIN;
+UPDATE conversations c SET head_seq = c.head_seq + 1, last_activity_at = now() FROM bench_ids b WHERE b.n = :n AND c.id = b.id RETURNING c.id AS cid, c.head_seq AS seq \gset
+INSERT INTO messages (conversation_id, seq, id, sender_role, sender_id, body) VALUES (':cid', :seq, gen_random_uuid(), 1, 'bench', repeat('x', 100));
+SELECT pg_notify('chat_events', '{"k":"m","m":[{"c":":cid","s":' || :seq || ',"p":"bench"}]}');
+COMMIT;
+SQL
+# The ceiling for the same rows: 32 messages per transaction, one NOTIFY.
+cat >"$logs/batched.sql" <<'SQL'
+\set n random(1, 64)
+BEGIN;
+UPDATE conversations c SET head_seq = c.head_seq + 32, last_activity_at = now() FROM bench_ids b WHERE b.n = :n AND c.id = b.id RETURNING c.id AS cid, c.head_seq AS seq \gset
+INSERT INTO messages (conversation_id, seq, id, sender_role, sender_id, body) SELECT ':cid', :seq - 32 + g, gen_random_uuid(), 1, 'bench', repeat('x', 100) FROM generate_series(1, 32) g;
+SELECT pg_notify('chat_events', '{"k":"m","m":[{"c":":cid","s":' || :seq || ',"p":"bench"}]}');
+COMMIT;
+SQL
+tps() { pgbench "${pg[@]}" -n -f "$1" -c "$2" -j 2 -T "$seconds" "$refdb" 2>&1 | awk '/^tps =/ {printf "%.0f", $3}'; }
+naive=$(tps "$logs/naive.sql" "$naive_clients" || true)
+echo "naive, $naive_clients clients: $(or_na "$naive") msg/s"
+batched=""
+for clients in 2 4 8; do
+  rate=$(tps "$logs/batched.sql" "$clients" || true)
+  [[ -z "$rate" ]] && continue
+  rows=$((rate * 32))
+  echo "batched 32/tx, $clients clients: $rows rows/s"
+  if [[ -z "$batched" ]] || ((rows > batched)); then batched=$rows; fi
+done
+psql "${pg[@]}" -qc "DROP DATABASE IF EXISTS $refdb WITH (FORCE)"
+
+echo "== RedeemToken end to end (token-service/examples/redeem_bench.rs)"
+"$dir/examples/redeem_bench" --seconds "$seconds" --callers "$callers" | tee "$logs/redeem" || true
+redeem=$(value_of "$logs/redeem" redeem_per_s)
+
+echo "== Streams (conversation-service/examples/streams_bench.rs)"
+"$dir/examples/streams_bench" --service-bin "$dir/conversation-service" --streams "$streams" \
+  --viewers 10 --fanout-messages "$fanout_messages" | tee "$logs/streams" || true
+idle_kib=$(value_of "$logs/streams" idle_stream_kib)
+reads=$(value_of "$logs/streams" reads_per_message)
+
+echo
+echo "Benchmark, $started, ${profile[*]:-debug} build, ${seconds} s phases"
+echo "machine: $machine; load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-66s %10s\n' "measure" "value"
+printf '%-66s %10s\n' "SendMessage, 64 clients (msg/s)" "$(or_na "$send")"
+printf '%-66s %10s\n' "reference: 1 tx + NOTIFY per message, $naive_clients clients (msg/s)" "$(or_na "$naive")"
+printf '%-66s %10s\n' "reference: 32 rows/tx + 1 NOTIFY, best of 2-8 clients (rows/s)" "$(or_na "$batched")"
+printf '%-66s %10s\n' "RedeemToken end to end, best of $callers callers (/s)" "$(or_na "$redeem")"
+printf '%-66s %10s\n' "delivery p99, stream on another replica, 1 at a time (ms)" "$(or_na "$delivery_p99")"
+printf '%-66s %10s\n' "idle StreamConversation, $streams streams (KiB each)" "$(or_na "$idle_kib")"
+printf '%-66s %10s\n' "reads of messages per message, 10 viewers each" "$(or_na "$reads")"
+echo "RESULT send_per_s=$(or_na "$send") naive_ref_per_s=$(or_na "$naive") batched_ref_rows_per_s=$(or_na "$batched") redeem_per_s=$(or_na "$redeem") delivery_p99_ms=$(or_na "$delivery_p99") idle_stream_kib=$(or_na "$idle_kib") reads_per_delivery=$(or_na "$reads")"

@@ -1,0 +1,266 @@
+//! RedeemToken end to end: token-service and conversation-service started in-process on
+//! a fresh SQLite file and a fresh PostgreSQL database, `--callers` concurrent callers each
+//! redeeming its own unlimited link again and again (every redemption a new session and a
+//! new conversation). A redemption counts only if it came back READY with a conversation.
+//!
+//! cargo run --release -p token-service --example redeem_bench -- [--seconds 10] [--callers 4,16,64]
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chat_proto::v1::{
+    ConversationState, IssueTokenRequest, RedeemTokenRequest,
+    token_service_client::TokenServiceClient,
+};
+use clap::Parser;
+use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+#[derive(Parser)]
+struct Args {
+    /// Seconds per measured phase.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent callers, one phase per value.
+    #[arg(long, value_delimiter = ',', default_value = "4,16,64")]
+    callers: Vec<usize>,
+}
+
+const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+async fn fresh_database(name: &str) -> anyhow::Result<String> {
+    let mut admin = PgConnection::connect(ADMIN_URL).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await?;
+    Ok(format!("postgres://postgres@127.0.0.1:5432/{name}"))
+}
+
+/// CPU seconds used so far by this process (client and both services) and by the
+/// PostgreSQL backends serving `database`: a figure that a loaded machine distorts less
+/// than throughput.
+async fn cpu_seconds(database: &str) -> (f64, f64) {
+    // utime + stime, in USER_HZ (100 per second on Linux).
+    fn ticks(pid: &str) -> f64 {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+                let user: f64 = fields.get(11)?.parse().ok()?;
+                let system: f64 = fields.get(12)?.parse().ok()?;
+                Some((user + system) / 100.0)
+            })
+            .unwrap_or(0.0)
+    }
+    let backends: Vec<i32> = match PgConnection::connect(ADMIN_URL).await {
+        Ok(mut admin) => sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
+            .bind(database)
+            .fetch_all(&mut admin)
+            .await
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let postgres = backends.iter().map(|pid| ticks(&pid.to_string())).sum();
+    (ticks("self"), postgres)
+}
+
+/// conversation-service on a fresh database; returns its address.
+async fn start_conversations(
+    database: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<String> {
+    use conversation_service::{config::Config, startup::Application};
+    let url = fresh_database(database).await?;
+    let config = Config::try_parse_from([
+        "conversation-service",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &url,
+    ])?;
+    let app = Application::build(config).await?;
+    let addr = format!("http://{}", app.local_addr());
+    let token = app.shutdown_token();
+    tokio::spawn(app.run_until_stopped());
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        token.cancel();
+    });
+    Ok(addr)
+}
+
+/// token-service on a fresh SQLite file; returns a client.
+async fn start_tokens(
+    conversations: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<TokenServiceClient<Channel>> {
+    use token_service::{config::Config, startup::Application};
+    let dir = std::env::temp_dir().join(format!("redeem-bench-{}", Uuid::new_v4().simple()));
+    let db = dir.join("token.db");
+    let db = db.to_str().ok_or_else(|| anyhow::anyhow!("temp path"))?;
+    let config = Config::try_parse_from([
+        "token-service",
+        "--listen",
+        "127.0.0.1:0",
+        "--database",
+        db,
+        "--conversation-service",
+        conversations,
+        "--max-concurrent-requests",
+        "4096",
+        "--failed-redemptions-limit",
+        "0",
+    ])?;
+    let app = Application::build(config).await?;
+    let addr = format!("http://{}", app.local_addr());
+    let token = app.shutdown_token();
+    tokio::spawn(app.run_until_stopped());
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        token.cancel();
+        let _ = std::fs::remove_dir_all(dir);
+    });
+    let channel = Channel::from_shared(addr)?.connect().await?;
+    Ok(TokenServiceClient::new(channel))
+}
+
+async fn issue(client: &mut TokenServiceClient<Channel>, provider: &str) -> anyhow::Result<String> {
+    Ok(client
+        .issue_token(IssueTokenRequest {
+            provider_id: provider.into(),
+            label: "bench".into(),
+            ttl: None,
+            max_uses: 0,
+        })
+        .await?
+        .into_inner()
+        .secret)
+}
+
+async fn redeem(
+    client: &mut TokenServiceClient<Channel>,
+    provider: &str,
+    secret: &str,
+) -> anyhow::Result<()> {
+    let session = client
+        .redeem_token(RedeemTokenRequest {
+            request_id: Uuid::new_v4().to_string(),
+            provider_id: provider.into(),
+            secret: secret.into(),
+            customer_id: String::new(),
+            new_conversation: false,
+        })
+        .await?
+        .into_inner()
+        .session
+        .ok_or_else(|| anyhow::anyhow!("no session"))?;
+    anyhow::ensure!(
+        session.conversation_state == ConversationState::Ready as i32
+            && !session.conversation_id.is_empty(),
+        "redemption answered without its conversation (state {})",
+        session.conversation_state
+    );
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// One phase: `callers` loops for `seconds`; returns redemptions per second.
+async fn phase(
+    client: &TokenServiceClient<Channel>,
+    database: &str,
+    callers: usize,
+    seconds: u64,
+) -> anyhow::Result<f64> {
+    let mut secrets = Vec::with_capacity(callers);
+    for c in 0..callers {
+        let provider = format!("bench-{c}");
+        secrets.push((
+            provider.clone(),
+            issue(&mut client.clone(), &provider).await?,
+        ));
+    }
+    let secrets = Arc::new(secrets);
+    // Warm up: one redemption per caller (connections, statement caches).
+    for (provider, secret) in secrets.iter() {
+        redeem(&mut client.clone(), provider, secret).await?;
+    }
+    let cpu_before = cpu_seconds(database).await;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut tasks = Vec::with_capacity(callers);
+    for c in 0..callers {
+        let mut client = client.clone();
+        let secrets = Arc::clone(&secrets);
+        tasks.push(tokio::spawn(async move {
+            let (provider, secret) = &secrets[c];
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                redeem(&mut client, provider, secret).await?;
+                latencies.push(t.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    let cpu_after = cpu_seconds(database).await;
+    latencies.sort_unstable();
+    #[allow(clippy::cast_precision_loss)]
+    let rate = latencies.len() as f64 / elapsed.as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    let per_redeem =
+        |before: f64, after: f64| (after - before) * 1000.0 / latencies.len().max(1) as f64;
+    println!(
+        "RedeemToken end to end, {callers:>3} callers      {rate:>9.0} /s   p50 {:>7.2} ms   p90 {:>7.2} ms   p99 {:>7.2} ms   (n={}; CPU ms per redemption: services+client {:.2}, PostgreSQL {:.2})",
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.90),
+        percentile(&latencies, 0.99),
+        latencies.len(),
+        per_redeem(cpu_before.0, cpu_after.0),
+        per_redeem(cpu_before.1, cpu_after.1),
+    );
+    Ok(rate)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let shutdown = CancellationToken::new();
+    let database = format!("bench_redeem_{}", Uuid::new_v4().simple());
+    let conversations = start_conversations(&database, &shutdown).await?;
+    let client = start_tokens(&conversations, &shutdown).await?;
+    // Let both services see each other healthy (token-service's first probe).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut best: f64 = 0.0;
+    for &callers in &args.callers {
+        best = best.max(phase(&client, &database, callers.max(1), args.seconds).await?);
+    }
+    println!("redeem_per_s={best:.0}");
+    shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut admin = PgConnection::connect(ADMIN_URL).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    Ok(())
+}
