@@ -139,7 +139,7 @@ impl Store {
             &mut tx,
             &Notice::Customer {
                 conversation_id: id.0,
-                provider_id: provider_id,
+                provider_id,
                 customer_id: patch.customer_id.clone().or(current),
             },
         )
@@ -181,8 +181,8 @@ impl Store {
                 &Notice::Status {
                     conversation_id: id.0,
                     status: status.as_i16(),
-                    provider_id: provider_id,
-                    customer_id: customer_id,
+                    provider_id,
+                    customer_id,
                 },
             )
             .await?;
