@@ -2,19 +2,46 @@
 //! no key material is checked in. Identities match `config/callers.example.toml`.
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
 };
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// The SPIFFE trust domain of the example callers file.
 pub const TRUST_DOMAIN: &str = "spiffe://chat.example";
 /// The bearer token of the example file's `mesh-bff` caller (only its hash is in the file).
 pub const EXAMPLE_BFF_TOKEN: &str = "example-bff-token-change-me";
+
+/// A lazy TLS channel to `addr` (as `localhost`) trusting the CA in `ca`, presenting
+/// `identity` when given (mutual TLS).
+///
+/// # Panics
+/// When a file cannot be read or the TLS settings are refused (tests only).
+#[allow(clippy::unwrap_used)]
+pub fn tls_channel(addr: SocketAddr, ca: &Path, identity: Option<&Pair>) -> Channel {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
+        .domain_name("localhost");
+    if let Some(pair) = identity {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(&pair.cert).unwrap(),
+            std::fs::read(&pair.key).unwrap(),
+        ));
+    }
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy()
+}
 
 /// The example callers file shipped in `config/`.
 pub fn example_callers_file() -> PathBuf {

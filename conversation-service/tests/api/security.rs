@@ -4,14 +4,11 @@
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
-use chat_common::testing::{EXAMPLE_BFF_TOKEN, Pair, Pki, example_callers_file};
+use chat_common::testing::{EXAMPLE_BFF_TOKEN, Pki, example_callers_file, tls_channel};
 use chat_proto::v1::{self, Participant, Role};
 use clap::Parser;
 use conversation_service::{config::Config, startup::Application};
-use tonic::{
-    Code, Request,
-    transport::{Certificate, Channel, ClientTlsConfig, Identity},
-};
+use tonic::{Code, Request, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use uuid::Uuid;
 
@@ -50,25 +47,6 @@ async fn spawn_secure(flags: &[&str]) -> SecureApp {
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// A TLS channel trusting `ca`, presenting `identity` when given.
-fn tls_channel(addr: SocketAddr, ca: &Path, identity: Option<&Pair>) -> Channel {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
-        .domain_name("localhost");
-    if let Some(pair) = identity {
-        tls = tls.identity(Identity::from_pem(
-            std::fs::read(&pair.cert).unwrap(),
-            std::fs::read(&pair.key).unwrap(),
-        ));
-    }
-    Channel::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy()
 }
 
 /// Waits until health over `channel` says SERVING.

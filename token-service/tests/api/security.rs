@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use chat_common::testing::{EXAMPLE_BFF_TOKEN, Pair, Pki, example_callers_file};
+use chat_common::testing::{EXAMPLE_BFF_TOKEN, Pair, Pki, example_callers_file, tls_channel};
 use chat_proto::v1::{
     ConversationState, ListTokensRequest, Participant, RedeemTokenRequest, Role,
     SendMessageRequest, conversation_service_client::ConversationServiceClient,
@@ -19,10 +19,7 @@ use clap::Parser;
 use sha2::{Digest, Sha256};
 use token_service::{config::Config, startup::Application};
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    Code, Request,
-    transport::{Certificate, Channel, ClientTlsConfig, Identity},
-};
+use tonic::{Code, Request, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use uuid::Uuid;
 
@@ -34,24 +31,6 @@ const WAIT: Duration = Duration::from_secs(10);
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn tls_channel(addr: SocketAddr, ca: &Path, identity: Option<&Pair>) -> Channel {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
-        .domain_name("localhost");
-    if let Some(pair) = identity {
-        tls = tls.identity(Identity::from_pem(
-            std::fs::read(&pair.cert).unwrap(),
-            std::fs::read(&pair.key).unwrap(),
-        ));
-    }
-    Channel::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy()
 }
 
 /// Health of `service` over `channel` is SERVING.
