@@ -6,9 +6,8 @@
 //!   conversation, nothing sent), divided by the streams.
 //! - fan-out: `--fanout-conversations` conversations with `--viewers` streams each;
 //!   `--fanout-messages` messages are sent one at a time, each awaited on all its viewers.
-//!   Reads are the index scans of `messages` that PostgreSQL counted meanwhile
-//!   (`pg_stat_user_tables.idx_scan`: every read of a stream is one; a SendMessage without
-//!   `client_message_id` reads none).
+//!   Reads are the service's own count of the reads of `messages` its streams made
+//!   (`chat_stream_message_reads_total` on its metrics endpoint), before and after.
 //!
 //! cargo run --release -p conversation-service --example streams_bench -- \
 //!     --service-bin target/release/conversation-service [--streams 2000]
@@ -59,6 +58,7 @@ struct Service {
     child: Child,
     database: String,
     addr: String,
+    metrics: std::net::SocketAddr,
 }
 
 impl Drop for Service {
@@ -77,6 +77,7 @@ async fn start(bin: &PathBuf, max_streams: usize) -> anyhow::Result<Service> {
     .execute(&mut admin)
     .await?;
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let metrics = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let child = Command::new(bin)
         .args([
             "--listen",
@@ -85,6 +86,8 @@ async fn start(bin: &PathBuf, max_streams: usize) -> anyhow::Result<Service> {
             &format!("postgres://postgres@127.0.0.1:5432/{database}"),
             "--max-streams",
             &(max_streams + 100).to_string(),
+            "--metrics-addr",
+            &metrics.to_string(),
         ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -93,6 +96,7 @@ async fn start(bin: &PathBuf, max_streams: usize) -> anyhow::Result<Service> {
         child,
         database,
         addr: format!("http://127.0.0.1:{port}"),
+        metrics,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -236,15 +240,14 @@ async fn until_seq(
     }
 }
 
-async fn message_index_scans(conn: &mut PgConnection) -> anyhow::Result<i64> {
-    sqlx::query("SELECT pg_stat_clear_snapshot()")
-        .execute(&mut *conn)
-        .await?;
-    Ok(sqlx::query_scalar(
-        "SELECT COALESCE(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'messages'",
-    )
-    .fetch_one(&mut *conn)
-    .await?)
+/// Reads of `messages` the service's streams made so far.
+async fn stream_reads(service: &Service) -> anyhow::Result<f64> {
+    let text = chat_common::scrape::scrape(service.metrics).await?;
+    Ok(chat_common::scrape::sample(
+        &text,
+        "chat_stream_message_reads_total",
+        &[],
+    ))
 }
 
 async fn fanout(args: &Args) -> anyhow::Result<f64> {
@@ -260,14 +263,9 @@ async fn fanout(args: &Args) -> anyhow::Result<f64> {
         }
         streams.push(viewers);
     }
-    let mut stats = PgConnection::connect(&format!(
-        "postgres://postgres@127.0.0.1:5432/{}",
-        service.database
-    ))
-    .await?;
     // Let the streams' first reads be counted before the baseline.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = message_index_scans(&mut stats).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = stream_reads(&service).await?;
     for i in 0..args.fanout_messages {
         let c = i % ids.len();
         let seq = client
@@ -289,11 +287,9 @@ async fn fanout(args: &Args) -> anyhow::Result<f64> {
             until_seq(viewer, seq).await?;
         }
     }
-    // PostgreSQL publishes a backend's counters within a second or so of its last query.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let after = message_index_scans(&mut stats).await?;
+    let after = stream_reads(&service).await?;
     #[allow(clippy::cast_precision_loss)]
-    let reads = (after - before) as f64 / args.fanout_messages.max(1) as f64;
+    let reads = (after - before) / args.fanout_messages.max(1) as f64;
     println!(
         "fan-out: {} conversations x {} viewers, {} messages one at a time: {} reads of messages, {reads:.2} per message ({:.2} per delivery)",
         args.fanout_conversations,
@@ -303,7 +299,6 @@ async fn fanout(args: &Args) -> anyhow::Result<f64> {
         reads / args.viewers.max(1) as f64,
     );
     drop(streams);
-    drop(stats);
     let database = service.database.clone();
     drop(service);
     drop_database(&database).await?;

@@ -27,6 +27,13 @@ pub fn streams_resynced(cause: &'static str, streams: u64) {
     metrics::counter!("chat_stream_resyncs_total", "cause" => cause).increment(streams);
 }
 
+/// A stream task read messages from the table: `shared` for a read made once for all
+/// the streams of a conversation in this process, `own` for a stream's own catch-up.
+pub fn stream_message_read(shared: bool) {
+    let source = if shared { "shared" } else { "own" };
+    metrics::counter!("chat_stream_message_reads_total", "source" => source).increment(1);
+}
+
 /// The LISTEN connection was re-established after it was lost.
 pub fn listener_reconnected() {
     metrics::counter!("chat_listener_reconnects_total").increment(1);

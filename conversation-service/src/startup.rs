@@ -169,6 +169,7 @@ impl Application {
         let sender = SendQueue::start(store.clone(), config.send_writers, config.send_batch_max);
         let streams = StreamContext {
             store: store.clone(),
+            hub: Arc::clone(&hub),
             heartbeat: config.heartbeat_interval,
             shutdown: shutdown.clone(),
             catch_up: Arc::new(tokio::sync::Semaphore::new(catch_up_slots(

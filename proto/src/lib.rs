@@ -9,6 +9,7 @@ pub mod chat {
 
 pub use chat::v1;
 
+pub mod codec;
 pub mod rules;
 
 /// Encoded `FileDescriptorSet` of every `chat.v1` file, for server reflection.

@@ -13,6 +13,7 @@ use std::{
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::feed::{Feed, ReadCounts};
 use crate::{
     domain::{Participant, Role, Status},
     error::{Error, Result},
@@ -47,7 +48,14 @@ struct Entry {
     lagged: Arc<AtomicBool>,
 }
 
-type Subscribers<K> = Mutex<HashMap<K, HashMap<u64, Entry>>>;
+/// The streams of one key, and (for a conversation) the feed they share.
+#[derive(Default)]
+struct Group {
+    entries: HashMap<u64, Entry>,
+    feed: Arc<Feed>,
+}
+
+type Subscribers<K> = Mutex<HashMap<K, Group>>;
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Key {
@@ -62,6 +70,7 @@ pub struct Hub {
     max_streams: usize,
     queue: usize,
     listening: AtomicBool,
+    reads: ReadCounts,
 }
 
 /// A stream's registration; dropping it unregisters and frees its slot at once.
@@ -71,6 +80,8 @@ pub struct Subscription {
     id: u64,
     pub wakes: mpsc::Receiver<Wake>,
     lagged: Arc<AtomicBool>,
+    /// Shared by every stream of the same conversation in this process.
+    pub feed: Arc<Feed>,
 }
 
 impl Subscription {
@@ -91,9 +102,9 @@ impl Drop for Subscription {
             .subscribers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(entries) = map.get_mut(&self.key) {
-            entries.remove(&self.id);
-            if entries.is_empty() {
+        if let Some(group) = map.get_mut(&self.key) {
+            group.entries.remove(&self.id);
+            if group.entries.is_empty() {
                 map.remove(&self.key);
             }
         }
@@ -110,6 +121,7 @@ impl Hub {
             max_streams,
             queue: queue.max(1),
             listening: AtomicBool::new(false),
+            reads: ReadCounts::default(),
         })
     }
 
@@ -124,10 +136,19 @@ impl Hub {
             .subscribers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        map.iter().fold((0, 0), |(c, i), (key, entries)| match key {
-            Key::Conversation(_) => (c + entries.len(), i),
-            Key::Inbox(..) => (c, i + entries.len()),
+        map.iter().fold((0, 0), |(c, i), (key, group)| match key {
+            Key::Conversation(_) => (c + group.entries.len(), i),
+            Key::Inbox(..) => (c, i + group.entries.len()),
         })
+    }
+
+    /// Reads of `messages` by this process's streams so far: (shared, own).
+    pub fn message_reads(&self) -> (u64, u64) {
+        self.reads.get()
+    }
+
+    pub(crate) fn reads(&self) -> &ReadCounts {
+        &self.reads
     }
 
     pub fn is_listening(&self) -> bool {
@@ -157,24 +178,27 @@ impl Hub {
         let (tx, wakes) = mpsc::channel(self.queue);
         let lagged = Arc::new(AtomicBool::new(false));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.subscribers
+        let mut map = self
+            .subscribers
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(key.clone())
-            .or_default()
-            .insert(
-                id,
-                Entry {
-                    wakes: tx,
-                    lagged: Arc::clone(&lagged),
-                },
-            );
+            .unwrap_or_else(PoisonError::into_inner);
+        let group = map.entry(key.clone()).or_default();
+        group.entries.insert(
+            id,
+            Entry {
+                wakes: tx,
+                lagged: Arc::clone(&lagged),
+            },
+        );
+        let feed = Arc::clone(&group.feed);
+        drop(map);
         Ok(Subscription {
             hub: Arc::clone(self),
             key,
             id,
             wakes,
             lagged,
+            feed,
         })
     }
 
@@ -251,15 +275,15 @@ impl Hub {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         for (key, wake) in deliveries {
-            if let Some(entries) = map.get(&key) {
-                for entry in entries.values() {
+            if let Some(group) = map.get(&key) {
+                for entry in group.entries.values() {
                     offer(entry, wake.clone());
                 }
             }
         }
         for key in inboxes {
-            if let Some(entries) = map.get(&key) {
-                for entry in entries.values() {
+            if let Some(group) = map.get(&key) {
+                for entry in group.entries.values() {
                     offer(entry, Wake::InboxTouched);
                 }
             }
@@ -272,10 +296,11 @@ impl Hub {
             .subscribers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        for entry in map.values().flat_map(HashMap::values) {
+        for entry in map.values().flat_map(|group| group.entries.values()) {
             offer(entry, Wake::Resync);
         }
-        crate::metrics::streams_resynced("listener", map.values().map(|e| e.len() as u64).sum());
+        let streams = map.values().map(|group| group.entries.len() as u64).sum();
+        crate::metrics::streams_resynced("listener", streams);
     }
 }
 

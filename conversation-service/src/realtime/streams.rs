@@ -21,7 +21,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
-use super::{Wake, hub::Subscription};
+use super::{
+    Wake,
+    feed::{Feed, Shared},
+    hub::Subscription,
+};
 use crate::{
     domain::{ConversationId, Participant, Role},
     error::Error,
@@ -37,6 +41,8 @@ const INBOX_PAGE: i64 = 256;
 #[derive(Clone)]
 pub struct StreamContext {
     pub store: Store,
+    /// Where streams count their reads of the table.
+    pub hub: Arc<super::Hub>,
     pub heartbeat: Duration,
     pub shutdown: CancellationToken,
     /// Catch-up reads (after a listener reconnect or a lag) in flight at once, process
@@ -51,12 +57,17 @@ impl StreamContext {
     }
 }
 
+/// One item between a stream task and its HTTP/2 stream, boxed: the channel allocates
+/// its slots 32 at a time whatever its capacity, and an unboxed response (a snapshot
+/// holds a whole conversation) would make that about 15 KiB per idle stream.
+pub type Item<T> = Box<Result<T, Status>>;
+
 /// What a server stream sends: the items of its task, until the server shuts down; then
 /// UNAVAILABLE at once, ahead of anything still buffered, so a client that is behind
 /// still learns to resume (it resumes from the last item it got) instead of seeing a
 /// clean end after a partial delivery.
 pub struct Outbound<T> {
-    items: ReceiverStream<Result<T, Status>>,
+    items: ReceiverStream<Item<T>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     resume_from: &'static str,
     ended: bool,
@@ -64,7 +75,7 @@ pub struct Outbound<T> {
 
 impl<T> Outbound<T> {
     pub fn new(
-        items: mpsc::Receiver<Result<T, Status>>,
+        items: mpsc::Receiver<Item<T>>,
         shutdown: &CancellationToken,
         resume_from: &'static str,
     ) -> Self {
@@ -89,7 +100,7 @@ impl<T> Stream for Outbound<T> {
             let message = format!("server shutting down; resume from {}", self.resume_from);
             return Poll::Ready(Some(Err(Status::unavailable(message))));
         }
-        self.items.poll_next_unpin(cx)
+        self.items.poll_next_unpin(cx).map(|item| item.map(|item| *item))
     }
 }
 
@@ -98,12 +109,12 @@ struct Stop;
 
 /// Sends one item, unless the client left or the server is shutting down.
 async fn emit<T>(
-    out: &mpsc::Sender<Result<T, Status>>,
+    out: &mpsc::Sender<Item<T>>,
     item: Result<T, Status>,
     shutdown: &CancellationToken,
 ) -> Result<(), Stop> {
     tokio::select! {
-        sent = out.send(item) => sent.map_err(|_| Stop),
+        sent = out.send(Box::new(item)) => sent.map_err(|_| Stop),
         () = shutdown.cancelled() => Err(Stop),
     }
 }
@@ -122,7 +133,7 @@ pub async fn conversation_stream(
     conversation: ConversationRow,
     viewer: Participant,
     after_seq: i64,
-    out: mpsc::Sender<Result<v1::StreamConversationResponse, Status>>,
+    out: mpsc::Sender<Item<v1::StreamConversationResponse>>,
 ) {
     let mut stream = ConversationStream {
         ctx,
@@ -137,7 +148,7 @@ pub async fn conversation_stream(
 
 struct ConversationStream {
     ctx: StreamContext,
-    out: mpsc::Sender<Result<v1::StreamConversationResponse, Status>>,
+    out: mpsc::Sender<Item<v1::StreamConversationResponse>>,
     id: uuid::Uuid,
     viewer: Participant,
     /// Highest seq delivered.
@@ -201,6 +212,7 @@ impl ConversationStream {
         // The replay ends at the head the snapshot saw; anything newer woke this
         // subscription (taken before the snapshot) and is delivered live.
         self.deliver_up_to(conversation.head_seq, true).await?;
+        let feed = Arc::clone(&subscription.feed);
         let period = self.ctx.heartbeat;
         let mut next_heartbeat = Instant::now() + period;
         loop {
@@ -219,7 +231,7 @@ impl ConversationStream {
                 wake = subscription.wakes.recv() => wake.ok_or(Stop)?,
             };
             match wake {
-                Wake::Messages { head } => self.deliver_up_to(head, false).await?,
+                Wake::Messages { head } => self.deliver_live(&feed, head).await?,
                 Wake::Read { reader, seq } => {
                     let shown = self.shown.read_mut(reader.role());
                     if seq <= *shown {
@@ -311,6 +323,29 @@ impl ConversationStream {
         self.deliver_up_to(i64::MAX, true).await
     }
 
+    /// Delivers what a wake-up announced, from the feed shared with the other streams of
+    /// this conversation (one read of the table for all of them), or from the table if
+    /// this stream is behind the feed.
+    async fn deliver_live(&mut self, feed: &Feed, head: i64) -> Result<(), Stop> {
+        let reads = self.ctx.hub.reads();
+        match feed
+            .between(&self.ctx.store, self.id, self.last, head, reads)
+            .await
+        {
+            Ok(Shared::Messages(messages)) => {
+                for message in messages {
+                    self.last = message.seq;
+                    let message = v1::Message::clone(&message);
+                    self.send(ConversationEvent::Message(message), false)
+                        .await?;
+                }
+                Ok(())
+            }
+            Ok(Shared::Behind) => self.deliver_up_to(head, false).await,
+            Err(error) => Err(self.fail(error).await),
+        }
+    }
+
     /// Delivers stored messages with `last < seq <= head`, a page at a time.
     /// Reads from the table (`replayed`) are paced; the permit is held for the read
     /// only, never while a slow client is sent to.
@@ -321,6 +356,7 @@ impl ConversationStream {
             } else {
                 None
             };
+            self.ctx.hub.reads().count(false);
             let page = self
                 .ctx
                 .store
@@ -355,7 +391,7 @@ pub async fn inbox_stream(
     owner: Participant,
     cursor: InboxCursor,
     resumed: bool,
-    out: mpsc::Sender<Result<v1::StreamInboxResponse, Status>>,
+    out: mpsc::Sender<Item<v1::StreamInboxResponse>>,
 ) {
     let mut stream = InboxStream {
         ctx,
@@ -368,7 +404,7 @@ pub async fn inbox_stream(
 
 struct InboxStream {
     ctx: StreamContext,
-    out: mpsc::Sender<Result<v1::StreamInboxResponse, Status>>,
+    out: mpsc::Sender<Item<v1::StreamInboxResponse>>,
     owner: Participant,
     cursor: InboxCursor,
 }
@@ -471,3 +507,4 @@ impl InboxStream {
         }
     }
 }
+

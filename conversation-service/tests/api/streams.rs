@@ -84,6 +84,67 @@ async fn sent_on_one_replica_arrives_in_order_on_another() {
 }
 
 #[tokio::test]
+async fn the_viewers_of_a_conversation_share_one_read_per_message() {
+    let mut app = spawn_app().await;
+    let provider_id = new_provider();
+    let id = create(&mut app.client, &provider_id).await.conversation_id;
+    let mut viewers = Vec::new();
+    for _ in 0..10 {
+        let mut stream = open(&mut app.client, &id, provider(&provider_id), 0).await;
+        assert!(matches!(next(&mut stream).await.event, Some(Event::Snapshot(_))));
+        viewers.push(stream);
+    }
+    let before = app.hub.message_reads();
+    for i in 0..20 {
+        let seq = send(&mut app.client, &id, customer(""), &format!("m{i}"))
+            .await
+            .unwrap()
+            .seq;
+        for viewer in &mut viewers {
+            assert_eq!(seqs(&messages_until(viewer, seq).await), vec![seq]);
+        }
+    }
+    let after = app.hub.message_reads();
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (20, 0),
+        "one shared read per message for ten viewers, none of their own"
+    );
+}
+
+#[tokio::test]
+async fn viewers_sharing_reads_get_a_burst_complete_and_in_order() {
+    let mut app = spawn_app().await;
+    let provider_id = new_provider();
+    let id = create(&mut app.client, &provider_id).await.conversation_id;
+    let mut viewers = Vec::new();
+    for _ in 0..8 {
+        let mut stream = open(&mut app.client, &id, provider(&provider_id), 0).await;
+        next(&mut stream).await;
+        viewers.push(stream);
+    }
+    // 300 sends at once: wake-ups arrive in batches, some streams fall behind the
+    // shared tail (64 messages) and read on their own; every one still gets 1..=300.
+    let sends = (0..300).map(|i| {
+        let mut client = app.client.clone();
+        let id = id.clone();
+        async move { send(&mut client, &id, customer(""), &format!("b{i}")).await }
+    });
+    for sent in futures::future::join_all(sends).await {
+        sent.unwrap();
+    }
+    for viewer in &mut viewers {
+        let seen = messages_until(viewer, 300).await;
+        assert_eq!(seqs(&seen), (1..=300).collect::<Vec<_>>());
+    }
+    let (shared, own) = app.hub.message_reads();
+    assert!(
+        shared + own < 8 * 300,
+        "fewer reads than one per message per viewer: {shared} shared, {own} own"
+    );
+}
+
+#[tokio::test]
 async fn resume_gets_exactly_what_was_missed() {
     let mut app = spawn_app().await;
     let id = create(&mut app.client, "p1").await.conversation_id;

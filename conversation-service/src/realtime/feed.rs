@@ -1,0 +1,201 @@
+//! One read per wake-up per conversation in this process, however many streams watch it.
+//! The streams of one conversation share a [`Feed`]: the first stream woken reads the new
+//! messages from the table (under the feed's lock), the others find them in the feed's
+//! short tail of recent messages. A stream further behind than the tail reads on its own.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use chat_proto::v1;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::{error::Result, grpc::convert, store::Store};
+
+/// Messages kept per conversation, and their body bytes: enough for every stream of a
+/// conversation to take what one wake-up brought, small enough that ten thousand watched
+/// conversations stay within a few hundred MiB even when all of them are busy.
+const TAIL_MESSAGES: usize = 64;
+const TAIL_BYTES: usize = 64 * 1024;
+
+/// Reads of `messages` by the streams of one process: `shared` ones made once for all the
+/// streams of a conversation, `own` ones a single stream made to catch up.
+#[derive(Default)]
+pub struct ReadCounts {
+    shared: AtomicU64,
+    own: AtomicU64,
+}
+
+impl ReadCounts {
+    pub fn count(&self, shared: bool) {
+        let counter = if shared { &self.shared } else { &self.own };
+        counter.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::stream_message_read(shared);
+    }
+
+    /// (shared, own) so far.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.shared.load(Ordering::Relaxed),
+            self.own.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The shared recent messages of one conversation.
+#[derive(Default)]
+pub struct Feed {
+    tail: Mutex<Tail>,
+}
+
+/// Messages with `from < seq <= from + messages.len()`, contiguous (seqs have no gaps).
+#[derive(Default)]
+struct Tail {
+    from: i64,
+    messages: VecDeque<Arc<v1::Message>>,
+    bytes: usize,
+}
+
+impl Tail {
+    fn head(&self) -> i64 {
+        self.from + i64::try_from(self.messages.len()).unwrap_or(i64::MAX)
+    }
+
+    fn push(&mut self, message: v1::Message) {
+        self.bytes += message.body.len();
+        self.messages.push_back(Arc::new(message));
+        while self.messages.len() > TAIL_MESSAGES
+            || (self.bytes > TAIL_BYTES && self.messages.len() > 1)
+        {
+            if let Some(old) = self.messages.pop_front() {
+                self.bytes -= old.body.len();
+                self.from += 1;
+            }
+        }
+    }
+
+    /// The tail's messages with `after < seq <= up_to`, if it holds all of them.
+    fn between(&self, after: i64, up_to: i64) -> Option<Vec<Arc<v1::Message>>> {
+        if after < self.from || up_to > self.head() {
+            return None;
+        }
+        let skip = usize::try_from(after - self.from).ok()?;
+        let take = usize::try_from(up_to - after).ok()?;
+        Some(self.messages.iter().skip(skip).take(take).cloned().collect())
+    }
+}
+
+/// What [`Feed::between`] found.
+pub enum Shared {
+    /// Every message asked for, oldest first.
+    Messages(Vec<Arc<v1::Message>>),
+    /// The stream is behind the shared tail (or the gap is too wide to share): it reads
+    /// the table itself.
+    Behind,
+}
+
+impl Feed {
+    /// Messages of conversation `id` with `after < seq <= up_to`, where `up_to` is a
+    /// committed head (from a wake-up). At most one stream reads the table at a time; the
+    /// others wait for it and take its result.
+    pub async fn between(
+        &self,
+        store: &Store,
+        id: Uuid,
+        after: i64,
+        up_to: i64,
+        reads: &ReadCounts,
+    ) -> Result<Shared> {
+        if up_to <= after {
+            return Ok(Shared::Messages(Vec::new()));
+        }
+        let mut tail = self.tail.lock().await;
+        if let Some(found) = tail.between(after, up_to) {
+            return Ok(Shared::Messages(found));
+        }
+        if tail.messages.is_empty() || after > tail.head() {
+            // Nothing shared yet, or everything shared is older than this stream: start
+            // the tail where this stream stands.
+            *tail = Tail {
+                from: after,
+                ..Tail::default()
+            };
+        }
+        let head = tail.head();
+        let missing = up_to - head;
+        if after < tail.from || missing > i64::try_from(TAIL_MESSAGES).unwrap_or(i64::MAX) {
+            return Ok(Shared::Behind);
+        }
+        reads.count(true);
+        let rows = store.messages_between(id, head, up_to, missing).await?;
+        for row in &rows {
+            if row.seq != tail.head() + 1 {
+                // Not contiguous (cannot happen while seqs are gapless): share nothing.
+                *tail = Tail::default();
+                return Ok(Shared::Behind);
+            }
+            tail.push(convert::message(row));
+        }
+        Ok(tail
+            .between(after, up_to)
+            .map_or(Shared::Behind, Shared::Messages))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(seq: i64, body: usize) -> v1::Message {
+        v1::Message {
+            seq,
+            body: "x".repeat(body),
+            ..Default::default()
+        }
+    }
+
+    fn seqs(found: Option<Vec<Arc<v1::Message>>>) -> Option<Vec<i64>> {
+        found.map(|m| m.iter().map(|m| m.seq).collect())
+    }
+
+    #[test]
+    fn the_tail_answers_only_what_it_holds_whole() {
+        let mut tail = Tail {
+            from: 10,
+            ..Tail::default()
+        };
+        for seq in 11..=15 {
+            tail.push(message(seq, 1));
+        }
+        assert_eq!(seqs(tail.between(10, 15)), Some(vec![11, 12, 13, 14, 15]));
+        assert_eq!(seqs(tail.between(12, 14)), Some(vec![13, 14]));
+        assert_eq!(seqs(tail.between(9, 12)), None, "older than the tail");
+        assert_eq!(seqs(tail.between(14, 16)), None, "newer than the tail");
+    }
+
+    #[test]
+    fn the_tail_is_bounded_by_count_and_bytes() {
+        let mut tail = Tail::default();
+        for seq in 1..=100 {
+            tail.push(message(seq, 10));
+        }
+        assert_eq!(tail.messages.len(), TAIL_MESSAGES);
+        assert_eq!(tail.head(), 100);
+        assert_eq!(tail.from, 100 - TAIL_MESSAGES as i64);
+
+        let mut tail = Tail::default();
+        for seq in 1..=10 {
+            tail.push(message(seq, 20 * 1024));
+        }
+        assert!(tail.bytes <= TAIL_BYTES);
+        assert_eq!(tail.head(), 10);
+        // One message larger than the budget is still kept, alone.
+        tail.push(message(11, 100 * 1024));
+        assert_eq!(seqs(tail.between(10, 11)), Some(vec![11]));
+    }
+}
