@@ -19,10 +19,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ "${1:-}" == "--smoke" ]]; then
-  profile=() dir=target/debug seconds=${BENCH_SECONDS:-2} streams=${BENCH_STREAMS:-200}
+  profile=() dir=${CARGO_TARGET_DIR:-target}/debug seconds=${BENCH_SECONDS:-2} streams=${BENCH_STREAMS:-200}
   deliveries=200 callers=4,64 fanout_messages=50
 else
-  profile=(--release) dir=target/release seconds=${BENCH_SECONDS:-10} streams=${BENCH_STREAMS:-2000}
+  profile=(--release) dir=${CARGO_TARGET_DIR:-target}/release seconds=${BENCH_SECONDS:-10} streams=${BENCH_STREAMS:-2000}
   deliveries=2000 callers=4,16,64 fanout_messages=200
 fi
 naive_clients=${BENCH_NAIVE_CLIENTS:-16}
