@@ -67,7 +67,8 @@ struct Args {
     /// Replicas of the service phase, on one database.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     replicas: u16,
-    /// Streams open in all during the delivery under load.
+    /// Streams open in all during the delivery under load (at least two per conversation
+    /// plus the probe's).
     #[arg(long, default_value_t = 1000)]
     load_streams: usize,
     /// Background send rate of the delivery under load, as a fraction of the service
@@ -424,7 +425,7 @@ async fn delivery_under_load(
     println!(
         "delivery under load: {} streams over 2 replicas, background SendMessage paced at {:.0} msg/s \
          ({:.0}% of the service phase); probes one at a time, sent on replica A, stream on replica B:",
-        args.load_streams,
+        wanted + 1,
         rate,
         args.load_fraction * 100.0,
     );
