@@ -8,20 +8,25 @@
 #
 # BENCH_SECONDS, BENCH_STREAMS override the phase length and the idle stream count;
 # BENCH_NAIVE_CLIENTS the pgbench clients of the naive reference (default 16: NOTIFY
-# serialises its commits anyway, and the PostgreSQL is shared). Needs the local
+# serialises its commits anyway, and the PostgreSQL is shared); BENCH_CONNECTIONS the
+# HTTP/2 connections SendMessage's 64 senders spread over (bench --connections,
+# default 4). delivery_p99_ms is the delivery under load (bench's last phase: 1,000
+# streams open over two replicas, background sends at half the measured SendMessage
+# rate); the one-at-a-time delivery on a quiet service is in the table too. Needs the local
 # PostgreSQL (scripts/ensure-postgres.sh), psql and pgbench. Databases it creates are
 # dropped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ "${1:-}" == "--smoke" ]]; then
-  profile=() dir=target/debug seconds=${BENCH_SECONDS:-2} streams=${BENCH_STREAMS:-200}
+  profile=() dir=${CARGO_TARGET_DIR:-target}/debug seconds=${BENCH_SECONDS:-2} streams=${BENCH_STREAMS:-200}
   deliveries=200 callers=4,64 fanout_messages=50
 else
-  profile=(--release) dir=target/release seconds=${BENCH_SECONDS:-10} streams=${BENCH_STREAMS:-2000}
+  profile=(--release) dir=${CARGO_TARGET_DIR:-target}/release seconds=${BENCH_SECONDS:-10} streams=${BENCH_STREAMS:-2000}
   deliveries=2000 callers=4,16,64 fanout_messages=200
 fi
 naive_clients=${BENCH_NAIVE_CLIENTS:-16}
+connections=${BENCH_CONNECTIONS:-4}
 pg=(-h 127.0.0.1 -U postgres)
 logs=$(mktemp -d)
 # The send benchmark leaves its databases (bench_ref_*, bench_svc_*) behind: those that
@@ -54,10 +59,14 @@ or_na() { [[ -n "${1:-}" ]] && echo "$1" || echo n/a; }
 echo "== SendMessage (conversation-service/examples/bench.rs)"
 send_databases >"$logs/databases"
 "$dir/examples/bench" --seconds "$seconds" --clients 64 --conversations 64 --deliveries "$deliveries" \
-  | tee "$logs/send" || true
+  --connections "$connections" | tee "$logs/send" || true
 drop_new_send_databases
 send=$(awk '/SendMessage \(gRPC\)/ {for (i = 1; i < NF; i++) if ($(i + 1) == "msg/s") {print $i; exit}}' "$logs/send")
-delivery_p99=$(sed -n '/other replica/,$p' "$logs/send" | after_word /dev/stdin p99 "received")
+# Delivery to a stream on the other replica: one at a time on a quiet service, then the
+# probes of the section `under load` (bench's last phase).
+quiet_p99=$(sed -n '/other replica/,$p' "$logs/send" | after_word /dev/stdin p99 "received") || true
+loaded_p50=$(sed -n '/under load/,$p' "$logs/send" | after_word /dev/stdin p50 "received") || true
+delivery_p99=$(sed -n '/under load/,$p' "$logs/send" | after_word /dev/stdin p99 "received") || true
 
 echo "== PostgreSQL references (pgbench on the project's schema)"
 refdb="bench_pgref_$$"
@@ -114,11 +123,13 @@ echo
 echo "Benchmark, $started, ${profile[*]:-debug} build, ${seconds} s phases"
 echo "machine: $machine; load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-66s %10s\n' "measure" "value"
-printf '%-66s %10s\n' "SendMessage, 64 clients (msg/s)" "$(or_na "$send")"
+printf '%-66s %10s\n' "SendMessage, 64 clients, $connections connections (msg/s)" "$(or_na "$send")"
 printf '%-66s %10s\n' "reference: 1 tx + NOTIFY per message, $naive_clients clients (msg/s)" "$(or_na "$naive")"
 printf '%-66s %10s\n' "reference: 32 rows/tx + 1 NOTIFY, best of 2-8 clients (rows/s)" "$(or_na "$batched")"
 printf '%-66s %10s\n' "RedeemToken end to end, best of $callers callers (/s)" "$(or_na "$redeem")"
-printf '%-66s %10s\n' "delivery p99, stream on another replica, 1 at a time (ms)" "$(or_na "$delivery_p99")"
+printf '%-66s %10s\n' "delivery p99, stream on another replica, 1 at a time (ms)" "$(or_na "$quiet_p99")"
+printf '%-66s %10s\n' "delivery p50 under load: 1,000 streams, sends at 50% of max (ms)" "$(or_na "$loaded_p50")"
+printf '%-66s %10s\n' "delivery p99 under load: 1,000 streams, sends at 50% of max (ms)" "$(or_na "$delivery_p99")"
 printf '%-66s %10s\n' "idle StreamConversation, $streams streams (KiB each)" "$(or_na "$idle_kib")"
 printf '%-66s %10s\n' "reads of messages per message, 10 viewers each" "$(or_na "$reads")"
 echo "RESULT send_per_s=$(or_na "$send") naive_ref_per_s=$(or_na "$naive") batched_ref_rows_per_s=$(or_na "$batched") redeem_per_s=$(or_na "$redeem") delivery_p99_ms=$(or_na "$delivery_p99") idle_stream_kib=$(or_na "$idle_kib") reads_per_delivery=$(or_na "$reads")"

@@ -1,11 +1,36 @@
 //! SendMessage throughput and latency against the reference it must beat (PostgreSQL
 //! itself doing one insert+NOTIFY transaction per message), plus end-to-end delivery
-//! latency to a stream. All in one run, on a fresh database each.
+//! latency to a stream, on a quiet service and under load. All in one run, on a fresh
+//! database each; the replicas run in this process.
 //!
-//! cargo run --release -p conversation-service --example bench -- [--seconds 10] [--clients 64] [--conversations 64]
+//! Phases:
+//! - reference: PostgreSQL alone, `--clients` connections, one transaction per message
+//!   (lock the conversation, take the next seq, insert, NOTIFY, commit).
+//! - service: `--clients` senders call SendMessage over gRPC on loopback for `--seconds`
+//!   against `--replicas` replicas on one database. Each replica gets `--connections`
+//!   client connections (tonic `Channel`s, one HTTP/2 connection each); client c sends
+//!   to replica c % replicas over that replica's connection (c / replicas) % connections,
+//!   on conversation c % `--conversations`.
+//! - delivery: `--deliveries` messages one at a time on a quiet conversation, each timed
+//!   until a stream receives it, on the same replica and on another one.
+//! - delivery under load: two replicas (A and B), `--load-streams` streams open in all
+//!   (two viewers of each of the service phase's conversations, the provider on A and
+//!   the customer on B; the rest on idle conversations, half on each replica; the
+//!   probe's), each drained by a task of its own. The service phase's senders send at
+//!   `--load-fraction` of its measured rate, paced (open loop: a send every
+//!   clients/rate seconds per client, whatever the replies take), while `--deliveries`
+//!   probes are timed as in the delivery phase: sent on A, received on B.
+//!
+//! cargo run --release -p conversation-service --example bench -- [--seconds 10] [--clients 64]
+//!     [--conversations 64] [--deliveries 2000] [--connections 1] [--replicas 1]
+//!     [--load-streams 1000] [--load-fraction 0.5]
 
 use std::{
-    sync::Arc,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -15,8 +40,11 @@ use chat_proto::v1::{
 };
 use clap::Parser;
 use conversation_service::{config::Config, startup::Application};
+use futures::StreamExt;
 use sqlx::{Connection, PgConnection, postgres::PgPoolOptions};
-use tonic::transport::Channel;
+use tokio::{task::JoinSet, time::MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tonic::{Streaming, transport::Channel};
 use uuid::Uuid;
 
 #[derive(Parser)]
@@ -30,10 +58,26 @@ struct Args {
     /// Conversations the senders spread over.
     #[arg(long, default_value_t = 64)]
     conversations: usize,
-    /// Messages timed for delivery latency.
+    /// Messages timed for delivery latency (per delivery measurement).
     #[arg(long, default_value_t = 2000)]
     deliveries: usize,
+    /// Client connections (HTTP/2) to each replica the senders spread over.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    connections: u16,
+    /// Replicas of the service phase, on one database.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    replicas: u16,
+    /// Streams open in all during the delivery under load (at least two per conversation
+    /// plus the probe's).
+    #[arg(long, default_value_t = 1000)]
+    load_streams: usize,
+    /// Background send rate of the delivery under load, as a fraction of the service
+    /// phase's measured rate.
+    #[arg(long, default_value_t = 0.5)]
+    load_fraction: f64,
 }
+
+type Client = ConversationServiceClient<Channel>;
 
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -53,6 +97,10 @@ struct Report {
 }
 
 impl Report {
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
     fn print(&mut self) {
         self.latencies.sort_unstable();
         let n = self.latencies.len();
@@ -65,7 +113,7 @@ impl Report {
         println!(
             "{:<44} {:>9.0} msg/s   p50 {:>7.2} ms   p90 {:>7.2} ms   p99 {:>7.2} ms   (n={n})",
             self.name,
-            n as f64 / self.elapsed.as_secs_f64(),
+            self.rate(),
             pct(0.50),
             pct(0.90),
             pct(0.99),
@@ -114,17 +162,18 @@ where
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    anyhow::ensure!(args.load_fraction > 0.0, "--load-fraction must be above 0");
     println!(
-        "SendMessage write path: {} clients over {} conversations, {} s per phase, bodies of 100 bytes",
-        args.clients, args.conversations, args.seconds
+        "SendMessage write path: {} clients over {} conversations, {} s per phase, bodies of 100 bytes, \
+         replicas={}, connections={} per replica",
+        args.clients, args.conversations, args.seconds, args.replicas, args.connections
     );
 
     // Reference: PostgreSQL alone, one transaction per message: lock the conversation,
     // take the next seq, insert, NOTIFY, commit (what a naive SendMessage does).
     let url = fresh_database("bench_ref").await?;
     let app = start(&url).await?;
-    let mut client = app.1.clone();
-    let ids = create_conversations(&mut client, args.conversations).await?;
+    let ids = create_conversations(&app.client, args.conversations).await?;
     let pool = PgPoolOptions::new()
         .max_connections(args.clients as u32)
         .connect(&url)
@@ -175,37 +224,30 @@ async fn main() -> anyhow::Result<()> {
         .await
     };
     pool.close().await;
-    app.0.cancel();
+    app.stop.cancel();
 
-    // The service: SendMessage over gRPC on loopback.
+    // The service: SendMessage over gRPC on loopback, to every replica, each over its own
+    // connections.
     let url = fresh_database("bench_svc").await?;
-    let app = start(&url).await?;
-    let mut client = app.1.clone();
-    let ids = create_conversations(&mut client, args.conversations).await?;
+    let mut replicas = Vec::new();
+    for _ in 0..args.replicas {
+        replicas.push(start(&url).await?);
+    }
+    let ids = create_conversations(&replicas[0].client, args.conversations).await?;
+    let senders = Arc::new(senders(&replicas, args.clients, args.connections.into())?);
     let service = {
-        let client = app.1.clone();
+        let senders = Arc::clone(&senders);
         let ids = ids.clone();
         drive(
             "conversation-service SendMessage (gRPC)",
             args.clients,
             args.seconds,
             move |c, _| {
-                let mut client = client.clone();
+                let mut client = senders[c].clone();
                 let id = ids[c % ids.len()].to_string();
                 let body = body.clone();
                 async move {
-                    client
-                        .send_message(v1::SendMessageRequest {
-                            conversation_id: id,
-                            sender: Some(v1::Participant {
-                                role: v1::Role::Provider.into(),
-                                id: "bench".into(),
-                                ..Default::default()
-                            }),
-                            body,
-                            client_message_id: String::new(),
-                        })
-                        .await?;
+                    send(&mut client, id, body).await?;
                     Ok(())
                 }
             },
@@ -216,50 +258,307 @@ async fn main() -> anyhow::Result<()> {
     let mut service = service;
     reference.print();
     service.print();
-    let ratio = service.latencies.len() as f64
-        / service.elapsed.as_secs_f64()
-        / (reference.latencies.len() as f64 / reference.elapsed.as_secs_f64());
-    println!("service / reference throughput: {ratio:.2}x (target >= 1.5x)");
+    let service_rate = service.rate();
+    println!(
+        "service / reference throughput: {:.2}x (target >= 1.5x)",
+        service_rate / reference.rate()
+    );
 
     // Delivery: one message at a time on a quiet conversation, timed until a stream of
     // the other participant receives it, on the same replica and on a second replica
     // (its own LISTEN connection) against the same database.
     println!("delivery, one message at a time (commit latency is the floor):");
-    let other = start(&url).await?;
+    if replicas.len() < 2 {
+        replicas.push(start(&url).await?);
+    }
+    let mut client = replicas[0].client.clone();
     for (label, mut stream_client) in [
-        ("same replica", client.clone()),
-        ("other replica", other.1.clone()),
+        ("same replica", replicas[0].client.clone()),
+        ("other replica", replicas[1].client.clone()),
     ] {
         let id = ids[1].to_string();
         let (replies, deliveries, elapsed) =
             measure_delivery(&mut client, &mut stream_client, &id, args.deliveries).await?;
         println!("  stream on the {label}:");
-        Report {
-            name: "    SendMessage call -> reply (committed)",
-            latencies: replies,
-            elapsed,
-        }
-        .print();
-        Report {
-            name: "    SendMessage call -> received on the stream",
-            latencies: deliveries,
-            elapsed,
-        }
-        .print();
+        print_delivery(replies, deliveries, elapsed);
     }
-    other.0.cancel();
-    app.0.cancel();
+
+    let loaded = delivery_under_load(
+        &args,
+        (&replicas[0], &replicas[1]),
+        &senders,
+        &ids,
+        service_rate * args.load_fraction,
+    )
+    .await;
+    for replica in &replicas {
+        replica.stop.cancel();
+    }
+    loaded
+}
+
+/// Prints the two rows of a delivery measurement.
+fn print_delivery(replies: Vec<Duration>, deliveries: Vec<Duration>, elapsed: Duration) {
+    Report {
+        name: "    SendMessage call -> reply (committed)",
+        latencies: replies,
+        elapsed,
+    }
+    .print();
+    Report {
+        name: "    SendMessage call -> received on the stream",
+        latencies: deliveries,
+        elapsed,
+    }
+    .print();
+}
+
+/// Delivery latency while the service carries `rate` msg/s of background sends (by
+/// `senders`, on `ids`) and `--load-streams` streams split over the two replicas.
+async fn delivery_under_load(
+    args: &Args,
+    (a, b): (&Replica, &Replica),
+    senders: &Arc<Vec<Client>>,
+    ids: &[Uuid],
+    rate: f64,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        rate > 0.0 && !senders.is_empty(),
+        "no background rate to run"
+    );
+    // The viewers: both participants of each loaded conversation, then one per idle
+    // conversation, alternately on A and on B; the probe's stream is the last one.
+    // Their streams have connections of their own, one per replica.
+    let on = [a.connect()?, b.connect()?];
+    let viewer_on = [provider(), customer()];
+    let mut viewers = Vec::new();
+    for id in ids {
+        let head = head_seq(&a.client, &id.to_string()).await?;
+        for (replica, client) in on.iter().enumerate() {
+            viewers.push((client.clone(), *id, viewer_on[replica].clone(), head));
+        }
+    }
+    let idle = args.load_streams.saturating_sub(viewers.len() + 1);
+    for (i, id) in create_conversations(&a.client, idle)
+        .await?
+        .into_iter()
+        .enumerate()
+    {
+        viewers.push((on[i % 2].clone(), id, viewer_on[i % 2].clone(), 0));
+    }
+
+    // Open them all, each as far as its first event (the snapshot), then drain each in a
+    // task of its own until `stop`, counting the messages.
+    let stop = CancellationToken::new();
+    let received = Arc::new(AtomicU64::new(0));
+    let mut drains = JoinSet::new();
+    let mut failures = Vec::new();
+    let wanted = viewers.len();
+    let mut opened = futures::stream::iter(viewers)
+        .map(|(mut client, id, viewer, head)| async move {
+            open_stream(&mut client, &id.to_string(), viewer, head).await
+        })
+        .buffer_unordered(32);
+    while let Some(stream) = opened.next().await {
+        match stream {
+            Ok(stream) => {
+                drains.spawn(drain(stream, stop.clone(), Arc::clone(&received)));
+            }
+            Err(error) => failures.push(format!("open: {error}")),
+        }
+    }
+    drop(opened);
+    let open = drains.len();
+
+    let probe_id = create_conversations(&a.client, 1).await?[0].to_string();
+
+    // The background: each sender sends on its conversation every clients/rate seconds,
+    // the senders' schedules staggered over one period. A send is not awaited before the
+    // next one is due (open loop), so slow replies do not lower the offered rate.
+    let clients = senders.len();
+    let period = Duration::from_secs_f64(clients as f64 / rate);
+    let load_stop = CancellationToken::new();
+    let mut load = JoinSet::new();
+    let load_started = Instant::now();
+    for c in 0..clients {
+        let (client, id) = (senders[c].clone(), ids[c % ids.len()].to_string());
+        let first = tokio::time::Instant::now() + period.mul_f64(c as f64 / clients as f64);
+        load.spawn(paced_sender(client, id, first, period, load_stop.clone()));
+    }
+
+    // The probes, after a second for the load to settle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let probe = measure_delivery(
+        &mut a.client.clone(),
+        &mut b.client.clone(),
+        &probe_id,
+        args.deliveries,
+    )
+    .await;
+    load_stop.cancel();
+    let load_elapsed = load_started.elapsed();
+    let mut background = Vec::new();
+    let mut send_errors = Vec::new();
+    while let Some(sender) = load.join_next().await {
+        let (latencies, errors) = sender?;
+        background.extend(latencies);
+        send_errors.extend(errors);
+    }
+
+    // Every background message reaches its conversation's two viewers; wait for the last
+    // ones, then close the streams.
+    let expected = 2 * background.len() as u64;
+    let waited = Instant::now();
+    while received.load(Ordering::Relaxed) < expected && waited.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    while let Some(drained) = drains.join_next().await {
+        if let Some(error) = drained? {
+            failures.push(error);
+        }
+    }
+
+    let (replies, deliveries, elapsed) = probe?;
+    let achieved = background.len() as f64 / load_elapsed.as_secs_f64();
+    println!(
+        "delivery under load: {} streams over 2 replicas, background SendMessage paced at {:.0} msg/s \
+         ({:.0}% of the service phase); probes one at a time, sent on replica A, stream on replica B:",
+        wanted + 1,
+        rate,
+        args.load_fraction * 100.0,
+    );
+    print_delivery(replies, deliveries, elapsed);
+    Report {
+        name: "  background SendMessage, paced (open loop)",
+        latencies: background,
+        elapsed: load_elapsed,
+    }
+    .print();
+    println!(
+        "  background achieved {achieved:.0} msg/s of {rate:.0} offered ({clients} clients, one send each every {:.1} ms), \
+         {} send errors; streams open {} of {} (incl. the probe's), stream failures {}; \
+         viewers got {} of {expected} messages",
+        period.as_secs_f64() * 1000.0,
+        send_errors.len(),
+        open + 1,
+        wanted + 1,
+        failures.len(),
+        received.load(Ordering::Relaxed),
+    );
+    for error in send_errors.iter().chain(&failures).take(5) {
+        println!("    e.g. {error}");
+    }
     Ok(())
 }
 
-/// Sends `n` messages one by one on `sender`, each awaited on a stream held on `receiver`.
-async fn measure_delivery(
-    sender: &mut ConversationServiceClient<Channel>,
-    receiver: &mut ConversationServiceClient<Channel>,
+/// One background sender: a send every `period` from `first` until `stop`, each in a
+/// task of its own. Returns the latencies of the sends that succeeded and the errors.
+async fn paced_sender(
+    client: Client,
+    id: String,
+    first: tokio::time::Instant,
+    period: Duration,
+    stop: CancellationToken,
+) -> (Vec<Duration>, Vec<String>) {
+    let mut ticks = tokio::time::interval_at(first, period);
+    // A late tick (a busy runtime) is made up at once: the offered rate holds.
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let body = "x".repeat(100);
+    let mut in_flight = JoinSet::new();
+    let (mut latencies, mut errors) = (Vec::new(), Vec::new());
+    let mut record = |done: Result<Result<Duration, String>, tokio::task::JoinError>| match done {
+        Ok(Ok(latency)) => latencies.push(latency),
+        Ok(Err(error)) => errors.push(error),
+        Err(error) => errors.push(error.to_string()),
+    };
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = ticks.tick() => {
+                let (mut client, id, body) = (client.clone(), id.clone(), body.clone());
+                in_flight.spawn(async move {
+                    let t = Instant::now();
+                    match send(&mut client, id, body).await {
+                        Ok(_) => Ok(t.elapsed()),
+                        Err(error) => Err(format!("background send: {error}")),
+                    }
+                });
+            }
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => record(done),
+        }
+    }
+    while let Some(done) = in_flight.join_next().await {
+        record(done);
+    }
+    (latencies, errors)
+}
+
+/// Opens a stream from `after_seq` and reads its first event.
+async fn open_stream(
+    client: &mut Client,
     id: &str,
-    n: usize,
-) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, Duration)> {
-    let head = sender
+    viewer: v1::Participant,
+    after_seq: i64,
+) -> anyhow::Result<Streaming<v1::StreamConversationResponse>> {
+    let open = async {
+        let mut stream = client
+            .stream_conversation(v1::StreamConversationRequest {
+                conversation_id: id.to_owned(),
+                viewer: Some(viewer),
+                after_seq,
+            })
+            .await?
+            .into_inner();
+        match stream.message().await? {
+            Some(_) => Ok(stream),
+            None => anyhow::bail!("stream ended before its first event"),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), open).await?
+}
+
+/// Reads `stream` until `stop`, counting its messages into `received`. A stream that ends
+/// or fails before is returned as a failure.
+async fn drain(
+    mut stream: Streaming<v1::StreamConversationResponse>,
+    stop: CancellationToken,
+    received: Arc<AtomicU64>,
+) -> Option<String> {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            event = stream.message() => match event {
+                Ok(Some(v1::StreamConversationResponse { event: Some(Event::Message(_)), .. })) => {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Some("stream ended".into()),
+                Err(status) => return Some(format!("stream failed: {status}")),
+            },
+        }
+    }
+}
+
+/// Sends `body` on `id` as its provider; returns the message's seq.
+async fn send(client: &mut Client, id: String, body: String) -> anyhow::Result<i64> {
+    Ok(client
+        .send_message(v1::SendMessageRequest {
+            conversation_id: id,
+            sender: Some(provider()),
+            body,
+            client_message_id: String::new(),
+        })
+        .await?
+        .into_inner()
+        .message
+        .map_or(0, |m| m.seq))
+}
+
+async fn head_seq(client: &Client, id: &str) -> anyhow::Result<i64> {
+    Ok(client
+        .clone()
         .get_conversation(v1::GetConversationRequest {
             conversation_id: id.to_owned(),
             viewer: None,
@@ -267,16 +566,22 @@ async fn measure_delivery(
         .await?
         .into_inner()
         .conversation
-        .map_or(0, |c| c.head_seq);
+        .map_or(0, |c| c.head_seq))
+}
+
+/// Sends `n` messages one by one on `sender`, each awaited on a stream held on `receiver`.
+async fn measure_delivery(
+    sender: &mut Client,
+    receiver: &mut Client,
+    id: &str,
+    n: usize,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, Duration)> {
     // Start from the head: no replay to wait through.
+    let head = head_seq(sender, id).await?;
     let mut stream = receiver
         .stream_conversation(v1::StreamConversationRequest {
             conversation_id: id.to_owned(),
-            viewer: Some(v1::Participant {
-                role: v1::Role::Customer.into(),
-                id: String::new(),
-                session_id: BENCH_SESSION.into(),
-            }),
+            viewer: Some(customer()),
             after_seq: head,
         })
         .await?
@@ -285,21 +590,7 @@ async fn measure_delivery(
     let started = Instant::now();
     for _ in 0..n {
         let t = Instant::now();
-        let sent = sender
-            .send_message(v1::SendMessageRequest {
-                conversation_id: id.to_owned(),
-                sender: Some(v1::Participant {
-                    role: v1::Role::Provider.into(),
-                    id: "bench".into(),
-                    ..Default::default()
-                }),
-                body: "ping".into(),
-                client_message_id: String::new(),
-            })
-            .await?
-            .into_inner()
-            .message
-            .map_or(0, |m| m.seq);
+        let sent = send(sender, id.to_owned(), "ping".into()).await?;
         replies.push(t.elapsed());
         loop {
             let Some(event) = stream.message().await? else {
@@ -316,12 +607,28 @@ async fn measure_delivery(
     Ok((replies, deliveries, started.elapsed()))
 }
 
-async fn start(
-    url: &str,
-) -> anyhow::Result<(
-    tokio_util::sync::CancellationToken,
-    ConversationServiceClient<Channel>,
-)> {
+/// A replica of the service running in this process.
+struct Replica {
+    stop: CancellationToken,
+    addr: SocketAddr,
+    /// A client on a connection of its own (creating conversations, probes).
+    client: Client,
+}
+
+impl Replica {
+    /// A client on a new connection to this replica.
+    fn connect(&self) -> anyhow::Result<Client> {
+        connect(self.addr)
+    }
+}
+
+/// A client on a new connection (a `Channel` of its own is one HTTP/2 connection).
+fn connect(addr: SocketAddr) -> anyhow::Result<Client> {
+    let channel = Channel::from_shared(format!("http://{addr}"))?.connect_lazy();
+    Ok(ConversationServiceClient::new(channel))
+}
+
+async fn start(url: &str) -> anyhow::Result<Replica> {
     let config = Config::try_parse_from([
         "conversation-service",
         "--listen",
@@ -331,36 +638,82 @@ async fn start(
     ])?;
     let app = Application::build(config).await?;
     let addr = app.local_addr();
-    let token = app.shutdown_token();
+    let stop = app.shutdown_token();
     tokio::spawn(app.run_until_stopped());
-    let channel = Channel::from_shared(format!("http://{addr}"))?.connect_lazy();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    Ok((token, ConversationServiceClient::new(channel)))
+    Ok(Replica {
+        stop,
+        addr,
+        client: connect(addr)?,
+    })
+}
+
+/// The senders' clients: client c on replica c % replicas, over that replica's
+/// connection (c / replicas) % connections.
+fn senders(
+    replicas: &[Replica],
+    clients: usize,
+    connections: usize,
+) -> anyhow::Result<Vec<Client>> {
+    let mut channels = Vec::with_capacity(replicas.len());
+    for replica in replicas {
+        channels.push(
+            (0..connections)
+                .map(|_| replica.connect())
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        );
+    }
+    Ok((0..clients)
+        .map(|c| channels[c % replicas.len()][(c / replicas.len()) % connections].clone())
+        .collect())
 }
 
 /// The session every benchmark conversation is opened for (its anonymous viewer's proof).
 const BENCH_SESSION: &str = "0b6d1c2e-5d0a-4c1e-9d7f-2a9f3c1e8b11";
 
-async fn create_conversations(
-    client: &mut ConversationServiceClient<Channel>,
-    n: usize,
-) -> anyhow::Result<Vec<Uuid>> {
-    let mut ids = Vec::with_capacity(n);
-    for _ in 0..n {
-        let reply = client
-            .create_conversation(v1::CreateConversationRequest {
-                request_id: Uuid::new_v4().to_string(),
-                provider_id: "bench".into(),
-                session_id: BENCH_SESSION.into(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        let id = reply
-            .conversation
-            .map(|c| c.conversation_id)
-            .unwrap_or_default();
-        ids.push(Uuid::parse_str(&id)?);
+/// The provider of every benchmark conversation.
+fn provider() -> v1::Participant {
+    v1::Participant {
+        role: v1::Role::Provider.into(),
+        id: "bench".into(),
+        ..Default::default()
     }
-    Ok(ids)
+}
+
+/// The anonymous customer of every benchmark conversation.
+fn customer() -> v1::Participant {
+    v1::Participant {
+        role: v1::Role::Customer.into(),
+        id: String::new(),
+        session_id: BENCH_SESSION.into(),
+    }
+}
+
+/// Creates `n` conversations, 16 at a time.
+async fn create_conversations(client: &Client, n: usize) -> anyhow::Result<Vec<Uuid>> {
+    futures::stream::iter(0..n)
+        .map(|_| {
+            let mut client = client.clone();
+            async move {
+                let reply = client
+                    .create_conversation(v1::CreateConversationRequest {
+                        request_id: Uuid::new_v4().to_string(),
+                        provider_id: "bench".into(),
+                        session_id: BENCH_SESSION.into(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                let id = reply
+                    .conversation
+                    .map(|c| c.conversation_id)
+                    .unwrap_or_default();
+                Ok(Uuid::parse_str(&id)?)
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<anyhow::Result<Uuid>>>()
+        .await
+        .into_iter()
+        .collect()
 }
