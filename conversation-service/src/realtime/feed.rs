@@ -86,7 +86,14 @@ impl Tail {
         }
         let skip = usize::try_from(after - self.from).ok()?;
         let take = usize::try_from(up_to - after).ok()?;
-        Some(self.messages.iter().skip(skip).take(take).cloned().collect())
+        Some(
+            self.messages
+                .iter()
+                .skip(skip)
+                .take(take)
+                .cloned()
+                .collect(),
+        )
     }
 }
 

@@ -100,7 +100,9 @@ impl<T> Stream for Outbound<T> {
             let message = format!("server shutting down; resume from {}", self.resume_from);
             return Poll::Ready(Some(Err(Status::unavailable(message))));
         }
-        self.items.poll_next_unpin(cx).map(|item| item.map(|item| *item))
+        self.items
+            .poll_next_unpin(cx)
+            .map(|item| item.map(|item| *item))
     }
 }
 
@@ -507,4 +509,3 @@ impl InboxStream {
         }
     }
 }
-

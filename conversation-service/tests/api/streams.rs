@@ -91,7 +91,10 @@ async fn the_viewers_of_a_conversation_share_one_read_per_message() {
     let mut viewers = Vec::new();
     for _ in 0..10 {
         let mut stream = open(&mut app.client, &id, provider(&provider_id), 0).await;
-        assert!(matches!(next(&mut stream).await.event, Some(Event::Snapshot(_))));
+        assert!(matches!(
+            next(&mut stream).await.event,
+            Some(Event::Snapshot(_))
+        ));
         viewers.push(stream);
     }
     let before = app.hub.message_reads();
