@@ -47,6 +47,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Streaming, transport::Channel};
 use uuid::Uuid;
 
+/// The binaries' allocator, so the service measured here is the one that ships.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 struct Args {
     /// Seconds per measured phase.

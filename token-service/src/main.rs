@@ -5,6 +5,11 @@ use token_service::{
     telemetry,
 };
 
+/// jemalloc: measured faster than glibc's malloc on the send path and leaner per idle
+/// stream than mimalloc (README, Benchmarks).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::parse();
