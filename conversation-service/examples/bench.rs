@@ -75,8 +75,8 @@ struct Args {
     /// plus the probe's).
     #[arg(long, default_value_t = 1000)]
     load_streams: usize,
-    /// Background send rate of the delivery under load, as a fraction of the service
-    /// phase's measured rate.
+    /// Background send rate of the delivery under load, as a fraction of saturation: the
+    /// rate the senders reach with the same streams open and draining (measured first).
     #[arg(long, default_value_t = 0.5)]
     load_fraction: f64,
 }
@@ -287,14 +287,7 @@ async fn main() -> anyhow::Result<()> {
         print_delivery(replies, deliveries, elapsed);
     }
 
-    let loaded = delivery_under_load(
-        &args,
-        (&replicas[0], &replicas[1]),
-        &senders,
-        &ids,
-        service_rate * args.load_fraction,
-    )
-    .await;
+    let loaded = delivery_under_load(&args, (&replicas[0], &replicas[1]), &senders, &ids).await;
     for replica in &replicas {
         replica.stop.cancel();
     }
@@ -317,19 +310,17 @@ fn print_delivery(replies: Vec<Duration>, deliveries: Vec<Duration>, elapsed: Du
     .print();
 }
 
-/// Delivery latency while the service carries `rate` msg/s of background sends (by
-/// `senders`, on `ids`) and `--load-streams` streams split over the two replicas.
+/// Delivery latency while `--load-streams` streams split over the two replicas are open
+/// and the service carries `--load-fraction` of its saturation in background sends (by
+/// `senders`, on `ids`). Saturation is measured first, with the same streams open: the
+/// closed-loop rate of the senders while every stream drains what they send.
 async fn delivery_under_load(
     args: &Args,
     (a, b): (&Replica, &Replica),
     senders: &Arc<Vec<Client>>,
     ids: &[Uuid],
-    rate: f64,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        rate > 0.0 && !senders.is_empty(),
-        "no background rate to run"
-    );
+    anyhow::ensure!(!senders.is_empty(), "no senders");
     // The viewers: both participants of each loaded conversation, then one per idle
     // conversation, alternately on A and on B; the probe's stream is the last one.
     // Their streams have connections of their own, one per replica.
@@ -376,6 +367,30 @@ async fn delivery_under_load(
 
     let probe_id = create_conversations(&a.client, 1).await?[0].to_string();
 
+    // Saturation with these streams open.
+    let mut saturated = {
+        let senders = Arc::clone(senders);
+        let ids = ids.to_vec();
+        drive(
+            "  saturation, these streams open (closed loop)",
+            senders.len(),
+            args.seconds,
+            move |c, _| {
+                let mut client = senders[c].clone();
+                let id = ids[c % ids.len()].to_string();
+                async move {
+                    send(&mut client, id, "x".repeat(100)).await?;
+                    Ok(())
+                }
+            },
+        )
+        .await
+    };
+    let saturation = saturated.rate();
+    let rate = saturation * args.load_fraction;
+    anyhow::ensure!(rate > 0.0, "no background rate to run");
+    let sent_at_saturation = saturated.latencies.len() as u64;
+
     // The background: each sender sends on its conversation every clients/rate seconds,
     // the senders' schedules staggered over one period. A send is not awaited before the
     // next one is due (open loop), so slow replies do not lower the offered rate.
@@ -409,9 +424,9 @@ async fn delivery_under_load(
         send_errors.extend(errors);
     }
 
-    // Every background message reaches its conversation's two viewers; wait for the last
-    // ones, then close the streams.
-    let expected = 2 * background.len() as u64;
+    // Every message sent reaches its conversation's two viewers; wait for the last ones,
+    // then close the streams.
+    let expected = 2 * (sent_at_saturation + background.len() as u64);
     let waited = Instant::now();
     while received.load(Ordering::Relaxed) < expected && waited.elapsed() < Duration::from_secs(10)
     {
@@ -428,12 +443,14 @@ async fn delivery_under_load(
     let achieved = background.len() as f64 / load_elapsed.as_secs_f64();
     println!(
         "delivery under load: {} streams over 2 replicas, background SendMessage paced at {:.0} msg/s \
-         ({:.0}% of the service phase); probes one at a time, sent on replica A, stream on replica B:",
+         ({:.0}% of saturation with these streams, {saturation:.0} msg/s); probes one at a time, \
+         sent on replica A, stream on replica B:",
         wanted + 1,
         rate,
         args.load_fraction * 100.0,
     );
     print_delivery(replies, deliveries, elapsed);
+    saturated.print();
     Report {
         name: "  background SendMessage, paced (open loop)",
         latencies: background,
