@@ -1,7 +1,9 @@
-//! One read per wake-up per conversation in this process, however many streams watch it.
-//! The streams of one conversation share a [`Feed`]: the first stream woken reads the new
-//! messages from the table (under the feed's lock), the others find them in the feed's
-//! short tail of recent messages. A stream further behind than the tail reads on its own.
+//! At most one read per wake-up per conversation in this process, however many streams
+//! watch it, and none when the wake-up carried the messages. The streams of one
+//! conversation share a [`Feed`]: the listener puts the messages a notice carried in its
+//! short tail of recent messages; otherwise the first stream woken reads them from the
+//! table (under the feed's lock) and the others find them in the tail. A stream further
+//! behind than the tail reads on its own.
 
 use std::{
     collections::VecDeque,
@@ -15,7 +17,11 @@ use chat_proto::v1;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::{error::Result, grpc::convert, store::Store};
+use crate::{
+    error::Result,
+    grpc::convert,
+    store::{Carried, Store},
+};
 
 /// Messages kept per conversation, and their body bytes: enough for every stream of a
 /// conversation to take what one wake-up brought, small enough that ten thousand watched
@@ -107,6 +113,34 @@ pub enum Shared {
 }
 
 impl Feed {
+    /// Adds messages a notice carried (contiguous seqs, oldest first). Best effort: when
+    /// a stream is reading meanwhile, or the messages do not follow the tail, the tail
+    /// starts over at them or keeps what it has, and the streams read what they miss.
+    pub fn offer(&self, conversation_id: Uuid, messages: &[Carried]) {
+        let Some(first) = messages.first() else {
+            return;
+        };
+        let Ok(mut tail) = self.tail.try_lock() else {
+            return;
+        };
+        let before = first.seq - 1;
+        if tail.messages.is_empty() || tail.head() < before {
+            *tail = Tail {
+                from: before,
+                ..Tail::default()
+            };
+        }
+        for message in messages {
+            if message.seq != tail.head() + 1 {
+                continue;
+            }
+            let Some(row) = message.row(conversation_id) else {
+                return;
+            };
+            tail.push(convert::message(&row));
+        }
+    }
+
     /// Messages of conversation `id` with `after < seq <= up_to`, where `up_to` is a
     /// committed head (from a wake-up). At most one stream reads the table at a time; the
     /// others wait for it and take its result.

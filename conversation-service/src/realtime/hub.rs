@@ -205,6 +205,7 @@ impl Hub {
     /// Routes one notice to the streams that want it.
     pub fn dispatch(&self, notice: Notice) {
         let mut deliveries: Vec<(Key, Wake)> = Vec::new();
+        let mut carried = Vec::new();
         let mut inboxes: HashSet<Key> = HashSet::new();
         let mut touch_inboxes = |p: &str, u: Option<&str>| {
             inboxes.insert(Key::Inbox(Role::Provider, p.to_owned()));
@@ -216,6 +217,9 @@ impl Hub {
             Notice::Messages { touched } => {
                 for t in touched {
                     touch_inboxes(&t.provider_id, t.customer_id.as_deref());
+                    if !t.messages.is_empty() {
+                        carried.push((t.conversation_id, t.messages));
+                    }
                     deliveries.push((
                         Key::Conversation(t.conversation_id),
                         Wake::Messages { head: t.head_seq },
@@ -274,6 +278,12 @@ impl Hub {
             .subscribers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        // The messages first, so the streams woken next find them in their feed.
+        for (id, messages) in carried {
+            if let Some(group) = map.get(&Key::Conversation(id)) {
+                group.feed.offer(id, &messages);
+            }
+        }
         for (key, wake) in deliveries {
             if let Some(group) = map.get(&key) {
                 for entry in group.entries.values() {
@@ -324,6 +334,7 @@ mod tests {
                 head_seq: s,
                 provider_id: "p1".into(),
                 customer_id: None,
+                messages: Vec::new(),
             }],
         }
     }

@@ -26,7 +26,7 @@ pub use messages::ListDirection;
 pub use plan::NewMessage;
 pub use send::{LOCK_TIMEOUT, STATEMENT_TIMEOUT};
 
-pub use notice::{CHANNEL, Notice, Touched};
+pub use notice::{CHANNEL, Carried, Notice, Touched};
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
@@ -144,7 +144,7 @@ impl ConversationRow {
 }
 
 /// One stored message.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct MessageRow {
     pub conversation_id: Uuid,
     pub seq: i64,

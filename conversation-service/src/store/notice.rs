@@ -1,10 +1,16 @@
 //! The NOTIFY payload, written by the store in the same transaction as the rows it
-//! names, read by the realtime listener. It carries no message content and only says
-//! "look": streams read the tables, which are the truth. Field names are long in code and
-//! one letter on the wire (payloads must stay under PostgreSQL's 8000 bytes).
+//! names, read by the realtime listener. It says "look": streams read the tables, which
+//! are the truth. For new messages it also carries the messages themselves when they fit
+//! (so live delivery needs no read back); a stream that cannot use them reads the table.
+//! Field names are long in code and one letter on the wire (payloads must stay under
+//! PostgreSQL's 8000 bytes). Unknown fields are ignored, so replicas of the previous
+//! release read these payloads too.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use super::MessageRow;
 
 /// The channel every replica LISTENs on.
 pub const CHANNEL: &str = "chat_events";
@@ -22,6 +28,58 @@ pub struct Touched {
     /// The linked customer, if any.
     #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
     pub customer_id: Option<String>,
+    /// The messages the write added, oldest first, ending at `head_seq`; empty when they
+    /// did not fit the payload.
+    #[serde(rename = "n", default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<Carried>,
+}
+
+/// A message as a notice carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Carried {
+    #[serde(rename = "s")]
+    pub seq: i64,
+    #[serde(rename = "i")]
+    pub id: Uuid,
+    #[serde(rename = "r")]
+    pub sender_role: i16,
+    #[serde(rename = "a")]
+    pub sender_id: String,
+    #[serde(rename = "b")]
+    pub body: String,
+    #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
+    pub client_message_id: Option<String>,
+    /// `created_at` in microseconds since the epoch (what PostgreSQL stores).
+    #[serde(rename = "t")]
+    pub created_micros: i64,
+}
+
+impl Carried {
+    pub fn of(row: &MessageRow) -> Self {
+        Self {
+            seq: row.seq,
+            id: row.id,
+            sender_role: row.sender_role,
+            sender_id: row.sender_id.clone(),
+            body: row.body.clone(),
+            client_message_id: row.client_message_id.clone(),
+            created_micros: row.created_at.timestamp_micros(),
+        }
+    }
+
+    /// The stored row this was made from (`None` for an impossible timestamp).
+    pub fn row(&self, conversation_id: Uuid) -> Option<MessageRow> {
+        Some(MessageRow {
+            conversation_id,
+            seq: self.seq,
+            id: self.id,
+            sender_role: self.sender_role,
+            sender_id: self.sender_id.clone(),
+            body: self.body.clone(),
+            client_message_id: self.client_message_id.clone(),
+            created_at: DateTime::<Utc>::from_timestamp_micros(self.created_micros)?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,15 +160,31 @@ mod tests {
 
     #[test]
     fn round_trips() {
+        let row = MessageRow {
+            conversation_id: Uuid::now_v7(),
+            seq: 7,
+            id: Uuid::now_v7(),
+            sender_role: 2,
+            sender_id: String::new(),
+            body: "quote \" and newline \n and ünïcode".into(),
+            client_message_id: Some("k1".into()),
+            created_at: DateTime::<Utc>::from_timestamp_micros(1_764_000_000_123_456).unwrap(),
+        };
         let notice = Notice::Messages {
             touched: vec![Touched {
-                conversation_id: Uuid::nil(),
+                conversation_id: row.conversation_id,
                 head_seq: 7,
                 provider_id: "p1".into(),
                 customer_id: None,
+                messages: vec![Carried::of(&row)],
             }],
         };
-        assert_eq!(Notice::decode(&notice.encode()), Some(notice));
+        let decoded = Notice::decode(&notice.encode());
+        assert_eq!(decoded, Some(notice));
+        let Some(Notice::Messages { touched }) = decoded else {
+            unreachable!()
+        };
+        assert_eq!(touched[0].messages[0].row(row.conversation_id), Some(row));
         assert_eq!(Notice::decode("{\"k\":\"zz\"}"), None);
     }
 

@@ -9,7 +9,7 @@ use sqlx::{AssertSqlSafe, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{
-    MESSAGE_COLUMNS, MessageRow, Notice, Store, Touched,
+    Carried, MESSAGE_COLUMNS, MessageRow, Notice, Store, Touched,
     plan::{ClientKey, Decision, Locked, NewMessage, Plan, plan},
 };
 use crate::{
@@ -58,7 +58,8 @@ fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> BatchError {
     }
 }
 
-const MAX_NOTIFY_BYTES: usize = 7000;
+/// Bytes of touched conversations per payload; the envelope adds a few dozen.
+const MAX_NOTIFY_BYTES: usize = 7800;
 
 impl Store {
     /// Writes a batch in one transaction. The outer error fails the whole batch; the
@@ -156,20 +157,30 @@ async fn existing_by_client_key(
         .collect())
 }
 
-/// NOTIFY payloads naming every touched conversation, chunked under PostgreSQL's
-/// 8000-byte limit.
+/// NOTIFY payloads naming every touched conversation, with the messages it got when they
+/// fit, chunked under PostgreSQL's 8000-byte limit.
 fn payloads(plan: &Plan) -> Vec<String> {
+    let mut added: HashMap<Uuid, Vec<Carried>> = HashMap::new();
+    for row in plan.inserts() {
+        added.entry(row.conversation_id).or_default().push(Carried::of(row));
+    }
     let mut payloads = Vec::new();
     let mut chunk: Vec<Touched> = Vec::new();
     let mut chunk_bytes = 0;
     for (id, touch) in &plan.touched {
-        let item = Touched {
+        let mut item = Touched {
             conversation_id: *id,
             head_seq: touch.head,
             provider_id: touch.provider_id.clone(),
             customer_id: touch.customer_id.clone(),
+            messages: added.remove(id).unwrap_or_default(),
         };
-        let size = 80 + item.provider_id.len() + item.customer_id.as_ref().map_or(0, String::len);
+        let mut size = encoded_len(&item);
+        if size > MAX_NOTIFY_BYTES {
+            // Too large to carry: the streams read these messages from the table.
+            item.messages.clear();
+            size = encoded_len(&item);
+        }
         if chunk_bytes + size > MAX_NOTIFY_BYTES && !chunk.is_empty() {
             payloads.push(
                 Notice::Messages {
@@ -179,13 +190,18 @@ fn payloads(plan: &Plan) -> Vec<String> {
             );
             chunk_bytes = 0;
         }
-        chunk_bytes += size;
+        chunk_bytes += size + 1;
         chunk.push(item);
     }
     if !chunk.is_empty() {
         payloads.push(Notice::Messages { touched: chunk }.encode());
     }
     payloads
+}
+
+/// Bytes of one touched conversation in a payload.
+fn encoded_len(item: &Touched) -> usize {
+    serde_json::to_vec(item).map_or(usize::MAX / 2, |bytes| bytes.len())
 }
 
 /// One statement: insert the rows, move each conversation's head, activity time (never
