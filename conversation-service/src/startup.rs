@@ -32,7 +32,7 @@ use crate::{
     domain::PageTokens,
     grpc::ConversationApi,
     realtime::{Hub, run_listener, streams::StreamContext},
-    store::{SendQueue, Store},
+    store::{self, SendQueue, Store},
 };
 
 pub const SERVICE_NAME: &str = "chat.v1.ConversationService";
@@ -137,7 +137,12 @@ impl Application {
             security,
             shutdown,
         } = self;
-        let store = Store::new(pool.clone());
+        // SendMessage's writers have connections of their own (SEND_WRITERS of them).
+        let writer = PgPoolOptions::new()
+            .max_connections(u32::try_from(config.send_writers.max(1)).unwrap_or(u32::MAX))
+            .acquire_timeout(config.db_acquire_timeout)
+            .connect_lazy_with(store::send_options(&options));
+        let store = Store::new(pool.clone(), writer.clone());
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let probes = Probes::new(reporter, &[SERVICE_NAME]).await;
 
@@ -238,6 +243,7 @@ impl Application {
         background.cancel();
         let _ = listener_task.await;
         pool.close().await;
+        writer.close().await;
         tracing::info!("stopped");
         served.context("gRPC server failed")
     }

@@ -11,7 +11,7 @@ mod plan;
 mod send;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgPool, postgres::PgConnectOptions};
 use uuid::Uuid;
 
 use crate::{
@@ -32,17 +32,34 @@ pub use notice::{CHANNEL, Carried, Notice, Touched};
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    /// SendMessage's batches: connections opened with [`LOCK_TIMEOUT`] and
+    /// [`STATEMENT_TIMEOUT`] (see [`send_options`]), so a batch spends no round trip on them.
+    writer: PgPool,
     creates: create_queue::CreateQueue,
 }
 
 impl Store {
     /// Also starts CreateConversation's writer tasks, so it must run within Tokio.
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: PgPool, writer: PgPool) -> Self {
         Self {
             creates: create_queue::CreateQueue::start(pool.clone()),
             pool,
+            writer,
         }
     }
+
+    pub(crate) fn writer(&self) -> &PgPool {
+        &self.writer
+    }
+}
+
+/// The connection options of SendMessage's writers: the session starts with their lock
+/// and statement timeouts set.
+pub fn send_options(options: &PgConnectOptions) -> PgConnectOptions {
+    options.clone().options([
+        ("lock_timeout", LOCK_TIMEOUT),
+        ("statement_timeout", STATEMENT_TIMEOUT),
+    ])
 }
 
 /// A conversation with its newest message (`lm_*`, from a LEFT JOIN on `head_seq`).

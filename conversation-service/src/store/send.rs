@@ -75,13 +75,8 @@ impl Store {
         ids.sort_unstable();
         ids.dedup();
 
-        let mut tx = self.pool.begin().await.map_err(db(ctx))?;
-        sqlx::query("SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)")
-            .bind(LOCK_TIMEOUT)
-            .bind(STATEMENT_TIMEOUT)
-            .execute(&mut *tx)
-            .await
-            .map_err(db(ctx))?;
+        // The writer pool's sessions carry LOCK_TIMEOUT and STATEMENT_TIMEOUT.
+        let mut tx = self.writer().begin().await.map_err(db(ctx))?;
         // Locks in id order so concurrent batches cannot deadlock; seq is assigned under
         // these locks, which is what makes seq order commit order with no gaps, and no
         // other transaction can insert under the same idempotency key meanwhile.
