@@ -157,7 +157,10 @@ async fn existing_by_client_key(
 fn payloads(plan: &Plan) -> Vec<String> {
     let mut added: HashMap<Uuid, Vec<Carried>> = HashMap::new();
     for row in plan.inserts() {
-        added.entry(row.conversation_id).or_default().push(Carried::of(row));
+        added
+            .entry(row.conversation_id)
+            .or_default()
+            .push(Carried::of(row));
     }
     let mut payloads = Vec::new();
     let mut chunk: Vec<Touched> = Vec::new();
@@ -248,4 +251,89 @@ async fn insert_and_notify(
     .await
     .map_err(db("insert messages"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::store::plan::Touch;
+
+    fn plan(conversations: usize, messages_each: usize, body: &str) -> Plan {
+        let mut decisions = Vec::new();
+        let mut touched = BTreeMap::new();
+        for _ in 0..conversations {
+            let id = Uuid::now_v7();
+            for seq in 1..=messages_each {
+                decisions.push(Decision::Insert(MessageRow {
+                    conversation_id: id,
+                    seq: i64::try_from(seq).unwrap(),
+                    id: Uuid::now_v7(),
+                    sender_role: 1,
+                    sender_id: "p1".into(),
+                    body: body.into(),
+                    client_message_id: None,
+                    created_at: Utc::now().trunc_subsecs(6),
+                }));
+            }
+            let touch = Touch {
+                head: i64::try_from(messages_each).unwrap(),
+                provider_read: 0,
+                customer_read: 0,
+                provider_id: "p1".into(),
+                customer_id: None,
+            };
+            touched.insert(id, touch);
+        }
+        Plan { decisions, touched }
+    }
+
+    fn decoded(payloads: &[String]) -> Vec<Touched> {
+        payloads
+            .iter()
+            .flat_map(|payload| match Notice::decode(payload) {
+                Some(Notice::Messages { touched }) => touched,
+                other => panic!("not a messages notice: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn payloads_carry_every_message_that_fits_and_stay_under_the_limit() {
+        let plan = plan(40, 5, &"x".repeat(100));
+        let payloads = payloads(&plan);
+        assert!(payloads.len() > 1, "chunked");
+        assert!(payloads.iter().all(|p| p.len() < 8000));
+        let touched = decoded(&payloads);
+        assert_eq!(touched.len(), 40);
+        for t in &touched {
+            let seqs: Vec<i64> = t.messages.iter().map(|m| m.seq).collect();
+            assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+            let rows: Vec<MessageRow> = t
+                .messages
+                .iter()
+                .filter_map(|m| m.row(t.conversation_id))
+                .collect();
+            let stored: Vec<&MessageRow> = plan
+                .inserts()
+                .filter(|r| r.conversation_id == t.conversation_id)
+                .collect();
+            assert_eq!(rows.iter().collect::<Vec<_>>(), stored);
+        }
+    }
+
+    #[test]
+    fn messages_too_large_to_carry_are_left_to_be_read() {
+        let plan = plan(3, 1, &"€".repeat(3000));
+        let payloads = payloads(&plan);
+        assert!(payloads.iter().all(|p| p.len() < 8000));
+        let touched = decoded(&payloads);
+        assert_eq!(touched.len(), 3);
+        assert!(
+            touched
+                .iter()
+                .all(|t| t.messages.is_empty() && t.head_seq == 1)
+        );
+    }
 }
