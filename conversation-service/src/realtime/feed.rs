@@ -239,4 +239,42 @@ mod tests {
         tail.push(message(11, 100 * 1024));
         assert_eq!(seqs(tail.between(10, 11)), Some(vec![11]));
     }
+
+    fn carried(seqs: std::ops::RangeInclusive<i64>) -> Vec<Carried> {
+        seqs.map(|seq| Carried {
+            seq,
+            id: Uuid::now_v7(),
+            sender_role: 1,
+            sender_id: "p1".into(),
+            body: format!("m{seq}"),
+            client_message_id: None,
+            created_micros: 1_764_000_000_000_000,
+        })
+        .collect()
+    }
+
+    fn held(feed: &Feed, after: i64, up_to: i64) -> Option<Vec<i64>> {
+        let tail = feed.tail.try_lock().ok()?;
+        seqs(tail.between(after, up_to))
+    }
+
+    #[test]
+    fn offered_messages_extend_the_tail_or_start_it_over_after_a_gap() {
+        let feed = Feed::default();
+        let id = Uuid::now_v7();
+        feed.offer(id, &carried(4..=5));
+        assert_eq!(held(&feed, 3, 5), Some(vec![4, 5]));
+        // What the tail already holds is skipped, what follows is added.
+        feed.offer(id, &carried(5..=7));
+        assert_eq!(held(&feed, 3, 7), Some(vec![4, 5, 6, 7]));
+        // A gap (8 was never offered): the tail starts over at 9; a stream at 7 reads 8.
+        feed.offer(id, &carried(9..=9));
+        assert_eq!(held(&feed, 7, 9), None);
+        assert_eq!(held(&feed, 8, 9), Some(vec![9]));
+        // Bodies and ids come through converted.
+        let tail = feed.tail.try_lock().unwrap();
+        let message = tail.messages.back().unwrap();
+        assert_eq!((message.seq, message.body.as_str()), (9, "m9"));
+        assert_eq!(message.conversation_id, id.to_string());
+    }
 }
