@@ -137,9 +137,12 @@ impl Application {
             security,
             shutdown,
         } = self;
-        // SendMessage's writers have connections of their own (SEND_WRITERS of them).
+        // SendMessage's writers have connections of their own: one each, and as many again
+        // for a busy batch's conversations written one by one (one locked elsewhere may
+        // hold a connection for LOCK_TIMEOUT).
+        let writer_connections = config.send_writers.max(1).saturating_mul(2);
         let writer = PgPoolOptions::new()
-            .max_connections(u32::try_from(config.send_writers.max(1)).unwrap_or(u32::MAX))
+            .max_connections(u32::try_from(writer_connections).unwrap_or(u32::MAX))
             .acquire_timeout(config.db_acquire_timeout)
             .connect_lazy_with(store::send_options(&options));
         let store = Store::new(pool.clone(), writer.clone());

@@ -24,7 +24,7 @@ pub use conversations::NewConversation;
 pub use inbox::{InboxCursor, InboxItem, InboxWindow, Snapshot, window_sql};
 pub use messages::ListDirection;
 pub use plan::NewMessage;
-pub use send::{LOCK_TIMEOUT, STATEMENT_TIMEOUT};
+pub use send::{BATCH_LOCK_TIMEOUT, LOCK_TIMEOUT, STATEMENT_TIMEOUT};
 
 pub use notice::{CHANNEL, Carried, Notice, Touched};
 
@@ -32,7 +32,7 @@ pub use notice::{CHANNEL, Carried, Notice, Touched};
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
-    /// SendMessage's batches: connections opened with [`LOCK_TIMEOUT`] and
+    /// SendMessage's batches: connections opened with [`BATCH_LOCK_TIMEOUT`] and
     /// [`STATEMENT_TIMEOUT`] (see [`send_options`]), so a batch spends no round trip on them.
     writer: PgPool,
     creates: create_queue::CreateQueue,
@@ -57,7 +57,7 @@ impl Store {
 /// and statement timeouts set.
 pub fn send_options(options: &PgConnectOptions) -> PgConnectOptions {
     options.clone().options([
-        ("lock_timeout", LOCK_TIMEOUT),
+        ("lock_timeout", BATCH_LOCK_TIMEOUT),
         ("statement_timeout", STATEMENT_TIMEOUT),
     ])
 }

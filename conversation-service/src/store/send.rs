@@ -19,6 +19,10 @@ use crate::{
 
 /// How long a batch waits for a conversation's row lock, and how long any of its
 /// statements may run: one stuck conversation must not stall every send of the replica.
+/// A batch first waits [`BATCH_LOCK_TIMEOUT`] (our own writers hold a row for a few
+/// milliseconds); when that runs out it is written again one conversation at a time,
+/// each waiting up to [`LOCK_TIMEOUT`], so only the locked conversation's sends wait long.
+pub const BATCH_LOCK_TIMEOUT: &str = "200ms";
 pub const LOCK_TIMEOUT: &str = "3s";
 pub const STATEMENT_TIMEOUT: &str = "8s";
 
@@ -65,18 +69,28 @@ impl Store {
     /// Writes a batch in one transaction. The outer error fails the whole batch; the
     /// inner ones belong to single messages. `gone(i)` says whether the caller of
     /// message i has left; it is asked once the locks are held, right before deciding.
+    /// `patient`: wait up to [`LOCK_TIMEOUT`] for row locks instead of
+    /// [`BATCH_LOCK_TIMEOUT`] (one more statement).
     pub(crate) async fn write_messages(
         &self,
         batch: &[NewMessage],
         gone: impl Fn(usize) -> bool,
+        patient: bool,
     ) -> Result<Vec<Option<Result<Sent>>>, BatchError> {
         let ctx = "send messages";
         let mut ids: Vec<Uuid> = batch.iter().map(|m| m.conversation_id.0).collect();
         ids.sort_unstable();
         ids.dedup();
 
-        // The writer pool's sessions carry LOCK_TIMEOUT and STATEMENT_TIMEOUT.
+        // The writer pool's sessions carry BATCH_LOCK_TIMEOUT and STATEMENT_TIMEOUT.
         let mut tx = self.writer().begin().await.map_err(db(ctx))?;
+        if patient {
+            sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+                .bind(LOCK_TIMEOUT)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(ctx))?;
+        }
         // Locks in id order so concurrent batches cannot deadlock; seq is assigned under
         // these locks, which is what makes seq order commit order with no gaps, and no
         // other transaction can insert under the same idempotency key meanwhile.

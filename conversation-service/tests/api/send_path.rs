@@ -108,6 +108,11 @@ async fn a_locked_conversation_fails_fast_and_stalls_no_other() {
     for other in others {
         other.await.unwrap().unwrap();
     }
+    // The writer waiting on the lock held its turn; the other writer went on without it.
+    assert!(
+        !stuck.is_finished(),
+        "the other sends were written while the locked one still waited"
+    );
     let status = stuck.await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let in_locked = format!("SELECT count(*) FROM messages WHERE conversation_id = '{locked}'");
