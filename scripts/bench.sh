@@ -56,6 +56,11 @@ after_word() { grep -m1 -- "$3" "$1" | awk -v w="$2" '{for (i = 1; i < NF; i++) 
 value_of() { grep -o -- "$2=[0-9.]*" "$1" | tail -1 | cut -d= -f2; }
 or_na() { [[ -n "${1:-}" ]] && echo "$1" || echo n/a; }
 
+# Each phase starts from a clean checkpoint, so one phase's WAL (the pgbench ceiling
+# writes ~1.7M rows) is not flushed during the next.
+checkpoint() { psql "${pg[@]}" -d postgres -qc CHECKPOINT || true; }
+
+checkpoint
 echo "== SendMessage (conversation-service/examples/bench.rs)"
 send_databases >"$logs/databases"
 "$dir/examples/bench" --seconds "$seconds" --clients 64 --conversations 64 --deliveries "$deliveries" \
@@ -68,6 +73,7 @@ quiet_p99=$(sed -n '/other replica/,$p' "$logs/send" | after_word /dev/stdin p99
 loaded_p50=$(sed -n '/under load/,$p' "$logs/send" | after_word /dev/stdin p50 "received") || true
 delivery_p99=$(sed -n '/under load/,$p' "$logs/send" | after_word /dev/stdin p99 "received") || true
 
+checkpoint
 echo "== PostgreSQL references (pgbench on the project's schema)"
 refdb="bench_pgref_$$"
 psql "${pg[@]}" -qc "CREATE DATABASE $refdb"
@@ -109,10 +115,12 @@ for clients in 2 4 8; do
 done
 psql "${pg[@]}" -qc "DROP DATABASE IF EXISTS $refdb WITH (FORCE)"
 
+checkpoint
 echo "== RedeemToken end to end (token-service/examples/redeem_bench.rs)"
 "$dir/examples/redeem_bench" --seconds "$seconds" --callers "$callers" | tee "$logs/redeem" || true
 redeem=$(value_of "$logs/redeem" redeem_per_s)
 
+checkpoint
 echo "== Streams (conversation-service/examples/streams_bench.rs)"
 "$dir/examples/streams_bench" --service-bin "$dir/conversation-service" --streams "$streams" \
   --viewers 10 --fanout-messages "$fanout_messages" | tee "$logs/streams" || true

@@ -239,6 +239,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let ids = create_conversations(&replicas[0].client, args.conversations).await?;
     let senders = Arc::new(senders(&replicas, args.clients, args.connections.into())?);
+    let mut wal = PgConnection::connect(&url).await?;
+    let wal_before = wal_lsn(&mut wal).await?;
     let service = {
         let senders = Arc::clone(&senders);
         let ids = ids.clone();
@@ -258,10 +260,16 @@ async fn main() -> anyhow::Result<()> {
         )
         .await
     };
+    let wal_bytes = wal_lsn(&mut wal).await? - wal_before;
     let mut reference = reference;
     let mut service = service;
     reference.print();
     service.print();
+    // Cluster-wide, so anything else writing meanwhile counts too.
+    println!(
+        "WAL written during the service phase: {:.0} bytes per message",
+        wal_bytes / service.latencies.len().max(1) as f64
+    );
     let service_rate = service.rate();
     println!(
         "service / reference throughput: {:.2}x (target >= 1.5x)",
@@ -667,6 +675,15 @@ async fn start(url: &str) -> anyhow::Result<Replica> {
         addr,
         client: connect(addr)?,
     })
+}
+
+/// The server's current WAL position, in bytes.
+async fn wal_lsn(conn: &mut PgConnection) -> anyhow::Result<f64> {
+    Ok(
+        sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8")
+            .fetch_one(conn)
+            .await?,
+    )
 }
 
 /// The senders' clients: client c on replica c % replicas, over that replica's
