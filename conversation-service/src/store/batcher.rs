@@ -4,21 +4,19 @@
 //! answered once its message is committed. What a batch does is decided in `plan.rs`,
 //! written in `send.rs`; this module only collects batches and answers callers.
 
-use std::{collections::HashMap, sync::Arc};
+use std::collections::HashMap;
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Store,
     plan::NewMessage,
     send::{BatchError, Sent},
+    turns::Turns,
 };
 use crate::error::{Error, Result};
 
 type Job = (NewMessage, oneshot::Sender<Result<Sent>>);
-
-/// How long a batch may hold the writers' turn before the next writer goes ahead anyway.
-const STALLED: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Handle to the writer tasks; cheap to clone.
 #[derive(Clone)]
@@ -28,44 +26,15 @@ pub struct SendQueue {
 
 impl SendQueue {
     /// Starts `writers` tasks, each writing up to `batch_max` queued messages per
-    /// transaction. They stop once every handle is dropped and the queue is drained.
-    ///
-    /// Writers take turns: the next batch is collected when the writer before it has
-    /// committed, so batches are as large as the load makes them (on 2 cores one writer at
-    /// a time gave 11.8k msg/s and a loaded delivery p99 of 7.8 ms; two at once 10.4k and
-    /// 11.0 ms). A writer whose batch takes longer than [`STALLED`] (a row lock held
-    /// elsewhere) no longer holds the others back: they write beside it.
+    /// transaction, taking turns ([`Turns`]). They stop once every handle is dropped and
+    /// the queue is drained.
     pub fn start(store: Store, writers: usize, batch_max: usize) -> Self {
-        let batch_max = batch_max.max(1);
-        let (jobs, receiver) = mpsc::channel::<Job>(batch_max * writers.max(1) * 4);
-        let receiver = Arc::new(Mutex::new(receiver));
-        let turn = Arc::new(Mutex::new(()));
+        let (jobs, turns) = Turns::<Job>::channel(batch_max * writers.max(1) * 4, batch_max);
         for _ in 0..writers.max(1) {
             let store = store.clone();
-            let receiver = Arc::clone(&receiver);
-            let turn = Arc::clone(&turn);
+            let turns = turns.clone();
             tokio::spawn(async move {
-                loop {
-                    let mut batch = Vec::new();
-                    let my_turn;
-                    {
-                        // Whoever holds the receiver collects the next batch, once the
-                        // writer before it is done (or stalled); meanwhile the queue fills.
-                        let mut receiver = receiver.lock().await;
-                        let Some(first) = receiver.recv().await else {
-                            return;
-                        };
-                        my_turn = tokio::time::timeout(STALLED, Arc::clone(&turn).lock_owned())
-                            .await
-                            .ok();
-                        batch.push(first);
-                        while batch.len() < batch_max {
-                            match receiver.try_recv() {
-                                Ok(job) => batch.push(job),
-                                Err(_) => break,
-                            }
-                        }
-                    }
+                while let Some((mut batch, turn)) = turns.next().await {
                     // A caller that left (deadline, cancel) is not written for: a blind
                     // retry of it must not duplicate.
                     batch.retain(|(_, reply)| !reply.is_closed());
@@ -74,7 +43,7 @@ impl SendQueue {
                         write_and_answer(&store, batch).await;
                         crate::metrics::send_batch(size, started.elapsed());
                     }
-                    drop(my_turn);
+                    drop(turn);
                 }
             });
         }

@@ -4,14 +4,13 @@
 //! written together (`conversations::create_batch`): one transaction and one NOTIFY
 //! statement per batch, each caller answered once its conversation is committed.
 
-use std::sync::Arc;
-
 use sqlx::PgPool;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     ConversationRow,
     conversations::{NewConversation, create_batch},
+    turns::Turns,
 };
 use crate::error::{Error, Result};
 
@@ -34,21 +33,20 @@ pub struct CreateQueue {
 impl CreateQueue {
     /// Starts the writer tasks (within a Tokio runtime).
     pub fn start(pool: PgPool) -> Self {
-        let (jobs, receiver) = mpsc::channel::<Job>(BATCH_MAX * WRITERS * 4);
-        let receiver = Arc::new(Mutex::new(receiver));
+        let (jobs, turns) = Turns::<Job>::channel(BATCH_MAX * WRITERS * 4, BATCH_MAX);
         for _ in 0..WRITERS {
             let pool = pool.clone();
-            let receiver = Arc::clone(&receiver);
+            let turns = turns.clone();
             tokio::spawn(async move {
-                while let Some(batch) = next_batch(&receiver).await {
+                while let Some((batch, turn)) = turns.next().await {
                     write_and_answer(&pool, batch).await;
+                    drop(turn);
                 }
             });
         }
         Self { jobs }
     }
 
-    /// Creates (or finds) one conversation; resolves once it is committed.
     pub async fn create(&self, new: NewConversation) -> Result<Created> {
         let (reply, answer) = oneshot::channel();
         self.jobs
@@ -59,21 +57,6 @@ impl CreateQueue {
             .await
             .map_err(|_| Error::Unavailable("the conversation writer stopped".into()))?
     }
-}
-
-/// Whoever holds the receiver gathers the next batch; the other writer waits meanwhile,
-/// so batches grow while one is being written.
-async fn next_batch(receiver: &Mutex<mpsc::Receiver<Job>>) -> Option<Vec<Job>> {
-    let mut receiver = receiver.lock().await;
-    let first = receiver.recv().await?;
-    let mut batch = vec![first];
-    while batch.len() < BATCH_MAX {
-        match receiver.try_recv() {
-            Ok(job) => batch.push(job),
-            Err(_) => break,
-        }
-    }
-    Some(batch)
 }
 
 async fn write_and_answer(pool: &PgPool, batch: Vec<Job>) {

@@ -9,6 +9,7 @@ mod messages;
 mod notice;
 mod plan;
 mod send;
+mod turns;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, postgres::PgConnectOptions};

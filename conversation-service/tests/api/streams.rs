@@ -83,6 +83,23 @@ async fn sent_on_one_replica_arrives_in_order_on_another() {
     assert!(seen.iter().all(|(_, replayed)| !replayed), "delivered live");
 }
 
+/// A new conversation and `n` provider streams on it, each past its snapshot.
+async fn conversation_with_viewers(
+    app: &mut crate::helpers::TestApp,
+    n: usize,
+) -> (String, Vec<Streaming<StreamConversationResponse>>) {
+    let provider_id = new_provider();
+    let id = create(&mut app.client, &provider_id).await.conversation_id;
+    let mut viewers = Vec::new();
+    for _ in 0..n {
+        let mut stream = open(&mut app.client, &id, provider(&provider_id), 0).await;
+        let first = next(&mut stream).await;
+        assert!(matches!(first.event, Some(Event::Snapshot(_))));
+        viewers.push(stream);
+    }
+    (id, viewers)
+}
+
 /// Sends `body` `n` times, one at a time, each awaited on every viewer (which must get
 /// exactly it, body included).
 async fn send_to_viewers(
@@ -111,17 +128,7 @@ async fn send_to_viewers(
 async fn viewers_read_nothing_back_when_the_notice_carries_the_message_and_share_one_read_otherwise()
  {
     let mut app = spawn_app().await;
-    let provider_id = new_provider();
-    let id = create(&mut app.client, &provider_id).await.conversation_id;
-    let mut viewers = Vec::new();
-    for _ in 0..10 {
-        let mut stream = open(&mut app.client, &id, provider(&provider_id), 0).await;
-        assert!(matches!(
-            next(&mut stream).await.event,
-            Some(Event::Snapshot(_))
-        ));
-        viewers.push(stream);
-    }
+    let (id, mut viewers) = conversation_with_viewers(&mut app, 10).await;
     let reads = |app: &crate::helpers::TestApp| app.hub.message_reads();
 
     let before = reads(&app);
@@ -144,16 +151,10 @@ async fn viewers_read_nothing_back_when_the_notice_carries_the_message_and_share
 #[tokio::test]
 async fn viewers_sharing_reads_get_a_burst_complete_and_in_order() {
     let mut app = spawn_app().await;
-    let provider_id = new_provider();
-    let id = create(&mut app.client, &provider_id).await.conversation_id;
-    let mut viewers = Vec::new();
-    for _ in 0..8 {
-        let mut stream = open(&mut app.client, &id, provider(&provider_id), 0).await;
-        next(&mut stream).await;
-        viewers.push(stream);
-    }
-    // 300 sends at once: wake-ups arrive in batches, some streams fall behind the
-    // shared tail (64 messages) and read on their own; every one still gets 1..=300.
+    let (id, mut viewers) = conversation_with_viewers(&mut app, 8).await;
+    // 300 sends at once: batches too large to carry, wake-ups in bursts, streams that may
+    // fall behind the shared tail (64 messages) and read on their own; every one still
+    // gets 1..=300.
     let sends = (0..300).map(|i| {
         let mut client = app.client.clone();
         let id = id.clone();
