@@ -39,14 +39,19 @@ pub fn participant(participant: &Participant) -> v1::Participant {
 }
 
 pub fn message(row: &MessageRow) -> v1::Message {
+    into_message(row.clone())
+}
+
+/// [`message`] for a row no longer needed: its strings move instead of being copied.
+pub fn into_message(row: MessageRow) -> v1::Message {
     v1::Message {
         conversation_id: row.conversation_id.to_string(),
         seq: row.seq,
         message_id: row.id.to_string(),
         sender: Some(participant(&row.sender())),
-        body: row.body.clone(),
-        client_message_id: row.client_message_id.clone().unwrap_or_default(),
         create_time: Some(timestamp(row.created_at)),
+        body: row.body,
+        client_message_id: row.client_message_id.unwrap_or_default(),
     }
 }
 

@@ -116,7 +116,7 @@ impl Feed {
     /// Adds messages a notice carried (contiguous seqs, oldest first). Best effort: when
     /// a stream is reading meanwhile, or the messages do not follow the tail, the tail
     /// starts over at them or keeps what it has, and the streams read what they miss.
-    pub fn offer(&self, conversation_id: Uuid, messages: &[Carried]) {
+    pub fn offer(&self, conversation_id: Uuid, messages: Vec<Carried>) {
         let Some(first) = messages.first() else {
             return;
         };
@@ -134,10 +134,10 @@ impl Feed {
             if message.seq != tail.head() + 1 {
                 continue;
             }
-            let Some(row) = message.row(conversation_id) else {
+            let Some(row) = message.into_row(conversation_id) else {
                 return;
             };
-            tail.push(convert::message(&row));
+            tail.push(convert::into_message(row));
         }
     }
 
@@ -262,13 +262,13 @@ mod tests {
     fn offered_messages_extend_the_tail_or_start_it_over_after_a_gap() {
         let feed = Feed::default();
         let id = Uuid::now_v7();
-        feed.offer(id, &carried(4..=5));
+        feed.offer(id, carried(4..=5));
         assert_eq!(held(&feed, 3, 5), Some(vec![4, 5]));
         // What the tail already holds is skipped, what follows is added.
-        feed.offer(id, &carried(5..=7));
+        feed.offer(id, carried(5..=7));
         assert_eq!(held(&feed, 3, 7), Some(vec![4, 5, 6, 7]));
         // A gap (8 was never offered): the tail starts over at 9; a stream at 7 reads 8.
-        feed.offer(id, &carried(9..=9));
+        feed.offer(id, carried(9..=9));
         assert_eq!(held(&feed, 7, 9), None);
         assert_eq!(held(&feed, 8, 9), Some(vec![9]));
         // Bodies and ids come through converted.

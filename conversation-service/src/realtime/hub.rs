@@ -281,7 +281,7 @@ impl Hub {
         // The messages first, so the streams woken next find them in their feed.
         for (id, messages) in carried {
             if let Some(group) = map.get(&Key::Conversation(id)) {
-                group.feed.offer(id, &messages);
+                group.feed.offer(id, messages);
             }
         }
         for (key, wake) in deliveries {

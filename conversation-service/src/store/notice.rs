@@ -68,16 +68,16 @@ impl Carried {
     }
 
     /// The stored row this was made from (`None` for an impossible timestamp).
-    pub fn row(&self, conversation_id: Uuid) -> Option<MessageRow> {
+    pub fn into_row(self, conversation_id: Uuid) -> Option<MessageRow> {
         Some(MessageRow {
             conversation_id,
+            created_at: DateTime::<Utc>::from_timestamp_micros(self.created_micros)?,
             seq: self.seq,
             id: self.id,
             sender_role: self.sender_role,
-            sender_id: self.sender_id.clone(),
-            body: self.body.clone(),
-            client_message_id: self.client_message_id.clone(),
-            created_at: DateTime::<Utc>::from_timestamp_micros(self.created_micros)?,
+            sender_id: self.sender_id,
+            body: self.body,
+            client_message_id: self.client_message_id,
         })
     }
 }
@@ -149,6 +149,13 @@ impl Notice {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// The payload of a [`Notice::Messages`] whose touched conversations are already
+    /// encoded (each as [`Touched`]'s JSON): what `encode` would write, without encoding
+    /// them again.
+    pub fn messages_payload(touched: &[String]) -> String {
+        format!(r#"{{"k":"m","m":[{}]}}"#, touched.join(","))
+    }
+
     pub fn decode(payload: &str) -> Option<Self> {
         serde_json::from_str(payload).ok()
     }
@@ -184,8 +191,32 @@ mod tests {
         let Some(Notice::Messages { touched }) = decoded else {
             unreachable!()
         };
-        assert_eq!(touched[0].messages[0].row(row.conversation_id), Some(row));
+        assert_eq!(
+            touched[0].messages[0].clone().into_row(row.conversation_id),
+            Some(row)
+        );
         assert_eq!(Notice::decode("{\"k\":\"zz\"}"), None);
+    }
+
+    #[test]
+    fn a_payload_joined_from_encoded_items_is_what_encode_writes() {
+        let touched: Vec<Touched> = (1..=3)
+            .map(|seq| Touched {
+                conversation_id: Uuid::now_v7(),
+                head_seq: seq,
+                provider_id: "p1".into(),
+                customer_id: Some("c1".into()),
+                messages: Vec::new(),
+            })
+            .collect();
+        let items: Vec<String> = touched
+            .iter()
+            .map(|t| serde_json::to_string(t).unwrap())
+            .collect();
+        assert_eq!(
+            Notice::messages_payload(&items),
+            Notice::Messages { touched }.encode()
+        );
     }
 
     /// Replicas of the previous release read and write the same bytes.

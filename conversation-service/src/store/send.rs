@@ -167,7 +167,8 @@ async fn existing_by_client_key(
 }
 
 /// NOTIFY payloads naming every touched conversation, with the messages it got when they
-/// fit, chunked under PostgreSQL's 8000-byte limit.
+/// fit, chunked under PostgreSQL's 8000-byte limit. Each conversation is encoded once and
+/// the chunks are joined into [`Notice::Messages`]'s envelope.
 fn payloads(plan: &Plan) -> Vec<String> {
     let mut added: HashMap<Uuid, Vec<Carried>> = HashMap::new();
     for row in plan.inserts() {
@@ -176,8 +177,7 @@ fn payloads(plan: &Plan) -> Vec<String> {
             .or_default()
             .push(Carried::of(row));
     }
-    let mut payloads = Vec::new();
-    let mut chunk: Vec<Touched> = Vec::new();
+    let mut chunks: Vec<Vec<String>> = vec![Vec::new()];
     let mut chunk_bytes = 0;
     for (id, touch) in &plan.touched {
         let mut item = Touched {
@@ -187,33 +187,32 @@ fn payloads(plan: &Plan) -> Vec<String> {
             customer_id: touch.customer_id.clone(),
             messages: added.remove(id).unwrap_or_default(),
         };
-        let mut size = encoded_len(&item);
-        if size > MAX_NOTIFY_BYTES {
+        let mut encoded = encode(&item);
+        if encoded.len() > MAX_NOTIFY_BYTES {
             // Too large to carry: the streams read these messages from the table.
             item.messages.clear();
-            size = encoded_len(&item);
+            encoded = encode(&item);
         }
-        if chunk_bytes + size > MAX_NOTIFY_BYTES && !chunk.is_empty() {
-            payloads.push(
-                Notice::Messages {
-                    touched: std::mem::take(&mut chunk),
-                }
-                .encode(),
-            );
+        if chunk_bytes + encoded.len() > MAX_NOTIFY_BYTES && chunk_bytes > 0 {
+            chunks.push(Vec::new());
             chunk_bytes = 0;
         }
-        chunk_bytes += size + 1;
-        chunk.push(item);
+        chunk_bytes += encoded.len() + 1;
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.push(encoded);
+        }
     }
-    if !chunk.is_empty() {
-        payloads.push(Notice::Messages { touched: chunk }.encode());
-    }
-    payloads
+    chunks
+        .into_iter()
+        .filter(|chunk| !chunk.is_empty())
+        .map(|chunk| Notice::messages_payload(&chunk))
+        .collect()
 }
 
-/// Bytes of one touched conversation in a payload.
-fn encoded_len(item: &Touched) -> usize {
-    serde_json::to_vec(item).map_or(usize::MAX / 2, |bytes| bytes.len())
+/// One touched conversation as a payload carries it.
+fn encode(item: &Touched) -> String {
+    // Plain data always serialises.
+    serde_json::to_string(item).unwrap_or_default()
 }
 
 /// One statement: insert the rows, move each conversation's head, activity time (never
@@ -327,7 +326,7 @@ mod tests {
             let rows: Vec<MessageRow> = t
                 .messages
                 .iter()
-                .filter_map(|m| m.row(t.conversation_id))
+                .filter_map(|m| m.clone().into_row(t.conversation_id))
                 .collect();
             let stored: Vec<&MessageRow> = plan
                 .inserts()
