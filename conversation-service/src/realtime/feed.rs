@@ -271,6 +271,13 @@ mod tests {
         feed.offer(id, carried(9..=9));
         assert_eq!(held(&feed, 7, 9), None);
         assert_eq!(held(&feed, 8, 9), Some(vec![9]));
+        // A carried message that cannot be a row (an impossible time) is not shared: the
+        // streams read it from the table.
+        let mut bad = carried(10..=10);
+        bad[0].created_micros = i64::MAX;
+        feed.offer(id, bad);
+        assert_eq!(held(&feed, 9, 10), None);
+        assert_eq!(held(&feed, 8, 9), Some(vec![9]));
         // Bodies and ids come through converted.
         let tail = feed.tail.try_lock().unwrap();
         let message = tail.messages.back().unwrap();

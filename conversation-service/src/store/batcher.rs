@@ -40,7 +40,7 @@ impl SendQueue {
                     batch.retain(|(_, reply)| !reply.is_closed());
                     if !batch.is_empty() {
                         let (size, started) = (batch.len(), std::time::Instant::now());
-                        write_and_answer(&store, batch).await;
+                        write_and_answer(&store, batch, false).await;
                         crate::metrics::send_batch(size, started.elapsed());
                     }
                     drop(turn);
@@ -65,49 +65,32 @@ impl SendQueue {
 
 /// Writes a batch. When it fails as a whole because a row lock was not granted in time
 /// (a conversation locked elsewhere), each conversation's messages are written again in a
-/// transaction of their own, all at once, each waiting longer for its lock: only the locked
-/// conversation's callers wait for it. When it fails for a reason that may concern only
-/// some messages (a row the database refuses), each message is written alone.
-async fn write_and_answer(store: &Store, batch: Vec<Job>) {
+/// transaction of their own, all at once, each waiting longer for its lock (`patient`):
+/// only the locked conversation's callers wait for it. When it fails for a reason that
+/// may concern only some messages (a row the database refuses), each message is written
+/// alone.
+async fn write_and_answer(store: &Store, batch: Vec<Job>, patient: bool) {
     let (messages, replies): (Vec<NewMessage>, Vec<_>) = batch.into_iter().unzip();
     let result = store
-        .write_messages(&messages, |i| replies[i].is_closed(), false)
+        .write_messages(&messages, |i| replies[i].is_closed(), patient)
         .await;
     match &result {
-        Err(BatchError::Busy) => {
+        Err(BatchError::Busy) if !patient => {
             tracing::debug!(size = messages.len(), "batch busy; writing by conversation");
             let mut groups: HashMap<_, Vec<Job>> = HashMap::new();
             for job in messages.into_iter().zip(replies) {
                 groups.entry(job.0.conversation_id.0).or_default().push(job);
             }
-            futures::future::join_all(
-                groups
-                    .into_values()
-                    .map(|group| write_patiently(store, group)),
-            )
-            .await;
+            let writes = groups
+                .into_values()
+                .map(|group| Box::pin(write_and_answer(store, group, true)));
+            futures::future::join_all(writes).await;
         }
         // The database is gone: writing singly would only wait longer.
         Err(BatchError::Failed(error))
             if messages.len() > 1 && !matches!(error, Error::Unavailable(_)) =>
         {
             tracing::debug!(size = messages.len(), "batch failed; writing singly");
-            write_singly(store, messages.into_iter().zip(replies).collect()).await;
-        }
-        _ => answer(replies, result),
-    }
-}
-
-/// The messages of one conversation, waiting up to `LOCK_TIMEOUT` for its row lock.
-async fn write_patiently(store: &Store, group: Vec<Job>) {
-    let (messages, replies): (Vec<NewMessage>, Vec<_>) = group.into_iter().unzip();
-    let result = store
-        .write_messages(&messages, |i| replies[i].is_closed(), true)
-        .await;
-    match &result {
-        Err(BatchError::Failed(error))
-            if messages.len() > 1 && !matches!(error, Error::Unavailable(_)) =>
-        {
             write_singly(store, messages.into_iter().zip(replies).collect()).await;
         }
         _ => answer(replies, result),
