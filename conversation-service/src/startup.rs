@@ -145,7 +145,11 @@ impl Application {
             .max_connections(u32::try_from(writer_connections).unwrap_or(u32::MAX))
             .acquire_timeout(config.db_acquire_timeout)
             .connect_lazy_with(store::send_options(&options));
-        let store = Store::new(pool.clone(), writer.clone());
+        let creates = PgPoolOptions::new()
+            .max_connections(store::CREATE_CONNECTIONS)
+            .acquire_timeout(config.db_acquire_timeout)
+            .connect_lazy_with(store::create_options(&options));
+        let store = Store::new(pool.clone(), writer.clone(), creates.clone());
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let probes = Probes::new(reporter, &[SERVICE_NAME]).await;
 
@@ -247,6 +251,7 @@ impl Application {
         let _ = listener_task.await;
         pool.close().await;
         writer.close().await;
+        creates.close().await;
         tracing::info!("stopped");
         served.context("gRPC server failed")
     }

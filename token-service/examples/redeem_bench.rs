@@ -32,6 +32,10 @@ struct Args {
     /// Concurrent callers, one phase per value.
     #[arg(long, value_delimiter = ',', default_value = "4,16,64")]
     callers: Vec<usize>,
+    /// Serve both services' Prometheus metrics here while it runs (one recorder per
+    /// process: conversation-service's endpoint carries token-service's metrics too).
+    #[arg(long)]
+    metrics_addr: Option<String>,
 }
 
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -75,17 +79,22 @@ async fn cpu_seconds(database: &str) -> (f64, f64) {
 /// conversation-service on a fresh database; returns its address.
 async fn start_conversations(
     database: &str,
+    metrics_addr: Option<&str>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<String> {
     use conversation_service::{config::Config, startup::Application};
     let url = fresh_database(database).await?;
-    let config = Config::try_parse_from([
+    let mut args = vec![
         "conversation-service",
         "--listen",
         "127.0.0.1:0",
         "--database-url",
         &url,
-    ])?;
+    ];
+    if let Some(addr) = metrics_addr {
+        args.extend(["--metrics-addr", addr]);
+    }
+    let config = Config::try_parse_from(args)?;
     let app = Application::build(config).await?;
     let addr = format!("http://{}", app.local_addr());
     let token = app.shutdown_token();
@@ -249,7 +258,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let shutdown = CancellationToken::new();
     let database = format!("bench_redeem_{}", Uuid::new_v4().simple());
-    let conversations = start_conversations(&database, &shutdown).await?;
+    let conversations =
+        start_conversations(&database, args.metrics_addr.as_deref(), &shutdown).await?;
     let client = start_tokens(&conversations, &shutdown).await?;
     // Let both services see each other healthy (token-service's first probe).
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 /// Most creates per transaction.
 const BATCH_MAX: usize = 128;
 /// Transactions in flight: while one commits, the next batch gathers.
-const WRITERS: usize = 2;
+pub(super) const WRITERS: usize = 2;
 
 /// The conversation and whether this call created it (false: a retry or a reuse).
 pub type Created = (ConversationRow, bool);
