@@ -30,6 +30,15 @@ pub fn sqlite_call(took: Duration) {
     metrics::histogram!("token_sqlite_call_seconds").record(took.as_secs_f64());
 }
 
+/// One group commit: how many calls it carried, how long the transaction took from
+/// BEGIN to the end of COMMIT, and the COMMIT alone (its fsync).
+#[allow(clippy::cast_precision_loss)]
+pub fn sqlite_group(calls: usize, took: Duration, commit: Duration) {
+    metrics::histogram!("token_sqlite_group_calls").record(calls as f64);
+    metrics::histogram!("token_sqlite_group_seconds").record(took.as_secs_f64());
+    metrics::histogram!("token_sqlite_commit_seconds").record(commit.as_secs_f64());
+}
+
 /// Read at each scrape: calls waiting for the SQLite thread.
 #[allow(clippy::cast_precision_loss)]
 pub fn sample(store: &Store) {

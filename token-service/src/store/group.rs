@@ -120,6 +120,7 @@ fn is_broken_error(error: &Error) -> bool {
 
 /// Runs `works` in one transaction on `conn` and answers every caller.
 pub(super) fn run(conn: &Connection, works: Vec<Box<dyn Work>>, commits: &AtomicU64) -> Ended {
+    let (calls, started) = (works.len(), std::time::Instant::now());
     if let Err(error) = exec(conn, "BEGIN IMMEDIATE") {
         let broken = is_broken_error(&error);
         for work in works {
@@ -175,9 +176,11 @@ pub(super) fn run(conn: &Connection, works: Vec<Box<dyn Work>>, commits: &Atomic
             leftover: works.collect(),
         };
     }
+    let committing = std::time::Instant::now();
     match exec(conn, "COMMIT") {
         Ok(()) => {
             commits.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::sqlite_group(calls, started.elapsed(), committing.elapsed());
             for answer in kept {
                 answer(Ok(()));
             }
