@@ -23,7 +23,7 @@ if [[ "${1:-}" == "--smoke" ]]; then
   deliveries=200 callers=4,64 fanout_messages=50
 else
   profile=(--release) dir=${CARGO_TARGET_DIR:-target}/release seconds=${BENCH_SECONDS:-10} streams=${BENCH_STREAMS:-2000}
-  deliveries=2000 callers=4,16,64,128 fanout_messages=200
+  deliveries=2000 callers=4,16,64,128,256 fanout_messages=200
 fi
 naive_clients=${BENCH_NAIVE_CLIENTS:-16}
 connections=${BENCH_CONNECTIONS:-4}

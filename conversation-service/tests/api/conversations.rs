@@ -717,3 +717,66 @@ async fn concurrent_retries_of_a_reusing_request_all_get_the_same_answer() {
         1
     );
 }
+
+/// Sequential scans of `conversations` counted so far, once the service's backends have
+/// reported: a backend that flushed its counters less than a second ago flushes them
+/// next after 10 s idle (PostgreSQL 15's PGSTAT_IDLE_INTERVAL).
+async fn conversation_seq_scans(app: &crate::helpers::TestApp) -> i64 {
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    app.count("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'conversations'")
+        .await
+}
+
+/// `n` concurrent creates for `provider` (so they are written in batches).
+async fn create_many(client: &crate::helpers::Client, provider: &str, n: usize) {
+    let calls = (0..n).map(|_| {
+        let mut client = client.clone();
+        async move { create(&mut client, provider).await }
+    });
+    futures::future::join_all(calls).await;
+}
+
+/// CreateConversation's statements are planned for the table as it is: after batches
+/// written on a near-empty table (where a scan is the cheapest plan, and PostgreSQL would
+/// cache it for the connection's life), 20,000 more rows must not make later batches
+/// scan it.
+#[tokio::test]
+async fn creates_on_a_grown_table_use_its_indexes() {
+    let app = spawn_app().await;
+    let mut db = app.db().await;
+    // No ANALYZE while the test runs: a new plan must not depend on autovacuum's timing.
+    sqlx::query("ALTER TABLE conversations SET (autovacuum_enabled = false)")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let provider = crate::helpers::new_provider();
+    // More batches per writer connection than the five custom plans PostgreSQL makes
+    // before it may cache a generic one.
+    for _ in 0..16 {
+        create_many(&app.client, &provider, 32).await;
+    }
+    sqlx::query(
+        "INSERT INTO conversations (id, provider_id) \
+         SELECT gen_random_uuid(), 'filler' FROM generate_series(1, 20000)",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let before = conversation_seq_scans(&app).await;
+    for _ in 0..4 {
+        create_many(&app.client, &provider, 32).await;
+    }
+    let after = conversation_seq_scans(&app).await;
+    assert_eq!(
+        after - before,
+        0,
+        "creates scanned the whole table ({before} scans before, {after} after)"
+    );
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM conversations WHERE provider_id = '{provider}'"
+        ))
+        .await,
+        20 * 32
+    );
+}
