@@ -116,10 +116,29 @@ async fn a_database_lost_while_serving_gives_unavailable_then_recovers() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // CreateConversation's writers have connections of their own.
+    let status = app
+        .client
+        .create_conversation(v1::CreateConversationRequest {
+            request_id: Uuid::new_v4().to_string(),
+            provider_id: "p1".into(),
+            session_id: crate::helpers::SESSION.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     crate::helpers::wait_health(app.addr, 2).await;
 
     sqlx::query(allow(true)).execute(&mut admin).await.unwrap();
     wait_serving(app.addr).await;
     let sent = app.client.send_message(send).await.unwrap().into_inner();
     assert_eq!(sent.message.unwrap().seq, 1);
+    create(&mut app.client, "p1").await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM conversations WHERE provider_id = 'p1'")
+            .await,
+        2,
+        "the refused create wrote nothing"
+    );
 }
