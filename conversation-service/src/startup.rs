@@ -75,10 +75,7 @@ impl Application {
             None => None,
         };
         let options = connect_options(&config)?;
-        let pool = PgPoolOptions::new()
-            .max_connections(config.db_pool_size.max(1))
-            .acquire_timeout(config.db_acquire_timeout)
-            .connect_lazy_with(options.clone());
+        let pool = lazy_pool(&config, config.db_pool_size.max(1), options.clone());
         let migrated = Arc::new(AtomicBool::new(false));
         match prepare_schema(&pool, config.migrate_on_start).await {
             Ok(()) => migrated.store(true, Ordering::Release),
@@ -141,14 +138,16 @@ impl Application {
         // for a busy batch's conversations written one by one (one locked elsewhere may
         // hold a connection for LOCK_TIMEOUT).
         let writer_connections = config.send_writers.max(1).saturating_mul(2);
-        let writer = PgPoolOptions::new()
-            .max_connections(u32::try_from(writer_connections).unwrap_or(u32::MAX))
-            .acquire_timeout(config.db_acquire_timeout)
-            .connect_lazy_with(store::send_options(&options));
-        let creates = PgPoolOptions::new()
-            .max_connections(store::CREATE_CONNECTIONS)
-            .acquire_timeout(config.db_acquire_timeout)
-            .connect_lazy_with(store::create_options(&options));
+        let writer = lazy_pool(
+            &config,
+            u32::try_from(writer_connections).unwrap_or(u32::MAX),
+            store::send_options(&options),
+        );
+        let creates = lazy_pool(
+            &config,
+            store::CREATE_CONNECTIONS,
+            store::create_options(&options),
+        );
         let store = Store::new(pool.clone(), writer.clone(), creates.clone());
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let probes = Probes::new(reporter, &[SERVICE_NAME]).await;
@@ -255,6 +254,14 @@ impl Application {
         tracing::info!("stopped");
         served.context("gRPC server failed")
     }
+}
+
+/// A pool that connects on first use (the service starts while PostgreSQL is down).
+fn lazy_pool(config: &Config, max_connections: u32, options: PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(config.db_acquire_timeout)
+        .connect_lazy_with(options)
 }
 
 /// Catch-up reads in flight at once: a quarter of the pool, so unary calls keep the rest.
