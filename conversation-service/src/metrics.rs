@@ -46,6 +46,12 @@ pub fn send_batch(messages: usize, took: Duration) {
     metrics::histogram!("chat_send_write_seconds").record(took.as_secs_f64());
 }
 
+/// A SendMessage batch planned on rows read without a lock found one changed (or a key
+/// taken) when written: it wrote nothing and is planned again under the row locks.
+pub fn send_replanned() {
+    metrics::counter!("chat_send_replanned_total").increment(1);
+}
+
 /// Read at each scrape: the pool's connections in use and idle.
 pub fn sample_pool(pool: &PgPool) {
     let idle = pool.num_idle();

@@ -138,9 +138,11 @@ impl Application {
         // for a busy batch's conversations written one by one (one locked elsewhere may
         // hold a connection for LOCK_TIMEOUT).
         let writer_connections = config.send_writers.max(1).saturating_mul(2);
-        let writer = lazy_pool(
-            &config,
-            u32::try_from(writer_connections).unwrap_or(u32::MAX),
+        let writer = writer_pool(
+            lazy_pool_options(
+                &config,
+                u32::try_from(writer_connections).unwrap_or(u32::MAX),
+            ),
             store::send_options(&options),
         );
         let creates = lazy_pool(
@@ -177,7 +179,8 @@ impl Application {
             tokio::spawn(metrics.serve(sample, probes, background.clone()));
         }
 
-        let sender = SendQueue::start(store.clone(), config.send_writers, config.send_batch_max);
+        let sender = SendQueue::start(store.clone(), config.send_writers, config.send_batch_max)
+            .context("starting the SendMessage writers")?;
         let streams = StreamContext {
             store: store.clone(),
             hub: Arc::clone(&hub),
@@ -258,11 +261,32 @@ impl Application {
 
 /// A pool that connects on first use (the service starts while PostgreSQL is down).
 fn lazy_pool(config: &Config, max_connections: u32, options: PgConnectOptions) -> PgPool {
+    lazy_pool_options(config, max_connections).connect_lazy_with(options)
+}
+
+fn lazy_pool_options(config: &Config, max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(config.db_acquire_timeout)
+}
+
+/// SendMessage's writers take a connection per batch, hundreds of times a second: one
+/// used within [`WRITER_PING_AFTER`] is handed out without a ping (a round trip that was
+/// an eighth of a batch's time); a batch that finds it dead fails UNAVAILABLE.
+fn writer_pool(pool: PgPoolOptions, options: PgConnectOptions) -> PgPool {
+    pool.test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= WRITER_PING_AFTER {
+                    sqlx::Connection::ping(connection).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(options)
 }
+
+const WRITER_PING_AFTER: Duration = Duration::from_secs(1);
 
 /// Catch-up reads in flight at once: a quarter of the pool, so unary calls keep the rest.
 fn catch_up_slots(pool_size: u32) -> usize {

@@ -8,6 +8,7 @@ mod inbox;
 mod messages;
 mod notice;
 mod plan;
+mod rows;
 mod send;
 mod turns;
 
@@ -36,6 +37,8 @@ pub struct Store {
     /// SendMessage's batches: connections opened with [`BATCH_LOCK_TIMEOUT`] and
     /// [`STATEMENT_TIMEOUT`] (see [`send_options`]), so a batch spends no round trip on them.
     writer: PgPool,
+    /// The conversation rows SendMessage's writers last read or wrote.
+    known: std::sync::Arc<rows::KnownRows>,
     creates: create_queue::CreateQueue,
 }
 
@@ -47,11 +50,16 @@ impl Store {
             creates: create_queue::CreateQueue::start(creates),
             pool,
             writer,
+            known: std::sync::Arc::default(),
         }
     }
 
     pub(crate) fn writer(&self) -> &PgPool {
         &self.writer
+    }
+
+    pub(crate) fn known(&self) -> &rows::KnownRows {
+        &self.known
     }
 }
 

@@ -52,6 +52,8 @@ pub enum Decision {
 /// The head and the senders' read positions a batch leaves on one conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Touch {
+    /// The head the batch was planned on (the row's `head_seq` when read).
+    pub base: i64,
     pub head: i64,
     pub provider_read: i64,
     pub customer_read: i64,
@@ -134,6 +136,7 @@ pub fn plan(
             *head += 1;
             let seq = *head;
             let touch = touched.entry(id).or_insert_with(|| Touch {
+                base: conversation.head_seq,
                 head: seq,
                 provider_read: 0,
                 customer_read: 0,

@@ -66,22 +66,96 @@ fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> BatchError {
 const MAX_NOTIFY_BYTES: usize = 7800;
 
 impl Store {
-    /// Writes a batch in one transaction. The outer error fails the whole batch; the
-    /// inner ones belong to single messages. `gone(i)` says whether the caller of
-    /// message i has left; it is asked once the locks are held, right before deciding.
-    /// `patient`: wait up to [`LOCK_TIMEOUT`] for row locks instead of
-    /// [`BATCH_LOCK_TIMEOUT`] (one more statement).
+    /// Writes a batch. The outer error fails the whole batch; the inner ones belong to
+    /// single messages. `gone(i)` says whether the caller of message i has left; it is
+    /// asked right before deciding. `patient`: wait up to [`LOCK_TIMEOUT`] for row locks
+    /// instead of [`BATCH_LOCK_TIMEOUT`], taking them before deciding.
+    ///
+    /// A batch is first planned without a lock, on its conversations as this replica
+    /// last wrote them ([`super::rows`]) or else read now, then written in one statement
+    /// that is its own transaction ([`Store::write_unlocked`]): one round trip where the
+    /// transaction under locks takes five. When a conversation changed meanwhile, or a
+    /// stored message already has one of the batch's idempotency keys, that statement
+    /// writes nothing and the batch is planned again under the row locks
+    /// ([`Store::write_locked`]).
     pub(crate) async fn write_messages(
         &self,
         batch: &[NewMessage],
         gone: impl Fn(usize) -> bool,
         patient: bool,
     ) -> Result<Vec<Option<Result<Sent>>>, BatchError> {
-        let ctx = "send messages";
-        let mut ids: Vec<Uuid> = batch.iter().map(|m| m.conversation_id.0).collect();
-        ids.sort_unstable();
-        ids.dedup();
+        if !patient && let Some(written) = self.write_unlocked(batch, &gone).await? {
+            return Ok(written);
+        }
+        self.write_locked(batch, &gone, patient).await
+    }
 
+    /// The batch planned on rows read without a lock, or known from earlier batches;
+    /// `None` when the write found one of them changed or a key taken (it wrote
+    /// nothing).
+    pub(crate) async fn write_unlocked(
+        &self,
+        batch: &[NewMessage],
+        gone: impl Fn(usize) -> bool,
+    ) -> Result<Option<Vec<Option<Result<Sent>>>>, BatchError> {
+        let ctx = "send messages";
+        let ids = conversation_ids(batch);
+        let (known, unknown) = self.known().split(&ids);
+        let known_ids: Vec<Uuid> = known.iter().map(|row| row.id).collect();
+        let mut rows: HashMap<Uuid, Locked> = known.into_iter().map(|c| (c.id, c)).collect();
+        let mut connection = self.writer().acquire().await.map_err(db(ctx))?;
+        if !unknown.is_empty() {
+            let read: Vec<Locked> = sqlx::query_as(
+                "SELECT id, provider_id, customer_id, status, head_seq FROM conversations \
+                 WHERE id = ANY($1)",
+            )
+            .bind(&unknown)
+            .fetch_all(&mut *connection)
+            .await
+            .map_err(db(ctx))?;
+            rows.extend(read.into_iter().map(|c| (c.id, c)));
+        }
+        // Stored messages are not looked up: a retry's key fails the insert, and the
+        // batch is then planned under the locks with them.
+        let (plan, now) = decide(batch, gone, &rows, &HashMap::new());
+        // A refusal is only given on a row read now: a known row may be stale.
+        let refused_on_known = plan.decisions.iter().zip(batch).any(|(decision, message)| {
+            matches!(decision, Decision::Refused(_))
+                && known_ids.contains(&message.conversation_id.0)
+        });
+        if refused_on_known {
+            self.known().forget(known_ids, false);
+            return Ok(None);
+        }
+        let payloads = payloads(&plan);
+        if !plan.touched.is_empty() {
+            match insert_and_notify(&mut *connection, &plan, now, payloads).await {
+                Ok(()) => {}
+                Err(error) if changed_meanwhile(&error) => {
+                    crate::metrics::send_replanned();
+                    tracing::debug!(%error, "batch planned on changed rows; planning under locks");
+                    self.known().forget(known_ids, true);
+                    return Ok(None);
+                }
+                Err(error) => {
+                    self.known().forget(ids, false);
+                    return Err(db(ctx)(error));
+                }
+            }
+        }
+        self.known().remember(written(rows, &plan));
+        Ok(Some(answers(plan)))
+    }
+
+    /// The batch planned under the row locks, in a transaction.
+    async fn write_locked(
+        &self,
+        batch: &[NewMessage],
+        gone: impl Fn(usize) -> bool,
+        patient: bool,
+    ) -> Result<Vec<Option<Result<Sent>>>, BatchError> {
+        let ctx = "send messages";
+        let ids = conversation_ids(batch);
         // The writer pool's sessions carry BATCH_LOCK_TIMEOUT and STATEMENT_TIMEOUT.
         let mut tx = self.writer().begin().await.map_err(db(ctx))?;
         if patient {
@@ -94,7 +168,7 @@ impl Store {
         // Locks in id order so concurrent batches cannot deadlock; seq is assigned under
         // these locks, which is what makes seq order commit order with no gaps, and no
         // other transaction can insert under the same idempotency key meanwhile.
-        let locked: Vec<Locked> = sqlx::query_as(
+        let rows: Vec<Locked> = sqlx::query_as(
             "SELECT id, provider_id, customer_id, status, head_seq FROM conversations \
              WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         )
@@ -102,27 +176,73 @@ impl Store {
         .fetch_all(&mut *tx)
         .await
         .map_err(db(ctx))?;
-        let locked: HashMap<Uuid, Locked> = locked.into_iter().map(|c| (c.id, c)).collect();
+        let rows: HashMap<Uuid, Locked> = rows.into_iter().map(|c| (c.id, c)).collect();
         let existing = existing_by_client_key(&mut tx, batch).await?;
-        let gone: Vec<bool> = (0..batch.len()).map(gone).collect();
-        let now: DateTime<Utc> = Utc::now().trunc_subsecs(6);
-        let plan = plan(batch, &gone, &locked, &existing, now, Uuid::now_v7);
+        let (plan, now) = decide(batch, gone, &rows, &existing);
         if !plan.touched.is_empty() {
-            insert_and_notify(&mut tx, &plan, now).await?;
+            let payloads = payloads(&plan);
+            insert_and_notify(&mut *tx, &plan, now, payloads)
+                .await
+                .map_err(db("insert messages"))?;
         }
         tx.commit().await.map_err(db(ctx))?;
-        Ok(plan
-            .decisions
-            .into_iter()
-            .map(|decision| match decision {
-                Decision::Refused(error) => Some(Err(error)),
-                Decision::Existing(row) => Some(Ok((row, false))),
-                Decision::Insert(row) => Some(Ok((row, true))),
-                Decision::Abandoned => None,
-            })
-            .collect())
+        self.known().remember(written(rows, &plan));
+        Ok(answers(plan))
     }
 }
+
+/// The rows as a committed plan left them.
+fn written(rows: HashMap<Uuid, Locked>, plan: &Plan) -> impl Iterator<Item = Locked> {
+    rows.into_values().map(|mut row| {
+        if let Some(touch) = plan.touched.get(&row.id) {
+            row.head_seq = touch.head;
+        }
+        row
+    })
+}
+
+/// The batch's conversations, each once.
+fn conversation_ids(batch: &[NewMessage]) -> Vec<Uuid> {
+    let mut ids: Vec<Uuid> = batch.iter().map(|m| m.conversation_id.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Plans the batch on its conversation rows and the stored messages its keys name.
+fn decide(
+    batch: &[NewMessage],
+    gone: impl Fn(usize) -> bool,
+    rows: &HashMap<Uuid, Locked>,
+    existing: &HashMap<ClientKey, MessageRow>,
+) -> (Plan, DateTime<Utc>) {
+    let gone: Vec<bool> = (0..batch.len()).map(gone).collect();
+    let now: DateTime<Utc> = Utc::now().trunc_subsecs(6);
+    (plan(batch, &gone, rows, existing, now, Uuid::now_v7), now)
+}
+
+fn answers(plan: Plan) -> Vec<Option<Result<Sent>>> {
+    plan.decisions
+        .into_iter()
+        .map(|decision| match decision {
+            Decision::Refused(error) => Some(Err(error)),
+            Decision::Existing(row) => Some(Ok((row, false))),
+            Decision::Insert(row) => Some(Ok((row, true))),
+            Decision::Abandoned => None,
+        })
+        .collect()
+}
+
+/// The write found a conversation changed since it was read (the statement's own
+/// check), or a stored message under one of the batch's idempotency keys (or a seq
+/// taken by a concurrent writer): nothing was written.
+fn changed_meanwhile(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db)
+        if matches!(db.code().as_deref(), Some(SEND_CONFLICT | "23505")))
+}
+
+/// The SQLSTATE of `chat_send_conflict()` (migration `20261126230000_send_conflict`).
+const SEND_CONFLICT: &str = "CH001";
 
 async fn existing_by_client_key(
     tx: &mut Transaction<'_, Postgres>,
@@ -215,38 +335,55 @@ fn encode(item: &Touched) -> String {
     serde_json::to_string(item).unwrap_or_default()
 }
 
-/// One statement: insert the rows, move each conversation's head, activity time (never
-/// backwards: replicas' clocks differ) and the senders' read positions, and NOTIFY.
-async fn insert_and_notify(
-    tx: &mut Transaction<'_, Postgres>,
+/// One statement: move each conversation's head, activity time (never backwards:
+/// replicas' clocks differ) and the senders' read positions, insert the rows and NOTIFY.
+/// It takes the row locks itself and checks each row is as the batch was planned on
+/// (head, status, customer); if any is not, it raises [`SEND_CONFLICT`] and writes
+/// nothing. Under the locks of [`Store::write_locked`] the check always holds.
+async fn insert_and_notify<'c, E>(
+    executor: E,
     plan: &Plan,
     now: DateTime<Utc>,
-) -> Result<(), BatchError> {
+    payloads: Vec<String>,
+) -> sqlx::Result<()>
+where
+    E: sqlx::Executor<'c, Database = Postgres>,
+{
     let rows: Vec<&MessageRow> = plan.inserts().collect();
     let touched_ids: Vec<Uuid> = plan.touched.keys().copied().collect();
     let touches: Vec<_> = plan.touched.values().collect();
     sqlx::query(
-        "WITH ins AS (\
+        "WITH upd AS (\
+           UPDATE conversations c \
+             SET head_seq = CASE WHEN c.head_seq = u.base THEN u.head ELSE -1 END, \
+             last_activity_at = GREATEST(c.last_activity_at, $8), \
+             provider_read_seq = GREATEST(c.provider_read_seq, u.pr), \
+             customer_read_seq = GREATEST(c.customer_read_seq, u.cr) \
+           FROM unnest($9::uuid[], $10::bigint[], $11::bigint[], $12::bigint[], \
+             $13::bigint[], $14::text[]) AS u(id, head, pr, cr, base, cu) \
+           WHERE c.id = u.id \
+           RETURNING c.head_seq = u.head AND c.status = 1 \
+             AND c.customer_id IS NOT DISTINCT FROM NULLIF(u.cu, '') AS planned), \
+         ins AS (\
            INSERT INTO messages (conversation_id, seq, id, sender_role, sender_id, body, \
              client_message_id, created_at) \
            SELECT c, s, i, r, si, b, NULLIF(cm, ''), $8 \
            FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::smallint[], $5::text[], \
              $6::text[], $7::text[]) AS t(c, s, i, r, si, b, cm) \
-           RETURNING 1), \
-         upd AS (\
-           UPDATE conversations c SET head_seq = u.head, \
-             last_activity_at = GREATEST(c.last_activity_at, $8), \
-             provider_read_seq = GREATEST(c.provider_read_seq, u.pr), \
-             customer_read_seq = GREATEST(c.customer_read_seq, u.cr) \
-           FROM unnest($9::uuid[], $10::bigint[], $11::bigint[], $12::bigint[]) AS u(id, head, pr, cr) \
-           WHERE c.id = u.id RETURNING 1) \
-         SELECT pg_notify($13, p) FROM unnest($14::text[]) AS p",
+           RETURNING 1) \
+         SELECT CASE WHEN (SELECT count(*) FROM upd WHERE planned) = cardinality($9::uuid[]) \
+           THEN pg_notify($15, p) ELSE chat_send_conflict() END \
+         FROM unnest($16::text[]) AS p",
     )
     .bind(rows.iter().map(|r| r.conversation_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.seq).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.sender_role).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.sender_id.as_str()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.sender_id.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(rows.iter().map(|r| r.body.as_str()).collect::<Vec<_>>())
     .bind(
         rows.iter()
@@ -258,11 +395,17 @@ async fn insert_and_notify(
     .bind(touches.iter().map(|t| t.head).collect::<Vec<_>>())
     .bind(touches.iter().map(|t| t.provider_read).collect::<Vec<_>>())
     .bind(touches.iter().map(|t| t.customer_read).collect::<Vec<_>>())
+    .bind(touches.iter().map(|t| t.base).collect::<Vec<_>>())
+    .bind(
+        touches
+            .iter()
+            .map(|t| t.customer_id.as_deref().unwrap_or(""))
+            .collect::<Vec<_>>(),
+    )
     .bind(super::CHANNEL)
-    .bind(payloads(plan))
-    .execute(&mut **tx)
-    .await
-    .map_err(db("insert messages"))?;
+    .bind(payloads)
+    .execute(executor)
+    .await?;
     Ok(())
 }
 
@@ -291,6 +434,7 @@ mod tests {
                 }));
             }
             let touch = Touch {
+                base: 0,
                 head: i64::try_from(messages_each).unwrap(),
                 provider_read: 0,
                 customer_read: 0,

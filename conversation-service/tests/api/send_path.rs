@@ -191,3 +191,127 @@ async fn last_activity_never_moves_backwards() {
         ahead.timestamp()
     );
 }
+
+/// Waits until one of the service's sessions waits for a lock.
+async fn wait_for_a_lock_waiter(app: &crate::helpers::TestApp) {
+    let sql = "SELECT count(*) FROM pg_stat_activity \
+               WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    for _ in 0..1000 {
+        if app.count(sql).await > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("no session waited for the held row");
+}
+
+/// A batch is planned on conversation rows read without a lock. When a row changes
+/// before the write takes its lock (another replica wrote the conversation, or closed
+/// it), the write writes nothing and the batch is planned again under the lock: seqs
+/// stay gapless and a closed conversation gets no message.
+#[tokio::test]
+async fn a_conversation_changed_between_plan_and_write_is_planned_again() {
+    let mut app = spawn_app().await;
+    let written = create(&mut app.client, "p1").await.conversation_id;
+    let closed = create(&mut app.client, "p1").await.conversation_id;
+
+    // Another replica writes seq 1 while this replica's batch waits for the row.
+    let mut held = lock_conversation(&app, &written).await;
+    let mut client = app.client.clone();
+    let request = keyed(&written, provider("p1"), "second", "");
+    let send = tokio::spawn(async move { client.send_message(request).await });
+    wait_for_a_lock_waiter(&app).await;
+    let id = Uuid::parse_str(&written).unwrap();
+    sqlx::query(
+        "INSERT INTO messages (conversation_id, seq, id, sender_role, sender_id, body) \
+         VALUES ($1, 1, $2, 1, 'p1', 'first')",
+    )
+    .bind(id)
+    .bind(Uuid::now_v7())
+    .execute(&mut held)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE conversations SET head_seq = 1 WHERE id = $1")
+        .bind(id)
+        .execute(&mut held)
+        .await
+        .unwrap();
+    sqlx::query("COMMIT").execute(&mut held).await.unwrap();
+    let sent = send.await.unwrap().unwrap().into_inner().message.unwrap();
+    assert_eq!((sent.seq, sent.body.as_str()), (2, "second"));
+    let seqs = format!(
+        "SELECT count(*) FROM messages WHERE conversation_id = '{written}' AND seq IN (1, 2)"
+    );
+    assert_eq!(app.count(&seqs).await, 2);
+    let head = format!("SELECT head_seq FROM conversations WHERE id = '{written}'");
+    assert_eq!(app.count(&head).await, 2);
+
+    // Closed while this replica's batch waits for the row.
+    let mut held = lock_conversation(&app, &closed).await;
+    let mut client = app.client.clone();
+    let request = keyed(&closed, provider("p1"), "too late", "");
+    let send = tokio::spawn(async move { client.send_message(request).await });
+    wait_for_a_lock_waiter(&app).await;
+    sqlx::query("UPDATE conversations SET status = 2 WHERE id = $1")
+        .bind(Uuid::parse_str(&closed).unwrap())
+        .execute(&mut held)
+        .await
+        .unwrap();
+    sqlx::query("COMMIT").execute(&mut held).await.unwrap();
+    let status = send.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(reason(&status), "CONVERSATION_CLOSED");
+    let in_closed = format!("SELECT count(*) FROM messages WHERE conversation_id = '{closed}'");
+    assert_eq!(app.count(&in_closed).await, 0);
+    let head = format!("SELECT head_seq FROM conversations WHERE id = '{closed}'");
+    assert_eq!(app.count(&head).await, 0);
+}
+
+/// A replica plans a batch on the conversations as it last wrote them. When another
+/// replica wrote, closed or reopened one since, the write notices and the batch is
+/// planned again on the row as it is: seqs stay gapless, a closed conversation refuses
+/// and a reopened one takes messages again.
+#[tokio::test]
+async fn rows_this_replica_remembers_are_checked_when_written() {
+    let mut app = spawn_app().await;
+    let id = create(&mut app.client, "p1").await.conversation_id;
+    let uuid = Uuid::parse_str(&id).unwrap();
+    let send = |body: &str| keyed(&id, provider("p1"), body, "");
+    let first = app.client.send_message(send("one")).await.unwrap();
+    assert_eq!(first.into_inner().message.unwrap().seq, 1);
+
+    // Another replica writes seq 2.
+    let mut db = app.db().await;
+    sqlx::query(
+        "WITH m AS (INSERT INTO messages (conversation_id, seq, id, sender_role, sender_id, body) \
+         VALUES ($1, 2, $2, 1, 'p1', 'two')) UPDATE conversations SET head_seq = 2 WHERE id = $1",
+    )
+    .bind(uuid)
+    .bind(Uuid::now_v7())
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let third = app.client.send_message(send("three")).await.unwrap();
+    assert_eq!(third.into_inner().message.unwrap().seq, 3);
+
+    // Another replica closes it.
+    let set_status = |status: i16| {
+        sqlx::query("UPDATE conversations SET status = $2 WHERE id = $1")
+            .bind(uuid)
+            .bind(status)
+    };
+    set_status(2).execute(&mut db).await.unwrap();
+    let status = app.client.send_message(send("closed")).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(reason(&status), "CONVERSATION_CLOSED");
+
+    // And reopens it.
+    set_status(1).execute(&mut db).await.unwrap();
+    let fourth = app.client.send_message(send("four")).await.unwrap();
+    assert_eq!(fourth.into_inner().message.unwrap().seq, 4);
+
+    let messages = format!("SELECT count(*) FROM messages WHERE conversation_id = '{id}'");
+    assert_eq!(app.count(&messages).await, 4);
+    let head = format!("SELECT head_seq FROM conversations WHERE id = '{id}'");
+    assert_eq!(app.count(&head).await, 4);
+}
