@@ -2,9 +2,10 @@
 //! replica last read or wrote it, so a batch is planned without reading it again. A row
 //! known here may be stale (another replica wrote the conversation, it was closed or its
 //! customer linked): the write checks every row it was planned on and writes nothing when
-//! one changed (`send.rs`). A conversation that was found stale is not trusted for
-//! [`CONTENDED_FOR`]: it is read before each batch, so conversations written from several
-//! replicas at once do not fail one write in two.
+//! one changed (`send.rs`). A conversation that was found stale is contended for
+//! [`CONTENDED_FOR`]: batches that touch it are planned under the row locks, as
+//! conversations written from several replicas at once would otherwise fail one write in
+//! two (1.7k against 12.5k msg/s with 31 conversations each written from 2 replicas).
 
 use std::{
     collections::HashMap,
@@ -16,7 +17,7 @@ use uuid::Uuid;
 
 use super::plan::Locked;
 
-/// How long a conversation found stale is read before each batch.
+/// How long batches touching a conversation found stale are planned under the locks.
 pub const CONTENDED_FOR: Duration = Duration::from_secs(10);
 
 /// Rows kept at most (about 150 bytes each); past it they are all forgotten at once.
@@ -33,18 +34,21 @@ pub struct KnownRows {
 }
 
 impl KnownRows {
-    /// The rows known of `ids`, and the ids to read.
-    pub fn split(&self, ids: &[Uuid]) -> (Vec<Locked>, Vec<Uuid>) {
+    /// The rows known of `ids`, and the ids to read; `None` when one of them is
+    /// contended (the batch is better planned under the row locks).
+    pub fn split(&self, ids: &[Uuid]) -> Option<(Vec<Locked>, Vec<Uuid>)> {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
         let mut known = Vec::with_capacity(ids.len());
         let mut unknown = Vec::new();
         for id in ids {
             match entries.get(id) {
                 Some(Entry::Known(row)) => known.push(row.clone()),
+                Some(Entry::Contended(until)) if *until > now => return None,
                 _ => unknown.push(*id),
             }
         }
-        (known, unknown)
+        Some((known, unknown))
     }
 
     /// Rows as a committed batch left them (or as read under their locks); contended
@@ -65,7 +69,7 @@ impl KnownRows {
         }
     }
 
-    /// Forgets `ids`; `contended`: and reads them before each batch for a while.
+    /// Forgets `ids`; `contended`: and plans their batches under the locks for a while.
     pub fn forget(&self, ids: impl IntoIterator<Item = Uuid>, contended: bool) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let until = Instant::now() + CONTENDED_FOR;
@@ -94,11 +98,11 @@ mod tests {
     }
 
     #[test]
-    fn known_rows_are_served_and_contended_ones_are_read() {
+    fn known_rows_are_served_and_contended_ones_are_not_planned_on() {
         let rows = KnownRows::default();
         let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         rows.remember([row(a, 3), row(b, 5)]);
-        let (known, unknown) = rows.split(&[a, b, c]);
+        let (known, unknown) = rows.split(&[a, b, c]).unwrap();
         assert_eq!(
             known.iter().map(|r| (r.id, r.head_seq)).collect::<Vec<_>>(),
             [(a, 3), (b, 5)]
@@ -108,8 +112,9 @@ mod tests {
         rows.forget([a], true);
         rows.forget([b], false);
         rows.remember([row(a, 4), row(c, 1)]);
-        let (known, unknown) = rows.split(&[a, b, c]);
+        assert!(rows.split(&[a, c]).is_none(), "a is contended");
+        let (known, unknown) = rows.split(&[b, c]).unwrap();
         assert_eq!(known.iter().map(|r| r.id).collect::<Vec<_>>(), [c]);
-        assert_eq!(unknown, [a, b]);
+        assert_eq!(unknown, [b]);
     }
 }

@@ -100,7 +100,11 @@ impl Store {
     ) -> Result<Option<Vec<Option<Result<Sent>>>>, BatchError> {
         let ctx = "send messages";
         let ids = conversation_ids(batch);
-        let (known, unknown) = self.known().split(&ids);
+        let Some((known, unknown)) = self.known().split(&ids) else {
+            // Written from another replica lately: planning without the locks would
+            // mostly fail.
+            return Ok(None);
+        };
         let known_ids: Vec<Uuid> = known.iter().map(|row| row.id).collect();
         let mut rows: HashMap<Uuid, Locked> = known.into_iter().map(|c| (c.id, c)).collect();
         let mut connection = self.writer().acquire().await.map_err(db(ctx))?;
@@ -138,7 +142,10 @@ impl Store {
                     return Ok(None);
                 }
                 Err(error) => {
-                    self.known().forget(ids, false);
+                    // A row lock not granted in time: written elsewhere right now.
+                    let busy = matches!(&error, sqlx::Error::Database(db)
+                        if db.code().as_deref() == Some("55P03"));
+                    self.known().forget(ids, busy);
                     return Err(db(ctx)(error));
                 }
             }
@@ -339,7 +346,11 @@ fn encode(item: &Touched) -> String {
 /// replicas' clocks differ) and the senders' read positions, insert the rows and NOTIFY.
 /// It takes the row locks itself and checks each row is as the batch was planned on
 /// (head, status, customer); if any is not, it raises [`SEND_CONFLICT`] and writes
-/// nothing. Under the locks of [`Store::write_locked`] the check always holds.
+/// nothing. Under the locks of [`Store::write_locked`] the check always holds. Without
+/// them it takes the locks in the order of its join, not by id, so two replicas' batches
+/// on the same conversations could deadlock until `lock_timeout`: a batch that waited
+/// that long marks its conversations contended, and theirs are then written under locks
+/// taken in id order. (Taking them in id order here too cost 8–10% of the throughput.)
 async fn insert_and_notify<'c, E>(
     executor: E,
     plan: &Plan,
