@@ -377,8 +377,8 @@ where
              AND c.customer_id IS NOT DISTINCT FROM NULLIF(u.cu, '') AS planned), \
          ins AS (\
            INSERT INTO messages (conversation_id, seq, id, sender_role, sender_id, body, \
-             client_message_id, created_at) \
-           SELECT c, s, i, r, si, b, NULLIF(cm, ''), $8 \
+             client_message_id, created_at, pos) \
+           SELECT c, s, i, r, si, b, NULLIF(cm, ''), $8, (SELECT inbox_pos()) \
            FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::smallint[], $5::text[], \
              $6::text[], $7::text[]) AS t(c, s, i, r, si, b, cm) \
            RETURNING 1) \
