@@ -93,7 +93,7 @@ impl Store {
     /// The batch planned on rows read without a lock, or known from earlier batches;
     /// `None` when the write found one of them changed or a key taken (it wrote
     /// nothing).
-    pub(crate) async fn write_unlocked(
+    async fn write_unlocked(
         &self,
         batch: &[NewMessage],
         gone: impl Fn(usize) -> bool,

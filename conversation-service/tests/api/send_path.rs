@@ -205,6 +205,20 @@ async fn wait_for_a_lock_waiter(app: &crate::helpers::TestApp) {
     panic!("no session waited for the held row");
 }
 
+/// Conversation `id` holds `count` messages with distinct seqs 1..=count, and its head is
+/// `count`.
+async fn assert_gapless(app: &crate::helpers::TestApp, id: &str, count: i64) {
+    let seqs = format!(
+        "SELECT count(DISTINCT seq) FROM messages WHERE conversation_id = '{id}' \
+         AND seq BETWEEN 1 AND {count}"
+    );
+    assert_eq!(app.count(&seqs).await, count, "{id}");
+    let all = format!("SELECT count(*) FROM messages WHERE conversation_id = '{id}'");
+    assert_eq!(app.count(&all).await, count, "{id}");
+    let head = format!("SELECT head_seq FROM conversations WHERE id = '{id}'");
+    assert_eq!(app.count(&head).await, count, "{id}");
+}
+
 /// A batch is planned on conversation rows read without a lock. When a row changes
 /// before the write takes its lock (another replica wrote the conversation, or closed
 /// it), the write writes nothing and the batch is planned again under the lock: seqs
@@ -239,12 +253,7 @@ async fn a_conversation_changed_between_plan_and_write_is_planned_again() {
     sqlx::query("COMMIT").execute(&mut held).await.unwrap();
     let sent = send.await.unwrap().unwrap().into_inner().message.unwrap();
     assert_eq!((sent.seq, sent.body.as_str()), (2, "second"));
-    let seqs = format!(
-        "SELECT count(*) FROM messages WHERE conversation_id = '{written}' AND seq IN (1, 2)"
-    );
-    assert_eq!(app.count(&seqs).await, 2);
-    let head = format!("SELECT head_seq FROM conversations WHERE id = '{written}'");
-    assert_eq!(app.count(&head).await, 2);
+    assert_gapless(&app, &written, 2).await;
 
     // Closed while this replica's batch waits for the row.
     let mut held = lock_conversation(&app, &closed).await;
@@ -261,10 +270,7 @@ async fn a_conversation_changed_between_plan_and_write_is_planned_again() {
     let status = send.await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert_eq!(reason(&status), "CONVERSATION_CLOSED");
-    let in_closed = format!("SELECT count(*) FROM messages WHERE conversation_id = '{closed}'");
-    assert_eq!(app.count(&in_closed).await, 0);
-    let head = format!("SELECT head_seq FROM conversations WHERE id = '{closed}'");
-    assert_eq!(app.count(&head).await, 0);
+    assert_gapless(&app, &closed, 0).await;
 }
 
 /// A replica plans a batch on the conversations as it last wrote them. When another
@@ -310,10 +316,7 @@ async fn rows_this_replica_remembers_are_checked_when_written() {
     let fourth = app.client.send_message(send("four")).await.unwrap();
     assert_eq!(fourth.into_inner().message.unwrap().seq, 4);
 
-    let messages = format!("SELECT count(*) FROM messages WHERE conversation_id = '{id}'");
-    assert_eq!(app.count(&messages).await, 4);
-    let head = format!("SELECT head_seq FROM conversations WHERE id = '{id}'");
-    assert_eq!(app.count(&head).await, 4);
+    assert_gapless(&app, &id, 4).await;
 }
 
 /// Two replicas sending to the same conversations at once, in waves: each plans on rows
@@ -352,14 +355,6 @@ async fn two_replicas_writing_the_same_conversations_keep_seqs_gapless() {
     }
     let each = i64::try_from(waves * per_wave / ids.len()).unwrap();
     for id in &ids {
-        let seqs = format!(
-            "SELECT count(DISTINCT seq) FROM messages WHERE conversation_id = '{id}' \
-             AND seq BETWEEN 1 AND {each}"
-        );
-        assert_eq!(a.count(&seqs).await, each, "{id}");
-        let all = format!("SELECT count(*) FROM messages WHERE conversation_id = '{id}'");
-        assert_eq!(a.count(&all).await, each, "{id}");
-        let head = format!("SELECT head_seq FROM conversations WHERE id = '{id}'");
-        assert_eq!(a.count(&head).await, each, "{id}");
+        assert_gapless(&a, id, each).await;
     }
 }
