@@ -142,11 +142,10 @@ impl Store {
                     return Ok(None);
                 }
                 Err(error) => {
+                    let error = db(ctx)(error);
                     // A row lock not granted in time: written elsewhere right now.
-                    let busy = matches!(&error, sqlx::Error::Database(db)
-                        if db.code().as_deref() == Some("55P03"));
-                    self.known().forget(ids, busy);
-                    return Err(db(ctx)(error));
+                    self.known().forget(ids, matches!(error, BatchError::Busy));
+                    return Err(error);
                 }
             }
         }
