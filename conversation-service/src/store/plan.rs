@@ -23,7 +23,8 @@ pub struct NewMessage {
     pub client_message_id: Option<String>,
 }
 
-/// A conversation row as locked (`FOR UPDATE`) for the batch.
+/// A conversation row a batch is planned on: as locked (`FOR UPDATE`), as read without a
+/// lock, or as this replica last wrote it (`rows.rs`); the write checks the latter two.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Locked {
     pub id: Uuid,
