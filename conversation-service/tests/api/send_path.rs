@@ -219,58 +219,83 @@ async fn assert_gapless(app: &crate::helpers::TestApp, id: &str, count: i64) {
     assert_eq!(app.count(&head).await, count, "{id}");
 }
 
+/// Sends `request` on conversation `id` while its row is held; once the batch waits for
+/// it, changes the row with `change` (`$1` is the id) and lets go.
+async fn send_while_changed(
+    app: &crate::helpers::TestApp,
+    id: &str,
+    request: v1::SendMessageRequest,
+    change: &'static str,
+) -> Result<v1::SendMessageResponse, tonic::Status> {
+    let mut held = lock_conversation(app, id).await;
+    let mut client = app.client.clone();
+    let send = tokio::spawn(async move { client.send_message(request).await });
+    wait_for_a_lock_waiter(app).await;
+    sqlx::query(change)
+        .bind(Uuid::parse_str(id).unwrap())
+        .execute(&mut held)
+        .await
+        .unwrap();
+    sqlx::query("COMMIT").execute(&mut held).await.unwrap();
+    send.await.unwrap().map(tonic::Response::into_inner)
+}
+
 /// A batch is planned on conversation rows read without a lock. When a row changes
-/// before the write takes its lock (another replica wrote the conversation, or closed
-/// it), the write writes nothing and the batch is planned again under the lock: seqs
-/// stay gapless and a closed conversation gets no message.
+/// before the write takes its lock (another replica wrote the conversation, closed it or
+/// linked its customer), the write writes nothing and the batch is planned again under
+/// the lock: seqs stay gapless, a closed conversation gets no message, and the anonymous
+/// visitor of a conversation just linked is refused.
 #[tokio::test]
 async fn a_conversation_changed_between_plan_and_write_is_planned_again() {
     let mut app = spawn_app().await;
     let written = create(&mut app.client, "p1").await.conversation_id;
     let closed = create(&mut app.client, "p1").await.conversation_id;
+    let linked = create(&mut app.client, "p1").await.conversation_id;
 
     // Another replica writes seq 1 while this replica's batch waits for the row.
-    let mut held = lock_conversation(&app, &written).await;
-    let mut client = app.client.clone();
     let request = keyed(&written, provider("p1"), "second", "");
-    let send = tokio::spawn(async move { client.send_message(request).await });
-    wait_for_a_lock_waiter(&app).await;
-    let id = Uuid::parse_str(&written).unwrap();
-    sqlx::query(
-        "INSERT INTO messages (conversation_id, seq, id, sender_role, sender_id, body) \
-         VALUES ($1, 1, $2, 1, 'p1', 'first')",
+    let sent = send_while_changed(
+        &app,
+        &written,
+        request,
+        "WITH m AS (INSERT INTO messages (conversation_id, seq, id, sender_role, sender_id, body) \
+         VALUES ($1, 1, gen_random_uuid(), 1, 'p1', 'first')) \
+         UPDATE conversations SET head_seq = 1 WHERE id = $1",
     )
-    .bind(id)
-    .bind(Uuid::now_v7())
-    .execute(&mut held)
     .await
+    .unwrap()
+    .message
     .unwrap();
-    sqlx::query("UPDATE conversations SET head_seq = 1 WHERE id = $1")
-        .bind(id)
-        .execute(&mut held)
-        .await
-        .unwrap();
-    sqlx::query("COMMIT").execute(&mut held).await.unwrap();
-    let sent = send.await.unwrap().unwrap().into_inner().message.unwrap();
     assert_eq!((sent.seq, sent.body.as_str()), (2, "second"));
     assert_gapless(&app, &written, 2).await;
 
-    // Closed while this replica's batch waits for the row.
-    let mut held = lock_conversation(&app, &closed).await;
-    let mut client = app.client.clone();
-    let request = keyed(&closed, provider("p1"), "too late", "");
-    let send = tokio::spawn(async move { client.send_message(request).await });
-    wait_for_a_lock_waiter(&app).await;
-    sqlx::query("UPDATE conversations SET status = 2 WHERE id = $1")
-        .bind(Uuid::parse_str(&closed).unwrap())
-        .execute(&mut held)
-        .await
-        .unwrap();
-    sqlx::query("COMMIT").execute(&mut held).await.unwrap();
-    let status = send.await.unwrap().unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-    assert_eq!(reason(&status), "CONVERSATION_CLOSED");
-    assert_gapless(&app, &closed, 0).await;
+    // Closed, or its customer linked (the anonymous visitor's message then belongs to
+    // no one), while this replica's batch waits for the row.
+    let refusals = [
+        (
+            &closed,
+            provider("p1"),
+            "UPDATE conversations SET status = 2 WHERE id = $1",
+            Code::FailedPrecondition,
+            "CONVERSATION_CLOSED",
+        ),
+        (
+            &linked,
+            customer(""),
+            "UPDATE conversations SET customer_id = 'c1' WHERE id = $1",
+            Code::PermissionDenied,
+            "NOT_A_PARTICIPANT",
+        ),
+    ];
+    for (id, sender, change, code, why) in refusals {
+        let request = keyed(id, sender, "too late", "");
+        let status = send_while_changed(&app, id, request, change)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+        assert_eq!(reason(&status), why);
+        assert_gapless(&app, id, 0).await;
+    }
 }
 
 /// A replica plans a batch on the conversations as it last wrote them. When another
