@@ -78,15 +78,22 @@ impl Store {
             query.push(" AND c.status = ").push_bind(status.as_i16());
         }
         if let Some((time, id)) = after {
+            // The first condition is the one the index can seek with; the second is the
+            // page key itself.
             query
-                .push(" AND (c.last_activity_at, c.id) < (")
+                .push(" AND c.activity_minute <= date_bin('1 minute', ")
+                .push_bind(time)
+                .push("::timestamptz, '2000-01-01 00:00:00+00') AND (c.last_activity_at, c.id) < (")
                 .push_bind(time)
                 .push(", ")
                 .push_bind(id)
                 .push(")");
         }
+        // activity_minute is the minute of last_activity_at (migration
+        // 20261127010000_hot_activity), so this is newest activity first: the index gives
+        // the minutes in order and only the conversations of one minute are sorted.
         query
-            .push(" ORDER BY c.last_activity_at DESC, c.id DESC LIMIT ")
+            .push(" ORDER BY c.activity_minute DESC, c.last_activity_at DESC, c.id DESC LIMIT ")
             .push_bind(limit);
         query
             .build_query_as()

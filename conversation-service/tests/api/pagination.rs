@@ -126,3 +126,54 @@ async fn tokens_are_bound_to_their_query_and_sizes_are_checked() {
     );
     assert!(all.next_page_token.is_empty());
 }
+
+/// The index orders conversations by the minute of their last activity; within a minute
+/// they are sorted by the exact time (then id). Pages of 2 must still give the exact
+/// order across minute boundaries and between conversations of the same instant.
+#[tokio::test]
+async fn pages_follow_the_exact_activity_time_within_and_across_minutes() {
+    let mut app = spawn_app().await;
+    let owner = new_provider();
+    // Seconds after 12:00:00; two share an instant, so their ids decide.
+    let offsets: [f64; 8] = [59.999, 0.0, 60.0, 125.0, 59.5, -3600.0, 60.5, 60.5];
+    let mut db = app.db().await;
+    let mut expected = Vec::new();
+    for offset in offsets {
+        let id = create(&mut app.client, &owner).await.conversation_id;
+        sqlx::query(
+            "UPDATE conversations SET last_activity_at = \
+             timestamptz '2026-11-27 12:00:00+00' + make_interval(secs => $2) \
+             WHERE id = $1::uuid",
+        )
+        .bind(&id)
+        .bind(offset)
+        .execute(&mut db)
+        .await
+        .unwrap();
+        expected.push((offset, id));
+    }
+    expected.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
+    let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
+
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = app
+            .client
+            .list_conversations(v1::ListConversationsRequest {
+                participant: provider(&owner),
+                page_size: 2,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.conversations.into_iter().map(|c| c.conversation_id));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(seen, expected);
+}

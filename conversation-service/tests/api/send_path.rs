@@ -383,3 +383,38 @@ async fn two_replicas_writing_the_same_conversations_keep_seqs_gapless() {
         assert_gapless(&a, id, each).await;
     }
 }
+
+/// A send updates its conversation's head, read positions and activity time. With none
+/// of those in an index (the inbox order indexes the activity's minute, which changes at
+/// most once a minute), PostgreSQL updates the row in place (HOT): no new index entries
+/// per message, and the table does not bloat between vacuums.
+#[tokio::test]
+async fn no_index_holds_a_column_every_send_updates() {
+    let app = spawn_app().await;
+    let mut db = app.db().await;
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT pg_get_indexdef(indexrelid) FROM pg_index \
+         WHERE indrelid = 'conversations'::regclass",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert!(
+        indexes.iter().any(|d| d.contains("activity_minute")),
+        "{indexes:?}"
+    );
+    let updated = [
+        "head_seq",
+        "last_activity_at",
+        "provider_read_seq",
+        "customer_read_seq",
+    ];
+    for definition in &indexes {
+        for column in updated {
+            assert!(
+                !definition.contains(column),
+                "{column} is indexed: {definition}"
+            );
+        }
+    }
+}
