@@ -19,17 +19,7 @@ async fn walks_every_conversation_once_while_new_ones_arrive() {
     let mut token = String::new();
     let mut previous_activity = None;
     loop {
-        let page = app
-            .client
-            .list_conversations(v1::ListConversationsRequest {
-                participant: provider(&owner),
-                page_size: 5,
-                page_token: token,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let page = provider_page(&mut app.client, &owner, 5, token).await;
         assert!(page.conversations.len() <= 5);
         for c in &page.conversations {
             let activity = c.last_activity_time.map(|t| (t.seconds, t.nanos));
@@ -158,17 +148,7 @@ async fn pages_follow_the_exact_activity_time_within_and_across_minutes() {
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {
-        let page = app
-            .client
-            .list_conversations(v1::ListConversationsRequest {
-                participant: provider(&owner),
-                page_size: 2,
-                page_token: token,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let page = provider_page(&mut app.client, &owner, 2, token).await;
         seen.extend(page.conversations.into_iter().map(|c| c.conversation_id));
         token = page.next_page_token;
         if token.is_empty() {
@@ -176,4 +156,23 @@ async fn pages_follow_the_exact_activity_time_within_and_across_minutes() {
         }
     }
     assert_eq!(seen, expected);
+}
+
+/// One page of `owner`'s conversations as the provider sees them.
+async fn provider_page(
+    client: &mut crate::helpers::Client,
+    owner: &str,
+    page_size: i32,
+    page_token: String,
+) -> v1::ListConversationsResponse {
+    client
+        .list_conversations(v1::ListConversationsRequest {
+            participant: provider(owner),
+            page_size,
+            page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }
