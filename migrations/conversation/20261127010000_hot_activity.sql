@@ -7,12 +7,14 @@
 -- stays on the page and no index is written. ListConversations sorts the conversations
 -- of one minute by their exact last_activity_at (an incremental sort on the index), so
 -- its order is unchanged.
+
+-- Room on each page for the updated versions of its rows; set first, so the rewrite that
+-- adding a stored column makes (under an ACCESS EXCLUSIVE lock) already leaves it.
+ALTER TABLE conversations SET (fillfactor = 80);
 ALTER TABLE conversations
     ADD COLUMN activity_minute timestamptz
         GENERATED ALWAYS AS (date_bin('1 minute', last_activity_at, '2000-01-01 00:00:00+00'))
         STORED;
--- Room on each page for the updated versions of its rows.
-ALTER TABLE conversations SET (fillfactor = 80);
 
 DROP INDEX conversations_provider_activity_idx;
 DROP INDEX conversations_customer_activity_idx;
