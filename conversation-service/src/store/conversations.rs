@@ -81,15 +81,15 @@ impl Store {
             // The first condition is the one the index can seek with; the second is the
             // page key itself.
             query
-                .push(" AND c.activity_minute <= date_bin('1 minute', ")
+                .push(" AND c.activity_minute <= chat_activity_minute(")
                 .push_bind(time)
-                .push("::timestamptz, '2000-01-01 00:00:00+00') AND (c.last_activity_at, c.id) < (")
+                .push(") AND (c.last_activity_at, c.id) < (")
                 .push_bind(time)
                 .push(", ")
                 .push_bind(id)
                 .push(")");
         }
-        // activity_minute is the minute of last_activity_at (migration
+        // activity_minute is chat_activity_minute(last_activity_at) (migration
         // 20261127010000_hot_activity), so this is newest activity first: the index gives
         // the minutes in order and only the conversations of one minute are sorted.
         query
