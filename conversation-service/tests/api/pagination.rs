@@ -5,7 +5,11 @@ use std::collections::HashSet;
 use chat_proto::v1;
 use tonic::Code;
 
-use crate::helpers::{bad_field, create, new_provider, provider, spawn_app};
+use sqlx::{Connection, PgConnection};
+
+use crate::helpers::{
+    bad_field, create, fresh_database, new_provider, provider, spawn_app, spawn_app_with,
+};
 
 #[tokio::test]
 async fn walks_every_conversation_once_while_new_ones_arrive() {
@@ -145,17 +149,57 @@ async fn pages_follow_the_exact_activity_time_within_and_across_minutes() {
     expected.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
     let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
 
-    let mut seen = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = provider_page(&mut app.client, &owner, 2, token).await;
-        seen.extend(page.conversations.into_iter().map(|c| c.conversation_id));
-        token = page.next_page_token;
-        if token.is_empty() {
-            break;
-        }
+    assert_eq!(
+        all_provider_pages(&mut app.client, &owner, 2).await,
+        expected
+    );
+}
+
+/// A database written before `activity_minute` existed: the migration computes it for
+/// the rows it finds, and the service lists them in the order of their activity.
+#[tokio::test]
+async fn conversations_stored_before_the_activity_minute_keep_their_order() {
+    let url = fresh_database().await;
+    let mut db = PgConnection::connect(&url).await.unwrap();
+    // The last migration before 20261127010000_hot_activity.
+    sqlx::migrate!("../migrations/conversation")
+        .run_to(20261126230000, &mut db)
+        .await
+        .unwrap();
+    let owner = new_provider();
+    let offsets: [f64; 6] = [30.0, -86400.0, 61.0, 59.0, 3600.5, 0.0];
+    let mut expected = Vec::new();
+    for offset in offsets {
+        let id: String = sqlx::query_scalar(
+            "INSERT INTO conversations (id, provider_id, last_activity_at) \
+             VALUES (gen_random_uuid(), $1, \
+               timestamptz '2026-11-20 08:00:00+00' + make_interval(secs => $2)) \
+             RETURNING id::text",
+        )
+        .bind(&owner)
+        .bind(offset)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        expected.push((offset, id));
     }
-    assert_eq!(seen, expected);
+    db.close().await.unwrap();
+    expected.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
+
+    // Starting the service applies the rest.
+    let mut app = spawn_app_with(&url, &[]).await;
+    let stale = app
+        .count(
+            "SELECT count(*) FROM conversations \
+             WHERE activity_minute IS DISTINCT FROM chat_activity_minute(last_activity_at)",
+        )
+        .await;
+    assert_eq!(stale, 0);
+    assert_eq!(
+        all_provider_pages(&mut app.client, &owner, 4).await,
+        expected
+    );
 }
 
 /// One page of `owner`'s conversations as the provider sees them.
@@ -175,4 +219,22 @@ async fn provider_page(
         .await
         .unwrap()
         .into_inner()
+}
+
+/// The ids of every page of `owner`'s conversations, `page_size` at a time, in order.
+async fn all_provider_pages(
+    client: &mut crate::helpers::Client,
+    owner: &str,
+    page_size: i32,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = provider_page(client, owner, page_size, token).await;
+        seen.extend(page.conversations.into_iter().map(|c| c.conversation_id));
+        token = page.next_page_token;
+        if token.is_empty() {
+            return seen;
+        }
+    }
 }
