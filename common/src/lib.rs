@@ -8,6 +8,7 @@ pub mod healthcheck;
 pub mod metrics;
 pub mod reflection;
 pub mod rpc;
+pub mod runtime;
 pub mod scrape;
 pub mod seal;
 pub mod security;

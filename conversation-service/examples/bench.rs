@@ -163,8 +163,12 @@ where
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// The service's own runtime (`chat_common::runtime`), shared with the senders here.
+fn main() -> anyhow::Result<()> {
+    chat_common::runtime::build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.load_fraction > 0.0, "--load-fraction must be above 0");
     println!(

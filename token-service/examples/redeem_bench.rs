@@ -253,8 +253,12 @@ async fn phase(
     Ok(rate)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// The services' own runtime (`chat_common::runtime`), shared with the callers here.
+fn main() -> anyhow::Result<()> {
+    chat_common::runtime::build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let shutdown = CancellationToken::new();
     let database = format!("bench_redeem_{}", Uuid::new_v4().simple());

@@ -10,10 +10,14 @@ use token_service::{
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    chat_common::runtime::build()?.block_on(run())
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::parse();
     let _telemetry = telemetry::init(config.telemetry.log_format);
+    chat_common::runtime::warn_if_lifo_slot_on();
     match config.command {
         Some(Command::Migrate) => startup::migrate_database(&config).await?,
         Some(Command::Healthcheck) => {
