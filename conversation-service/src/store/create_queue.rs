@@ -33,7 +33,7 @@ pub struct CreateQueue {
 impl CreateQueue {
     /// Starts the writer tasks (within a Tokio runtime).
     pub fn start(pool: PgPool) -> Self {
-        let (jobs, turns) = Turns::<Job>::channel(BATCH_MAX * WRITERS * 4, BATCH_MAX);
+        let (jobs, turns) = Turns::<Job>::channel(BATCH_MAX * WRITERS * 4, BATCH_MAX, None);
         for _ in 0..WRITERS {
             let pool = pool.clone();
             let turns = turns.clone();
