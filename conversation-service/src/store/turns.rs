@@ -138,28 +138,44 @@ mod tests {
         turns.next().await.unwrap().0
     }
 
+    /// Turns whose last batch took calls 0..n.
+    async fn after_a_batch_of(
+        n: usize,
+        linger: Option<Linger>,
+    ) -> (mpsc::Sender<usize>, Turns<usize>) {
+        let (jobs, turns) = Turns::channel(64, 64, linger);
+        queue(&jobs, 0, n).await;
+        assert_eq!(next(&turns).await.len(), n);
+        (jobs, turns)
+    }
+
+    /// Queues `n` calls from `from` once the test next waits.
+    fn queue_later(
+        jobs: &mpsc::Sender<usize>,
+        from: usize,
+        n: usize,
+    ) -> tokio::task::JoinHandle<()> {
+        let jobs = jobs.clone();
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            queue(&jobs, from, n).await;
+        })
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn a_batch_much_smaller_than_the_last_waits_for_half_of_it() {
-        let (jobs, turns) = Turns::channel(64, 64, Some(LINGER));
-        queue(&jobs, 0, 16).await;
-        assert_eq!(next(&turns).await.len(), 16);
+        let (jobs, turns) = after_a_batch_of(16, Some(LINGER)).await;
         // 2 queued (under a quarter of 16), 10 more on their way: the batch takes the
         // first 8 (half of 16) and leaves the rest to the next one.
         queue(&jobs, 16, 2).await;
-        let late = jobs.clone();
-        tokio::spawn(async move {
-            tokio::task::yield_now().await;
-            queue(&late, 18, 10).await;
-        });
+        let _later = queue_later(&jobs, 18, 10);
         assert_eq!(next(&turns).await, (16..24).collect::<Vec<_>>());
         assert_eq!(next(&turns).await, (24..28).collect::<Vec<_>>());
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn it_waits_no_longer_than_the_linger() {
-        let (jobs, turns) = Turns::channel(64, 64, Some(LINGER));
-        queue(&jobs, 0, 16).await;
-        assert_eq!(next(&turns).await.len(), 16);
+        let (jobs, turns) = after_a_batch_of(16, Some(LINGER)).await;
         queue(&jobs, 16, 1).await;
         assert_eq!(next(&turns).await, [16], "nothing else came");
     }
@@ -167,17 +183,11 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn small_batches_and_queues_without_linger_do_not_wait() {
         for (linger, first) in [(Some(LINGER), 7), (None, 16)] {
-            let (jobs, turns) = Turns::channel(64, 64, linger);
-            queue(&jobs, 0, first).await;
-            assert_eq!(next(&turns).await.len(), first);
+            let (jobs, turns) = after_a_batch_of(first, linger).await;
             queue(&jobs, first, 1).await;
-            let late = jobs.clone();
-            let more = tokio::spawn(async move {
-                tokio::task::yield_now().await;
-                queue(&late, first + 1, 10).await;
-            });
+            let later = queue_later(&jobs, first + 1, 10);
             assert_eq!(next(&turns).await, [first], "took what was queued");
-            more.await.unwrap();
+            later.await.unwrap();
         }
     }
 }
