@@ -134,8 +134,13 @@ mod tests {
         }
     }
 
+    /// The next batch; a linger that never ends fails the test instead of hanging it.
     async fn next(turns: &Turns<usize>) -> Vec<usize> {
-        turns.next().await.unwrap().0
+        tokio::time::timeout(Duration::from_secs(10), turns.next())
+            .await
+            .expect("the batch is handed out")
+            .unwrap()
+            .0
     }
 
     /// Turns whose last batch took calls 0..n.

@@ -146,8 +146,7 @@ async fn pages_follow_the_exact_activity_time_within_and_across_minutes() {
         .unwrap();
         expected.push((offset, id));
     }
-    expected.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
-    let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
+    let expected = newest_first(expected);
 
     assert_eq!(
         all_provider_pages(&mut app.client, &owner, 2).await,
@@ -184,8 +183,7 @@ async fn conversations_stored_before_the_activity_minute_keep_their_order() {
         expected.push((offset, id));
     }
     db.close().await.unwrap();
-    expected.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
+    let expected = newest_first(expected);
 
     // Starting the service applies the rest.
     let mut app = spawn_app_with(&url, &[]).await;
@@ -200,6 +198,13 @@ async fn conversations_stored_before_the_activity_minute_keep_their_order() {
         all_provider_pages(&mut app.client, &owner, 4).await,
         expected
     );
+}
+
+/// The ids of `(activity offset, id)` pairs in the inbox order: latest activity first,
+/// then the greater id.
+fn newest_first(mut conversations: Vec<(f64, String)>) -> Vec<String> {
+    conversations.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
+    conversations.into_iter().map(|(_, id)| id).collect()
 }
 
 /// One page of `owner`'s conversations as the provider sees them.
