@@ -150,7 +150,13 @@ impl Application {
             store::CREATE_CONNECTIONS,
             store::create_options(&options),
         );
-        let store = Store::new(pool.clone(), writer.clone(), creates.clone());
+        let store = Store::new(
+            pool.clone(),
+            writer.clone(),
+            config.send_writers,
+            creates.clone(),
+        );
+        let writers = store.clone();
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let probes = Probes::new(reporter, &[SERVICE_NAME]).await;
 
@@ -252,6 +258,7 @@ impl Application {
         background.cancel();
         let _ = listener_task.await;
         pool.close().await;
+        writers.release_writers();
         writer.close().await;
         creates.close().await;
         tracing::info!("stopped");
@@ -270,14 +277,14 @@ fn lazy_pool_options(config: &Config, max_connections: u32) -> PgPoolOptions {
         .acquire_timeout(config.db_acquire_timeout)
 }
 
-/// SendMessage's writers take a connection per batch, hundreds of times a second: one
-/// used within [`WRITER_PING_AFTER`] is handed out without a ping (a round trip that was
-/// an eighth of a batch's time); a batch that finds it dead fails UNAVAILABLE.
+/// SendMessage's writers keep their connections between batches (`store/kept.rs`) and
+/// take one from this pool only when none is kept: one used within
+/// [`store::WRITER_PING_AFTER`] is handed out without a ping, as a kept one is.
 fn writer_pool(pool: PgPoolOptions, options: PgConnectOptions) -> PgPool {
     pool.test_before_acquire(false)
         .before_acquire(|connection, meta| {
             Box::pin(async move {
-                if meta.idle_for >= WRITER_PING_AFTER {
+                if meta.idle_for >= store::WRITER_PING_AFTER {
                     sqlx::Connection::ping(connection).await?;
                 }
                 Ok(true)
@@ -285,8 +292,6 @@ fn writer_pool(pool: PgPoolOptions, options: PgConnectOptions) -> PgPool {
         })
         .connect_lazy_with(options)
 }
-
-const WRITER_PING_AFTER: Duration = Duration::from_secs(1);
 
 /// Catch-up reads in flight at once: a quarter of the pool, so unary calls keep the rest.
 fn catch_up_slots(pool_size: u32) -> usize {

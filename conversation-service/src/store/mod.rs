@@ -5,6 +5,7 @@ mod batcher;
 mod conversations;
 mod create_queue;
 mod inbox;
+mod kept;
 mod messages;
 mod notice;
 mod plan;
@@ -24,6 +25,7 @@ use crate::{
 pub use batcher::SendQueue;
 pub use conversations::NewConversation;
 pub use inbox::{InboxCursor, InboxItem, InboxWindow, Snapshot, window_sql};
+pub use kept::WRITER_PING_AFTER;
 pub use messages::ListDirection;
 pub use plan::NewMessage;
 pub use send::{BATCH_LOCK_TIMEOUT, LOCK_TIMEOUT, STATEMENT_TIMEOUT};
@@ -34,9 +36,10 @@ pub use notice::{CHANNEL, Carried, Notice, Touched};
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
-    /// SendMessage's batches: connections opened with [`BATCH_LOCK_TIMEOUT`] and
-    /// [`STATEMENT_TIMEOUT`] (see [`send_options`]), so a batch spends no round trip on them.
-    writer: PgPool,
+    /// SendMessage's batches: connections of the writer pool, opened with
+    /// [`BATCH_LOCK_TIMEOUT`] and [`STATEMENT_TIMEOUT`] (see [`send_options`]) so a batch
+    /// spends no round trip on them, and kept between batches.
+    writers: std::sync::Arc<kept::Kept>,
     /// The conversation rows SendMessage's writers last read or wrote.
     known: std::sync::Arc<rows::KnownRows>,
     creates: create_queue::CreateQueue,
@@ -44,18 +47,25 @@ pub struct Store {
 
 impl Store {
     /// Also starts CreateConversation's writer tasks on `creates` (connections opened
-    /// with [`create_options`]), so it must run within Tokio.
-    pub fn new(pool: PgPool, writer: PgPool, creates: PgPool) -> Self {
+    /// with [`create_options`]), so it must run within Tokio. SendMessage's `send_writers`
+    /// keep one connection each of `writer` between batches.
+    pub fn new(pool: PgPool, writer: PgPool, send_writers: usize, creates: PgPool) -> Self {
         Self {
             creates: create_queue::CreateQueue::start(creates),
             pool,
-            writer,
+            writers: std::sync::Arc::new(kept::Kept::new(writer, send_writers)),
             known: std::sync::Arc::default(),
         }
     }
 
-    pub(crate) fn writer(&self) -> &PgPool {
-        &self.writer
+    pub(crate) fn writers(&self) -> &kept::Kept {
+        &self.writers
+    }
+
+    /// Hands the connections SendMessage's writers keep back to their pool, which waits
+    /// for them when it closes; later batches return theirs.
+    pub fn release_writers(&self) {
+        self.writers.close();
     }
 
     pub(crate) fn known(&self) -> &rows::KnownRows {

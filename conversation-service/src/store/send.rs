@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use sqlx::{AssertSqlSafe, Postgres, Transaction};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{
@@ -84,10 +84,23 @@ impl Store {
         gone: impl Fn(usize) -> bool,
         patient: bool,
     ) -> Result<Vec<Option<Result<Sent>>>, BatchError> {
-        if !patient && let Some(written) = self.write_unlocked(batch, &gone).await? {
-            return Ok(written);
-        }
-        self.write_locked(batch, &gone, patient).await
+        // Kept for the next batch only when this one succeeded: after a failure it goes
+        // back to the pool, whose ping on return rolls back or closes what is left.
+        let mut connection = self.writers().take().await.map_err(db("send messages"))?;
+        let unlocked = if patient {
+            None
+        } else {
+            self.write_unlocked(&mut connection, batch, &gone).await?
+        };
+        let written = match unlocked {
+            Some(written) => written,
+            None => {
+                self.write_locked(&mut connection, batch, &gone, patient)
+                    .await?
+            }
+        };
+        self.writers().keep(connection);
+        Ok(written)
     }
 
     /// The batch planned on rows read without a lock, or known from earlier batches;
@@ -95,6 +108,7 @@ impl Store {
     /// nothing).
     async fn write_unlocked(
         &self,
+        connection: &mut PgConnection,
         batch: &[NewMessage],
         gone: impl Fn(usize) -> bool,
     ) -> Result<Option<Vec<Option<Result<Sent>>>>, BatchError> {
@@ -107,7 +121,6 @@ impl Store {
         };
         let known_ids: Vec<Uuid> = known.iter().map(|row| row.id).collect();
         let mut rows: HashMap<Uuid, Locked> = known.into_iter().map(|c| (c.id, c)).collect();
-        let mut connection = self.writer().acquire().await.map_err(db(ctx))?;
         if !unknown.is_empty() {
             let read: Vec<Locked> = sqlx::query_as(
                 "SELECT id, provider_id, customer_id, status, head_seq FROM conversations \
@@ -156,6 +169,7 @@ impl Store {
     /// The batch planned under the row locks, in a transaction.
     async fn write_locked(
         &self,
+        connection: &mut PgConnection,
         batch: &[NewMessage],
         gone: impl Fn(usize) -> bool,
         patient: bool,
@@ -163,7 +177,7 @@ impl Store {
         let ctx = "send messages";
         let ids = conversation_ids(batch);
         // The writer pool's sessions carry BATCH_LOCK_TIMEOUT and STATEMENT_TIMEOUT.
-        let mut tx = self.writer().begin().await.map_err(db(ctx))?;
+        let mut tx = connection.begin().await.map_err(db(ctx))?;
         if patient {
             sqlx::query("SELECT set_config('lock_timeout', $1, true)")
                 .bind(LOCK_TIMEOUT)

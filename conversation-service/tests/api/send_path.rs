@@ -1,5 +1,6 @@
 //! The SendMessage write path under faults: idempotency keys per sender, a locked
-//! conversation, callers that left, clocks that disagree.
+//! conversation, callers that left, clocks that disagree, writer connections that die or
+//! are kept at shutdown.
 
 use std::time::Duration;
 
@@ -417,4 +418,63 @@ async fn no_index_holds_a_column_every_send_updates() {
             );
         }
     }
+}
+
+/// The service's sessions whose last statement was a SendMessage batch's write.
+const WRITER_SESSIONS: &str = "FROM pg_stat_activity WHERE datname = current_database() \
+     AND query LIKE 'WITH upd AS%'";
+
+/// A kept connection that died while idle (here: killed by an operator) is found dead
+/// before a batch uses it, and the batch is written on a new one.
+#[tokio::test]
+async fn a_kept_connection_killed_while_idle_is_replaced_before_the_next_batch() {
+    let mut app = spawn_app().await;
+    let id = create(&mut app.client, "p1").await.conversation_id;
+    crate::helpers::send(&mut app.client, &id, provider("p1"), "before")
+        .await
+        .unwrap();
+    let kill = format!("SELECT count(pg_terminate_backend(pid)) {WRITER_SESSIONS}");
+    assert_eq!(app.count(&kill).await, 1, "killed the writer's session");
+    tokio::time::sleep(conversation_service::store::WRITER_PING_AFTER + Duration::from_millis(200))
+        .await;
+    crate::helpers::send(&mut app.client, &id, provider("p1"), "after")
+        .await
+        .unwrap();
+    assert_gapless(&app, &id, 2).await;
+}
+
+/// Shutdown hands the writers' kept connections back to their pool, whose close waits
+/// for every connection it opened: the service still stops.
+#[tokio::test]
+async fn a_service_whose_writers_keep_connections_still_stops() {
+    use clap::Parser;
+    use conversation_service::{config::Config, startup::Application};
+    let database_url = fresh_database().await;
+    let config = Config::try_parse_from([
+        "conversation-service",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &database_url,
+    ])
+    .unwrap();
+    let app = Application::build(config).await.unwrap();
+    let addr = app.local_addr();
+    let shutdown = app.shutdown_token();
+    let server = tokio::spawn(app.run_until_stopped());
+    crate::helpers::wait_serving(addr).await;
+    let mut client = crate::helpers::connect(addr).await;
+    let id = create(&mut client, "p1").await.conversation_id;
+    for i in 0..5 {
+        crate::helpers::send(&mut client, &id, provider("p1"), &format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    drop(client);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("stopped within 10 s")
+        .unwrap()
+        .unwrap();
 }
