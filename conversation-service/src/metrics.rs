@@ -52,16 +52,40 @@ pub fn send_replanned() {
     metrics::counter!("chat_send_replanned_total").increment(1);
 }
 
-/// Read at each scrape: the pool's connections in use and idle.
+/// Read at each scrape: the query pool's connections in use and idle.
 pub fn sample_pool(pool: &PgPool) {
-    let idle = pool.num_idle();
-    let open = usize::try_from(pool.size()).unwrap_or(usize::MAX);
+    let (in_use, idle, max) = connections(pool, 0);
+    metrics::gauge!("chat_db_pool_connections", "state" => "in_use").set(in_use);
+    metrics::gauge!("chat_db_pool_connections", "state" => "idle").set(idle);
+    metrics::gauge!("chat_db_pool_max_connections").set(max);
+}
+
+/// Read at each scrape: a writer pool's connections (`send`: SendMessage's, `create`:
+/// CreateConversation's). `kept`: out of the pool, idle between batches, held by the
+/// writers (`store/kept.rs`); `in_use` does not count them.
+pub fn sample_writer_pool(name: &'static str, pool: &PgPool, kept: usize) {
+    let (in_use, idle, max) = connections(pool, kept);
+    let gauge = |state: &'static str, value: f64| {
+        metrics::gauge!("chat_db_writer_pool_connections", "pool" => name, "state" => state)
+            .set(value);
+    };
+    gauge("in_use", in_use);
+    gauge("idle", idle);
     #[allow(clippy::cast_precision_loss)]
-    {
-        metrics::gauge!("chat_db_pool_connections", "state" => "in_use")
-            .set(open.saturating_sub(idle) as f64);
-        metrics::gauge!("chat_db_pool_connections", "state" => "idle").set(idle as f64);
-        metrics::gauge!("chat_db_pool_max_connections")
-            .set(f64::from(pool.options().get_max_connections()));
-    }
+    gauge("kept", kept as f64);
+    metrics::gauge!("chat_db_writer_pool_max_connections", "pool" => name).set(max);
+}
+
+/// In use (out of the pool and not `kept`), idle in the pool, and the pool's maximum.
+fn connections(pool: &PgPool, kept: usize) -> (f64, f64, f64) {
+    let idle = pool.num_idle();
+    let out = usize::try_from(pool.size())
+        .unwrap_or(usize::MAX)
+        .saturating_sub(idle);
+    #[allow(clippy::cast_precision_loss)]
+    (
+        out.saturating_sub(kept) as f64,
+        idle as f64,
+        f64::from(pool.options().get_max_connections()),
+    )
 }

@@ -178,8 +178,11 @@ impl Application {
         ));
         if let Some(metrics) = metrics {
             let (pool, hub) = (pool.clone(), Arc::clone(&hub));
+            let (store, writer, creates) = (store.clone(), writer.clone(), creates.clone());
             let sample = move || {
                 crate::metrics::sample_pool(&pool);
+                crate::metrics::sample_writer_pool("send", &writer, store.kept_writers());
+                crate::metrics::sample_writer_pool("create", &creates, 0);
                 crate::metrics::sample_streams(&hub);
             };
             tokio::spawn(metrics.serve(sample, probes, background.clone()));

@@ -118,6 +118,15 @@ impl Kept {
         drop(idle);
     }
 
+    /// Connections kept now (idle between batches).
+    pub fn count(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, Vec::len)
+    }
+
     fn pop(&self) -> Option<Idle> {
         self.idle
             .lock()

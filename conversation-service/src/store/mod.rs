@@ -62,6 +62,11 @@ impl Store {
         &self.writers
     }
 
+    /// Connections SendMessage's writers keep between batches now.
+    pub fn kept_writers(&self) -> usize {
+        self.writers.count()
+    }
+
     /// Hands the connections SendMessage's writers keep back to their pool, which waits
     /// for them when it closes; later batches return theirs.
     pub fn release_writers(&self) {

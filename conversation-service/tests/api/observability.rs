@@ -98,6 +98,29 @@ async fn metrics_count_every_rpc_with_its_code_and_the_service_figures() {
     assert!(delta(&|t| sample(t, "chat_send_write_seconds_count", &[])) >= 1.0);
     assert!(sample(&after, "chat_db_pool_max_connections", &[]) >= 1.0);
     assert!(after.contains("chat_db_pool_connections{state=\"in_use\"}"));
+    // The writer pools: SendMessage's writer keeps the connection its batch used.
+    let writers = |pool: &str, state: &str| {
+        sample(
+            &after,
+            "chat_db_writer_pool_connections",
+            &[("pool", pool), ("state", state)],
+        )
+    };
+    assert_eq!(writers("send", "kept"), 1.0, "{after}");
+    assert_eq!(writers("send", "in_use"), 0.0);
+    let max = |pool: &str| {
+        sample(
+            &after,
+            "chat_db_writer_pool_max_connections",
+            &[("pool", pool)],
+        )
+    };
+    assert_eq!(max("send"), 4.0, "2 x SEND_WRITERS");
+    assert_eq!(max("create"), 2.0);
+    assert!(
+        writers("create", "idle") >= 1.0,
+        "the create went back to its pool"
+    );
 
     // The stream ends: it is counted as handled once it is over.
     drop(stream);
