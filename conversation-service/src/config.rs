@@ -74,6 +74,15 @@ pub struct Config {
     #[arg(long, env = "HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
 
+    /// How far the LISTEN connection may fall behind before it is reconnected. Every 2 s
+    /// it NOTIFYs a channel of its own and times the notice's arrival, which queues behind
+    /// every notice sent before it. A listener further behind than this is dropped: the
+    /// backlog it leaves is trimmed from PostgreSQL's notification queue (which a slow
+    /// listener keeps from being trimmed for the whole cluster), and its streams catch up
+    /// from the table.
+    #[arg(long, env = "LISTENER_LAG_LIMIT", default_value = "30s", value_parser = parse_duration)]
+    pub listener_lag_limit: Duration,
+
     /// Most messages written in one SendMessage transaction (concurrent sends share one
     /// transaction and one NOTIFY).
     #[arg(long, env = "SEND_BATCH_MAX", default_value_t = 256)]

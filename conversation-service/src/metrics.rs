@@ -39,6 +39,18 @@ pub fn listener_reconnected() {
     metrics::counter!("chat_listener_reconnects_total").increment(1);
 }
 
+/// The listener's probe arrived `lag` after it was sent: how far behind the notices it
+/// reads are.
+pub fn listener_lag(lag: Duration) {
+    metrics::gauge!("chat_listener_lag_seconds").set(lag.as_secs_f64());
+}
+
+/// The fraction of PostgreSQL's notification queue in use (shared by the whole cluster;
+/// NOTIFY, and so every send, fails when it is full), read with each listener check.
+pub fn notify_queue_usage(fraction: f64) {
+    metrics::gauge!("chat_notify_queue_usage").set(fraction);
+}
+
 /// One SendMessage batch written: its size and how long writing it took.
 pub fn send_batch(messages: usize, took: Duration) {
     #[allow(clippy::cast_precision_loss)]

@@ -161,8 +161,12 @@ impl Application {
         let probes = Probes::new(reporter, &[SERVICE_NAME]).await;
 
         let background = CancellationToken::new();
-        let listener_task =
-            tokio::spawn(run_listener(options, Arc::clone(&hub), background.clone()));
+        let listener_task = tokio::spawn(run_listener(
+            options,
+            Arc::clone(&hub),
+            config.listener_lag_limit,
+            background.clone(),
+        ));
         tokio::spawn(watch_health(
             pool.clone(),
             Arc::clone(&hub),

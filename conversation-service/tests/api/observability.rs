@@ -315,6 +315,28 @@ async fn sigterm_turns_readiness_off_first_and_keeps_serving_until_the_delay_end
     assert_eq!(exited, Some(true));
 }
 
+/// The listener times a probe notice it sends itself every 2 s, and reads how full
+/// PostgreSQL's notification queue is: both are gauges.
+#[tokio::test]
+async fn the_listener_reports_its_lag_and_the_notification_queue() {
+    let url = fresh_database().await;
+    let app = spawn_app_with(&url, &["--metrics-addr", "127.0.0.1:0"]).await;
+    let metrics = app.metrics.expect("metrics address");
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = scrape(metrics).await.unwrap();
+        if text.contains("chat_listener_lag_seconds") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lag = sample(&text, "chat_listener_lag_seconds", &[]);
+    assert!(lag > 0.0 && lag < 1.0, "{text}");
+    assert!(text.contains("chat_notify_queue_usage "), "{text}");
+    let usage = sample(&text, "chat_notify_queue_usage", &[]);
+    assert!((0.0..0.5).contains(&usage), "{usage}");
+}
+
 mod collector {
     use opentelemetry_proto::tonic::collector::trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,

@@ -492,3 +492,39 @@ async fn a_resync_of_two_thousand_streams_starves_no_call() {
     }
     assert_eq!(app.hub.open_streams(), STREAMS, "no stream ended");
 }
+
+/// A listener further behind than `--listener-lag-limit` (here any lag at all) is
+/// reconnected once its probe arrives: the reconnect is counted, and a stream open across
+/// the reconnects gets every message once, in order (it catches up from the table).
+#[tokio::test]
+async fn a_listener_behind_its_lag_limit_is_replaced_and_streams_catch_up() {
+    use chat_common::scrape::{sample, scrape};
+    let flags = [
+        "--listener-lag-limit",
+        "1ns",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ];
+    let mut app = spawn_app_with(&fresh_database().await, &flags).await;
+    let metrics = app.metrics.expect("metrics address");
+    let id = create(&mut app.client, "p1").await.conversation_id;
+    let mut stream = open(&mut app.client, &id, provider("p1")).await;
+    stream.message().await.unwrap().unwrap(); // snapshot
+
+    let reconnects = || async {
+        let text = scrape(metrics).await.unwrap();
+        sample(&text, "chat_listener_reconnects_total", &[])
+    };
+    let mut sent = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while reconnects().await < 2.0 {
+        assert!(tokio::time::Instant::now() < deadline, "never reconnected");
+        send(&mut app.client, &id, customer(""), &format!("m{sent}"))
+            .await
+            .unwrap();
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let expected: Vec<i64> = (1..=sent).collect();
+    assert_eq!(messages_until(&mut stream, sent).await, expected);
+}
