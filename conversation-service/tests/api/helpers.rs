@@ -43,7 +43,8 @@ pub struct TestApp {
     /// `GET /metrics`, when started with `--metrics-addr`.
     pub metrics: Option<SocketAddr>,
     /// Stops the service when the test ends.
-    _shutdown: tokio_util::sync::DropGuard,
+    shutdown: tokio_util::sync::DropGuard,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl TestApp {
@@ -58,6 +59,20 @@ impl TestApp {
             .await
             .unwrap();
         n
+    }
+
+    /// Shuts the service down and waits until it has stopped (`None`: not within 10 s).
+    pub async fn stop(self) -> Option<anyhow::Result<()>> {
+        let Self {
+            client,
+            shutdown,
+            server,
+            ..
+        } = self;
+        drop(client);
+        shutdown.disarm().cancel();
+        let stopped = tokio::time::timeout(Duration::from_secs(10), server).await;
+        Some(stopped.ok()?.expect("the server task does not panic"))
     }
 }
 
@@ -81,7 +96,7 @@ pub async fn spawn_app_with(database_url: &str, flags: &[&str]) -> TestApp {
     let hub = app.hub();
     let metrics = app.metrics_addr();
     let shutdown = app.shutdown_token().drop_guard();
-    tokio::spawn(app.run_until_stopped());
+    let server = tokio::spawn(app.run_until_stopped());
     let client = connect(addr).await;
     wait_serving(addr).await;
     TestApp {
@@ -90,7 +105,8 @@ pub async fn spawn_app_with(database_url: &str, flags: &[&str]) -> TestApp {
         client,
         hub,
         metrics,
-        _shutdown: shutdown,
+        shutdown,
+        server,
     }
 }
 

@@ -447,34 +447,12 @@ async fn a_kept_connection_killed_while_idle_is_replaced_before_the_next_batch()
 /// for every connection it opened: the service still stops.
 #[tokio::test]
 async fn a_service_whose_writers_keep_connections_still_stops() {
-    use clap::Parser;
-    use conversation_service::{config::Config, startup::Application};
-    let database_url = fresh_database().await;
-    let config = Config::try_parse_from([
-        "conversation-service",
-        "--listen",
-        "127.0.0.1:0",
-        "--database-url",
-        &database_url,
-    ])
-    .unwrap();
-    let app = Application::build(config).await.unwrap();
-    let addr = app.local_addr();
-    let shutdown = app.shutdown_token();
-    let server = tokio::spawn(app.run_until_stopped());
-    crate::helpers::wait_serving(addr).await;
-    let mut client = crate::helpers::connect(addr).await;
-    let id = create(&mut client, "p1").await.conversation_id;
+    let mut app = spawn_app().await;
+    let id = create(&mut app.client, "p1").await.conversation_id;
     for i in 0..5 {
-        crate::helpers::send(&mut client, &id, provider("p1"), &format!("m{i}"))
+        crate::helpers::send(&mut app.client, &id, provider("p1"), &format!("m{i}"))
             .await
             .unwrap();
     }
-    drop(client);
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("stopped within 10 s")
-        .unwrap()
-        .unwrap();
+    app.stop().await.expect("stopped within 10 s").unwrap();
 }
