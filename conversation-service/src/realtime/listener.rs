@@ -75,9 +75,14 @@ impl Probe {
         }
     }
 
-    /// Whether the probe sent at `sent` is already later than the limit.
-    fn too_late(&self, sent: Option<Instant>) -> bool {
-        sent.is_some_and(|sent| sent.elapsed() > self.lag_limit)
+    /// Whether a probe this late (arrived, or still on its way) puts the listener past
+    /// the limit; says so when it does.
+    fn behind(&self, lag: Duration) -> bool {
+        let behind = lag > self.lag_limit;
+        if behind {
+            tracing::warn!(?lag, limit = ?self.lag_limit, "listener behind; reconnecting");
+        }
+        behind
     }
 
     fn is_probe(&self, notification: &PgNotification) -> bool {
@@ -112,14 +117,13 @@ async fn listen(
                     interval_at(tokio::time::Instant::now() + CHECK_INTERVAL, CHECK_INTERVAL);
                 check.set_missed_tick_behavior(MissedTickBehavior::Delay);
                 // When the probe on its way was sent.
-                let mut sent = None;
+                let mut sent: Option<Instant> = None;
                 loop {
                     let received = tokio::select! {
                         () = shutdown.cancelled() => return,
                         received = listener.try_recv() => received,
                         _ = check.tick() => {
-                            if probe.too_late(sent) {
-                                tracing::warn!(limit = ?probe.lag_limit, "listener behind; reconnecting");
+                            if sent.is_some_and(|sent| probe.behind(sent.elapsed())) {
                                 break;
                             }
                             if probe.check(&mut listener, &mut sent).await {
@@ -133,8 +137,7 @@ async fn listen(
                         Ok(Some(notification)) if probe.is_probe(&notification) => {
                             let lag = sent.take().map(|sent| sent.elapsed()).unwrap_or_default();
                             crate::metrics::listener_lag(lag);
-                            if lag > probe.lag_limit {
-                                tracing::warn!(?lag, limit = ?probe.lag_limit, "listener behind; reconnecting");
+                            if probe.behind(lag) {
                                 break;
                             }
                         }
