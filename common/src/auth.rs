@@ -26,10 +26,7 @@ use tonic::{Code, Status, codegen::http, transport::server::TcpConnectInfo};
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
-use crate::tls::PeerInfo;
-
-/// The `google.rpc.ErrorInfo` domain of the refusals given here.
-pub const DOMAIN: &str = "chat.v1";
+use crate::{error::DOMAIN, tls::PeerInfo};
 
 /// Methods anyone may call when the callers file does not say otherwise: health checks
 /// (load balancers carry no credentials) and reflection (it only describes the API).

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod duration;
+pub mod error;
 pub mod health;
 pub mod healthcheck;
 pub mod metrics;
