@@ -6,7 +6,7 @@ use conversation_service::{
 };
 
 /// jemalloc: measured faster than glibc's malloc on the send path and leaner per idle
-/// stream than mimalloc (README, Benchmarks).
+/// stream than mimalloc (docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
