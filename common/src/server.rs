@@ -23,6 +23,8 @@ use tonic::{
 };
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::duration::parse_duration;
+
 /// Connection settings, the same flags and defaults in both services.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connections {
@@ -65,26 +67,6 @@ impl Connections {
     ) -> impl Stream<Item = io::Result<HandshakeDeadline<IO>>> {
         let timeout = self.handshake_timeout.max(Duration::from_millis(10));
         incoming.map_ok(move |io| HandshakeDeadline::new(io, timeout))
-    }
-}
-
-/// Parses `250ms`, `15s`, `2m` or a bare number of seconds.
-///
-/// # Errors
-/// When the text is not one of those forms.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((text, "s"), |i| text.split_at(i));
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 250ms, 15s or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(value)),
-        "s" => Ok(Duration::from_secs(value)),
-        "m" => Ok(Duration::from_secs(value.saturating_mul(60))),
-        _ => Err(format!("`{text}`: unit must be ms, s or m")),
     }
 }
 
@@ -267,11 +249,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
-        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
-        assert!(parse_duration("2h").is_err());
+    fn connection_durations_take_every_documented_form() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            connections: Connections,
+        }
+        let flags = Flags::try_parse_from([
+            "x",
+            "--max-connection-age",
+            "1h",
+            "--keepalive",
+            "1m30s",
+            "--handshake-timeout",
+            "250ms",
+        ])
+        .expect("durations parse");
+        assert_eq!(
+            flags.connections.max_connection_age,
+            Duration::from_secs(3600)
+        );
+        assert_eq!(flags.connections.keepalive, Duration::from_secs(90));
+        assert_eq!(
+            flags.connections.handshake_timeout,
+            Duration::from_millis(250)
+        );
     }
 
     #[tokio::test]
