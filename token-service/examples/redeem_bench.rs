@@ -132,7 +132,7 @@ async fn start_tokens(
     let app = Application::build(config).await?;
     let addr = format!("http://{}", app.local_addr());
     let token = app.shutdown_token();
-    tokio::spawn(app.run_until_stopped());
+    tokio::spawn(app.run());
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
         shutdown.cancelled().await;

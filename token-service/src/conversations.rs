@@ -31,6 +31,10 @@ use crate::{
     store::{Done, OutboxCall},
 };
 
+/// conversation-service's readiness in its health service (`""` is only its liveness);
+/// token-service reports what it sees of it under the same name.
+pub const READINESS: &str = "chat.v1.ConversationService";
+
 #[derive(Clone)]
 pub struct Conversations {
     connection: Arc<RwLock<Arc<Connection>>>,
@@ -290,11 +294,14 @@ impl Conversations {
                     // anonymous visitor to it.
                     let mut request =
                         self.authorize(tonic::Request::new(CreateConversationRequest {
-                            request_id: request_id.clone(),
-                            session_id: request_id.clone(),
-                            provider_id: provider_id.clone(),
+                            request_id: request_id.to_string(),
+                            session_id: request_id.to_string(),
+                            provider_id: provider_id.as_str().to_owned(),
                             customer: Some(Customer {
-                                customer_id: customer_id.clone().unwrap_or_default(),
+                                customer_id: customer_id
+                                    .as_ref()
+                                    .map(|c| c.as_str().to_owned())
+                                    .unwrap_or_default(),
                                 ..Customer::default()
                             }),
                             reuse_active: *reuse_active,
@@ -323,7 +330,7 @@ impl Conversations {
                     let conversation_id = conversation_id.clone().ok_or(CallError::NotReady)?;
                     let mut request = self.authorize(tonic::Request::new(UpdateCustomerRequest {
                         conversation_id,
-                        customer_id: Some(customer_id.clone()),
+                        customer_id: Some(customer_id.as_str().to_owned()),
                         name: contact.name.clone(),
                         email: contact.email.clone(),
                         phone: contact.phone.clone(),
@@ -350,7 +357,7 @@ impl Conversations {
     /// `""` is only its liveness) says SERVING.
     pub async fn reachable(&self, timeout: Duration) -> bool {
         let mut request = self.authorize(tonic::Request::new(HealthCheckRequest {
-            service: crate::startup::CONVERSATION_DEPENDENCY.to_owned(),
+            service: READINESS.to_owned(),
         }));
         request.set_timeout(timeout);
         let mut client = HealthClient::new(self.layer.layer(self.current().channel.clone()));

@@ -25,12 +25,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             let service = startup::TOKEN_SERVICE;
             chat_common::healthcheck::check(config.listen, service, config.request_timeout).await?;
         }
-        None => {
-            Application::build(config)
-                .await?
-                .run_until_stopped()
-                .await?
-        }
+        None => Application::build(config).await?.run().await?,
     }
     Ok(())
 }

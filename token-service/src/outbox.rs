@@ -101,7 +101,7 @@ impl Outbox {
             let timeout = self.settings.call_timeout.min(remaining);
             match self.conversations.call(&job.call, timeout).await {
                 Err(CallError::Transient(status)) => {
-                    tracing::debug!(job_id = job.job_id, code = ?status.code(), "conversation-service call failed; retrying");
+                    tracing::debug!(job_id = job.job_id.get(), code = ?status.code(), "conversation-service call failed; retrying");
                     if Instant::now() + delay >= deadline || !self.reachable.load(Ordering::Relaxed)
                     {
                         return Err(CallError::Transient(status));
@@ -149,7 +149,7 @@ impl Outbox {
         match self.call_inline(&job).await {
             Ok(done) => self.finish(job, done).await.map(Some),
             Err(CallError::Permanent(refusal)) => {
-                tracing::info!(job_id = job.job_id, session_id = %job.session_id, %refusal,
+                tracing::info!(job_id = job.job_id.get(), session_id = %job.session_id, %refusal,
                     "conversation-service refused UpdateCustomer; the session is left as it was");
                 self.store
                     .withdraw_link(job.job_id, job.session_id, previous)
@@ -172,13 +172,13 @@ impl Outbox {
             (OutboxCall::UpdateCustomer { .. }, CallError::Permanent(refusal)) => {
                 // Nobody waits for this answer any more: it shows on GetSession
                 // (CUSTOMER_LINK_STATE_FAILED) and stays in the outbox for operators.
-                tracing::warn!(job_id = job.job_id, session_id = %job.session_id, %refusal,
+                tracing::warn!(job_id = job.job_id.get(), session_id = %job.session_id, %refusal,
                     "conversation-service refused a queued UpdateCustomer; giving up");
                 self.store.give_up(job.job_id, now(), refusal).await
             }
             (OutboxCall::CreateConversation { .. }, CallError::Permanent(refusal)) => {
                 // Never dropped: a session must end up with its conversation.
-                tracing::error!(job_id = job.job_id, session_id = %job.session_id, %refusal,
+                tracing::error!(job_id = job.job_id.get(), session_id = %job.session_id, %refusal,
                     "conversation-service refused CreateConversation; will keep retrying");
                 let next = now() + to_chrono(self.settings.retry_max);
                 self.store
@@ -188,10 +188,10 @@ impl Outbox {
             _ => {
                 // The first failure and every tenth are worth a line; the rest is noise.
                 if job.attempts.is_multiple_of(10) {
-                    tracing::info!(job_id = job.job_id, session_id = %job.session_id, attempts = job.attempts + 1,
+                    tracing::info!(job_id = job.job_id.get(), session_id = %job.session_id, attempts = job.attempts + 1,
                         error = %error, "conversation-service call queued for retry");
                 } else {
-                    tracing::debug!(job_id = job.job_id, attempts = job.attempts + 1, error = %error,
+                    tracing::debug!(job_id = job.job_id.get(), attempts = job.attempts + 1, error = %error,
                         "conversation-service call still failing");
                 }
                 self.store
@@ -209,13 +209,13 @@ impl Outbox {
             .await
         {
             Ok(done) => self.store.complete(&job, done).await.map(|session| {
-                tracing::info!(job_id = job.job_id, session_id = %session.session_id,
+                tracing::info!(job_id = job.job_id.get(), session_id = %session.session_id,
                     conversation_id = ?session.conversation_id, "queued call completed");
                 true
             }),
             Err(error) => self.settle_failure(&job, error).await.map(|()| false),
         };
-        let job_id = job.job_id;
+        let job_id = job.job_id.get();
         // The session's turn ends here; a completed call may have a successor due now.
         drop(job);
         match outcome {
