@@ -243,3 +243,107 @@ impl From<Error> for Status {
         to_status(&error)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chat_common::testing::status::{bad_field, reason};
+    use tonic_types::StatusExt;
+
+    use super::*;
+
+    #[test]
+    fn each_error_keeps_its_code_message_and_reason() {
+        let cases = [
+            (
+                Error::TokenNotFound,
+                Code::NotFound,
+                "chat link not found",
+                "TOKEN_NOT_FOUND",
+            ),
+            (
+                Error::SessionNotFound,
+                Code::Unauthenticated,
+                "session secret is not valid",
+                "SESSION_NOT_FOUND",
+            ),
+            (
+                Error::SessionEnded,
+                Code::Unauthenticated,
+                "session has ended",
+                "SESSION_ENDED",
+            ),
+            (
+                Error::ProviderMismatch,
+                Code::PermissionDenied,
+                "chat link belongs to another provider",
+                "PROVIDER_MISMATCH",
+            ),
+            (
+                Error::TokenExhausted,
+                Code::FailedPrecondition,
+                "chat link has been used up",
+                "TOKEN_EXHAUSTED",
+            ),
+            (
+                Error::BackupExists,
+                Code::AlreadyExists,
+                "a backup with that file name exists",
+                "BACKUP_EXISTS",
+            ),
+            (
+                Error::StoreUnavailable("disk gone".into()),
+                Code::Unavailable,
+                "storage is unavailable, retry later",
+                "STORE_UNAVAILABLE",
+            ),
+            (
+                Error::Internal("secret detail".into()),
+                Code::Internal,
+                "internal error",
+                "INTERNAL",
+            ),
+        ];
+        for (error, code, message, expected_reason) in cases {
+            let status = Status::from(error);
+            assert_eq!(status.code(), code, "{status:?}");
+            assert_eq!(status.message(), message);
+            assert_eq!(reason(&status), expected_reason);
+        }
+    }
+
+    #[test]
+    fn a_bad_field_names_it_and_a_refused_caller_hears_when_to_retry() {
+        let status = Status::from(Error::invalid_page_token());
+        assert_eq!(
+            status.message(),
+            "invalid page_token: is not a page token of this query"
+        );
+        assert_eq!(
+            (reason(&status).as_str(), bad_field(&status).as_str()),
+            ("INVALID_PAGE_TOKEN", "page_token")
+        );
+        let retry_after = Duration::from_secs(7);
+        let status = Status::from(Error::TooManyFailedRedemptions { retry_after });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let retry = status.get_error_details().retry_info().cloned();
+        assert_eq!(retry.and_then(|r| r.retry_delay), Some(retry_after));
+    }
+
+    #[test]
+    fn a_refusal_is_passed_through_and_named_by_its_code_without_error_info() {
+        let refusal = Refusal::from_status(&Status::failed_precondition("linked elsewhere"));
+        assert_eq!(refusal.reason, "FAILED_PRECONDITION");
+        assert_eq!(
+            refusal.to_string(),
+            "FAILED_PRECONDITION FAILED_PRECONDITION: linked elsewhere"
+        );
+        let status = Status::from(Error::Refused(refusal));
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::FailedPrecondition, "linked elsewhere")
+        );
+        assert_eq!(canonical_name(Code::InvalidArgument), "INVALID_ARGUMENT");
+        assert_eq!(canonical_name(Code::PermissionDenied), "PERMISSION_DENIED");
+        assert_eq!(canonical_name(Code::NotFound), "NOT_FOUND");
+    }
+}

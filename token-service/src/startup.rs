@@ -160,11 +160,6 @@ impl Application {
             }
             .run(shutdown.clone()),
         );
-        let incoming = config.connections.handshake_deadline(security.incoming(
-            listener,
-            config.connections.keepalive.max(MIN_KEEPALIVE),
-            shutdown.clone(),
-        ));
         tracing::info!(%local_addr, database = %config.database.display(),
             conversation_service = %config.conversation_service, "token-service listening");
         let signals = tokio::spawn(chat_common::shutdown::drain_on_signal(
@@ -172,24 +167,7 @@ impl Application {
             probes,
             config.drain.drain_delay,
         ));
-        let served = config
-            .connections
-            .server()
-            .timeout(config.request_timeout)
-            .layer(ServerLayer::new(
-                chat_proto::FILE_DESCRIPTOR_SET,
-                Some(config.request_timeout),
-            ))
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-                config.max_concurrent_requests.max(1),
-            ))
-            .layer(OversizeLayer::new(chat_common::error::DOMAIN))
-            .layer(security.layer())
-            .max_concurrent_streams(config.max_concurrent_streams)
-            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
-            .await;
+        let served = serve(&config, &security, listener, routes, &shutdown).await;
         shutdown.cancel();
         let _ = signals.await;
         let _ = worker.await;
@@ -197,6 +175,40 @@ impl Application {
         tracing::info!("token-service stopped");
         served.map_err(|e| Error::Internal(format!("serving: {e}")))
     }
+}
+
+/// Serves `routes` on `listener` behind the shared layers (deadline, per-RPC span and
+/// metrics, concurrency limit, message size, authentication) until `shutdown`.
+async fn serve(
+    config: &Config,
+    security: &Security,
+    listener: TcpListener,
+    routes: Routes,
+    shutdown: &CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = config.connections.handshake_deadline(security.incoming(
+        listener,
+        config.connections.keepalive.max(MIN_KEEPALIVE),
+        shutdown.clone(),
+    ));
+    config
+        .connections
+        .server()
+        .timeout(config.request_timeout)
+        .layer(ServerLayer::new(
+            chat_proto::FILE_DESCRIPTOR_SET,
+            Some(config.request_timeout),
+        ))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            config.max_concurrent_requests.max(1),
+        ))
+        .layer(OversizeLayer::new(chat_common::error::DOMAIN))
+        .layer(security.layer())
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
+        .await
 }
 
 /// The outbox's timings from the configuration, each kept above a floor at which it

@@ -177,17 +177,34 @@ pub(super) fn run(conn: &Connection, works: Vec<Box<dyn Work>>, commits: &Atomic
         }
     }
     if abandoned {
-        let _ = exec(conn, "ROLLBACK");
-        for answer in kept {
-            answer(Err(Error::StoreUnavailable(
-                "the database failed during the transaction; retry".into(),
-            )));
-        }
-        return Ended {
-            broken: true,
-            leftover: works.collect(),
-        };
+        return abandon(conn, kept, works.collect());
     }
+    commit(conn, kept, commits, calls, started)
+}
+
+/// Rolls the group back: the kept calls hear that it failed, the calls not run yet wait
+/// for the next group on a reopened connection.
+fn abandon(conn: &Connection, kept: Vec<Settle>, leftover: Vec<Box<dyn Work>>) -> Ended {
+    let _ = exec(conn, "ROLLBACK");
+    for answer in kept {
+        answer(Err(Error::StoreUnavailable(
+            "the database failed during the transaction; retry".into(),
+        )));
+    }
+    Ended {
+        broken: true,
+        leftover,
+    }
+}
+
+/// Commits the group and tells every kept call how that went.
+fn commit(
+    conn: &Connection,
+    kept: Vec<Settle>,
+    commits: &AtomicU64,
+    calls: usize,
+    started: std::time::Instant,
+) -> Ended {
     let committing = std::time::Instant::now();
     match exec(conn, "COMMIT") {
         Ok(()) => {

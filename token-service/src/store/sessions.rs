@@ -1,7 +1,7 @@
 //! chat_sessions: redemption (one use, one session, one queued CreateConversation, in one
 //! transaction), identification and ending.
 
-use rusqlite::params;
+use rusqlite::{Connection, params};
 
 use super::{
     outbox::{self, OutboxCall, OutboxJob},
@@ -9,11 +9,12 @@ use super::{
     sql::{Cached, optional},
     thread::Store,
     tokens::token_by_hash,
+    turns::InFlight,
 };
 use crate::{
     domain::{
         CallId, CallKind, ContactDetails, CustomerId, CustomerLink, ProviderId, RequestId,
-        SecretHash, Session, SessionId, Timestamp, TokenId, to_micros,
+        SecretHash, Session, SessionId, Timestamp, Token, TokenId, to_micros,
     },
     error::{Error, StoreResultExt},
 };
@@ -60,98 +61,10 @@ impl Store {
         self.call(move |conn| {
             let token = token_by_hash(conn, &r.token_hash)?.ok_or(Error::TokenNotFound)?;
             token.ensure_provider(&r.provider_id)?;
-
-            let previous = optional(conn.query_row_cached(
-                "SELECT session_id, token_id, redeem_customer_id, new_conversation
-                 FROM chat_sessions WHERE request_id = ?1",
-                [r.request_id],
-                |row| {
-                    Ok((
-                        row.get::<_, SessionId>("session_id")?,
-                        row.get::<_, TokenId>("token_id")?,
-                        row.get::<_, Option<CustomerId>>("redeem_customer_id")?,
-                        row.get::<_, bool>("new_conversation")?,
-                    ))
-                },
-            ))
-            .context("looking up a redemption")?;
-            if let Some((session_id, token_id, customer_id, new_conversation)) = previous {
-                // A retry: the same session, whatever the link's state is now, but only
-                // for the same request.
-                if token_id != token.token_id
-                    || customer_id != r.customer_id
-                    || new_conversation != r.new_conversation
-                {
-                    return Err(Error::request_id_reused());
-                }
-                let session = session_by_id(conn, session_id)?;
-                session.ensure_open()?;
-                conn.execute_cached(
-                    "UPDATE chat_sessions SET secret_hash = ?2 WHERE session_id = ?1",
-                    params![session.session_id, r.session_hash.as_bytes().as_slice()],
-                )
-                .context("rotating a session secret")?;
-                let job = outbox::head_of(conn, &in_flight, session.session_id)?;
-                return Ok(Redeemed {
-                    session,
-                    job,
-                    replayed: true,
-                });
+            match earlier_redemption(conn, r.request_id)? {
+                Some(earlier) => replay(conn, &in_flight, &r, &token, &earlier),
+                None => open_session(conn, &in_flight, &r, &token, now),
             }
-
-            token.ensure_redeemable(now)?;
-            let used = conn
-                .execute(
-                    "UPDATE chat_tokens SET use_count = use_count + 1
-                     WHERE token_id = ?1 AND (max_uses = 0 OR use_count < max_uses)",
-                    [token.token_id],
-                )
-                .context("counting a use")?;
-            if used != 1 {
-                return Err(Error::TokenExhausted);
-            }
-            let session = Session {
-                session_id: SessionId::new(),
-                token_id: token.token_id,
-                provider_id: token.provider_id.clone(),
-                customer_id: r.customer_id.clone(),
-                conversation_id: None,
-                create_time: now,
-                end_time: None,
-                link: CustomerLink::from_stored(r.customer_id.is_some(), true, None),
-            };
-            conn.execute_cached(
-                "INSERT INTO chat_sessions (session_id, token_id, provider_id, request_id, secret_hash,
-                                            customer_id, create_time, redeem_customer_id, new_conversation)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?8)",
-                params![
-                    session.session_id,
-                    session.token_id,
-                    session.provider_id,
-                    r.request_id,
-                    r.session_hash.as_bytes().as_slice(),
-                    session.customer_id,
-                    to_micros(now),
-                    r.new_conversation,
-                ],
-            )
-            .context("opening a session")?;
-            // The session id is CreateConversation's request_id: every retry, by this RPC
-            // or the worker, after any crash, names the same conversation.
-            let call = OutboxCall::CreateConversation {
-                request_id: session.session_id,
-                provider_id: session.provider_id.clone(),
-                customer_id: session.customer_id.clone(),
-                reuse_active: session.customer_id.is_some() && !r.new_conversation,
-                origin: format!("token:{}", token.token_id),
-            };
-            let job_id = outbox::enqueue(conn, session.session_id, &call, now)?;
-            let job = outbox::hand_out(conn, &in_flight, job_id)?;
-            Ok(Redeemed {
-                session,
-                job,
-                replayed: false,
-            })
         })
         .await
     }
@@ -253,4 +166,124 @@ impl Store {
         })
         .await
     }
+}
+
+/// What a redemption recorded of its request, to tell a retry from a reuse of its
+/// `request_id`.
+struct Earlier {
+    session_id: SessionId,
+    token_id: TokenId,
+    customer_id: Option<CustomerId>,
+    new_conversation: bool,
+}
+
+fn earlier_redemption(conn: &Connection, request_id: RequestId) -> Result<Option<Earlier>, Error> {
+    optional(conn.query_row_cached(
+        "SELECT session_id, token_id, redeem_customer_id, new_conversation
+         FROM chat_sessions WHERE request_id = ?1",
+        [request_id],
+        |row| {
+            Ok(Earlier {
+                session_id: row.get("session_id")?,
+                token_id: row.get("token_id")?,
+                customer_id: row.get("redeem_customer_id")?,
+                new_conversation: row.get("new_conversation")?,
+            })
+        },
+    ))
+    .context("looking up a redemption")
+}
+
+/// A retry: the same session, whatever the link's state is now, with a fresh secret, but
+/// only for the same request. No use is consumed.
+fn replay(
+    conn: &Connection,
+    in_flight: &InFlight,
+    r: &Redemption,
+    token: &Token,
+    earlier: &Earlier,
+) -> Result<Redeemed, Error> {
+    if earlier.token_id != token.token_id
+        || earlier.customer_id != r.customer_id
+        || earlier.new_conversation != r.new_conversation
+    {
+        return Err(Error::request_id_reused());
+    }
+    let session = session_by_id(conn, earlier.session_id)?;
+    session.ensure_open()?;
+    conn.execute_cached(
+        "UPDATE chat_sessions SET secret_hash = ?2 WHERE session_id = ?1",
+        params![session.session_id, r.session_hash.as_bytes().as_slice()],
+    )
+    .context("rotating a session secret")?;
+    let job = outbox::head_of(conn, in_flight, session.session_id)?;
+    Ok(Redeemed {
+        session,
+        job,
+        replayed: true,
+    })
+}
+
+/// A first redemption: one use consumed, a session opened and its CreateConversation
+/// queued, all in the caller's savepoint.
+fn open_session(
+    conn: &Connection,
+    in_flight: &InFlight,
+    r: &Redemption,
+    token: &Token,
+    now: Timestamp,
+) -> Result<Redeemed, Error> {
+    token.ensure_redeemable(now)?;
+    let used = conn
+        .execute(
+            "UPDATE chat_tokens SET use_count = use_count + 1
+             WHERE token_id = ?1 AND (max_uses = 0 OR use_count < max_uses)",
+            [token.token_id],
+        )
+        .context("counting a use")?;
+    if used != 1 {
+        return Err(Error::TokenExhausted);
+    }
+    let session = Session {
+        session_id: SessionId::new(),
+        token_id: token.token_id,
+        provider_id: token.provider_id.clone(),
+        customer_id: r.customer_id.clone(),
+        conversation_id: None,
+        create_time: now,
+        end_time: None,
+        link: CustomerLink::from_stored(r.customer_id.is_some(), true, None),
+    };
+    conn.execute_cached(
+        "INSERT INTO chat_sessions (session_id, token_id, provider_id, request_id, secret_hash,
+                                    customer_id, create_time, redeem_customer_id, new_conversation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?8)",
+        params![
+            session.session_id,
+            session.token_id,
+            session.provider_id,
+            r.request_id,
+            r.session_hash.as_bytes().as_slice(),
+            session.customer_id,
+            to_micros(now),
+            r.new_conversation,
+        ],
+    )
+    .context("opening a session")?;
+    // The session id is CreateConversation's request_id: every retry, by this RPC or the
+    // worker, after any crash, names the same conversation.
+    let call = OutboxCall::CreateConversation {
+        request_id: session.session_id,
+        provider_id: session.provider_id.clone(),
+        customer_id: session.customer_id.clone(),
+        reuse_active: session.customer_id.is_some() && !r.new_conversation,
+        origin: format!("token:{}", token.token_id),
+    };
+    let job_id = outbox::enqueue(conn, session.session_id, &call, now)?;
+    let job = outbox::hand_out(conn, in_flight, job_id)?;
+    Ok(Redeemed {
+        session,
+        job,
+        replayed: false,
+    })
 }

@@ -90,7 +90,7 @@ async fn assert_one_conversation_each(conv: &ConversationClient, prov: &str, ses
 }
 
 #[tokio::test]
-async fn conversation_service_stopped_during_a_hundred_redemptions() {
+async fn redemptions_while_conversation_service_stops_succeed_and_get_one_conversation_each() {
     let database = test_database().await;
     let database_url = database.url();
     let addr = free_addr();
