@@ -278,13 +278,15 @@ impl Conversations {
             .max_decoding_message_size(self.max_message_bytes.max(MIN_REPLY_BYTES))
     }
 
-    /// Adds the bearer token, if any.
-    fn authorize<T>(&self, mut request: tonic::Request<T>) -> tonic::Request<T> {
+    /// A request with the bearer token, if any, and `timeout` as its deadline.
+    fn request<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
         if let Some(value) = &self.current().authorization {
             request
                 .metadata_mut()
                 .insert("authorization", value.clone());
         }
+        request.set_timeout(timeout);
         request
     }
 
@@ -347,11 +349,9 @@ impl Conversations {
         request: CreateConversationRequest,
         timeout: Duration,
     ) -> Result<Done, CallError> {
-        let mut request = self.authorize(tonic::Request::new(request));
-        request.set_timeout(timeout);
         let reply = self
             .client()
-            .create_conversation(request)
+            .create_conversation(self.request(request, timeout))
             .await
             .map_err(classify)?;
         let conversation = reply.into_inner().conversation.ok_or_else(|| {
@@ -369,10 +369,8 @@ impl Conversations {
         request: UpdateCustomerRequest,
         timeout: Duration,
     ) -> Result<Done, CallError> {
-        let mut request = self.authorize(tonic::Request::new(request));
-        request.set_timeout(timeout);
         self.client()
-            .update_customer(request)
+            .update_customer(self.request(request, timeout))
             .await
             .map_err(classify)?;
         Ok(Done::CustomerUpdated)
@@ -381,10 +379,12 @@ impl Conversations {
     /// Whether conversation-service is ready: its readiness check (its service name;
     /// `""` is only its liveness) says SERVING.
     pub async fn reachable(&self, timeout: Duration) -> bool {
-        let mut request = self.authorize(tonic::Request::new(HealthCheckRequest {
-            service: READINESS.to_owned(),
-        }));
-        request.set_timeout(timeout);
+        let request = self.request(
+            HealthCheckRequest {
+                service: READINESS.to_owned(),
+            },
+            timeout,
+        );
         let mut client = HealthClient::new(self.layer.layer(self.current().channel.clone()));
         let check = client.check(request);
         matches!(

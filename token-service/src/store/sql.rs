@@ -39,84 +39,63 @@ pub(super) fn optional<T>(result: rusqlite::Result<T>) -> rusqlite::Result<Optio
     result.optional()
 }
 
-/// UUID ids are stored as their hyphenated text.
-macro_rules! uuid_column {
-    ($($name:ident),*) => {$(
+/// `ToSql` and `FromSql` for a domain type: how it is written, and how it is read back.
+macro_rules! column {
+    ($name:ty, write: $write:expr, read: $read:expr) => {
         impl ToSql for $name {
             fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-                Ok(ToSqlOutput::from(self.to_string()))
+                let write: fn(&$name) -> ToSqlOutput<'_> = $write;
+                Ok(write(self))
             }
         }
 
         impl FromSql for $name {
             fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-                Uuid::try_parse(value.as_str()?)
-                    .map(Self::from_uuid)
-                    .map_err(|e| FromSqlError::Other(Box::new(e)))
+                let read: fn(ValueRef<'_>) -> FromSqlResult<$name> = $read;
+                read(value)
             }
         }
-    )*};
+    };
 }
 
-uuid_column!(TokenId, SessionId, RequestId);
+// UUID ids as their hyphenated text.
+column!(TokenId, write: |id| ToSqlOutput::from(id.to_string()), read: |v| uuid(v).map(TokenId::from_uuid));
+column!(SessionId, write: |id| ToSqlOutput::from(id.to_string()), read: |v| uuid(v).map(SessionId::from_uuid));
+column!(RequestId, write: |id| ToSqlOutput::from(id.to_string()), read: |v| uuid(v).map(RequestId::from_uuid));
+// Marketplace ids as given (validated when they were written).
+column!(ProviderId, write: |id| ToSqlOutput::from(id.as_str()), read: |v| String::column_result(v).map(ProviderId::from_stored));
+column!(CustomerId, write: |id| ToSqlOutput::from(id.as_str()), read: |v| String::column_result(v).map(CustomerId::from_stored));
+// An outbox call's id is its row's `job_id`.
+column!(CallId, write: |id| ToSqlOutput::from(id.get()), read: call_id);
+// `outbox.kind`, by the names the schema's CHECK allows.
+column!(CallKind, write: |kind| ToSqlOutput::from(kind_name(*kind)), read: call_kind);
 
-/// Marketplace ids are stored as given (validated when they were written).
-macro_rules! text_column {
-    ($($name:ident),*) => {$(
-        impl ToSql for $name {
-            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-                Ok(ToSqlOutput::from(self.as_str()))
-            }
-        }
-
-        impl FromSql for $name {
-            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-                String::column_result(value).map(Self::from_stored)
-            }
-        }
-    )*};
+fn uuid(value: ValueRef<'_>) -> FromSqlResult<Uuid> {
+    Uuid::try_parse(value.as_str()?).map_err(|e| FromSqlError::Other(Box::new(e)))
 }
 
-text_column!(ProviderId, CustomerId);
+fn call_id(value: ValueRef<'_>) -> FromSqlResult<CallId> {
+    let id = value.as_i64()?;
+    CallId::parse(id).map_err(|_| FromSqlError::OutOfRange(id))
+}
 
-/// An outbox call's id is its row's `job_id`.
-impl ToSql for CallId {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.get()))
+const CREATE_CONVERSATION: &str = "create_conversation";
+const UPDATE_CUSTOMER: &str = "update_customer";
+
+fn kind_name(kind: CallKind) -> &'static str {
+    match kind {
+        CallKind::CreateConversation => CREATE_CONVERSATION,
+        CallKind::UpdateCustomer => UPDATE_CUSTOMER,
     }
 }
 
-impl FromSql for CallId {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let id = value.as_i64()?;
-        Self::parse(id).map_err(|_| FromSqlError::OutOfRange(id))
-    }
-}
-
-/// `outbox.kind`, as the schema's CHECK names them.
-impl CallKind {
-    const CREATE_CONVERSATION: &str = "create_conversation";
-    const UPDATE_CUSTOMER: &str = "update_customer";
-}
-
-impl ToSql for CallKind {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(match self {
-            Self::CreateConversation => Self::CREATE_CONVERSATION,
-            Self::UpdateCustomer => Self::UPDATE_CUSTOMER,
-        }))
-    }
-}
-
-impl FromSql for CallKind {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        match value.as_str()? {
-            Self::CREATE_CONVERSATION => Ok(Self::CreateConversation),
-            Self::UPDATE_CUSTOMER => Ok(Self::UpdateCustomer),
-            other => Err(FromSqlError::Other(
-                format!("unknown outbox kind {other:?}").into(),
-            )),
-        }
+fn call_kind(value: ValueRef<'_>) -> FromSqlResult<CallKind> {
+    match value.as_str()? {
+        CREATE_CONVERSATION => Ok(CallKind::CreateConversation),
+        UPDATE_CUSTOMER => Ok(CallKind::UpdateCustomer),
+        other => Err(FromSqlError::Other(
+            format!("unknown outbox kind {other:?}").into(),
+        )),
     }
 }
 
@@ -129,14 +108,17 @@ mod tests {
         conn.query_row(sql, [], |row| row.get("v"))
     }
 
+    /// Writes `value` and reads it back.
+    fn round_trip<T: ToSql + FromSql>(value: T) -> T {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.query_row("SELECT ?1 AS v", [value], |row| row.get("v"))
+            .unwrap()
+    }
+
     #[test]
     fn outbox_kinds_round_trip_and_unknown_ones_are_refused() {
         for kind in [CallKind::CreateConversation, CallKind::UpdateCustomer] {
-            let conn = Connection::open_in_memory().unwrap();
-            let back: CallKind = conn
-                .query_row("SELECT ?1 AS v", [kind], |row| row.get("v"))
-                .unwrap();
-            assert_eq!(back, kind);
+            assert_eq!(round_trip(kind), kind);
         }
         assert!(read::<CallKind>("SELECT 'delete_everything' AS v").is_err());
         assert!(read::<CallKind>("SELECT 1 AS v").is_err());
@@ -145,11 +127,9 @@ mod tests {
     #[test]
     fn ids_read_back_as_written_and_garbage_is_refused() {
         let id = SessionId::new();
-        let conn = Connection::open_in_memory().unwrap();
-        let back: SessionId = conn
-            .query_row("SELECT ?1 AS v", [id], |row| row.get("v"))
-            .unwrap();
-        assert_eq!(back, id);
+        assert_eq!(round_trip(id), id);
+        let provider = ProviderId::from_stored("prov-1".into());
+        assert_eq!(round_trip(provider.clone()), provider);
         assert!(read::<SessionId>("SELECT 'not-a-uuid' AS v").is_err());
         assert!(read::<CallId>("SELECT 0 AS v").is_err());
         assert_eq!(read::<CallId>("SELECT 7 AS v").unwrap().get(), 7);
