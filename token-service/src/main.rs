@@ -5,8 +5,8 @@ use token_service::{
     telemetry,
 };
 
-/// jemalloc: measured faster than glibc's malloc on the send path and leaner per idle
-/// stream than mimalloc (docs/performance.md).
+/// jemalloc, as in conversation-service: both services ship the allocator that was
+/// measured there (docs/performance.md), and `redeem_bench` runs this one.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
