@@ -2,7 +2,7 @@
 //! for a bounded time), and a background worker finishes whatever is left: after
 //! conversation-service was down, after a crash, after a restart. Every call is idempotent
 //! (CreateConversation by the session id, UpdateCustomer by its content), and a session's
-//! calls never overlap: each is made only with its session's turn (see `store::outbox`),
+//! calls never overlap: each is made only with its session's turn (see `store::turns`),
 //! so contact details given later are never overwritten by older ones.
 
 use std::{
@@ -23,6 +23,13 @@ use crate::{
     error::Error,
     store::{Done, OutboxCall, OutboxJob, Store},
 };
+
+/// The first pause between two attempts inside an RPC; it doubles after each.
+const FIRST_INLINE_RETRY: Duration = Duration::from_millis(50);
+/// Backoff stops doubling here (`retry_max` caps it long before), so it cannot overflow.
+const MAX_DOUBLINGS: u32 = 16;
+/// A call that keeps failing is logged at its first failure and every this many after.
+const LOG_EVERY_NTH_FAILURE: u32 = 10;
 
 #[derive(Debug, Clone)]
 pub struct OutboxSettings {
@@ -73,7 +80,7 @@ impl Outbox {
 
     /// Delay before attempt `attempts + 1`: doubling from `retry`, capped at `retry_max`.
     fn backoff(&self, attempts: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempts.min(16));
+        let factor = 2u32.saturating_pow(attempts.min(MAX_DOUBLINGS));
         self.settings
             .retry
             .saturating_mul(factor)
@@ -90,7 +97,7 @@ impl Outbox {
             self.settings.inline_wait.min(self.settings.call_timeout)
         };
         let deadline = Instant::now() + wait;
-        let mut delay = Duration::from_millis(50);
+        let mut delay = FIRST_INLINE_RETRY;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -187,7 +194,7 @@ impl Outbox {
             }
             _ => {
                 // The first failure and every tenth are worth a line; the rest is noise.
-                if job.attempts.is_multiple_of(10) {
+                if job.attempts.is_multiple_of(LOG_EVERY_NTH_FAILURE) {
                     tracing::info!(job_id = job.job_id.get(), session_id = %job.session_id, attempts = job.attempts + 1,
                         error = %error, "conversation-service call queued for retry");
                 } else {

@@ -131,8 +131,10 @@ uuid_id!(
 pub struct Label(String);
 
 impl Label {
+    pub const MAX_CHARS: usize = 200;
+
     pub fn parse(value: &str) -> Result<Self, Error> {
-        if value.chars().count() > 200 {
+        if value.chars().count() > Self::MAX_CHARS {
             return Err(Error::invalid("label", "must be at most 200 characters"));
         }
         if value.chars().any(char::is_control) {
@@ -168,6 +170,11 @@ impl MaxUses {
     }
 }
 
+const NANOS_PER_SECOND: i32 = 1_000_000_000;
+const NANOS_PER_MICRO: i32 = 1_000;
+const MICROS_PER_SECOND: i64 = 1_000_000;
+const SECONDS_PER_DAY: i64 = 86_400;
+
 /// How long a link stays valid: 1 second to 365 days, 7 days when unset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ttl(chrono::Duration);
@@ -180,15 +187,15 @@ impl Ttl {
         let Some(d) = value else {
             return Ok(Self(chrono::Duration::days(Self::DEFAULT_DAYS)));
         };
-        if !(0..1_000_000_000).contains(&d.nanos) || d.seconds < 1 {
+        if !(0..NANOS_PER_SECOND).contains(&d.nanos) || d.seconds < 1 {
             return Err(Error::invalid("ttl", "must be at least 1 second"));
         }
-        if d.seconds > Self::MAX_DAYS * 86_400
-            || (d.seconds == Self::MAX_DAYS * 86_400 && d.nanos > 0)
-        {
+        let max_seconds = Self::MAX_DAYS * SECONDS_PER_DAY;
+        if d.seconds > max_seconds || (d.seconds == max_seconds && d.nanos > 0) {
             return Err(Error::invalid("ttl", "must be at most 365 days"));
         }
-        let micros = d.seconds * 1_000_000 + i64::from(d.nanos / 1_000);
+        // Kept at the precision the database stores times in.
+        let micros = d.seconds * MICROS_PER_SECOND + i64::from(d.nanos / NANOS_PER_MICRO);
         Ok(Self(chrono::Duration::microseconds(micros)))
     }
     pub fn as_duration(self) -> chrono::Duration {

@@ -28,6 +28,8 @@ use crate::{
 
 /// Calls waiting for the SQLite thread; beyond this, callers wait (backpressure).
 const QUEUE: usize = 1024;
+/// Prepared statements kept: every statement the store runs, with room to spare.
+const STATEMENT_CACHE: usize = 64;
 
 fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
@@ -209,7 +211,7 @@ fn open(path: &Path, busy_timeout: Duration) -> Result<Connection, Error> {
     // single-use link usable twice.
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
         .context("setting pragmas")?;
-    conn.set_prepared_statement_cache_capacity(64);
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     migrations().to_latest(&mut conn)?;
     Ok(conn)
 }
