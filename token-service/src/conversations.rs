@@ -27,6 +27,7 @@ use tower::Layer;
 
 use crate::{
     config::ClientSecurity,
+    domain::ConversationId,
     error::{Error, Refusal},
     store::{Done, OutboxCall},
 };
@@ -325,7 +326,10 @@ impl Conversations {
                     contact,
                 } => {
                     let request = UpdateCustomerRequest {
-                        conversation_id: conversation_id.clone().ok_or(CallError::NotReady)?,
+                        conversation_id: conversation_id
+                            .as_ref()
+                            .map(|id| id.as_str().to_owned())
+                            .ok_or(CallError::NotReady)?,
                         customer_id: Some(customer_id.as_str().to_owned()),
                         name: contact.name.clone(),
                         email: contact.email.clone(),
@@ -360,7 +364,7 @@ impl Conversations {
             ))
         })?;
         Ok(Done::ConversationCreated {
-            conversation_id: conversation.conversation_id,
+            conversation_id: ConversationId::new(conversation.conversation_id),
         })
     }
 

@@ -128,11 +128,9 @@ impl Reservation {
         }
     }
 
-    /// Settles the reservation by the lookup's outcome: a failed guess (see
-    /// [`Error::is_failed_guess`]) is counted against the caller, any other outcome
-    /// gives the reserved failure back.
-    /// Left in place while the outcome is not a failed guess, so one reservation can
-    /// settle the steps of a lookup one by one; dropping it gives it back.
+    /// Settles the reservation by one step of a lookup: a failed guess (see
+    /// [`Error::is_failed_guess`]) is counted against the caller at once; any other
+    /// outcome leaves the reservation for the next step, and dropping it gives it back.
     pub fn settle<T>(&mut self, outcome: Result<T, Error>) -> Result<T, Error> {
         if let Err(e) = &outcome
             && e.is_failed_guess()

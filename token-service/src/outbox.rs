@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     conversations::{CallError, Conversations},
-    domain::{CustomerId, CustomerLink, Session, now},
+    domain::{ConversationId, CustomerId, CustomerLink, Session, now},
     error::Error,
     store::{Done, OutboxCall, OutboxJob, Store},
 };
@@ -217,7 +217,7 @@ impl Outbox {
         {
             Ok(done) => self.store.complete(&job, done).await.map(|session| {
                 tracing::info!(job_id = job.job_id.get(), session_id = %session.session_id,
-                    conversation_id = ?session.conversation_id, "queued call completed");
+                    conversation_id = ?session.conversation_id.as_ref().map(ConversationId::as_str), "queued call completed");
                 true
             }),
             Err(error) => self.settle_failure(&job, error).await.map(|()| false),

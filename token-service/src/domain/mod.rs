@@ -73,6 +73,27 @@ impl CustomerId {
     }
 }
 
+/// A conversation, as conversation-service names it: token-service never makes one, it
+/// only keeps the id CreateConversation returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationId(String);
+
+impl ConversationId {
+    /// The id conversation-service returned, or read back from our own database.
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ConversationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*

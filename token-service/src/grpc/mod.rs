@@ -1,5 +1,6 @@
-//! `chat.v1.TokenService`: parse the request into domain values, call the store (or, for
-//! the steps that reach conversation-service, `sessions`), build the reply. One span per RPC with its ids, never a secret.
+//! `chat.v1.TokenService`: parse the request into domain values, make one call (the store,
+//! or `sessions` for the steps that reach conversation-service), build the reply. One span
+//! per RPC with its ids, never a secret.
 
 mod admin;
 mod convert;

@@ -13,8 +13,8 @@ use super::{
 };
 use crate::{
     domain::{
-        CallId, CallKind, ContactDetails, CustomerId, ProviderId, Session, SessionId, Timestamp,
-        to_micros,
+        CallId, CallKind, ContactDetails, ConversationId, CustomerId, ProviderId, Session,
+        SessionId, Timestamp, to_micros,
     },
     error::{Error, Refusal, StoreResultExt},
 };
@@ -31,7 +31,7 @@ pub enum OutboxCall {
     },
     UpdateCustomer {
         /// The session's conversation when the job was loaded; `None` while pending.
-        conversation_id: Option<String>,
+        conversation_id: Option<ConversationId>,
         customer_id: CustomerId,
         contact: ContactDetails,
     },
@@ -218,7 +218,7 @@ pub(super) fn head_of(
 /// What a call achieved.
 #[derive(Debug, Clone)]
 pub enum Done {
-    ConversationCreated { conversation_id: String },
+    ConversationCreated { conversation_id: ConversationId },
     CustomerUpdated,
 }
 
@@ -279,9 +279,9 @@ impl Store {
                 .context("completing a call")?;
             let session = session_by_id(conn, session_id)?;
             if let Done::ConversationCreated { conversation_id } = &done
-                && session.conversation_id.as_deref() != Some(conversation_id.as_str())
+                && session.conversation_id.as_ref() != Some(conversation_id)
             {
-                tracing::error!(%session_id, %conversation_id, recorded = ?session.conversation_id,
+                tracing::error!(%session_id, %conversation_id, recorded = ?session.conversation_id.as_ref().map(ConversationId::as_str),
                     "conversation-service returned a different conversation for the same request_id");
             }
             Ok(session)

@@ -8,7 +8,9 @@ use rusqlite::{
 };
 use uuid::Uuid;
 
-use crate::domain::{CallId, CallKind, CustomerId, ProviderId, RequestId, SessionId, TokenId};
+use crate::domain::{
+    CallId, CallKind, ConversationId, CustomerId, ProviderId, RequestId, SessionId, TokenId,
+};
 
 /// Statements through SQLite's statement cache: a redemption runs the same few
 /// statements every time, and parsing them anew was a good share of its CPU.
@@ -65,6 +67,7 @@ column!(RequestId, write: |id| ToSqlOutput::from(id.to_string()), read: |v| uuid
 // Marketplace ids as given (validated when they were written).
 column!(ProviderId, write: |id| ToSqlOutput::from(id.as_str()), read: |v| String::column_result(v).map(ProviderId::from_stored));
 column!(CustomerId, write: |id| ToSqlOutput::from(id.as_str()), read: |v| String::column_result(v).map(CustomerId::from_stored));
+column!(ConversationId, write: |id| ToSqlOutput::from(id.as_str()), read: |v| String::column_result(v).map(ConversationId::new));
 // An outbox call's id is its row's `job_id`.
 column!(CallId, write: |id| ToSqlOutput::from(id.get()), read: call_id);
 // `outbox.kind`, by the names the schema's CHECK allows.
