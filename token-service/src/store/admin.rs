@@ -6,9 +6,9 @@ use std::{path::PathBuf, time::Duration};
 
 use rusqlite::{Connection, Row, backup::Backup, params};
 
-use super::thread::Store;
+use super::{sql::time_at, thread::Store};
 use crate::{
-    domain::{BackupName, CallId, FailedCall, FailedCallCursor, Timestamp, from_micros, to_micros},
+    domain::{BackupName, CallId, FailedCall, FailedCallCursor, Timestamp, to_micros},
     error::{Error, StoreResultExt},
 };
 
@@ -26,8 +26,8 @@ fn failed_call(row: &Row<'_>) -> rusqlite::Result<FailedCall> {
         last_error: row
             .get::<_, Option<String>>("last_error")?
             .unwrap_or_default(),
-        fail_time: from_micros(row.get("failed_time")?),
-        create_time: from_micros(row.get("create_time")?),
+        fail_time: time_at(row, "failed_time")?,
+        create_time: time_at(row, "create_time")?,
         error_reason: row
             .get::<_, Option<String>>("error_reason")?
             .unwrap_or_default(),

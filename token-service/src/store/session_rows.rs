@@ -3,9 +3,9 @@
 
 use rusqlite::{Connection, Row};
 
-use super::sql::{Cached, optional};
+use super::sql::{Cached, optional, optional_time_at, time_at};
 use crate::{
-    domain::{CustomerId, CustomerLink, SecretHash, Session, SessionId, from_micros},
+    domain::{CustomerId, CustomerLink, SecretHash, Session, SessionId},
     error::{Error, StoreResultExt},
 };
 
@@ -31,8 +31,8 @@ fn session_from_row(row: &Row<'_>) -> rusqlite::Result<(Session, Vec<u8>)> {
             provider_id: row.get("provider_id")?,
             customer_id,
             conversation_id: row.get("conversation_id")?,
-            create_time: from_micros(row.get("create_time")?),
-            end_time: row.get::<_, Option<i64>>("end_time")?.map(from_micros),
+            create_time: time_at(row, "create_time")?,
+            end_time: optional_time_at(row, "end_time")?,
             link,
         },
         row.get("secret_hash")?,

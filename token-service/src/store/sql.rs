@@ -4,12 +4,13 @@
 
 use rusqlite::{
     Connection, OptionalExtension, Row, ToSql,
-    types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef},
+    types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Type, ValueRef},
 };
 use uuid::Uuid;
 
 use crate::domain::{
-    CallId, CallKind, ConversationId, CustomerId, ProviderId, RequestId, SessionId, TokenId,
+    CallId, CallKind, ConversationId, CustomerId, ProviderId, RequestId, SessionId, Timestamp,
+    TokenId,
 };
 
 /// Statements through SQLite's statement cache: a redemption runs the same few
@@ -39,6 +40,29 @@ impl Cached for Connection {
 /// `query_row` that returns `None` for no row.
 pub(super) fn optional<T>(result: rusqlite::Result<T>) -> rusqlite::Result<Option<T>> {
     result.optional()
+}
+
+/// A time column (Unix microseconds, see `domain::to_micros`); a value no date can hold
+/// is an error, not 1970.
+pub(super) fn time_at(row: &Row<'_>, column: &str) -> rusqlite::Result<Timestamp> {
+    optional_time_at(row, column)?.ok_or(rusqlite::Error::InvalidColumnType(
+        row.as_ref().column_index(column)?,
+        column.to_owned(),
+        Type::Null,
+    ))
+}
+
+/// A time column that may be NULL (not revoked, not ended).
+pub(super) fn optional_time_at(row: &Row<'_>, column: &str) -> rusqlite::Result<Option<Timestamp>> {
+    let Some(micros) = row.get::<_, Option<i64>>(column)? else {
+        return Ok(None);
+    };
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(Some)
+        .ok_or(rusqlite::Error::IntegralValueOutOfRange(
+            row.as_ref().column_index(column)?,
+            micros,
+        ))
 }
 
 /// `ToSql` and `FromSql` for a domain type: how it is written, and how it is read back.
@@ -136,5 +160,14 @@ mod tests {
         assert!(read::<SessionId>("SELECT 'not-a-uuid' AS v").is_err());
         assert!(read::<CallId>("SELECT 0 AS v").is_err());
         assert_eq!(read::<CallId>("SELECT 7 AS v").unwrap().get(), 7);
+    }
+
+    #[test]
+    fn a_time_no_date_can_hold_is_an_error_not_1970() {
+        let conn = Connection::open_in_memory().unwrap();
+        let time = |sql: &str| conn.query_row(sql, [], |row| time_at(row, "t"));
+        assert_eq!(time("SELECT 0 AS t").unwrap().timestamp(), 0);
+        assert!(time("SELECT 9223372036854775807 AS t").is_err());
+        assert!(time("SELECT NULL AS t").is_err());
     }
 }

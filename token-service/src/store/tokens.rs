@@ -3,14 +3,11 @@
 use rusqlite::{Connection, Row, params};
 
 use super::{
-    sql::{Cached, optional},
+    sql::{Cached, optional, optional_time_at, time_at},
     thread::Store,
 };
 use crate::{
-    domain::{
-        NewToken, ProviderId, SecretHash, Timestamp, Token, TokenCursor, TokenId, from_micros,
-        to_micros,
-    },
+    domain::{NewToken, ProviderId, SecretHash, Timestamp, Token, TokenCursor, TokenId, to_micros},
     error::{Error, StoreResultExt},
 };
 
@@ -25,11 +22,11 @@ fn token_from_row(row: &Row<'_>) -> rusqlite::Result<(Token, Vec<u8>)> {
             token_id: row.get("token_id")?,
             provider_id: row.get("provider_id")?,
             label: row.get("label")?,
-            create_time: from_micros(row.get("create_time")?),
-            expire_time: from_micros(row.get("expire_time")?),
+            create_time: time_at(row, "create_time")?,
+            expire_time: time_at(row, "expire_time")?,
             max_uses: row.get("max_uses")?,
             use_count: row.get("use_count")?,
-            revoke_time: row.get::<_, Option<i64>>("revoke_time")?.map(from_micros),
+            revoke_time: optional_time_at(row, "revoke_time")?,
         },
         row.get("secret_hash")?,
     ))
