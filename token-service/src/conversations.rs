@@ -364,7 +364,7 @@ impl Conversations {
             ))
         })?;
         Ok(Done::ConversationCreated {
-            conversation_id: ConversationId::new(conversation.conversation_id),
+            conversation_id: ConversationId::created(conversation.conversation_id),
         })
     }
 

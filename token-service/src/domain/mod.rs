@@ -26,32 +26,51 @@ fn parse_external_id(field: &'static str, value: &str) -> Result<String, Error> 
     chat_proto::rules::external_id(value).map_err(|d| Error::invalid(field, d))
 }
 
-/// The provider who owns a link, as it appears in `/u/{provider_id}/c/{secret}`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ProviderId(String);
+/// An id held as text: whoever makes one checks it (`parse`, or the service that named
+/// it); the store reads it back as it was written.
+macro_rules! text_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// An id read back from our own database (checked when it was written).
+            pub(crate) fn from_stored(value: String) -> Self {
+                Self(value)
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+text_id!(
+    /// The provider who owns a link, as it appears in `/u/{provider_id}/c/{secret}`.
+    ProviderId
+);
+text_id!(
+    /// A registered customer, as known to the BFF.
+    CustomerId
+);
+text_id!(
+    /// A conversation, as conversation-service names it: token-service never makes one,
+    /// it keeps the id CreateConversation returned.
+    ConversationId
+);
 
 impl ProviderId {
     pub fn parse(field: &'static str, value: &str) -> Result<Self, Error> {
         parse_external_id(field, value).map(Self)
     }
-    /// An id read back from our own database (validated when it was written).
-    pub(crate) fn from_stored(value: String) -> Self {
-        Self(value)
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
-
-impl fmt::Display for ProviderId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A registered customer, as known to the BFF.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CustomerId(String);
 
 impl CustomerId {
     pub fn parse(field: &'static str, value: &str) -> Result<Self, Error> {
@@ -65,32 +84,12 @@ impl CustomerId {
             Self::parse(field, value).map(Some)
         }
     }
-    pub(crate) fn from_stored(value: String) -> Self {
-        Self(value)
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
-
-/// A conversation, as conversation-service names it: token-service never makes one, it
-/// only keeps the id CreateConversation returned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConversationId(String);
 
 impl ConversationId {
-    /// The id conversation-service returned, or read back from our own database.
-    pub fn new(value: String) -> Self {
+    /// The id conversation-service returned for a CreateConversation.
+    pub fn created(value: String) -> Self {
         Self(value)
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ConversationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 

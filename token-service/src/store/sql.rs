@@ -91,7 +91,7 @@ column!(RequestId, write: |id| ToSqlOutput::from(id.to_string()), read: |v| uuid
 // Marketplace ids as given (validated when they were written).
 column!(ProviderId, write: |id| ToSqlOutput::from(id.as_str()), read: |v| String::column_result(v).map(ProviderId::from_stored));
 column!(CustomerId, write: |id| ToSqlOutput::from(id.as_str()), read: |v| String::column_result(v).map(CustomerId::from_stored));
-column!(ConversationId, write: |id| ToSqlOutput::from(id.as_str()), read: |v| String::column_result(v).map(ConversationId::new));
+column!(ConversationId, write: |id| ToSqlOutput::from(id.as_str()), read: |v| String::column_result(v).map(ConversationId::from_stored));
 // An outbox call's id is its row's `job_id`.
 column!(CallId, write: |id| ToSqlOutput::from(id.get()), read: call_id);
 // `outbox.kind`, by the names the schema's CHECK allows.
