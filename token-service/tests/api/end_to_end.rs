@@ -52,7 +52,9 @@ async fn a_link_becomes_a_conversation_both_sides_find_and_talk_in() {
                 })
                 .await
                 .ok()?;
-            (reply.get_ref().status == 1).then_some(())
+            (reply.get_ref().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+                .then_some(())
         }
     })
     .await;

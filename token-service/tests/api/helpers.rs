@@ -207,6 +207,7 @@ pub fn db_dump(path: &std::path::Path) -> String {
 // ---- conversation-service, in-process, on a fresh PostgreSQL database ----
 
 use chat_proto::v1::{Participant, conversation_service_client::ConversationServiceClient};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 pub type ConversationClient = ConversationServiceClient<Channel>;
 
@@ -264,7 +265,10 @@ pub async fn spawn_conversation_service(database_url: &str, listen: &str) -> Con
                     service: "chat.v1.ConversationService".into(),
                 })
                 .await;
-            reply.ok().filter(|r| r.get_ref().status == 1).map(|_| ())
+            reply
+                .ok()
+                .filter(|r| r.get_ref().status == ServingStatus::Serving as i32)
+                .map(|_| ())
         }
     })
     .await;

@@ -43,7 +43,9 @@ async fn wait_serving(channel: &Channel, service: &str) {
         let service = service.to_owned();
         async move {
             let reply = health.check(HealthCheckRequest { service }).await.ok()?;
-            (reply.get_ref().status == 1).then_some(())
+            (reply.get_ref().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+                .then_some(())
         }
     })
     .await;
