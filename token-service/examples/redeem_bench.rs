@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use chat_common::testing::database::{ADMIN_URL, TestDatabase};
 use chat_proto::v1::{
     ConversationState, IssueTokenRequest, RedeemTokenRequest,
     token_service_client::TokenServiceClient,
@@ -36,16 +37,6 @@ struct Args {
     /// process: conversation-service's endpoint carries token-service's metrics too).
     #[arg(long)]
     metrics_addr: Option<String>,
-}
-
-const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-async fn fresh_database(name: &str) -> anyhow::Result<String> {
-    let mut admin = PgConnection::connect(ADMIN_URL).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&mut admin)
-        .await?;
-    Ok(format!("postgres://postgres@127.0.0.1:5432/{name}"))
 }
 
 /// CPU seconds used so far by this process (client and both services) and by the
@@ -76,20 +67,19 @@ async fn cpu_seconds(database: &str) -> (f64, f64) {
     (ticks("self"), postgres)
 }
 
-/// conversation-service on a fresh database; returns its address.
+/// conversation-service on the database at `url`; returns its address.
 async fn start_conversations(
-    database: &str,
+    url: &str,
     metrics_addr: Option<&str>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<String> {
     use conversation_service::{config::Config, startup::Application};
-    let url = fresh_database(database).await?;
     let mut args = vec![
         "conversation-service",
         "--listen",
         "127.0.0.1:0",
         "--database-url",
-        &url,
+        url,
     ];
     if let Some(addr) = metrics_addr {
         args.extend(["--metrics-addr", addr]);
@@ -132,7 +122,7 @@ async fn start_tokens(
     let app = Application::build(config).await?;
     let addr = format!("http://{}", app.local_addr());
     let token = app.shutdown_token();
-    tokio::spawn(app.run_until_stopped());
+    tokio::spawn(app.run());
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
         shutdown.cancelled().await;
@@ -261,24 +251,19 @@ fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let shutdown = CancellationToken::new();
-    let database = format!("bench_redeem_{}", Uuid::new_v4().simple());
+    // Dropped (WITH FORCE) when this returns.
+    let database = TestDatabase::create("bench_redeem").await;
     let conversations =
-        start_conversations(&database, args.metrics_addr.as_deref(), &shutdown).await?;
+        start_conversations(database.url(), args.metrics_addr.as_deref(), &shutdown).await?;
     let client = start_tokens(&conversations, &shutdown).await?;
     // Let both services see each other healthy (token-service's first probe).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut best: f64 = 0.0;
     for &callers in &args.callers {
-        best = best.max(phase(&client, &database, callers.max(1), args.seconds).await?);
+        best = best.max(phase(&client, database.name(), callers.max(1), args.seconds).await?);
     }
     println!("redeem_per_s={best:.0}");
     shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut admin = PgConnection::connect(ADMIN_URL).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await?;
     Ok(())
 }

@@ -27,9 +27,23 @@ use tower::Layer;
 
 use crate::{
     config::ClientSecurity,
+    domain::ConversationId,
     error::{Error, Refusal},
     store::{Done, OutboxCall},
 };
+
+/// conversation-service's readiness in its health service (`""` is only its liveness);
+/// token-service reports what it sees of it under the same name.
+pub const READINESS: &str = "chat.v1.ConversationService";
+
+/// A replica that does not accept a connection within this is treated as down.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pings on idle connections, so a dead replica is noticed before a call waits on it.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Replies up to tonic's default limit are always accepted, whatever our own request
+/// limit is.
+const MIN_REPLY_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct Conversations {
@@ -64,10 +78,10 @@ impl std::fmt::Display for CallError {
 fn endpoint(url: &str) -> Result<Endpoint, Error> {
     Ok(Endpoint::from_shared(url.to_owned())
         .map_err(|e| config_error(format!("URL {url:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(1))
+        .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true))
 }
 
@@ -262,16 +276,18 @@ impl Conversations {
 
     fn client(&self) -> ConversationServiceClient<ClientService<Channel>> {
         ConversationServiceClient::new(self.layer.layer(self.current().channel.clone()))
-            .max_decoding_message_size(self.max_message_bytes.max(4 * 1024 * 1024))
+            .max_decoding_message_size(self.max_message_bytes.max(MIN_REPLY_BYTES))
     }
 
-    /// Adds the bearer token, if any.
-    fn authorize<T>(&self, mut request: tonic::Request<T>) -> tonic::Request<T> {
+    /// A request with the bearer token, if any, and `timeout` as its deadline.
+    fn request<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
         if let Some(value) = &self.current().authorization {
             request
                 .metadata_mut()
                 .insert("authorization", value.clone());
         }
+        request.set_timeout(timeout);
         request
     }
 
@@ -288,52 +304,38 @@ impl Conversations {
                 } => {
                     // The session id is the request id: conversation-service binds the
                     // anonymous visitor to it.
-                    let mut request =
-                        self.authorize(tonic::Request::new(CreateConversationRequest {
-                            request_id: request_id.clone(),
-                            session_id: request_id.clone(),
-                            provider_id: provider_id.clone(),
-                            customer: Some(Customer {
-                                customer_id: customer_id.clone().unwrap_or_default(),
-                                ..Customer::default()
-                            }),
-                            reuse_active: *reuse_active,
-                            origin: origin.clone(),
-                        }));
-                    request.set_timeout(timeout);
-                    let reply = self
-                        .client()
-                        .create_conversation(request)
-                        .await
-                        .map_err(classify)?;
-                    let conversation = reply.into_inner().conversation.ok_or_else(|| {
-                        CallError::Transient(Status::internal(
-                            "CreateConversation returned no conversation",
-                        ))
-                    })?;
-                    Ok(Done::ConversationCreated {
-                        conversation_id: conversation.conversation_id,
-                    })
+                    let request = CreateConversationRequest {
+                        request_id: request_id.to_string(),
+                        session_id: request_id.to_string(),
+                        provider_id: provider_id.as_str().to_owned(),
+                        customer: Some(Customer {
+                            customer_id: customer_id
+                                .as_ref()
+                                .map(|c| c.as_str().to_owned())
+                                .unwrap_or_default(),
+                            ..Customer::default()
+                        }),
+                        reuse_active: *reuse_active,
+                        origin: origin.clone(),
+                    };
+                    self.create_conversation(request, timeout).await
                 }
                 OutboxCall::UpdateCustomer {
                     conversation_id,
                     customer_id,
                     contact,
                 } => {
-                    let conversation_id = conversation_id.clone().ok_or(CallError::NotReady)?;
-                    let mut request = self.authorize(tonic::Request::new(UpdateCustomerRequest {
-                        conversation_id,
-                        customer_id: Some(customer_id.clone()),
+                    let request = UpdateCustomerRequest {
+                        conversation_id: conversation_id
+                            .as_ref()
+                            .map(|id| id.as_str().to_owned())
+                            .ok_or(CallError::NotReady)?,
+                        customer_id: Some(customer_id.as_str().to_owned()),
                         name: contact.name.clone(),
                         email: contact.email.clone(),
                         phone: contact.phone.clone(),
-                    }));
-                    request.set_timeout(timeout);
-                    self.client()
-                        .update_customer(request)
-                        .await
-                        .map_err(classify)?;
-                    Ok(Done::CustomerUpdated)
+                    };
+                    self.update_customer(request, timeout).await
                 }
             }
         };
@@ -346,13 +348,47 @@ impl Conversations {
         }
     }
 
+    async fn create_conversation(
+        &self,
+        request: CreateConversationRequest,
+        timeout: Duration,
+    ) -> Result<Done, CallError> {
+        let reply = self
+            .client()
+            .create_conversation(self.request(request, timeout))
+            .await
+            .map_err(classify)?;
+        let conversation = reply.into_inner().conversation.ok_or_else(|| {
+            CallError::Transient(Status::internal(
+                "CreateConversation returned no conversation",
+            ))
+        })?;
+        Ok(Done::ConversationCreated {
+            conversation_id: ConversationId::created(conversation.conversation_id),
+        })
+    }
+
+    async fn update_customer(
+        &self,
+        request: UpdateCustomerRequest,
+        timeout: Duration,
+    ) -> Result<Done, CallError> {
+        self.client()
+            .update_customer(self.request(request, timeout))
+            .await
+            .map_err(classify)?;
+        Ok(Done::CustomerUpdated)
+    }
+
     /// Whether conversation-service is ready: its readiness check (its service name;
     /// `""` is only its liveness) says SERVING.
     pub async fn reachable(&self, timeout: Duration) -> bool {
-        let mut request = self.authorize(tonic::Request::new(HealthCheckRequest {
-            service: crate::startup::CONVERSATION_DEPENDENCY.to_owned(),
-        }));
-        request.set_timeout(timeout);
+        let request = self.request(
+            HealthCheckRequest {
+                service: READINESS.to_owned(),
+            },
+            timeout,
+        );
         let mut client = HealthClient::new(self.layer.layer(self.current().channel.clone()));
         let check = client.check(request);
         matches!(

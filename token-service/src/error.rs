@@ -1,13 +1,13 @@
-//! The one error type of token-service and the one place it becomes a gRPC status: the
-//! code, the message a caller may see and the `google.rpc.ErrorInfo` reason (domain
-//! `chat.v1`). Storage errors are logged here with their context and never sent.
+//! The one error type of token-service. What a caller sees of it (code, message,
+//! `google.rpc.ErrorInfo` reason and details) is said once, in its
+//! [`ServiceError`] impl, and turned into a status by the shared
+//! [`chat_common::error::to_status`]; storage errors are logged with their context and
+//! never sent.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
+use chat_common::error::{Details, ServiceError, reason_of, to_status};
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
-
-pub const DOMAIN: &str = "chat.v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -67,15 +67,9 @@ impl Refusal {
     /// Reads a status from conversation-service; without an `ErrorInfo` the reason is
     /// the code's name.
     pub fn from_status(status: &Status) -> Self {
-        let reason = status
-            .get_error_details()
-            .error_info()
-            .map(|info| info.reason.clone())
-            .filter(|reason| !reason.is_empty())
-            .unwrap_or_else(|| code_name(status.code()).to_owned());
         Self {
             code: status.code(),
-            reason,
+            reason: reason_of(status).unwrap_or_else(|| canonical_name(status.code())),
             message: status.message().to_owned(),
         }
     }
@@ -83,24 +77,22 @@ impl Refusal {
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            code_name(self.code),
-            self.reason,
-            self.message
-        )
+        let code = canonical_name(self.code);
+        write!(f, "{code} {}: {}", self.reason, self.message)
     }
 }
 
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::NotFound => "NOT_FOUND",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        _ => "UNKNOWN",
+/// A code's canonical name (`FAILED_PRECONDITION`), written from the shared table of code
+/// names (`FailedPrecondition`): operators read it in a refused call's `last_error`.
+fn canonical_name(code: Code) -> String {
+    let mut name = String::new();
+    for (at, c) in chat_common::rpc::code_name(code).char_indices() {
+        if at > 0 && c.is_ascii_uppercase() {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
     }
+    name
 }
 
 impl Error {
@@ -141,27 +133,6 @@ impl Error {
                 }
         )
     }
-
-    fn reason(&self) -> &str {
-        match self {
-            Self::Refused(refusal) => &refusal.reason,
-            Self::InvalidArgument { reason, .. } => reason,
-            Self::TokenNotFound => "TOKEN_NOT_FOUND",
-            Self::ProviderMismatch => "PROVIDER_MISMATCH",
-            Self::TokenExpired => "TOKEN_EXPIRED",
-            Self::TokenRevoked => "TOKEN_REVOKED",
-            Self::TokenExhausted => "TOKEN_EXHAUSTED",
-            Self::SessionNotFound => "SESSION_NOT_FOUND",
-            Self::SessionEnded => "SESSION_ENDED",
-            Self::CustomerAlreadyLinked => "CUSTOMER_ALREADY_LINKED",
-            Self::TooManyFailedRedemptions { .. } => "TOO_MANY_FAILED_REDEMPTIONS",
-            Self::FailedCallNotFound => "FAILED_CALL_NOT_FOUND",
-            Self::BackupExists => "BACKUP_EXISTS",
-            Self::StoreUnavailable(_) => "STORE_UNAVAILABLE",
-            Self::Store { source, .. } if is_transient(source) => "STORE_UNAVAILABLE",
-            Self::Store { .. } | Self::Internal(_) => "INTERNAL",
-        }
-    }
 }
 
 impl From<rusqlite_migration::Error> for Error {
@@ -197,100 +168,182 @@ impl<T> StoreResultExt<T> for Result<T, rusqlite::Error> {
     }
 }
 
-impl From<Error> for Status {
-    fn from(error: Error) -> Self {
-        let reason = error.reason();
-        let with_info = |metadata: HashMap<String, String>| {
-            ErrorDetails::with_error_info(reason, DOMAIN, metadata)
-        };
-        let (code, message, details) = match &error {
-            Error::InvalidArgument {
-                field, description, ..
-            } => {
-                let mut details =
-                    with_info(HashMap::from([("field".to_owned(), (*field).to_owned())]));
-                details.add_bad_request_violation(*field, description.clone());
-                (Code::InvalidArgument, error.to_string(), details)
-            }
-            Error::TokenNotFound | Error::FailedCallNotFound => {
-                (Code::NotFound, error.to_string(), with_info(HashMap::new()))
-            }
-            Error::BackupExists => (
-                Code::AlreadyExists,
-                error.to_string(),
-                with_info(HashMap::new()),
-            ),
+impl ServiceError for Error {
+    fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument { .. } => Code::InvalidArgument,
+            Self::TokenNotFound | Self::FailedCallNotFound => Code::NotFound,
+            Self::BackupExists => Code::AlreadyExists,
             // A session is found by its secret: an unknown one is a bad credential.
-            Error::SessionNotFound => (
-                Code::Unauthenticated,
-                "session secret is not valid".to_owned(),
-                with_info(HashMap::new()),
-            ),
-            Error::ProviderMismatch => (
-                Code::PermissionDenied,
-                error.to_string(),
-                with_info(HashMap::new()),
-            ),
-            Error::TokenExpired | Error::TokenRevoked | Error::TokenExhausted => (
-                Code::FailedPrecondition,
-                error.to_string(),
-                with_info(HashMap::new()),
-            ),
-            Error::SessionEnded => (
-                Code::Unauthenticated,
-                error.to_string(),
-                with_info(HashMap::new()),
-            ),
-            Error::CustomerAlreadyLinked => (
-                Code::FailedPrecondition,
-                error.to_string(),
-                with_info(HashMap::new()),
-            ),
-            Error::TooManyFailedRedemptions { retry_after } => {
-                crate::metrics::failed_guess_refused();
-                let mut details = with_info(HashMap::new());
-                details.set_retry_info(Some(*retry_after));
-                (Code::ResourceExhausted, error.to_string(), details)
-            }
-            Error::StoreUnavailable(context) => {
-                tracing::error!(%context, "database unavailable");
-                (
-                    Code::Unavailable,
-                    "storage is unavailable, retry later".to_owned(),
-                    with_info(HashMap::new()),
-                )
-            }
-            Error::Store { context, source } => {
-                tracing::error!(%context, error = %source, "database error");
-                if is_transient(source) {
-                    (
-                        Code::Unavailable,
-                        "storage is unavailable, retry later".to_owned(),
-                        with_info(HashMap::new()),
-                    )
-                } else {
-                    (
-                        Code::Internal,
-                        "internal error".to_owned(),
-                        with_info(HashMap::new()),
-                    )
-                }
-            }
+            Self::SessionNotFound | Self::SessionEnded => Code::Unauthenticated,
+            Self::ProviderMismatch => Code::PermissionDenied,
+            Self::TokenExpired
+            | Self::TokenRevoked
+            | Self::TokenExhausted
+            | Self::CustomerAlreadyLinked => Code::FailedPrecondition,
+            Self::TooManyFailedRedemptions { .. } => Code::ResourceExhausted,
+            Self::StoreUnavailable(_) => Code::Unavailable,
+            Self::Store { source, .. } if is_transient(source) => Code::Unavailable,
+            Self::Store { .. } | Self::Internal(_) => Code::Internal,
             // Passed through as conversation-service said it: same code, same reason.
-            Error::Refused(refusal) => (
-                refusal.code,
-                refusal.message.clone(),
-                with_info(HashMap::new()),
-            ),
-            Error::Internal(context) => {
-                tracing::error!(%context, "internal error");
-                (
-                    Code::Internal,
-                    "internal error".to_owned(),
-                    with_info(HashMap::new()),
-                )
+            Self::Refused(refusal) => refusal.code,
+        }
+    }
+
+    fn reason(&self) -> &str {
+        match self {
+            Self::Refused(refusal) => &refusal.reason,
+            Self::InvalidArgument { reason, .. } => reason,
+            Self::TokenNotFound => "TOKEN_NOT_FOUND",
+            Self::ProviderMismatch => "PROVIDER_MISMATCH",
+            Self::TokenExpired => "TOKEN_EXPIRED",
+            Self::TokenRevoked => "TOKEN_REVOKED",
+            Self::TokenExhausted => "TOKEN_EXHAUSTED",
+            Self::SessionNotFound => "SESSION_NOT_FOUND",
+            Self::SessionEnded => "SESSION_ENDED",
+            Self::CustomerAlreadyLinked => "CUSTOMER_ALREADY_LINKED",
+            Self::TooManyFailedRedemptions { .. } => "TOO_MANY_FAILED_REDEMPTIONS",
+            Self::FailedCallNotFound => "FAILED_CALL_NOT_FOUND",
+            Self::BackupExists => "BACKUP_EXISTS",
+            Self::StoreUnavailable(_) => "STORE_UNAVAILABLE",
+            Self::Store { source, .. } if is_transient(source) => "STORE_UNAVAILABLE",
+            Self::Store { .. } | Self::Internal(_) => "INTERNAL",
+        }
+    }
+
+    fn public_message(&self) -> String {
+        match self {
+            Self::SessionNotFound => "session secret is not valid".to_owned(),
+            Self::Refused(refusal) => refusal.message.clone(),
+            _ if self.code() == Code::Unavailable => {
+                "storage is unavailable, retry later".to_owned()
             }
-        };
-        Status::with_error_details(code, message, details)
+            _ => self.to_string(),
+        }
+    }
+
+    fn details(&self) -> Details {
+        match self {
+            Self::InvalidArgument {
+                field, description, ..
+            } => Details::bad_field(field, description.clone()),
+            Self::TooManyFailedRedemptions { retry_after } => Details::retry_after(*retry_after),
+            _ => Details::none(),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    /// An unavailable database is logged here with its context (INTERNAL is logged by
+    /// `to_status`); the caller hears only that it may retry.
+    fn from(error: Error) -> Self {
+        if error.code() == Code::Unavailable {
+            tracing::error!(%error, "database unavailable");
+        }
+        to_status(&error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chat_common::testing::status::{bad_field, reason};
+    use tonic_types::StatusExt;
+
+    use super::*;
+
+    #[test]
+    fn each_error_keeps_its_code_message_and_reason() {
+        let cases = [
+            (
+                Error::TokenNotFound,
+                Code::NotFound,
+                "chat link not found",
+                "TOKEN_NOT_FOUND",
+            ),
+            (
+                Error::SessionNotFound,
+                Code::Unauthenticated,
+                "session secret is not valid",
+                "SESSION_NOT_FOUND",
+            ),
+            (
+                Error::SessionEnded,
+                Code::Unauthenticated,
+                "session has ended",
+                "SESSION_ENDED",
+            ),
+            (
+                Error::ProviderMismatch,
+                Code::PermissionDenied,
+                "chat link belongs to another provider",
+                "PROVIDER_MISMATCH",
+            ),
+            (
+                Error::TokenExhausted,
+                Code::FailedPrecondition,
+                "chat link has been used up",
+                "TOKEN_EXHAUSTED",
+            ),
+            (
+                Error::BackupExists,
+                Code::AlreadyExists,
+                "a backup with that file name exists",
+                "BACKUP_EXISTS",
+            ),
+            (
+                Error::StoreUnavailable("disk gone".into()),
+                Code::Unavailable,
+                "storage is unavailable, retry later",
+                "STORE_UNAVAILABLE",
+            ),
+            (
+                Error::Internal("secret detail".into()),
+                Code::Internal,
+                "internal error",
+                "INTERNAL",
+            ),
+        ];
+        for (error, code, message, expected_reason) in cases {
+            let status = Status::from(error);
+            assert_eq!(status.code(), code, "{status:?}");
+            assert_eq!(status.message(), message);
+            assert_eq!(reason(&status), expected_reason);
+        }
+    }
+
+    #[test]
+    fn a_bad_field_names_it_and_a_refused_caller_hears_when_to_retry() {
+        let status = Status::from(Error::invalid_page_token());
+        assert_eq!(
+            status.message(),
+            "invalid page_token: is not a page token of this query"
+        );
+        assert_eq!(
+            (reason(&status).as_str(), bad_field(&status).as_str()),
+            ("INVALID_PAGE_TOKEN", "page_token")
+        );
+        let retry_after = Duration::from_secs(7);
+        let status = Status::from(Error::TooManyFailedRedemptions { retry_after });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let retry = status.get_error_details().retry_info().cloned();
+        assert_eq!(retry.and_then(|r| r.retry_delay), Some(retry_after));
+    }
+
+    #[test]
+    fn a_refusal_is_passed_through_and_named_by_its_code_without_error_info() {
+        let refusal = Refusal::from_status(&Status::failed_precondition("linked elsewhere"));
+        assert_eq!(refusal.reason, "FAILED_PRECONDITION");
+        assert_eq!(
+            refusal.to_string(),
+            "FAILED_PRECONDITION FAILED_PRECONDITION: linked elsewhere"
+        );
+        let status = Status::from(Error::Refused(refusal));
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::FailedPrecondition, "linked elsewhere")
+        );
+        assert_eq!(canonical_name(Code::InvalidArgument), "INVALID_ARGUMENT");
+        assert_eq!(canonical_name(Code::PermissionDenied), "PERMISSION_DENIED");
+        assert_eq!(canonical_name(Code::NotFound), "NOT_FOUND");
     }
 }

@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod limiter;
 pub mod metrics;
 pub mod outbox;
+pub mod sessions;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -24,7 +24,7 @@ use std::{
 use tokio::sync::Notify;
 use tonic::metadata::MetadataMap;
 
-use crate::error::Error;
+use crate::{error::Error, metrics};
 
 /// Callers tracked at most. When full, expired windows are dropped first, then the
 /// oldest window; never everyone's at once.
@@ -127,6 +127,27 @@ impl Reservation {
             limiter.settle(&self.caller, true);
         }
     }
+
+    /// Settles the reservation by one step of a lookup: a failed guess (see
+    /// [`Error::is_failed_guess`]) is counted against the caller at once; any other
+    /// outcome leaves the reservation for the next step, and dropping it gives it back.
+    pub fn settle<T>(&mut self, outcome: Result<T, Error>) -> Result<T, Error> {
+        if let Err(e) = &outcome
+            && e.is_failed_guess()
+        {
+            if let Some(limiter) = self.limiter.take() {
+                limiter.settle(&self.caller, true);
+            }
+            metrics::failed_guess();
+        }
+        outcome
+    }
+}
+
+/// The refusal of a caller whose failures fill its budget, counted as it is made.
+fn refuse(retry_after: Duration) -> Error {
+    metrics::failed_guess_refused();
+    Error::TooManyFailedRedemptions { retry_after }
 }
 
 impl Drop for Reservation {
@@ -167,9 +188,7 @@ impl FailureLimiter {
                 let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
                 let window = self.window_of(&mut callers, caller);
                 if window.failures >= self.limit {
-                    return Err(Error::TooManyFailedRedemptions {
-                        retry_after: self.window.saturating_sub(window.start.elapsed()),
-                    });
+                    return Err(refuse(self.window.saturating_sub(window.start.elapsed())));
                 }
                 if window.failures + window.pending < self.limit {
                     window.pending += 1;
@@ -189,9 +208,7 @@ impl FailureLimiter {
                 continue;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(Error::TooManyFailedRedemptions {
-                    retry_after: IN_FLIGHT_WAIT,
-                });
+                return Err(refuse(IN_FLIGHT_WAIT));
             }
         }
     }

@@ -5,8 +5,8 @@ use token_service::{
     telemetry,
 };
 
-/// jemalloc: measured faster than glibc's malloc on the send path and leaner per idle
-/// stream than mimalloc (docs/performance.md).
+/// jemalloc, as in conversation-service: both services ship the allocator that was
+/// measured there (docs/performance.md), and `redeem_bench` runs this one.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -25,12 +25,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             let service = startup::TOKEN_SERVICE;
             chat_common::healthcheck::check(config.listen, service, config.request_timeout).await?;
         }
-        None => {
-            Application::build(config)
-                .await?
-                .run_until_stopped()
-                .await?
-        }
+        None => Application::build(config).await?.run().await?,
     }
     Ok(())
 }

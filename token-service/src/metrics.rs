@@ -4,14 +4,13 @@
 
 use std::time::Duration;
 
-use crate::store::{OutboxStats, Store};
-
-/// Read on every health probe: the outbox's depth, oldest waiting call, failed calls.
+/// Read on every health probe: calls waiting in the outbox, the age of the oldest in
+/// seconds, and calls refused for good.
 #[allow(clippy::cast_precision_loss)]
-pub fn outbox(stats: OutboxStats) {
-    metrics::gauge!("token_outbox_depth").set(stats.pending as f64);
-    metrics::gauge!("token_outbox_oldest_pending_age_seconds").set(stats.oldest_pending_seconds);
-    metrics::gauge!("token_outbox_failed_jobs").set(stats.failed as f64);
+pub fn outbox(pending: i64, oldest_pending_seconds: f64, failed: i64) {
+    metrics::gauge!("token_outbox_depth").set(pending as f64);
+    metrics::gauge!("token_outbox_oldest_pending_age_seconds").set(oldest_pending_seconds);
+    metrics::gauge!("token_outbox_failed_jobs").set(failed as f64);
 }
 
 /// A failed guess (unknown link, wrong provider, malformed secret) counted against its
@@ -41,6 +40,6 @@ pub fn sqlite_group(calls: usize, took: Duration, commit: Duration) {
 
 /// Read at each scrape: calls waiting for the SQLite thread.
 #[allow(clippy::cast_precision_loss)]
-pub fn sample(store: &Store) {
-    metrics::gauge!("token_sqlite_queue_length").set(store.queue_len() as f64);
+pub fn sqlite_queue(length: usize) {
+    metrics::gauge!("token_sqlite_queue_length").set(length as f64);
 }

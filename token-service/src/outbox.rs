@@ -2,7 +2,7 @@
 //! for a bounded time), and a background worker finishes whatever is left: after
 //! conversation-service was down, after a crash, after a restart. Every call is idempotent
 //! (CreateConversation by the session id, UpdateCustomer by its content), and a session's
-//! calls never overlap: each is made only with its session's turn (see `store::outbox`),
+//! calls never overlap: each is made only with its session's turn (see `store::turns`),
 //! so contact details given later are never overwritten by older ones.
 
 use std::{
@@ -19,10 +19,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     conversations::{CallError, Conversations},
-    domain::{CustomerId, CustomerLink, Session, now},
+    domain::{ConversationId, CustomerId, CustomerLink, Session, now},
     error::Error,
     store::{Done, OutboxCall, OutboxJob, Store},
 };
+
+/// The first pause between two attempts inside an RPC; it doubles after each.
+const FIRST_INLINE_RETRY: Duration = Duration::from_millis(50);
+/// Backoff stops doubling here (`retry_max` caps it long before), so it cannot overflow.
+const MAX_DOUBLINGS: u32 = 16;
+/// A call that keeps failing is logged at its first failure and every this many after.
+const LOG_EVERY_NTH_FAILURE: u32 = 10;
 
 #[derive(Debug, Clone)]
 pub struct OutboxSettings {
@@ -73,7 +80,7 @@ impl Outbox {
 
     /// Delay before attempt `attempts + 1`: doubling from `retry`, capped at `retry_max`.
     fn backoff(&self, attempts: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempts.min(16));
+        let factor = 2u32.saturating_pow(attempts.min(MAX_DOUBLINGS));
         self.settings
             .retry
             .saturating_mul(factor)
@@ -90,7 +97,7 @@ impl Outbox {
             self.settings.inline_wait.min(self.settings.call_timeout)
         };
         let deadline = Instant::now() + wait;
-        let mut delay = Duration::from_millis(50);
+        let mut delay = FIRST_INLINE_RETRY;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -101,7 +108,7 @@ impl Outbox {
             let timeout = self.settings.call_timeout.min(remaining);
             match self.conversations.call(&job.call, timeout).await {
                 Err(CallError::Transient(status)) => {
-                    tracing::debug!(job_id = job.job_id, code = ?status.code(), "conversation-service call failed; retrying");
+                    tracing::debug!(job_id = job.job_id.get(), code = ?status.code(), "conversation-service call failed; retrying");
                     if Instant::now() + delay >= deadline || !self.reachable.load(Ordering::Relaxed)
                     {
                         return Err(CallError::Transient(status));
@@ -149,7 +156,7 @@ impl Outbox {
         match self.call_inline(&job).await {
             Ok(done) => self.finish(job, done).await.map(Some),
             Err(CallError::Permanent(refusal)) => {
-                tracing::info!(job_id = job.job_id, session_id = %job.session_id, %refusal,
+                tracing::info!(job_id = job.job_id.get(), session_id = %job.session_id, %refusal,
                     "conversation-service refused UpdateCustomer; the session is left as it was");
                 self.store
                     .withdraw_link(job.job_id, job.session_id, previous)
@@ -172,13 +179,13 @@ impl Outbox {
             (OutboxCall::UpdateCustomer { .. }, CallError::Permanent(refusal)) => {
                 // Nobody waits for this answer any more: it shows on GetSession
                 // (CUSTOMER_LINK_STATE_FAILED) and stays in the outbox for operators.
-                tracing::warn!(job_id = job.job_id, session_id = %job.session_id, %refusal,
+                tracing::warn!(job_id = job.job_id.get(), session_id = %job.session_id, %refusal,
                     "conversation-service refused a queued UpdateCustomer; giving up");
                 self.store.give_up(job.job_id, now(), refusal).await
             }
             (OutboxCall::CreateConversation { .. }, CallError::Permanent(refusal)) => {
                 // Never dropped: a session must end up with its conversation.
-                tracing::error!(job_id = job.job_id, session_id = %job.session_id, %refusal,
+                tracing::error!(job_id = job.job_id.get(), session_id = %job.session_id, %refusal,
                     "conversation-service refused CreateConversation; will keep retrying");
                 let next = now() + to_chrono(self.settings.retry_max);
                 self.store
@@ -187,11 +194,11 @@ impl Outbox {
             }
             _ => {
                 // The first failure and every tenth are worth a line; the rest is noise.
-                if job.attempts.is_multiple_of(10) {
-                    tracing::info!(job_id = job.job_id, session_id = %job.session_id, attempts = job.attempts + 1,
+                if job.attempts.is_multiple_of(LOG_EVERY_NTH_FAILURE) {
+                    tracing::info!(job_id = job.job_id.get(), session_id = %job.session_id, attempts = job.attempts + 1,
                         error = %error, "conversation-service call queued for retry");
                 } else {
-                    tracing::debug!(job_id = job.job_id, attempts = job.attempts + 1, error = %error,
+                    tracing::debug!(job_id = job.job_id.get(), attempts = job.attempts + 1, error = %error,
                         "conversation-service call still failing");
                 }
                 self.store
@@ -209,13 +216,13 @@ impl Outbox {
             .await
         {
             Ok(done) => self.store.complete(&job, done).await.map(|session| {
-                tracing::info!(job_id = job.job_id, session_id = %session.session_id,
-                    conversation_id = ?session.conversation_id, "queued call completed");
+                tracing::info!(job_id = job.job_id.get(), session_id = %session.session_id,
+                    conversation_id = ?session.conversation_id.as_ref().map(ConversationId::as_str), "queued call completed");
                 true
             }),
             Err(error) => self.settle_failure(&job, error).await.map(|()| false),
         };
-        let job_id = job.job_id;
+        let job_id = job.job_id.get();
         // The session's turn ends here; a completed call may have a successor due now.
         drop(job);
         match outcome {

@@ -1,5 +1,6 @@
-//! The application: bind, open the database, wire the services and their limits, serve
-//! until SIGTERM / SIGINT or a programmatic shutdown. Health: `""` is liveness,
+//! The application: [`Application::build`] binds, opens the database and wires the
+//! services and their limits; [`Application::run`] serves until SIGTERM / SIGINT or a
+//! programmatic shutdown. Health: `""` is liveness,
 //! `chat.v1.TokenService` readiness (see `chat_common::health`).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -13,25 +14,34 @@ use chat_proto::v1::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
 use crate::{
     config::Config,
-    conversations::Conversations,
+    conversations::{self, Conversations},
     error::Error,
     grpc::{TokenAdminGrpc, TokenGrpc},
     limiter::{CallerIdentity, FailureLimiter},
     outbox::{Outbox, OutboxSettings},
+    sessions::Sessions,
     store::Store,
 };
 
-/// The health name under which token-service reports its view of conversation-service.
-pub const CONVERSATION_DEPENDENCY: &str = "chat.v1.ConversationService";
 /// The health name of token-service's readiness.
 pub const TOKEN_SERVICE: &str = "chat.v1.TokenService";
 const ADMIN_SERVICE: &str = "chat.v1.TokenAdminService";
 /// Largest reply: a full ListTokens page (200 links with 200-character labels) fits.
 const MAX_REPLY_BYTES: usize = 1024 * 1024;
+/// Largest request header block.
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Floors under configured timings: below them a loop would spin or a call could never
+/// finish.
+const MIN_CALL_TIMEOUT: Duration = Duration::from_millis(1);
+const MIN_OUTBOX_RETRY: Duration = Duration::from_millis(1);
+const MIN_OUTBOX_POLL: Duration = Duration::from_millis(10);
+const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(10);
+const MIN_KEEPALIVE: Duration = Duration::from_secs(1);
 
 pub struct Application {
     listener: TcpListener,
@@ -42,13 +52,17 @@ pub struct Application {
     outbox: Outbox,
     conversations: Conversations,
     security: Security,
+    probes: Probes,
+    /// Health, reflection, TokenService and TokenAdminService.
+    routes: Routes,
     shutdown: CancellationToken,
 }
 
 impl Application {
-    /// Binds the listener (port 0 picks one) and starts the database thread. Neither an
-    /// unreachable conversation-service nor a database that cannot be opened yet stops
-    /// the start: both are retried and reported by health.
+    /// Wires everything: binds the listener (port 0 picks one), opens the database and
+    /// builds the services. Neither an unreachable conversation-service nor a database
+    /// that cannot be opened yet stops the start: both are retried and reported by
+    /// health.
     pub async fn build(config: Config) -> Result<Self, Error> {
         let security =
             Security::load(&config.security).map_err(|e| Error::Internal(e.to_string()))?;
@@ -64,12 +78,7 @@ impl Application {
             })?),
             None => None,
         };
-        let store = Store::start(config.database.clone(), config.sqlite_busy_timeout)?;
-        // The first open (directory, lock, migrations) happens before serving; a failure
-        // is retried on use and by the health probe.
-        if let Err(e) = store.probe().await {
-            tracing::warn!(error = %e, "database not usable yet; will retry");
-        }
+        let store = Store::open(config.database.clone(), config.sqlite_busy_timeout).await?;
         let conversations = Conversations::new(
             &config.conversation_service,
             config.max_message_bytes,
@@ -78,15 +87,9 @@ impl Application {
         let outbox = Outbox::new(
             store.clone(),
             conversations.clone(),
-            OutboxSettings {
-                call_timeout: config.call_timeout.max(Duration::from_millis(1)),
-                inline_wait: config.inline_wait,
-                retry: config.outbox_retry.max(Duration::from_millis(1)),
-                retry_max: config.outbox_retry_max.max(config.outbox_retry),
-                poll: config.outbox_poll.max(Duration::from_millis(10)),
-                batch: config.outbox_batch.max(1),
-            },
+            outbox_settings(&config),
         );
+        let (probes, routes) = services(&config, &store, &outbox).await?;
         Ok(Self {
             listener,
             local_addr,
@@ -96,6 +99,8 @@ impl Application {
             outbox,
             conversations,
             security,
+            probes,
+            routes,
             shutdown: CancellationToken::new(),
         })
     }
@@ -119,7 +124,10 @@ impl Application {
         self.shutdown.clone()
     }
 
-    pub async fn run_until_stopped(self) -> Result<(), Error> {
+    /// Serves until SIGTERM / SIGINT or the shutdown token, with the background tasks
+    /// (outbox worker, health probe, credential reload, metrics) beside it; returns once
+    /// they have stopped too.
+    pub async fn run(self) -> Result<(), Error> {
         let Self {
             listener,
             local_addr,
@@ -129,117 +137,37 @@ impl Application {
             outbox,
             conversations,
             security,
+            probes,
+            routes,
             shutdown,
         } = self;
-
-        let (health, health_service) = tonic_health::server::health_reporter();
-        // Readiness NOT_SERVING until the first probe has seen the database.
-        let probes = Probes::new(health, &[TOKEN_SERVICE]).await;
-        probes
-            .reporter()
-            .set_service_status(CONVERSATION_DEPENDENCY, ServingStatus::Unknown)
-            .await;
-
-        let (reflection_v1, reflection_v1alpha) = chat_common::reflection::services(
-            chat_proto::FILE_DESCRIPTOR_SET,
-            &[TOKEN_SERVICE, ADMIN_SERVICE],
-        )
-        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
-
-        let limiter = Arc::new(FailureLimiter::new(
-            config.failed_redemptions_limit,
-            config.failed_redemptions_window,
-        ));
-        let (page_key, configured) =
-            SealKey::configured_or_random(config.page_token_key.as_deref())
-                .map_err(|e| Error::Internal(format!("PAGE_TOKEN_KEY: {e}")))?;
-        if !configured {
-            tracing::warn!(
-                "PAGE_TOKEN_KEY unset: page tokens work only until this process restarts"
-            );
-        }
-        let tokens = TokenServiceServer::new(TokenGrpc::new(
-            store.clone(),
-            outbox.clone(),
-            limiter,
-            CallerIdentity {
-                key_header: config.caller_key_header.to_ascii_lowercase(),
-                address_header: config.caller_address_header.to_ascii_lowercase(),
-                trusted_hops: config.trusted_proxy_hops,
-            },
-            page_key,
-        ))
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(MAX_REPLY_BYTES);
-
         let reload = config.security.tls_reload_interval;
         tokio::spawn(conversations.watch(reload, shutdown.clone()));
-        let backup_dir = config.backup_dir.clone().unwrap_or_else(|| {
-            config
-                .database
-                .parent()
-                .unwrap_or_else(|| std::path::Path::new("."))
-                .join("backups")
-        });
-        let admin = TokenAdminServiceServer::new(TokenAdminGrpc::new(
-            store.clone(),
-            outbox.clone(),
-            backup_dir,
-        ))
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(MAX_REPLY_BYTES);
-
         let worker = tokio::spawn(outbox.clone().run(shutdown.clone()));
         if let Some(metrics) = metrics {
             let store = store.clone();
-            let sample = move || crate::metrics::sample(&store);
+            let sample = move || crate::metrics::sqlite_queue(store.queue_len());
             tokio::spawn(metrics.serve(sample, probes.clone(), shutdown.clone()));
         }
-        let prober = tokio::spawn(probe_health(
-            store,
-            conversations,
-            outbox,
-            probes.clone(),
-            config.health_interval.max(Duration::from_millis(10)),
-            config.call_timeout.max(Duration::from_millis(1)),
-            shutdown.clone(),
-        ));
-
-        let incoming = config.connections.handshake_deadline(security.incoming(
-            listener,
-            config.connections.keepalive.max(Duration::from_secs(1)),
-            shutdown.clone(),
-        ));
+        let prober = tokio::spawn(
+            HealthProbe {
+                store,
+                conversations,
+                outbox,
+                probes: probes.clone(),
+                interval: config.health_interval.max(MIN_HEALTH_INTERVAL),
+                timeout: config.call_timeout.max(MIN_CALL_TIMEOUT),
+            }
+            .run(shutdown.clone()),
+        );
         tracing::info!(%local_addr, database = %config.database.display(),
             conversation_service = %config.conversation_service, "token-service listening");
-
         let signals = tokio::spawn(chat_common::shutdown::drain_on_signal(
             shutdown.clone(),
             probes,
             config.drain.drain_delay,
         ));
-        let served = config
-            .connections
-            .server()
-            .timeout(config.request_timeout)
-            .layer(ServerLayer::new(
-                chat_proto::FILE_DESCRIPTOR_SET,
-                Some(config.request_timeout),
-            ))
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-                config.max_concurrent_requests.max(1),
-            ))
-            .layer(OversizeLayer::new(crate::error::DOMAIN))
-            .layer(security.layer())
-            .max_concurrent_streams(config.max_concurrent_streams)
-            .http2_max_header_list_size(16 * 1024)
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(tokens)
-            .add_service(admin)
-            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
-            .await;
+        let served = serve(&config, &security, listener, routes, &shutdown).await;
         shutdown.cancel();
         let _ = signals.await;
         let _ = worker.await;
@@ -249,15 +177,134 @@ impl Application {
     }
 }
 
+/// Serves `routes` on `listener` behind the shared layers (deadline, per-RPC span and
+/// metrics, concurrency limit, message size, authentication) until `shutdown`.
+async fn serve(
+    config: &Config,
+    security: &Security,
+    listener: TcpListener,
+    routes: Routes,
+    shutdown: &CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = config.connections.handshake_deadline(security.incoming(
+        listener,
+        config.connections.keepalive.max(MIN_KEEPALIVE),
+        shutdown.clone(),
+    ));
+    config
+        .connections
+        .server()
+        .timeout(config.request_timeout)
+        .layer(ServerLayer::new(
+            chat_proto::FILE_DESCRIPTOR_SET,
+            Some(config.request_timeout),
+        ))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            config.max_concurrent_requests.max(1),
+        ))
+        .layer(OversizeLayer::new(chat_common::error::DOMAIN))
+        .layer(security.layer())
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
+        .await
+}
+
+/// The outbox's timings from the configuration, each kept above a floor at which it
+/// would spin.
+fn outbox_settings(config: &Config) -> OutboxSettings {
+    OutboxSettings {
+        call_timeout: config.call_timeout.max(MIN_CALL_TIMEOUT),
+        inline_wait: config.inline_wait,
+        retry: config.outbox_retry.max(MIN_OUTBOX_RETRY),
+        retry_max: config.outbox_retry_max.max(config.outbox_retry),
+        poll: config.outbox_poll.max(MIN_OUTBOX_POLL),
+        batch: config.outbox_batch.max(1),
+    }
+}
+
+/// Health (readiness NOT_SERVING until the first probe has seen the database, and
+/// conversation-service UNKNOWN until it has been asked), reflection, and the two
+/// token services.
+async fn services(
+    config: &Config,
+    store: &Store,
+    outbox: &Outbox,
+) -> Result<(Probes, Routes), Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let probes = Probes::new(health, &[TOKEN_SERVICE]).await;
+    probes
+        .reporter()
+        .set_service_status(conversations::READINESS, ServingStatus::Unknown)
+        .await;
+    let (reflection_v1, reflection_v1alpha) = chat_common::reflection::services(
+        chat_proto::FILE_DESCRIPTOR_SET,
+        &[TOKEN_SERVICE, ADMIN_SERVICE],
+    )
+    .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+    let routes = Routes::new(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(token_service(config, store, outbox)?)
+        .add_service(admin_service(config, store, outbox));
+    Ok((probes, routes))
+}
+
+fn token_service(
+    config: &Config,
+    store: &Store,
+    outbox: &Outbox,
+) -> Result<TokenServiceServer<TokenGrpc>, Error> {
+    let limiter = Arc::new(FailureLimiter::new(
+        config.failed_redemptions_limit,
+        config.failed_redemptions_window,
+    ));
+    let (page_key, configured) = SealKey::configured_or_random(config.page_token_key.as_deref())
+        .map_err(|e| Error::Internal(format!("PAGE_TOKEN_KEY: {e}")))?;
+    if !configured {
+        tracing::warn!("PAGE_TOKEN_KEY unset: page tokens work only until this process restarts");
+    }
+    let identity = CallerIdentity {
+        key_header: config.caller_key_header.to_ascii_lowercase(),
+        address_header: config.caller_address_header.to_ascii_lowercase(),
+        trusted_hops: config.trusted_proxy_hops,
+    };
+    let sessions = Sessions::new(store.clone(), outbox.clone());
+    let grpc = TokenGrpc::new(store.clone(), sessions, limiter, identity, page_key);
+    Ok(TokenServiceServer::new(grpc)
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(MAX_REPLY_BYTES))
+}
+
+fn admin_service(
+    config: &Config,
+    store: &Store,
+    outbox: &Outbox,
+) -> TokenAdminServiceServer<TokenAdminGrpc> {
+    let backup_dir = config.backup_dir.clone().unwrap_or_else(|| {
+        config
+            .database
+            .parent()
+            .unwrap_or_else(|| std::path::Path::new("."))
+            .join("backups")
+    });
+    TokenAdminServiceServer::new(TokenAdminGrpc::new(
+        store.clone(),
+        outbox.clone(),
+        backup_dir,
+    ))
+    .max_decoding_message_size(config.max_message_bytes)
+    .max_encoding_message_size(MAX_REPLY_BYTES)
+}
+
 /// The `migrate` subcommand: opens the database, which creates or migrates it, and
 /// returns once that is done.
 ///
 /// # Errors
 /// When the database cannot be opened or migrated, or another process holds it.
 pub async fn migrate_database(config: &Config) -> Result<(), Error> {
-    Store::start(config.database.clone(), config.sqlite_busy_timeout)?
-        .probe()
-        .await?;
+    Store::migrate(config.database.clone(), config.sqlite_busy_timeout).await?;
     tracing::info!(database = %config.database.display(), "migrations applied");
     Ok(())
 }
@@ -266,70 +313,83 @@ pub async fn migrate_database(config: &Config) -> Result<(), Error> {
 /// write lock) and conversation-service (reported under its own name; token-service
 /// serves without it, queueing calls). When conversation-service comes back, queued
 /// calls are retried at once.
-async fn probe_health(
+struct HealthProbe {
     store: Store,
     conversations: Conversations,
     outbox: Outbox,
     probes: Probes,
     interval: Duration,
     timeout: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut db_ok: Option<bool> = None;
-    let mut conv_ok: Option<bool> = None;
-    loop {
-        let db = match store.probe().await {
+}
+
+impl HealthProbe {
+    async fn run(self, shutdown: CancellationToken) {
+        let (mut db_ok, mut conv_ok) = (None, None);
+        loop {
+            self.database(&mut db_ok).await;
+            self.conversation_service(&mut conv_ok).await;
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(self.interval) => {}
+            }
+        }
+    }
+
+    /// Probes the database; `last` is what it said last time (`None`: never asked).
+    async fn database(&self, last: &mut Option<bool>) {
+        let ok = match self.store.probe().await {
             Ok(depth) => {
                 if depth > 0 {
                     tracing::debug!(queued_calls = depth, "outbox");
                 }
-                if let Ok(stats) = store.outbox_stats().await {
-                    crate::metrics::outbox(stats);
+                if let Ok(stats) = self.store.outbox_stats().await {
+                    crate::metrics::outbox(
+                        stats.pending,
+                        stats.oldest_pending_seconds,
+                        stats.failed,
+                    );
                 }
                 true
             }
             Err(e) => {
-                if db_ok != Some(false) {
+                if *last != Some(false) {
                     tracing::error!(error = %e, "database unusable: NOT_SERVING");
                 }
                 false
             }
         };
-        if db_ok != Some(db) {
-            if db {
+        if *last != Some(ok) {
+            if ok {
                 tracing::info!("database usable: SERVING");
             }
-            probes.set_ready(db).await;
-            db_ok = Some(db);
+            self.probes.set_ready(ok).await;
+            *last = Some(ok);
         }
+    }
 
-        let conv = conversations.reachable(timeout).await;
-        if conv_ok != Some(conv) {
-            outbox.set_reachable(conv);
-            if conv {
-                tracing::info!("conversation-service reachable");
-                probes
-                    .reporter()
-                    .set_service_status(CONVERSATION_DEPENDENCY, ServingStatus::Serving)
-                    .await;
-                if conv_ok.is_some() {
-                    outbox.retry_all_now().await;
-                }
-            } else {
-                tracing::warn!(
-                    "conversation-service unreachable; redemptions queue their conversations"
-                );
-                probes
-                    .reporter()
-                    .set_service_status(CONVERSATION_DEPENDENCY, ServingStatus::NotServing)
-                    .await;
-            }
-            conv_ok = Some(conv);
+    /// Asks conversation-service whether it is ready; `last` as for the database.
+    async fn conversation_service(&self, last: &mut Option<bool>) {
+        let ok = self.conversations.reachable(self.timeout).await;
+        if *last == Some(ok) {
+            return;
         }
-
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(interval) => {}
+        self.outbox.set_reachable(ok);
+        let status = if ok {
+            tracing::info!("conversation-service reachable");
+            ServingStatus::Serving
+        } else {
+            tracing::warn!(
+                "conversation-service unreachable; redemptions queue their conversations"
+            );
+            ServingStatus::NotServing
+        };
+        self.probes
+            .reporter()
+            .set_service_status(conversations::READINESS, status)
+            .await;
+        if ok && last.is_some() {
+            self.outbox.retry_all_now().await;
         }
+        *last = Some(ok);
     }
 }

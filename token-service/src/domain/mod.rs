@@ -26,32 +26,51 @@ fn parse_external_id(field: &'static str, value: &str) -> Result<String, Error> 
     chat_proto::rules::external_id(value).map_err(|d| Error::invalid(field, d))
 }
 
-/// The provider who owns a link, as it appears in `/u/{provider_id}/c/{secret}`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ProviderId(String);
+/// An id held as text: whoever makes one checks it (`parse`, or the service that named
+/// it); the store reads it back as it was written.
+macro_rules! text_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// An id read back from our own database (checked when it was written).
+            pub(crate) fn from_stored(value: String) -> Self {
+                Self(value)
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+text_id!(
+    /// The provider who owns a link, as it appears in `/u/{provider_id}/c/{secret}`.
+    ProviderId
+);
+text_id!(
+    /// A registered customer, as known to the BFF.
+    CustomerId
+);
+text_id!(
+    /// A conversation, as conversation-service names it: token-service never makes one,
+    /// it keeps the id CreateConversation returned.
+    ConversationId
+);
 
 impl ProviderId {
     pub fn parse(field: &'static str, value: &str) -> Result<Self, Error> {
         parse_external_id(field, value).map(Self)
     }
-    /// An id read back from our own database (validated when it was written).
-    pub(crate) fn from_stored(value: String) -> Self {
-        Self(value)
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
-
-impl fmt::Display for ProviderId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A registered customer, as known to the BFF.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CustomerId(String);
 
 impl CustomerId {
     pub fn parse(field: &'static str, value: &str) -> Result<Self, Error> {
@@ -65,11 +84,12 @@ impl CustomerId {
             Self::parse(field, value).map(Some)
         }
     }
-    pub(crate) fn from_stored(value: String) -> Self {
+}
+
+impl ConversationId {
+    /// The id conversation-service returned for a CreateConversation.
+    pub fn created(value: String) -> Self {
         Self(value)
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 }
 
@@ -131,8 +151,10 @@ uuid_id!(
 pub struct Label(String);
 
 impl Label {
+    pub const MAX_CHARS: usize = 200;
+
     pub fn parse(value: &str) -> Result<Self, Error> {
-        if value.chars().count() > 200 {
+        if value.chars().count() > Self::MAX_CHARS {
             return Err(Error::invalid("label", "must be at most 200 characters"));
         }
         if value.chars().any(char::is_control) {
@@ -168,6 +190,11 @@ impl MaxUses {
     }
 }
 
+const NANOS_PER_SECOND: i32 = 1_000_000_000;
+const NANOS_PER_MICRO: i32 = 1_000;
+const MICROS_PER_SECOND: i64 = 1_000_000;
+const SECONDS_PER_DAY: i64 = 86_400;
+
 /// How long a link stays valid: 1 second to 365 days, 7 days when unset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ttl(chrono::Duration);
@@ -180,15 +207,15 @@ impl Ttl {
         let Some(d) = value else {
             return Ok(Self(chrono::Duration::days(Self::DEFAULT_DAYS)));
         };
-        if !(0..1_000_000_000).contains(&d.nanos) || d.seconds < 1 {
+        if !(0..NANOS_PER_SECOND).contains(&d.nanos) || d.seconds < 1 {
             return Err(Error::invalid("ttl", "must be at least 1 second"));
         }
-        if d.seconds > Self::MAX_DAYS * 86_400
-            || (d.seconds == Self::MAX_DAYS * 86_400 && d.nanos > 0)
-        {
+        let max_seconds = Self::MAX_DAYS * SECONDS_PER_DAY;
+        if d.seconds > max_seconds || (d.seconds == max_seconds && d.nanos > 0) {
             return Err(Error::invalid("ttl", "must be at most 365 days"));
         }
-        let micros = d.seconds * 1_000_000 + i64::from(d.nanos / 1_000);
+        // Kept at the precision the database stores times in.
+        let micros = d.seconds * MICROS_PER_SECOND + i64::from(d.nanos / NANOS_PER_MICRO);
         Ok(Self(chrono::Duration::microseconds(micros)))
     }
     pub fn as_duration(self) -> chrono::Duration {

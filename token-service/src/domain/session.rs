@@ -2,7 +2,7 @@
 
 use chat_proto::rules;
 
-use super::{CustomerId, ProviderId, SessionId, Timestamp, TokenId};
+use super::{ConversationId, CustomerId, ProviderId, SessionId, Timestamp, TokenId};
 use crate::error::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,7 +12,7 @@ pub struct Session {
     pub provider_id: ProviderId,
     pub customer_id: Option<CustomerId>,
     /// `None` while conversation-service has not created it yet (PENDING).
-    pub conversation_id: Option<String>,
+    pub conversation_id: Option<ConversationId>,
     pub create_time: Timestamp,
     pub end_time: Option<Timestamp>,
     /// Whether conversation-service has the customer on the conversation.

@@ -55,7 +55,11 @@ pub fn session(s: &Session) -> pb::Session {
             .as_ref()
             .map(|c| c.as_str().to_owned())
             .unwrap_or_default(),
-        conversation_id: s.conversation_id.clone().unwrap_or_default(),
+        conversation_id: s
+            .conversation_id
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_default(),
         conversation_state: state.into(),
         create_time: Some(timestamp(s.create_time)),
         end_time: s.end_time.map(timestamp),

@@ -1,5 +1,6 @@
-//! `chat.v1.TokenService`: parse the request into domain values, call the store (and the
-//! outbox), build the reply. One span per RPC with its ids, never a secret.
+//! `chat.v1.TokenService`: parse the request into domain values, make one call (the store,
+//! or `sessions` for the steps that reach conversation-service), build the reply. One span
+//! per RPC with its ids, never a secret.
 
 mod admin;
 mod convert;
@@ -14,11 +15,11 @@ use tracing::{Instrument, Span, field};
 use crate::{
     domain::{
         ContactDetails, CustomerId, Label, MaxUses, NewToken, PageSize, ProviderId, RequestId,
-        Session, SessionSecret, TokenCursor, TokenId, TokenSecret, Ttl, now,
+        SessionSecret, TokenCursor, TokenId, TokenSecret, Ttl, now,
     },
     error::Error,
-    limiter::{CallerIdentity, FailureLimiter, Reservation},
-    outbox::Outbox,
+    limiter::{CallerIdentity, FailureLimiter},
+    sessions::{Sessions, record_session},
     store::{Redemption, Store},
 };
 
@@ -28,7 +29,7 @@ pub use convert::link_path;
 #[derive(Clone)]
 pub struct TokenGrpc {
     store: Store,
-    outbox: Outbox,
+    sessions: Sessions,
     limiter: Arc<FailureLimiter>,
     identity: Arc<CallerIdentity>,
     page_key: SealKey,
@@ -37,14 +38,14 @@ pub struct TokenGrpc {
 impl TokenGrpc {
     pub fn new(
         store: Store,
-        outbox: Outbox,
+        sessions: Sessions,
         limiter: Arc<FailureLimiter>,
         identity: CallerIdentity,
         page_key: SealKey,
     ) -> Self {
         Self {
             store,
-            outbox,
+            sessions,
             limiter,
             identity: Arc::new(identity),
             page_key,
@@ -53,29 +54,6 @@ impl TokenGrpc {
 
     fn caller<T>(&self, request: &Request<T>) -> String {
         self.identity.key(request.metadata(), peer_address(request))
-    }
-
-    /// Counts a failed guess against the caller; any other outcome gives the
-    /// reservation back.
-    fn settle<T>(reservation: Reservation, result: Result<T, Error>) -> Result<T, Error> {
-        if let Err(e) = &result
-            && e.is_failed_guess()
-        {
-            reservation.failed();
-            crate::metrics::failed_guess();
-        }
-        result
-    }
-
-    /// Makes a queued call now on its own task, so a client that hangs up does not cut
-    /// it short; the outbox worker finishes it if this does not.
-    async fn detached<F>(call: F) -> Result<Option<Session>, Error>
-    where
-        F: Future<Output = Result<Option<Session>, Error>> + Send + 'static,
-    {
-        tokio::spawn(call.instrument(Span::current()))
-            .await
-            .map_err(|e| Error::Internal(format!("outbox call task: {e}")))?
     }
 
     async fn issue(&self, r: pb::IssueTokenRequest) -> Result<pb::IssueTokenResponse, Error> {
@@ -138,14 +116,11 @@ impl TokenGrpc {
         caller: &str,
         r: pb::CheckTokenRequest,
     ) -> Result<pb::CheckTokenResponse, Error> {
-        let reservation = self.limiter.reserve(caller).await?;
+        let mut guess = self.limiter.reserve(caller).await?;
         let provider_id = ProviderId::parse("provider_id", &r.provider_id)?;
-        let result = async {
-            let secret = TokenSecret::parse(&r.secret)?;
-            self.store.check_token(provider_id, secret.hash()).await
-        }
-        .await;
-        let token = Self::settle(reservation, result)?;
+        let secret = guess.settle(TokenSecret::parse(&r.secret))?;
+        let token = guess.settle(self.store.check_token(provider_id, secret.hash()).await)?;
+        drop(guess);
         Span::current().record("token_id", field::display(token.token_id));
         let now = now();
         Ok(pb::CheckTokenResponse {
@@ -159,39 +134,21 @@ impl TokenGrpc {
         caller: &str,
         r: pb::RedeemTokenRequest,
     ) -> Result<pb::RedeemTokenResponse, Error> {
-        let reservation = self.limiter.reserve(caller).await?;
+        let mut guess = self.limiter.reserve(caller).await?;
         let request_id = RequestId::parse("request_id", &r.request_id)?;
         let provider_id = ProviderId::parse("provider_id", &r.provider_id)?;
         let customer_id = CustomerId::parse_optional("customer_id", &r.customer_id)?;
         let session_secret = SessionSecret::generate()?;
-        let result = async {
-            let secret = TokenSecret::parse(&r.secret)?;
-            let redemption = Redemption {
-                request_id,
-                provider_id,
-                token_hash: secret.hash(),
-                session_hash: session_secret.hash(),
-                customer_id,
-                new_conversation: r.new_conversation,
-            };
-            self.store.redeem(redemption, now()).await
-        }
-        .await;
-        let redeemed = Self::settle(reservation, result)?;
-        let span = Span::current();
-        span.record("token_id", field::display(redeemed.session.token_id));
-        span.record("session_id", field::display(redeemed.session.session_id));
-        span.record("replayed", redeemed.replayed);
-        let mut session = redeemed.session;
-        if let Some(job) = redeemed.job {
-            let outbox = self.outbox.clone();
-            if let Some(done) = Self::detached(async move { outbox.create_now(job).await }).await? {
-                session = done;
-            }
-        }
-        if let Some(id) = &session.conversation_id {
-            span.record("conversation_id", id.as_str());
-        }
+        let secret = guess.settle(TokenSecret::parse(&r.secret))?;
+        let redemption = Redemption {
+            request_id,
+            provider_id,
+            token_hash: secret.hash(),
+            session_hash: session_secret.hash(),
+            customer_id,
+            new_conversation: r.new_conversation,
+        };
+        let session = self.sessions.redeem(redemption, guess).await?;
         Ok(pb::RedeemTokenResponse {
             session: Some(convert::session(&session)),
             session_secret: session_secret.expose(),
@@ -215,21 +172,10 @@ impl TokenGrpc {
         let customer_id = CustomerId::parse("customer_id", &r.customer_id)?;
         let contact =
             ContactDetails::parse(r.name.as_deref(), r.email.as_deref(), r.phone.as_deref())?;
-        let identified = self
-            .store
-            .identify(secret.hash(), customer_id, contact, now())
+        let session = self
+            .sessions
+            .identify(secret.hash(), customer_id, contact)
             .await?;
-        record_session(&identified.session);
-        let mut session = identified.session;
-        if let Some(job) = identified.job {
-            let outbox = self.outbox.clone();
-            let previous = identified.previous_customer;
-            if let Some(done) =
-                Self::detached(async move { outbox.link_now(job, previous).await }).await?
-            {
-                session = done;
-            }
-        }
         Ok(pb::IdentifySessionResponse {
             session: Some(convert::session(&session)),
         })
@@ -254,16 +200,6 @@ fn peer_address<T>(request: &Request<T>) -> Option<std::net::SocketAddr> {
         .get::<PeerInfo>()
         .and_then(|p| p.remote_addr)
         .or_else(|| request.remote_addr())
-}
-
-fn record_session(session: &Session) {
-    let span = Span::current();
-    span.record("session_id", field::display(session.session_id));
-    span.record("token_id", field::display(session.token_id));
-    span.record("provider_id", session.provider_id.as_str());
-    if let Some(id) = &session.conversation_id {
-        span.record("conversation_id", id.as_str());
-    }
 }
 
 /// The end of every RPC: the error mapped once (the per-RPC log line with its outcome

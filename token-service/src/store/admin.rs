@@ -6,33 +6,31 @@ use std::{path::PathBuf, time::Duration};
 
 use rusqlite::{Connection, Row, backup::Backup, params};
 
-use super::{Store, uuid_at};
+use super::{sql::time_at, thread::Store};
 use crate::{
-    domain::{
-        BackupName, CallId, CallKind, FailedCall, FailedCallCursor, SessionId, Timestamp,
-        from_micros, to_micros,
-    },
+    domain::{BackupName, CallId, FailedCall, FailedCallCursor, Timestamp, to_micros},
     error::{Error, StoreResultExt},
 };
 
+/// Database pages a backup copies per step; steps follow each other without a pause, since
+/// no write can come in between on this thread.
+const BACKUP_PAGES_PER_STEP: std::ffi::c_int = 256;
+
 fn failed_call(row: &Row<'_>) -> rusqlite::Result<FailedCall> {
-    let kind: String = row.get(2)?;
-    let attempts: i64 = row.get(3)?;
     Ok(FailedCall {
-        call_id: CallId::parse(row.get(0)?).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Integer, e.into())
-        })?,
-        session_id: SessionId::from_uuid(uuid_at(row, 1)?),
-        kind: if kind == "create_conversation" {
-            CallKind::CreateConversation
-        } else {
-            CallKind::UpdateCustomer
-        },
-        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-        last_error: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
-        fail_time: from_micros(row.get(5)?),
-        create_time: from_micros(row.get(6)?),
-        error_reason: row.get::<_, Option<String>>(7)?.unwrap_or_default(),
+        call_id: row.get("job_id")?,
+        session_id: row.get("session_id")?,
+        kind: row.get("kind")?,
+        attempts: row.get("attempts")?,
+        // Both are NULL for a call given up before they were recorded.
+        last_error: row
+            .get::<_, Option<String>>("last_error")?
+            .unwrap_or_default(),
+        fail_time: time_at(row, "failed_time")?,
+        create_time: time_at(row, "create_time")?,
+        error_reason: row
+            .get::<_, Option<String>>("error_reason")?
+            .unwrap_or_default(),
     })
 }
 
@@ -52,6 +50,7 @@ impl Store {
                      ORDER BY job_id LIMIT ?2",
                 )
                 .context("listing failed calls")?;
+            // Call ids start at 1: no cursor reads from the first.
             let after = after.map_or(0, |c| c.0);
             stmt.query_map(params![after, i64::from(limit)], failed_call)
                 .context("listing failed calls")?
@@ -68,7 +67,7 @@ impl Store {
                 .execute(
                     "UPDATE outbox SET failed_time = NULL, attempts = 0, next_attempt_time = ?2
                      WHERE job_id = ?1 AND failed_time IS NOT NULL",
-                    params![call_id.get(), to_micros(now)],
+                    params![call_id, to_micros(now)],
                 )
                 .context("retrying a failed call")?;
             if changed == 0 {
@@ -85,7 +84,7 @@ impl Store {
             let changed = conn
                 .execute(
                     "DELETE FROM outbox WHERE job_id = ?1 AND failed_time IS NOT NULL",
-                    [call_id.get()],
+                    [call_id],
                 )
                 .context("dropping a failed call")?;
             if changed == 0 {
@@ -117,7 +116,7 @@ impl Store {
             {
                 let mut copy = Connection::open(&partial).context("creating a backup")?;
                 Backup::new(conn, &mut copy)
-                    .and_then(|b| b.run_to_completion(256, Duration::ZERO, None))
+                    .and_then(|b| b.run_to_completion(BACKUP_PAGES_PER_STEP, Duration::ZERO, None))
                     .context("writing a backup")?;
                 // One self-contained file: no -wal/-shm beside it when it is opened.
                 copy.pragma_update(None, "journal_mode", "DELETE")

@@ -15,7 +15,10 @@ use std::{
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use crate::error::{Error, StoreResultExt};
+use crate::{
+    error::{Error, StoreResultExt},
+    metrics,
+};
 
 /// Most calls in one transaction; more wait for the next one.
 pub(super) const MAX_GROUP: usize = 256;
@@ -56,13 +59,13 @@ where
         let Self { f, done } = *self;
         let started = std::time::Instant::now();
         let outcome = f(conn);
-        crate::metrics::sqlite_call(started.elapsed());
+        metrics::sqlite_call(started.elapsed());
         match outcome {
             Ok(value) => Ran::Kept(Box::new(move |committed: Result<(), Error>| {
                 let _ = done.send(committed.map(|()| value));
             })),
             Err(error) => Ran::Failed {
-                broken: matches!(&error, Error::Store { source, .. } if super::is_broken(source)),
+                broken: matches!(&error, Error::Store { source, .. } if is_broken(source)),
                 answer: Box::new(move || {
                     let _ = done.send(Err(error));
                 }),
@@ -115,7 +118,16 @@ fn exec(conn: &Connection, sql: &'static str) -> Result<(), Error> {
 }
 
 fn is_broken_error(error: &Error) -> bool {
-    matches!(error, Error::Store { source, .. } if super::is_broken(source))
+    matches!(error, Error::Store { source, .. } if is_broken(source))
+}
+
+/// Errors after which the connection is reopened rather than reused.
+pub(super) fn is_broken(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    matches!(
+        e.sqlite_error_code(),
+        Some(C::SystemIoFailure | C::CannotOpen | C::NotADatabase | C::DatabaseCorrupt)
+    )
 }
 
 /// Runs `works` in one transaction on `conn` and answers every caller.
@@ -165,22 +177,39 @@ pub(super) fn run(conn: &Connection, works: Vec<Box<dyn Work>>, commits: &Atomic
         }
     }
     if abandoned {
-        let _ = exec(conn, "ROLLBACK");
-        for answer in kept {
-            answer(Err(Error::StoreUnavailable(
-                "the database failed during the transaction; retry".into(),
-            )));
-        }
-        return Ended {
-            broken: true,
-            leftover: works.collect(),
-        };
+        return abandon(conn, kept, works.collect());
     }
+    commit(conn, kept, commits, calls, started)
+}
+
+/// Rolls the group back: the kept calls hear that it failed, the calls not run yet wait
+/// for the next group on a reopened connection.
+fn abandon(conn: &Connection, kept: Vec<Settle>, leftover: Vec<Box<dyn Work>>) -> Ended {
+    let _ = exec(conn, "ROLLBACK");
+    for answer in kept {
+        answer(Err(Error::StoreUnavailable(
+            "the database failed during the transaction; retry".into(),
+        )));
+    }
+    Ended {
+        broken: true,
+        leftover,
+    }
+}
+
+/// Commits the group and tells every kept call how that went.
+fn commit(
+    conn: &Connection,
+    kept: Vec<Settle>,
+    commits: &AtomicU64,
+    calls: usize,
+    started: std::time::Instant,
+) -> Ended {
     let committing = std::time::Instant::now();
     match exec(conn, "COMMIT") {
         Ok(()) => {
             commits.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::sqlite_group(calls, started.elapsed(), committing.elapsed());
+            metrics::sqlite_group(calls, started.elapsed(), committing.elapsed());
             for answer in kept {
                 answer(Ok(()));
             }
@@ -352,58 +381,5 @@ mod tests {
         };
         assert_eq!(step(&failed(false)), Step::Undo);
         assert_eq!(step(&failed(true)), Step::Abandon);
-    }
-
-    #[tokio::test]
-    async fn calls_queued_together_share_one_transaction() {
-        let dir = std::env::temp_dir().join(format!("group-test-{}", uuid::Uuid::new_v4()));
-        let store =
-            super::super::Store::start(dir.join("token.db"), std::time::Duration::from_secs(5))
-                .unwrap();
-        // Hold the thread so the next calls queue up behind it.
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        store
-            .send(super::super::Job::Alone(Box::new(move |_| {
-                let _ = held.recv();
-            })))
-            .await
-            .unwrap();
-        let calls: Vec<_> = (0..100)
-            .map(|i| {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    store
-                        .call(move |conn| {
-                            conn.execute(
-                                "INSERT INTO chat_tokens (token_id, provider_id, secret_hash, label,
-                                                          create_time, expire_time, max_uses)
-                                 VALUES (?1, 'p', randomblob(32), '', 0, 0, 0)",
-                                [format!("t{i}")],
-                            )
-                            .context("test insert")
-                        })
-                        .await
-                })
-            })
-            .collect();
-        let before = store.commits();
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        release.send(()).unwrap();
-        for call in calls {
-            assert_eq!(call.await.unwrap().unwrap(), 1);
-        }
-        assert_eq!(store.commits() - before, 1, "100 queued calls, one COMMIT");
-        let count = store
-            .call(|conn| {
-                conn.query_row("SELECT count(*) FROM chat_tokens", [], |r| {
-                    r.get::<_, i64>(0)
-                })
-                .context("test count")
-            })
-            .await
-            .unwrap();
-        assert_eq!(count, 100);
-        drop(store);
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -3,40 +3,53 @@
 //! run strictly in order (UpdateCustomer after CreateConversation), and never two at once:
 //! a call is handed out only with its session's [`Turn`].
 
-use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex, PoisonError},
-};
-
 use rusqlite::{Connection, Row, params};
 
-use super::{Cached, Store, optional, sessions::session_by_id, uuid_at};
+use super::{
+    session_rows::session_by_id,
+    sql::{Cached, optional},
+    thread::Store,
+    turns::{InFlight, Turn},
+};
 use crate::{
-    domain::{ContactDetails, Session, SessionId, Timestamp, to_micros},
+    domain::{
+        CallId, CallKind, ContactDetails, ConversationId, CustomerId, ProviderId, Session,
+        SessionId, Timestamp, to_micros,
+    },
     error::{Error, Refusal, StoreResultExt},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutboxCall {
     CreateConversation {
-        request_id: String,
-        provider_id: String,
-        customer_id: Option<String>,
+        /// The session's id: every retry names the same conversation.
+        request_id: SessionId,
+        provider_id: ProviderId,
+        customer_id: Option<CustomerId>,
         reuse_active: bool,
         origin: String,
     },
     UpdateCustomer {
         /// The session's conversation when the job was loaded; `None` while pending.
-        conversation_id: Option<String>,
-        customer_id: String,
+        conversation_id: Option<ConversationId>,
+        customer_id: CustomerId,
         contact: ContactDetails,
     },
+}
+
+impl OutboxCall {
+    fn kind(&self) -> CallKind {
+        match self {
+            Self::CreateConversation { .. } => CallKind::CreateConversation,
+            Self::UpdateCustomer { .. } => CallKind::UpdateCustomer,
+        }
+    }
 }
 
 /// A queued call handed out to be made now, with its session's turn.
 #[derive(Debug)]
 pub struct OutboxJob {
-    pub job_id: i64,
+    pub job_id: CallId,
     pub session_id: SessionId,
     /// Attempts that failed before this one.
     pub attempts: u32,
@@ -45,50 +58,9 @@ pub struct OutboxJob {
     _turn: Turn,
 }
 
-/// Sessions with a call being made right now, by an RPC or by the worker. A session's
-/// calls are handed out only while it is absent, so they never overlap and apply in
-/// queue order. It lives in this process, which alone holds the database's writer lock:
-/// reopening the connection cannot void it (leases in the file could be, and were), and
-/// a crash clears it with the calls it guarded.
-#[derive(Clone, Default)]
-pub(super) struct InFlight(Arc<Mutex<HashSet<SessionId>>>);
-
-impl InFlight {
-    fn take(&self, session_id: SessionId) -> Option<Turn> {
-        let mut held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        held.insert(session_id).then(|| Turn {
-            session_id,
-            in_flight: self.clone(),
-        })
-    }
-}
-
-/// One session's turn to call conversation-service; dropping it lets the next go.
-struct Turn {
-    session_id: SessionId,
-    in_flight: InFlight,
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        let mut held = self
-            .in_flight
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        held.remove(&self.session_id);
-    }
-}
-
-impl std::fmt::Debug for Turn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Turn").field(&self.session_id).finish()
-    }
-}
-
 /// A queued call as stored.
 struct Queued {
-    job_id: i64,
+    job_id: CallId,
     session_id: SessionId,
     attempts: u32,
     call: OutboxCall,
@@ -98,41 +70,39 @@ struct Queued {
 const IS_HEAD: &str = "NOT EXISTS (SELECT 1 FROM outbox p WHERE p.session_id = o.session_id
                                    AND p.job_id < o.job_id AND p.failed_time IS NULL)";
 
-const JOB_COLUMNS: &str = "o.job_id, o.session_id, o.kind, o.request_id, o.reuse_active, o.origin,
-     o.customer_id, o.name, o.email, o.phone, o.attempts, s.provider_id, s.conversation_id";
+const JOB_COLUMNS: &str = "o.job_id AS job_id, o.session_id AS session_id, o.kind AS kind,
+     o.request_id AS request_id, o.reuse_active AS reuse_active, o.origin AS origin,
+     o.customer_id AS customer_id, o.name AS name, o.email AS email, o.phone AS phone,
+     o.attempts AS attempts, s.provider_id AS provider_id, s.conversation_id AS conversation_id";
 
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Queued> {
-    let kind: String = row.get(2)?;
-    let customer_id: Option<String> = row.get(6)?;
-    let call = if kind == "create_conversation" {
-        OutboxCall::CreateConversation {
-            request_id: row.get::<_, Option<String>>(3)?.unwrap_or_default(),
-            provider_id: row.get(11)?,
-            customer_id,
-            reuse_active: row.get(4)?,
-            origin: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
-        }
-    } else {
-        OutboxCall::UpdateCustomer {
-            conversation_id: row.get(12)?,
-            customer_id: customer_id.unwrap_or_default(),
+    let call = match row.get("kind")? {
+        CallKind::CreateConversation => OutboxCall::CreateConversation {
+            request_id: row.get("request_id")?,
+            provider_id: row.get("provider_id")?,
+            customer_id: row.get("customer_id")?,
+            reuse_active: row.get("reuse_active")?,
+            origin: row.get("origin")?,
+        },
+        CallKind::UpdateCustomer => OutboxCall::UpdateCustomer {
+            conversation_id: row.get("conversation_id")?,
+            customer_id: row.get("customer_id")?,
             contact: ContactDetails {
-                name: row.get(7)?,
-                email: row.get(8)?,
-                phone: row.get(9)?,
+                name: row.get("name")?,
+                email: row.get("email")?,
+                phone: row.get("phone")?,
             },
-        }
+        },
     };
-    let attempts: i64 = row.get(10)?;
     Ok(Queued {
-        job_id: row.get(0)?,
-        session_id: SessionId::from_uuid(uuid_at(row, 1)?),
-        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        job_id: row.get("job_id")?,
+        session_id: row.get("session_id")?,
+        attempts: row.get("attempts")?,
         call,
     })
 }
 
-fn load_job(conn: &Connection, job_id: i64) -> Result<Option<Queued>, Error> {
+fn load_job(conn: &Connection, job_id: CallId) -> Result<Option<Queued>, Error> {
     optional(conn.query_row_cached(
         &format!(
             "SELECT {JOB_COLUMNS} FROM outbox o JOIN chat_sessions s USING (session_id)
@@ -149,7 +119,7 @@ fn load_job(conn: &Connection, job_id: i64) -> Result<Option<Queued>, Error> {
 pub(super) fn hand_out(
     conn: &Connection,
     in_flight: &InFlight,
-    job_id: i64,
+    job_id: CallId,
 ) -> Result<Option<OutboxJob>, Error> {
     let Some(queued) = load_job(conn, job_id)? else {
         return Ok(None);
@@ -169,7 +139,8 @@ pub(super) fn enqueue(
     session_id: SessionId,
     call: &OutboxCall,
     now: Timestamp,
-) -> Result<i64, Error> {
+) -> Result<CallId, Error> {
+    let kind = call.kind();
     match call {
         OutboxCall::CreateConversation {
             request_id,
@@ -180,9 +151,10 @@ pub(super) fn enqueue(
         } => conn.execute_cached(
             "INSERT INTO outbox (session_id, kind, request_id, reuse_active, origin, customer_id,
                                  next_attempt_time, create_time)
-             VALUES (?1, 'create_conversation', ?2, ?3, ?4, ?5, ?6, ?6)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
             params![
-                session_id.to_string(),
+                session_id,
+                kind,
                 request_id,
                 reuse_active,
                 origin,
@@ -197,9 +169,10 @@ pub(super) fn enqueue(
         } => conn.execute_cached(
             "INSERT INTO outbox (session_id, kind, customer_id, name, email, phone,
                                  next_attempt_time, create_time)
-             VALUES (?1, 'update_customer', ?2, ?3, ?4, ?5, ?6, ?6)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
             params![
-                session_id.to_string(),
+                session_id,
+                kind,
                 customer_id,
                 contact.name,
                 contact.email,
@@ -209,15 +182,16 @@ pub(super) fn enqueue(
         ),
     }
     .context("queueing a call")?;
-    Ok(conn.last_insert_rowid())
+    CallId::parse(conn.last_insert_rowid())
+        .map_err(|_| Error::Internal("the outbox handed out a call id below 1".into()))
 }
 
 /// Calls still queued for a session.
 pub(super) fn queued_for(conn: &Connection, session_id: SessionId) -> Result<i64, Error> {
     conn.query_row_cached(
-        "SELECT count(*) FROM outbox WHERE session_id = ?1 AND failed_time IS NULL",
-        [session_id.to_string()],
-        |r| r.get(0),
+        "SELECT count(*) AS queued FROM outbox WHERE session_id = ?1 AND failed_time IS NULL",
+        [session_id],
+        |r| r.get("queued"),
     )
     .context("counting queued calls")
 }
@@ -228,11 +202,11 @@ pub(super) fn head_of(
     in_flight: &InFlight,
     session_id: SessionId,
 ) -> Result<Option<OutboxJob>, Error> {
-    let job_id: Option<i64> = optional(conn.query_row_cached(
+    let job_id: Option<CallId> = optional(conn.query_row_cached(
         "SELECT job_id FROM outbox WHERE session_id = ?1 AND failed_time IS NULL
          ORDER BY job_id LIMIT 1",
-        [session_id.to_string()],
-        |r| r.get(0),
+        [session_id],
+        |r| r.get("job_id"),
     ))
     .context("finding a session's next call")?;
     match job_id {
@@ -244,7 +218,7 @@ pub(super) fn head_of(
 /// What a call achieved.
 #[derive(Debug, Clone)]
 pub enum Done {
-    ConversationCreated { conversation_id: String },
+    ConversationCreated { conversation_id: ConversationId },
     CustomerUpdated,
 }
 
@@ -263,7 +237,7 @@ impl Store {
                 ))
                 .context("claiming outbox calls")?;
             let mut ids = stmt
-                .query_map([to_micros(now)], |r| r.get::<_, i64>(0))
+                .query_map([to_micros(now)], |r| r.get::<_, CallId>("job_id"))
                 .context("claiming outbox calls")?;
             let mut jobs = Vec::new();
             // Lazily: sessions in flight are skipped without reading the whole queue.
@@ -289,14 +263,14 @@ impl Store {
                     conn.execute_cached(
                         "UPDATE chat_sessions SET conversation_id = ?2
                          WHERE session_id = ?1 AND conversation_id IS NULL",
-                        params![session_id.to_string(), conversation_id],
+                        params![session_id, conversation_id],
                     )
                     .context("recording a conversation")?;
                 }
                 Done::CustomerUpdated => {
                     conn.execute_cached(
                         "UPDATE chat_sessions SET link_error_reason = NULL WHERE session_id = ?1",
-                        [session_id.to_string()],
+                        [session_id],
                     )
                     .context("recording a linked customer")?;
                 }
@@ -305,9 +279,9 @@ impl Store {
                 .context("completing a call")?;
             let session = session_by_id(conn, session_id)?;
             if let Done::ConversationCreated { conversation_id } = &done
-                && session.conversation_id.as_deref() != Some(conversation_id.as_str())
+                && session.conversation_id.as_ref() != Some(conversation_id)
             {
-                tracing::error!(%session_id, %conversation_id, recorded = ?session.conversation_id,
+                tracing::error!(%session_id, %conversation_id, recorded = ?session.conversation_id.as_ref().map(ConversationId::as_str),
                     "conversation-service returned a different conversation for the same request_id");
             }
             Ok(session)
@@ -318,7 +292,7 @@ impl Store {
     /// Puts a call back to be retried at `next_attempt`.
     pub async fn retry_later(
         &self,
-        job_id: i64,
+        job_id: CallId,
         next_attempt: Timestamp,
         error: String,
     ) -> Result<(), Error> {
@@ -340,7 +314,7 @@ impl Store {
     /// marks its session's link as failed, with that reason.
     pub async fn give_up(
         &self,
-        job_id: i64,
+        job_id: CallId,
         now: Timestamp,
         refusal: &Refusal,
     ) -> Result<(), Error> {
@@ -356,8 +330,8 @@ impl Store {
             conn.execute_cached(
                 "UPDATE chat_sessions SET link_error_reason = ?2
                  WHERE session_id = (SELECT session_id FROM outbox
-                                     WHERE job_id = ?1 AND kind = 'update_customer')",
-                params![job_id, reason],
+                                     WHERE job_id = ?1 AND kind = ?3)",
+                params![job_id, reason, CallKind::UpdateCustomer],
             )
             .context("giving up a call")?;
             Ok(())
@@ -378,23 +352,5 @@ impl Store {
             .context("rescheduling the outbox")
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_session_has_one_turn_at_a_time_and_dropping_it_frees_it() {
-        let in_flight = InFlight::default();
-        let (a, b) = (SessionId::new(), SessionId::new());
-        let turn = in_flight.take(a).expect("a free session");
-        assert!(in_flight.take(a).is_none(), "two turns for one session");
-        let other = in_flight.take(b).expect("another session is independent");
-        drop(turn);
-        assert!(in_flight.take(a).is_some(), "the turn was not freed");
-        drop(other);
-        assert!(in_flight.0.lock().unwrap().is_empty());
     }
 }

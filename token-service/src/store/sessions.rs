@@ -1,68 +1,23 @@
 //! chat_sessions: redemption (one use, one session, one queued CreateConversation, in one
 //! transaction), identification and ending.
 
-use rusqlite::{Connection, Row, params};
+use rusqlite::{Connection, params};
 
 use super::{
-    Cached, Store, optional,
     outbox::{self, OutboxCall, OutboxJob},
+    session_rows::{session_by_hash, session_by_id},
+    sql::{Cached, optional},
+    thread::Store,
     tokens::token_by_hash,
-    uuid_at,
+    turns::InFlight,
 };
 use crate::{
     domain::{
-        ContactDetails, CustomerId, CustomerLink, ProviderId, RequestId, SecretHash, Session,
-        SessionId, Timestamp, TokenId, from_micros, to_micros,
+        CallId, CallKind, ContactDetails, CustomerId, CustomerLink, ProviderId, RequestId,
+        SecretHash, Session, SessionId, Timestamp, Token, TokenId, to_micros,
     },
     error::{Error, StoreResultExt},
 };
-
-const SESSION_COLUMNS: &str = "session_id, token_id, provider_id, customer_id, conversation_id, create_time, end_time, secret_hash,
-     link_error_reason,
-     EXISTS (SELECT 1 FROM outbox o WHERE o.session_id = chat_sessions.session_id AND o.failed_time IS NULL)";
-
-fn session_from_row(row: &Row<'_>) -> rusqlite::Result<(Session, Vec<u8>)> {
-    let customer_id = row
-        .get::<_, Option<String>>(3)?
-        .map(CustomerId::from_stored);
-    let link = CustomerLink::from_stored(customer_id.is_some(), row.get(9)?, row.get(8)?);
-    Ok((
-        Session {
-            session_id: SessionId::from_uuid(uuid_at(row, 0)?),
-            token_id: TokenId::from_uuid(uuid_at(row, 1)?),
-            provider_id: ProviderId::from_stored(row.get(2)?),
-            customer_id,
-            conversation_id: row.get(4)?,
-            create_time: from_micros(row.get(5)?),
-            end_time: row.get::<_, Option<i64>>(6)?.map(from_micros),
-            link,
-        },
-        row.get(7)?,
-    ))
-}
-
-pub(super) fn session_by_id(conn: &Connection, id: SessionId) -> Result<Session, Error> {
-    optional(conn.query_row_cached(
-        &format!("SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE session_id = ?1"),
-        [id.to_string()],
-        session_from_row,
-    ))
-    .context("reading a session")?
-    .map(|(s, _)| s)
-    .ok_or(Error::SessionNotFound)
-}
-
-fn session_by_hash(conn: &Connection, hash: &SecretHash) -> Result<Session, Error> {
-    let found = optional(conn.query_row_cached(
-        &format!("SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE secret_hash = ?1"),
-        [hash.as_bytes().as_slice()],
-        session_from_row,
-    ))
-    .context("looking up a session by secret")?;
-    found
-        .and_then(|(session, stored)| hash.matches(&stored).then_some(session))
-        .ok_or(Error::SessionNotFound)
-}
 
 /// A validated RedeemToken.
 #[derive(Debug)]
@@ -106,98 +61,10 @@ impl Store {
         self.call(move |conn| {
             let token = token_by_hash(conn, &r.token_hash)?.ok_or(Error::TokenNotFound)?;
             token.ensure_provider(&r.provider_id)?;
-
-            let previous = optional(conn.query_row_cached(
-                "SELECT session_id, token_id, redeem_customer_id, new_conversation
-                 FROM chat_sessions WHERE request_id = ?1",
-                [r.request_id.to_string()],
-                |row| {
-                    Ok((
-                        SessionId::from_uuid(uuid_at(row, 0)?),
-                        TokenId::from_uuid(uuid_at(row, 1)?),
-                        row.get::<_, Option<String>>(2)?,
-                        row.get::<_, bool>(3)?,
-                    ))
-                },
-            ))
-            .context("looking up a redemption")?;
-            if let Some((session_id, token_id, customer_id, new_conversation)) = previous {
-                // A retry: the same session, whatever the link's state is now, but only
-                // for the same request.
-                if token_id != token.token_id
-                    || customer_id.as_deref() != r.customer_id.as_ref().map(CustomerId::as_str)
-                    || new_conversation != r.new_conversation
-                {
-                    return Err(Error::request_id_reused());
-                }
-                let session = session_by_id(conn, session_id)?;
-                session.ensure_open()?;
-                conn.execute_cached(
-                    "UPDATE chat_sessions SET secret_hash = ?2 WHERE session_id = ?1",
-                    params![session.session_id.to_string(), r.session_hash.as_bytes().as_slice()],
-                )
-                .context("rotating a session secret")?;
-                let job = outbox::head_of(conn, &in_flight, session.session_id)?;
-                return Ok(Redeemed {
-                    session,
-                    job,
-                    replayed: true,
-                });
+            match earlier_redemption(conn, r.request_id)? {
+                Some(earlier) => replay(conn, &in_flight, &r, &token, &earlier),
+                None => open_session(conn, &in_flight, &r, &token, now),
             }
-
-            token.ensure_redeemable(now)?;
-            let used = conn
-                .execute(
-                    "UPDATE chat_tokens SET use_count = use_count + 1
-                     WHERE token_id = ?1 AND (max_uses = 0 OR use_count < max_uses)",
-                    [token.token_id.to_string()],
-                )
-                .context("counting a use")?;
-            if used != 1 {
-                return Err(Error::TokenExhausted);
-            }
-            let session = Session {
-                session_id: SessionId::new(),
-                token_id: token.token_id,
-                provider_id: token.provider_id.clone(),
-                customer_id: r.customer_id.clone(),
-                conversation_id: None,
-                create_time: now,
-                end_time: None,
-                link: CustomerLink::from_stored(r.customer_id.is_some(), true, None),
-            };
-            conn.execute_cached(
-                "INSERT INTO chat_sessions (session_id, token_id, provider_id, request_id, secret_hash,
-                                            customer_id, create_time, redeem_customer_id, new_conversation)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?8)",
-                params![
-                    session.session_id.to_string(),
-                    session.token_id.to_string(),
-                    session.provider_id.as_str(),
-                    r.request_id.to_string(),
-                    r.session_hash.as_bytes().as_slice(),
-                    session.customer_id.as_ref().map(CustomerId::as_str),
-                    to_micros(now),
-                    r.new_conversation,
-                ],
-            )
-            .context("opening a session")?;
-            // The session id is CreateConversation's request_id: every retry, by this RPC
-            // or the worker, after any crash, names the same conversation.
-            let call = OutboxCall::CreateConversation {
-                request_id: session.session_id.to_string(),
-                provider_id: session.provider_id.as_str().to_owned(),
-                customer_id: session.customer_id.as_ref().map(|c| c.as_str().to_owned()),
-                reuse_active: session.customer_id.is_some() && !r.new_conversation,
-                origin: format!("token:{}", token.token_id),
-            };
-            let job_id = outbox::enqueue(conn, session.session_id, &call, now)?;
-            let job = outbox::hand_out(conn, &in_flight, job_id)?;
-            Ok(Redeemed {
-                session,
-                job,
-                replayed: false,
-            })
         })
         .await
     }
@@ -230,14 +97,14 @@ impl Store {
                 None => {
                     conn.execute_cached(
                         "UPDATE chat_sessions SET customer_id = ?2 WHERE session_id = ?1",
-                        params![session.session_id.to_string(), customer_id.as_str()],
+                        params![session.session_id, customer_id],
                     )
                     .context("identifying a session")?;
                 }
             }
             let call = OutboxCall::UpdateCustomer {
                 conversation_id: None,
-                customer_id: customer_id.as_str().to_owned(),
+                customer_id,
                 contact,
             };
             // Made by this caller only if nothing is queued before it.
@@ -264,7 +131,7 @@ impl Store {
     /// gets its customer back, unless another UpdateCustomer of it is still queued.
     pub async fn withdraw_link(
         &self,
-        job_id: i64,
+        job_id: CallId,
         session_id: SessionId,
         previous: Option<CustomerId>,
     ) -> Result<Session, Error> {
@@ -274,12 +141,9 @@ impl Store {
             conn.execute_cached(
                 "UPDATE chat_sessions SET customer_id = ?2
                  WHERE session_id = ?1 AND NOT EXISTS (
-                     SELECT 1 FROM outbox WHERE session_id = ?1 AND kind = 'update_customer'
+                     SELECT 1 FROM outbox WHERE session_id = ?1 AND kind = ?3
                                            AND failed_time IS NULL)",
-                params![
-                    session_id.to_string(),
-                    previous.as_ref().map(CustomerId::as_str)
-                ],
+                params![session_id, previous, CallKind::UpdateCustomer],
             )
             .context("withdrawing a call")?;
             let session = session_by_id(conn, session_id)?;
@@ -294,7 +158,7 @@ impl Store {
             let session = session_by_hash(conn, &hash)?;
             conn.execute_cached(
                 "UPDATE chat_sessions SET end_time = ?2 WHERE session_id = ?1 AND end_time IS NULL",
-                params![session.session_id.to_string(), to_micros(now)],
+                params![session.session_id, to_micros(now)],
             )
             .context("ending a session")?;
             let session = session_by_id(conn, session.session_id)?;
@@ -302,4 +166,124 @@ impl Store {
         })
         .await
     }
+}
+
+/// What a redemption recorded of its request, to tell a retry from a reuse of its
+/// `request_id`.
+struct Earlier {
+    session_id: SessionId,
+    token_id: TokenId,
+    customer_id: Option<CustomerId>,
+    new_conversation: bool,
+}
+
+fn earlier_redemption(conn: &Connection, request_id: RequestId) -> Result<Option<Earlier>, Error> {
+    optional(conn.query_row_cached(
+        "SELECT session_id, token_id, redeem_customer_id, new_conversation
+         FROM chat_sessions WHERE request_id = ?1",
+        [request_id],
+        |row| {
+            Ok(Earlier {
+                session_id: row.get("session_id")?,
+                token_id: row.get("token_id")?,
+                customer_id: row.get("redeem_customer_id")?,
+                new_conversation: row.get("new_conversation")?,
+            })
+        },
+    ))
+    .context("looking up a redemption")
+}
+
+/// A retry: the same session, whatever the link's state is now, with a fresh secret, but
+/// only for the same request. No use is consumed.
+fn replay(
+    conn: &Connection,
+    in_flight: &InFlight,
+    r: &Redemption,
+    token: &Token,
+    earlier: &Earlier,
+) -> Result<Redeemed, Error> {
+    if earlier.token_id != token.token_id
+        || earlier.customer_id != r.customer_id
+        || earlier.new_conversation != r.new_conversation
+    {
+        return Err(Error::request_id_reused());
+    }
+    let session = session_by_id(conn, earlier.session_id)?;
+    session.ensure_open()?;
+    conn.execute_cached(
+        "UPDATE chat_sessions SET secret_hash = ?2 WHERE session_id = ?1",
+        params![session.session_id, r.session_hash.as_bytes().as_slice()],
+    )
+    .context("rotating a session secret")?;
+    let job = outbox::head_of(conn, in_flight, session.session_id)?;
+    Ok(Redeemed {
+        session,
+        job,
+        replayed: true,
+    })
+}
+
+/// A first redemption: one use consumed, a session opened and its CreateConversation
+/// queued, all in the caller's savepoint.
+fn open_session(
+    conn: &Connection,
+    in_flight: &InFlight,
+    r: &Redemption,
+    token: &Token,
+    now: Timestamp,
+) -> Result<Redeemed, Error> {
+    token.ensure_redeemable(now)?;
+    let used = conn
+        .execute(
+            "UPDATE chat_tokens SET use_count = use_count + 1
+             WHERE token_id = ?1 AND (max_uses = 0 OR use_count < max_uses)",
+            [token.token_id],
+        )
+        .context("counting a use")?;
+    if used != 1 {
+        return Err(Error::TokenExhausted);
+    }
+    let session = Session {
+        session_id: SessionId::new(),
+        token_id: token.token_id,
+        provider_id: token.provider_id.clone(),
+        customer_id: r.customer_id.clone(),
+        conversation_id: None,
+        create_time: now,
+        end_time: None,
+        link: CustomerLink::from_stored(r.customer_id.is_some(), true, None),
+    };
+    conn.execute_cached(
+        "INSERT INTO chat_sessions (session_id, token_id, provider_id, request_id, secret_hash,
+                                    customer_id, create_time, redeem_customer_id, new_conversation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?8)",
+        params![
+            session.session_id,
+            session.token_id,
+            session.provider_id,
+            r.request_id,
+            r.session_hash.as_bytes().as_slice(),
+            session.customer_id,
+            to_micros(now),
+            r.new_conversation,
+        ],
+    )
+    .context("opening a session")?;
+    // The session id is CreateConversation's request_id: every retry, by this RPC or the
+    // worker, after any crash, names the same conversation.
+    let call = OutboxCall::CreateConversation {
+        request_id: session.session_id,
+        provider_id: session.provider_id.clone(),
+        customer_id: session.customer_id.clone(),
+        reuse_active: session.customer_id.is_some() && !r.new_conversation,
+        origin: format!("token:{}", token.token_id),
+    };
+    let job_id = outbox::enqueue(conn, session.session_id, &call, now)?;
+    let job = outbox::hand_out(conn, in_flight, job_id)?;
+    Ok(Redeemed {
+        session,
+        job,
+        replayed: false,
+    })
 }

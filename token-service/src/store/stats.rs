@@ -1,8 +1,12 @@
-//! Figures about the store for metrics: the outbox and the SQLite thread's queue.
+//! Figures about the outbox for metrics.
 
-use crate::{domain::to_micros, error::StoreResultExt};
+use super::thread::Store;
+use crate::{
+    domain::to_micros,
+    error::{Error, StoreResultExt},
+};
 
-use super::{Error, Store};
+const MICROS_PER_SECOND: f64 = 1e6;
 
 /// The outbox at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -16,27 +20,23 @@ pub struct OutboxStats {
 }
 
 impl Store {
-    /// Calls waiting for the SQLite thread right now.
-    pub fn queue_len(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
-    }
-
     pub async fn outbox_stats(&self) -> Result<OutboxStats, Error> {
         let now = to_micros(crate::domain::now());
         self.call(move |conn| {
             let (pending, oldest, failed): (i64, Option<i64>, i64) = conn
                 .query_row(
-                    "SELECT count(*) FILTER (WHERE failed_time IS NULL),
-                            min(create_time) FILTER (WHERE failed_time IS NULL),
-                            count(*) FILTER (WHERE failed_time IS NOT NULL)
+                    "SELECT count(*) FILTER (WHERE failed_time IS NULL) AS pending,
+                            min(create_time) FILTER (WHERE failed_time IS NULL) AS oldest,
+                            count(*) FILTER (WHERE failed_time IS NOT NULL) AS failed
                      FROM outbox",
                     [],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| Ok((r.get("pending")?, r.get("oldest")?, r.get("failed")?)),
                 )
                 .context("reading outbox figures")?;
             #[allow(clippy::cast_precision_loss)]
-            let oldest_pending_seconds =
-                oldest.map_or(0.0, |t| (now.saturating_sub(t)).max(0) as f64 / 1e6);
+            let oldest_pending_seconds = oldest.map_or(0.0, |t| {
+                (now.saturating_sub(t)).max(0) as f64 / MICROS_PER_SECOND
+            });
             Ok(OutboxStats {
                 pending,
                 oldest_pending_seconds,

@@ -2,34 +2,33 @@
 
 use rusqlite::{Connection, Row, params};
 
-use super::{Cached, Store, optional, uuid_at};
+use super::{
+    sql::{Cached, optional, optional_time_at, time_at},
+    thread::Store,
+};
 use crate::{
-    domain::{
-        NewToken, ProviderId, SecretHash, Timestamp, Token, TokenCursor, TokenId, from_micros,
-        to_micros,
-    },
+    domain::{NewToken, ProviderId, SecretHash, Timestamp, Token, TokenCursor, TokenId, to_micros},
     error::{Error, StoreResultExt},
 };
 
-pub(super) const TOKEN_COLUMNS: &str = "token_id, provider_id, label, create_time, expire_time, max_uses, use_count, revoke_time, secret_hash";
+const TOKEN_COLUMNS: &str = "token_id, provider_id, label, create_time, expire_time, max_uses,
+     use_count, revoke_time, secret_hash";
 
 /// Maps a row selected with `TOKEN_COLUMNS`; the hash is returned beside the token so it
 /// can be compared in constant time and then dropped.
-pub(super) fn token_from_row(row: &Row<'_>) -> rusqlite::Result<(Token, Vec<u8>)> {
-    let max_uses: i64 = row.get(5)?;
-    let use_count: i64 = row.get(6)?;
+fn token_from_row(row: &Row<'_>) -> rusqlite::Result<(Token, Vec<u8>)> {
     Ok((
         Token {
-            token_id: TokenId::from_uuid(uuid_at(row, 0)?),
-            provider_id: ProviderId::from_stored(row.get(1)?),
-            label: row.get(2)?,
-            create_time: from_micros(row.get(3)?),
-            expire_time: from_micros(row.get(4)?),
-            max_uses: u32::try_from(max_uses).unwrap_or(u32::MAX),
-            use_count: u32::try_from(use_count).unwrap_or(u32::MAX),
-            revoke_time: row.get::<_, Option<i64>>(7)?.map(from_micros),
+            token_id: row.get("token_id")?,
+            provider_id: row.get("provider_id")?,
+            label: row.get("label")?,
+            create_time: time_at(row, "create_time")?,
+            expire_time: time_at(row, "expire_time")?,
+            max_uses: row.get("max_uses")?,
+            use_count: row.get("use_count")?,
+            revoke_time: optional_time_at(row, "revoke_time")?,
         },
-        row.get(8)?,
+        row.get("secret_hash")?,
     ))
 }
 
@@ -47,7 +46,7 @@ pub(super) fn token_by_hash(conn: &Connection, hash: &SecretHash) -> Result<Opti
 fn token_by_id(conn: &Connection, token_id: TokenId) -> Result<Option<Token>, Error> {
     Ok(optional(conn.query_row_cached(
         &format!("SELECT {TOKEN_COLUMNS} FROM chat_tokens WHERE token_id = ?1"),
-        [token_id.to_string()],
+        [token_id],
         token_from_row,
     ))
     .context("reading a link")?
@@ -76,8 +75,8 @@ impl Store {
                 "INSERT INTO chat_tokens (token_id, provider_id, secret_hash, label, create_time, expire_time, max_uses)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
-                    token.token_id.to_string(),
-                    token.provider_id.as_str(),
+                    token.token_id,
+                    token.provider_id,
                     hash.as_bytes().as_slice(),
                     token.label,
                     to_micros(token.create_time),
@@ -101,7 +100,7 @@ impl Store {
     ) -> Result<Vec<Token>, Error> {
         self.call(move |conn| {
             let (after_time, after_id) = match cursor {
-                Some(c) => (Some(to_micros(c.create_time)), Some(c.token_id.to_string())),
+                Some(c) => (Some(to_micros(c.create_time)), Some(c.token_id)),
                 None => (None, None),
             };
             let mut stmt = conn
@@ -115,12 +114,7 @@ impl Store {
                 .context("listing links")?;
             let rows = stmt
                 .query_map(
-                    params![
-                        provider_id.as_str(),
-                        after_time,
-                        after_id,
-                        i64::from(limit) + 1
-                    ],
+                    params![provider_id, after_time, after_id, i64::from(limit) + 1],
                     token_from_row,
                 )
                 .context("listing links")?;
@@ -143,7 +137,7 @@ impl Store {
             token.ensure_provider(&provider_id)?;
             conn.execute_cached(
                 "UPDATE chat_tokens SET revoke_time = ?2 WHERE token_id = ?1 AND revoke_time IS NULL",
-                params![token_id.to_string(), to_micros(now)],
+                params![token_id, to_micros(now)],
             )
             .context("revoking a link")?;
             let token = token_by_id(conn, token_id)?.ok_or(Error::TokenNotFound)?;

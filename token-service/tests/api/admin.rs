@@ -10,8 +10,8 @@ use chat_proto::v1::{
 use tonic::{Code, transport::Channel};
 
 use crate::helpers::{
-    TestApp, assert_invalid, assert_refused, eventually, free_addr, fresh_database, new_provider,
-    spawn_app, spawn_app_with, spawn_conversation_service, temp_db_path,
+    TestApp, assert_invalid, assert_refused, eventually, free_addr, new_provider, spawn_app,
+    spawn_app_with, spawn_conversation_service, temp_db_path, test_database,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -33,9 +33,9 @@ async fn failed_calls(app: &TestApp) -> Vec<FailedCall> {
 /// was down, the conversation was linked to another customer behind token-service's back.
 #[tokio::test]
 async fn a_refused_call_is_listed_retried_and_dropped() {
-    let database = fresh_database().await;
+    let database = test_database().await;
     let listen = free_addr().to_string();
-    let conv = spawn_conversation_service(&database, &listen).await;
+    let conv = spawn_conversation_service(database.url(), &listen).await;
     let app = spawn_app_with(temp_db_path(), &conv.url, &[]).await;
     let prov = new_provider();
     let issued = app.issue(&prov, 1).await;
@@ -62,7 +62,7 @@ async fn a_refused_call_is_listed_retried_and_dropped() {
         })
         .await
         .unwrap();
-    let conv = spawn_conversation_service(&database, &listen).await;
+    let conv = spawn_conversation_service(database.url(), &listen).await;
 
     let failed = eventually(WAIT, || async {
         let calls = failed_calls(&app).await;
@@ -274,7 +274,7 @@ async fn the_admin_service_is_granted_apart() {
     .unwrap();
     let addr = app.local_addr();
     let _stop = app.shutdown_token().drop_guard();
-    tokio::spawn(app.run_until_stopped());
+    tokio::spawn(app.run());
     let client = |workload: &str| {
         let pair = pki.client(workload);
         let tls = ClientTlsConfig::new()

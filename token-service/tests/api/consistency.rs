@@ -12,13 +12,15 @@ use tonic::Code;
 use uuid::Uuid;
 
 use crate::helpers::{
-    ConversationClient, TestApp, assert_refused, customer, eventually, free_addr, fresh_database,
-    list_all, new_provider, provider, spawn_app_with, spawn_conversation_service, temp_db_path,
+    ConversationClient, TestApp, assert_refused, eventually, free_addr, list_all, new_provider,
+    spawn_app_with, spawn_conversation_service, spawn_fresh_conversation_service, temp_db_path,
+    test_database,
 };
+use chat_proto::v1::Participant;
 
 #[tokio::test]
 async fn a_redeem_retry_with_another_customer_or_new_conversation_is_refused() {
-    let conv = spawn_conversation_service(&fresh_database().await, "127.0.0.1:0").await;
+    let conv = spawn_fresh_conversation_service().await;
     let app = spawn_app_with(temp_db_path(), &conv.url, &[]).await;
     let prov = new_provider();
     let link = app.issue(&prov, 0).await;
@@ -55,7 +57,12 @@ async fn a_redeem_retry_with_another_customer_or_new_conversation_is_refused() {
         );
     }
     assert_eq!(app.db_dump(), before, "a refused retry changed something");
-    assert_eq!(list_all(&conv.client, provider(&prov)).await.len(), 1);
+    assert_eq!(
+        list_all(&conv.client, Some(Participant::provider(&prov)))
+            .await
+            .len(),
+        1
+    );
 
     // The same request again is still a plain retry.
     let again = app.redeem_req(first).await.unwrap().session.unwrap();
@@ -120,7 +127,7 @@ async fn get_session(app: &TestApp, secret: &str) -> Session {
 
 #[tokio::test]
 async fn identify_refused_by_conversation_service_reaches_the_caller_and_changes_nothing() {
-    let conv = spawn_conversation_service(&fresh_database().await, "127.0.0.1:0").await;
+    let conv = spawn_fresh_conversation_service().await;
     let app = spawn_app_with(temp_db_path(), &conv.url, &[]).await;
     let prov = new_provider();
     let link = app.issue(&prov, 0).await;
@@ -149,7 +156,11 @@ async fn identify_refused_by_conversation_service_reaches_the_caller_and_changes
         conversation_customer(&conv.client, &session.conversation_id).await,
         "cust-a"
     );
-    assert!(list_all(&conv.client, customer("cust-b")).await.is_empty());
+    assert!(
+        list_all(&conv.client, Some(Participant::customer("cust-b")))
+            .await
+            .is_empty()
+    );
 
     // A link conversation-service accepts says LINKED.
     let other = app.redeem(&prov, &link.secret).await.unwrap();
@@ -170,9 +181,10 @@ async fn identify_refused_by_conversation_service_reaches_the_caller_and_changes
 
 #[tokio::test]
 async fn a_queued_identify_refused_later_shows_on_get_session_and_stays_in_the_outbox() {
-    let database_url = fresh_database().await;
+    let database = test_database().await;
+    let database_url = database.url();
     let addr = free_addr();
-    let conv = spawn_conversation_service(&database_url, &addr.to_string()).await;
+    let conv = spawn_conversation_service(database_url, &addr.to_string()).await;
     let app = spawn_app_with(temp_db_path(), &conv.url, &[]).await;
     let prov = new_provider();
     let link = app.issue(&prov, 0).await;
@@ -195,7 +207,7 @@ async fn a_queued_identify_refused_later_shows_on_get_session_and_stays_in_the_o
     assert_eq!(queued.customer_link_state(), CustomerLinkState::Pending);
 
     // Back up, it refuses the call: GetSession shows the state and the reason.
-    let conv = spawn_conversation_service(&database_url, &addr.to_string()).await;
+    let conv = spawn_conversation_service(database_url, &addr.to_string()).await;
     let failed = eventually(Duration::from_secs(30), || async {
         let session = get_session(&app, &redeemed.session_secret).await;
         (session.customer_link_state() == CustomerLinkState::Failed).then_some(session)
@@ -206,7 +218,11 @@ async fn a_queued_identify_refused_later_shows_on_get_session_and_stays_in_the_o
         conversation_customer(&conv.client, &conversation_id).await,
         "cust-a"
     );
-    assert!(list_all(&conv.client, customer("cust-b")).await.is_empty());
+    assert!(
+        list_all(&conv.client, Some(Participant::customer("cust-b")))
+            .await
+            .is_empty()
+    );
 
     // Operators find the refused call in the outbox, with its reason.
     let conn = rusqlite::Connection::open_with_flags(
@@ -242,8 +258,9 @@ async fn waiting_on_locks(db: &mut sqlx::PgConnection) -> i64 {
 #[tokio::test]
 async fn one_sessions_calls_never_overlap_even_across_a_reopen_of_the_database() {
     use sqlx::Connection;
-    let database_url = fresh_database().await;
-    let conv = spawn_conversation_service(&database_url, "127.0.0.1:0").await;
+    let database = test_database().await;
+    let database_url = database.url();
+    let conv = spawn_conversation_service(database_url, "127.0.0.1:0").await;
     // A blocked call stays in flight, held by the RPC that queued it.
     let app = spawn_app_with(
         temp_db_path(),
@@ -258,8 +275,8 @@ async fn one_sessions_calls_never_overlap_even_across_a_reopen_of_the_database()
     let conversation_id = redeemed.session.unwrap().conversation_id;
 
     // The test holds the conversation's row: UpdateCustomer calls wait behind it.
-    let mut holder = sqlx::PgConnection::connect(&database_url).await.unwrap();
-    let mut observer = sqlx::PgConnection::connect(&database_url).await.unwrap();
+    let mut holder = sqlx::PgConnection::connect(database_url).await.unwrap();
+    let mut observer = sqlx::PgConnection::connect(database_url).await.unwrap();
     let mut lock = holder.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM conversations WHERE id = $1::uuid FOR UPDATE")
         .bind(&conversation_id)

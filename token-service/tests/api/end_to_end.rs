@@ -11,9 +11,10 @@ use tokio_stream::StreamExt;
 use uuid::Uuid;
 
 use crate::helpers::{
-    customer, eventually, fresh_database, list_all, new_provider, provider, spawn_app_with,
-    spawn_conversation_service, temp_db_path,
+    eventually, list_all, new_provider, spawn_app_with, spawn_fresh_conversation_service,
+    temp_db_path,
 };
+use chat_proto::v1::Participant;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -35,7 +36,7 @@ async fn next_message(
 
 #[tokio::test]
 async fn a_link_becomes_a_conversation_both_sides_find_and_talk_in() {
-    let conv = spawn_conversation_service(&fresh_database().await, "127.0.0.1:0").await;
+    let conv = spawn_fresh_conversation_service().await;
     let app = spawn_app_with(temp_db_path(), &conv.url, &[]).await;
     let prov = new_provider();
     let cust = format!("cust-{}", Uuid::new_v4().simple());
@@ -51,7 +52,9 @@ async fn a_link_becomes_a_conversation_both_sides_find_and_talk_in() {
                 })
                 .await
                 .ok()?;
-            (reply.get_ref().status == 1).then_some(())
+            (reply.get_ref().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+                .then_some(())
         }
     })
     .await;
@@ -61,7 +64,7 @@ async fn a_link_becomes_a_conversation_both_sides_find_and_talk_in() {
         .client
         .clone()
         .stream_inbox(StreamInboxRequest {
-            participant: provider(&prov),
+            participant: Some(Participant::provider(&prov)),
             cursor: String::new(),
         })
         .await
@@ -90,7 +93,7 @@ async fn a_link_becomes_a_conversation_both_sides_find_and_talk_in() {
     .await
     .expect("StreamInbox did not deliver the new conversation");
     assert_eq!(created.conversation_id, conversation_id);
-    let listed = list_all(&conv.client, provider(&prov)).await;
+    let listed = list_all(&conv.client, Some(Participant::provider(&prov))).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].conversation_id, conversation_id);
     assert_eq!(listed[0].origin, format!("token:{token_id}"));
@@ -114,7 +117,7 @@ async fn a_link_becomes_a_conversation_both_sides_find_and_talk_in() {
     assert_eq!(identified.customer_id, cust);
     let found = eventually(WAIT, || {
         let client = conv.client.clone();
-        let who = customer(&cust);
+        let who = Some(Participant::customer(&cust));
         async move { list_all(&client, who).await.into_iter().next() }
     })
     .await;
@@ -141,8 +144,8 @@ async fn a_link_becomes_a_conversation_both_sides_find_and_talk_in() {
                 .into_inner()
         }
     };
-    let mut provider_stream = open(provider(&prov)).await;
-    let mut customer_stream = open(customer(&cust)).await;
+    let mut provider_stream = open(Some(Participant::provider(&prov))).await;
+    let mut customer_stream = open(Some(Participant::customer(&cust))).await;
     let send = |who, body: &str| {
         let mut client = conv.client.clone();
         let request = SendMessageRequest {
@@ -153,11 +156,19 @@ async fn a_link_becomes_a_conversation_both_sides_find_and_talk_in() {
         };
         async move { client.send_message(request).await.unwrap().into_inner() }
     };
-    send(customer(&cust), "Hello, is the flat still available?").await;
+    send(
+        Some(Participant::customer(&cust)),
+        "Hello, is the flat still available?",
+    )
+    .await;
     let got = next_message(&mut provider_stream).await;
     assert_eq!(got.body, "Hello, is the flat still available?");
     assert_eq!(got.seq, 1);
-    send(provider(&prov), "Yes, come by on Monday.").await;
+    send(
+        Some(Participant::provider(&prov)),
+        "Yes, come by on Monday.",
+    )
+    .await;
     // The customer's stream holds its own message first, then the reply.
     let mine = next_message(&mut customer_stream).await;
     assert_eq!(mine.seq, 1);
@@ -172,7 +183,7 @@ async fn a_link_becomes_a_conversation_both_sides_find_and_talk_in() {
 
 #[tokio::test]
 async fn retries_and_known_customers_never_make_a_second_conversation() {
-    let conv = spawn_conversation_service(&fresh_database().await, "127.0.0.1:0").await;
+    let conv = spawn_fresh_conversation_service().await;
     let app = spawn_app_with(temp_db_path(), &conv.url, &[]).await;
     let prov = new_provider();
     let link = app.issue(&prov, 0).await;
@@ -213,7 +224,7 @@ async fn retries_and_known_customers_never_make_a_second_conversation() {
     let c = app.redeem_req(known(true)).await.unwrap().session.unwrap();
     assert_ne!(c.conversation_id, a.conversation_id);
 
-    let listed = list_all(&conv.client, provider(&prov)).await;
+    let listed = list_all(&conv.client, Some(Participant::provider(&prov))).await;
     let mut ids: Vec<_> = listed.iter().map(|c| c.conversation_id.clone()).collect();
     ids.sort();
     let mut expected = vec![
@@ -245,7 +256,7 @@ async fn retries_and_known_customers_never_make_a_second_conversation() {
 /// transactions, and still each gets its own session and exactly one conversation.
 #[tokio::test]
 async fn concurrent_redemptions_share_commits_and_each_gets_one_conversation() {
-    let conv = spawn_conversation_service(&fresh_database().await, "127.0.0.1:0").await;
+    let conv = spawn_fresh_conversation_service().await;
     let app = std::sync::Arc::new(
         spawn_app_with(temp_db_path(), &conv.url, &["--inline-wait", "5s"]).await,
     );
@@ -276,7 +287,7 @@ async fn concurrent_redemptions_share_commits_and_each_gets_one_conversation() {
         let client = conv.client.clone();
         let prov = prov.clone();
         async move {
-            let all = list_all(&client, provider(&prov)).await;
+            let all = list_all(&client, Some(Participant::provider(&prov))).await;
             (all.len() >= 64).then_some(all)
         }
     })

@@ -18,9 +18,10 @@ use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::helpers::{
-    ConversationClient, db_dump, eventually, free_addr, fresh_database, list_all, new_provider,
-    provider, spawn_app_with, spawn_conversation_service, temp_db_path,
+    ConversationClient, db_dump, eventually, free_addr, list_all, new_provider, spawn_app_with,
+    spawn_conversation_service, temp_db_path, test_database,
 };
+use chat_proto::v1::Participant;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -75,7 +76,7 @@ async fn assert_one_conversation_each(conv: &ConversationClient, prov: &str, ses
         assert_eq!(c.provider_id, prov);
         assert_eq!(c.origin, format!("token:{}", session.token_id));
     }
-    let listed: Vec<_> = list_all(conv, provider(prov))
+    let listed: Vec<_> = list_all(conv, Some(Participant::provider(prov)))
         .await
         .into_iter()
         .map(|c| c.conversation_id)
@@ -89,10 +90,11 @@ async fn assert_one_conversation_each(conv: &ConversationClient, prov: &str, ses
 }
 
 #[tokio::test]
-async fn conversation_service_stopped_during_a_hundred_redemptions() {
-    let database_url = fresh_database().await;
+async fn redemptions_while_conversation_service_stops_succeed_and_get_one_conversation_each() {
+    let database = test_database().await;
+    let database_url = database.url();
     let addr = free_addr();
-    let conv = spawn_conversation_service(&database_url, &addr.to_string()).await;
+    let conv = spawn_conversation_service(database_url, &addr.to_string()).await;
     let url = conv.url.clone();
     let app = Arc::new(spawn_app_with(temp_db_path(), &url, &[]).await);
     let prov = new_provider();
@@ -123,7 +125,7 @@ async fn conversation_service_stopped_during_a_hundred_redemptions() {
     }
     assert!(pending > 0, "conversation-service was never seen down");
 
-    let conv = spawn_conversation_service(&database_url, &addr.to_string()).await;
+    let conv = spawn_conversation_service(database_url, &addr.to_string()).await;
     let sessions = settled(&app.tokens, &secrets).await;
     assert_one_conversation_each(&conv.client, &prov, &sessions).await;
     assert!(
@@ -136,7 +138,8 @@ async fn conversation_service_stopped_during_a_hundred_redemptions() {
 
 #[tokio::test]
 async fn identify_while_the_conversation_is_pending_is_applied_after_creation() {
-    let database_url = fresh_database().await;
+    let database = test_database().await;
+    let database_url = database.url();
     let addr = free_addr();
     let app = spawn_app_with(temp_db_path(), &format!("http://{addr}"), &[]).await;
     let prov = new_provider();
@@ -159,7 +162,7 @@ async fn identify_while_the_conversation_is_pending_is_applied_after_creation() 
         .await
         .unwrap();
 
-    let conv = spawn_conversation_service(&database_url, &addr.to_string()).await;
+    let conv = spawn_conversation_service(database_url, &addr.to_string()).await;
     let sessions = settled(&app.tokens, std::slice::from_ref(&redeemed.session_secret)).await;
     let conversation_id = sessions[0].conversation_id.clone();
     let linked = linked_customer(&conv.client, &conversation_id).await;
@@ -227,7 +230,8 @@ async fn connect(listen: &str) -> TokenServiceClient<Channel> {
 
 #[tokio::test]
 async fn token_service_killed_with_work_in_its_outbox_finishes_it_after_restart() {
-    let database_url = fresh_database().await;
+    let database = test_database().await;
+    let database_url = database.url();
     let conv_addr = free_addr();
     let conv_url = format!("http://{conv_addr}");
     let db = temp_db_path();
@@ -287,9 +291,13 @@ async fn token_service_killed_with_work_in_its_outbox_finishes_it_after_restart(
     assert_eq!(dump.matches("create_conversation").count(), 5, "{dump}");
     assert_eq!(dump.matches("update_customer").count(), 1, "{dump}");
 
-    let conv = spawn_conversation_service(&database_url, &conv_addr.to_string()).await;
+    let conv = spawn_conversation_service(database_url, &conv_addr.to_string()).await;
     // Still nothing happened: the work is only in the dead process's outbox.
-    assert!(list_all(&conv.client, provider(&prov)).await.is_empty());
+    assert!(
+        list_all(&conv.client, Some(Participant::provider(&prov)))
+            .await
+            .is_empty()
+    );
 
     let _process = start_process(&listen, &db, &conv_url);
     let tokens = connect(&listen).await;
@@ -337,8 +345,9 @@ async fn sigterm_stops_the_process_gracefully() {
 
 #[tokio::test]
 async fn token_service_killed_mid_redeem_counts_no_use_twice_and_leaves_no_orphan() {
-    let database_url = fresh_database().await;
-    let conv = spawn_conversation_service(&database_url, "127.0.0.1:0").await;
+    let database = test_database().await;
+    let database_url = database.url();
+    let conv = spawn_conversation_service(database_url, "127.0.0.1:0").await;
     let db = temp_db_path();
     let listen = free_addr().to_string();
     let process = start_process(&listen, &db, &conv.url);

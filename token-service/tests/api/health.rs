@@ -29,7 +29,7 @@ async fn wait_status(channel: &Channel, service: &str, want: ServingStatus) {
 }
 
 #[tokio::test]
-async fn serving_without_conversation_service_and_says_so() {
+async fn ready_without_conversation_service_and_reports_it_not_serving() {
     let app = spawn_app().await;
     let channel = app.channel.clone();
     eventually(Duration::from_secs(5), || {

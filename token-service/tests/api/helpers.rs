@@ -4,6 +4,10 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use chat_common::testing::database::TestDatabase;
+pub use chat_common::testing::status::{
+    assert_invalid, assert_refused, eventually, free_addr, reason,
+};
 use chat_proto::v1::{
     IssueTokenRequest, IssueTokenResponse, RedeemTokenRequest, RedeemTokenResponse,
     token_service_client::TokenServiceClient,
@@ -12,8 +16,7 @@ use clap::Parser;
 use token_service::{config::Config, startup::Application};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status, transport::Channel};
-use tonic_types::StatusExt;
+use tonic::{Status, transport::Channel};
 use uuid::Uuid;
 
 /// An address nothing listens on: conversation-service "down".
@@ -97,7 +100,7 @@ pub async fn spawn_app_with(db_path: PathBuf, conversation_url: &str, extra: &[&
     let metrics = app.metrics_addr();
     let shutdown = app.shutdown_token();
     let handle = tokio::spawn(async move {
-        app.run_until_stopped().await.unwrap();
+        app.run().await.unwrap();
     });
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -201,87 +204,16 @@ pub fn db_dump(path: &std::path::Path) -> String {
     out
 }
 
-/// The `google.rpc.ErrorInfo` reason of a status.
-pub fn reason(status: &Status) -> String {
-    let details = status.get_error_details();
-    let info = details.error_info().expect("status carries ErrorInfo");
-    assert_eq!(info.domain, "chat.v1");
-    info.reason.clone()
-}
-
-/// Asserts the code and ErrorInfo reason of a refusal.
-#[track_caller]
-pub fn assert_refused<T: std::fmt::Debug>(
-    result: Result<T, Status>,
-    code: Code,
-    expected_reason: &str,
-) -> Status {
-    let status = result.expect_err("expected a refusal");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert_eq!(reason(&status), expected_reason, "{status:?}");
-    status
-}
-
-/// Asserts INVALID_ARGUMENT naming `field` in a BadRequest violation.
-#[track_caller]
-pub fn assert_invalid<T: std::fmt::Debug>(result: Result<T, Status>, field: &str) {
-    let status = result.expect_err("expected INVALID_ARGUMENT");
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let details = status.get_error_details();
-    let bad = details.bad_request().expect("BadRequest details");
-    assert!(
-        bad.field_violations.iter().any(|v| v.field == field),
-        "no violation for {field}: {bad:?}"
-    );
-}
-
-/// Polls `f` until it returns `Some`, or panics after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 // ---- conversation-service, in-process, on a fresh PostgreSQL database ----
 
-use chat_proto::v1::{Participant, Role, conversation_service_client::ConversationServiceClient};
-
-pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+use chat_proto::v1::{Participant, conversation_service_client::ConversationServiceClient};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 pub type ConversationClient = ConversationServiceClient<Channel>;
 
-/// Creates an empty database with a random name and returns its URL.
-pub async fn fresh_database() -> String {
-    use sqlx::Connection;
-    let name = format!("tk_test_{}", Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(ADMIN_URL)
-        .await
-        .expect("PostgreSQL must run at 127.0.0.1:5432");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    format!("postgres://postgres@127.0.0.1:5432/{name}")
-}
-
-/// A loopback address free right now, for a service that must restart at the same place.
-pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// A PostgreSQL database of this test's own, dropped with the guard.
+pub async fn test_database() -> TestDatabase {
+    TestDatabase::create("tk_test").await
 }
 
 pub struct ConversationService {
@@ -290,6 +222,16 @@ pub struct ConversationService {
     pub client: ConversationClient,
     shutdown: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
+    /// The database it was started on when it owns it; dropped after it stops.
+    database: Option<TestDatabase>,
+}
+
+/// conversation-service on any port and a database of its own, dropped with it.
+pub async fn spawn_fresh_conversation_service() -> ConversationService {
+    let database = test_database().await;
+    let mut service = spawn_conversation_service(database.url(), "127.0.0.1:0").await;
+    service.database = Some(database);
+    service
 }
 
 /// Starts conversation-service at `listen` ("127.0.0.1:0" for any port) and waits until
@@ -323,7 +265,10 @@ pub async fn spawn_conversation_service(database_url: &str, listen: &str) -> Con
                     service: "chat.v1.ConversationService".into(),
                 })
                 .await;
-            reply.ok().filter(|r| r.get_ref().status == 1).map(|_| ())
+            reply
+                .ok()
+                .filter(|r| r.get_ref().status == ServingStatus::Serving as i32)
+                .map(|_| ())
         }
     })
     .await;
@@ -333,6 +278,7 @@ pub async fn spawn_conversation_service(database_url: &str, listen: &str) -> Con
         client: ConversationServiceClient::new(channel),
         shutdown,
         handle,
+        database: None,
     }
 }
 
@@ -345,22 +291,6 @@ impl ConversationService {
             .unwrap()
             .unwrap();
     }
-}
-
-pub fn provider(id: &str) -> Option<Participant> {
-    Some(Participant {
-        role: Role::Provider.into(),
-        id: id.into(),
-        ..Default::default()
-    })
-}
-
-pub fn customer(id: &str) -> Option<Participant> {
-    Some(Participant {
-        role: Role::Customer.into(),
-        id: id.into(),
-        ..Default::default()
-    })
 }
 
 /// Every conversation of a participant, all pages.

@@ -18,7 +18,7 @@ use tonic::Code;
 use uuid::Uuid;
 
 use crate::helpers::{
-    TestApp, eventually, fresh_database, new_provider, spawn_app_with, spawn_conversation_service,
+    TestApp, eventually, new_provider, spawn_app_with, spawn_fresh_conversation_service,
     temp_db_path,
 };
 
@@ -45,7 +45,7 @@ fn server(text: &str, method: &str, code: &str) -> f64 {
 
 #[tokio::test]
 async fn metrics_count_rpcs_calls_to_conversation_service_and_the_store() {
-    let conv = spawn_conversation_service(&fresh_database().await, "127.0.0.1:0").await;
+    let conv = spawn_fresh_conversation_service().await;
     let app = spawn_patient_app(&conv.url, &["--metrics-addr", "127.0.0.1:0"]).await;
     let metrics = app.metrics.expect("metrics address");
     let before = scrape(metrics).await.unwrap();
@@ -168,7 +168,7 @@ async fn a_redeem_is_one_trace_over_both_services_and_every_rpc_line_has_a_trace
         false,
         &provider,
     ));
-    let conv = spawn_conversation_service(&fresh_database().await, "127.0.0.1:0").await;
+    let conv = spawn_fresh_conversation_service().await;
     let app = spawn_patient_app(&conv.url, &[]).await;
     let prov = new_provider();
     let issued = app.issue(&prov, 1).await;

@@ -6,13 +6,13 @@ use std::time::Duration;
 use chat_proto::v1::{ConversationState, GetConversationRequest, GetSessionRequest};
 
 use crate::helpers::{
-    NOWHERE, eventually, fresh_database, new_provider, spawn_app_with, spawn_conversation_service,
+    NOWHERE, eventually, new_provider, spawn_app_with, spawn_fresh_conversation_service,
     temp_db_path,
 };
 
 #[tokio::test]
 async fn conversations_are_created_through_any_listed_replica() {
-    let conv = spawn_conversation_service(&fresh_database().await, "127.0.0.1:0").await;
+    let conv = spawn_fresh_conversation_service().await;
     // The first replica listed is down; the old single-address client would only try it.
     let urls = format!("{NOWHERE}, {}", conv.url);
     let app = spawn_app_with(temp_db_path(), &urls, &[]).await;

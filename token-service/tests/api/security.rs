@@ -11,8 +11,8 @@ use std::{
 
 use chat_common::testing::{EXAMPLE_BFF_TOKEN, Pair, Pki, example_callers_file, tls_channel};
 use chat_proto::v1::{
-    ConversationState, ListTokensRequest, Participant, RedeemTokenRequest, Role,
-    SendMessageRequest, conversation_service_client::ConversationServiceClient,
+    ConversationState, ListTokensRequest, Participant, RedeemTokenRequest, SendMessageRequest,
+    conversation_service_client::ConversationServiceClient,
     token_service_client::TokenServiceClient,
 };
 use clap::Parser;
@@ -23,8 +23,10 @@ use tonic::{Code, Request, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use uuid::Uuid;
 
+use chat_common::testing::database::TestDatabase;
+
 use crate::helpers::{
-    assert_refused, eventually, free_addr, fresh_database, new_provider, temp_db_path, test_args,
+    assert_refused, eventually, free_addr, new_provider, temp_db_path, test_args, test_database,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -41,21 +43,30 @@ async fn wait_serving(channel: &Channel, service: &str) {
         let service = service.to_owned();
         async move {
             let reply = health.check(HealthCheckRequest { service }).await.ok()?;
-            (reply.get_ref().status == 1).then_some(())
+            (reply.get_ref().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+                .then_some(())
         }
     })
     .await;
 }
 
+/// A conversation-service started by [`conversation_service`]: stopped, then its
+/// database dropped, when this drops.
+struct Running {
+    _stop: tokio_util::sync::DropGuard,
+    _database: TestDatabase,
+}
+
 /// conversation-service in-process with `flags`; stopped when the guard drops.
-async fn conversation_service(flags: &[&str]) -> (SocketAddr, tokio_util::sync::DropGuard) {
-    let database_url = fresh_database().await;
+async fn conversation_service(flags: &[&str]) -> (SocketAddr, Running) {
+    let database = test_database().await;
     let mut args = vec![
         "conversation-service",
         "--listen",
         "127.0.0.1:0",
         "--database-url",
-        &database_url,
+        database.url(),
         "--shutdown-grace",
         "1s",
     ];
@@ -67,7 +78,13 @@ async fn conversation_service(flags: &[&str]) -> (SocketAddr, tokio_util::sync::
     let addr = app.local_addr();
     let guard = app.shutdown_token().drop_guard();
     tokio::spawn(app.run_until_stopped());
-    (addr, guard)
+    (
+        addr,
+        Running {
+            _stop: guard,
+            _database: database,
+        },
+    )
 }
 
 /// token-service in-process with the usual test flags plus `extra`.
@@ -79,16 +96,8 @@ async fn token_service(conversation_url: &str, extra: &[&str]) -> (SocketAddr, C
         .unwrap();
     let addr = app.local_addr();
     let shutdown = app.shutdown_token();
-    tokio::spawn(app.run_until_stopped());
+    tokio::spawn(app.run());
     (addr, shutdown)
-}
-
-fn anonymous(session_id: &str) -> Option<Participant> {
-    Some(Participant {
-        role: Role::Customer.into(),
-        id: String::new(),
-        session_id: session_id.into(),
-    })
 }
 
 #[tokio::test]
@@ -174,11 +183,13 @@ async fn a_link_is_redeemed_over_mutual_tls_and_binds_the_visitor_to_its_session
         client_message_id: String::new(),
     };
     conversations
-        .send_message(send(anonymous(&session.session_id)))
+        .send_message(send(Some(Participant::anonymous(&session.session_id))))
         .await
         .unwrap();
     let refused = conversations
-        .send_message(send(anonymous(&Uuid::new_v4().to_string())))
+        .send_message(send(Some(Participant::anonymous(
+            Uuid::new_v4().to_string(),
+        ))))
         .await;
     assert_refused(refused, Code::PermissionDenied, "SESSION_MISMATCH");
 
