@@ -2,15 +2,17 @@
 //!
 //! [`ServerLayer`] (on `Server::builder().layer(..)`) gives each RPC a span named `rpc`
 //! whose parent is the W3C `traceparent` the caller sent, counts it in
-//! `grpc_server_started_total`, `grpc_server_handled_total` and
-//! `grpc_server_handling_seconds` (labels `grpc_service`, `grpc_method`, `grpc_type`,
+//! `grpc_server_started_total`, `grpc_server_handled_total`,
+//! `grpc_server_handling_seconds`, and its messages in `grpc_server_msg_received_total`
+//! and `grpc_server_msg_sent_total` (labels `grpc_service`, `grpc_method`, `grpc_type`,
 //! `grpc_code`, the names Grafana's gRPC dashboards expect), and writes one log line when
 //! it ends (target `grpc`: service, method, code, latency, trace id and the ids the
 //! handler recorded with [`record`]). A server stream ends when its last frame is sent.
 //!
 //! [`ClientLayer`] (around a `Channel`) sends the current span's context as
-//! `traceparent` and counts `grpc_client_started_total`, `grpc_client_handled_total` and
-//! `grpc_client_handling_seconds`.
+//! `traceparent` and counts `grpc_client_started_total`, `grpc_client_handled_total`,
+//! `grpc_client_handling_seconds`, `grpc_client_msg_sent_total` and
+//! `grpc_client_msg_received_total`.
 
 use std::{
     collections::HashMap,
@@ -29,7 +31,7 @@ use opentelemetry::{
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use pin_project_lite::pin_project;
 use prost::Message;
-use tonic::{Code, Status};
+use tonic::{Code, Status, codegen::Bytes};
 use tower::{Layer, Service};
 use tracing::{Instrument, Span, field, instrument::Instrumented};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -150,6 +152,124 @@ impl Methods {
 enum Side {
     Server,
     Client,
+}
+
+impl Side {
+    /// The counters of messages this side receives and sends.
+    fn message_counters(self, m: &Method) -> (metrics::Counter, metrics::Counter) {
+        let (received, sent) = match self {
+            Self::Server => (
+                "grpc_server_msg_received_total",
+                "grpc_server_msg_sent_total",
+            ),
+            Self::Client => (
+                "grpc_client_msg_received_total",
+                "grpc_client_msg_sent_total",
+            ),
+        };
+        let counter = |name: &'static str| {
+            metrics::counter!(name, "grpc_service" => m.service, "grpc_method" => m.method,
+                "grpc_type" => m.kind)
+        };
+        (counter(received), counter(sent))
+    }
+}
+
+/// Counts the messages of a gRPC body from its length-prefixed framing (a flag byte and
+/// a 4-byte big-endian length before each message), across data frames that split a
+/// message or carry several.
+#[derive(Debug, Default)]
+struct Framing {
+    header: [u8; 5],
+    header_len: usize,
+    /// Bytes of the current message still to come.
+    remaining: u64,
+}
+
+impl Framing {
+    /// The messages that begin in `bytes`.
+    fn feed(&mut self, mut bytes: &[u8]) -> u64 {
+        let mut messages = 0;
+        while !bytes.is_empty() {
+            if self.remaining > 0 {
+                let skip =
+                    usize::try_from(self.remaining).map_or(bytes.len(), |r| r.min(bytes.len()));
+                self.remaining -= skip as u64;
+                bytes = &bytes[skip..];
+                continue;
+            }
+            let take = (5 - self.header_len).min(bytes.len());
+            self.header[self.header_len..self.header_len + take].copy_from_slice(&bytes[..take]);
+            self.header_len += take;
+            bytes = &bytes[take..];
+            if self.header_len == 5 {
+                let [_, a, b, c, d] = self.header;
+                self.remaining = u64::from(u32::from_be_bytes([a, b, c, d]));
+                self.header_len = 0;
+                messages += 1;
+            }
+        }
+        messages
+    }
+}
+
+/// Counts the messages of a body into `counter` as its data frames pass.
+#[derive(Debug)]
+struct MessageCount {
+    framing: Framing,
+    counter: metrics::Counter,
+}
+
+impl MessageCount {
+    fn new(counter: metrics::Counter) -> Self {
+        Self {
+            framing: Framing::default(),
+            counter,
+        }
+    }
+
+    fn frame<E>(&mut self, frame: Option<&Result<Frame<Bytes>, E>>) {
+        if let Some(Ok(frame)) = frame
+            && let Some(data) = frame.data_ref()
+        {
+            let messages = self.framing.feed(data);
+            if messages > 0 {
+                self.counter.increment(messages);
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// A request body whose messages are counted.
+    pub struct Counted<B> {
+        #[pin]
+        body: B,
+        count: MessageCount,
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.body.poll_frame(cx));
+        this.count.frame(frame.as_ref());
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// One call in flight; its outcome is recorded exactly once, when it ends or, if it is
@@ -312,7 +432,7 @@ pub struct ServerService<S> {
 
 impl<S, B, R> Service<http::Request<B>> for ServerService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<R>>,
+    S: Service<http::Request<Counted<B>>, Response = http::Response<R>>,
 {
     type Response = http::Response<Observed<R>>;
     type Error = S::Error;
@@ -356,6 +476,11 @@ where
             .into_iter()
             .flatten()
             .min();
+        let (received, sent) = Side::Server.message_counters(&method);
+        let request = request.map(|body| Counted {
+            body,
+            count: MessageCount::new(received),
+        });
         let call = Call::start(Side::Server, method, span.clone(), deadline);
         let future = {
             let _entered = span.enter();
@@ -365,6 +490,7 @@ where
             future: future.instrument(span),
             call: Some(call),
             side: Side::Server,
+            messages: Some(MessageCount::new(sent)),
         }
     }
 }
@@ -401,9 +527,10 @@ pub struct ClientService<S> {
     methods: Methods,
 }
 
-impl<S, B, R> Service<http::Request<B>> for ClientService<S>
+// A channel takes tonic's own body type only, so the counted body is boxed back into it.
+impl<S, R> Service<http::Request<tonic::body::Body>> for ClientService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<R>>,
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<R>>,
 {
     type Response = http::Response<Observed<R>>;
     type Error = S::Error;
@@ -413,7 +540,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         let method = self.methods.get(request.uri().path());
         let span = tracing::info_span!(
             target: "grpc",
@@ -429,11 +556,19 @@ where
         TraceContextPropagator::new()
             .inject_context(&context, &mut HeaderInjector(request.headers_mut()));
         let deadline = grpc_timeout(request.headers());
+        let (received, sent) = Side::Client.message_counters(&method);
+        let request = request.map(|body| {
+            tonic::body::Body::new(Counted {
+                body,
+                count: MessageCount::new(sent),
+            })
+        });
         let call = Call::start(Side::Client, method, span.clone(), deadline);
         Pending {
             future: self.inner.call(request).instrument(span),
             call: Some(call),
             side: Side::Client,
+            messages: Some(MessageCount::new(received)),
         }
     }
 }
@@ -445,6 +580,8 @@ pin_project! {
         future: F,
         call: Option<Call>,
         side: Side,
+        // The counter of the response's messages, handed to its body.
+        messages: Option<MessageCount>,
     }
 }
 
@@ -458,6 +595,7 @@ where
         let this = self.project();
         let result = ready!(this.future.poll(cx));
         let mut call = this.call.take();
+        let messages = this.messages.take();
         Poll::Ready(match result {
             Ok(response) => {
                 // A trailers-only response (an error) carries its status in the headers.
@@ -472,7 +610,11 @@ where
                 {
                     call.deadline = None;
                 }
-                Ok(response.map(|body| Observed { body, call }))
+                Ok(response.map(|body| Observed {
+                    body,
+                    call,
+                    messages,
+                }))
             }
             Err(error) => {
                 if let Some(mut call) = call {
@@ -490,16 +632,18 @@ where
 }
 
 pin_project! {
-    /// A response body that records its call's outcome from the trailers.
+    /// A response body that records its call's outcome from the trailers and counts its
+    /// messages.
     pub struct Observed<B> {
         #[pin]
         body: B,
         call: Option<Call>,
+        messages: Option<MessageCount>,
     }
 }
 
-impl<B: Body> Body for Observed<B> {
-    type Data = B::Data;
+impl<B: Body<Data = Bytes>> Body for Observed<B> {
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
@@ -508,6 +652,9 @@ impl<B: Body> Body for Observed<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = ready!(this.body.poll_frame(cx));
+        if let Some(messages) = this.messages.as_mut() {
+            messages.frame(frame.as_ref());
+        }
         let outcome = match &frame {
             Some(Ok(frame)) => frame.trailers_ref().map(|trailers| {
                 Status::from_header_map(trailers).map_or((Code::Unknown, String::new()), |s| {
@@ -551,6 +698,28 @@ mod tests {
         let info = methods.get("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo");
         assert_eq!(info.kind, "bidi_stream");
         assert_eq!(methods.get("/no.Such/Thing").service, "unknown");
+    }
+
+    #[test]
+    fn messages_are_counted_from_their_framing_however_the_frames_split_them() {
+        let message = |len: u32| {
+            let mut bytes = vec![0];
+            bytes.extend_from_slice(&len.to_be_bytes());
+            bytes.extend(std::iter::repeat_n(7, len as usize));
+            bytes
+        };
+        let body: Vec<u8> = [message(3), message(0), message(300), message(1)].concat();
+        // All at once, byte by byte, and in uneven pieces.
+        assert_eq!(Framing::default().feed(&body), 4);
+        let mut framing = Framing::default();
+        assert_eq!(body.iter().map(|b| framing.feed(&[*b])).sum::<u64>(), 4);
+        let mut framing = Framing::default();
+        let counted: u64 = body.chunks(7).map(|c| framing.feed(c)).sum();
+        assert_eq!(counted, 4);
+        // A header split across frames counts once, when it is complete.
+        let mut framing = Framing::default();
+        assert_eq!(framing.feed(&body[..2]), 0);
+        assert_eq!(framing.feed(&body[2..5]), 1);
     }
 
     #[test]
