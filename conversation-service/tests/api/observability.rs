@@ -146,6 +146,62 @@ async fn metrics_count_every_rpc_with_its_code_and_the_service_figures() {
 }
 
 #[tokio::test]
+async fn the_scrape_passes_promtools_rules_with_counters_from_zero_and_messages_counted() {
+    let url = fresh_database().await;
+    let mut app = spawn_app_with(&url, &["--metrics-addr", "127.0.0.1:0"]).await;
+    let metrics = app.metrics.expect("metrics address");
+    let first = scrape(metrics).await.unwrap();
+    // Alerts on these need a series before the first event.
+    for series in [
+        "chat_stream_lagged_total ",
+        "chat_listener_reconnects_total ",
+        "chat_send_replanned_total ",
+        "chat_stream_resyncs_total{cause=\"listener\"} ",
+        "chat_stream_message_reads_total{source=\"own\"} ",
+    ] {
+        assert!(
+            first.lines().any(|l| l.starts_with(series)),
+            "no `{series}` in the first scrape:\n{first}"
+        );
+    }
+    for process in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(sample(&first, process, &[]) > 0.0, "{process}");
+    }
+
+    let id = create(&mut app.client, "p1").await.conversation_id;
+    for body in ["one", "two", "three"] {
+        send(&mut app.client, &id, provider("p1"), body)
+            .await
+            .unwrap();
+    }
+    let before = scrape(metrics).await.unwrap();
+    let mut stream = app
+        .client
+        .stream_conversation(v1::StreamConversationRequest {
+            conversation_id: id,
+            viewer: provider("p1"),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..3 {
+        stream.message().await.unwrap();
+    }
+    let after = scrape(metrics).await.unwrap();
+    let messages =
+        |text: &str, name: &str| sample(text, name, &[("grpc_method", "StreamConversation")]);
+    let delta = |name: &str| messages(&after, name) - messages(&before, name);
+    assert!(delta("grpc_server_msg_sent_total") >= 3.0, "{after}");
+    assert!(delta("grpc_server_msg_received_total") >= 1.0, "{after}");
+    assert_eq!(chat_common::scrape::lint(&after), Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn a_stream_outliving_the_request_timeout_then_cancelled_counts_as_canceled() {
     let url = fresh_database().await;
     let flags = ["--metrics-addr", "127.0.0.1:0", "--request-timeout", "2s"];
