@@ -64,6 +64,7 @@ impl Application {
             })?),
             None => None,
         };
+        crate::metrics::describe();
         let store = Store::start(config.database.clone(), config.sqlite_busy_timeout)?;
         // The first open (directory, lock, migrations) happens before serving; a failure
         // is retried on use and by the health probe.
