@@ -439,6 +439,9 @@ async fn with_an_otlp_endpoint_each_rpc_is_exported_as_a_span_of_the_callers_tra
         .args(["--listen", &addr.to_string(), "--database-url", &url])
         .args(["--drain-delay", "0s"])
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_SERVICE_NAME", "conversations-eu")
+        .env_remove("OTEL_RESOURCE_ATTRIBUTES")
+        .env_remove("TRACE_FILTER")
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -474,26 +477,72 @@ async fn with_an_otlp_endpoint_each_rpc_is_exported_as_a_span_of_the_callers_tra
         .unwrap();
     assert!(exited.success());
 
-    let found = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(export) = exported.recv().await {
-            let span = export
-                .resource_spans
-                .iter()
-                .flat_map(|r| &r.scope_spans)
-                .flat_map(|s| &s.spans)
-                .find(|s| s.trace_id == trace_id.to_be_bytes())
-                .cloned();
-            if span.is_some() {
-                return span;
-            }
-        }
-        None
-    })
-    .await
-    .expect("a span is exported")
-    .expect("the collector got the RPC's span");
+    // The exports were answered before the process exited: all are in the channel.
+    let mut resources = Vec::new();
+    while let Ok(export) = exported.try_recv() {
+        resources.extend(export.resource_spans);
+    }
+    let spans: Vec<_> = resources
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .collect();
+    let found = spans
+        .iter()
+        .find(|s| s.trace_id == trace_id.to_be_bytes())
+        .expect("the collector got the RPC's span");
     assert_eq!(found.name, "chat.v1.ConversationService/CreateConversation");
     assert_eq!(found.parent_span_id, parent_span.to_be_bytes());
+    // OpenTelemetry's RPC conventions, and none of tracing's bookkeeping.
+    let attribute = |key: &str| {
+        found
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.clone())
+            .and_then(|v| v.value)
+    };
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    assert_eq!(
+        attribute("rpc.system"),
+        Some(Any::StringValue("grpc".into()))
+    );
+    assert_eq!(
+        attribute("rpc.service"),
+        Some(Any::StringValue("chat.v1.ConversationService".into()))
+    );
+    assert_eq!(
+        attribute("rpc.method"),
+        Some(Any::StringValue("CreateConversation".into()))
+    );
+    assert_eq!(attribute("rpc.grpc.status_code"), Some(Any::IntValue(0)));
+    for kv in &found.attributes {
+        assert!(
+            !kv.key.starts_with("code.")
+                && !kv.key.starts_with("thread.")
+                && kv.key != "busy_ns"
+                && kv.key != "idle_ns",
+            "{}",
+            kv.key
+        );
+    }
+    // wait_serving made health checks: not exported by default.
+    assert!(
+        spans.iter().all(|s| !s.name.starts_with("grpc.health")),
+        "{:?}",
+        spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    // OTEL_SERVICE_NAME names the service.
+    let service_name = resources[0]
+        .resource
+        .as_ref()
+        .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+        .and_then(|kv| kv.value.clone())
+        .and_then(|v| v.value);
+    assert_eq!(
+        service_name,
+        Some(Any::StringValue("conversations-eu".into()))
+    );
 }
 
 /// Runs the binary on an already migrated database with stdout piped (not a terminal),
