@@ -892,13 +892,15 @@ mod tests {
         String::from_utf8(bytes).unwrap()
     }
 
-    /// Runs one request through [`AuthLayer`] with `policy`; the reason it was refused
-    /// for, if it was.
+    /// Runs one request through [`AuthLayer`] with `policy`: the reason it was refused
+    /// for, if it was, and what was logged. Always under a subscriber: a thread that hit
+    /// the refusal's log line with none could leave it cached as disabled for the
+    /// others.
     fn through_layer(
         policy: &SharedPolicy,
         headers: &[&str],
         peer: Option<PeerInfo>,
-    ) -> Option<String> {
+    ) -> (Option<String>, String) {
         let inner = tower::service_fn(|_: http::Request<()>| async {
             Ok::<_, std::convert::Infallible>(http::Response::new(()))
         });
@@ -911,17 +913,30 @@ mod tests {
         if let Some(peer) = peer {
             request.extensions_mut().insert(peer);
         }
-        let response = futures::executor::block_on(service.call(request)).unwrap();
-        let status = Status::from_header_map(response.headers())?;
-        Some(status.get_details_error_info().unwrap().reason)
+        let mut response = None;
+        let lines = logged(|| {
+            response = Some(futures::executor::block_on(service.call(request)).unwrap());
+        });
+        let reason = response
+            .and_then(|r| Status::from_header_map(r.headers()))
+            .map(|status| status.get_details_error_info().unwrap().reason);
+        (reason, lines)
+    }
+
+    fn reason_of(
+        policy: &SharedPolicy,
+        headers: &[&str],
+        peer: Option<PeerInfo>,
+    ) -> Option<String> {
+        through_layer(policy, headers, peer).0
     }
 
     #[test]
     fn the_layer_reads_every_authorization_header_and_the_certificate() {
         let shared = SharedPolicy::new(policy());
-        assert_eq!(through_layer(&shared, &["BEARER secret"], None), None);
+        assert_eq!(reason_of(&shared, &["BEARER secret"], None), None);
         assert_eq!(
-            through_layer(&shared, &["Bearer secret", "Bearer other"], None).as_deref(),
+            reason_of(&shared, &["Bearer secret", "Bearer other"], None).as_deref(),
             Some("DUPLICATE_AUTHORIZATION")
         );
         let no_san = PeerInfo {
@@ -929,7 +944,7 @@ mod tests {
             ..PeerInfo::default()
         };
         assert_eq!(
-            through_layer(&shared, &[], Some(no_san)).as_deref(),
+            reason_of(&shared, &[], Some(no_san)).as_deref(),
             Some("CERTIFICATE_WITHOUT_SAN")
         );
         // SANs without a certificate presented cannot come from TLS; they count for nothing.
@@ -938,7 +953,7 @@ mod tests {
             ..PeerInfo::default()
         };
         assert_eq!(
-            through_layer(&shared, &[], Some(stray)).as_deref(),
+            reason_of(&shared, &[], Some(stray)).as_deref(),
             Some("CREDENTIALS_REQUIRED")
         );
     }
@@ -951,22 +966,16 @@ mod tests {
             client_certificate: true,
             ..PeerInfo::default()
         };
-        let lines = logged(|| {
-            let refused =
-                through_layer(&shared, &[], Some(peer("spiffe://chat.test/token-service")));
-            assert_eq!(refused.as_deref(), Some("METHOD_NOT_GRANTED"));
-        });
+        let (refused, lines) =
+            through_layer(&shared, &[], Some(peer("spiffe://chat.test/token-service")));
+        assert_eq!(refused.as_deref(), Some("METHOD_NOT_GRANTED"));
         assert!(lines.contains("caller=\"token-service\""), "{lines}");
         assert!(lines.contains("METHOD_NOT_GRANTED"), "{lines}");
 
-        let lines = logged(|| {
-            through_layer(&shared, &[], Some(peer("spiffe://chat.test/stranger")));
-        });
+        let (_, lines) = through_layer(&shared, &[], Some(peer("spiffe://chat.test/stranger")));
         assert!(lines.contains("spiffe://chat.test/stranger"), "{lines}");
 
-        let lines = logged(|| {
-            through_layer(&shared, &["Bearer not-a-known-token"], None);
-        });
+        let (_, lines) = through_layer(&shared, &["Bearer not-a-known-token"], None);
         assert!(lines.contains("UNKNOWN_TOKEN"), "{lines}");
         assert!(
             !lines.contains("not-a-known-token"),
