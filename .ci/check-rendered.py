@@ -7,6 +7,10 @@ relies on: run by .ci/validate-deploy.
                                              https; no Secret carries a placeholder
     check-rendered.py options RENDERED.yaml  no container gets a variable its binary does
                                              not read (from the `env = "..."` of the sources)
+    check-rendered.py scrape RENDERED.yaml   each server's Service lists the admin port
+                                             (METRICS_ADDR) with prometheus.io annotations
+                                             that name it; a StatefulSet's serviceName is a
+                                             headless Service
 
 Exits 1 with one line per finding.
 """
@@ -128,10 +132,46 @@ def check_options(docs):
     return problems
 
 
+def check_scrape(docs):
+    problems = []
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    for where, spec in pods(docs):
+        for container in spec.get("containers", []):
+            binary = binary_of(container)
+            if binary is None or container.get("args"):
+                continue
+            metrics = env_of(container, docs).get("METRICS_ADDR", {}).get("value", "")
+            port = metrics.rpartition(":")[2]
+            if not port.isdigit():
+                problems.append(f"{where}: METRICS_ADDR {metrics!r} names no port")
+                continue
+            service = services.get(binary)
+            if service is None:
+                problems.append(f"no Service {binary}")
+                continue
+            ports = {str(p.get("port")): p for p in service["spec"].get("ports", [])}
+            if port not in ports:
+                problems.append(f"Service/{binary}: the admin port {port} is not listed")
+            notes = service["metadata"].get("annotations", {})
+            wanted = {"prometheus.io/scrape": "true", "prometheus.io/port": port,
+                      "prometheus.io/path": "/metrics"}
+            for key, value in wanted.items():
+                if notes.get(key) != value:
+                    problems.append(f"Service/{binary}: {key} is {notes.get(key)!r}, not {value!r}")
+    for doc in docs:
+        if doc["kind"] == "StatefulSet":
+            governing = services.get(doc["spec"].get("serviceName"), {})
+            if governing.get("spec", {}).get("clusterIP") != "None":
+                problems.append(f"StatefulSet/{doc['metadata']['name']}: serviceName is not "
+                                "a headless Service")
+    return problems
+
+
 def main():
     mode, path = sys.argv[1], sys.argv[2]
     docs = load(path)
-    problems = {"closed": check_closed, "options": check_options}[mode](docs)
+    checks = {"closed": check_closed, "options": check_options, "scrape": check_scrape}
+    problems = checks[mode](docs)
     for problem in problems:
         print(f"{path}: {problem}", file=sys.stderr)
     sys.exit(1 if problems else 0)
