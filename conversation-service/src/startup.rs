@@ -74,6 +74,7 @@ impl Application {
             ),
             None => None,
         };
+        crate::metrics::describe();
         let options = connect_options(&config)?;
         let pool = lazy_pool(&config, config.db_pool_size.max(1), options.clone());
         let migrated = Arc::new(AtomicBool::new(false));

@@ -78,6 +78,7 @@ impl Application {
             })?),
             None => None,
         };
+        crate::metrics::describe();
         let store = Store::open(config.database.clone(), config.sqlite_busy_timeout).await?;
         let conversations = Conversations::new(
             &config.conversation_service,

@@ -120,9 +120,12 @@ pub enum Participant {
 }
 
 impl Participant {
-    /// Parses an acting participant (sender, reader, viewer).
+    /// Parses an acting participant (sender, reader, viewer). Its `session_id` is checked
+    /// whoever presents it, like every other text field, though only the anonymous
+    /// customer's is used (see [`parse_acting`]).
     pub fn parse(field: &'static str, proto: Option<&v1::Participant>) -> Result<Self> {
         let proto = proto.ok_or_else(|| Error::invalid(field, "is required"))?;
+        parse_session_id(session_field(field), &proto.session_id)?;
         match v1::Role::try_from(proto.role) {
             Ok(v1::Role::Provider) => Ok(Self::Provider(ProviderId::parse(field, &proto.id)?)),
             Ok(v1::Role::Customer) if proto.id.is_empty() => {
@@ -193,6 +196,17 @@ pub fn parse_session_id(field: &'static str, text: &str) -> Result<Option<Uuid>>
     parse_request_id(field, text)
 }
 
+/// The BadRequest field of a participant's session id: `sender.session_id` for `sender`.
+fn session_field(participant: &'static str) -> &'static str {
+    match participant {
+        "sender" => "sender.session_id",
+        "viewer" => "viewer.session_id",
+        "reader" => "reader.session_id",
+        "actor" => "actor.session_id",
+        _ => "participant.session_id",
+    }
+}
+
 /// Parses an acting participant with the session it presents (kept only for the
 /// anonymous customer, the only one that needs it).
 pub fn parse_acting(
@@ -201,7 +215,10 @@ pub fn parse_acting(
 ) -> Result<(Participant, Option<Uuid>)> {
     let participant = Participant::parse(field, proto)?;
     let session = if participant.is_anonymous() {
-        parse_session_id(field, proto.map_or("", |p| p.session_id.as_str()))?
+        parse_session_id(
+            session_field(field),
+            proto.map_or("", |p| p.session_id.as_str()),
+        )?
     } else {
         None
     };
@@ -425,6 +442,45 @@ mod tests {
         assert!(check_session(&anon, None, None).is_err());
         let linked = Participant::stored(Role::Customer, "c1".into());
         assert!(check_session(&linked, None, Some(a)).is_ok());
+    }
+
+    #[test]
+    fn a_session_id_is_checked_whoever_presents_it_and_named_as_its_field() {
+        let field_of = |error: Error| match error {
+            Error::InvalidArgument { field, .. } => field,
+            other => panic!("not INVALID_ARGUMENT: {other:?}"),
+        };
+        let long = "x".repeat(60_000);
+        for (role, id) in [
+            (v1::Role::Provider, "p1"),
+            (v1::Role::Customer, "c1"),
+            (v1::Role::Customer, ""),
+        ] {
+            for bad in ["a\u{0}b", "'; DROP TABLE conversations; --", long.as_str()] {
+                let proto = v1::Participant {
+                    role: role.into(),
+                    id: id.into(),
+                    session_id: bad.into(),
+                };
+                let refused = parse_acting("sender", Some(&proto)).unwrap_err();
+                assert_eq!(field_of(refused), "sender.session_id", "{role:?} {id}");
+                if !id.is_empty() {
+                    let refused = Participant::parse_owner("participant", Some(&proto));
+                    assert_eq!(field_of(refused.unwrap_err()), "participant.session_id");
+                }
+            }
+            let valid = v1::Participant {
+                role: role.into(),
+                id: id.into(),
+                session_id: Uuid::new_v4().to_string(),
+            };
+            let (_, session) = parse_acting("viewer", Some(&valid)).unwrap();
+            assert_eq!(
+                session.is_some(),
+                id.is_empty(),
+                "kept for the anonymous only"
+            );
+        }
     }
 
     #[test]

@@ -307,6 +307,27 @@ async fn bearer_tokens_are_matched_by_hash_and_refused_when_unknown() {
     let status = client.list_conversations(malformed).await.unwrap_err();
     assert_eq!(reason(&status), "MALFORMED_AUTHORIZATION");
 
+    // The scheme's case does not matter; a second authorization header is refused, even
+    // one with the same token (a proxy may read the other one).
+    let bearer = |scheme: &str| -> tonic::metadata::MetadataValue<_> {
+        format!("{scheme} {EXAMPLE_BFF_TOKEN}").parse().unwrap()
+    };
+    let mut upper = Request::new(list_request(&provider_id));
+    upper
+        .metadata_mut()
+        .insert("authorization", bearer("BEARER"));
+    client.list_conversations(upper).await.unwrap();
+    let mut twice = Request::new(list_request(&provider_id));
+    twice
+        .metadata_mut()
+        .insert("authorization", bearer("Bearer"));
+    twice
+        .metadata_mut()
+        .append("authorization", bearer("Bearer"));
+    let status = client.list_conversations(twice).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(reason(&status), "DUPLICATE_AUTHORIZATION");
+
     // The mesh BFF acts for participants but does not create conversations.
     let status = client
         .create_conversation(with_token(
@@ -585,6 +606,12 @@ async fn the_callers_file_is_reloaded_when_it_changes() {
 
     // A broken file is not taken: the policy in force stays.
     std::fs::write(&callers, "[[caller]]\nname = ").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    list("second-token").await.unwrap();
+
+    // Nor one truncated in place: without `allow_no_callers = true` it would lock every
+    // caller out.
+    std::fs::write(&callers, "").unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     list("second-token").await.unwrap();
 }
