@@ -1,0 +1,5 @@
+//! chat-client against real conversation-service processes (one test binary).
+mod follow;
+mod helpers;
+mod send;
+mod tls;
