@@ -20,8 +20,8 @@ before(async () => {
 });
 
 after(async () => {
-  await serving.stop();
-  await writer.stop();
+  await serving.kill();
+  await writer.kill();
   db.drop();
 });
 

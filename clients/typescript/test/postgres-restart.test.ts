@@ -27,7 +27,7 @@ before(async () => {
 });
 
 after(async () => {
-  await replica?.stop();
+  await replica?.kill();
   db?.drop();
 });
 

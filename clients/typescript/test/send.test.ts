@@ -16,7 +16,7 @@ before(async () => {
 });
 
 after(async () => {
-  await replica.stop();
+  await replica.kill();
   db.drop();
 });
 
@@ -55,13 +55,22 @@ test("send retries a call whose answer was lost with the same client_message_id:
   assert.deepEqual(await history(client, conversation.id), ["once"]);
 });
 
-test("send waits out a service that is not up yet (UNAVAILABLE) and is written once", async () => {
-  const port = await freePort();
-  const late = new Replica(db, port);
+test("send waits out a replica that was killed (its connection dead) and is written once", async () => {
+  const late = new Replica(db, await freePort());
+  await late.start();
   const client = new ChatClient({ baseUrl: late.url, sendAttempts: 30, ...fast });
-  const conversation = await newConversation(new ChatClient({ baseUrl: replica.url }));
+  // The conversation is made through this client, so its connection to the replica is
+  // open when the replica dies.
+  const conversation = await newConversation(client);
+  await late.kill();
   const sending = client.send({ conversationId: conversation.id, sender: provider, body: "late", clientMessageId: "k1" });
+  let settled = false;
+  void sending.then(
+    () => (settled = true),
+    () => (settled = true),
+  );
   await new Promise((resolve) => setTimeout(resolve, 500));
+  assert.equal(settled, false, "still retrying while nothing listens");
   await late.start();
   try {
     const reply = await sending;
@@ -69,7 +78,7 @@ test("send waits out a service that is not up yet (UNAVAILABLE) and is written o
     assert.equal(reply.message?.clientMessageId, "k1");
     assert.deepEqual(await history(client, conversation.id), ["late"]);
   } finally {
-    await late.stop();
+    await late.kill();
   }
 });
 
