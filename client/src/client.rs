@@ -18,6 +18,8 @@ use crate::error::Error;
 use crate::follow::{ConversationPosition, Follow, InboxPosition};
 
 /// What a `Client` can run over: a `Channel`, or a `Channel` wrapped in tower layers.
+/// A stand-in for a trait alias (not stable Rust): the bounds, then the blanket impl that
+/// gives it to every type meeting them.
 pub trait Transport:
     Service<
         http::Request<Body>,

@@ -3,20 +3,18 @@
 
 use std::time::Duration;
 
-use chat_client::{Client, v1};
+use chat_client::v1;
 use futures::StreamExt;
 use v1::stream_conversation_response::Event;
 use v1::stream_inbox_response::Event as InboxEvent;
 
-use crate::helpers::{Replica, database, fast, free_port, new_conversation, provider};
+use crate::helpers::{
+    database, message, new_conversation, next_event, provider, replica_with_client,
+};
 
 async fn next_message(events: &mut chat_client::Follow<v1::StreamConversationResponse>) -> i64 {
     loop {
-        let event = tokio::time::timeout(Duration::from_secs(20), events.next())
-            .await
-            .expect("a message within 20 s")
-            .expect("the stream goes on")
-            .expect("no error");
+        let event = next_event(events).await;
         if let Some(Event::Message(message)) = event.event {
             return message.seq;
         }
@@ -26,24 +24,16 @@ async fn next_message(events: &mut chat_client::Follow<v1::StreamConversationRes
 #[tokio::test]
 async fn follow_sees_every_message_once_in_order_while_its_replica_is_killed_and_replaced() {
     let db = database().await;
-    let mut serving = Replica::new(&db, free_port());
-    let mut writer = Replica::new(&db, free_port());
-    serving.start().await;
-    writer.start().await;
-    let sender = Client::connect(fast(writer.url())).unwrap();
-    let follower = Client::connect(fast(serving.url())).unwrap();
+    let (mut serving, follower) = replica_with_client(&db).await;
+    // Messages go through a second replica, which stays up: the kill cuts only the stream.
+    let (_writer, sender) = replica_with_client(&db).await;
     let conversation = new_conversation(&sender).await;
     let mut events = follower.follow(conversation.clone(), provider(), 0);
 
     let total = 60;
     let mut seen = Vec::new();
     for i in 1..=total {
-        let request = v1::SendMessageRequest {
-            conversation_id: conversation.clone(),
-            sender: Some(provider()),
-            body: format!("m{i}"),
-            ..Default::default()
-        };
+        let request = message(&conversation, provider(), &format!("m{i}"));
         sender.send(request).await.unwrap();
         if i == 20 {
             while seen.len() < 10 {
@@ -86,23 +76,16 @@ async fn follow_sees_every_message_once_in_order_while_its_replica_is_killed_and
 #[tokio::test]
 async fn follow_inbox_resumes_from_its_cursor_across_a_killed_replica() {
     let db = database().await;
-    let mut serving = Replica::new(&db, free_port());
-    let mut writer = Replica::new(&db, free_port());
-    serving.start().await;
-    writer.start().await;
-    let sender = Client::connect(fast(writer.url())).unwrap();
-    let follower = Client::connect(fast(serving.url())).unwrap();
+    let (mut serving, follower) = replica_with_client(&db).await;
+    // Messages go through a second replica, which stays up: the kill cuts only the stream.
+    let (_writer, sender) = replica_with_client(&db).await;
     let owner = provider();
     let first = new_conversation(&sender).await;
     let mut events = follower.follow_inbox(owner.clone(), "");
     let mut messages = Vec::new();
     let mut created = Vec::new();
     let mut next = async |messages: &mut Vec<String>, created: &mut Vec<String>| loop {
-        let event = tokio::time::timeout(Duration::from_secs(20), events.next())
-            .await
-            .expect("an event within 20 s")
-            .expect("the stream goes on")
-            .expect("no error");
+        let event = next_event(&mut events).await;
         match event.event {
             Some(InboxEvent::Message(m)) => {
                 messages.push(format!("{}/{}", m.conversation_id, m.seq));
@@ -118,12 +101,7 @@ async fn follow_inbox_resumes_from_its_cursor_across_a_killed_replica() {
     // The first heartbeat means the stream is open and gave a cursor.
     next(&mut messages, &mut created).await;
     let send = async |conversation: &str, body: &str| {
-        let request = v1::SendMessageRequest {
-            conversation_id: conversation.into(),
-            sender: Some(owner.clone()),
-            body: body.into(),
-            ..Default::default()
-        };
+        let request = message(conversation, owner.clone(), body);
         sender.send(request).await.unwrap();
     };
     send(&first, "before").await;
@@ -159,9 +137,7 @@ async fn follow_inbox_resumes_from_its_cursor_across_a_killed_replica() {
 #[tokio::test]
 async fn follow_of_an_unknown_conversation_ends_with_its_reason_instead_of_retrying() {
     let db = database().await;
-    let mut replica = Replica::new(&db, free_port());
-    replica.start().await;
-    let client = Client::connect(fast(replica.url())).unwrap();
+    let (_replica, client) = replica_with_client(&db).await;
     let mut events = client.follow(uuid::Uuid::new_v4().to_string(), provider(), 0);
     let error = events.next().await.unwrap().unwrap_err();
     assert_eq!(error.code(), Some(tonic::Code::NotFound));

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chat_client::{Client, ClientConfig, v1};
+use chat_client::{Client, ClientConfig, Follow, v1};
 pub use chat_common::testing::database::TestDatabase;
+use futures::StreamExt;
 
 /// A fresh database; its prefix is one `scripts/test.sh` sweeps if a run is killed.
 pub async fn database() -> TestDatabase {
@@ -142,6 +143,37 @@ pub fn fast(url: String) -> ClientConfig {
 
 pub fn provider() -> v1::Participant {
     v1::Participant::provider("prov-rs")
+}
+
+/// A replica on a fresh port of `db`, started, and a client of it.
+pub async fn replica_with_client(db: &TestDatabase) -> (Replica, Client) {
+    let mut replica = Replica::new(db, free_port());
+    replica.start().await;
+    let client = Client::connect(fast(replica.url())).unwrap();
+    (replica, client)
+}
+
+/// A SendMessage request of `sender` (no client_message_id: `send` makes one).
+pub fn message(
+    conversation_id: &str,
+    sender: v1::Participant,
+    body: &str,
+) -> v1::SendMessageRequest {
+    v1::SendMessageRequest {
+        conversation_id: conversation_id.into(),
+        sender: Some(sender),
+        body: body.into(),
+        ..Default::default()
+    }
+}
+
+/// The next event of a followed stream; fails the test after 20 s or on an error.
+pub async fn next_event<E: Send + 'static>(events: &mut Follow<E>) -> E {
+    tokio::time::timeout(Duration::from_secs(20), events.next())
+        .await
+        .expect("an event within 20 s")
+        .expect("the stream goes on")
+        .expect("no error")
 }
 
 /// A new conversation of `provider()` with an anonymous visitor.

@@ -12,7 +12,10 @@ use tonic::Code;
 use tonic::body::Body;
 use tonic::transport::Channel;
 
-use crate::helpers::{Replica, database, fast, free_port, history, new_conversation, provider};
+use crate::helpers::{
+    Replica, database, fast, free_port, history, message, new_conversation, provider,
+    replica_with_client,
+};
 
 /// A transport that lets the first SendMessage reach the service (so it is written),
 /// then loses its answer, as when a connection drops after the request went out.
@@ -57,9 +60,7 @@ impl tower::Service<http::Request<Body>> for LoseFirstAnswer {
 #[tokio::test]
 async fn send_retries_a_lost_answer_with_the_same_client_message_id_and_writes_once() {
     let db = database().await;
-    let mut replica = Replica::new(&db, free_port());
-    replica.start().await;
-    let plain = Client::connect(fast(replica.url())).unwrap();
+    let (replica, plain) = replica_with_client(&db).await;
     let conversation = new_conversation(&plain).await;
     let channel = Channel::from_shared(replica.url()).unwrap().connect_lazy();
     let sends = Arc::new(AtomicUsize::new(0));
@@ -69,12 +70,7 @@ async fn send_retries_a_lost_answer_with_the_same_client_message_id_and_writes_o
     };
     let client = Client::with_service(lossy, fast(replica.url())).unwrap();
     let reply = client
-        .send(v1::SendMessageRequest {
-            conversation_id: conversation.clone(),
-            sender: Some(provider()),
-            body: "once".into(),
-            ..Default::default()
-        })
+        .send(message(&conversation, provider(), "once"))
         .await
         .unwrap();
     assert_eq!(
@@ -133,12 +129,7 @@ async fn send_gives_up_after_its_attempts_with_unavailable() {
     config.send_attempts = 3;
     let client = Client::connect(config).unwrap();
     let error = client
-        .send(v1::SendMessageRequest {
-            conversation_id: uuid::Uuid::new_v4().to_string(),
-            sender: Some(provider()),
-            body: "x".into(),
-            ..Default::default()
-        })
+        .send(message(&uuid::Uuid::new_v4().to_string(), provider(), "x"))
         .await
         .unwrap_err();
     assert_eq!(error.code(), Some(Code::Unavailable));
@@ -169,17 +160,10 @@ async fn a_bad_configuration_is_refused_before_any_call() {
 #[tokio::test]
 async fn refusals_carry_their_error_info_and_field() {
     let db = database().await;
-    let mut replica = Replica::new(&db, free_port());
-    replica.start().await;
-    let client = Client::connect(fast(replica.url())).unwrap();
+    let (_replica, client) = replica_with_client(&db).await;
     let conversation = new_conversation(&client).await;
     let empty = client
-        .send(v1::SendMessageRequest {
-            conversation_id: conversation.clone(),
-            sender: Some(provider()),
-            body: String::new(),
-            ..Default::default()
-        })
+        .send(message(&conversation, provider(), ""))
         .await
         .unwrap_err();
     assert_eq!(empty.code(), Some(Code::InvalidArgument));
@@ -202,12 +186,7 @@ async fn refusals_carry_their_error_info_and_field() {
         .await
         .unwrap();
     let closed = client
-        .send(v1::SendMessageRequest {
-            conversation_id: conversation,
-            sender: Some(provider()),
-            body: "too late".into(),
-            ..Default::default()
-        })
+        .send(message(&conversation, provider(), "too late"))
         .await
         .unwrap_err();
     assert_eq!(closed.code(), Some(Code::FailedPrecondition));

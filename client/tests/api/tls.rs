@@ -2,11 +2,11 @@
 //! service that checks callers (config/callers.example.toml).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use chat_client::{Client, ClientConfig, TlsConfig, v1};
+use chat_client::{Client, ClientConfig, TlsConfig};
 use chat_common::testing::{EXAMPLE_BFF_TOKEN, Pair, Pki, example_callers_file};
 use tonic::Code;
 
-use crate::helpers::{Replica, database, fast, free_port, provider};
+use crate::helpers::{Replica, database, fast, free_port, message, new_conversation, provider};
 
 fn tls_config(pki: &Pki, url: String, identity: Option<&Pair>) -> ClientConfig {
     let mut config = fast(url);
@@ -44,26 +44,8 @@ async fn mutual_tls_and_bearer_tokens_identify_the_caller() {
     ))
     .unwrap();
     crate::helpers::wait_ready(&writer).await;
-    let conversation = writer
-        .conversations()
-        .create_conversation(v1::CreateConversationRequest {
-            request_id: uuid::Uuid::new_v4().to_string(),
-            provider_id: provider().id,
-            session_id: uuid::Uuid::new_v4().to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .conversation
-        .unwrap()
-        .conversation_id;
-    let send = |body: &str| v1::SendMessageRequest {
-        conversation_id: conversation.clone(),
-        sender: Some(provider()),
-        body: body.into(),
-        ..Default::default()
-    };
+    let conversation = new_conversation(&writer).await;
+    let send = |body: &str| message(&conversation, provider(), body);
 
     // The BFF's certificate names it: it may send.
     let bff = Client::connect(tls_config(&pki, url.clone(), Some(&pki.client("bff")))).unwrap();
