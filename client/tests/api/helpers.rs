@@ -39,9 +39,14 @@ pub struct Replica {
 
 impl Replica {
     pub fn new(database: &TestDatabase, port: u16) -> Self {
+        Self::on(database.url().to_owned(), port)
+    }
+
+    /// A replica of the database at `database_url` (one not made by `database()`).
+    pub fn on(database_url: String, port: u16) -> Self {
         Self {
             port,
-            database_url: database.url().to_owned(),
+            database_url,
             env: HashMap::new(),
             child: None,
         }

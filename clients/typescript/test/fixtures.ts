@@ -29,3 +29,17 @@ export async function until(predicate: () => boolean, ms: number, what: string):
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
 }
+
+/** Resolves with `promise`, or fails after `ms` naming `what`; the timer is cleared
+ * either way, so a test's process does not linger until it fires. */
+export async function within<T>(promise: Promise<T>, ms: number, what: () => string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what()}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

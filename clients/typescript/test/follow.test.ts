@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { ChatClient, type ChatError } from "../src/index.js";
-import { newConversation, provider, until } from "./fixtures.js";
+import { newConversation, provider, until, within } from "./fixtures.js";
 import { Database, freePort, Replica } from "./services.js";
 
 let db: Database;
@@ -63,10 +63,7 @@ test("follow sees every message once and in order while its replica is killed an
     }
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
-  await Promise.race([
-    following,
-    new Promise((_, reject) => setTimeout(() => reject(new Error(`got ${seen.length} of ${total}`)), 20_000)),
-  ]);
+  await within(following, 20_000, () => `all messages (got ${seen.length} of ${total})`);
   assert.deepEqual(seen, Array.from({ length: total }, (_, i) => BigInt(i + 1)));
   assert.deepEqual(bodies, Array.from({ length: total }, (_, i) => `m${i + 1}`));
   assert.ok(reconnects.length >= 1, "the kill must have cut the stream");

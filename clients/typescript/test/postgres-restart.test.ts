@@ -1,12 +1,13 @@
 // follow() and send() while PostgreSQL restarts. Restarting the shared cluster would
 // disrupt everyone else's tests on a developer machine, so this runs only when asked:
 // CLIENT_FAULT_PG_RESTART=1, with the restart command in CLIENT_FAULT_PG_RESTART_CMD
-// (default: Debian's pg_ctlcluster on the first installed version, which needs root).
+// (default: Debian's pg_ctlcluster on the first installed version, which needs root);
+// clients/test-pg-restart.sh runs it on a private cluster instead.
 import assert from "node:assert/strict";
 import { execSync } from "node:child_process";
 import { after, before, test } from "node:test";
 import { ChatClient } from "../src/index.js";
-import { newConversation, provider } from "./fixtures.js";
+import { newConversation, provider, within } from "./fixtures.js";
 import { Database, freePort, Replica } from "./services.js";
 
 const enabled = process.env.CLIENT_FAULT_PG_RESTART === "1";
@@ -58,10 +59,7 @@ test(
       // Retried through the outage with the same client_message_id.
       await client.send({ conversationId: conversation.id, sender: provider, body: `m${i}` });
     }
-    await Promise.race([
-      following,
-      new Promise((_, reject) => setTimeout(() => reject(new Error(`got ${seen.length} of ${total}`)), 30_000)),
-    ]);
+    await within(following, 30_000, () => `all messages (got ${seen.length} of ${total})`);
     assert.deepEqual(seen, Array.from({ length: total }, (_, i) => BigInt(i + 1)));
   },
 );

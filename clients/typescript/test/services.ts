@@ -24,7 +24,8 @@ function psql(sql: string): void {
 
 /** A throwaway database, dropped by `drop()` (WITH FORCE: a killed replica's sessions). */
 export class Database {
-  readonly name = `client_ts_${randomUUID().replaceAll("-", "")}`;
+  // The prefix scripts/test.sh sweeps when a run was killed before dropping it.
+  readonly name = `cs_test_client_ts_${randomUUID().replaceAll("-", "")}`;
   readonly url = `postgres://${pgUser}@${pgHost}:${pgPort}/${this.name}`;
 
   constructor() {
