@@ -6,12 +6,9 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::realtime::Hub;
-
 /// Read at each scrape: open streams by kind.
 #[allow(clippy::cast_precision_loss)]
-pub fn sample_streams(hub: &Hub) {
-    let (conversation, inbox) = hub.open_by_kind();
+pub fn sample_streams(conversation: usize, inbox: usize) {
     metrics::gauge!("chat_streams_open", "kind" => "conversation").set(conversation as f64);
     metrics::gauge!("chat_streams_open", "kind" => "inbox").set(inbox as f64);
 }

@@ -187,7 +187,8 @@ impl Application {
                 crate::metrics::sample_pool(&pool);
                 crate::metrics::sample_writer_pool("send", &writer, store.kept_writers());
                 crate::metrics::sample_writer_pool("create", &creates, 0);
-                crate::metrics::sample_streams(&hub);
+                let (conversation, inbox) = hub.open_by_kind();
+                crate::metrics::sample_streams(conversation, inbox);
             };
             tokio::spawn(metrics.serve(sample, probes, background.clone()));
         }

@@ -367,6 +367,15 @@ pub fn parse_body(field: &'static str, text: &str) -> Result<String> {
     rules::body(text).map_err(|d| Error::invalid(field, d))
 }
 
+/// A validated message to append.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub conversation_id: ConversationId,
+    pub sender: Participant,
+    pub body: String,
+    pub client_message_id: Option<String>,
+}
+
 /// A sender's idempotency key: at most 128 printable characters; empty means none.
 pub fn parse_client_message_id(field: &'static str, text: &str) -> Result<Option<String>> {
     if text.is_empty() {

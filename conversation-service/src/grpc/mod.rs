@@ -14,16 +14,17 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
-        ConversationId, CustomerDetails, CustomerPatch, PageSize, PageTokens, Participant,
-        Status as ConversationStatus, parse_acting, parse_body, parse_client_message_id,
-        parse_external_id, parse_origin, parse_request_id, parse_seq, parse_session_id,
+        ConversationId, CustomerDetails, CustomerPatch, NewMessage, PageSize, PageTokens,
+        Participant, Status as ConversationStatus, parse_acting, parse_body,
+        parse_client_message_id, parse_external_id, parse_origin, parse_request_id, parse_seq,
+        parse_session_id,
     },
     error::Error,
     realtime::{
         Hub,
         streams::{self, Outbound, StreamContext},
     },
-    store::{InboxCursor, ListDirection, NewConversation, NewMessage, SendQueue, Store},
+    store::{InboxCursor, ListDirection, NewConversation, SendQueue, Store},
 };
 
 const CONVERSATIONS_PAGE: (i64, i64) = (50, 200);

@@ -10,11 +10,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Store,
-    plan::NewMessage,
     send::{BatchError, Sent},
     turns::{Linger, Turns},
 };
-use crate::error::{Error, Result};
+use crate::{
+    domain::NewMessage,
+    error::{Error, Result},
+};
 
 type Job = (NewMessage, oneshot::Sender<Result<Sent>>);
 

@@ -27,7 +27,6 @@ pub use conversations::NewConversation;
 pub use inbox::{InboxCursor, InboxItem, InboxWindow, Snapshot, window_sql};
 pub use kept::WRITER_PING_AFTER;
 pub use messages::ListDirection;
-pub use plan::NewMessage;
 pub use send::{BATCH_LOCK_TIMEOUT, LOCK_TIMEOUT, STATEMENT_TIMEOUT};
 
 pub use notice::{CHANNEL, Carried, Notice, Touched};

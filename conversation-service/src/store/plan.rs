@@ -10,18 +10,9 @@ use uuid::Uuid;
 
 use super::MessageRow;
 use crate::{
-    domain::{ConversationId, Participant, Role, Status},
+    domain::{NewMessage, Role, Status},
     error::Error,
 };
-
-/// A validated message to append.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    pub conversation_id: ConversationId,
-    pub sender: Participant,
-    pub body: String,
-    pub client_message_id: Option<String>,
-}
 
 /// A conversation row a batch is planned on: as locked (`FOR UPDATE`), as read without a
 /// lock, or as this replica last wrote it (`rows.rs`); the write checks the latter two.
@@ -172,6 +163,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{ConversationId, Participant};
 
     fn conversation(id: Uuid, head: i64, customer: Option<&str>, status: i16) -> Locked {
         Locked {

@@ -10,10 +10,10 @@ use uuid::Uuid;
 
 use super::{
     Carried, MESSAGE_COLUMNS, MessageRow, Notice, Store, Touched,
-    plan::{ClientKey, Decision, Locked, NewMessage, Plan, plan},
+    plan::{ClientKey, Decision, Locked, Plan, plan},
 };
 use crate::{
-    domain::Role,
+    domain::{NewMessage, Role},
     error::{Error, Result},
 };
 
