@@ -232,7 +232,7 @@ impl Application {
                 Some(config.request_timeout),
             ))
             // Inside the RPC layer, so its logs and metrics see RESOURCE_EXHAUSTED.
-            .layer(OversizeLayer::new(crate::error::DOMAIN))
+            .layer(OversizeLayer::new(chat_common::error::DOMAIN))
             .max_concurrent_streams(config.max_concurrent_streams)
             .layer(security.layer())
             .add_service(health_service)

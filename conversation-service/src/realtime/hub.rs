@@ -170,9 +170,8 @@ impl Hub {
     fn subscribe(self: &Arc<Self>, key: Key) -> Result<Subscription> {
         if self.open.fetch_add(1, Ordering::AcqRel) >= self.max_streams {
             self.open.fetch_sub(1, Ordering::AcqRel);
-            return Err(Error::ResourceExhausted {
-                reason: "TOO_MANY_STREAMS",
-                message: format!("this replica serves at most {} streams", self.max_streams),
+            return Err(Error::TooManyStreams {
+                max: self.max_streams,
             });
         }
         let (tx, wakes) = mpsc::channel(self.queue);
@@ -234,7 +233,7 @@ impl Hub {
             } => deliveries.push((
                 Key::Conversation(conversation_id),
                 Wake::Read {
-                    reader: Participant::stored(Role::from_i16(role), reader_id),
+                    reader: Participant::stored(role, reader_id),
                     seq,
                 },
             )),
@@ -245,7 +244,7 @@ impl Hub {
             } => deliveries.push((
                 Key::Conversation(conversation_id),
                 Wake::Typing {
-                    sender: Participant::stored(Role::from_i16(role), sender_id),
+                    sender: Participant::stored(role, sender_id),
                 },
             )),
             Notice::Status {
@@ -255,10 +254,7 @@ impl Hub {
                 customer_id,
             } => {
                 touch_inboxes(&provider_id, customer_id.as_deref());
-                deliveries.push((
-                    Key::Conversation(conversation_id),
-                    Wake::Status(Status::from_i16(status)),
-                ));
+                deliveries.push((Key::Conversation(conversation_id), Wake::Status(status)));
             }
             Notice::Customer {
                 conversation_id,

@@ -7,16 +7,14 @@ use sqlx::AssertSqlSafe;
 use sqlx::{PgPool, Postgres, QueryBuilder, Transaction};
 use uuid::Uuid;
 
-use super::{CONVERSATION_SELECT, ConversationRow, Notice, Store};
+use super::{CONVERSATION_SELECT, ConversationRow, EventKind, Notice, Store};
 use crate::{
-    domain::{ConversationId, CustomerDetails, CustomerPatch, Participant, Role, Status},
+    domain::{
+        ConversationId, CustomerDetails, CustomerPatch, Participant, Role, Status,
+        active_status_sql,
+    },
     error::{Error, Result},
 };
-
-/// Inbox event kinds stored in `conversation_events.kind`.
-pub(crate) const EVENT_CREATED: i16 = 1;
-pub(crate) const EVENT_CUSTOMER: i16 = 2;
-pub(crate) const EVENT_STATUS: i16 = 3;
 
 #[derive(Debug, Clone)]
 pub struct NewConversation {
@@ -75,7 +73,7 @@ impl Store {
         });
         query.push_bind(owner.id());
         if let Some(status) = status {
-            query.push(" AND c.status = ").push_bind(status.as_i16());
+            query.push(" AND c.status = ").push_bind(status);
         }
         if let Some((time, id)) = after {
             // The first condition is the one the index can seek with; the second is the
@@ -122,10 +120,7 @@ impl Store {
         if let (Some(current), Some(wanted)) = (&current, &patch.customer_id)
             && current != wanted
         {
-            return Err(Error::FailedPrecondition {
-                reason: "CUSTOMER_ALREADY_LINKED",
-                message: "the conversation is linked to another customer".into(),
-            });
+            return Err(Error::CustomerAlreadyLinked);
         }
         sqlx::query(
             "UPDATE conversations SET customer_id = COALESCE($2, customer_id), \
@@ -141,7 +136,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(|e| Error::db(ctx, e))?;
-        record_event(&mut tx, id.0, EVENT_CUSTOMER, None).await?;
+        record_event(&mut tx, id.0, EventKind::CustomerUpdated, None).await?;
         notify(
             &mut tx,
             &Notice::Customer {
@@ -164,7 +159,7 @@ impl Store {
     ) -> Result<ConversationRow> {
         let ctx = "set conversation status";
         let mut tx = self.pool.begin().await.map_err(|e| Error::db(ctx, e))?;
-        let (provider_id, customer_id, current): (String, Option<String>, i16) = sqlx::query_as(
+        let (provider_id, customer_id, current): (String, Option<String>, Status) = sqlx::query_as(
             "SELECT provider_id, customer_id, status FROM conversations WHERE id = $1 FOR UPDATE",
         )
         .bind(id.0)
@@ -173,21 +168,21 @@ impl Store {
         .map_err(|e| Error::db(ctx, e))?
         .ok_or(Error::ConversationNotFound)?;
         if actor.is_some_and(|a| !a.belongs_to(&provider_id, customer_id.as_deref())) {
-            return Err(Error::not_participant());
+            return Err(Error::NotParticipant);
         }
-        if current != status.as_i16() {
+        if current != status {
             sqlx::query("UPDATE conversations SET status = $2 WHERE id = $1")
                 .bind(id.0)
-                .bind(status.as_i16())
+                .bind(status)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| Error::db(ctx, e))?;
-            record_event(&mut tx, id.0, EVENT_STATUS, Some(status.as_i16())).await?;
+            record_event(&mut tx, id.0, EventKind::StatusChanged, Some(status)).await?;
             notify(
                 &mut tx,
                 &Notice::Status {
                     conversation_id: id.0,
-                    status: status.as_i16(),
+                    status,
                     provider_id,
                     customer_id,
                 },
@@ -202,8 +197,8 @@ impl Store {
 async fn record_event(
     tx: &mut Transaction<'_, Postgres>,
     conversation_id: Uuid,
-    kind: i16,
-    status: Option<i16>,
+    kind: EventKind,
+    status: Option<Status>,
 ) -> Result<()> {
     sqlx::query(
         "INSERT INTO conversation_events (conversation_id, kind, status) VALUES ($1, $2, $3)",
@@ -366,12 +361,13 @@ pub(super) async fn create_batch(
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        let rows: Vec<(String, String, Uuid)> = sqlx::query_as(
+        let rows: Vec<(String, String, Uuid)> = sqlx::query_as(concat!(
             "SELECT DISTINCT ON (provider_id, customer_id) provider_id, customer_id, id \
-             FROM conversations WHERE (provider_id, customer_id) IN \
-               (SELECT * FROM unnest($1::text[], $2::text[])) AND status = 1 \
-             ORDER BY provider_id, customer_id, last_activity_at DESC",
-        )
+                 FROM conversations WHERE (provider_id, customer_id) IN \
+                   (SELECT * FROM unnest($1::text[], $2::text[])) AND status = ",
+            active_status_sql!(),
+            " ORDER BY provider_id, customer_id, last_activity_at DESC"
+        ))
         .bind(&providers)
         .bind(&customers)
         .fetch_all(&mut *tx)
@@ -517,7 +513,7 @@ async fn write_plans(
                 .map(|(_, n)| n.session_id)
                 .collect::<Vec<_>>(),
         )
-        .bind(EVENT_CREATED)
+        .bind(EventKind::Created)
         .execute(&mut **tx)
         .await
         .map_err(|e| Error::db(ctx, e))?;

@@ -15,10 +15,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
-use super::{
-    ConversationRow, MessageRow, Store,
-    conversations::{EVENT_CREATED, EVENT_CUSTOMER},
-};
+use super::{ConversationRow, EventKind, MessageRow, Store};
 use crate::{
     domain::{Participant, Role, Status},
     error::{Error, Result},
@@ -189,8 +186,9 @@ struct Key {
     part: i16,
     conversation_id: Uuid,
     key: i64,
-    kind: i16,
-    status: Option<i16>,
+    /// `None` for a message.
+    kind: Option<EventKind>,
+    status: Option<Status>,
 }
 
 impl Key {
@@ -224,7 +222,7 @@ pub fn window_sql(role: Role) -> String {
            FROM conversation_events e JOIN conversations c ON c.id = e.conversation_id \
            WHERE {owner} = $1 AND {events} \
            UNION ALL \
-           SELECT m.pos, 1::smallint, m.conversation_id, m.seq, 0::smallint, NULL::smallint \
+           SELECT m.pos, 1::smallint, m.conversation_id, m.seq, NULL::smallint, NULL::smallint \
            FROM messages m JOIN conversations c ON c.id = m.conversation_id \
            WHERE {owner} = $1 AND {messages}\
          ) w WHERE (pos, part, conversation_id, key) > ($5, $6, $7, $8) \
@@ -259,7 +257,7 @@ impl Store {
         let current = self.current_snapshot().await?;
         let newest = cursor.window_end.as_ref().unwrap_or(&cursor.delivered);
         if !newest.precedes_or_equals(&current) {
-            return Err(Error::OutOfRange {
+            return Err(Error::CursorOutOfRange {
                 field: "cursor",
                 message: "is newer than this database".into(),
             });
@@ -285,7 +283,12 @@ impl Store {
 
         let conversation_ids: Vec<Uuid> = keys
             .iter()
-            .filter(|k| k.part == 0 && (k.kind == EVENT_CREATED || k.kind == EVENT_CUSTOMER))
+            .filter(|k| {
+                matches!(
+                    k.kind,
+                    Some(EventKind::Created | EventKind::CustomerUpdated)
+                )
+            })
             .map(|k| k.conversation_id)
             .collect();
         let conversations: HashMap<Uuid, ConversationRow> = if conversation_ids.is_empty() {
@@ -330,22 +333,28 @@ impl Store {
             } else {
                 within(&key)
             };
-            let item = match (key.part, key.kind) {
-                (1, _) => messages
+            let item = match (key.kind, key.status) {
+                (None, _) => messages
                     .remove(&(key.conversation_id, key.key))
                     .map(InboxItem::Message),
-                (_, EVENT_CREATED) => conversations
+                (Some(EventKind::Created), _) => conversations
                     .get(&key.conversation_id)
                     .cloned()
                     .map(InboxItem::Created),
-                (_, EVENT_CUSTOMER) => conversations
+                (Some(EventKind::CustomerUpdated), _) => conversations
                     .get(&key.conversation_id)
                     .cloned()
                     .map(InboxItem::CustomerUpdated),
-                _ => Some(InboxItem::StatusChanged {
+                (Some(EventKind::StatusChanged), Some(status)) => Some(InboxItem::StatusChanged {
                     conversation_id: key.conversation_id,
-                    status: Status::from_i16(key.status.unwrap_or(1)),
+                    status,
                 }),
+                (Some(EventKind::StatusChanged), None) => {
+                    return Err(Error::Internal {
+                        context: "read inbox window",
+                        source: "a status change without its status".into(),
+                    });
+                }
             };
             if let Some(item) = item {
                 items.push((item, item_cursor));

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::MessageRow;
+use crate::domain::{Role, Status};
 
 /// The channel every replica LISTENs on.
 pub const CHANNEL: &str = "chat_events";
@@ -42,7 +43,7 @@ pub struct Carried {
     #[serde(rename = "i")]
     pub id: Uuid,
     #[serde(rename = "r")]
-    pub sender_role: i16,
+    pub sender_role: Role,
     #[serde(rename = "a")]
     pub sender_id: String,
     #[serde(rename = "b")]
@@ -96,7 +97,7 @@ pub enum Notice {
     Read {
         #[serde(rename = "c")]
         conversation_id: Uuid,
-        role: i16,
+        role: Role,
         #[serde(rename = "id")]
         reader_id: String,
         seq: i64,
@@ -106,7 +107,7 @@ pub enum Notice {
     Typing {
         #[serde(rename = "c")]
         conversation_id: Uuid,
-        role: i16,
+        role: Role,
         #[serde(rename = "id")]
         sender_id: String,
     },
@@ -115,7 +116,7 @@ pub enum Notice {
     Status {
         #[serde(rename = "c")]
         conversation_id: Uuid,
-        status: i16,
+        status: Status,
         #[serde(rename = "p")]
         provider_id: String,
         #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
@@ -171,7 +172,7 @@ mod tests {
             conversation_id: Uuid::now_v7(),
             seq: 7,
             id: Uuid::now_v7(),
-            sender_role: 2,
+            sender_role: Role::Customer,
             sender_id: String::new(),
             body: "quote \" and newline \n and ünïcode".into(),
             client_message_id: Some("k1".into()),
