@@ -101,6 +101,7 @@ pub struct InboxDelivery {
 }
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant, reason = "sent boxed whole (`Item`)")]
 pub enum InboxEvent {
     /// An item of `viewer`'s inbox.
     Item {
