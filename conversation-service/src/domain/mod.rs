@@ -381,6 +381,17 @@ pub fn parse_body(field: &'static str, text: &str) -> Result<String> {
     rules::body(text).map_err(|d| Error::invalid(field, d))
 }
 
+/// A validated CreateConversation call.
+#[derive(Debug, Clone)]
+pub struct NewConversation {
+    pub request_id: Option<Uuid>,
+    pub provider_id: String,
+    pub customer: CustomerDetails,
+    pub reuse_active: bool,
+    pub origin: String,
+    pub session_id: Option<Uuid>,
+}
+
 /// A validated message to append.
 #[derive(Debug, Clone)]
 pub struct NewMessage {

@@ -16,8 +16,8 @@ use uuid::Uuid;
 use self::outbound::Outbound;
 use crate::{
     domain::{
-        ConversationId, CustomerDetails, CustomerPatch, NewMessage, PageSize, PageTokens,
-        Participant, Status as ConversationStatus, parse_acting, parse_body,
+        ConversationId, CustomerDetails, CustomerPatch, NewConversation, NewMessage, PageSize,
+        PageTokens, Participant, Status as ConversationStatus, parse_acting, parse_body,
         parse_client_message_id, parse_external_id, parse_origin, parse_request_id, parse_seq,
         parse_session_id,
     },
@@ -26,7 +26,7 @@ use crate::{
         Hub,
         streams::{self, ConversationDelivery, InboxDelivery, StreamContext},
     },
-    store::{InboxCursor, ListDirection, NewConversation, SendQueue, Store},
+    store::{InboxCursor, ListDirection, SendQueue, Store},
 };
 
 const CONVERSATIONS_PAGE: (i64, i64) = (50, 200);

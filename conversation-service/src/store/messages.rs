@@ -3,7 +3,7 @@
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
-use super::{MESSAGE_COLUMNS, MessageRow, Notice, Store, conversations::notify};
+use super::{MESSAGE_COLUMNS, MessageRow, Notice, Store, notice::notify};
 use crate::{
     domain::{ConversationId, Participant, Role},
     error::{Error, Result},

@@ -10,8 +10,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use sqlx::{Postgres, Transaction};
+
 use super::MessageRow;
-use crate::domain::{Role, Status};
+use crate::{
+    domain::{Role, Status},
+    error::{Error, Result},
+};
 
 /// The channel every replica LISTENs on.
 pub const CHANNEL: &str = "chat_events";
@@ -160,6 +165,17 @@ impl Notice {
     pub fn decode(payload: &str) -> Option<Self> {
         serde_json::from_str(payload).ok()
     }
+}
+
+/// Queues a NOTIFY in the transaction: delivered at commit, dropped on rollback.
+pub(crate) async fn notify(tx: &mut Transaction<'_, Postgres>, notice: &Notice) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(notice.encode())
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| Error::db("notify", e))?;
+    Ok(())
 }
 
 #[cfg(test)]
