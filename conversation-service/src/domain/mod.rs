@@ -61,23 +61,29 @@ pub enum Role {
     Customer = 2,
 }
 
-impl TryFrom<i16> for Role {
-    type Error = String;
+/// A stored SMALLINT's enum: `TryFrom<i16>` refusing any other value, and back.
+macro_rules! smallint_enum {
+    ($name:ident, $what:literal, $($variant:ident),+) => {
+        impl TryFrom<i16> for $name {
+            type Error = String;
 
-    fn try_from(value: i16) -> std::result::Result<Self, String> {
-        match value {
-            1 => Ok(Self::Provider),
-            2 => Ok(Self::Customer),
-            other => Err(format!("unknown role {other}")),
+            fn try_from(value: i16) -> std::result::Result<Self, String> {
+                $(if value == Self::$variant as i16 {
+                    return Ok(Self::$variant);
+                })+
+                Err(format!("unknown {} {value}", $what))
+            }
         }
-    }
+
+        impl From<$name> for i16 {
+            fn from(value: $name) -> Self {
+                value as i16
+            }
+        }
+    };
 }
 
-impl From<Role> for i16 {
-    fn from(role: Role) -> Self {
-        role as i16
-    }
-}
+smallint_enum!(Role, "role", Provider, Customer);
 
 /// A provider's id: valid by construction (see [`chat_proto::rules::external_id`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -251,23 +257,7 @@ macro_rules! active_status_sql {
 }
 pub(crate) use active_status_sql;
 
-impl TryFrom<i16> for Status {
-    type Error = String;
-
-    fn try_from(value: i16) -> std::result::Result<Self, String> {
-        match value {
-            1 => Ok(Self::Active),
-            2 => Ok(Self::Closed),
-            other => Err(format!("unknown conversation status {other}")),
-        }
-    }
-}
-
-impl From<Status> for i16 {
-    fn from(status: Status) -> Self {
-        status as i16
-    }
-}
+smallint_enum!(Status, "conversation status", Active, Closed);
 
 impl Status {
     pub fn parse(field: &'static str, value: i32) -> Result<Self> {

@@ -10,7 +10,9 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     domain::{Participant, Role, Status},
-    realtime::streams::{ConversationDelivery, ConversationEvent, InboxDelivery, InboxEvent},
+    realtime::streams::{
+        ConversationDelivery, ConversationEvent, InboxDelivery, InboxEvent, Viewed,
+    },
     store::{ConversationRow, InboxItem, MessageRow},
 };
 
@@ -104,11 +106,8 @@ pub fn conversation(row: &ConversationRow, viewer: Option<Role>) -> v1::Conversa
 /// What a conversation stream task delivered, as its response.
 pub fn conversation_response(delivery: ConversationDelivery) -> v1::StreamConversationResponse {
     let event = match delivery.event {
-        ConversationEvent::Snapshot {
-            conversation: row,
-            viewer,
-        } => ConversationWire::Snapshot(v1::ConversationSnapshot {
-            conversation: Some(conversation(&row, Some(viewer))),
+        ConversationEvent::Snapshot(seen) => ConversationWire::Snapshot(v1::ConversationSnapshot {
+            conversation: Some(viewed(&seen)),
         }),
         ConversationEvent::Message(row) => ConversationWire::Message(shared_message(row)),
         ConversationEvent::ReadReceipt {
@@ -131,12 +130,11 @@ pub fn conversation_response(delivery: ConversationDelivery) -> v1::StreamConver
             conversation_id,
             status: now,
         } => ConversationWire::StatusChanged(status_changed(conversation_id, now)),
-        ConversationEvent::CustomerUpdated {
-            conversation: row,
-            viewer,
-        } => ConversationWire::CustomerUpdated(v1::CustomerUpdated {
-            conversation: Some(conversation(&row, Some(viewer))),
-        }),
+        ConversationEvent::CustomerUpdated(seen) => {
+            ConversationWire::CustomerUpdated(v1::CustomerUpdated {
+                conversation: Some(viewed(&seen)),
+            })
+        }
         ConversationEvent::Heartbeat(time) => ConversationWire::Heartbeat(heartbeat(time)),
     };
     v1::StreamConversationResponse {
@@ -172,6 +170,10 @@ fn inbox_item(item: InboxItem, viewer: Role) -> InboxWire {
         } => InboxWire::StatusChanged(status_changed(conversation_id, now)),
         InboxItem::Message(row) => InboxWire::Message(message(&row)),
     }
+}
+
+fn viewed(seen: &Viewed) -> v1::Conversation {
+    conversation(&seen.conversation, Some(seen.viewer))
 }
 
 fn status_changed(conversation_id: uuid::Uuid, now: Status) -> v1::StatusChanged {

@@ -64,11 +64,7 @@ pub struct ConversationDelivery {
 
 #[derive(Debug)]
 pub enum ConversationEvent {
-    /// The conversation as `viewer` sees it.
-    Snapshot {
-        conversation: ConversationRow,
-        viewer: Role,
-    },
+    Snapshot(Viewed),
     /// Shared by every stream of the conversation in this process.
     Message(Arc<MessageRow>),
     ReadReceipt {
@@ -84,11 +80,15 @@ pub enum ConversationEvent {
         conversation_id: Uuid,
         status: ConversationStatus,
     },
-    CustomerUpdated {
-        conversation: ConversationRow,
-        viewer: Role,
-    },
+    CustomerUpdated(Viewed),
     Heartbeat(DateTime<Utc>),
+}
+
+/// A conversation as `viewer` sees it (its unread count is the viewer's).
+#[derive(Debug)]
+pub struct Viewed {
+    pub conversation: ConversationRow,
+    pub viewer: Role,
 }
 
 /// What an inbox stream delivers: an item (or a heartbeat) and the cursor that resumes
@@ -195,14 +195,18 @@ impl ConversationStream {
         Stop
     }
 
+    fn viewed(&self, conversation: ConversationRow) -> Viewed {
+        Viewed {
+            conversation,
+            viewer: self.viewer.role(),
+        }
+    }
+
     /// The conversation as this stream's viewer sees it.
     async fn snapshot(&self, conversation: ConversationRow, replayed: bool) -> Result<(), Stop> {
-        let viewer = self.viewer.role();
-        let event = ConversationEvent::Snapshot {
-            conversation,
-            viewer,
-        };
-        self.send(event, replayed).await
+        let viewed = self.viewed(conversation);
+        self.send(ConversationEvent::Snapshot(viewed), replayed)
+            .await
     }
 
     async fn run(
@@ -275,11 +279,7 @@ impl ConversationStream {
                 Wake::Customer => {
                     let conversation = self.current().await?;
                     self.shown = Shown::of(&conversation);
-                    let viewer = self.viewer.role();
-                    let updated = ConversationEvent::CustomerUpdated {
-                        conversation,
-                        viewer,
-                    };
+                    let updated = ConversationEvent::CustomerUpdated(self.viewed(conversation));
                     self.send(updated, false).await?;
                 }
                 Wake::Resync => self.resync(subscription).await?,

@@ -197,54 +197,14 @@ async fn write_plans(
              INSERT INTO conversation_events (conversation_id, kind) SELECT id, $10 FROM ins",
         )
         .bind(created.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-        .bind(
-            created
-                .iter()
-                .map(|(_, n)| n.request_id)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            created
-                .iter()
-                .map(|(_, n)| n.provider_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            created
-                .iter()
-                .map(|(_, n)| n.customer.customer_id.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            created
-                .iter()
-                .map(|(_, n)| n.customer.name.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            created
-                .iter()
-                .map(|(_, n)| n.customer.email.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            created
-                .iter()
-                .map(|(_, n)| n.customer.phone.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            created
-                .iter()
-                .map(|(_, n)| n.origin.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            created
-                .iter()
-                .map(|(_, n)| n.session_id)
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(&created, |n| n.request_id))
+        .bind(column(&created, |n| n.provider_id.as_str()))
+        .bind(column(&created, |n| n.customer.customer_id.as_deref()))
+        .bind(column(&created, |n| n.customer.name.as_str()))
+        .bind(column(&created, |n| n.customer.email.as_str()))
+        .bind(column(&created, |n| n.customer.phone.as_str()))
+        .bind(column(&created, |n| n.origin.as_str()))
+        .bind(column(&created, |n| n.session_id))
         .bind(EventKind::Created)
         .execute(&mut **tx)
         .await
@@ -268,4 +228,12 @@ async fn write_plans(
         .map_err(|e| Error::db(ctx, e))?;
     }
     Ok(())
+}
+
+/// One column of the conversations a batch creates, as the array its INSERT unnests.
+fn column<'a, T>(
+    created: &'a [(Uuid, &'a NewConversation)],
+    value: impl Fn(&'a NewConversation) -> T,
+) -> Vec<T> {
+    created.iter().map(|(_, new)| value(new)).collect()
 }

@@ -20,14 +20,11 @@ impl Store {
     ) -> Result<ConversationRow> {
         let ctx = "update customer";
         let mut tx = self.pool.begin().await.map_err(|e| Error::db(ctx, e))?;
-        let (provider_id, current): (String, Option<String>) = sqlx::query_as(
-            "SELECT provider_id, customer_id FROM conversations WHERE id = $1 FOR UPDATE",
-        )
-        .bind(id.0)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| Error::db(ctx, e))?
-        .ok_or(Error::ConversationNotFound)?;
+        let Parties {
+            provider_id,
+            customer_id: current,
+            ..
+        } = lock(&mut tx, id, ctx).await?;
         if let (Some(current), Some(wanted)) = (&current, &patch.customer_id)
             && current != wanted
         {
@@ -70,14 +67,11 @@ impl Store {
     ) -> Result<ConversationRow> {
         let ctx = "set conversation status";
         let mut tx = self.pool.begin().await.map_err(|e| Error::db(ctx, e))?;
-        let (provider_id, customer_id, current): (String, Option<String>, Status) = sqlx::query_as(
-            "SELECT provider_id, customer_id, status FROM conversations WHERE id = $1 FOR UPDATE",
-        )
-        .bind(id.0)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| Error::db(ctx, e))?
-        .ok_or(Error::ConversationNotFound)?;
+        let Parties {
+            provider_id,
+            customer_id,
+            status: current,
+        } = lock(&mut tx, id, ctx).await?;
         if actor.is_some_and(|a| !a.belongs_to(&provider_id, customer_id.as_deref())) {
             return Err(Error::NotParticipant);
         }
@@ -121,4 +115,29 @@ async fn record_event(
     .await
     .map_err(|e| Error::db("record conversation event", e))?;
     Ok(())
+}
+
+/// Who a conversation is between, and whether it is open.
+#[derive(sqlx::FromRow)]
+struct Parties {
+    provider_id: String,
+    customer_id: Option<String>,
+    status: Status,
+}
+
+/// Reads the conversation's row and locks it until the transaction ends, so a change
+/// decided on it cannot race another.
+async fn lock(
+    tx: &mut Transaction<'_, Postgres>,
+    id: ConversationId,
+    ctx: &'static str,
+) -> Result<Parties> {
+    sqlx::query_as(
+        "SELECT provider_id, customer_id, status FROM conversations WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id.0)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(|e| Error::db(ctx, e))?
+    .ok_or(Error::ConversationNotFound)
 }
