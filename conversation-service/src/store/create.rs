@@ -34,83 +34,13 @@ pub(super) async fn create_batch(
     pool: &PgPool,
     batch: &[NewConversation],
 ) -> Result<Vec<Result<(ConversationRow, bool)>>> {
-    let ctx = "create conversations";
-    let db = |e| Error::db(ctx, e);
+    let db = |e| Error::db(CONTEXT, e);
     let mut tx = pool.begin().await.map_err(db)?;
-
-    // Serialises calls with one key: the first decides, every retry then finds its answer
-    // (READ COMMITTED: the lookup after the lock sees the winner's commit). Keys are
-    // locked in one order, then (provider, customer) pairs, so batches cannot deadlock.
-    let keys: Vec<Uuid> = batch.iter().filter_map(|n| n.request_id).collect();
-    if !keys.is_empty() {
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(k) FROM \
-             (SELECT DISTINCT hashtextextended(r::text, 1) AS k FROM unnest($1::uuid[]) r \
-              ORDER BY k) s",
-        )
-        .bind(&keys)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-    }
-    let mut known = Known::default();
-    if !keys.is_empty() {
-        let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
-            "SELECT c.request_id, c.id, c.provider_id FROM conversations c \
-             WHERE c.request_id = ANY($1) \
-             UNION ALL SELECT r.request_id, c.id, c.provider_id FROM conversation_requests r \
-             JOIN conversations c ON c.id = r.conversation_id WHERE r.request_id = ANY($1)",
-        )
-        .bind(&keys)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?;
-        known.answered = rows
-            .into_iter()
-            .map(|(key, id, provider)| (key, (id, provider)))
-            .collect();
-    }
-    // Serialises "find or create" per (provider, customer) so two concurrent reusing
-    // calls cannot both create.
-    let (providers, customers): (Vec<&str>, Vec<&str>) = batch
-        .iter()
-        .filter(|n| {
-            n.reuse_active
-                && !n
-                    .request_id
-                    .is_some_and(|k| known.answered.contains_key(&k))
-        })
-        .filter_map(|n| Some((n.provider_id.as_str(), n.customer.customer_id.as_deref()?)))
-        .unzip();
-    if !providers.is_empty() {
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(k) FROM \
-             (SELECT DISTINCT hashtextextended(p || '/' || c, 0) AS k \
-              FROM unnest($1::text[], $2::text[]) AS t(p, c) ORDER BY k) s",
-        )
-        .bind(&providers)
-        .bind(&customers)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        let rows: Vec<(String, String, Uuid)> = sqlx::query_as(concat!(
-            "SELECT DISTINCT ON (provider_id, customer_id) provider_id, customer_id, id \
-                 FROM conversations WHERE (provider_id, customer_id) IN \
-                   (SELECT * FROM unnest($1::text[], $2::text[])) AND status = ",
-            active_status_sql!(),
-            " ORDER BY provider_id, customer_id, last_activity_at DESC"
-        ))
-        .bind(&providers)
-        .bind(&customers)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?;
-        known.active = rows
-            .into_iter()
-            .map(|(provider, customer, id)| ((provider, customer), id))
-            .collect();
-    }
-
+    let mut known = Known {
+        answered: answered(&mut tx, batch).await?,
+        ..Known::default()
+    };
+    known.active = active(&mut tx, batch, &known).await?;
     let plans = plan(batch, known, Uuid::now_v7);
     write_plans(&mut tx, batch, &plans).await?;
     let ids: Vec<Uuid> = plans
@@ -131,25 +61,115 @@ pub(super) async fn create_batch(
         .map(|row: ConversationRow| (row.id, row))
         .collect();
     tx.commit().await.map_err(db)?;
+    Ok(plans.into_iter().map(|plan| answer(plan, &rows)).collect())
+}
 
-    Ok(plans
+const CONTEXT: &str = "create conversations";
+
+/// What one call of the batch is answered, once its plan is committed.
+fn answer(plan: Plan, rows: &HashMap<Uuid, ConversationRow>) -> Result<(ConversationRow, bool)> {
+    let (id, created) = match plan {
+        Plan::KeyReused => {
+            return Err(Error::invalid(
+                "request_id",
+                "was already used for a different request",
+            ));
+        }
+        Plan::Answered(id) | Plan::Reuse(id) => (id, false),
+        Plan::Create(id) => (id, true),
+    };
+    rows.get(&id)
+        .cloned()
+        .map(|row| (row, created))
+        .ok_or(Error::ConversationNotFound)
+}
+
+/// The earlier answers under the batch's keys, read under the keys' locks.
+async fn answered(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &[NewConversation],
+) -> Result<HashMap<Uuid, (Uuid, String)>> {
+    let db = |e| Error::db(CONTEXT, e);
+    // Serialises calls with one key: the first decides, every retry then finds its answer
+    // (READ COMMITTED: the lookup after the lock sees the winner's commit). Keys are
+    // locked in one order, then (provider, customer) pairs, so batches cannot deadlock.
+    let keys: Vec<Uuid> = batch.iter().filter_map(|n| n.request_id).collect();
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(k) FROM \
+         (SELECT DISTINCT hashtextextended(r::text, 1) AS k FROM unnest($1::uuid[]) r \
+          ORDER BY k) s",
+    )
+    .bind(&keys)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+        "SELECT c.request_id, c.id, c.provider_id FROM conversations c \
+         WHERE c.request_id = ANY($1) \
+         UNION ALL SELECT r.request_id, c.id, c.provider_id FROM conversation_requests r \
+         JOIN conversations c ON c.id = r.conversation_id WHERE r.request_id = ANY($1)",
+    )
+    .bind(&keys)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(rows
         .into_iter()
-        .map(|plan| {
-            let (id, created) = match plan {
-                Plan::KeyReused => {
-                    return Err(Error::invalid(
-                        "request_id",
-                        "was already used for a different request",
-                    ));
-                }
-                Plan::Answered(id) | Plan::Reuse(id) => (id, false),
-                Plan::Create(id) => (id, true),
-            };
-            rows.get(&id)
-                .cloned()
-                .map(|row| (row, created))
-                .ok_or(Error::ConversationNotFound)
+        .map(|(key, id, provider)| (key, (id, provider)))
+        .collect())
+}
+
+/// The most recently active open conversation of each (provider, customer) pair of the
+/// batch's reusing calls, read under the pairs' locks.
+async fn active(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &[NewConversation],
+    known: &Known,
+) -> Result<HashMap<(String, String), Uuid>> {
+    let db = |e| Error::db(CONTEXT, e);
+    // Serialises "find or create" per (provider, customer) so two concurrent reusing
+    // calls cannot both create.
+    let (providers, customers): (Vec<&str>, Vec<&str>) = batch
+        .iter()
+        .filter(|n| {
+            n.reuse_active
+                && !n
+                    .request_id
+                    .is_some_and(|k| known.answered.contains_key(&k))
         })
+        .filter_map(|n| Some((n.provider_id.as_str(), n.customer.customer_id.as_deref()?)))
+        .unzip();
+    if providers.is_empty() {
+        return Ok(HashMap::new());
+    }
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(k) FROM \
+         (SELECT DISTINCT hashtextextended(p || '/' || c, 0) AS k \
+          FROM unnest($1::text[], $2::text[]) AS t(p, c) ORDER BY k) s",
+    )
+    .bind(&providers)
+    .bind(&customers)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    let rows: Vec<(String, String, Uuid)> = sqlx::query_as(concat!(
+        "SELECT DISTINCT ON (provider_id, customer_id) provider_id, customer_id, id \
+             FROM conversations WHERE (provider_id, customer_id) IN \
+               (SELECT * FROM unnest($1::text[], $2::text[])) AND status = ",
+        active_status_sql!(),
+        " ORDER BY provider_id, customer_id, last_activity_at DESC"
+    ))
+    .bind(&providers)
+    .bind(&customers)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(rows
+        .into_iter()
+        .map(|(provider, customer, id)| ((provider, customer), id))
         .collect())
 }
 
@@ -160,7 +180,7 @@ async fn write_plans(
     batch: &[NewConversation],
     plans: &[Plan],
 ) -> Result<()> {
-    let ctx = "create conversations";
+    let ctx = CONTEXT;
     let mut created: Vec<(Uuid, &NewConversation)> = Vec::new();
     let (mut reused_keys, mut reused_ids) = (Vec::new(), Vec::new());
     for (new, plan) in batch.iter().zip(plans) {
