@@ -238,55 +238,68 @@ impl ConversationStream {
                 }
                 wake = subscription.wakes.recv() => wake.ok_or(Stop)?,
             };
-            match wake {
-                Wake::Messages { head } => self.deliver_live(&feed, head).await?,
-                Wake::Read { reader, seq } => {
-                    let shown = self.shown.read_mut(reader.role());
-                    if seq <= *shown {
-                        continue;
-                    }
-                    *shown = seq;
-                    let receipt = ConversationEvent::ReadReceipt {
-                        conversation_id: self.id,
-                        reader,
-                        seq,
-                    };
-                    self.send(receipt, false).await?;
-                }
-                Wake::Typing { sender } => {
-                    if sender != self.viewer {
-                        let typing = ConversationEvent::Typing {
-                            conversation_id: self.id,
-                            sender,
-                        };
-                        self.send(typing, false).await?;
-                    }
-                }
-                Wake::Status(_) => {
-                    // The notice may be older than what this stream showed last (a
-                    // snapshot after a resync): the table says what is true now.
-                    let status = self.current().await?.status;
-                    if Some(status) == self.shown.status {
-                        continue;
-                    }
-                    self.shown.status = Some(status);
-                    let changed = ConversationEvent::StatusChanged {
-                        conversation_id: self.id,
-                        status,
-                    };
-                    self.send(changed, false).await?;
-                }
-                Wake::Customer => {
-                    let conversation = self.current().await?;
-                    self.shown = Shown::of(&conversation);
-                    let updated = ConversationEvent::CustomerUpdated(self.viewed(conversation));
-                    self.send(updated, false).await?;
-                }
-                Wake::Resync => self.resync(subscription).await?,
-                Wake::InboxTouched => {}
+            if self.on_wake(wake, subscription, &feed).await? {
+                next_heartbeat = Instant::now() + period;
             }
-            next_heartbeat = Instant::now() + period;
         }
+    }
+
+    /// Delivers what a wake-up says changed; `false` when it showed nothing new (the
+    /// heartbeat is then still due when it was).
+    async fn on_wake(
+        &mut self,
+        wake: Wake,
+        subscription: &mut Subscription,
+        feed: &Feed,
+    ) -> Result<bool, Stop> {
+        match wake {
+            Wake::Messages { head } => self.deliver_live(feed, head).await?,
+            Wake::Read { reader, seq } => {
+                let shown = self.shown.read_mut(reader.role());
+                if seq <= *shown {
+                    return Ok(false);
+                }
+                *shown = seq;
+                let receipt = ConversationEvent::ReadReceipt {
+                    conversation_id: self.id,
+                    reader,
+                    seq,
+                };
+                self.send(receipt, false).await?;
+            }
+            Wake::Typing { sender } => {
+                if sender != self.viewer {
+                    let typing = ConversationEvent::Typing {
+                        conversation_id: self.id,
+                        sender,
+                    };
+                    self.send(typing, false).await?;
+                }
+            }
+            Wake::Status(_) => {
+                // The notice may be older than what this stream showed last (a snapshot
+                // after a resync): the table says what is true now.
+                let status = self.current().await?.status;
+                if Some(status) == self.shown.status {
+                    return Ok(false);
+                }
+                self.shown.status = Some(status);
+                let changed = ConversationEvent::StatusChanged {
+                    conversation_id: self.id,
+                    status,
+                };
+                self.send(changed, false).await?;
+            }
+            Wake::Customer => {
+                let conversation = self.current().await?;
+                self.shown = Shown::of(&conversation);
+                let updated = ConversationEvent::CustomerUpdated(self.viewed(conversation));
+                self.send(updated, false).await?;
+            }
+            Wake::Resync => self.resync(subscription).await?,
+            Wake::InboxTouched => {}
+        }
+        Ok(true)
     }
 
     /// The conversation as it is now, as the viewer sees it.
