@@ -17,7 +17,7 @@ use super::feed::{Feed, ReadCounts};
 use crate::{
     domain::{Participant, Role, Status},
     error::{Error, Result},
-    store::Notice,
+    store::{Carried, Notice},
 };
 
 /// What a stream is woken for. Conversation streams get all kinds; inbox streams only
@@ -203,73 +203,11 @@ impl Hub {
 
     /// Routes one notice to the streams that want it.
     pub fn dispatch(&self, notice: Notice) {
-        let mut deliveries: Vec<(Key, Wake)> = Vec::new();
-        let mut carried = Vec::new();
-        let mut inboxes: HashSet<Key> = HashSet::new();
-        let mut touch_inboxes = |p: &str, u: Option<&str>| {
-            inboxes.insert(Key::Inbox(Role::Provider, p.to_owned()));
-            if let Some(u) = u {
-                inboxes.insert(Key::Inbox(Role::Customer, u.to_owned()));
-            }
-        };
-        match notice {
-            Notice::Messages { touched } => {
-                for t in touched {
-                    touch_inboxes(&t.provider_id, t.customer_id.as_deref());
-                    if !t.messages.is_empty() {
-                        carried.push((t.conversation_id, t.messages));
-                    }
-                    deliveries.push((
-                        Key::Conversation(t.conversation_id),
-                        Wake::Messages { head: t.head_seq },
-                    ));
-                }
-            }
-            Notice::Read {
-                conversation_id,
-                role,
-                reader_id,
-                seq,
-            } => deliveries.push((
-                Key::Conversation(conversation_id),
-                Wake::Read {
-                    reader: Participant::stored(role, reader_id),
-                    seq,
-                },
-            )),
-            Notice::Typing {
-                conversation_id,
-                role,
-                sender_id,
-            } => deliveries.push((
-                Key::Conversation(conversation_id),
-                Wake::Typing {
-                    sender: Participant::stored(role, sender_id),
-                },
-            )),
-            Notice::Status {
-                conversation_id,
-                status,
-                provider_id,
-                customer_id,
-            } => {
-                touch_inboxes(&provider_id, customer_id.as_deref());
-                deliveries.push((Key::Conversation(conversation_id), Wake::Status(status)));
-            }
-            Notice::Customer {
-                conversation_id,
-                provider_id,
-                customer_id,
-            } => {
-                touch_inboxes(&provider_id, customer_id.as_deref());
-                deliveries.push((Key::Conversation(conversation_id), Wake::Customer));
-            }
-            Notice::Created {
-                provider_id,
-                customer_id,
-                ..
-            } => touch_inboxes(&provider_id, customer_id.as_deref()),
-        }
+        let Routes {
+            deliveries,
+            carried,
+            inboxes,
+        } = route(notice);
         let map = self
             .subscribers
             .lock()
@@ -307,6 +245,91 @@ impl Hub {
         }
         let streams = map.values().map(|group| group.entries.len() as u64).sum();
         crate::metrics::streams_resynced("listener", streams);
+    }
+}
+
+/// Who a notice wakes, and the messages it carried for their feeds.
+#[derive(Default)]
+struct Routes {
+    deliveries: Vec<(Key, Wake)>,
+    carried: Vec<(Uuid, Vec<Carried>)>,
+    inboxes: HashSet<Key>,
+}
+
+fn route(notice: Notice) -> Routes {
+    let Routes {
+        mut deliveries,
+        mut carried,
+        mut inboxes,
+    } = Routes::default();
+    let mut touch_inboxes = |p: &str, u: Option<&str>| {
+        inboxes.insert(Key::Inbox(Role::Provider, p.to_owned()));
+        if let Some(u) = u {
+            inboxes.insert(Key::Inbox(Role::Customer, u.to_owned()));
+        }
+    };
+    match notice {
+        Notice::Messages { touched } => {
+            for t in touched {
+                touch_inboxes(&t.provider_id, t.customer_id.as_deref());
+                if !t.messages.is_empty() {
+                    carried.push((t.conversation_id, t.messages));
+                }
+                deliveries.push((
+                    Key::Conversation(t.conversation_id),
+                    Wake::Messages { head: t.head_seq },
+                ));
+            }
+        }
+        Notice::Read {
+            conversation_id,
+            role,
+            reader_id,
+            seq,
+        } => deliveries.push((
+            Key::Conversation(conversation_id),
+            Wake::Read {
+                reader: Participant::stored(role, reader_id),
+                seq,
+            },
+        )),
+        Notice::Typing {
+            conversation_id,
+            role,
+            sender_id,
+        } => deliveries.push((
+            Key::Conversation(conversation_id),
+            Wake::Typing {
+                sender: Participant::stored(role, sender_id),
+            },
+        )),
+        Notice::Status {
+            conversation_id,
+            status,
+            provider_id,
+            customer_id,
+        } => {
+            touch_inboxes(&provider_id, customer_id.as_deref());
+            deliveries.push((Key::Conversation(conversation_id), Wake::Status(status)));
+        }
+        Notice::Customer {
+            conversation_id,
+            provider_id,
+            customer_id,
+        } => {
+            touch_inboxes(&provider_id, customer_id.as_deref());
+            deliveries.push((Key::Conversation(conversation_id), Wake::Customer));
+        }
+        Notice::Created {
+            provider_id,
+            customer_id,
+            ..
+        } => touch_inboxes(&provider_id, customer_id.as_deref()),
+    }
+    Routes {
+        deliveries,
+        carried,
+        inboxes,
     }
 }
 
