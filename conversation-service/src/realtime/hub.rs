@@ -257,52 +257,49 @@ struct Routes {
 }
 
 fn route(notice: Notice) -> Routes {
-    let Routes {
-        mut deliveries,
-        mut carried,
-        mut inboxes,
-    } = Routes::default();
+    let mut routes = Routes::default();
     let mut touch_inboxes = |p: &str, u: Option<&str>| {
-        inboxes.insert(Key::Inbox(Role::Provider, p.to_owned()));
+        routes
+            .inboxes
+            .insert(Key::Inbox(Role::Provider, p.to_owned()));
         if let Some(u) = u {
-            inboxes.insert(Key::Inbox(Role::Customer, u.to_owned()));
+            routes
+                .inboxes
+                .insert(Key::Inbox(Role::Customer, u.to_owned()));
         }
     };
-    match notice {
+    // The one conversation a notice other than new messages wakes.
+    let woken = match notice {
         Notice::Messages { touched } => {
             for t in touched {
                 touch_inboxes(&t.provider_id, t.customer_id.as_deref());
                 if !t.messages.is_empty() {
-                    carried.push((t.conversation_id, t.messages));
+                    routes.carried.push((t.conversation_id, t.messages));
                 }
-                deliveries.push((
+                routes.deliveries.push((
                     Key::Conversation(t.conversation_id),
                     Wake::Messages { head: t.head_seq },
                 ));
             }
+            None
         }
         Notice::Read {
             conversation_id,
             role,
             reader_id,
             seq,
-        } => deliveries.push((
-            Key::Conversation(conversation_id),
-            Wake::Read {
-                reader: Participant::stored(role, reader_id),
-                seq,
-            },
-        )),
+        } => {
+            let reader = Participant::stored(role, reader_id);
+            Some((conversation_id, Wake::Read { reader, seq }))
+        }
         Notice::Typing {
             conversation_id,
             role,
             sender_id,
-        } => deliveries.push((
-            Key::Conversation(conversation_id),
-            Wake::Typing {
-                sender: Participant::stored(role, sender_id),
-            },
-        )),
+        } => {
+            let sender = Participant::stored(role, sender_id);
+            Some((conversation_id, Wake::Typing { sender }))
+        }
         Notice::Status {
             conversation_id,
             status,
@@ -310,7 +307,7 @@ fn route(notice: Notice) -> Routes {
             customer_id,
         } => {
             touch_inboxes(&provider_id, customer_id.as_deref());
-            deliveries.push((Key::Conversation(conversation_id), Wake::Status(status)));
+            Some((conversation_id, Wake::Status(status)))
         }
         Notice::Customer {
             conversation_id,
@@ -318,19 +315,21 @@ fn route(notice: Notice) -> Routes {
             customer_id,
         } => {
             touch_inboxes(&provider_id, customer_id.as_deref());
-            deliveries.push((Key::Conversation(conversation_id), Wake::Customer));
+            Some((conversation_id, Wake::Customer))
         }
         Notice::Created {
             provider_id,
             customer_id,
             ..
-        } => touch_inboxes(&provider_id, customer_id.as_deref()),
+        } => {
+            touch_inboxes(&provider_id, customer_id.as_deref());
+            None
+        }
+    };
+    if let Some((id, wake)) = woken {
+        routes.deliveries.push((Key::Conversation(id), wake));
     }
-    Routes {
-        deliveries,
-        carried,
-        inboxes,
-    }
+    routes
 }
 
 fn offer(entry: &Entry, wake: Wake) {
