@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::realtime::Hub;
-
 /// Gives every metric below its `# HELP` line and puts each counter at 0 before its first
 /// event, so alerts on their rates have a series from the start. Called once the
 /// recorder is installed.
@@ -79,8 +77,7 @@ pub fn describe() {
 
 /// Read at each scrape: open streams by kind.
 #[allow(clippy::cast_precision_loss)]
-pub fn sample_streams(hub: &Hub) {
-    let (conversation, inbox) = hub.open_by_kind();
+pub fn sample_streams(conversation: usize, inbox: usize) {
     metrics::gauge!("chat_streams_open", "kind" => "conversation").set(conversation as f64);
     metrics::gauge!("chat_streams_open", "kind" => "inbox").set(inbox as f64);
 }

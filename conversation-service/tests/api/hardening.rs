@@ -8,8 +8,8 @@ use tonic::{Code, Status};
 use uuid::Uuid;
 
 use crate::helpers::{
-    bad_field, create, customer, fresh_database, new_provider, provider, send, spawn_app,
-    spawn_app_with,
+    bad_field, create, customer, new_provider, provider, send, spawn_app, spawn_app_with,
+    spawn_app_with_flags,
 };
 
 const NUL: &str = "a\u{0}b";
@@ -300,7 +300,7 @@ async fn list_with_token(client: &mut crate::helpers::Client, prov: &str, token:
 #[tokio::test]
 async fn forged_page_tokens_are_invalid_argument_even_with_impossible_dates() {
     const KEY: &str = "a test key of 32 bytes, not real";
-    let mut app = spawn_app_with(&fresh_database().await, &["--page-token-key", KEY]).await;
+    let mut app = spawn_app_with_flags(&["--page-token-key", KEY]).await;
     let prov = new_provider();
     create(&mut app.client, &prov).await;
     create(&mut app.client, &prov).await;

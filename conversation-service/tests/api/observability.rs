@@ -12,8 +12,11 @@ use tonic_health::pb::{
 };
 use uuid::Uuid;
 
+use chat_common::testing::status::eventually;
+
 use crate::helpers::{
-    connect, create, free_port, fresh_database, provider, send, spawn_app_with, wait_serving,
+    connect, create, free_addr, fresh_database, provider, send, spawn_app_with,
+    spawn_app_with_flags, wait_serving,
 };
 
 const READINESS: &str = "chat.v1.ConversationService";
@@ -33,7 +36,8 @@ fn handled(text: &str, method: &str, code: &str) -> f64 {
 
 #[tokio::test]
 async fn metrics_count_every_rpc_with_its_code_and_the_service_figures() {
-    let url = fresh_database().await;
+    let database = fresh_database().await;
+    let url = database.url().to_owned();
     let mut app = spawn_app_with(&url, &["--metrics-addr", "127.0.0.1:0"]).await;
     let metrics = app.metrics.expect("metrics address");
     let before = scrape(metrics).await.unwrap();
@@ -134,21 +138,17 @@ async fn metrics_count_every_rpc_with_its_code_and_the_service_figures() {
             ],
         )
     };
-    let mut counted = false;
-    for _ in 0..100 {
-        if ended(&scrape(metrics).await.unwrap()) > ended(&before) {
-            counted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(counted, "a cancelled stream is counted as Canceled");
+    // A cancelled stream is counted as Canceled.
+    let (ended, before) = (&ended, &before);
+    eventually(Duration::from_secs(5), || async move {
+        (ended(&scrape(metrics).await.unwrap()) > ended(before)).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn the_scrape_passes_promtools_rules_with_counters_from_zero_and_messages_counted() {
-    let url = fresh_database().await;
-    let mut app = spawn_app_with(&url, &["--metrics-addr", "127.0.0.1:0"]).await;
+    let mut app = spawn_app_with_flags(&["--metrics-addr", "127.0.0.1:0"]).await;
     let metrics = app.metrics.expect("metrics address");
     let first = scrape(metrics).await.unwrap();
     // Alerts on these need a series before the first event.
@@ -203,7 +203,8 @@ async fn the_scrape_passes_promtools_rules_with_counters_from_zero_and_messages_
 
 #[tokio::test]
 async fn a_stream_outliving_the_request_timeout_then_cancelled_counts_as_canceled() {
-    let url = fresh_database().await;
+    let database = fresh_database().await;
+    let url = database.url().to_owned();
     let flags = ["--metrics-addr", "127.0.0.1:0", "--request-timeout", "2s"];
     let mut app = spawn_app_with(&url, &flags).await;
     let metrics = app.metrics.expect("metrics address");
@@ -275,7 +276,7 @@ async fn liveness_stays_serving_while_readiness_follows_an_unreachable_database(
         "postgres://postgres@127.0.0.1:5432/cs_test_missing_{}",
         Uuid::new_v4().simple()
     );
-    let addr = free_port();
+    let addr = free_addr();
     let config = <conversation_service::config::Config as clap::Parser>::try_parse_from([
         "conversation-service",
         "--listen",
@@ -310,7 +311,7 @@ async fn liveness_stays_serving_while_readiness_follows_an_unreachable_database(
 
 #[tokio::test]
 async fn the_http_probes_say_ready_while_the_database_answers() {
-    let app = spawn_app_with(&fresh_database().await, &["--metrics-addr", "127.0.0.1:0"]).await;
+    let app = spawn_app_with_flags(&["--metrics-addr", "127.0.0.1:0"]).await;
     let metrics = app.metrics.expect("metrics endpoint bound");
     let mut ready = 0;
     for _ in 0..100 {
@@ -327,8 +328,9 @@ async fn the_http_probes_say_ready_while_the_database_answers() {
 
 #[tokio::test]
 async fn sigterm_turns_readiness_off_first_and_keeps_serving_until_the_delay_ends() {
-    let url = fresh_database().await;
-    let addr = free_port();
+    let database = fresh_database().await;
+    let url = database.url().to_owned();
+    let addr = free_addr();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_conversation-service"))
         .args(["--listen", &addr.to_string(), "--database-url", &url])
         // Long enough never to end on its own during the test: a second signal ends it.
@@ -375,7 +377,8 @@ async fn sigterm_turns_readiness_off_first_and_keeps_serving_until_the_delay_end
 /// PostgreSQL's notification queue is: both are gauges.
 #[tokio::test]
 async fn the_listener_reports_its_lag_and_the_notification_queue() {
-    let url = fresh_database().await;
+    let database = fresh_database().await;
+    let url = database.url().to_owned();
     let app = spawn_app_with(&url, &["--metrics-addr", "127.0.0.1:0"]).await;
     let metrics = app.metrics.expect("metrics address");
     let mut text = String::new();
@@ -433,8 +436,9 @@ async fn with_an_otlp_endpoint_each_rpc_is_exported_as_a_span_of_the_callers_tra
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
 
-    let url = fresh_database().await;
-    let addr = free_port();
+    let database = fresh_database().await;
+    let url = database.url().to_owned();
+    let addr = free_addr();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_conversation-service"))
         .args(["--listen", &addr.to_string(), "--database-url", &url])
         .args(["--drain-delay", "0s"])
@@ -548,7 +552,7 @@ async fn with_an_otlp_endpoint_each_rpc_is_exported_as_a_span_of_the_callers_tra
 /// Runs the binary on an already migrated database with stdout piped (not a terminal),
 /// stops it, and returns what it wrote.
 async fn output_of_a_run(database_url: &str, envs: &[(&str, &str)]) -> String {
-    let addr = free_port();
+    let addr = free_addr();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_conversation-service"));
     command
         .args([
@@ -582,7 +586,8 @@ async fn output_of_a_run(database_url: &str, envs: &[(&str, &str)]) -> String {
 
 #[tokio::test]
 async fn logs_off_a_terminal_have_no_colours_one_json_shape_and_no_migration_notice() {
-    let url = fresh_database().await;
+    let database = fresh_database().await;
+    let url = database.url().to_owned();
     // Migrated once, so the next start meets an existing _sqlx_migrations table.
     drop(spawn_app_with(&url, &[]).await);
 
