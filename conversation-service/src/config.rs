@@ -103,6 +103,11 @@ pub struct Config {
     #[arg(long, env = "PAGE_TOKEN_KEY", hide_env_values = true)]
     pub page_token_key: Option<String>,
 
+    /// How long the event feed (EventService) keeps events; older ones are pruned in
+    /// batches and a cursor before them is FAILED_PRECONDITION `CURSOR_EXPIRED`.
+    #[arg(long, env = "EVENT_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub event_retention: Duration,
+
     /// Connection settings shared with token-service.
     #[command(flatten)]
     pub connections: chat_common::server::Connections,

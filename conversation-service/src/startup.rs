@@ -18,7 +18,10 @@ use chat_common::{
     health::Probes, metrics::MetricsListener, rpc::ServerLayer, seal::SealKey, security::Security,
     server::OversizeLayer,
 };
-use chat_proto::v1::conversation_service_server::ConversationServiceServer;
+use chat_proto::v1::{
+    conversation_service_server::ConversationServiceServer,
+    event_service_server::EventServiceServer,
+};
 use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
@@ -29,19 +32,27 @@ use tonic::{Request, Status, service::Interceptor, service::interceptor::Interce
 
 use crate::{
     config::Config,
+    domain::FeedPosition,
     domain::PageTokens,
-    grpc::ConversationApi,
-    realtime::{Hub, run_listener, streams::StreamContext},
+    grpc::{ConversationApi, EventApi},
+    realtime::{
+        Hub,
+        events::{FeedContext, run_sequencer},
+        run_listener,
+        streams::StreamContext,
+    },
     store::{PoolSettings, SendQueue, Store},
 };
 
 pub const SERVICE_NAME: &str = "chat.v1.ConversationService";
+pub const EVENT_SERVICE_NAME: &str = "chat.v1.EventService";
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/conversation");
 
 /// The gRPC service as served: refused with UNAVAILABLE until the schema is ready.
 type Api = InterceptedService<ConversationServiceServer<ConversationApi>, Ready>;
+type Events = InterceptedService<EventServiceServer<EventApi>, Ready>;
 
 /// Everything [`Application::build`] wired, waiting to be served.
 pub struct Application {
@@ -54,6 +65,9 @@ pub struct Application {
     store: Store,
     hub: Arc<Hub>,
     api: Api,
+    events: Events,
+    /// The sequencer reports the feed's newest position here; feed streams watch it.
+    feed_head: tokio::sync::watch::Sender<FeedPosition>,
     migrated: Arc<AtomicBool>,
     security: Security,
     shutdown: CancellationToken,
@@ -90,6 +104,16 @@ impl Application {
         let hub = Hub::new(config.max_streams, config.stream_queue);
         let shutdown = CancellationToken::new();
         let api = api(&config, &store, &hub, &migrated, &shutdown)?;
+        let (feed_head, head) = tokio::sync::watch::channel(FeedPosition(0));
+        let events = InterceptedService::new(
+            EventServiceServer::new(EventApi::new(FeedContext {
+                store: store.clone(),
+                head,
+                heartbeat: config.heartbeat_interval,
+                shutdown: shutdown.clone(),
+            })),
+            Ready(Arc::clone(&migrated)),
+        );
         tracing::info!(%local_addr, "bound");
         Ok(Self {
             listener,
@@ -100,6 +124,8 @@ impl Application {
             store,
             hub,
             api,
+            events,
+            feed_head,
             migrated,
             security,
             shutdown,
@@ -135,14 +161,17 @@ impl Application {
         let probes = Probes::new(reporter, &[SERVICE_NAME]).await;
         let background = CancellationToken::new();
         let listener_task = self.start_background(&probes, &background);
-        let (reflection_v1, reflection_v1alpha) =
-            chat_common::reflection::services(chat_proto::FILE_DESCRIPTOR_SET, &[SERVICE_NAME])?;
+        let (reflection_v1, reflection_v1alpha) = chat_common::reflection::services(
+            chat_proto::FILE_DESCRIPTOR_SET,
+            &[SERVICE_NAME, EVENT_SERVICE_NAME],
+        )?;
         let Self {
             listener,
             local_addr,
             config,
             store,
             api,
+            events,
             security,
             shutdown,
             ..
@@ -163,6 +192,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(api)
+            .add_service(events)
             // Our own listener (bound in build) sets TCP_NODELAY itself (see chat_common::tls).
             .serve_with_incoming_shutdown(
                 config.connections.handshake_deadline(security.incoming(
@@ -193,6 +223,13 @@ impl Application {
             self.options.clone(),
             Arc::clone(&self.hub),
             config.listener_lag_limit,
+            background.clone(),
+        ));
+        tokio::spawn(run_sequencer(
+            self.store.clone(),
+            Arc::clone(&self.hub),
+            self.feed_head.clone(),
+            config.event_retention,
             background.clone(),
         ));
         tokio::spawn(watch_health(

@@ -2,6 +2,7 @@
 //! the store (or start a stream task), build the reply (`convert`).
 
 pub mod convert;
+mod events;
 mod outbound;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use uuid::Uuid;
 
+pub use self::events::EventApi;
 use self::outbound::Outbound;
 use crate::{
     domain::{

@@ -71,6 +71,8 @@ pub struct Hub {
     queue: usize,
     listening: AtomicBool,
     reads: ReadCounts,
+    /// Signalled on every notice and resync: the event feed's sequencer waits on it.
+    activity: tokio::sync::Notify,
 }
 
 /// A stream's registration; dropping it unregisters and frees its slot at once.
@@ -122,6 +124,7 @@ impl Hub {
             queue: queue.max(1),
             listening: AtomicBool::new(false),
             reads: ReadCounts::default(),
+            activity: tokio::sync::Notify::new(),
         })
     }
 
@@ -201,8 +204,15 @@ impl Hub {
         })
     }
 
+    /// Something was written (a notice arrived) or may have been missed (a resync).
+    /// One waiter; wake-ups while it works coalesce into one.
+    pub fn activity(&self) -> &tokio::sync::Notify {
+        &self.activity
+    }
+
     /// Routes one notice to the streams that want it.
     pub fn dispatch(&self, notice: Notice) {
+        self.activity.notify_one();
         let Routes {
             deliveries,
             carried,
@@ -236,6 +246,7 @@ impl Hub {
 
     /// After the listener reconnects: every stream catches up from the table.
     pub fn resync_all(&self) {
+        self.activity.notify_one();
         let map = self
             .subscribers
             .lock()

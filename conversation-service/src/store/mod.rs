@@ -7,6 +7,7 @@ mod conversations;
 mod create;
 mod create_plan;
 mod create_queue;
+mod events;
 mod inbox;
 mod kept;
 mod messages;
@@ -30,6 +31,7 @@ use crate::{
 };
 
 pub use batcher::SendQueue;
+pub use events::{FeedEvent, FeedPage, FeedPayload};
 pub use inbox::{InboxCursor, InboxItem, InboxWindow, Snapshot, window_sql};
 pub use kept::WRITER_PING_AFTER;
 pub use messages::ListDirection;
