@@ -424,31 +424,22 @@ impl Refusal {
     /// token.
     fn log(&self, path: &str, peer: Option<&PeerInfo>) {
         let remote = peer.and_then(|p| p.remote_addr);
-        let reason = self.reason();
-        match self {
-            Self::NotGranted { caller } => tracing::warn!(
-                method = path,
-                reason,
-                caller = &*caller.name,
-                peer = ?remote,
-                "call refused"
-            ),
-            Self::AmbiguousCertificate { callers } => tracing::warn!(
-                method = path,
-                reason,
-                callers = ?callers,
-                peer = ?remote,
-                "call refused"
-            ),
-            Self::UnknownCertificate { sans } => tracing::warn!(
-                method = path,
-                reason,
-                sans = ?sans,
-                peer = ?remote,
-                "call refused"
-            ),
-            _ => tracing::warn!(method = path, reason, peer = ?remote, "call refused"),
-        }
+        let (caller, callers, sans) = match self {
+            Self::NotGranted { caller } => (Some(&*caller.name), None, None),
+            Self::AmbiguousCertificate { callers } => (None, Some(callers), None),
+            Self::UnknownCertificate { sans } => (None, None, Some(sans)),
+            _ => (None, None, None),
+        };
+        // Fields that are None are left out of the line.
+        tracing::warn!(
+            method = path,
+            reason = self.reason(),
+            caller,
+            callers = callers.map(tracing::field::debug),
+            sans = sans.map(tracing::field::debug),
+            peer = ?remote,
+            "call refused"
+        );
     }
 }
 
