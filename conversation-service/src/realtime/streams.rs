@@ -139,7 +139,7 @@ pub async fn conversation_stream(
     let mut stream = ConversationStream {
         ctx,
         out,
-        id: conversation.id,
+        id: conversation.id.0,
         viewer,
         last: after_seq,
         shown: Shown::default(),

@@ -58,7 +58,7 @@ pub(super) async fn create_batch(
         .await
         .map_err(db)?
         .into_iter()
-        .map(|row: ConversationRow| (row.id, row))
+        .map(|row: ConversationRow| (row.id.0, row))
         .collect();
     tx.commit().await.map_err(db)?;
     Ok(plans.into_iter().map(|plan| answer(plan, &rows)).collect())

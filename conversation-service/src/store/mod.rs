@@ -116,7 +116,7 @@ impl Store {
 /// A conversation with its newest message (`lm_*`, from a LEFT JOIN on `head_seq`).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ConversationRow {
-    pub id: Uuid,
+    pub id: ConversationId,
     pub provider_id: String,
     pub customer_id: Option<String>,
     pub customer_name: String,
@@ -151,7 +151,7 @@ pub(crate) const CONVERSATION_SELECT: &str = "SELECT c.id, c.provider_id, c.cust
 
 impl ConversationRow {
     pub fn conversation_id(&self) -> ConversationId {
-        ConversationId(self.id)
+        self.id
     }
 
     pub fn read_seq(&self, role: Role) -> i64 {
@@ -210,7 +210,7 @@ impl ConversationRow {
 /// One stored message.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct MessageRow {
-    pub conversation_id: Uuid,
+    pub conversation_id: ConversationId,
     pub seq: i64,
     pub id: Uuid,
     pub sender_role: Role,
