@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
-use super::{ConversationRow, EventKind, MessageRow, Store};
+use super::{
+    handle::Store,
+    records::{ConversationRow, EventKind, MessageRow},
+};
 use crate::{
     domain::{Participant, Role, Status},
     error::{Error, Result},

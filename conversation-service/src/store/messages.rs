@@ -3,7 +3,11 @@
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
-use super::{MESSAGE_COLUMNS, MessageRow, Notice, Store, notice::notify};
+use super::{
+    handle::Store,
+    notice::{CHANNEL, Notice, notify},
+    records::{MESSAGE_COLUMNS, MessageRow},
+};
 use crate::{
     domain::{ConversationId, Participant, Role},
     error::{Error, Result},
@@ -151,7 +155,7 @@ impl Store {
             sender_id: sender.id().to_owned(),
         };
         sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(super::CHANNEL)
+            .bind(CHANNEL)
             .bind(notice.encode())
             .execute(&self.pool)
             .await

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use sqlx::{Postgres, Transaction};
 
-use super::MessageRow;
+use super::records::MessageRow;
 use crate::{
     domain::{ConversationId, Role, Status},
     error::{Error, Result},

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::MessageRow;
+use super::records::MessageRow;
 use crate::{
     domain::{ConversationId, NewMessage, Role, Status},
     error::Error,

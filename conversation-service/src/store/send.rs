@@ -9,8 +9,10 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{
-    Carried, MESSAGE_COLUMNS, MessageRow, Notice, Store, Touched,
+    handle::Store,
+    notice::{CHANNEL, Carried, Notice, Touched},
     plan::{ClientKey, Decision, Locked, Plan, plan},
+    records::{MESSAGE_COLUMNS, MessageRow},
 };
 use crate::{
     domain::{NewMessage, active_status_sql},
@@ -428,7 +430,7 @@ where
             .map(|t| t.customer_id.as_deref().unwrap_or(""))
             .collect::<Vec<_>>(),
     )
-    .bind(super::CHANNEL)
+    .bind(CHANNEL)
     .bind(payloads)
     .execute(executor)
     .await?;
