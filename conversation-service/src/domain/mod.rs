@@ -13,7 +13,8 @@ pub use events::{ConsumerName, FeedFilter, FeedKind, FeedPosition};
 pub use page::{PageKey, PageSize, PageTokens};
 
 /// A conversation's id (a UUID).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::Type)]
+#[sqlx(transparent)]
 pub struct ConversationId(pub Uuid);
 
 impl ConversationId {

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::{ConversationRow, MessageRow, Store};
 use crate::{
-    domain::{ConsumerName, FeedFilter, FeedKind, FeedPosition, Role, Status},
+    domain::{ConsumerName, ConversationId, FeedFilter, FeedKind, FeedPosition, Role, Status},
     error::{Error, Result},
 };
 
@@ -27,7 +27,7 @@ use crate::{
 pub struct FeedEvent {
     pub position: FeedPosition,
     pub kind: FeedKind,
-    pub conversation_id: Uuid,
+    pub conversation_id: ConversationId,
     pub provider_id: String,
     pub recorded_at: DateTime<Utc>,
     pub payload: FeedPayload,
@@ -222,7 +222,7 @@ impl Store {
         let ids: Vec<Uuid> = events
             .iter()
             .filter(|e| wanted(e))
-            .map(|e| e.conversation_id)
+            .map(|e| e.conversation_id.0)
             .collect();
         if ids.is_empty() {
             return Ok(());
@@ -305,7 +305,7 @@ fn feed_event(row: &sqlx::postgres::PgRow) -> Result<Option<FeedEvent>, sqlx::Er
         return Ok(None);
     };
     let kind: FeedKind = row.try_get("kind")?;
-    let conversation_id: Uuid = row.try_get("conversation_id")?;
+    let conversation_id: ConversationId = row.try_get("conversation_id")?;
     let payload = match kind {
         // Filled from the conversation rows afterwards.
         FeedKind::ConversationCreated | FeedKind::CustomerUpdated => FeedPayload::Missing,

@@ -9,8 +9,8 @@ use chat_proto::v1::{
     stream_events_response::Item,
 };
 use sqlx::Connection;
-use tonic_types::StatusExt;
 use tonic::{Code, Streaming, transport::Channel};
+use tonic_types::StatusExt;
 use uuid::Uuid;
 
 use crate::helpers::{
