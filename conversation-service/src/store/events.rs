@@ -79,8 +79,10 @@ WITH prior AS (
 ), numbered AS (
     INSERT INTO feed_events (position, kind, conversation_id, provider_id, key)
     SELECT $2 + row_number() OVER (ORDER BY f.pos, f.part, f.conversation_id, f.key),
-           f.kind, f.conversation_id, c.provider_id, f.key
-      FROM fresh f JOIN conversations c ON c.id = f.conversation_id
+           f.kind, f.conversation_id,
+           -- One primary-key lookup per event: a join may scan every conversation.
+           (SELECT c.provider_id FROM conversations c WHERE c.id = f.conversation_id), f.key
+      FROM fresh f
     RETURNING position
 )
 UPDATE feed_state SET assigned = pg_current_snapshot(), last_position = n.last
