@@ -38,6 +38,7 @@ use crate::{
     realtime::{
         Hub,
         events::{FeedContext, run_sequencer},
+        presence::run_presence,
         run_listener,
         streams::StreamContext,
     },
@@ -225,6 +226,11 @@ impl Application {
             Arc::clone(&self.hub),
             self.feed_head.clone(),
             config.event_retention,
+            background.clone(),
+        ));
+        tokio::spawn(run_presence(
+            self.store.clone(),
+            Arc::clone(self.hub.presence()),
             background.clone(),
         ));
         tokio::spawn(watch_health(

@@ -14,6 +14,7 @@ pub enum FeedKind {
     StatusChanged = 3,
     MessageSent = 4,
     ReadPositionMoved = 5,
+    PresenceChanged = 6,
 }
 
 impl FeedKind {
@@ -25,6 +26,7 @@ impl FeedKind {
             3 => Self::StatusChanged,
             4 => Self::MessageSent,
             5 => Self::ReadPositionMoved,
+            6 => Self::PresenceChanged,
             _ => {
                 return Err(Error::invalid(
                     field,
@@ -135,7 +137,7 @@ mod tests {
     #[test]
     fn kinds_and_names_refuse_what_they_do_not_know() {
         assert!(FeedKind::from_wire("k", 0).is_err());
-        assert!(FeedKind::from_wire("k", 6).is_err());
+        assert!(FeedKind::from_wire("k", 7).is_err());
         assert!(ConsumerName::parse("c", "").is_err());
         assert!(ConsumerName::parse("c", "a b").is_err());
         assert!(ConsumerName::parse("c", &"a".repeat(129)).is_err());

@@ -15,6 +15,8 @@ use crate::{
 };
 
 const EVENTS_PAGE: (i64, i64) = (100, 1000);
+/// Participants one GetPresence may ask about.
+const MAX_PRESENCE: usize = 100;
 
 pub struct EventApi {
     feed: FeedContext,
@@ -104,6 +106,32 @@ impl EventService for EventApi {
             cursor: kept.cursor(),
         }))
     }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_presence(
+        &self,
+        request: Request<v1::GetPresenceRequest>,
+    ) -> Result<Response<v1::GetPresenceResponse>, Status> {
+        let request = request.into_inner();
+        if request.participants.len() > MAX_PRESENCE {
+            return Err(Error::invalid("participants", "at most 100").into());
+        }
+        let participants = request
+            .participants
+            .iter()
+            .map(|p| Participant::parse_owner("participants", Some(p)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let online = self.feed.store.presence(&participants).await?;
+        let presences = participants
+            .iter()
+            .zip(online)
+            .map(|(participant, online)| v1::PresenceChanged {
+                participant: Some(convert::participant(participant)),
+                online,
+            })
+            .collect();
+        Ok(Response::new(v1::GetPresenceResponse { presences }))
+    }
 }
 
 fn stream_response(delivery: FeedDelivery) -> v1::StreamEventsResponse {
@@ -124,11 +152,15 @@ fn kind(kind: FeedKind) -> v1::EventKind {
         FeedKind::StatusChanged => v1::EventKind::StatusChanged,
         FeedKind::MessageSent => v1::EventKind::MessageSent,
         FeedKind::ReadPositionMoved => v1::EventKind::ReadPositionMoved,
+        FeedKind::PresenceChanged => v1::EventKind::PresenceChanged,
     }
 }
 
 fn event(event: FeedEvent) -> v1::Event {
-    let conversation_id = event.conversation_id.to_string();
+    let conversation_id = event
+        .conversation_id
+        .map(|id| id.to_string())
+        .unwrap_or_default();
     let payload = match event.payload {
         FeedPayload::Conversation(row) => {
             Some(Payload::Conversation(convert::conversation(&row, None)))
@@ -147,13 +179,20 @@ fn event(event: FeedEvent) -> v1::Event {
             reader: Some(convert::participant(&Participant::stored(role, reader_id))),
             read_seq: seq,
         })),
+        FeedPayload::Presence {
+            participant,
+            online,
+        } => Some(Payload::PresenceChanged(v1::PresenceChanged {
+            participant: Some(convert::participant(&participant)),
+            online,
+        })),
         FeedPayload::Missing => None,
     };
     v1::Event {
         cursor: event.position.cursor(),
         kind: kind(event.kind).into(),
         conversation_id,
-        provider_id: event.provider_id,
+        provider_id: event.provider_id.unwrap_or_default(),
         record_time: Some(convert::timestamp(event.recorded_at)),
         payload,
     }

@@ -369,6 +369,7 @@ impl ConversationService for ConversationApi {
             .into());
         }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let presence = self.hub.presence().enter(&viewer);
         // The stream task logs inside the RPC's span: its lines carry the trace id too.
         tokio::spawn(
             streams::conversation_stream(
@@ -386,7 +387,8 @@ impl ConversationService for ConversationApi {
             convert::conversation_response,
             &self.streams.shutdown,
             "your last seq",
-        ))
+        )
+        .holding(presence))
     }
 
     type StreamInboxStream = Outbound<InboxDelivery, v1::StreamInboxResponse>;
@@ -410,6 +412,7 @@ impl ConversationService for ConversationApi {
             None => InboxCursor::at(self.store.current_snapshot().await?),
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let presence = self.hub.presence().enter(&owner);
         tokio::spawn(
             streams::inbox_stream(
                 self.streams.clone(),
@@ -426,7 +429,8 @@ impl ConversationService for ConversationApi {
             convert::inbox_response,
             &self.streams.shutdown,
             "your last cursor",
-        ))
+        )
+        .holding(presence))
     }
 }
 

@@ -73,6 +73,8 @@ pub struct Hub {
     reads: ReadCounts,
     /// Signalled on every notice and resync: the event feed's sequencer waits on it.
     activity: tokio::sync::Notify,
+    /// Who has an open stream on this replica.
+    presence: Arc<super::presence::Presence>,
 }
 
 /// A stream's registration; dropping it unregisters and frees its slot at once.
@@ -125,6 +127,7 @@ impl Hub {
             listening: AtomicBool::new(false),
             reads: ReadCounts::default(),
             activity: tokio::sync::Notify::new(),
+            presence: super::presence::Presence::new(),
         })
     }
 
@@ -208,6 +211,10 @@ impl Hub {
     /// One waiter; wake-ups while it works coalesce into one.
     pub fn activity(&self) -> &tokio::sync::Notify {
         &self.activity
+    }
+
+    pub fn presence(&self) -> &Arc<super::presence::Presence> {
+        &self.presence
     }
 
     /// Routes one notice to the streams that want it.

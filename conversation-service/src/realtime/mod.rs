@@ -5,6 +5,7 @@ pub mod events;
 mod feed;
 mod hub;
 mod listener;
+pub mod presence;
 pub mod streams;
 
 pub use hub::{Hub, Wake};

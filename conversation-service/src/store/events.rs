@@ -18,7 +18,9 @@ use uuid::Uuid;
 
 use super::{ConversationRow, MessageRow, Store};
 use crate::{
-    domain::{ConsumerName, ConversationId, FeedFilter, FeedKind, FeedPosition, Role, Status},
+    domain::{
+        ConsumerName, ConversationId, FeedFilter, FeedKind, FeedPosition, Participant, Role, Status,
+    },
     error::{Error, Result},
 };
 
@@ -27,8 +29,10 @@ use crate::{
 pub struct FeedEvent {
     pub position: FeedPosition,
     pub kind: FeedKind,
-    pub conversation_id: ConversationId,
-    pub provider_id: String,
+    /// `None` for a presence change.
+    pub conversation_id: Option<ConversationId>,
+    /// The conversation's provider; for a presence change, the provider it is about.
+    pub provider_id: Option<String>,
     pub recorded_at: DateTime<Utc>,
     pub payload: FeedPayload,
 }
@@ -43,6 +47,10 @@ pub enum FeedPayload {
         role: Role,
         reader_id: String,
         seq: i64,
+    },
+    Presence {
+        participant: Participant,
+        online: bool,
     },
     /// The row the event names is gone (nothing deletes them today).
     Missing,
@@ -76,12 +84,19 @@ WITH prior AS (
     UNION ALL
     SELECT r.pos, 2, r.conversation_id, r.id, 5::smallint
       FROM read_events r, prior p WHERE r.xid >= p.xmax OR r.xid = ANY(p.xip)
+    UNION ALL
+    SELECT s.pos, 3, NULL::uuid, s.id, 6::smallint
+      FROM presence_events s, prior p WHERE s.xid >= p.xmax OR s.xid = ANY(p.xip)
 ), numbered AS (
     INSERT INTO feed_events (position, kind, conversation_id, provider_id, key)
     SELECT $2 + row_number() OVER (ORDER BY f.pos, f.part, f.conversation_id, f.key),
            f.kind, f.conversation_id,
-           -- One primary-key lookup per event: a join may scan every conversation.
-           (SELECT c.provider_id FROM conversations c WHERE c.id = f.conversation_id), f.key
+           CASE WHEN f.conversation_id IS NULL
+                THEN (SELECT s.participant_id FROM presence_events s WHERE s.id = f.key AND s.role = 1)
+                -- One primary-key lookup per event: a join may scan every conversation.
+                ELSE (SELECT c.provider_id FROM conversations c WHERE c.id = f.conversation_id)
+           END,
+           f.key
       FROM fresh f
     RETURNING position
 )
@@ -98,7 +113,8 @@ SELECT s.last_position, s.pruned_through,
        e.status,
        m.seq AS m_seq, m.id AS m_id, m.sender_role, m.sender_id, m.body,
        m.client_message_id, m.created_at AS m_created_at,
-       r.role AS r_role, r.reader_id, r.seq AS r_seq
+       r.role AS r_role, r.reader_id, r.seq AS r_seq,
+       pe.role AS pe_role, pe.participant_id AS pe_participant, pe.online AS pe_online
   FROM feed_state s
   LEFT JOIN LATERAL (
       SELECT * FROM feed_events f
@@ -110,6 +126,7 @@ SELECT s.last_position, s.pruned_through,
   LEFT JOIN conversation_events e ON f.kind IN (1, 2, 3) AND e.id = f.key
   LEFT JOIN messages m ON f.kind = 4 AND m.conversation_id = f.conversation_id AND m.seq = f.key
   LEFT JOIN read_events r ON f.kind = 5 AND r.id = f.key
+  LEFT JOIN presence_events pe ON f.kind = 6 AND pe.id = f.key
  ORDER BY f.position";
 
 /// Most events deleted by one pruning statement, so pruning never holds long locks.
@@ -224,14 +241,14 @@ impl Store {
         let ids: Vec<Uuid> = events
             .iter()
             .filter(|e| wanted(e))
-            .map(|e| e.conversation_id.0)
+            .filter_map(|e| e.conversation_id.map(|id| id.0))
             .collect();
         if ids.is_empty() {
             return Ok(());
         }
         let rows = self.get_conversations(&ids).await?;
         for event in events.iter_mut().filter(|e| wanted(e)) {
-            if let Some(row) = rows.iter().find(|r| r.id == event.conversation_id) {
+            if let Some(row) = rows.iter().find(|r| Some(r.id) == event.conversation_id) {
                 event.payload = FeedPayload::Conversation(Box::new(row.clone()));
             }
         }
@@ -307,15 +324,15 @@ fn feed_event(row: &sqlx::postgres::PgRow) -> Result<Option<FeedEvent>, sqlx::Er
         return Ok(None);
     };
     let kind: FeedKind = row.try_get("kind")?;
-    let conversation_id: ConversationId = row.try_get("conversation_id")?;
+    let conversation_id: Option<ConversationId> = row.try_get("conversation_id")?;
     let payload = match kind {
         // Filled from the conversation rows afterwards.
         FeedKind::ConversationCreated | FeedKind::CustomerUpdated => FeedPayload::Missing,
         FeedKind::StatusChanged => row
             .try_get::<Option<Status>, _>("status")?
             .map_or(FeedPayload::Missing, FeedPayload::Status),
-        FeedKind::MessageSent => match row.try_get::<Option<i64>, _>("m_seq")? {
-            Some(seq) => FeedPayload::Message(MessageRow {
+        FeedKind::MessageSent => match (row.try_get::<Option<i64>, _>("m_seq")?, conversation_id) {
+            (Some(seq), Some(conversation_id)) => FeedPayload::Message(MessageRow {
                 conversation_id,
                 seq,
                 id: row.try_get("m_id")?,
@@ -325,13 +342,20 @@ fn feed_event(row: &sqlx::postgres::PgRow) -> Result<Option<FeedEvent>, sqlx::Er
                 client_message_id: row.try_get("client_message_id")?,
                 created_at: row.try_get("m_created_at")?,
             }),
-            None => FeedPayload::Missing,
+            _ => FeedPayload::Missing,
         },
         FeedKind::ReadPositionMoved => match row.try_get::<Option<Role>, _>("r_role")? {
             Some(role) => FeedPayload::Read {
                 role,
                 reader_id: row.try_get("reader_id")?,
                 seq: row.try_get("r_seq")?,
+            },
+            None => FeedPayload::Missing,
+        },
+        FeedKind::PresenceChanged => match row.try_get::<Option<Role>, _>("pe_role")? {
+            Some(role) => FeedPayload::Presence {
+                participant: Participant::stored(role, row.try_get("pe_participant")?),
+                online: row.try_get("pe_online")?,
             },
             None => FeedPayload::Missing,
         },

@@ -13,6 +13,7 @@ mod limits;
 mod messages;
 mod observability;
 mod pagination;
+mod presence;
 mod properties;
 mod security;
 mod send_path;
