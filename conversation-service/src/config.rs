@@ -108,6 +108,12 @@ pub struct Config {
     #[arg(long, env = "EVENT_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub event_retention: Duration,
 
+    /// How long a participant's messages stay unread, with no open stream of theirs on
+    /// any replica, before the event feed carries an UNREAD_REMINDER (once per unread
+    /// streak).
+    #[arg(long, env = "UNREAD_REMINDER_DELAY", default_value = "2m", value_parser = parse_duration)]
+    pub unread_reminder_delay: Duration,
+
     /// Connection settings shared with token-service.
     #[command(flatten)]
     pub connections: chat_common::server::Connections,

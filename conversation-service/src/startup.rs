@@ -37,7 +37,7 @@ use crate::{
     grpc::{ConversationApi, EventApi},
     realtime::{
         Hub,
-        events::{FeedContext, run_sequencer},
+        events::{FeedContext, run_reminders, run_sequencer},
         presence::run_presence,
         run_listener,
         streams::StreamContext,
@@ -226,6 +226,11 @@ impl Application {
             Arc::clone(&self.hub),
             self.feed_head.clone(),
             config.event_retention,
+            background.clone(),
+        ));
+        tokio::spawn(run_reminders(
+            self.store.clone(),
+            config.unread_reminder_delay,
             background.clone(),
         ));
         tokio::spawn(run_presence(

@@ -15,6 +15,7 @@ pub enum FeedKind {
     MessageSent = 4,
     ReadPositionMoved = 5,
     PresenceChanged = 6,
+    UnreadReminder = 7,
 }
 
 impl FeedKind {
@@ -27,6 +28,7 @@ impl FeedKind {
             4 => Self::MessageSent,
             5 => Self::ReadPositionMoved,
             6 => Self::PresenceChanged,
+            7 => Self::UnreadReminder,
             _ => {
                 return Err(Error::invalid(
                     field,
@@ -137,7 +139,7 @@ mod tests {
     #[test]
     fn kinds_and_names_refuse_what_they_do_not_know() {
         assert!(FeedKind::from_wire("k", 0).is_err());
-        assert!(FeedKind::from_wire("k", 7).is_err());
+        assert!(FeedKind::from_wire("k", 8).is_err());
         assert!(ConsumerName::parse("c", "").is_err());
         assert!(ConsumerName::parse("c", "a b").is_err());
         assert!(ConsumerName::parse("c", &"a".repeat(129)).is_err());

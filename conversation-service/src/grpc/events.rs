@@ -153,6 +153,7 @@ fn kind(kind: FeedKind) -> v1::EventKind {
         FeedKind::MessageSent => v1::EventKind::MessageSent,
         FeedKind::ReadPositionMoved => v1::EventKind::ReadPositionMoved,
         FeedKind::PresenceChanged => v1::EventKind::PresenceChanged,
+        FeedKind::UnreadReminder => v1::EventKind::UnreadReminder,
     }
 }
 
@@ -185,6 +186,18 @@ fn event(event: FeedEvent) -> v1::Event {
         } => Some(Payload::PresenceChanged(v1::PresenceChanged {
             participant: Some(convert::participant(&participant)),
             online,
+        })),
+        FeedPayload::Reminder {
+            participant,
+            unread,
+            first_unread_seq,
+            preview,
+        } => Some(Payload::UnreadReminder(v1::UnreadReminder {
+            conversation_id: conversation_id.clone(),
+            participant: Some(convert::participant(&participant)),
+            unread_count: unread,
+            first_unread_seq,
+            preview,
         })),
         FeedPayload::Missing => None,
     };

@@ -72,6 +72,23 @@ pub async fn run_sequencer(
     }
 }
 
+/// Sends unread reminders until `stop`: one scan (by whichever replica gets the turn)
+/// every quarter of the delay, at least every 5 s.
+pub async fn run_reminders(store: Store, delay: Duration, stop: CancellationToken) {
+    let every = (delay / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        match store.scan_reminders(delay).await {
+            Ok(sent) if sent > 0 => tracing::debug!(sent, "unread reminders sent"),
+            Ok(_) | Err(Error::Unavailable(_)) => {}
+            Err(error) => tracing::error!(%error, "cannot scan unread reminders"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
 /// Deletes what is past the retention, a batch at a time, until nothing is.
 async fn prune(store: &Store, retention: Duration) {
     loop {

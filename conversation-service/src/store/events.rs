@@ -52,6 +52,12 @@ pub enum FeedPayload {
         participant: Participant,
         online: bool,
     },
+    Reminder {
+        participant: Participant,
+        unread: i64,
+        first_unread_seq: i64,
+        preview: String,
+    },
     /// The row the event names is gone (nothing deletes them today).
     Missing,
 }
@@ -87,6 +93,9 @@ WITH prior AS (
     UNION ALL
     SELECT s.pos, 3, NULL::uuid, s.id, 6::smallint
       FROM presence_events s, prior p WHERE s.xid >= p.xmax OR s.xid = ANY(p.xip)
+    UNION ALL
+    SELECT u.pos, 4, u.conversation_id, u.id, 7::smallint
+      FROM reminder_events u, prior p WHERE u.xid >= p.xmax OR u.xid = ANY(p.xip)
 ), numbered AS (
     INSERT INTO feed_events (position, kind, conversation_id, provider_id, key)
     SELECT $2 + row_number() OVER (ORDER BY f.pos, f.part, f.conversation_id, f.key),
@@ -114,7 +123,9 @@ SELECT s.last_position, s.pruned_through,
        m.seq AS m_seq, m.id AS m_id, m.sender_role, m.sender_id, m.body,
        m.client_message_id, m.created_at AS m_created_at,
        r.role AS r_role, r.reader_id, r.seq AS r_seq,
-       pe.role AS pe_role, pe.participant_id AS pe_participant, pe.online AS pe_online
+       pe.role AS pe_role, pe.participant_id AS pe_participant, pe.online AS pe_online,
+       u.role AS u_role, u.participant_id AS u_participant, u.unread AS u_unread,
+       u.first_seq AS u_first_seq, u.preview AS u_preview
   FROM feed_state s
   LEFT JOIN LATERAL (
       SELECT * FROM feed_events f
@@ -127,6 +138,7 @@ SELECT s.last_position, s.pruned_through,
   LEFT JOIN messages m ON f.kind = 4 AND m.conversation_id = f.conversation_id AND m.seq = f.key
   LEFT JOIN read_events r ON f.kind = 5 AND r.id = f.key
   LEFT JOIN presence_events pe ON f.kind = 6 AND pe.id = f.key
+  LEFT JOIN reminder_events u ON f.kind = 7 AND u.id = f.key
  ORDER BY f.position";
 
 /// Most events deleted by one pruning statement, so pruning never holds long locks.
@@ -349,6 +361,15 @@ fn feed_event(row: &sqlx::postgres::PgRow) -> Result<Option<FeedEvent>, sqlx::Er
                 role,
                 reader_id: row.try_get("reader_id")?,
                 seq: row.try_get("r_seq")?,
+            },
+            None => FeedPayload::Missing,
+        },
+        FeedKind::UnreadReminder => match row.try_get::<Option<Role>, _>("u_role")? {
+            Some(role) => FeedPayload::Reminder {
+                participant: Participant::stored(role, row.try_get("u_participant")?),
+                unread: row.try_get("u_unread")?,
+                first_unread_seq: row.try_get("u_first_seq")?,
+                preview: row.try_get("u_preview")?,
             },
             None => FeedPayload::Missing,
         },

@@ -17,6 +17,7 @@ mod plan;
 mod pools;
 mod presence;
 mod records;
+mod reminders;
 mod rows;
 mod send;
 mod turns;

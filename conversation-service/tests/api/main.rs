@@ -15,6 +15,7 @@ mod observability;
 mod pagination;
 mod presence;
 mod properties;
+mod reminders;
 mod security;
 mod send_path;
 mod startup;
