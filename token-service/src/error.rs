@@ -120,6 +120,14 @@ impl Error {
         }
     }
 
+    pub fn erase_request_id_reused() -> Self {
+        Self::InvalidArgument {
+            field: "request_id",
+            description: "was already used to erase another customer".into(),
+            reason: "REQUEST_ID_REUSED",
+        }
+    }
+
     /// A guess at a secret (unknown link, wrong provider, malformed secret): counted by
     /// the failed-redemption limiter.
     pub fn is_failed_guess(&self) -> bool {

@@ -39,6 +39,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../../migrations/token/0002_consistency.sql"
         )),
+        M::up(include_str!("../../../migrations/token/0003_privacy.sql")),
     ])
 }
 
@@ -209,7 +210,11 @@ fn open(path: &Path, busy_timeout: Duration) -> Result<Connection, Error> {
     }
     // FULL: under NORMAL a committed redemption can vanish on power loss, making a
     // single-use link usable twice.
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+    // secure_delete: deleted rows are overwritten with zeros, so an erased customer's
+    // details do not linger in free pages (the WAL is truncated after an erasure).
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;",
+    )
         .context("setting pragmas")?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     migrations().to_latest(&mut conn)?;
