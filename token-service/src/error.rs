@@ -49,6 +49,13 @@ pub enum Error {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// conversation-service could not be reached for a call the RPC needs at once (an
+    /// export's conversations).
+    #[error("conversation-service unavailable: {0}")]
+    ConversationServiceUnavailable(String),
+    /// The caller went away before the answer was complete.
+    #[error("the caller cancelled")]
+    Cancelled,
     /// conversation-service refused a call for good; the caller hears its reason.
     #[error("conversation-service refused: {0}")]
     Refused(Refusal),
@@ -84,7 +91,7 @@ impl std::fmt::Display for Refusal {
 
 /// A code's canonical name (`FAILED_PRECONDITION`), written from the shared table of code
 /// names (`FailedPrecondition`): operators read it in a refused call's `last_error`.
-fn canonical_name(code: Code) -> String {
+pub(crate) fn canonical_name(code: Code) -> String {
     let mut name = String::new();
     for (at, c) in chat_common::rpc::code_name(code).char_indices() {
         if at > 0 && c.is_ascii_uppercase() {
@@ -190,7 +197,10 @@ impl ServiceError for Error {
             | Self::TokenExhausted
             | Self::CustomerAlreadyLinked => Code::FailedPrecondition,
             Self::TooManyFailedRedemptions { .. } => Code::ResourceExhausted,
-            Self::StoreUnavailable(_) => Code::Unavailable,
+            Self::StoreUnavailable(_) | Self::ConversationServiceUnavailable(_) => {
+                Code::Unavailable
+            }
+            Self::Cancelled => Code::Cancelled,
             Self::Store { source, .. } if is_transient(source) => Code::Unavailable,
             Self::Store { .. } | Self::Internal(_) => Code::Internal,
             // Passed through as conversation-service said it: same code, same reason.
@@ -214,6 +224,8 @@ impl ServiceError for Error {
             Self::FailedCallNotFound => "FAILED_CALL_NOT_FOUND",
             Self::BackupExists => "BACKUP_EXISTS",
             Self::StoreUnavailable(_) => "STORE_UNAVAILABLE",
+            Self::ConversationServiceUnavailable(_) => "CONVERSATION_SERVICE_UNAVAILABLE",
+            Self::Cancelled => "CANCELLED",
             Self::Store { source, .. } if is_transient(source) => "STORE_UNAVAILABLE",
             Self::Store { .. } | Self::Internal(_) => "INTERNAL",
         }
@@ -223,6 +235,9 @@ impl ServiceError for Error {
         match self {
             Self::SessionNotFound => "session secret is not valid".to_owned(),
             Self::Refused(refusal) => refusal.message.clone(),
+            Self::ConversationServiceUnavailable(_) => {
+                "conversation-service is unavailable, retry later".to_owned()
+            }
             _ if self.code() == Code::Unavailable => {
                 "storage is unavailable, retry later".to_owned()
             }
@@ -245,7 +260,9 @@ impl From<Error> for Status {
     /// An unavailable database is logged here with its context (INTERNAL is logged by
     /// `to_status`); the caller hears only that it may retry.
     fn from(error: Error) -> Self {
-        if error.code() == Code::Unavailable {
+        if matches!(error, Error::StoreUnavailable(_) | Error::Store { .. })
+            && error.code() == Code::Unavailable
+        {
             tracing::error!(%error, "database unavailable");
         }
         to_status(&error)

@@ -43,3 +43,8 @@ pub fn sqlite_group(calls: usize, took: Duration, commit: Duration) {
 pub fn sqlite_queue(length: usize) {
     metrics::gauge!("token_sqlite_queue_length").set(length as f64);
 }
+
+/// Rows (or contact details) the retention sweeper removed, by what they were.
+pub fn retention_removed(what: &'static str, rows: usize) {
+    metrics::counter!("token_retention_removed_total", "kind" => what).increment(rows as u64);
+}

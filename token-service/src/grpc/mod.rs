@@ -3,7 +3,9 @@
 //! per RPC with its ids, never a secret.
 
 mod admin;
+mod audit;
 mod convert;
+mod privacy;
 
 use std::sync::Arc;
 
@@ -24,6 +26,8 @@ use crate::{
 };
 
 pub use admin::TokenAdminGrpc;
+pub use audit::{AuditGrpc, Auditor};
+pub use privacy::PrivacyGrpc;
 pub use convert::link_path;
 
 #[derive(Clone)]
