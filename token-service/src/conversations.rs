@@ -13,8 +13,8 @@ use std::{
 use chat_common::rpc::{ClientLayer, ClientService};
 use chat_proto::v1::{
     CreateConversationRequest, Customer, EraseCustomerConversationsRequest,
-    ExportCustomerConversationsRequest, ExportCustomerConversationsResponse,
-    UpdateCustomerRequest, conversation_privacy_service_client::ConversationPrivacyServiceClient,
+    ExportCustomerConversationsRequest, ExportCustomerConversationsResponse, UpdateCustomerRequest,
+    conversation_privacy_service_client::ConversationPrivacyServiceClient,
     conversation_service_client::ConversationServiceClient,
 };
 use tonic::{

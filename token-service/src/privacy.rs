@@ -95,7 +95,11 @@ impl Erasures {
                     }
                 };
                 self.store
-                    .retry_erasure_later(call.request_id, now() + to_chrono(delay), error.to_string())
+                    .retry_erasure_later(
+                        call.request_id,
+                        now() + to_chrono(delay),
+                        error.to_string(),
+                    )
                     .await?;
                 Ok(None)
             }

@@ -64,7 +64,11 @@ pub async fn sweep(
         }
         crate::metrics::retention_removed(what.name(), total);
         if total > 0 {
-            tracing::info!(kind = what.name(), rows = total, "retention removed old data");
+            tracing::info!(
+                kind = what.name(),
+                rows = total,
+                "retention removed old data"
+            );
         }
         removed.push((what, total));
     }

@@ -102,7 +102,8 @@ impl Application {
             conversations.clone(),
             outbox_settings(&config),
         );
-        let (probes, routes) = services(&config, &store, &outbox, &erasures, &conversations).await?;
+        let (probes, routes) =
+            services(&config, &store, &outbox, &erasures, &conversations).await?;
         Ok(Self {
             listener,
             local_addr,

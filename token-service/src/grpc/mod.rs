@@ -27,8 +27,8 @@ use crate::{
 
 pub use admin::TokenAdminGrpc;
 pub use audit::{AuditGrpc, Auditor};
-pub use privacy::PrivacyGrpc;
 pub use convert::link_path;
+pub use privacy::PrivacyGrpc;
 
 #[derive(Clone)]
 pub struct TokenGrpc {

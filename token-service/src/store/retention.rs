@@ -50,12 +50,14 @@ impl Retained {
                  WHERE end_time < ?1
                    AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.session_id = s.session_id)
                  LIMIT ?2)"],
-            Self::FailedCallContacts => &["UPDATE outbox SET name = NULL, email = NULL, phone = NULL
+            Self::FailedCallContacts => {
+                &["UPDATE outbox SET name = NULL, email = NULL, phone = NULL
                  WHERE job_id IN (
                  SELECT job_id FROM outbox
                  WHERE failed_time < ?1
                    AND (name IS NOT NULL OR email IS NOT NULL OR phone IS NOT NULL)
-                 LIMIT ?2)"],
+                 LIMIT ?2)"]
+            }
             Self::Links => &["DELETE FROM chat_tokens WHERE token_id IN (
                  SELECT token_id FROM chat_tokens t
                  WHERE (expire_time < ?1 OR revoke_time < ?1)

@@ -215,7 +215,7 @@ fn open(path: &Path, busy_timeout: Duration) -> Result<Connection, Error> {
     conn.execute_batch(
         "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;",
     )
-        .context("setting pragmas")?;
+    .context("setting pragmas")?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     migrations().to_latest(&mut conn)?;
     Ok(conn)
