@@ -409,6 +409,91 @@ async fn operators_read_tokens_and_nothing_else_over_mutual_tls() {
     );
 }
 
+/// EraseCustomer / ExportCustomer belong to the privacy officer alone; the audit trail
+/// names it, and refusals by the callers file write no record.
+#[tokio::test]
+async fn only_privacy_officers_erase_or_export_and_the_audit_trail_names_them() {
+    use chat_proto::v1::{
+        EraseCustomerRequest, ExportCustomerRequest, ListAuditRecordsRequest,
+        audit_service_client::AuditServiceClient, privacy_service_client::PrivacyServiceClient,
+    };
+    let pki = Pki::new("token-privacy");
+    let server = pki.server("token");
+    let callers = example_callers_file();
+    let (addr, shutdown) = token_service(
+        "http://127.0.0.1:9",
+        &[
+            "--tls-cert",
+            path(&server.cert),
+            "--tls-key",
+            path(&server.key),
+            "--tls-client-ca",
+            path(&pki.ca()),
+            "--callers-file",
+            path(&callers),
+        ],
+    )
+    .await;
+    let _stop = shutdown.drop_guard();
+    let as_caller = |workload: &str| tls_channel(addr, &pki.ca(), Some(&pki.client(workload)));
+    let officer = as_caller("privacy-officer");
+    wait_serving(&officer, "chat.v1.TokenService").await;
+    let erase = || EraseCustomerRequest {
+        request_id: Uuid::new_v4().to_string(),
+        customer_id: "cust-privacy".into(),
+    };
+    let export = || ExportCustomerRequest {
+        customer_id: "cust-privacy".into(),
+    };
+
+    for workload in ["bff", "operator", "admin"] {
+        let mut privacy = PrivacyServiceClient::new(as_caller(workload));
+        assert_refused(
+            privacy.erase_customer(erase()).await,
+            Code::PermissionDenied,
+            "METHOD_NOT_GRANTED",
+        );
+        assert_refused(
+            privacy.export_customer(export()).await,
+            Code::PermissionDenied,
+            "METHOD_NOT_GRANTED",
+        );
+    }
+    for workload in ["bff", "operator"] {
+        assert_refused(
+            AuditServiceClient::new(as_caller(workload))
+                .list_audit_records(ListAuditRecordsRequest::default())
+                .await,
+            Code::PermissionDenied,
+            "METHOD_NOT_GRANTED",
+        );
+    }
+
+    PrivacyServiceClient::new(officer.clone())
+        .erase_customer(erase())
+        .await
+        .unwrap();
+    let records = AuditServiceClient::new(as_caller("admin"))
+        .list_audit_records(ListAuditRecordsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .audit_records;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(
+        (
+            records[0].caller.as_str(),
+            records[0].method.as_str(),
+            records[0].target.as_str()
+        ),
+        (
+            "privacy-officer",
+            "/chat.v1.PrivacyService/EraseCustomer",
+            "cust-privacy"
+        )
+    );
+}
+
 fn bearer<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     request
