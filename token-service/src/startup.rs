@@ -22,7 +22,7 @@ use crate::{
     config::Config,
     conversations::{self, Conversations},
     error::Error,
-    grpc::{AuditGrpc, PrivacyGrpc, TokenAdminGrpc, TokenGrpc},
+    grpc::{AuditGrpc, Auditor, PrivacyGrpc, TokenAdminGrpc, TokenGrpc},
     limiter::{CallerIdentity, FailureLimiter},
     outbox::{Outbox, OutboxSettings},
     privacy::Erasures,
@@ -72,7 +72,7 @@ impl Application {
     /// that cannot be opened yet stops the start: both are retried and reported by
     /// health.
     pub async fn build(config: Config) -> Result<Self, Error> {
-        let security =
+        let mut security =
             Security::load(&config.security).map_err(|e| Error::Internal(e.to_string()))?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -97,6 +97,7 @@ impl Application {
             conversations.clone(),
             outbox_settings(&config),
         );
+        security.on_policy_reload(Auditor::new(store.clone()).policy_reload_hook());
         let erasures = Erasures::new(
             store.clone(),
             conversations.clone(),

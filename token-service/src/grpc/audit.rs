@@ -2,7 +2,13 @@
 //! recorded: who (the caller's name in the callers file), what, on what, and how it
 //! ended.
 
-use chat_common::{auth::Caller, error::ServiceError};
+use std::{path::Path, sync::Arc};
+
+use chat_common::{
+    auth::{Caller, PolicyError},
+    error::ServiceError,
+    security::PolicyReloadHook,
+};
 use chat_proto::v1::{self as pb, audit_service_server::AuditService};
 use tonic::{Code, Request, Response, Status};
 
@@ -15,6 +21,9 @@ use crate::{
 
 /// The caller's name when the service runs without a callers file.
 const ANONYMOUS: &str = "anonymous";
+/// Who is named for what the service does by itself, and what it did.
+const THIS_SERVICE: &str = "token-service";
+const CALLERS_FILE_RELOAD: &str = "callers-file-reload";
 
 /// Records administrative calls in the store.
 #[derive(Clone)]
@@ -50,6 +59,28 @@ impl Auditor {
             .await;
     }
 
+    /// Records each reload of the callers file: OK, or FAILED_PRECONDITION with the
+    /// reason `CALLERS_FILE_INVALID` when the file did not load (the previous one stays).
+    pub fn policy_reload_hook(&self) -> PolicyReloadHook {
+        let store = self.store.clone();
+        Arc::new(move |path: &Path, error: Option<&PolicyError>| {
+            let (result, reason) = match error {
+                None => ("OK", ""),
+                Some(_) => ("FAILED_PRECONDITION", "CALLERS_FILE_INVALID"),
+            };
+            let entry = AuditEntry {
+                caller: THIS_SERVICE.to_owned(),
+                method: CALLERS_FILE_RELOAD.to_owned(),
+                target: path.display().to_string(),
+                result: result.to_owned(),
+                reason: reason.to_owned(),
+            };
+            let store = store.clone();
+            // Called from the file watcher; the write must not hold it up.
+            tokio::spawn(async move { write(&store, entry).await });
+        })
+    }
+
     /// Records a call that ended with `error`, or succeeded (`None`).
     pub async fn record_error(
         &self,
@@ -70,9 +101,14 @@ impl Auditor {
             result,
             reason,
         };
-        if let Err(error) = self.store.audit(entry.clone(), now()).await {
-            tracing::error!(%error, ?entry, "could not write an audit record");
-        }
+        write(&self.store, entry).await;
+    }
+}
+
+/// Appends `entry`; one that cannot be written is logged (it names no personal data).
+async fn write(store: &Store, entry: AuditEntry) {
+    if let Err(error) = store.audit(entry.clone(), now()).await {
+        tracing::error!(%error, ?entry, "could not write an audit record");
     }
 }
 
