@@ -77,6 +77,16 @@ impl Outbox {
         }
     }
 
+    /// What the outbox works with, for another queue of calls to conversation-service
+    /// (the erasures).
+    pub fn parts(&self) -> (Store, Conversations, OutboxSettings) {
+        (
+            self.store.clone(),
+            self.conversations.clone(),
+            self.settings.clone(),
+        )
+    }
+
     pub fn set_reachable(&self, reachable: bool) {
         self.reachable.store(reachable, Ordering::Relaxed);
     }

@@ -13,8 +13,8 @@ use crate::{
     conversations::{CallError, Conversations},
     domain::{CustomerId, Erasure, RequestId, now},
     error::Error,
-    outbox::{OutboxSettings, to_chrono},
-    store::{ErasureJob, Store},
+    outbox::{Outbox, OutboxSettings, to_chrono},
+    store::{ErasureAttempt, ErasureJob, Store},
 };
 
 #[derive(Clone)]
@@ -26,7 +26,10 @@ pub struct Erasures {
 }
 
 impl Erasures {
-    pub fn new(store: Store, conversations: Conversations, settings: OutboxSettings) -> Self {
+    /// Erasures ride on the outbox's store, client and timings; they have their own queue
+    /// (`erasures`) and worker.
+    pub fn new(outbox: &Outbox) -> Self {
+        let (store, conversations, settings) = outbox.parts();
         Self {
             store,
             conversations,
@@ -68,16 +71,15 @@ impl Erasures {
     /// stays queued.
     async fn attempt(&self, job: ErasureJob) -> Result<Option<Erasure>, Error> {
         let call = &job.call;
-        match self
+        let attempt = match self
             .conversations
             .erase_customer(call, self.settings.call_timeout)
             .await
         {
             Ok(erased) => {
-                let erasure = self.store.complete_erasure(&job, erased, now()).await?;
                 tracing::info!(request_id = %call.request_id, conversations = erased.conversations,
                     messages = erased.messages, "erasure complete");
-                Ok(Some(erasure))
+                ErasureAttempt::Done(erased)
             }
             Err(error) => {
                 let delay = match &error {
@@ -94,16 +96,11 @@ impl Erasures {
                         self.settings.backoff(call.attempts)
                     }
                 };
-                self.store
-                    .retry_erasure_later(
-                        call.request_id,
-                        now() + to_chrono(delay),
-                        error.to_string(),
-                    )
-                    .await?;
-                Ok(None)
+                ErasureAttempt::RetryAt(now() + to_chrono(delay), error.to_string())
             }
-        }
+        };
+        let erasure = self.store.settle_erasure(&job, attempt, now()).await?;
+        Ok(erasure.complete_time.is_some().then_some(erasure))
     }
 
     /// The background worker: makes due erasures until `shutdown`.

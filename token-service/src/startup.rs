@@ -98,11 +98,7 @@ impl Application {
             outbox_settings(&config),
         );
         security.on_policy_reload(Auditor::new(store.clone()).policy_reload_hook());
-        let erasures = Erasures::new(
-            store.clone(),
-            conversations.clone(),
-            outbox_settings(&config),
-        );
+        let erasures = Erasures::new(&outbox);
         let (probes, routes) =
             services(&config, &store, &outbox, &erasures, &conversations).await?;
         Ok(Self {

@@ -128,17 +128,12 @@ impl TokenAdminService for TokenAdminGrpc {
     ) -> Result<Response<pb::RetryFailedCallResponse>, Status> {
         let span = span("RetryFailedCall", request.get_ref().call_id);
         let caller = Auditor::caller(&request);
-        async {
-            let request = request.into_inner();
-            let target = request.call_id.to_string();
-            let outcome = self.retry(request).await;
-            self.auditor
-                .record(caller, RETRY_FAILED_CALL, target, &outcome)
-                .await;
-            reply(outcome)
-        }
-        .instrument(span)
-        .await
+        let request = request.into_inner();
+        let target = request.call_id.to_string();
+        let outcome = self.retry(request).instrument(span).await;
+        self.auditor
+            .reply(caller, RETRY_FAILED_CALL, target, outcome)
+            .await
     }
 
     async fn drop_failed_call(
@@ -147,17 +142,12 @@ impl TokenAdminService for TokenAdminGrpc {
     ) -> Result<Response<pb::DropFailedCallResponse>, Status> {
         let span = span("DropFailedCall", request.get_ref().call_id);
         let caller = Auditor::caller(&request);
-        async {
-            let request = request.into_inner();
-            let target = request.call_id.to_string();
-            let outcome = self.drop_call(request).await;
-            self.auditor
-                .record(caller, DROP_FAILED_CALL, target, &outcome)
-                .await;
-            reply(outcome)
-        }
-        .instrument(span)
-        .await
+        let request = request.into_inner();
+        let target = request.call_id.to_string();
+        let outcome = self.drop_call(request).instrument(span).await;
+        self.auditor
+            .reply(caller, DROP_FAILED_CALL, target, outcome)
+            .await
     }
 
     async fn backup_database(
@@ -165,19 +155,17 @@ impl TokenAdminService for TokenAdminGrpc {
         request: Request<pb::BackupDatabaseRequest>,
     ) -> Result<Response<pb::BackupDatabaseResponse>, Status> {
         let caller = Auditor::caller(&request);
-        async {
-            let request = request.into_inner();
-            let outcome = self.backup(request.clone()).await;
-            // The file written, or the name asked for when none was.
-            let target = outcome
-                .as_ref()
-                .map_or(request.file_name, |written| written.path.clone());
-            self.auditor
-                .record(caller, BACKUP_DATABASE, target, &outcome)
-                .await;
-            reply(outcome)
-        }
-        .instrument(span("BackupDatabase", 0))
-        .await
+        let request = request.into_inner();
+        let outcome = self
+            .backup(request.clone())
+            .instrument(span("BackupDatabase", 0))
+            .await;
+        // The file written, or the name asked for when none was.
+        let target = outcome
+            .as_ref()
+            .map_or(request.file_name, |written| written.path.clone());
+        self.auditor
+            .reply(caller, BACKUP_DATABASE, target, outcome)
+            .await
     }
 }

@@ -81,6 +81,18 @@ impl Auditor {
         })
     }
 
+    /// Records how a call ended, then answers with it.
+    pub async fn reply<T>(
+        &self,
+        caller: String,
+        method: &str,
+        target: String,
+        outcome: Result<T, Error>,
+    ) -> Result<Response<T>, Status> {
+        self.record(caller, method, target, &outcome).await;
+        reply(outcome)
+    }
+
     /// Records a call that ended with `error`, or succeeded (`None`).
     pub async fn record_error(
         &self,

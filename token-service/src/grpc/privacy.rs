@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{audit::Auditor, convert::timestamp, reply};
+use super::{audit::Auditor, convert::timestamp};
 use crate::{
     conversations::{CallError, Conversations, classify},
     domain::{CustomerExport, CustomerId, Erasure, RequestId},
@@ -152,9 +152,8 @@ impl PrivacyService for PrivacyGrpc {
         let target = request.customer_id.clone();
         let outcome = self.erase(request).await;
         self.auditor
-            .record(caller, ERASE_CUSTOMER, target, &outcome)
-            .await;
-        reply(outcome)
+            .reply(caller, ERASE_CUSTOMER, target, outcome)
+            .await
     }
 
     type ExportCustomerStream = ReceiverStream<Result<pb::ExportCustomerResponse, Status>>;

@@ -3,7 +3,10 @@
 
 use rusqlite::params;
 
-use super::{sql::time_at, thread::Store};
+use super::{
+    sql::{rows, time_at},
+    thread::Store,
+};
 use crate::{
     domain::{AuditEntry, AuditRecord, Timestamp, to_micros},
     error::{Error, StoreResultExt},
@@ -39,14 +42,11 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<AuditRecord>, Error> {
         self.call(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT record_id, caller, method, target, time, result, reason
-                     FROM audit_records WHERE record_id < ?1
-                     ORDER BY record_id DESC LIMIT ?2",
-                )
-                .context("listing audit records")?;
-            stmt.query_map(
+            rows(
+                conn,
+                "SELECT record_id, caller, method, target, time, result, reason
+                 FROM audit_records WHERE record_id < ?1
+                 ORDER BY record_id DESC LIMIT ?2",
                 params![before.unwrap_or(i64::MAX), i64::from(limit)],
                 |row| {
                     Ok(AuditRecord {
@@ -61,10 +61,8 @@ impl Store {
                         },
                     })
                 },
+                "listing audit records",
             )
-            .context("listing audit records")?
-            .collect::<rusqlite::Result<_>>()
-            .context("listing audit records")
         })
         .await
     }

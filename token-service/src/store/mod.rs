@@ -25,7 +25,7 @@ mod tokens;
 mod turns;
 
 pub use outbox::{Done, OutboxCall, OutboxJob};
-pub use privacy::ErasureJob;
+pub use privacy::{ErasureAttempt, ErasureJob};
 pub use retention::Retained;
 pub use sessions::{Identified, Redeemed, Redemption};
 pub use stats::OutboxStats;

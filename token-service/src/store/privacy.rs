@@ -7,7 +7,7 @@
 use rusqlite::{Connection, Row, params};
 
 use super::{
-    sql::{Cached, optional, optional_time_at, time_at},
+    sql::{Cached, optional, optional_time_at, rows, time_at},
     thread::Store,
     turns::Turn,
 };
@@ -31,6 +31,14 @@ const CUSTOMER_SESSIONS: &str =
 pub struct ErasureJob {
     pub call: ErasureCall,
     _turns: Vec<Turn>,
+}
+
+/// How an attempt at conversation-service's part of an erasure ended.
+#[derive(Debug)]
+pub enum ErasureAttempt {
+    Done(ConversationsErased),
+    /// Failed with this error; to be made again at that time.
+    RetryAt(Timestamp, String),
 }
 
 fn erasure_from_row(row: &Row<'_>) -> rusqlite::Result<Erasure> {
@@ -64,20 +72,16 @@ fn erase_locally(
     customer_id: &CustomerId,
     now: Timestamp,
 ) -> Result<(), Error> {
-    let sessions: Vec<(SessionId, Option<ConversationId>)> = {
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT session_id, conversation_id FROM chat_sessions
-                 WHERE session_id IN ({CUSTOMER_SESSIONS})"
-            ))
-            .context("finding a customer's sessions")?;
-        stmt.query_map([customer_id], |r| {
-            Ok((r.get("session_id")?, r.get("conversation_id")?))
-        })
-        .context("finding a customer's sessions")?
-        .collect::<rusqlite::Result<_>>()
-        .context("finding a customer's sessions")?
-    };
+    let sessions: Vec<(SessionId, Option<ConversationId>)> = rows(
+        conn,
+        &format!(
+            "SELECT session_id, conversation_id FROM chat_sessions
+             WHERE session_id IN ({CUSTOMER_SESSIONS})"
+        ),
+        [customer_id],
+        session_and_conversation,
+        "finding a customer's sessions",
+    )?;
     // Queued and refused calls alike: every one of them names the customer or carries
     // their details, and none may run after conversation-service has erased.
     let calls_erased = conn
@@ -126,52 +130,58 @@ fn exported_sessions(
     conn: &Connection,
     customer_id: &CustomerId,
 ) -> Result<Vec<ExportedSession>, Error> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
+    rows(
+        conn,
+        &format!(
             "SELECT session_id, provider_id, token_id, conversation_id, create_time, end_time
              FROM chat_sessions WHERE session_id IN ({CUSTOMER_SESSIONS})
              ORDER BY create_time, session_id"
-        ))
-        .context("exporting sessions")?;
-    stmt.query_map([customer_id], |row| {
-        Ok(ExportedSession {
-            session_id: row.get("session_id")?,
-            provider_id: row.get("provider_id")?,
-            token_id: row.get("token_id")?,
-            conversation_id: row.get("conversation_id")?,
-            create_time: time_at(row, "create_time")?,
-            end_time: optional_time_at(row, "end_time")?,
-        })
-    })
-    .context("exporting sessions")?
-    .collect::<rusqlite::Result<_>>()
-    .context("exporting sessions")
+        ),
+        [customer_id],
+        |row| {
+            Ok(ExportedSession {
+                session_id: row.get("session_id")?,
+                provider_id: row.get("provider_id")?,
+                token_id: row.get("token_id")?,
+                conversation_id: row.get("conversation_id")?,
+                create_time: time_at(row, "create_time")?,
+                end_time: optional_time_at(row, "end_time")?,
+            })
+        },
+        "exporting sessions",
+    )
 }
 
 fn exported_contacts(
     conn: &Connection,
     customer_id: &CustomerId,
 ) -> Result<Vec<ExportedContact>, Error> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
+    rows(
+        conn,
+        &format!(
             "SELECT session_id, name, email, phone, create_time FROM outbox
              WHERE (customer_id = ?1 OR session_id IN ({CUSTOMER_SESSIONS}))
                AND (name IS NOT NULL OR email IS NOT NULL OR phone IS NOT NULL)
              ORDER BY job_id"
-        ))
-        .context("exporting contact details")?;
-    stmt.query_map([customer_id], |row| {
-        Ok(ExportedContact {
-            session_id: row.get("session_id")?,
-            name: row.get("name")?,
-            email: row.get("email")?,
-            phone: row.get("phone")?,
-            create_time: time_at(row, "create_time")?,
-        })
-    })
-    .context("exporting contact details")?
-    .collect::<rusqlite::Result<_>>()
-    .context("exporting contact details")
+        ),
+        [customer_id],
+        |row| {
+            Ok(ExportedContact {
+                session_id: row.get("session_id")?,
+                name: row.get("name")?,
+                email: row.get("email")?,
+                phone: row.get("phone")?,
+                create_time: time_at(row, "create_time")?,
+            })
+        },
+        "exporting contact details",
+    )
+}
+
+fn session_and_conversation(
+    row: &Row<'_>,
+) -> rusqlite::Result<(SessionId, Option<ConversationId>)> {
+    Ok((row.get("session_id")?, row.get("conversation_id")?))
 }
 
 impl Store {
@@ -221,21 +231,16 @@ impl Store {
                     |r| r.get("attempts"),
                 )
                 .context("reading an erasure")?;
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT session_id, conversation_id FROM erasure_sessions
-                     WHERE request_id = ?1 ORDER BY session_id",
-                )
-                .context("reading an erasure's sessions")?;
-            let rows: Vec<(SessionId, Option<ConversationId>)> = stmt
-                .query_map([request_id], |r| {
-                    Ok((r.get("session_id")?, r.get("conversation_id")?))
-                })
-                .context("reading an erasure's sessions")?
-                .collect::<rusqlite::Result<_>>()
-                .context("reading an erasure's sessions")?;
-            let mut turns = Vec::with_capacity(rows.len());
-            for (session_id, _) in &rows {
+            let sessions = rows(
+                conn,
+                "SELECT session_id, conversation_id FROM erasure_sessions
+                 WHERE request_id = ?1 ORDER BY session_id",
+                [request_id],
+                session_and_conversation,
+                "reading an erasure's sessions",
+            )?;
+            let mut turns = Vec::with_capacity(sessions.len());
+            for (session_id, _) in &sessions {
                 match in_flight.take(*session_id) {
                     Some(turn) => turns.push(turn),
                     // Dropping the turns taken so far frees them again.
@@ -245,7 +250,7 @@ impl Store {
             // A conversation created after the erasure was written (its call was in
             // flight) is read from the session, where that call recorded it.
             let mut conversation_ids = Vec::new();
-            for (session_id, recorded) in rows {
+            for (session_id, recorded) in sessions {
                 let current: Option<ConversationId> = optional(conn.query_row_cached(
                     "SELECT conversation_id FROM chat_sessions WHERE session_id = ?1",
                     [session_id],
@@ -273,68 +278,53 @@ impl Store {
     /// Erasures whose conversation-service part is due at `now`, oldest first.
     pub async fn due_erasures(&self, now: Timestamp, limit: u32) -> Result<Vec<RequestId>, Error> {
         self.call(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT request_id FROM erasures
-                     WHERE complete_time IS NULL AND next_attempt_time <= ?1
-                     ORDER BY next_attempt_time LIMIT ?2",
-                )
-                .context("finding due erasures")?;
-            stmt.query_map(params![to_micros(now), i64::from(limit)], |r| {
-                r.get("request_id")
-            })
-            .context("finding due erasures")?
-            .collect::<rusqlite::Result<_>>()
-            .context("finding due erasures")
+            rows(
+                conn,
+                "SELECT request_id FROM erasures
+                 WHERE complete_time IS NULL AND next_attempt_time <= ?1
+                 ORDER BY next_attempt_time LIMIT ?2",
+                params![to_micros(now), i64::from(limit)],
+                |r| r.get("request_id"),
+                "finding due erasures",
+            )
         })
         .await
     }
 
-    /// Records conversation-service's part as done, with what it erased.
-    pub async fn complete_erasure(
+    /// Records an attempt at conversation-service's part: done, with what it erased, or
+    /// put back to be made at a later time. Returns the erasure as it now stands.
+    pub async fn settle_erasure(
         &self,
         job: &ErasureJob,
-        erased: ConversationsErased,
+        attempt: ErasureAttempt,
         now: Timestamp,
     ) -> Result<Erasure, Error> {
         let request_id = job.call.request_id;
         self.call(move |conn| {
-            conn.execute_cached(
-                "UPDATE erasures SET conversations_erased = conversations_erased + ?2,
-                                     messages_erased = messages_erased + ?3,
-                                     attempts = attempts + 1, last_error = NULL,
-                                     complete_time = ?4
-                 WHERE request_id = ?1 AND complete_time IS NULL",
-                params![
-                    request_id,
-                    erased.conversations,
-                    erased.messages,
-                    to_micros(now)
-                ],
-            )
-            .context("completing an erasure")?;
+            match attempt {
+                ErasureAttempt::Done(erased) => conn.execute_cached(
+                    "UPDATE erasures SET conversations_erased = conversations_erased + ?2,
+                                         messages_erased = messages_erased + ?3,
+                                         attempts = attempts + 1, last_error = NULL,
+                                         complete_time = ?4
+                     WHERE request_id = ?1 AND complete_time IS NULL",
+                    params![
+                        request_id,
+                        erased.conversations,
+                        erased.messages,
+                        to_micros(now)
+                    ],
+                ),
+                ErasureAttempt::RetryAt(next_attempt, error) => conn.execute_cached(
+                    "UPDATE erasures SET attempts = attempts + 1, next_attempt_time = ?2,
+                                         last_error = ?3
+                     WHERE request_id = ?1",
+                    params![request_id, to_micros(next_attempt), error],
+                ),
+            }
+            .context("recording an erasure attempt")?;
             erasure_by_id(conn, request_id)?
-                .ok_or_else(|| Error::Internal("an erasure vanished as it completed".into()))
-        })
-        .await
-    }
-
-    /// Puts conversation-service's part back, to be made at `next_attempt`.
-    pub async fn retry_erasure_later(
-        &self,
-        request_id: RequestId,
-        next_attempt: Timestamp,
-        error: String,
-    ) -> Result<(), Error> {
-        self.call(move |conn| {
-            conn.execute_cached(
-                "UPDATE erasures SET attempts = attempts + 1, next_attempt_time = ?2,
-                                     last_error = ?3
-                 WHERE request_id = ?1",
-                params![request_id, to_micros(next_attempt), error],
-            )
-            .context("rescheduling an erasure")?;
-            Ok(())
+                .ok_or_else(|| Error::Internal("an erasure vanished as it was attempted".into()))
         })
         .await
     }
