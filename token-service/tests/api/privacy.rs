@@ -433,6 +433,53 @@ async fn connect(listen: &str) -> Channel {
     .await
 }
 
+// Current-thread runtime: token-service runs on this thread, so the capturing subscriber
+// set here sees everything it logs.
+#[tokio::test(flavor = "current_thread")]
+async fn neither_logs_nor_metrics_name_a_customer_identified_exported_and_erased() {
+    use chat_common::telemetry::{LogFormat, subscriber, tracer_provider};
+    let capture = crate::observability::Capture::default();
+    let sink = capture.clone();
+    let provider = tracer_provider("token-chat-test");
+    let _logs = tracing::subscriber::set_default(subscriber(
+        "token-chat-test",
+        LogFormat::Json,
+        move || sink.clone(),
+        false,
+        &provider,
+    ));
+    let fake = FakePrivacy::default();
+    let addr = free_addr();
+    let _fake = serve_fake(fake, addr).await;
+    let app = spawn_app_with(
+        temp_db_path(),
+        &format!("http://{addr}"),
+        &["--metrics-addr", "127.0.0.1:0"],
+    )
+    .await;
+    let person = Person::new();
+    identified_session(&app, "prov-logs", &person).await;
+    let (_, error) = export(&app, &person.customer_id).await;
+    assert!(error.is_none(), "{error:?}");
+    let erasure = privacy(&app)
+        .erase_customer(erase_request(&Uuid::new_v4().to_string(), &person.customer_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .erasure
+        .unwrap();
+    assert_eq!(erasure.state(), ErasureState::Complete);
+
+    let metrics = scrape(app.metrics.unwrap()).await.unwrap();
+    let logs = capture.text();
+    assert!(logs.contains("erasure complete"), "the capture saw nothing");
+    for s in person.strings() {
+        assert!(!logs.contains(s), "{s} logged");
+        assert!(!metrics.contains(s), "{s} in /metrics");
+    }
+    app.stop().await;
+}
+
 // ---- export ----
 
 async fn export(app: &TestApp, customer_id: &str) -> (Vec<Item>, Option<Status>) {
