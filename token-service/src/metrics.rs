@@ -13,6 +13,12 @@ pub fn outbox(pending: i64, oldest_pending_seconds: f64, failed: i64) {
     metrics::gauge!("token_outbox_failed_jobs").set(failed as f64);
 }
 
+/// Read on every health probe: erasures whose conversation-service part is still owed.
+#[allow(clippy::cast_precision_loss)]
+pub fn erasures_pending(pending: i64) {
+    metrics::gauge!("token_erasures_pending").set(pending as f64);
+}
+
 /// A failed guess (unknown link, wrong provider, malformed secret) counted against its
 /// caller.
 pub fn failed_guess() {

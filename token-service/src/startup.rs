@@ -400,6 +400,7 @@ impl HealthProbe {
                         stats.oldest_pending_seconds,
                         stats.failed,
                     );
+                    crate::metrics::erasures_pending(stats.erasures_pending);
                 }
                 true
             }
