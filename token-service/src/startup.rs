@@ -290,7 +290,6 @@ async fn services(
                 store.clone(),
                 erasures.clone(),
                 conversations.clone(),
-                config.request_timeout,
             ))
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(MAX_REPLY_BYTES),

@@ -24,6 +24,10 @@ const ERASE_CUSTOMER: &str = "/chat.v1.PrivacyService/EraseCustomer";
 const EXPORT_CUSTOMER: &str = "/chat.v1.PrivacyService/ExportCustomer";
 /// Items buffered for a slow reader of an export; beyond, the export waits for it.
 const EXPORT_QUEUE: usize = 32;
+/// A whole export, conversation-service's stream and a slow reader included, ends by
+/// then: REQUEST_TIMEOUT bounds only the start of a stream, and a stuck one must not hold
+/// a task and a connection to conversation-service for ever.
+pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Clone)]
 pub struct PrivacyGrpc {
@@ -31,23 +35,15 @@ pub struct PrivacyGrpc {
     erasures: Erasures,
     conversations: Conversations,
     auditor: Auditor,
-    /// Bounds a whole export, conversation-service's stream included.
-    export_timeout: Duration,
 }
 
 impl PrivacyGrpc {
-    pub fn new(
-        store: Store,
-        erasures: Erasures,
-        conversations: Conversations,
-        export_timeout: Duration,
-    ) -> Self {
+    pub fn new(store: Store, erasures: Erasures, conversations: Conversations) -> Self {
         Self {
             auditor: Auditor::new(store.clone()),
             store,
             erasures,
             conversations,
-            export_timeout,
         }
     }
 
@@ -99,7 +95,7 @@ impl PrivacyGrpc {
         }
         let mut remote = self
             .conversations
-            .export_customer(customer_id, &local.conversation_ids(), self.export_timeout)
+            .export_customer(customer_id, &local.conversation_ids(), EXPORT_TIMEOUT)
             .await
             .map_err(remote_error)?;
         while let Some(reply) = remote.message().await.map_err(remote_error)? {
@@ -177,7 +173,14 @@ impl PrivacyService for PrivacyGrpc {
         let (tx, rx) = mpsc::channel(EXPORT_QUEUE);
         let this = self.clone();
         tokio::spawn(async move {
-            let outcome = this.export(&customer_id, local, &tx).await;
+            let outcome =
+                tokio::time::timeout(EXPORT_TIMEOUT, this.export(&customer_id, local, &tx))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Error::ConversationServiceUnavailable(
+                            "the export did not finish in time".into(),
+                        ))
+                    });
             this.auditor
                 .record(caller, EXPORT_CUSTOMER, target, &outcome)
                 .await;

@@ -462,7 +462,10 @@ async fn neither_logs_nor_metrics_name_a_customer_identified_exported_and_erased
     let (_, error) = export(&app, &person.customer_id).await;
     assert!(error.is_none(), "{error:?}");
     let erasure = privacy(&app)
-        .erase_customer(erase_request(&Uuid::new_v4().to_string(), &person.customer_id))
+        .erase_customer(erase_request(
+            &Uuid::new_v4().to_string(),
+            &person.customer_id,
+        ))
         .await
         .unwrap()
         .into_inner()
