@@ -132,4 +132,4 @@ db.close()
 PY
 echo "load-big: SQLite loaded in $((SECONDS - started)) s" >&2
 echo "DATABASE_URL=$url"
-echo "DB_PATH=$sqlite"
+echo "TOKEN_DB_PATH=$sqlite"

@@ -17,3 +17,12 @@ psql -h 127.0.0.1 -U postgres -d postgres -Atc \
 psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT rolname FROM pg_roles WHERE rolname LIKE 'cs\_test\_%'" |
   while read -r role; do psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP ROLE IF EXISTS \"$role\"" >/dev/null || true; done
 cargo test --workspace --locked --no-fail-fast "$@"
+# The clients' own tests, against real conversation-service processes (the binary the
+# line above built): TypeScript and Python, then both clients across a PostgreSQL restart
+# on a private cluster (clients/test-pg-restart.sh), so the shared one is never restarted.
+target_dir="${CARGO_TARGET_DIR:-target}"
+[[ "$target_dir" = /* ]] || target_dir="$PWD/$target_dir"
+export CONVERSATION_SERVICE_BIN="$target_dir/debug/conversation-service"
+clients/typescript/test.sh
+clients/python/test.sh
+clients/test-pg-restart.sh

@@ -56,6 +56,10 @@ pub enum PolicyError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileSpec {
+    /// A file with no `[[caller]]` closes every non-open method to everyone; it is taken
+    /// only when it says so, since an empty file is more often one truncated in place.
+    #[serde(default)]
+    allow_no_callers: bool,
     #[serde(default)]
     open: Option<OpenSpec>,
     #[serde(default)]
@@ -158,7 +162,8 @@ pub struct Policy {
 
 impl Policy {
     /// Reads and checks a callers file: every method pattern well formed, every role
-    /// defined, no SAN or token shared by two callers.
+    /// defined, no SAN or token shared by two callers, at least one caller unless
+    /// `allow_no_callers = true`.
     ///
     /// # Errors
     /// When the file cannot be read or is not a valid callers file.
@@ -188,6 +193,13 @@ impl Policy {
             path: String::new(),
             source,
         })?;
+        if spec.callers.is_empty() && !spec.allow_no_callers {
+            return Err(PolicyError::Invalid(
+                "no [[caller]] in it, which would refuse every caller; write \
+                 `allow_no_callers = true` if that is meant"
+                    .to_owned(),
+            ));
+        }
         let mut open = Grants::default();
         match &spec.open {
             Some(section) => section.methods.iter().try_for_each(|m| open.add(m))?,
@@ -267,26 +279,24 @@ impl Policy {
 
     /// Decides one call. A bearer token, when sent, is what identifies the caller (a mesh
     /// may also present its own certificate); otherwise the client certificate does.
+    /// `authorization` holds every `authorization` header of the request: more than one
+    /// is refused, since a proxy that reads another one than we do would disagree with us
+    /// on who is calling. `certificate` is the SANs of the client certificate, `None`
+    /// when none was presented.
     ///
     /// # Errors
     /// UNAUTHENTICATED or PERMISSION_DENIED, with an ErrorInfo reason.
     pub fn authorize(
         &self,
         path: &str,
-        authorization: Option<&[u8]>,
-        sans: &[String],
+        authorization: &[&[u8]],
+        certificate: Option<&[String]>,
     ) -> Result<Option<Caller>, Refusal> {
-        let identified = match authorization {
-            Some(header) => self.by_token(header).map(Some),
-            None => Ok(sans.iter().find_map(|san| self.by_san.get(san).copied())),
-        };
-        let index = match identified {
-            Ok(Some(index)) => index,
+        let index = match self.identify(authorization, certificate) {
+            Ok(index) => index,
             // Open methods answer whatever credentials came (or did not).
-            _ if self.open.allows(path) => return Ok(None),
+            Err(_) if self.open.allows(path) => return Ok(None),
             Err(refusal) => return Err(refusal),
-            Ok(None) if sans.is_empty() => return Err(Refusal::NoCredentials),
-            Ok(None) => return Err(Refusal::UnknownCertificate),
         };
         let entry = &self.entries[index];
         if entry.grants.allows(path) || self.open.allows(path) {
@@ -298,13 +308,53 @@ impl Policy {
         }
     }
 
+    fn identify(
+        &self,
+        authorization: &[&[u8]],
+        certificate: Option<&[String]>,
+    ) -> Result<usize, Refusal> {
+        match (authorization, certificate) {
+            ([header], _) => self.by_token(header),
+            ([_, _, ..], _) => Err(Refusal::DuplicateAuthorization),
+            ([], None) => Err(Refusal::NoCredentials),
+            ([], Some([])) => Err(Refusal::CertificateWithoutSan),
+            ([], Some(sans)) => self.by_certificate(sans),
+        }
+    }
+
+    fn by_certificate(&self, sans: &[String]) -> Result<usize, Refusal> {
+        let mut found: Vec<usize> = sans
+            .iter()
+            .filter_map(|san| self.by_san.get(san).copied())
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        match found[..] {
+            [] => Err(Refusal::UnknownCertificate {
+                sans: sans.to_vec(),
+            }),
+            [index] => Ok(index),
+            // Which one it was meant to be is a guess; refuse rather than pick.
+            _ => Err(Refusal::AmbiguousCertificate {
+                callers: found
+                    .iter()
+                    .map(|&i| Arc::clone(&self.entries[i].caller.name))
+                    .collect(),
+            }),
+        }
+    }
+
     fn by_token(&self, header: &[u8]) -> Result<usize, Refusal> {
-        let token = header
-            .strip_prefix(b"Bearer ")
-            .or_else(|| header.strip_prefix(b"bearer "))
-            .map(<[u8]>::trim_ascii)
-            .filter(|t| !t.is_empty())
-            .ok_or(Refusal::MalformedAuthorization)?;
+        // RFC 9110 §11.1: the scheme is case-insensitive, then one or more spaces.
+        let token = match header.iter().position(|&b| b == b' ') {
+            Some(space) if header[..space].eq_ignore_ascii_case(b"bearer") => {
+                header[space..].trim_ascii()
+            }
+            _ => return Err(Refusal::MalformedAuthorization),
+        };
+        if token.is_empty() {
+            return Err(Refusal::MalformedAuthorization);
+        }
         let presented: [u8; 32] = Sha256::digest(token).into();
         // Every stored hash is compared, so timing says nothing about which matched.
         let mut found = None;
@@ -322,9 +372,20 @@ impl Policy {
 pub enum Refusal {
     NoCredentials,
     MalformedAuthorization,
+    DuplicateAuthorization,
     UnknownToken,
-    UnknownCertificate,
-    NotGranted { caller: Caller },
+    /// A client certificate was presented but names no URI or DNS SAN, the only names a
+    /// callers file can list.
+    CertificateWithoutSan,
+    UnknownCertificate {
+        sans: Vec<String>,
+    },
+    AmbiguousCertificate {
+        callers: Vec<Arc<str>>,
+    },
+    NotGranted {
+        caller: Caller,
+    },
 }
 
 impl Refusal {
@@ -332,8 +393,11 @@ impl Refusal {
         match self {
             Self::NoCredentials => "CREDENTIALS_REQUIRED",
             Self::MalformedAuthorization => "MALFORMED_AUTHORIZATION",
+            Self::DuplicateAuthorization => "DUPLICATE_AUTHORIZATION",
             Self::UnknownToken => "UNKNOWN_TOKEN",
-            Self::UnknownCertificate => "UNKNOWN_CERTIFICATE",
+            Self::CertificateWithoutSan => "CERTIFICATE_WITHOUT_SAN",
+            Self::UnknownCertificate { .. } => "UNKNOWN_CERTIFICATE",
+            Self::AmbiguousCertificate { .. } => "AMBIGUOUS_CERTIFICATE",
             Self::NotGranted { .. } => "METHOD_NOT_GRANTED",
         }
     }
@@ -351,14 +415,29 @@ impl Refusal {
                 "the authorization header must be `Bearer <token>`".to_owned(),
                 HashMap::new(),
             ),
+            Self::DuplicateAuthorization => (
+                Code::Unauthenticated,
+                "send one authorization header, not several".to_owned(),
+                HashMap::new(),
+            ),
             Self::UnknownToken => (
                 Code::Unauthenticated,
                 "unknown bearer token".to_owned(),
                 HashMap::new(),
             ),
-            Self::UnknownCertificate => (
+            Self::CertificateWithoutSan => (
+                Code::Unauthenticated,
+                "the client certificate has no URI or DNS subject alternative name".to_owned(),
+                HashMap::new(),
+            ),
+            Self::UnknownCertificate { .. } => (
                 Code::Unauthenticated,
                 "the client certificate names no known caller".to_owned(),
+                HashMap::new(),
+            ),
+            Self::AmbiguousCertificate { .. } => (
+                Code::Unauthenticated,
+                "the client certificate names more than one caller".to_owned(),
                 HashMap::new(),
             ),
             Self::NotGranted { caller } => (
@@ -371,6 +450,38 @@ impl Refusal {
         let mut details = ErrorDetails::new();
         details.set_error_info(self.reason(), DOMAIN, metadata);
         Status::with_error_details(code, message, details)
+    }
+
+    /// Writes the refusal to the log with whatever names the caller: its name when it was
+    /// recognised, the callers a certificate matched, or the SANs it presented. Never a
+    /// token.
+    fn log(&self, path: &str, peer: Option<&PeerInfo>) {
+        let remote = peer.and_then(|p| p.remote_addr);
+        let reason = self.reason();
+        match self {
+            Self::NotGranted { caller } => tracing::warn!(
+                method = path,
+                reason,
+                caller = &*caller.name,
+                peer = ?remote,
+                "call refused"
+            ),
+            Self::AmbiguousCertificate { callers } => tracing::warn!(
+                method = path,
+                reason,
+                callers = ?callers,
+                peer = ?remote,
+                "call refused"
+            ),
+            Self::UnknownCertificate { sans } => tracing::warn!(
+                method = path,
+                reason,
+                sans = ?sans,
+                peer = ?remote,
+                "call refused"
+            ),
+            _ => tracing::warn!(method = path, reason, peer = ?remote, "call refused"),
+        }
     }
 }
 
@@ -463,13 +574,18 @@ where
         let Some(policy) = self.policy.as_ref().map(SharedPolicy::current) else {
             return Either::Left(self.inner.call(request));
         };
-        let sans = peer.as_ref().map_or(&[][..], |p| &p.sans[..]);
+        let certificate = peer
+            .as_ref()
+            .filter(|p| p.client_certificate)
+            .map(|p| &p.sans[..]);
         let path = request.uri().path();
-        let authorization = request
+        let authorization: Vec<&[u8]> = request
             .headers()
-            .get(http::header::AUTHORIZATION)
-            .map(http::HeaderValue::as_bytes);
-        match policy.authorize(path, authorization, sans) {
+            .get_all(http::header::AUTHORIZATION)
+            .iter()
+            .map(http::HeaderValue::as_bytes)
+            .collect();
+        match policy.authorize(path, &authorization, certificate) {
             Ok(caller) => {
                 if let Some(caller) = caller {
                     request.extensions_mut().insert(caller);
@@ -477,12 +593,7 @@ where
                 Either::Left(self.inner.call(request))
             }
             Err(refusal) => {
-                tracing::warn!(
-                    method = path,
-                    reason = refusal.reason(),
-                    peer = ?peer.as_ref().and_then(|p| p.remote_addr),
-                    "call refused"
-                );
+                refusal.log(path, peer.as_ref());
                 Either::Right(ready(Ok(refusal.to_status(path).into_http())))
             }
         }
@@ -517,17 +628,21 @@ mod tests {
     fn a_certificate_caller_gets_its_roles_and_methods_only() {
         let sans = ["spiffe://chat.test/token-service".to_owned()];
         let p = policy();
-        let ok = p.authorize("/chat.v1.ConversationService/GetConversation", None, &sans);
+        let ok = p.authorize(
+            "/chat.v1.ConversationService/GetConversation",
+            &[],
+            Some(&sans),
+        );
         assert_eq!(ok.unwrap().unwrap().name.as_ref(), "token-service");
         assert!(
             p.authorize(
                 "/chat.v1.ConversationService/CreateConversation",
-                None,
-                &sans
+                &[],
+                Some(&sans)
             )
             .is_ok()
         );
-        let refused = p.authorize("/chat.v1.ConversationService/SendMessage", None, &sans);
+        let refused = p.authorize("/chat.v1.ConversationService/SendMessage", &[], Some(&sans));
         assert_eq!(refused.unwrap_err().reason(), "METHOD_NOT_GRANTED");
     }
 
@@ -538,22 +653,22 @@ mod tests {
         let caller = p
             .authorize(
                 "/chat.v1.ConversationService/SendMessage",
-                Some(b"Bearer secret"),
-                &[],
+                &[b"Bearer secret"],
+                None,
             )
             .unwrap()
             .unwrap();
         assert_eq!(caller.name.as_ref(), "bff");
         let wrong = p.authorize(
             "/chat.v1.ConversationService/SendMessage",
-            Some(b"Bearer secreT"),
-            &[],
+            &[b"Bearer secreT"],
+            None,
         );
         assert_eq!(wrong.unwrap_err(), Refusal::UnknownToken);
         let malformed = p.authorize(
             "/chat.v1.ConversationService/SendMessage",
-            Some(b"Basic x"),
-            &[],
+            &[b"Basic x"],
+            None,
         );
         assert_eq!(malformed.unwrap_err(), Refusal::MalformedAuthorization);
     }
@@ -562,21 +677,23 @@ mod tests {
     fn health_and_reflection_are_open_unless_the_file_says_otherwise() {
         let p = policy();
         assert!(
-            p.authorize("/grpc.health.v1.Health/Check", None, &[])
+            p.authorize("/grpc.health.v1.Health/Check", &[], None)
                 .is_ok()
         );
         assert_eq!(
-            p.authorize("/chat.v1.TokenService/IssueToken", None, &[])
+            p.authorize("/chat.v1.TokenService/IssueToken", &[], None)
                 .unwrap_err(),
             Refusal::NoCredentials
         );
         let unknown = ["spiffe://chat.test/stranger".to_owned()];
         assert_eq!(
-            p.authorize("/chat.v1.TokenService/IssueToken", None, &unknown)
+            p.authorize("/chat.v1.TokenService/IssueToken", &[], Some(&unknown))
                 .unwrap_err(),
-            Refusal::UnknownCertificate
+            Refusal::UnknownCertificate {
+                sans: unknown.to_vec()
+            }
         );
-        let health = p.authorize("/grpc.health.v1.Health/Check", Some(b"Bearer wrong"), &[]);
+        let health = p.authorize("/grpc.health.v1.Health/Check", &[b"Bearer wrong"], None);
         assert_eq!(
             health,
             Ok(None),
@@ -585,7 +702,7 @@ mod tests {
         let closed = Policy::parse(&format!("[open]\nmethods = []\n{FILE}")).unwrap();
         assert_eq!(
             closed
-                .authorize("/grpc.health.v1.Health/Check", None, &[])
+                .authorize("/grpc.health.v1.Health/Check", &[], None)
                 .unwrap_err(),
             Refusal::NoCredentials
         );
@@ -596,7 +713,7 @@ mod tests {
         let p = Policy::load(&crate::testing::example_callers_file()).unwrap();
         let conv = |m: &str| format!("/chat.v1.ConversationService/{m}");
         let as_ = |workload: &str| [format!("spiffe://chat.example/{workload}")];
-        let may = |who: &[String], method: &str| p.authorize(method, None, who).is_ok();
+        let may = |who: &[String], method: &str| p.authorize(method, &[], Some(who)).is_ok();
         for m in ["CreateConversation", "GetConversation", "UpdateCustomer"] {
             assert!(may(&as_("token-service"), &conv(m)), "{m}");
         }
@@ -629,8 +746,238 @@ mod tests {
             "/chat.v1.TokenAdminService/ListFailedCalls"
         ));
         let bearer = format!("Bearer {}", crate::testing::EXAMPLE_BFF_TOKEN);
-        let mesh = p.authorize(&conv("SendMessage"), Some(bearer.as_bytes()), &[]);
+        let mesh = p.authorize(&conv("SendMessage"), &[bearer.as_bytes()], None);
         assert_eq!(mesh.unwrap().unwrap().name.as_ref(), "mesh-bff");
+    }
+
+    const SEND: &str = "/chat.v1.ConversationService/SendMessage";
+
+    #[test]
+    fn two_authorization_headers_are_refused_even_when_both_are_known() {
+        let p = policy();
+        let refused = p.authorize(SEND, &[b"Bearer secret", b"Bearer secret"], None);
+        assert_eq!(refused.unwrap_err(), Refusal::DuplicateAuthorization);
+        let refused = p.authorize(SEND, &[b"Bearer secret", b"Bearer other"], None);
+        assert_eq!(refused.unwrap_err().reason(), "DUPLICATE_AUTHORIZATION");
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let p = policy();
+        for header in [
+            &b"BEARER secret"[..],
+            b"bearer secret",
+            b"bEaReR secret",
+            b"Bearer   secret",
+        ] {
+            let caller = p.authorize(SEND, &[header], None);
+            assert_eq!(
+                caller.unwrap().unwrap().name.as_ref(),
+                "bff",
+                "{}",
+                String::from_utf8_lossy(header)
+            );
+        }
+        for header in [&b"Bearersecret"[..], b"Bearer ", b"Bearer", b"Bear secret"] {
+            assert_eq!(
+                p.authorize(SEND, &[header], None).unwrap_err(),
+                Refusal::MalformedAuthorization,
+                "{}",
+                String::from_utf8_lossy(header)
+            );
+        }
+    }
+
+    #[test]
+    fn a_certificate_without_san_is_told_apart_from_no_certificate() {
+        let p = policy();
+        let no_san = p.authorize(SEND, &[], Some(&[]));
+        assert_eq!(no_san.unwrap_err().reason(), "CERTIFICATE_WITHOUT_SAN");
+        let none = p.authorize(SEND, &[], None);
+        assert_eq!(none.unwrap_err().reason(), "CREDENTIALS_REQUIRED");
+    }
+
+    #[test]
+    fn a_certificate_naming_two_callers_is_refused_as_ambiguous() {
+        let two = Policy::parse(&format!(
+            "{FILE}\n[[caller]]\nname = \"operator\"\nsan = [\"spiffe://chat.test/operator\"]\n\
+             methods = [\"/chat.v1.ConversationService/*\"]\n"
+        ))
+        .unwrap();
+        let sans = [
+            "spiffe://chat.test/operator".to_owned(),
+            "spiffe://chat.test/token-service".to_owned(),
+        ];
+        let refused = two
+            .authorize(
+                "/chat.v1.ConversationService/GetConversation",
+                &[],
+                Some(&sans),
+            )
+            .unwrap_err();
+        assert_eq!(refused.reason(), "AMBIGUOUS_CERTIFICATE");
+        assert_eq!(
+            refused,
+            Refusal::AmbiguousCertificate {
+                callers: vec![Arc::from("token-service"), Arc::from("operator")]
+            }
+        );
+        // Two names of one caller, or one known name beside unknown ones, are not ambiguous.
+        let one = [
+            "spiffe://chat.test/token-service".to_owned(),
+            "dns.example".to_owned(),
+        ];
+        let ok = two.authorize(
+            "/chat.v1.ConversationService/GetConversation",
+            &[],
+            Some(&one),
+        );
+        assert_eq!(ok.unwrap().unwrap().name.as_ref(), "token-service");
+    }
+
+    #[test]
+    fn an_empty_callers_file_is_refused_on_reload_unless_it_says_so() {
+        let dir = std::env::temp_dir().join(format!("chat-callers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("callers.toml");
+        std::fs::write(&path, FILE).unwrap();
+        let shared = SharedPolicy::new(Policy::load(&path).unwrap());
+
+        // Truncated in place, as a careless `>` redirect or a half-finished copy leaves it.
+        std::fs::write(&path, "").unwrap();
+        let error = shared.reload(&path).unwrap_err().to_string();
+        assert!(error.contains("allow_no_callers"), "{error}");
+        assert_eq!(
+            shared.current().caller_names().collect::<Vec<_>>(),
+            ["token-service", "bff"],
+            "the policy in force stays"
+        );
+        std::fs::write(&path, "[roles.reader]\nmethods = []\n").unwrap();
+        assert!(shared.reload(&path).is_err(), "roles alone are no callers");
+
+        std::fs::write(&path, "allow_no_callers = true\n").unwrap();
+        shared.reload(&path).unwrap();
+        assert_eq!(shared.current().caller_names().count(), 0);
+        assert_eq!(
+            shared.current().authorize(SEND, &[b"Bearer secret"], None),
+            Err(Refusal::UnknownToken)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Log lines written while `f` runs.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = buffer.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    /// Runs one request through [`AuthLayer`] with `policy`: the reason it was refused
+    /// for, if it was, and what was logged. Always under a subscriber: a thread that hit
+    /// the refusal's log line with none could leave it cached as disabled for the
+    /// others.
+    fn through_layer(
+        policy: &SharedPolicy,
+        headers: &[&str],
+        peer: Option<PeerInfo>,
+    ) -> (Option<String>, String) {
+        let inner = tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        });
+        let mut service = AuthLayer::new(Some(policy.clone())).layer(inner);
+        let mut request = http::Request::builder().uri(format!("http://localhost{SEND}"));
+        for header in headers {
+            request = request.header(http::header::AUTHORIZATION, *header);
+        }
+        let mut request = request.body(()).unwrap();
+        if let Some(peer) = peer {
+            request.extensions_mut().insert(peer);
+        }
+        let mut response = None;
+        let lines = logged(|| {
+            response = Some(futures::executor::block_on(service.call(request)).unwrap());
+        });
+        let reason = response
+            .and_then(|r| Status::from_header_map(r.headers()))
+            .map(|status| status.get_details_error_info().unwrap().reason);
+        (reason, lines)
+    }
+
+    fn reason_of(
+        policy: &SharedPolicy,
+        headers: &[&str],
+        peer: Option<PeerInfo>,
+    ) -> Option<String> {
+        through_layer(policy, headers, peer).0
+    }
+
+    #[test]
+    fn the_layer_reads_every_authorization_header_and_the_certificate() {
+        let shared = SharedPolicy::new(policy());
+        assert_eq!(reason_of(&shared, &["BEARER secret"], None), None);
+        assert_eq!(
+            reason_of(&shared, &["Bearer secret", "Bearer other"], None).as_deref(),
+            Some("DUPLICATE_AUTHORIZATION")
+        );
+        let no_san = PeerInfo {
+            client_certificate: true,
+            ..PeerInfo::default()
+        };
+        assert_eq!(
+            reason_of(&shared, &[], Some(no_san)).as_deref(),
+            Some("CERTIFICATE_WITHOUT_SAN")
+        );
+        // SANs without a certificate presented cannot come from TLS; they count for nothing.
+        let stray = PeerInfo {
+            sans: Arc::from(["spiffe://chat.test/token-service".to_owned()]),
+            ..PeerInfo::default()
+        };
+        assert_eq!(
+            reason_of(&shared, &[], Some(stray)).as_deref(),
+            Some("CREDENTIALS_REQUIRED")
+        );
+    }
+
+    #[test]
+    fn refusal_log_lines_name_the_caller() {
+        let shared = SharedPolicy::new(policy());
+        let peer = |san: &str| PeerInfo {
+            sans: Arc::from([san.to_owned()]),
+            client_certificate: true,
+            ..PeerInfo::default()
+        };
+        let (refused, lines) =
+            through_layer(&shared, &[], Some(peer("spiffe://chat.test/token-service")));
+        assert_eq!(refused.as_deref(), Some("METHOD_NOT_GRANTED"));
+        assert!(lines.contains("caller=\"token-service\""), "{lines}");
+        assert!(lines.contains("METHOD_NOT_GRANTED"), "{lines}");
+
+        let (_, lines) = through_layer(&shared, &[], Some(peer("spiffe://chat.test/stranger")));
+        assert!(lines.contains("spiffe://chat.test/stranger"), "{lines}");
+
+        let (_, lines) = through_layer(&shared, &["Bearer not-a-known-token"], None);
+        assert!(lines.contains("UNKNOWN_TOKEN"), "{lines}");
+        assert!(
+            !lines.contains("not-a-known-token"),
+            "a token is never logged: {lines}"
+        );
     }
 
     #[test]
@@ -643,6 +990,8 @@ mod tests {
             "[[caller]]\nname = \"x\"\ntoken_sha256 = [\"abcd\"]\n",
             "[[caller]]\nname = \"x\"\nsan = [\"s\"]\n[[caller]]\nname = \"y\"\nsan = [\"s\"]\n",
             "[[caller]]\nname = \"x\"\nsan = [\"s\"]\nmetods = []\n",
+            "",
+            "[open]\nmethods = []\n",
         ] {
             assert!(Policy::parse(bad).is_err(), "accepted: {bad}");
         }

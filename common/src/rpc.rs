@@ -2,15 +2,25 @@
 //!
 //! [`ServerLayer`] (on `Server::builder().layer(..)`) gives each RPC a span named `rpc`
 //! whose parent is the W3C `traceparent` the caller sent, counts it in
-//! `grpc_server_started_total`, `grpc_server_handled_total` and
-//! `grpc_server_handling_seconds` (labels `grpc_service`, `grpc_method`, `grpc_type`,
+//! `grpc_server_started_total`, `grpc_server_handled_total`,
+//! `grpc_server_handling_seconds`, and its messages in `grpc_server_msg_received_total`
+//! and `grpc_server_msg_sent_total` (labels `grpc_service`, `grpc_method`, `grpc_type`,
 //! `grpc_code`, the names Grafana's gRPC dashboards expect), and writes one log line when
 //! it ends (target `grpc`: service, method, code, latency, trace id and the ids the
 //! handler recorded with [`record`]). A server stream ends when its last frame is sent.
 //!
+//! Spans follow OpenTelemetry's RPC conventions: named `package.Service/Method`, with
+//! `rpc.system`, `rpc.service`, `rpc.method` and `rpc.grpc.status_code`, and status ERROR
+//! only where the conventions call the outcome a failure (on a server: UNKNOWN,
+//! DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS; a caller's mistake
+//! such as NOT_FOUND is not one). Health checks and reflection get DEBUG spans, which the
+//! trace filter leaves out by default (see [`crate::telemetry`]). In log lines the
+//! `rpc.*` fields read `grpc_service`, `grpc_method` and `grpc_code` as before.
+//!
 //! [`ClientLayer`] (around a `Channel`) sends the current span's context as
-//! `traceparent` and counts `grpc_client_started_total`, `grpc_client_handled_total` and
-//! `grpc_client_handling_seconds`.
+//! `traceparent` and counts `grpc_client_started_total`, `grpc_client_handled_total`,
+//! `grpc_client_handling_seconds`, `grpc_client_msg_sent_total` and
+//! `grpc_client_msg_received_total`.
 
 use std::{
     collections::HashMap,
@@ -29,9 +39,9 @@ use opentelemetry::{
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use pin_project_lite::pin_project;
 use prost::Message;
-use tonic::{Code, Status};
+use tonic::{Code, Status, codegen::Bytes};
 use tower::{Layer, Service};
-use tracing::{Instrument, Span, field, instrument::Instrumented};
+use tracing::{Instrument, Level, Span, field, instrument::Instrumented};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Records `value` as the field `name` of the current RPC's log line and span. `name`
@@ -152,6 +162,124 @@ enum Side {
     Client,
 }
 
+impl Side {
+    /// The counters of messages this side receives and sends.
+    fn message_counters(self, m: &Method) -> (metrics::Counter, metrics::Counter) {
+        let (received, sent) = match self {
+            Self::Server => (
+                "grpc_server_msg_received_total",
+                "grpc_server_msg_sent_total",
+            ),
+            Self::Client => (
+                "grpc_client_msg_received_total",
+                "grpc_client_msg_sent_total",
+            ),
+        };
+        let counter = |name: &'static str| {
+            metrics::counter!(name, "grpc_service" => m.service, "grpc_method" => m.method,
+                "grpc_type" => m.kind)
+        };
+        (counter(received), counter(sent))
+    }
+}
+
+/// Counts the messages of a gRPC body from its length-prefixed framing (a flag byte and
+/// a 4-byte big-endian length before each message), across data frames that split a
+/// message or carry several.
+#[derive(Debug, Default)]
+struct Framing {
+    header: [u8; 5],
+    header_len: usize,
+    /// Bytes of the current message still to come.
+    remaining: u64,
+}
+
+impl Framing {
+    /// The messages that begin in `bytes`.
+    fn feed(&mut self, mut bytes: &[u8]) -> u64 {
+        let mut messages = 0;
+        while !bytes.is_empty() {
+            if self.remaining > 0 {
+                let skip =
+                    usize::try_from(self.remaining).map_or(bytes.len(), |r| r.min(bytes.len()));
+                self.remaining -= skip as u64;
+                bytes = &bytes[skip..];
+                continue;
+            }
+            let take = (5 - self.header_len).min(bytes.len());
+            self.header[self.header_len..self.header_len + take].copy_from_slice(&bytes[..take]);
+            self.header_len += take;
+            bytes = &bytes[take..];
+            if self.header_len == 5 {
+                let [_, a, b, c, d] = self.header;
+                self.remaining = u64::from(u32::from_be_bytes([a, b, c, d]));
+                self.header_len = 0;
+                messages += 1;
+            }
+        }
+        messages
+    }
+}
+
+/// Counts the messages of a body into `counter` as its data frames pass.
+#[derive(Debug)]
+struct MessageCount {
+    framing: Framing,
+    counter: metrics::Counter,
+}
+
+impl MessageCount {
+    fn new(counter: metrics::Counter) -> Self {
+        Self {
+            framing: Framing::default(),
+            counter,
+        }
+    }
+
+    fn frame<E>(&mut self, frame: Option<&Result<Frame<Bytes>, E>>) {
+        if let Some(Ok(frame)) = frame
+            && let Some(data) = frame.data_ref()
+        {
+            let messages = self.framing.feed(data);
+            if messages > 0 {
+                self.counter.increment(messages);
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// A request body whose messages are counted.
+    pub struct Counted<B> {
+        #[pin]
+        body: B,
+        count: MessageCount,
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.body.poll_frame(cx));
+        this.count.frame(frame.as_ref());
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// One call in flight; its outcome is recorded exactly once, when it ends or, if it is
 /// dropped first, as cancelled (or past its deadline).
 struct Call {
@@ -200,21 +328,25 @@ impl Call {
             "grpc_type" => m.kind)
         .record(elapsed.as_secs_f64());
 
-        self.span.record("grpc_code", code_name);
-        if code != Code::Ok {
+        self.span
+            .record("rpc.grpc.status_code", i64::from(code as i32));
+        if failed(self.side, code) {
             self.span.record("otel.status_code", "ERROR");
         }
         let latency_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
         let message = (!message.is_empty()).then_some(message);
         let _entered = self.span.enter();
+        let grpc_code = code_name;
         match (self.side, code) {
             (Side::Server, Code::Internal | Code::Unknown | Code::DataLoss) => {
-                tracing::warn!(target: "grpc", latency_ms, grpc_message = message, "rpc");
+                tracing::warn!(target: "grpc", grpc_code, latency_ms, grpc_message = message, "rpc");
             }
             (Side::Server, _) if !m.quiet => {
-                tracing::info!(target: "grpc", latency_ms, grpc_message = message, "rpc");
+                tracing::info!(target: "grpc", grpc_code, latency_ms, grpc_message = message, "rpc");
             }
-            _ => tracing::debug!(target: "grpc", latency_ms, grpc_message = message, "rpc"),
+            _ => {
+                tracing::debug!(target: "grpc", grpc_code, latency_ms, grpc_message = message, "rpc");
+            }
         }
     }
 }
@@ -231,6 +363,65 @@ impl Drop for Call {
             self.finish(code, "");
         }
     }
+}
+
+/// Whether an outcome is a failure in OpenTelemetry's gRPC conventions: on a server only
+/// the codes that say the server failed, on a client any code but OK.
+fn failed(side: Side, code: Code) -> bool {
+    match side {
+        Side::Server => matches!(
+            code,
+            Code::Unknown
+                | Code::DeadlineExceeded
+                | Code::Unimplemented
+                | Code::Internal
+                | Code::Unavailable
+                | Code::DataLoss
+        ),
+        Side::Client => code != Code::Ok,
+    }
+}
+
+/// The span of one RPC at `level`, with the conventions' attributes; `name` is `rpc` on
+/// a server, `rpc.client` on a client. The ids are declared on the server's so that
+/// handlers can [`record`] them.
+macro_rules! rpc_span {
+    ($level:expr, "rpc", $method:expr) => {
+        tracing::span!(
+            target: "grpc",
+            $level,
+            "rpc",
+            otel.name = format_args!("{}/{}", $method.service, $method.method),
+            otel.kind = "server",
+            otel.status_code = field::Empty,
+            rpc.system = "grpc",
+            rpc.service = $method.service,
+            rpc.method = $method.method,
+            rpc.grpc.status_code = field::Empty,
+            trace_id = field::Empty,
+            provider_id = field::Empty,
+            customer_id = field::Empty,
+            conversation_id = field::Empty,
+            request_id = field::Empty,
+            session_id = field::Empty,
+            token_id = field::Empty,
+            replayed = field::Empty,
+        )
+    };
+    ($level:expr, "rpc.client", $method:expr) => {
+        tracing::span!(
+            target: "grpc",
+            $level,
+            "rpc.client",
+            otel.name = format_args!("{}/{}", $method.service, $method.method),
+            otel.kind = "client",
+            otel.status_code = field::Empty,
+            rpc.system = "grpc",
+            rpc.service = $method.service,
+            rpc.method = $method.method,
+            rpc.grpc.status_code = field::Empty,
+        )
+    };
 }
 
 /// The `grpc-timeout` header (`<digits><H|M|S|m|u|n>`), if any.
@@ -312,7 +503,7 @@ pub struct ServerService<S> {
 
 impl<S, B, R> Service<http::Request<B>> for ServerService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<R>>,
+    S: Service<http::Request<Counted<B>>, Response = http::Response<R>>,
 {
     type Response = http::Response<Observed<R>>;
     type Error = S::Error;
@@ -324,24 +515,13 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = self.layer.methods.get(request.uri().path());
-        let span = tracing::error_span!(
-            target: "grpc",
-            "rpc",
-            otel.name = format_args!("{}/{}", method.service, method.method),
-            otel.kind = "server",
-            otel.status_code = field::Empty,
-            trace_id = field::Empty,
-            grpc_service = method.service,
-            grpc_method = method.method,
-            grpc_code = field::Empty,
-            provider_id = field::Empty,
-            customer_id = field::Empty,
-            conversation_id = field::Empty,
-            request_id = field::Empty,
-            session_id = field::Empty,
-            token_id = field::Empty,
-            replayed = field::Empty,
-        );
+        // ERROR, so the span (and the ids its log lines carry) exists whatever RUST_LOG
+        // says; probes at DEBUG, so they are neither logged nor exported by default.
+        let span = if method.quiet {
+            rpc_span!(Level::DEBUG, "rpc", method)
+        } else {
+            rpc_span!(Level::ERROR, "rpc", method)
+        };
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
         let remote = parent.span().span_context().trace_id();
         // Without the OpenTelemetry layer (a test's bare subscriber) the caller's id still
@@ -356,6 +536,11 @@ where
             .into_iter()
             .flatten()
             .min();
+        let (received, sent) = Side::Server.message_counters(&method);
+        let request = request.map(|body| Counted {
+            body,
+            count: MessageCount::new(received),
+        });
         let call = Call::start(Side::Server, method, span.clone(), deadline);
         let future = {
             let _entered = span.enter();
@@ -365,6 +550,7 @@ where
             future: future.instrument(span),
             call: Some(call),
             side: Side::Server,
+            messages: Some(MessageCount::new(sent)),
         }
     }
 }
@@ -401,9 +587,10 @@ pub struct ClientService<S> {
     methods: Methods,
 }
 
-impl<S, B, R> Service<http::Request<B>> for ClientService<S>
+// A channel takes tonic's own body type only, so the counted body is boxed back into it.
+impl<S, R> Service<http::Request<tonic::body::Body>> for ClientService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<R>>,
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<R>>,
 {
     type Response = http::Response<Observed<R>>;
     type Error = S::Error;
@@ -413,27 +600,31 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         let method = self.methods.get(request.uri().path());
-        let span = tracing::info_span!(
-            target: "grpc",
-            "rpc.client",
-            otel.name = format_args!("{}/{}", method.service, method.method),
-            otel.kind = "client",
-            otel.status_code = field::Empty,
-            grpc_service = method.service,
-            grpc_method = method.method,
-            grpc_code = field::Empty,
-        );
+        // A dependency probe (a health check) is not worth a trace of its own.
+        let span = if method.quiet {
+            rpc_span!(Level::DEBUG, "rpc.client", method)
+        } else {
+            rpc_span!(Level::INFO, "rpc.client", method)
+        };
         let context = span.context();
         TraceContextPropagator::new()
             .inject_context(&context, &mut HeaderInjector(request.headers_mut()));
         let deadline = grpc_timeout(request.headers());
+        let (received, sent) = Side::Client.message_counters(&method);
+        let request = request.map(|body| {
+            tonic::body::Body::new(Counted {
+                body,
+                count: MessageCount::new(sent),
+            })
+        });
         let call = Call::start(Side::Client, method, span.clone(), deadline);
         Pending {
             future: self.inner.call(request).instrument(span),
             call: Some(call),
             side: Side::Client,
+            messages: Some(MessageCount::new(received)),
         }
     }
 }
@@ -445,6 +636,8 @@ pin_project! {
         future: F,
         call: Option<Call>,
         side: Side,
+        // The counter of the response's messages, handed to its body.
+        messages: Option<MessageCount>,
     }
 }
 
@@ -458,6 +651,7 @@ where
         let this = self.project();
         let result = ready!(this.future.poll(cx));
         let mut call = this.call.take();
+        let messages = this.messages.take();
         Poll::Ready(match result {
             Ok(response) => {
                 // A trailers-only response (an error) carries its status in the headers.
@@ -472,7 +666,11 @@ where
                 {
                     call.deadline = None;
                 }
-                Ok(response.map(|body| Observed { body, call }))
+                Ok(response.map(|body| Observed {
+                    body,
+                    call,
+                    messages,
+                }))
             }
             Err(error) => {
                 if let Some(mut call) = call {
@@ -490,16 +688,18 @@ where
 }
 
 pin_project! {
-    /// A response body that records its call's outcome from the trailers.
+    /// A response body that records its call's outcome from the trailers and counts its
+    /// messages.
     pub struct Observed<B> {
         #[pin]
         body: B,
         call: Option<Call>,
+        messages: Option<MessageCount>,
     }
 }
 
-impl<B: Body> Body for Observed<B> {
-    type Data = B::Data;
+impl<B: Body<Data = Bytes>> Body for Observed<B> {
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
@@ -508,6 +708,9 @@ impl<B: Body> Body for Observed<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = ready!(this.body.poll_frame(cx));
+        if let Some(messages) = this.messages.as_mut() {
+            messages.frame(frame.as_ref());
+        }
         let outcome = match &frame {
             Some(Ok(frame)) => frame.trailers_ref().map(|trailers| {
                 Status::from_header_map(trailers).map_or((Code::Unknown, String::new()), |s| {
@@ -536,6 +739,11 @@ impl<B: Body> Body for Observed<B> {
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry_sdk::{
+        error::OTelSdkResult,
+        trace::{SdkTracerProvider, SpanData, SpanExporter},
+    };
+
     use super::*;
 
     #[test]
@@ -551,6 +759,176 @@ mod tests {
         let info = methods.get("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo");
         assert_eq!(info.kind, "bidi_stream");
         assert_eq!(methods.get("/no.Such/Thing").service, "unknown");
+    }
+
+    /// Spans as the OTLP exporter would get them.
+    #[derive(Clone, Debug, Default)]
+    struct Collect(Arc<std::sync::Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Collect {
+        fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
+            self.0.lock().unwrap().extend(batch);
+            std::future::ready(Ok(()))
+        }
+    }
+
+    /// A descriptor set with one unary method, `/chat.test.Echo/Say`.
+    fn echo() -> Vec<u8> {
+        use prost_types::{
+            FileDescriptorProto, FileDescriptorSet, MethodDescriptorProto, ServiceDescriptorProto,
+        };
+        FileDescriptorSet {
+            file: vec![FileDescriptorProto {
+                package: Some("chat.test".into()),
+                service: vec![ServiceDescriptorProto {
+                    name: Some("Echo".into()),
+                    method: vec![MethodDescriptorProto {
+                        name: Some("Say".into()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec()
+    }
+
+    fn request(path: &str) -> http::Request<tonic::body::Body> {
+        http::Request::builder()
+            .uri(format!("http://localhost{path}"))
+            .body(tonic::body::Body::empty())
+            .unwrap()
+    }
+
+    /// Calls `path` through a [`ServerLayer`] around a handler that answers `code`.
+    fn serve(layer: &ServerLayer, path: &str, code: Code) {
+        let mut service = layer.layer(tower::service_fn(
+            move |_: http::Request<Counted<tonic::body::Body>>| {
+                std::future::ready(Ok::<_, std::convert::Infallible>(
+                    Status::new(code, "").into_http::<tonic::body::Body>(),
+                ))
+            },
+        ));
+        let _ = futures::executor::block_on(service.call(request(path)));
+    }
+
+    /// Calls `path` through a [`ClientLayer`] around a server that answers `code`.
+    fn call(layer: &ClientLayer, path: &str, code: Code) {
+        let mut service = layer.layer(tower::service_fn(
+            move |_: http::Request<tonic::body::Body>| {
+                std::future::ready(Ok::<_, std::convert::Infallible>(
+                    Status::new(code, "").into_http::<tonic::body::Body>(),
+                ))
+            },
+        ));
+        let _ = futures::executor::block_on(service.call(request(path)));
+    }
+
+    /// The spans exported while `f` runs, with the services' own subscriber.
+    fn exported(f: impl FnOnce()) -> Vec<SpanData> {
+        let collect = Collect::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(collect.clone())
+            .build();
+        let subscriber = crate::telemetry::subscriber(
+            "rpc-test",
+            crate::telemetry::LogFormat::Json,
+            std::io::sink,
+            false,
+            &provider,
+        );
+        tracing::subscriber::with_default(subscriber, f);
+        let _ = provider.force_flush();
+        collect.0.lock().unwrap().clone()
+    }
+
+    fn attributes(span: &SpanData) -> HashMap<String, opentelemetry::Value> {
+        span.attributes
+            .iter()
+            .map(|kv| (kv.key.to_string(), kv.value.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn server_spans_follow_the_rpc_conventions_and_fail_only_for_server_faults() {
+        let layer = ServerLayer::new(&echo(), None);
+        let spans = exported(|| {
+            serve(&layer, "/chat.test.Echo/Say", Code::NotFound);
+            serve(&layer, "/chat.test.Echo/Say", Code::Internal);
+            serve(&layer, "/grpc.health.v1.Health/Check", Code::Ok);
+        });
+        assert_eq!(
+            spans.len(),
+            2,
+            "the health check is not exported: {spans:#?}"
+        );
+        for span in &spans {
+            assert_eq!(span.name, "chat.test.Echo/Say");
+            assert_eq!(span.span_kind, opentelemetry::trace::SpanKind::Server);
+            let attributes = attributes(span);
+            assert_eq!(attributes["rpc.system"], "grpc".into());
+            assert_eq!(attributes["rpc.service"], "chat.test.Echo".into());
+            assert_eq!(attributes["rpc.method"], "Say".into());
+            for key in attributes.keys() {
+                assert!(
+                    !key.starts_with("code.")
+                        && !key.starts_with("thread.")
+                        && !["busy_ns", "idle_ns", "target", "level"].contains(&key.as_str()),
+                    "tracing's bookkeeping exported: {key}"
+                );
+            }
+        }
+        let code = |span: &SpanData| attributes(span)["rpc.grpc.status_code"].clone();
+        assert_eq!(code(&spans[0]), opentelemetry::Value::I64(5));
+        assert_eq!(
+            spans[0].status,
+            opentelemetry::trace::Status::Unset,
+            "NOT_FOUND is the caller's"
+        );
+        assert_eq!(code(&spans[1]), opentelemetry::Value::I64(13));
+        assert!(matches!(
+            spans[1].status,
+            opentelemetry::trace::Status::Error { .. }
+        ));
+    }
+
+    #[test]
+    fn client_spans_fail_for_any_code_and_dependency_probes_are_not_exported() {
+        let layer = ClientLayer::new(&echo());
+        let spans = exported(|| {
+            call(&layer, "/chat.test.Echo/Say", Code::NotFound);
+            call(&layer, "/grpc.health.v1.Health/Check", Code::Ok);
+        });
+        assert_eq!(spans.len(), 1, "{spans:#?}");
+        assert_eq!(spans[0].span_kind, opentelemetry::trace::SpanKind::Client);
+        assert_eq!(attributes(&spans[0])["rpc.method"], "Say".into());
+        assert!(matches!(
+            spans[0].status,
+            opentelemetry::trace::Status::Error { .. }
+        ));
+    }
+
+    #[test]
+    fn messages_are_counted_from_their_framing_however_the_frames_split_them() {
+        let message = |len: u32| {
+            let mut bytes = vec![0];
+            bytes.extend_from_slice(&len.to_be_bytes());
+            bytes.extend(std::iter::repeat_n(7, len as usize));
+            bytes
+        };
+        let body: Vec<u8> = [message(3), message(0), message(300), message(1)].concat();
+        // All at once, byte by byte, and in uneven pieces.
+        assert_eq!(Framing::default().feed(&body), 4);
+        let mut framing = Framing::default();
+        assert_eq!(body.iter().map(|b| framing.feed(&[*b])).sum::<u64>(), 4);
+        let mut framing = Framing::default();
+        let counted: u64 = body.chunks(7).map(|c| framing.feed(c)).sum();
+        assert_eq!(counted, 4);
+        // A header split across frames counts once, when it is complete.
+        let mut framing = Framing::default();
+        assert_eq!(framing.feed(&body[..2]), 0);
+        assert_eq!(framing.feed(&body[2..5]), 1);
     }
 
     #[test]

@@ -4,9 +4,8 @@
 //! queued on that worker (the LIFO slot). For a gRPC server that is the wrong order: each
 //! finished call wakes its HTTP/2 connection's task, which then writes that one response
 //! (a `writev`) before the next finished call runs. With the slot off, the calls a batch
-//! answered finish first and the connection writes their responses together: on
-//! `examples/bench` (64 senders, 2 cores), `writev` calls fell from 2.0 to 0.47 per
-//! message and SendMessage went from 21.9–22.4k to 23.0–23.9k msg/s (three runs each way).
+//! answered finish first and the connection writes their responses together, in fewer
+//! `writev` calls (docs/performance.md).
 //! Turning the slot off is an unstable Tokio API: the workspace builds with
 //! `--cfg tokio_unstable` (`.cargo/config.toml`). A build without it (`RUSTFLAGS` set in
 //! the environment replaces that file's flags) keeps the slot and says so at startup.

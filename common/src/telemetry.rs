@@ -9,7 +9,12 @@
 //! - Traces: spans always get OpenTelemetry ids (so `trace_id` is in the logs and
 //!   `traceparent` is propagated even with no collector); they are exported over OTLP/gRPC
 //!   only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the exporter also reads the other
-//!   standard `OTEL_EXPORTER_OTLP_*` variables).
+//!   standard `OTEL_EXPORTER_OTLP_*` variables). `OTEL_SERVICE_NAME` (or `service.name` in
+//!   `OTEL_RESOURCE_ATTRIBUTES`) names the service, else the binary's name does. Spans
+//!   carry their own attributes only, none of tracing's bookkeeping (source location,
+//!   thread, busy/idle time). `TRACE_FILTER` (RUST_LOG's syntax, default `info`) picks
+//!   the spans exported: health checks and reflection are DEBUG, so left out unless it
+//!   says `debug` (or `grpc=debug`).
 //! - `RUST_LOG` filters (default `info`); PostgreSQL's notices (such as
 //!   "relation _sqlx_migrations already exists, skipping") are shown only from `warn` on
 //!   unless `RUST_LOG` names `sqlx` itself.
@@ -19,7 +24,7 @@ use std::{fmt, io::IsTerminal, net::SocketAddr, time::SystemTime};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use serde_json::{Map, Value};
-use tracing::{Event, Subscriber, field::Field, level_filters::LevelFilter};
+use tracing::{Event, Subscriber, field::Field};
 use tracing_subscriber::{
     EnvFilter, Layer, Registry,
     field::{RecordFields, Visit},
@@ -83,7 +88,16 @@ pub fn init(app: &'static str, format: LogFormat) -> Telemetry {
 /// A tracer provider: with the OTLP exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` is set,
 /// else one that only gives spans their ids.
 pub fn tracer_provider(app: &'static str) -> SdkTracerProvider {
-    let resource = Resource::builder().with_service_name(app).build();
+    // The default resource reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES itself;
+    // `app` only fills in when neither names the service.
+    let mut resource = Resource::builder();
+    if !service_named(
+        std::env::var("OTEL_SERVICE_NAME").ok().as_deref(),
+        std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok().as_deref(),
+    ) {
+        resource = resource.with_service_name(app);
+    }
+    let resource = resource.build();
     let builder = SdkTracerProvider::builder().with_resource(resource);
     let exporting = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some_and(|v| !v.is_empty());
     if exporting {
@@ -97,6 +111,39 @@ pub fn tracer_provider(app: &'static str) -> SdkTracerProvider {
         }
     }
     builder.build()
+}
+
+/// Whether the environment names the service: `OTEL_SERVICE_NAME`, or a `service.name`
+/// among the comma-separated `key=value` pairs of `OTEL_RESOURCE_ATTRIBUTES`.
+fn service_named(service_name: Option<&str>, resource_attributes: Option<&str>) -> bool {
+    service_name.is_some_and(|name| !name.trim().is_empty())
+        || resource_attributes.is_some_and(|pairs| {
+            pairs
+                .split(',')
+                .filter_map(|pair| pair.split_once('='))
+                .any(|(key, value)| key.trim() == "service.name" && !value.trim().is_empty())
+        })
+}
+
+/// The name a span or event field has in log lines: the OpenTelemetry `rpc.*` attributes
+/// keep the names log queries already use, and the fields that only steer the exported
+/// span are left out.
+fn log_name(name: &str) -> Option<&str> {
+    match name {
+        "rpc.service" => Some("grpc_service"),
+        "rpc.method" => Some("grpc_method"),
+        "rpc.system" | "rpc.grpc.status_code" => None,
+        other if other.starts_with("otel.") || other.starts_with("log.") => None,
+        other => Some(other),
+    }
+}
+
+/// The filter of exported spans: `TRACE_FILTER`, else `info`.
+fn trace_filter() -> EnvFilter {
+    let from_env = std::env::var("TRACE_FILTER")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    EnvFilter::new(from_env.as_deref().unwrap_or("info"))
 }
 
 /// The subscriber [`init`] installs, writing to `writer` (tests capture lines this way,
@@ -128,7 +175,11 @@ where
     // Traces do not follow RUST_LOG: a quieter log must not break propagation.
     let traces = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(app))
-        .with_filter(LevelFilter::INFO);
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_target(false)
+        .with_filter(trace_filter());
     Registry::default().with(logs).with(traces)
 }
 
@@ -175,8 +226,10 @@ where
             }
         }
         event.record(&mut JsonVisitor(&mut fields));
-        // Tracing's own names for the span bookkeeping fields are noise in a log line.
-        fields.retain(|key, _| !key.starts_with("otel."));
+        let fields: Map<String, Value> = fields
+            .into_iter()
+            .filter_map(|(key, value)| log_name(&key).map(|name| (name.to_owned(), value)))
+            .collect();
         // Fixed keys first, in this order, then the fields.
         let fixed = [
             (
@@ -207,8 +260,8 @@ where
     }
 }
 
-/// `key=value` fields for text lines, the message first and bare, without the
-/// `otel.*` fields that only steer the exported span.
+/// `key=value` fields for text lines, the message first and bare, named as
+/// [`log_name`] says.
 struct TextFields;
 
 impl<'w> FormatFields<'w> for TextFields {
@@ -239,8 +292,10 @@ impl Visit for TextVisitor<'_, '_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let name = field.name();
-        if self.result.is_err() || name.starts_with("otel.") || name.starts_with("log.") {
+        let Some(name) = log_name(field.name()) else {
+            return;
+        };
+        if self.result.is_err() {
             return;
         }
         let separator = if std::mem::take(&mut self.first) {
@@ -323,7 +378,9 @@ mod tests {
             let span = tracing::error_span!(
                 "rpc",
                 otel.kind = "server",
-                grpc_method = "Send",
+                rpc.system = "grpc",
+                rpc.method = "Send",
+                rpc.grpc.status_code = 0,
                 conversation_id = tracing::field::Empty
             );
             span.record("conversation_id", "c-1");
@@ -342,6 +399,7 @@ mod tests {
         );
         assert!(text.contains("sent seq=3"), "{text}");
         assert!(!text.contains("otel."), "{text}");
+        assert!(!text.contains("rpc."), "{text}");
         assert!(!text.contains('\u{1b}'), "{text}");
     }
 
@@ -356,7 +414,24 @@ mod tests {
         assert_eq!(line["grpc_method"], "Send");
         assert_eq!(line["conversation_id"], "c-1");
         assert!(line.get("otel.kind").is_none());
+        assert!(line.get("rpc.system").is_none(), "{line}");
+        assert!(line.get("rpc.grpc.status_code").is_none(), "{line}");
         assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
         assert!(!text.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn the_environment_names_the_service_before_the_app_does() {
+        assert!(!service_named(None, None));
+        assert!(!service_named(
+            Some(" "),
+            Some("deployment.environment=prod")
+        ));
+        assert!(service_named(Some("chat-eu"), None));
+        assert!(service_named(
+            None,
+            Some("deployment.environment=prod, service.name=chat-eu")
+        ));
+        assert!(!service_named(None, Some("service.name=")));
     }
 }

@@ -65,6 +65,9 @@ pub struct PeerInfo {
     pub local_addr: Option<SocketAddr>,
     pub remote_addr: Option<SocketAddr>,
     pub sans: Arc<[String]>,
+    /// Whether a client certificate was presented: one without SANs is told apart from
+    /// none at all.
+    pub client_certificate: bool,
 }
 
 /// The URI (e.g. `spiffe://…`) and DNS names of a certificate. A certificate that does
@@ -388,6 +391,7 @@ pub fn incoming(
                 local_addr: stream.local_addr().ok(),
                 remote_addr: Some(remote_addr),
                 sans: Arc::from([]),
+                client_certificate: false,
             };
             let Some(tls) = &tls else {
                 if tx.send(Ok(Conn::Plain(stream, info))).await.is_err() {
@@ -409,15 +413,17 @@ pub fn incoming(
                 drop(permit);
                 match handshake {
                     Ok(Ok(stream)) => {
-                        let sans = stream
+                        let leaf = stream
                             .get_ref()
                             .1
                             .peer_certificates()
-                            .and_then(<[CertificateDer<'_>]>::first)
-                            .map(|leaf| subject_alt_names(leaf))
-                            .unwrap_or_default();
+                            .and_then(<[CertificateDer<'_>]>::first);
                         let info = PeerInfo {
-                            sans: sans.into(),
+                            sans: leaf
+                                .map(|l| subject_alt_names(l))
+                                .unwrap_or_default()
+                                .into(),
+                            client_certificate: leaf.is_some(),
                             ..info
                         };
                         let _ = tx.send(Ok(Conn::Tls(Box::new(stream), info))).await;
@@ -475,6 +481,102 @@ mod tests {
             vec!["spiffe://chat.example/bff".to_owned()]
         );
         assert!(subject_alt_names(b"not a certificate").is_empty());
+    }
+
+    /// A CA, a server certificate for `localhost` and client certificates, written
+    /// under `dir`, made here because the shared test PKI only issues client
+    /// certificates with a SAN.
+    fn pki_with_clients(dir: &Path, clients: &[(&str, Vec<rcgen::SanType>)]) -> TlsFiles {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+        std::fs::create_dir_all(dir).unwrap();
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+        let issuer = Issuer::from_params(&ca, &ca_key);
+        let issue = |name: &str, sans: Vec<SanType>| {
+            let mut params = CertificateParams::default();
+            params.subject_alt_names = sans;
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
+        };
+        issue(
+            "server",
+            vec![SanType::DnsName("localhost".try_into().unwrap())],
+        );
+        for (name, sans) in clients {
+            issue(name, sans.clone());
+        }
+        TlsFiles {
+            cert: dir.join("server.pem"),
+            key: dir.join("server-key.pem"),
+            client_ca: Some(dir.join("ca.pem")),
+        }
+    }
+
+    /// Connects to `addr` over TLS presenting the client certificate `name` from `dir`.
+    async fn connect(
+        addr: SocketAddr,
+        dir: &Path,
+        name: &str,
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        use tokio_rustls::rustls::{ClientConfig, pki_types::ServerName};
+        let mut roots = RootCertStore::empty();
+        for cert in read_certs(&dir.join("ca.pem")).unwrap() {
+            roots.add(cert).unwrap();
+        }
+        let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                read_certs(&dir.join(format!("{name}.pem"))).unwrap(),
+                read_pem(&dir.join(format!("{name}-key.pem"))).unwrap(),
+            )
+            .unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_without_san_is_told_apart_from_none() {
+        use rcgen::SanType;
+        use tokio_stream::StreamExt;
+        let dir = std::env::temp_dir().join(format!("chat-tls-no-san-{}", std::process::id()));
+        let spiffe = SanType::URI("spiffe://chat.example/bff".try_into().unwrap());
+        let files = pki_with_clients(&dir, &[("no-san", vec![]), ("bff", vec![spiffe])]);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let tls = ServerTls::load(files).unwrap();
+        let mut accepted = incoming(
+            listener,
+            Some(tls),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            stop.clone(),
+        );
+        for (client, sans) in [
+            ("no-san", vec![]),
+            ("bff", vec!["spiffe://chat.example/bff"]),
+        ] {
+            let _client = connect(addr, &dir, client).await;
+            let conn = tokio::time::timeout(Duration::from_secs(10), accepted.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let info = conn.connect_info();
+            assert!(info.client_certificate, "{client}");
+            assert_eq!(&info.sans[..], &sans[..], "{client}");
+        }
+        stop.cancel();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -1,10 +1,9 @@
-//! The service's one error type, mapped to a gRPC status in exactly one place.
+//! The service's one error type, one variant per refusal. What a caller sees of each
+//! (code, `ErrorInfo` reason, details) is said once here, in [`ServiceError`];
+//! `chat_common::error::to_status` builds the status.
 
+use chat_common::error::{Details, ServiceError, to_status};
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
-
-/// The `google.rpc.ErrorInfo` domain of every reason this service gives.
-pub const DOMAIN: &str = "chat.v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -17,24 +16,27 @@ pub enum Error {
     /// The only thing a caller can name that may not exist.
     #[error("conversation not found")]
     ConversationNotFound,
-    #[error("{message}")]
-    PermissionDenied {
-        reason: &'static str,
-        message: String,
-    },
-    #[error("{message}")]
-    FailedPrecondition {
-        reason: &'static str,
-        message: String,
-    },
+    #[error("the caller is not a participant of this conversation")]
+    NotParticipant,
+    /// An anonymous visitor's access ends once a customer is linked.
+    #[error("a customer is linked to this conversation; act as that customer")]
+    CustomerLinked,
+    /// The anonymous customer presented no session, or not the one that opened the
+    /// conversation.
+    #[error("{}", session_mismatch(.presented))]
+    SessionMismatch { presented: bool },
+    #[error("the conversation is closed")]
+    ConversationClosed,
+    #[error("the conversation is linked to another customer")]
+    CustomerAlreadyLinked,
+    #[error("this client_message_id was already used by this sender for a different body")]
+    ClientMessageIdReused,
+    #[error("this replica serves at most {max} streams")]
+    TooManyStreams { max: usize },
+    /// A cursor or position beyond what exists.
     #[error("{field}: {message}")]
-    OutOfRange {
+    CursorOutOfRange {
         field: &'static str,
-        message: String,
-    },
-    #[error("{message}")]
-    ResourceExhausted {
-        reason: &'static str,
         message: String,
     },
     /// PostgreSQL cannot be reached (or the service is still starting).
@@ -56,30 +58,8 @@ impl Error {
         }
     }
 
-    pub fn not_participant() -> Self {
-        Self::PermissionDenied {
-            reason: "NOT_A_PARTICIPANT",
-            message: "the caller is not a participant of this conversation".into(),
-        }
-    }
-
-    /// An anonymous visitor's access ends once a customer is linked.
-    pub fn customer_linked() -> Self {
-        Self::PermissionDenied {
-            reason: "CUSTOMER_LINKED",
-            message: "a customer is linked to this conversation; act as that customer".into(),
-        }
-    }
-
-    pub fn closed() -> Self {
-        Self::FailedPrecondition {
-            reason: "CONVERSATION_CLOSED",
-            message: "the conversation is closed".into(),
-        }
-    }
-
-    /// Wraps a database error with what was being done; the constraint-aware mapping
-    /// happens in the store before this.
+    /// Wraps a database error with what was being done. A database that cannot serve
+    /// now is UNAVAILABLE (retry later); anything else is a bug and stays INTERNAL.
     pub fn db(context: &'static str, source: sqlx::Error) -> Self {
         if is_unreachable(&source) {
             tracing::warn!(error = %source, context, "database unavailable");
@@ -89,6 +69,15 @@ impl Error {
             context,
             source: Box::new(source),
         }
+    }
+}
+
+fn session_mismatch(presented: &bool) -> &'static str {
+    if *presented {
+        "this session did not open the conversation"
+    } else {
+        "the anonymous customer must present the session that opened the conversation \
+         (participant.session_id)"
     }
 }
 
@@ -111,41 +100,54 @@ fn is_unreachable(error: &sqlx::Error) -> bool {
     }
 }
 
-fn reason_for(error: &Error) -> &'static str {
-    match error {
-        Error::InvalidArgument { .. } => "INVALID_ARGUMENT",
-        Error::ConversationNotFound => "CONVERSATION_NOT_FOUND",
-        Error::PermissionDenied { reason, .. }
-        | Error::FailedPrecondition { reason, .. }
-        | Error::ResourceExhausted { reason, .. } => reason,
-        Error::OutOfRange { .. } => "CURSOR_OUT_OF_RANGE",
-        Error::Unavailable(_) => "DATABASE_UNAVAILABLE",
-        Error::Internal { .. } => "INTERNAL",
+impl ServiceError for Error {
+    fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument { .. } => Code::InvalidArgument,
+            Self::ConversationNotFound => Code::NotFound,
+            Self::NotParticipant | Self::CustomerLinked | Self::SessionMismatch { .. } => {
+                Code::PermissionDenied
+            }
+            Self::ConversationClosed
+            | Self::CustomerAlreadyLinked
+            | Self::ClientMessageIdReused => Code::FailedPrecondition,
+            Self::TooManyStreams { .. } => Code::ResourceExhausted,
+            Self::CursorOutOfRange { .. } => Code::OutOfRange,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Internal { .. } => Code::Internal,
+        }
+    }
+
+    fn reason(&self) -> &str {
+        match self {
+            Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            Self::ConversationNotFound => "CONVERSATION_NOT_FOUND",
+            Self::NotParticipant => "NOT_A_PARTICIPANT",
+            Self::CustomerLinked => "CUSTOMER_LINKED",
+            Self::SessionMismatch { .. } => "SESSION_MISMATCH",
+            Self::ConversationClosed => "CONVERSATION_CLOSED",
+            Self::CustomerAlreadyLinked => "CUSTOMER_ALREADY_LINKED",
+            Self::ClientMessageIdReused => "CLIENT_MESSAGE_ID_REUSED",
+            Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
+            Self::CursorOutOfRange { .. } => "CURSOR_OUT_OF_RANGE",
+            Self::Unavailable(_) => "DATABASE_UNAVAILABLE",
+            Self::Internal { .. } => "INTERNAL",
+        }
+    }
+
+    fn details(&self) -> Details {
+        match self {
+            Self::InvalidArgument { field, description } => {
+                Details::bad_field(field, description.clone())
+            }
+            _ => Details::none(),
+        }
     }
 }
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
-        let reason = reason_for(&error);
-        let mut details = ErrorDetails::new();
-        let (code, message) = match &error {
-            Error::InvalidArgument { field, description } => {
-                details.add_bad_request_violation(*field, description.clone());
-                (Code::InvalidArgument, error.to_string())
-            }
-            Error::ConversationNotFound => (Code::NotFound, error.to_string()),
-            Error::PermissionDenied { .. } => (Code::PermissionDenied, error.to_string()),
-            Error::FailedPrecondition { .. } => (Code::FailedPrecondition, error.to_string()),
-            Error::OutOfRange { .. } => (Code::OutOfRange, error.to_string()),
-            Error::ResourceExhausted { .. } => (Code::ResourceExhausted, error.to_string()),
-            Error::Unavailable(message) => (Code::Unavailable, message.clone()),
-            Error::Internal { context, source } => {
-                tracing::error!(context, error = %source, "internal error");
-                (Code::Internal, "internal error".to_owned())
-            }
-        };
-        details.set_error_info(reason, DOMAIN, std::collections::HashMap::new());
-        Status::with_error_details(code, message, details)
+        to_status(&error)
     }
 }
 

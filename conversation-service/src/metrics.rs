@@ -6,12 +6,78 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::realtime::Hub;
+/// Gives every metric below its `# HELP` line and puts each counter at 0 before its first
+/// event, so alerts on their rates have a series from the start. Called once the
+/// recorder is installed.
+pub fn describe() {
+    use chat_common::metrics::{counter, gauge, histogram};
+    gauge(
+        "chat_streams_open",
+        "Streams open on this replica, by kind.",
+    );
+    counter(
+        "chat_stream_lagged_total",
+        "Streams whose wake-up queue overflowed; each catches up from the table.",
+        &[],
+    );
+    counter(
+        "chat_stream_resyncs_total",
+        "Streams told to catch up from the table, by cause.",
+        &[&[("cause", "lagged")], &[("cause", "listener")]],
+    );
+    counter(
+        "chat_stream_message_reads_total",
+        "Reads of messages by streams: shared by a conversation's streams, or a stream's own.",
+        &[&[("source", "shared")], &[("source", "own")]],
+    );
+    counter(
+        "chat_listener_reconnects_total",
+        "Times the LISTEN connection was re-established after it was lost.",
+        &[],
+    );
+    gauge(
+        "chat_listener_lag_seconds",
+        "How late the listener's last probe notice arrived.",
+    );
+    gauge(
+        "chat_notify_queue_usage",
+        "Fraction of PostgreSQL's notification queue in use (shared by the cluster).",
+    );
+    histogram(
+        "chat_send_batch_size",
+        "Messages written by one SendMessage transaction.",
+    );
+    histogram(
+        "chat_send_write_seconds",
+        "Time to write one SendMessage batch.",
+    );
+    counter(
+        "chat_send_replanned_total",
+        "SendMessage batches that found a row changed when written and were planned again \
+         under the row locks.",
+        &[],
+    );
+    gauge(
+        "chat_db_pool_connections",
+        "Connections of the query pool, by state.",
+    );
+    gauge(
+        "chat_db_pool_max_connections",
+        "Maximum connections of the query pool.",
+    );
+    gauge(
+        "chat_db_writer_pool_connections",
+        "Connections of the SendMessage and CreateConversation writer pools, by state.",
+    );
+    gauge(
+        "chat_db_writer_pool_max_connections",
+        "Maximum connections of a writer pool.",
+    );
+}
 
 /// Read at each scrape: open streams by kind.
 #[allow(clippy::cast_precision_loss)]
-pub fn sample_streams(hub: &Hub) {
-    let (conversation, inbox) = hub.open_by_kind();
+pub fn sample_streams(conversation: usize, inbox: usize) {
     metrics::gauge!("chat_streams_open", "kind" => "conversation").set(conversation as f64);
     metrics::gauge!("chat_streams_open", "kind" => "inbox").set(inbox as f64);
 }

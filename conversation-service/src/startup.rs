@@ -23,16 +23,16 @@ use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Status, service::interceptor::InterceptedService};
+use tonic::{Request, Status, service::Interceptor, service::interceptor::InterceptedService};
 
 use crate::{
     config::Config,
     domain::PageTokens,
     grpc::ConversationApi,
     realtime::{Hub, run_listener, streams::StreamContext},
-    store::{self, SendQueue, Store},
+    store::{PoolSettings, SendQueue, Store},
 };
 
 pub const SERVICE_NAME: &str = "chat.v1.ConversationService";
@@ -40,48 +40,56 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/conversation");
 
+/// The gRPC service as served: refused with UNAVAILABLE until the schema is ready.
+type Api = InterceptedService<ConversationServiceServer<ConversationApi>, Ready>;
+
+/// Everything [`Application::build`] wired, waiting to be served.
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     metrics: Option<MetricsListener>,
     config: Config,
+    /// For the LISTEN connection, which is not pooled.
     options: PgConnectOptions,
-    pool: PgPool,
+    store: Store,
     hub: Arc<Hub>,
+    api: Api,
     migrated: Arc<AtomicBool>,
     security: Security,
     shutdown: CancellationToken,
 }
 
 impl Application {
-    /// Binds the listen address and prepares the pool. Migrations are tried once here;
-    /// when PostgreSQL is not reachable yet the service still starts, reports
-    /// NOT_SERVING, and keeps retrying in the background.
+    /// Binds the listen address and wires the store, the hub and the gRPC service.
+    /// Migrations are tried once here; when PostgreSQL is not reachable yet the service
+    /// still starts, reports NOT_SERVING, and keeps retrying in the background.
     ///
     /// # Errors
-    /// When the address cannot be bound or the database URL cannot be parsed.
+    /// When an address cannot be bound, the database URL cannot be parsed or the
+    /// SendMessage writers cannot be started.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let security = Security::load(&config.security)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
-        let metrics = match config.telemetry.metrics_addr {
-            Some(addr) => Some(
-                MetricsListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding the metrics address {addr}"))?,
-            ),
-            None => None,
-        };
+        let metrics = bind_metrics(&config).await?;
+        crate::metrics::describe();
         let options = connect_options(&config)?;
-        let pool = lazy_pool(&config, config.db_pool_size.max(1), options.clone());
+        let store = Store::connect(&PoolSettings {
+            options: options.clone(),
+            size: config.db_pool_size,
+            acquire_timeout: config.db_acquire_timeout,
+            send_writers: config.send_writers,
+        });
         let migrated = Arc::new(AtomicBool::new(false));
-        match prepare_schema(&pool, config.migrate_on_start).await {
+        match prepare_schema(store.pool(), config.migrate_on_start).await {
             Ok(()) => migrated.store(true, Ordering::Release),
             Err(error) => tracing::warn!(%error, "database not ready; will keep retrying"),
         }
         let hub = Hub::new(config.max_streams, config.stream_queue);
+        let shutdown = CancellationToken::new();
+        let api = api(&config, &store, &hub, &migrated, &shutdown)?;
         tracing::info!(%local_addr, "bound");
         Ok(Self {
             listener,
@@ -89,11 +97,12 @@ impl Application {
             metrics,
             config,
             options,
-            pool,
+            store,
             hub,
+            api,
             migrated,
             security,
-            shutdown: CancellationToken::new(),
+            shutdown,
         })
     }
 
@@ -121,107 +130,23 @@ impl Application {
     ///
     /// # Errors
     /// When the server fails.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let probes = Probes::new(reporter, &[SERVICE_NAME]).await;
+        let background = CancellationToken::new();
+        let listener_task = self.start_background(&probes, &background);
+        let (reflection_v1, reflection_v1alpha) =
+            chat_common::reflection::services(chat_proto::FILE_DESCRIPTOR_SET, &[SERVICE_NAME])?;
         let Self {
             listener,
             local_addr,
-            metrics,
             config,
-            options,
-            pool,
-            hub,
-            migrated,
+            store,
+            api,
             security,
             shutdown,
+            ..
         } = self;
-        // SendMessage's writers have connections of their own: one each, and as many again
-        // for a busy batch's conversations written one by one (one locked elsewhere may
-        // hold a connection for LOCK_TIMEOUT).
-        let writer_connections = config.send_writers.max(1).saturating_mul(2);
-        let writer = writer_pool(
-            lazy_pool_options(
-                &config,
-                u32::try_from(writer_connections).unwrap_or(u32::MAX),
-            ),
-            store::send_options(&options),
-        );
-        let creates = lazy_pool(
-            &config,
-            store::CREATE_CONNECTIONS,
-            store::create_options(&options),
-        );
-        let store = Store::new(
-            pool.clone(),
-            writer.clone(),
-            config.send_writers,
-            creates.clone(),
-        );
-        let writers = store.clone();
-        let (reporter, health_service) = tonic_health::server::health_reporter();
-        let probes = Probes::new(reporter, &[SERVICE_NAME]).await;
-
-        let background = CancellationToken::new();
-        let listener_task = tokio::spawn(run_listener(
-            options,
-            Arc::clone(&hub),
-            config.listener_lag_limit,
-            background.clone(),
-        ));
-        tokio::spawn(watch_health(
-            pool.clone(),
-            Arc::clone(&hub),
-            Arc::clone(&migrated),
-            config.migrate_on_start,
-            probes.clone(),
-            background.clone(),
-        ));
-        tokio::spawn(chat_common::shutdown::drain_on_signal(
-            shutdown.clone(),
-            probes.clone(),
-            config.drain.drain_delay,
-        ));
-        if let Some(metrics) = metrics {
-            let (pool, hub) = (pool.clone(), Arc::clone(&hub));
-            let (store, writer, creates) = (store.clone(), writer.clone(), creates.clone());
-            let sample = move || {
-                crate::metrics::sample_pool(&pool);
-                crate::metrics::sample_writer_pool("send", &writer, store.kept_writers());
-                crate::metrics::sample_writer_pool("create", &creates, 0);
-                crate::metrics::sample_streams(&hub);
-            };
-            tokio::spawn(metrics.serve(sample, probes, background.clone()));
-        }
-
-        let sender = SendQueue::start(store.clone(), config.send_writers, config.send_batch_max)
-            .context("starting the SendMessage writers")?;
-        let streams = StreamContext {
-            store: store.clone(),
-            hub: Arc::clone(&hub),
-            heartbeat: config.heartbeat_interval,
-            shutdown: shutdown.clone(),
-            catch_up: Arc::new(tokio::sync::Semaphore::new(catch_up_slots(
-                config.db_pool_size,
-            ))),
-        };
-        let pages = PageTokens::new(page_token_key(config.page_token_key.as_deref())?);
-        let api = ConversationServiceServer::new(ConversationApi::new(
-            store, sender, hub, streams, pages,
-        ))
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes.max(1024 * 1024));
-        let ready = Arc::clone(&migrated);
-        let api = InterceptedService::new(api, move |request: Request<()>| {
-            if ready.load(Ordering::Acquire) {
-                Ok(request)
-            } else {
-                Err(Status::unavailable(
-                    "starting: the database is not ready yet",
-                ))
-            }
-        });
-        let (reflection_v1, reflection_v1alpha) =
-            chat_common::reflection::services(chat_proto::FILE_DESCRIPTOR_SET, &[SERVICE_NAME])?;
-
         let serve = config
             .connections
             .server()
@@ -231,7 +156,7 @@ impl Application {
                 Some(config.request_timeout),
             ))
             // Inside the RPC layer, so its logs and metrics see RESOURCE_EXHAUSTED.
-            .layer(OversizeLayer::new(crate::error::DOMAIN))
+            .layer(OversizeLayer::new(chat_common::error::DOMAIN))
             .max_concurrent_streams(config.max_concurrent_streams)
             .layer(security.layer())
             .add_service(health_service)
@@ -248,56 +173,130 @@ impl Application {
                 shutdown.clone().cancelled_owned(),
             );
         tracing::info!(%local_addr, "serving");
-        tokio::pin!(serve);
-        let served = tokio::select! {
-            served = &mut serve => served,
-            () = shutdown.cancelled() => {
-                tracing::info!(grace = ?config.shutdown_grace, "shutting down");
-                match tokio::time::timeout(config.shutdown_grace, &mut serve).await {
-                    Ok(served) => served,
-                    Err(_) => {
-                        tracing::warn!("grace period over; closing remaining connections");
-                        Ok(())
-                    }
-                }
-            }
-        };
+        let served = within_grace(serve, &shutdown, config.shutdown_grace).await;
         background.cancel();
         let _ = listener_task.await;
-        pool.close().await;
-        writers.release_writers();
-        writer.close().await;
-        creates.close().await;
+        store.close().await;
         tracing::info!("stopped");
         served.context("gRPC server failed")
     }
+
+    /// Starts what runs beside the server until `background` is cancelled: the LISTEN
+    /// connection (whose task is returned), health, the signal handler and metrics.
+    fn start_background(
+        &mut self,
+        probes: &Probes,
+        background: &CancellationToken,
+    ) -> JoinHandle<()> {
+        let config = &self.config;
+        let listener_task = tokio::spawn(run_listener(
+            self.options.clone(),
+            Arc::clone(&self.hub),
+            config.listener_lag_limit,
+            background.clone(),
+        ));
+        tokio::spawn(watch_health(
+            self.store.pool().clone(),
+            Arc::clone(&self.hub),
+            Arc::clone(&self.migrated),
+            config.migrate_on_start,
+            probes.clone(),
+            background.clone(),
+        ));
+        tokio::spawn(chat_common::shutdown::drain_on_signal(
+            self.shutdown.clone(),
+            probes.clone(),
+            config.drain.drain_delay,
+        ));
+        if let Some(metrics) = self.metrics.take() {
+            let (store, hub) = (self.store.clone(), Arc::clone(&self.hub));
+            let sample = move || {
+                store.sample_metrics();
+                let (conversation, inbox) = hub.open_by_kind();
+                crate::metrics::sample_streams(conversation, inbox);
+            };
+            tokio::spawn(metrics.serve(sample, probes.clone(), background.clone()));
+        }
+        listener_task
+    }
 }
 
-/// A pool that connects on first use (the service starts while PostgreSQL is down).
-fn lazy_pool(config: &Config, max_connections: u32, options: PgConnectOptions) -> PgPool {
-    lazy_pool_options(config, max_connections).connect_lazy_with(options)
-}
-
-fn lazy_pool_options(config: &Config, max_connections: u32) -> PgPoolOptions {
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(config.db_acquire_timeout)
-}
-
-/// SendMessage's writers keep their connections between batches (`store/kept.rs`) and
-/// take one from this pool only when none is kept: one used within
-/// [`store::WRITER_PING_AFTER`] is handed out without a ping, as a kept one is.
-fn writer_pool(pool: PgPoolOptions, options: PgConnectOptions) -> PgPool {
-    pool.test_before_acquire(false)
-        .before_acquire(|connection, meta| {
-            Box::pin(async move {
-                if meta.idle_for >= store::WRITER_PING_AFTER {
-                    sqlx::Connection::ping(connection).await?;
+/// Waits for `serve` to end; once `shutdown` is cancelled, for at most `grace` more.
+async fn within_grace<F, E>(
+    serve: F,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> Result<(), E>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    tokio::pin!(serve);
+    tokio::select! {
+        served = &mut serve => served,
+        () = shutdown.cancelled() => {
+            tracing::info!(?grace, "shutting down");
+            match tokio::time::timeout(grace, &mut serve).await {
+                Ok(served) => served,
+                Err(_) => {
+                    tracing::warn!("grace period over; closing remaining connections");
+                    Ok(())
                 }
-                Ok(true)
-            })
-        })
-        .connect_lazy_with(options)
+            }
+        }
+    }
+}
+
+async fn bind_metrics(config: &Config) -> anyhow::Result<Option<MetricsListener>> {
+    let Some(addr) = config.telemetry.metrics_addr else {
+        return Ok(None);
+    };
+    let listener = MetricsListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics address {addr}"))?;
+    Ok(Some(listener))
+}
+
+/// The gRPC service with its SendMessage writers, stream context and page tokens.
+fn api(
+    config: &Config,
+    store: &Store,
+    hub: &Arc<Hub>,
+    migrated: &Arc<AtomicBool>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Api> {
+    let sender = SendQueue::start(store.clone(), config.send_writers, config.send_batch_max)
+        .context("starting the SendMessage writers")?;
+    let streams = StreamContext {
+        store: store.clone(),
+        hub: Arc::clone(hub),
+        heartbeat: config.heartbeat_interval,
+        shutdown: shutdown.clone(),
+        catch_up: Arc::new(tokio::sync::Semaphore::new(catch_up_slots(
+            config.db_pool_size,
+        ))),
+    };
+    let pages = PageTokens::new(page_token_key(config.page_token_key.as_deref())?);
+    let api = ConversationApi::new(store.clone(), sender, Arc::clone(hub), streams, pages);
+    let server = ConversationServiceServer::new(api)
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes.max(1024 * 1024));
+    Ok(InterceptedService::new(server, Ready(Arc::clone(migrated))))
+}
+
+/// Refuses calls with UNAVAILABLE until the schema is ready.
+#[derive(Clone)]
+struct Ready(Arc<AtomicBool>);
+
+impl Interceptor for Ready {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        if self.0.load(Ordering::Acquire) {
+            Ok(request)
+        } else {
+            Err(Status::unavailable(
+                "starting: the database is not ready yet",
+            ))
+        }
+    }
 }
 
 /// Catch-up reads in flight at once: a quarter of the pool, so unary calls keep the rest.

@@ -4,6 +4,55 @@
 
 use std::time::Duration;
 
+/// Gives every metric below its `# HELP` line and puts each counter at 0 before its first
+/// event, so alerts on their rates have a series from the start. Called once the
+/// recorder is installed.
+pub fn describe() {
+    use chat_common::metrics::{counter, gauge, histogram};
+    gauge(
+        "token_outbox_depth",
+        "Calls to conversation-service waiting in the outbox.",
+    );
+    gauge(
+        "token_outbox_oldest_pending_age_seconds",
+        "Age of the oldest call waiting in the outbox.",
+    );
+    gauge(
+        "token_outbox_failed_jobs",
+        "Outbox calls that failed for good and wait for an operator.",
+    );
+    counter(
+        "token_failed_guesses_total",
+        "Failed guesses (unknown link, wrong provider, malformed secret) counted against their caller.",
+        &[],
+    );
+    counter(
+        "token_failed_guess_refusals_total",
+        "Calls refused RESOURCE_EXHAUSTED for too many failed guesses.",
+        &[],
+    );
+    histogram(
+        "token_sqlite_call_seconds",
+        "Time of one call's statements on the SQLite thread.",
+    );
+    histogram(
+        "token_sqlite_group_calls",
+        "Calls carried by one group commit.",
+    );
+    histogram(
+        "token_sqlite_group_seconds",
+        "Time of one group commit from BEGIN IMMEDIATE to the end of its COMMIT.",
+    );
+    histogram(
+        "token_sqlite_commit_seconds",
+        "Time of the COMMIT of one group alone.",
+    );
+    gauge(
+        "token_sqlite_queue_length",
+        "Calls waiting for the SQLite thread.",
+    );
+}
+
 /// Read on every health probe: calls waiting in the outbox, the age of the oldest in
 /// seconds, and calls refused for good.
 #[allow(clippy::cast_precision_loss)]

@@ -86,6 +86,7 @@ impl Application {
             })?),
             None => None,
         };
+        crate::metrics::describe();
         let store = Store::open(config.database.clone(), config.sqlite_busy_timeout).await?;
         let conversations = Conversations::new(
             &config.conversation_service,

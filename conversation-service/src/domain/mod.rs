@@ -49,29 +49,41 @@ pub fn parse_external_id(field: &'static str, text: &str) -> Result<String> {
     rules::external_id(text).map_err(|d| Error::invalid(field, d))
 }
 
-/// Which side of a conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Which side of a conversation. Stored (and carried in notices) as a SMALLINT; a value
+/// that is neither is refused when read, never taken for one of them.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type, serde::Serialize, serde::Deserialize,
+)]
+#[repr(i16)]
+#[serde(try_from = "i16", into = "i16")]
 pub enum Role {
-    Provider,
-    Customer,
+    Provider = 1,
+    Customer = 2,
 }
 
-impl Role {
-    pub fn as_i16(self) -> i16 {
-        match self {
-            Self::Provider => 1,
-            Self::Customer => 2,
-        }
-    }
+/// A stored SMALLINT's enum: `TryFrom<i16>` refusing any other value, and back.
+macro_rules! smallint_enum {
+    ($name:ident, $what:literal, $($variant:ident),+) => {
+        impl TryFrom<i16> for $name {
+            type Error = String;
 
-    pub fn from_i16(value: i16) -> Self {
-        if value == 1 {
-            Self::Provider
-        } else {
-            Self::Customer
+            fn try_from(value: i16) -> std::result::Result<Self, String> {
+                $(if value == Self::$variant as i16 {
+                    return Ok(Self::$variant);
+                })+
+                Err(format!("unknown {} {value}", $what))
+            }
         }
-    }
+
+        impl From<$name> for i16 {
+            fn from(value: $name) -> Self {
+                value as i16
+            }
+        }
+    };
 }
+
+smallint_enum!(Role, "role", Provider, Customer);
 
 /// A provider's id: valid by construction (see [`chat_proto::rules::external_id`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -120,9 +132,12 @@ pub enum Participant {
 }
 
 impl Participant {
-    /// Parses an acting participant (sender, reader, viewer).
+    /// Parses an acting participant (sender, reader, viewer). Its `session_id` is checked
+    /// whoever presents it, like every other text field, though only the anonymous
+    /// customer's is used (see [`parse_acting`]).
     pub fn parse(field: &'static str, proto: Option<&v1::Participant>) -> Result<Self> {
         let proto = proto.ok_or_else(|| Error::invalid(field, "is required"))?;
+        parse_session_id(session_field(field), &proto.session_id)?;
         match v1::Role::try_from(proto.role) {
             Ok(v1::Role::Provider) => Ok(Self::Provider(ProviderId::parse(field, &proto.id)?)),
             Ok(v1::Role::Customer) if proto.id.is_empty() => {
@@ -193,6 +208,17 @@ pub fn parse_session_id(field: &'static str, text: &str) -> Result<Option<Uuid>>
     parse_request_id(field, text)
 }
 
+/// The BadRequest field of a participant's session id: `sender.session_id` for `sender`.
+fn session_field(participant: &'static str) -> &'static str {
+    match participant {
+        "sender" => "sender.session_id",
+        "viewer" => "viewer.session_id",
+        "reader" => "reader.session_id",
+        "actor" => "actor.session_id",
+        _ => "participant.session_id",
+    }
+}
+
 /// Parses an acting participant with the session it presents (kept only for the
 /// anonymous customer, the only one that needs it).
 pub fn parse_acting(
@@ -201,7 +227,10 @@ pub fn parse_acting(
 ) -> Result<(Participant, Option<Uuid>)> {
     let participant = Participant::parse(field, proto)?;
     let session = if participant.is_anonymous() {
-        parse_session_id(field, proto.map_or("", |p| p.session_id.as_str()))?
+        parse_session_id(
+            session_field(field),
+            proto.map_or("", |p| p.session_id.as_str()),
+        )?
     } else {
         None
     };
@@ -220,25 +249,32 @@ pub fn check_session(
     }
     match (presented, recorded) {
         (Some(presented), Some(recorded)) if presented == recorded => Ok(()),
-        (None, _) => Err(Error::PermissionDenied {
-            reason: "SESSION_MISMATCH",
-            message: "the anonymous customer must present the session that opened the \
-                      conversation (participant.session_id)"
-                .into(),
-        }),
-        _ => Err(Error::PermissionDenied {
-            reason: "SESSION_MISMATCH",
-            message: "this session did not open the conversation".into(),
+        (presented, _) => Err(Error::SessionMismatch {
+            presented: presented.is_some(),
         }),
     }
 }
 
-/// Active or closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Active or closed. Stored (and carried in notices) as a SMALLINT; a value that is
+/// neither is refused when read, never taken for one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, serde::Serialize, serde::Deserialize)]
+#[repr(i16)]
+#[serde(try_from = "i16", into = "i16")]
 pub enum Status {
-    Active,
-    Closed,
+    Active = 1,
+    Closed = 2,
 }
+
+/// [`Status::Active`] as SQL text, for the tuned batch statements whose text stays as it
+/// was measured (`concat!` needs a literal; a test holds it to the enum).
+macro_rules! active_status_sql {
+    () => {
+        "1"
+    };
+}
+pub(crate) use active_status_sql;
+
+smallint_enum!(Status, "conversation status", Active, Closed);
 
 impl Status {
     pub fn parse(field: &'static str, value: i32) -> Result<Self> {
@@ -255,21 +291,6 @@ impl Status {
             Ok(None)
         } else {
             Self::parse(field, value).map(Some)
-        }
-    }
-
-    pub fn as_i16(self) -> i16 {
-        match self {
-            Self::Active => 1,
-            Self::Closed => 2,
-        }
-    }
-
-    pub fn from_i16(value: i16) -> Self {
-        if value == 2 {
-            Self::Closed
-        } else {
-            Self::Active
         }
     }
 }
@@ -367,6 +388,26 @@ pub fn parse_body(field: &'static str, text: &str) -> Result<String> {
     rules::body(text).map_err(|d| Error::invalid(field, d))
 }
 
+/// A validated CreateConversation call.
+#[derive(Debug, Clone)]
+pub struct NewConversation {
+    pub request_id: Option<Uuid>,
+    pub provider_id: String,
+    pub customer: CustomerDetails,
+    pub reuse_active: bool,
+    pub origin: String,
+    pub session_id: Option<Uuid>,
+}
+
+/// A validated message to append.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub conversation_id: ConversationId,
+    pub sender: Participant,
+    pub body: String,
+    pub client_message_id: Option<String>,
+}
+
 /// A sender's idempotency key: at most 128 printable characters; empty means none.
 pub fn parse_client_message_id(field: &'static str, text: &str) -> Result<Option<String>> {
     if text.is_empty() {
@@ -415,6 +456,24 @@ mod tests {
     }
 
     #[test]
+    fn stored_roles_and_statuses_refuse_unknown_values() {
+        assert_eq!(Role::try_from(1), Ok(Role::Provider));
+        assert_eq!(Role::try_from(2), Ok(Role::Customer));
+        assert!(Role::try_from(0).is_err());
+        assert!(Role::try_from(3).is_err());
+        assert_eq!(Status::try_from(1), Ok(Status::Active));
+        assert_eq!(Status::try_from(2), Ok(Status::Closed));
+        assert!(Status::try_from(0).is_err());
+        assert!(Status::try_from(3).is_err());
+        assert_eq!(active_status_sql!(), i16::from(Status::Active).to_string());
+        assert!(serde_json::from_str::<Role>("7").is_err());
+        assert_eq!(
+            serde_json::to_string(&Role::Customer).ok().as_deref(),
+            Some("2")
+        );
+    }
+
+    #[test]
     fn the_anonymous_customer_needs_the_recorded_session() {
         let anon = Participant::Customer(CustomerRef::Anonymous);
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
@@ -425,6 +484,45 @@ mod tests {
         assert!(check_session(&anon, None, None).is_err());
         let linked = Participant::stored(Role::Customer, "c1".into());
         assert!(check_session(&linked, None, Some(a)).is_ok());
+    }
+
+    #[test]
+    fn a_session_id_is_checked_whoever_presents_it_and_named_as_its_field() {
+        let field_of = |error: Error| match error {
+            Error::InvalidArgument { field, .. } => field,
+            other => panic!("not INVALID_ARGUMENT: {other:?}"),
+        };
+        let long = "x".repeat(60_000);
+        for (role, id) in [
+            (v1::Role::Provider, "p1"),
+            (v1::Role::Customer, "c1"),
+            (v1::Role::Customer, ""),
+        ] {
+            for bad in ["a\u{0}b", "'; DROP TABLE conversations; --", long.as_str()] {
+                let proto = v1::Participant {
+                    role: role.into(),
+                    id: id.into(),
+                    session_id: bad.into(),
+                };
+                let refused = parse_acting("sender", Some(&proto)).unwrap_err();
+                assert_eq!(field_of(refused), "sender.session_id", "{role:?} {id}");
+                if !id.is_empty() {
+                    let refused = Participant::parse_owner("participant", Some(&proto));
+                    assert_eq!(field_of(refused.unwrap_err()), "participant.session_id");
+                }
+            }
+            let valid = v1::Participant {
+                role: role.into(),
+                id: id.into(),
+                session_id: Uuid::new_v4().to_string(),
+            };
+            let (_, session) = parse_acting("viewer", Some(&valid)).unwrap();
+            assert_eq!(
+                session.is_some(),
+                id.is_empty(),
+                "kept for the anonymous only"
+            );
+        }
     }
 
     #[test]

@@ -1,11 +1,19 @@
 //! Store rows and domain values to wire messages: the only place that builds them.
 
-use chat_proto::v1;
+use std::sync::Arc;
+
+use chat_proto::v1::{
+    self, stream_conversation_response::Event as ConversationWire,
+    stream_inbox_response::Event as InboxWire,
+};
 use chrono::{DateTime, Utc};
 
 use crate::{
     domain::{Participant, Role, Status},
-    store::{ConversationRow, MessageRow},
+    realtime::streams::{
+        ConversationDelivery, ConversationEvent, InboxDelivery, InboxEvent, Viewed,
+    },
+    store::{ConversationRow, InboxItem, MessageRow},
 };
 
 pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
@@ -30,16 +38,28 @@ pub fn status(status: Status) -> v1::ConversationStatus {
 }
 
 pub fn participant(participant: &Participant) -> v1::Participant {
+    sender(participant.role(), participant.id().to_owned())
+}
+
+fn sender(side: Role, id: String) -> v1::Participant {
     v1::Participant {
-        role: role(participant.role()).into(),
-        id: participant.id().to_owned(),
+        role: role(side).into(),
+        id,
         // Never echoed: a session id is what the anonymous visitor proves itself with.
         session_id: String::new(),
     }
 }
 
 pub fn message(row: &MessageRow) -> v1::Message {
-    into_message(row.clone())
+    v1::Message {
+        conversation_id: row.conversation_id.to_string(),
+        seq: row.seq,
+        message_id: row.id.to_string(),
+        sender: Some(sender(row.sender_role, row.sender_id.clone())),
+        create_time: Some(timestamp(row.created_at)),
+        body: row.body.clone(),
+        client_message_id: row.client_message_id.clone().unwrap_or_default(),
+    }
 }
 
 /// [`message`] for a row no longer needed: its strings move instead of being copied.
@@ -48,11 +68,16 @@ pub fn into_message(row: MessageRow) -> v1::Message {
         conversation_id: row.conversation_id.to_string(),
         seq: row.seq,
         message_id: row.id.to_string(),
-        sender: Some(participant(&row.sender())),
+        sender: Some(sender(row.sender_role, row.sender_id)),
         create_time: Some(timestamp(row.created_at)),
         body: row.body,
         client_message_id: row.client_message_id.unwrap_or_default(),
     }
+}
+
+/// A message shared between streams is copied; one only this stream held moves.
+fn shared_message(row: Arc<MessageRow>) -> v1::Message {
+    Arc::try_unwrap(row).map_or_else(|row| message(&row), into_message)
 }
 
 /// The conversation as the API shows it; `viewer` fills `unread_count`.
@@ -66,7 +91,7 @@ pub fn conversation(row: &ConversationRow, viewer: Option<Role>) -> v1::Conversa
             email: row.customer_email.clone(),
             phone: row.customer_phone.clone(),
         }),
-        status: status(row.status()).into(),
+        status: status(row.status).into(),
         head_seq: row.head_seq,
         create_time: Some(timestamp(row.created_at)),
         last_activity_time: Some(timestamp(row.last_activity_at)),
@@ -75,5 +100,91 @@ pub fn conversation(row: &ConversationRow, viewer: Option<Role>) -> v1::Conversa
         customer_read_seq: row.customer_read_seq,
         unread_count: viewer.map_or(0, |role| row.unread(role)),
         origin: row.origin.clone(),
+    }
+}
+
+/// What a conversation stream task delivered, as its response.
+pub fn conversation_response(delivery: ConversationDelivery) -> v1::StreamConversationResponse {
+    let event = match delivery.event {
+        ConversationEvent::Snapshot(seen) => ConversationWire::Snapshot(v1::ConversationSnapshot {
+            conversation: Some(viewed(&seen)),
+        }),
+        ConversationEvent::Message(row) => ConversationWire::Message(shared_message(row)),
+        ConversationEvent::ReadReceipt {
+            conversation_id,
+            reader,
+            seq,
+        } => ConversationWire::ReadReceipt(v1::ReadReceipt {
+            conversation_id: conversation_id.to_string(),
+            reader: Some(participant(&reader)),
+            read_seq: seq,
+        }),
+        ConversationEvent::Typing {
+            conversation_id,
+            sender,
+        } => ConversationWire::Typing(v1::Typing {
+            conversation_id: conversation_id.to_string(),
+            sender: Some(participant(&sender)),
+        }),
+        ConversationEvent::StatusChanged {
+            conversation_id,
+            status: now,
+        } => ConversationWire::StatusChanged(status_changed(conversation_id, now)),
+        ConversationEvent::CustomerUpdated(seen) => {
+            ConversationWire::CustomerUpdated(v1::CustomerUpdated {
+                conversation: Some(viewed(&seen)),
+            })
+        }
+        ConversationEvent::Heartbeat(time) => ConversationWire::Heartbeat(heartbeat(time)),
+    };
+    v1::StreamConversationResponse {
+        event: Some(event),
+        replayed: delivery.replayed,
+    }
+}
+
+/// What an inbox stream task delivered, as its response.
+pub fn inbox_response(delivery: InboxDelivery) -> v1::StreamInboxResponse {
+    let event = match delivery.event {
+        InboxEvent::Item { item, viewer } => inbox_item(item, viewer),
+        InboxEvent::Heartbeat(time) => InboxWire::Heartbeat(heartbeat(time)),
+    };
+    v1::StreamInboxResponse {
+        event: Some(event),
+        cursor: delivery.cursor,
+        replayed: delivery.replayed,
+    }
+}
+
+fn inbox_item(item: InboxItem, viewer: Role) -> InboxWire {
+    match item {
+        InboxItem::Created(row) => InboxWire::ConversationCreated(v1::ConversationCreated {
+            conversation: Some(conversation(&row, Some(viewer))),
+        }),
+        InboxItem::CustomerUpdated(row) => InboxWire::CustomerUpdated(v1::CustomerUpdated {
+            conversation: Some(conversation(&row, Some(viewer))),
+        }),
+        InboxItem::StatusChanged {
+            conversation_id,
+            status: now,
+        } => InboxWire::StatusChanged(status_changed(conversation_id, now)),
+        InboxItem::Message(row) => InboxWire::Message(message(&row)),
+    }
+}
+
+fn viewed(seen: &Viewed) -> v1::Conversation {
+    conversation(&seen.conversation, Some(seen.viewer))
+}
+
+fn status_changed(conversation_id: uuid::Uuid, now: Status) -> v1::StatusChanged {
+    v1::StatusChanged {
+        conversation_id: conversation_id.to_string(),
+        status: status(now).into(),
+    }
+}
+
+fn heartbeat(time: DateTime<Utc>) -> v1::Heartbeat {
+    v1::Heartbeat {
+        time: Some(timestamp(time)),
     }
 }

@@ -2,6 +2,7 @@
 //! the store (or start a stream task), build the reply (`convert`).
 
 pub mod convert;
+mod outbound;
 
 use std::sync::Arc;
 
@@ -12,18 +13,20 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use self::outbound::Outbound;
 use crate::{
     domain::{
-        ConversationId, CustomerDetails, CustomerPatch, PageSize, PageTokens, Participant,
-        Status as ConversationStatus, parse_acting, parse_body, parse_client_message_id,
-        parse_external_id, parse_origin, parse_request_id, parse_seq, parse_session_id,
+        ConversationId, CustomerDetails, CustomerPatch, NewConversation, NewMessage, PageSize,
+        PageTokens, Participant, Status as ConversationStatus, parse_acting, parse_body,
+        parse_client_message_id, parse_external_id, parse_origin, parse_request_id, parse_seq,
+        parse_session_id,
     },
     error::Error,
     realtime::{
         Hub,
-        streams::{self, Outbound, StreamContext},
+        streams::{self, ConversationDelivery, InboxDelivery, StreamContext},
     },
-    store::{InboxCursor, ListDirection, NewConversation, NewMessage, SendQueue, Store},
+    store::{InboxCursor, ListDirection, SendQueue, Store},
 };
 
 const CONVERSATIONS_PAGE: (i64, i64) = (50, 200);
@@ -338,7 +341,7 @@ impl ConversationService for ConversationApi {
         ok(v1::SendTypingResponse {})
     }
 
-    type StreamConversationStream = Outbound<v1::StreamConversationResponse>;
+    type StreamConversationStream = Outbound<ConversationDelivery, v1::StreamConversationResponse>;
 
     async fn stream_conversation(
         &self,
@@ -354,7 +357,7 @@ impl ConversationService for ConversationApi {
         let conversation = self.store.get_conversation(id).await?;
         conversation.authorize(&viewer, session)?;
         if after_seq > conversation.head_seq {
-            return Err(Error::OutOfRange {
+            return Err(Error::CursorOutOfRange {
                 field: "after_seq",
                 message: format!("is beyond the newest message ({})", conversation.head_seq),
             }
@@ -373,10 +376,15 @@ impl ConversationService for ConversationApi {
             )
             .in_current_span(),
         );
-        ok(Outbound::new(rx, &self.streams.shutdown, "your last seq"))
+        ok(Outbound::new(
+            rx,
+            convert::conversation_response,
+            &self.streams.shutdown,
+            "your last seq",
+        ))
     }
 
-    type StreamInboxStream = Outbound<v1::StreamInboxResponse>;
+    type StreamInboxStream = Outbound<InboxDelivery, v1::StreamInboxResponse>;
 
     async fn stream_inbox(
         &self,
@@ -410,6 +418,7 @@ impl ConversationService for ConversationApi {
         );
         ok(Outbound::new(
             rx,
+            convert::inbox_response,
             &self.streams.shutdown,
             "your last cursor",
         ))

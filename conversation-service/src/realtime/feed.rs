@@ -13,14 +13,12 @@ use std::{
     },
 };
 
-use chat_proto::v1;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::{
     error::Result,
-    grpc::convert,
-    store::{Carried, Store},
+    store::{Carried, MessageRow, Store},
 };
 
 /// Messages kept per conversation, and their body bytes: enough for every stream of a
@@ -63,7 +61,7 @@ pub struct Feed {
 #[derive(Default)]
 struct Tail {
     from: i64,
-    messages: VecDeque<Arc<v1::Message>>,
+    messages: VecDeque<Arc<MessageRow>>,
     bytes: usize,
 }
 
@@ -72,7 +70,7 @@ impl Tail {
         self.from + i64::try_from(self.messages.len()).unwrap_or(i64::MAX)
     }
 
-    fn push(&mut self, message: v1::Message) {
+    fn push(&mut self, message: MessageRow) {
         self.bytes += message.body.len();
         self.messages.push_back(Arc::new(message));
         while self.messages.len() > TAIL_MESSAGES
@@ -86,7 +84,7 @@ impl Tail {
     }
 
     /// The tail's messages with `after < seq <= up_to`, if it holds all of them.
-    fn between(&self, after: i64, up_to: i64) -> Option<Vec<Arc<v1::Message>>> {
+    fn between(&self, after: i64, up_to: i64) -> Option<Vec<Arc<MessageRow>>> {
         if after < self.from || up_to > self.head() {
             return None;
         }
@@ -106,7 +104,7 @@ impl Tail {
 /// What [`Feed::between`] found.
 pub enum Shared {
     /// Every message asked for, oldest first.
-    Messages(Vec<Arc<v1::Message>>),
+    Messages(Vec<Arc<MessageRow>>),
     /// The stream is behind the shared tail (or the gap is too wide to share): it reads
     /// the table itself.
     Behind,
@@ -137,7 +135,7 @@ impl Feed {
             let Some(row) = message.into_row(conversation_id) else {
                 return;
             };
-            tail.push(convert::into_message(row));
+            tail.push(row);
         }
     }
 
@@ -174,13 +172,13 @@ impl Feed {
         }
         reads.count(true);
         let rows = store.messages_between(id, head, up_to, missing).await?;
-        for row in &rows {
+        for row in rows {
             if row.seq != tail.head() + 1 {
                 // Not contiguous (cannot happen while seqs are gapless): share nothing.
                 *tail = Tail::default();
                 return Ok(Shared::Behind);
             }
-            tail.push(convert::message(row));
+            tail.push(row);
         }
         Ok(tail
             .between(after, up_to)
@@ -191,16 +189,22 @@ impl Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Role;
 
-    fn message(seq: i64, body: usize) -> v1::Message {
-        v1::Message {
+    fn message(seq: i64, body: usize) -> MessageRow {
+        MessageRow {
+            conversation_id: Uuid::nil(),
             seq,
+            id: Uuid::nil(),
+            sender_role: Role::Provider,
+            sender_id: "p1".into(),
             body: "x".repeat(body),
-            ..Default::default()
+            client_message_id: None,
+            created_at: chrono::DateTime::UNIX_EPOCH,
         }
     }
 
-    fn seqs(found: Option<Vec<Arc<v1::Message>>>) -> Option<Vec<i64>> {
+    fn seqs(found: Option<Vec<Arc<MessageRow>>>) -> Option<Vec<i64>> {
         found.map(|m| m.iter().map(|m| m.seq).collect())
     }
 
@@ -244,7 +248,7 @@ mod tests {
         seqs.map(|seq| Carried {
             seq,
             id: Uuid::now_v7(),
-            sender_role: 1,
+            sender_role: Role::Provider,
             sender_id: "p1".into(),
             body: format!("m{seq}"),
             client_message_id: None,
@@ -278,10 +282,10 @@ mod tests {
         feed.offer(id, bad);
         assert_eq!(held(&feed, 9, 10), None);
         assert_eq!(held(&feed, 8, 9), Some(vec![9]));
-        // Bodies and ids come through converted.
+        // Bodies and ids come through.
         let tail = feed.tail.try_lock().unwrap();
         let message = tail.messages.back().unwrap();
         assert_eq!((message.seq, message.body.as_str()), (9, "m9"));
-        assert_eq!(message.conversation_id, id.to_string());
+        assert_eq!(message.conversation_id, id);
     }
 }

@@ -17,7 +17,7 @@ use super::feed::{Feed, ReadCounts};
 use crate::{
     domain::{Participant, Role, Status},
     error::{Error, Result},
-    store::Notice,
+    store::{Carried, Notice},
 };
 
 /// What a stream is woken for. Conversation streams get all kinds; inbox streams only
@@ -170,9 +170,8 @@ impl Hub {
     fn subscribe(self: &Arc<Self>, key: Key) -> Result<Subscription> {
         if self.open.fetch_add(1, Ordering::AcqRel) >= self.max_streams {
             self.open.fetch_sub(1, Ordering::AcqRel);
-            return Err(Error::ResourceExhausted {
-                reason: "TOO_MANY_STREAMS",
-                message: format!("this replica serves at most {} streams", self.max_streams),
+            return Err(Error::TooManyStreams {
+                max: self.max_streams,
             });
         }
         let (tx, wakes) = mpsc::channel(self.queue);
@@ -204,76 +203,11 @@ impl Hub {
 
     /// Routes one notice to the streams that want it.
     pub fn dispatch(&self, notice: Notice) {
-        let mut deliveries: Vec<(Key, Wake)> = Vec::new();
-        let mut carried = Vec::new();
-        let mut inboxes: HashSet<Key> = HashSet::new();
-        let mut touch_inboxes = |p: &str, u: Option<&str>| {
-            inboxes.insert(Key::Inbox(Role::Provider, p.to_owned()));
-            if let Some(u) = u {
-                inboxes.insert(Key::Inbox(Role::Customer, u.to_owned()));
-            }
-        };
-        match notice {
-            Notice::Messages { touched } => {
-                for t in touched {
-                    touch_inboxes(&t.provider_id, t.customer_id.as_deref());
-                    if !t.messages.is_empty() {
-                        carried.push((t.conversation_id, t.messages));
-                    }
-                    deliveries.push((
-                        Key::Conversation(t.conversation_id),
-                        Wake::Messages { head: t.head_seq },
-                    ));
-                }
-            }
-            Notice::Read {
-                conversation_id,
-                role,
-                reader_id,
-                seq,
-            } => deliveries.push((
-                Key::Conversation(conversation_id),
-                Wake::Read {
-                    reader: Participant::stored(Role::from_i16(role), reader_id),
-                    seq,
-                },
-            )),
-            Notice::Typing {
-                conversation_id,
-                role,
-                sender_id,
-            } => deliveries.push((
-                Key::Conversation(conversation_id),
-                Wake::Typing {
-                    sender: Participant::stored(Role::from_i16(role), sender_id),
-                },
-            )),
-            Notice::Status {
-                conversation_id,
-                status,
-                provider_id,
-                customer_id,
-            } => {
-                touch_inboxes(&provider_id, customer_id.as_deref());
-                deliveries.push((
-                    Key::Conversation(conversation_id),
-                    Wake::Status(Status::from_i16(status)),
-                ));
-            }
-            Notice::Customer {
-                conversation_id,
-                provider_id,
-                customer_id,
-            } => {
-                touch_inboxes(&provider_id, customer_id.as_deref());
-                deliveries.push((Key::Conversation(conversation_id), Wake::Customer));
-            }
-            Notice::Created {
-                provider_id,
-                customer_id,
-                ..
-            } => touch_inboxes(&provider_id, customer_id.as_deref()),
-        }
+        let Routes {
+            deliveries,
+            carried,
+            inboxes,
+        } = route(notice);
         let map = self
             .subscribers
             .lock()
@@ -312,6 +246,90 @@ impl Hub {
         let streams = map.values().map(|group| group.entries.len() as u64).sum();
         crate::metrics::streams_resynced("listener", streams);
     }
+}
+
+/// Who a notice wakes, and the messages it carried for their feeds.
+#[derive(Default)]
+struct Routes {
+    deliveries: Vec<(Key, Wake)>,
+    carried: Vec<(Uuid, Vec<Carried>)>,
+    inboxes: HashSet<Key>,
+}
+
+fn route(notice: Notice) -> Routes {
+    let mut routes = Routes::default();
+    let mut touch_inboxes = |p: &str, u: Option<&str>| {
+        routes
+            .inboxes
+            .insert(Key::Inbox(Role::Provider, p.to_owned()));
+        if let Some(u) = u {
+            routes
+                .inboxes
+                .insert(Key::Inbox(Role::Customer, u.to_owned()));
+        }
+    };
+    // The one conversation a notice other than new messages wakes.
+    let woken = match notice {
+        Notice::Messages { touched } => {
+            for t in touched {
+                touch_inboxes(&t.provider_id, t.customer_id.as_deref());
+                if !t.messages.is_empty() {
+                    routes.carried.push((t.conversation_id, t.messages));
+                }
+                routes.deliveries.push((
+                    Key::Conversation(t.conversation_id),
+                    Wake::Messages { head: t.head_seq },
+                ));
+            }
+            None
+        }
+        Notice::Read {
+            conversation_id,
+            role,
+            reader_id,
+            seq,
+        } => {
+            let reader = Participant::stored(role, reader_id);
+            Some((conversation_id, Wake::Read { reader, seq }))
+        }
+        Notice::Typing {
+            conversation_id,
+            role,
+            sender_id,
+        } => {
+            let sender = Participant::stored(role, sender_id);
+            Some((conversation_id, Wake::Typing { sender }))
+        }
+        Notice::Status {
+            conversation_id,
+            status,
+            provider_id,
+            customer_id,
+        } => {
+            touch_inboxes(&provider_id, customer_id.as_deref());
+            Some((conversation_id, Wake::Status(status)))
+        }
+        Notice::Customer {
+            conversation_id,
+            provider_id,
+            customer_id,
+        } => {
+            touch_inboxes(&provider_id, customer_id.as_deref());
+            Some((conversation_id, Wake::Customer))
+        }
+        Notice::Created {
+            provider_id,
+            customer_id,
+            ..
+        } => {
+            touch_inboxes(&provider_id, customer_id.as_deref());
+            None
+        }
+    };
+    if let Some((id, wake)) = woken {
+        routes.deliveries.push((Key::Conversation(id), wake));
+    }
+    routes
 }
 
 fn offer(entry: &Entry, wake: Wake) {

@@ -1,25 +1,16 @@
 //! The task behind each open stream: replay from the table, then follow wake-ups, and
 //! fall back to the table whenever a wake-up was lost (lagging, listener reconnect).
 
-use std::{
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use chat_proto::v1::{
-    self, stream_conversation_response::Event as ConversationEvent,
-    stream_inbox_response::Event as InboxEvent,
-};
-use futures::{Stream, StreamExt};
+use chrono::{DateTime, Utc};
 use tokio::{
     sync::{Semaphore, SemaphorePermit, mpsc},
     time::Instant,
 };
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
+use uuid::Uuid;
 
 use super::{
     Wake,
@@ -27,10 +18,9 @@ use super::{
     hub::Subscription,
 };
 use crate::{
-    domain::{ConversationId, Participant, Role},
+    domain::{ConversationId, Participant, Role, Status as ConversationStatus},
     error::Error,
-    grpc::convert,
-    store::{ConversationRow, InboxCursor, InboxItem, Store},
+    store::{ConversationRow, InboxCursor, InboxItem, MessageRow, Store},
 };
 
 /// Messages read per query while catching up.
@@ -58,52 +48,67 @@ impl StreamContext {
 }
 
 /// One item between a stream task and its HTTP/2 stream, boxed: the channel allocates
-/// its slots 32 at a time whatever its capacity, and an unboxed response (a snapshot
-/// holds a whole conversation) would make that about 15 KiB per idle stream.
+/// its slots 32 at a time whatever its capacity, and an unboxed item (a snapshot holds a
+/// whole conversation) would make that about 15 KiB per idle stream. An error is made a
+/// status in the task, so an internal one is logged inside the RPC's span.
 pub type Item<T> = Box<Result<T, Status>>;
 
-/// What a server stream sends: the items of its task, until the server shuts down; then
-/// UNAVAILABLE at once, ahead of anything still buffered, so a client that is behind
-/// still learns to resume (it resumes from the last item it got) instead of seeing a
-/// clean end after a partial delivery.
-pub struct Outbound<T> {
-    items: ReceiverStream<Item<T>>,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-    resume_from: &'static str,
-    ended: bool,
+/// What a conversation stream delivers, as domain values: the gRPC side turns each into
+/// its response as it sends it.
+#[derive(Debug)]
+pub struct ConversationDelivery {
+    pub event: ConversationEvent,
+    /// Read from the table (a replay or a resync) rather than announced live.
+    pub replayed: bool,
 }
 
-impl<T> Outbound<T> {
-    pub fn new(
-        items: mpsc::Receiver<Item<T>>,
-        shutdown: &CancellationToken,
-        resume_from: &'static str,
-    ) -> Self {
-        Self {
-            items: ReceiverStream::new(items),
-            shutdown: Box::pin(shutdown.clone().cancelled_owned()),
-            resume_from,
-            ended: false,
-        }
-    }
+#[derive(Debug)]
+pub enum ConversationEvent {
+    Snapshot(Viewed),
+    /// Shared by every stream of the conversation in this process.
+    Message(Arc<MessageRow>),
+    ReadReceipt {
+        conversation_id: Uuid,
+        reader: Participant,
+        seq: i64,
+    },
+    Typing {
+        conversation_id: Uuid,
+        sender: Participant,
+    },
+    StatusChanged {
+        conversation_id: Uuid,
+        status: ConversationStatus,
+    },
+    CustomerUpdated(Viewed),
+    Heartbeat(DateTime<Utc>),
 }
 
-impl<T> Stream for Outbound<T> {
-    type Item = Result<T, Status>;
+/// A conversation as `viewer` sees it (its unread count is the viewer's).
+#[derive(Debug)]
+pub struct Viewed {
+    pub conversation: ConversationRow,
+    pub viewer: Role,
+}
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        if self.shutdown.as_mut().poll(cx).is_ready() {
-            self.ended = true;
-            let message = format!("server shutting down; resume from {}", self.resume_from);
-            return Poll::Ready(Some(Err(Status::unavailable(message))));
-        }
-        self.items
-            .poll_next_unpin(cx)
-            .map(|item| item.map(|item| *item))
-    }
+/// What an inbox stream delivers: an item (or a heartbeat) and the cursor that resumes
+/// after it, encoded.
+#[derive(Debug)]
+pub struct InboxDelivery {
+    pub event: InboxEvent,
+    pub cursor: String,
+    pub replayed: bool,
+}
+
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant, reason = "sent boxed whole (`Item`)")]
+pub enum InboxEvent {
+    /// An item of `viewer`'s inbox.
+    Item {
+        item: InboxItem,
+        viewer: Role,
+    },
+    Heartbeat(DateTime<Utc>),
 }
 
 /// Why a stream task stopped early: the client left, or it was told why.
@@ -121,12 +126,6 @@ async fn emit<T>(
     }
 }
 
-fn heartbeat() -> v1::Heartbeat {
-    v1::Heartbeat {
-        time: Some(convert::timestamp(chrono::Utc::now())),
-    }
-}
-
 /// StreamConversation's task. `conversation` was read after `subscription` was taken, so
 /// nothing committed in between is missed.
 pub async fn conversation_stream(
@@ -135,7 +134,7 @@ pub async fn conversation_stream(
     conversation: ConversationRow,
     viewer: Participant,
     after_seq: i64,
-    out: mpsc::Sender<Item<v1::StreamConversationResponse>>,
+    out: mpsc::Sender<Item<ConversationDelivery>>,
 ) {
     let mut stream = ConversationStream {
         ctx,
@@ -150,7 +149,7 @@ pub async fn conversation_stream(
 
 struct ConversationStream {
     ctx: StreamContext,
-    out: mpsc::Sender<Item<v1::StreamConversationResponse>>,
+    out: mpsc::Sender<Item<ConversationDelivery>>,
     id: uuid::Uuid,
     viewer: Participant,
     /// Highest seq delivered.
@@ -163,15 +162,15 @@ struct ConversationStream {
 /// are dropped, receipts never go back, and a status change is read from the table.
 #[derive(Default)]
 struct Shown {
-    status: i32,
+    status: Option<ConversationStatus>,
     provider_read: i64,
     customer_read: i64,
 }
 
 impl Shown {
-    fn of(conversation: &v1::Conversation) -> Self {
+    fn of(conversation: &ConversationRow) -> Self {
         Self {
-            status: conversation.status,
+            status: Some(conversation.status),
             provider_read: conversation.provider_read_seq,
             customer_read: conversation.customer_read_seq,
         }
@@ -187,11 +186,8 @@ impl Shown {
 
 impl ConversationStream {
     async fn send(&self, event: ConversationEvent, replayed: bool) -> Result<(), Stop> {
-        let response = v1::StreamConversationResponse {
-            event: Some(event),
-            replayed,
-        };
-        emit(&self.out, Ok(response), &self.ctx.shutdown).await
+        let delivery = ConversationDelivery { event, replayed };
+        emit(&self.out, Ok(delivery), &self.ctx.shutdown).await
     }
 
     async fn fail(&self, error: Error) -> Stop {
@@ -199,21 +195,31 @@ impl ConversationStream {
         Stop
     }
 
+    fn viewed(&self, conversation: ConversationRow) -> Viewed {
+        Viewed {
+            conversation,
+            viewer: self.viewer.role(),
+        }
+    }
+
+    /// The conversation as this stream's viewer sees it.
+    async fn snapshot(&self, conversation: ConversationRow, replayed: bool) -> Result<(), Stop> {
+        let viewed = self.viewed(conversation);
+        self.send(ConversationEvent::Snapshot(viewed), replayed)
+            .await
+    }
+
     async fn run(
         &mut self,
         subscription: &mut Subscription,
         conversation: ConversationRow,
     ) -> Result<(), Stop> {
-        let conversation_now = convert::conversation(&conversation, Some(self.viewer.role()));
-        self.shown = Shown::of(&conversation_now);
-        let snapshot = v1::ConversationSnapshot {
-            conversation: Some(conversation_now),
-        };
-        self.send(ConversationEvent::Snapshot(snapshot), true)
-            .await?;
+        self.shown = Shown::of(&conversation);
+        let head = conversation.head_seq;
+        self.snapshot(conversation, true).await?;
         // The replay ends at the head the snapshot saw; anything newer woke this
         // subscription (taken before the snapshot) and is delivered live.
-        self.deliver_up_to(conversation.head_seq, true).await?;
+        self.deliver_up_to(head, true).await?;
         let feed = Arc::clone(&subscription.feed);
         let period = self.ctx.heartbeat;
         let mut next_heartbeat = Instant::now() + period;
@@ -226,83 +232,88 @@ impl ConversationStream {
                 () = self.ctx.shutdown.cancelled() => return Err(Stop),
                 () = self.out.closed() => return Err(Stop),
                 () = tokio::time::sleep_until(next_heartbeat) => {
-                    self.send(ConversationEvent::Heartbeat(heartbeat()), false).await?;
+                    self.send(ConversationEvent::Heartbeat(Utc::now()), false).await?;
                     next_heartbeat = Instant::now() + period;
                     continue;
                 }
                 wake = subscription.wakes.recv() => wake.ok_or(Stop)?,
             };
-            match wake {
-                Wake::Messages { head } => self.deliver_live(&feed, head).await?,
-                Wake::Read { reader, seq } => {
-                    let shown = self.shown.read_mut(reader.role());
-                    if seq <= *shown {
-                        continue;
-                    }
-                    *shown = seq;
-                    let receipt = v1::ReadReceipt {
-                        conversation_id: self.id.to_string(),
-                        reader: Some(convert::participant(&reader)),
-                        read_seq: seq,
-                    };
-                    self.send(ConversationEvent::ReadReceipt(receipt), false)
-                        .await?;
-                }
-                Wake::Typing { sender } => {
-                    if sender != self.viewer {
-                        let typing = v1::Typing {
-                            conversation_id: self.id.to_string(),
-                            sender: Some(convert::participant(&sender)),
-                        };
-                        self.send(ConversationEvent::Typing(typing), false).await?;
-                    }
-                }
-                Wake::Status(_) => {
-                    // The notice may be older than what this stream showed last (a
-                    // snapshot after a resync): the table says what is true now.
-                    let status = self.current().await?.status;
-                    if status == self.shown.status {
-                        continue;
-                    }
-                    self.shown.status = status;
-                    let changed = v1::StatusChanged {
-                        conversation_id: self.id.to_string(),
-                        status,
-                    };
-                    self.send(ConversationEvent::StatusChanged(changed), false)
-                        .await?;
-                }
-                Wake::Customer => {
-                    let conversation = self.current().await?;
-                    self.shown = Shown::of(&conversation);
-                    let updated = v1::CustomerUpdated {
-                        conversation: Some(conversation),
-                    };
-                    self.send(ConversationEvent::CustomerUpdated(updated), false)
-                        .await?;
-                }
-                Wake::Resync => self.resync(subscription).await?,
-                Wake::InboxTouched => {}
+            if self.on_wake(wake, subscription, &feed).await? {
+                next_heartbeat = Instant::now() + period;
             }
-            next_heartbeat = Instant::now() + period;
         }
+    }
+
+    /// Delivers what a wake-up says changed; `false` when it showed nothing new (the
+    /// heartbeat is then still due when it was).
+    async fn on_wake(
+        &mut self,
+        wake: Wake,
+        subscription: &mut Subscription,
+        feed: &Feed,
+    ) -> Result<bool, Stop> {
+        match wake {
+            Wake::Messages { head } => self.deliver_live(feed, head).await?,
+            Wake::Read { reader, seq } => {
+                let shown = self.shown.read_mut(reader.role());
+                if seq <= *shown {
+                    return Ok(false);
+                }
+                *shown = seq;
+                let receipt = ConversationEvent::ReadReceipt {
+                    conversation_id: self.id,
+                    reader,
+                    seq,
+                };
+                self.send(receipt, false).await?;
+            }
+            Wake::Typing { sender } => {
+                if sender != self.viewer {
+                    let typing = ConversationEvent::Typing {
+                        conversation_id: self.id,
+                        sender,
+                    };
+                    self.send(typing, false).await?;
+                }
+            }
+            Wake::Status(_) => {
+                // The notice may be older than what this stream showed last (a snapshot
+                // after a resync): the table says what is true now.
+                let status = self.current().await?.status;
+                if Some(status) == self.shown.status {
+                    return Ok(false);
+                }
+                self.shown.status = Some(status);
+                let changed = ConversationEvent::StatusChanged {
+                    conversation_id: self.id,
+                    status,
+                };
+                self.send(changed, false).await?;
+            }
+            Wake::Customer => {
+                let conversation = self.current().await?;
+                self.shown = Shown::of(&conversation);
+                let updated = ConversationEvent::CustomerUpdated(self.viewed(conversation));
+                self.send(updated, false).await?;
+            }
+            Wake::Resync => self.resync(subscription).await?,
+            Wake::InboxTouched => {}
+        }
+        Ok(true)
     }
 
     /// The conversation as it is now, as the viewer sees it.
     /// The viewer must still be a participant: an anonymous visitor stops being one once
     /// a customer is linked, and its stream ends with PERMISSION_DENIED (CUSTOMER_LINKED).
-    async fn current(&self) -> Result<v1::Conversation, Stop> {
+    async fn current(&self) -> Result<ConversationRow, Stop> {
         match self
             .ctx
             .store
             .get_conversation(ConversationId(self.id))
             .await
         {
-            Ok(conversation) if conversation.admits(&self.viewer) => Ok(convert::conversation(
-                &conversation,
-                Some(self.viewer.role()),
-            )),
-            Ok(_) => Err(self.fail(Error::customer_linked()).await),
+            Ok(conversation) if conversation.admits(&self.viewer) => Ok(conversation),
+            Ok(_) => Err(self.fail(Error::CustomerLinked).await),
             Err(error) => Err(self.fail(error).await),
         }
     }
@@ -317,11 +328,7 @@ impl ConversationStream {
         let conversation = self.current().await?;
         drop(permit);
         self.shown = Shown::of(&conversation);
-        let snapshot = v1::ConversationSnapshot {
-            conversation: Some(conversation),
-        };
-        self.send(ConversationEvent::Snapshot(snapshot), true)
-            .await?;
+        self.snapshot(conversation, true).await?;
         self.deliver_up_to(i64::MAX, true).await
     }
 
@@ -337,7 +344,6 @@ impl ConversationStream {
             Ok(Shared::Messages(messages)) => {
                 for message in messages {
                     self.last = message.seq;
-                    let message = v1::Message::clone(&message);
                     self.send(ConversationEvent::Message(message), false)
                         .await?;
                 }
@@ -372,11 +378,8 @@ impl ConversationStream {
             let full = i64::try_from(page.len()).unwrap_or(i64::MAX) >= CATCH_UP_PAGE;
             for message in page {
                 self.last = message.seq;
-                self.send(
-                    ConversationEvent::Message(convert::message(&message)),
-                    replayed,
-                )
-                .await?;
+                self.send(ConversationEvent::Message(Arc::new(message)), replayed)
+                    .await?;
             }
             if !full {
                 break;
@@ -393,7 +396,7 @@ pub async fn inbox_stream(
     owner: Participant,
     cursor: InboxCursor,
     resumed: bool,
-    out: mpsc::Sender<Item<v1::StreamInboxResponse>>,
+    out: mpsc::Sender<Item<InboxDelivery>>,
 ) {
     let mut stream = InboxStream {
         ctx,
@@ -406,7 +409,7 @@ pub async fn inbox_stream(
 
 struct InboxStream {
     ctx: StreamContext,
-    out: mpsc::Sender<Item<v1::StreamInboxResponse>>,
+    out: mpsc::Sender<Item<InboxDelivery>>,
     owner: Participant,
     cursor: InboxCursor,
 }
@@ -427,12 +430,12 @@ impl InboxStream {
                 () = self.ctx.shutdown.cancelled() => return Err(Stop),
                 () = self.out.closed() => return Err(Stop),
                 () = tokio::time::sleep_until(next_heartbeat) => {
-                    let response = v1::StreamInboxResponse {
-                        event: Some(InboxEvent::Heartbeat(heartbeat())),
+                    let heartbeat = InboxDelivery {
+                        event: InboxEvent::Heartbeat(Utc::now()),
                         cursor: self.cursor.encode(),
                         replayed: false,
                     };
-                    emit(&self.out, Ok(response), &self.ctx.shutdown).await?;
+                    emit(&self.out, Ok(heartbeat), &self.ctx.shutdown).await?;
                     next_heartbeat = Instant::now() + period;
                     continue;
                 }
@@ -472,34 +475,14 @@ impl InboxStream {
                     return Err(Stop);
                 }
             };
-            let viewer = Some(self.owner.role());
+            let viewer = self.owner.role();
             for (item, cursor) in window.items {
-                let event = match item {
-                    InboxItem::Created(c) => {
-                        InboxEvent::ConversationCreated(v1::ConversationCreated {
-                            conversation: Some(convert::conversation(&c, viewer)),
-                        })
-                    }
-                    InboxItem::CustomerUpdated(c) => {
-                        InboxEvent::CustomerUpdated(v1::CustomerUpdated {
-                            conversation: Some(convert::conversation(&c, viewer)),
-                        })
-                    }
-                    InboxItem::StatusChanged {
-                        conversation_id,
-                        status,
-                    } => InboxEvent::StatusChanged(v1::StatusChanged {
-                        conversation_id: conversation_id.to_string(),
-                        status: convert::status(status).into(),
-                    }),
-                    InboxItem::Message(m) => InboxEvent::Message(convert::message(&m)),
-                };
-                let response = v1::StreamInboxResponse {
-                    event: Some(event),
+                let delivery = InboxDelivery {
+                    event: InboxEvent::Item { item, viewer },
                     cursor: cursor.encode(),
                     replayed,
                 };
-                emit(&self.out, Ok(response), &self.ctx.shutdown).await?;
+                emit(&self.out, Ok(delivery), &self.ctx.shutdown).await?;
                 self.cursor = cursor;
             }
             self.cursor = window.next;

@@ -10,19 +10,19 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Store,
-    plan::NewMessage,
     send::{BatchError, Sent},
     turns::{Linger, Turns},
 };
-use crate::error::{Error, Result};
+use crate::{
+    domain::NewMessage,
+    error::{Error, Result},
+};
 
 type Job = (NewMessage, oneshot::Sender<Result<Sent>>);
 
 /// A batch under a quarter of the last one (of 8 or more) waits up to 1 ms for half of
-/// it. 64 senders with one call in flight each otherwise alternate batches of 64 and of
-/// 2–6; with it they settle on two of about 32 (the statements' sizes, by `strace`):
-/// 22.2–23.2k against 21.4–23.0k SendMessage/s in four alternating pairs on
-/// `examples/bench`, a median gain of 4%.
+/// it: senders with one call in flight each otherwise alternate full batches and tiny
+/// ones, and settle on two of about half with it (docs/performance.md).
 const LINGER: Linger = Linger {
     after: 8,
     for_at_most: std::time::Duration::from_millis(1),
@@ -38,9 +38,7 @@ impl SendQueue {
     /// Starts `writers` tasks, each writing up to `batch_max` queued messages per
     /// transaction, taking turns ([`Turns`]). They run on a thread of their own, so a
     /// writer waiting on the database is woken at once rather than behind the calls
-    /// queued on the service's runtime (`examples/bench`, two runs each way: 19.3–21.3k
-    /// against 18.4–18.7k SendMessage/s at 64 clients, 16.0–16.4k against 14.6–15.0k at
-    /// saturation with 200 streams open). They stop once every handle is dropped and the
+    /// queued on the service's runtime. They stop once every handle is dropped and the
     /// queue is drained.
     ///
     /// # Errors

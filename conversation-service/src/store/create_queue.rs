@@ -1,18 +1,17 @@
 //! The write path of CreateConversation. Each create is a transaction with a NOTIFY, and
 //! NOTIFY holds a global lock from pre-commit to the WAL flush, so one transaction per
 //! create caps near the database's fsync rate. Concurrent creates are instead queued and
-//! written together (`conversations::create_batch`): one transaction and one NOTIFY
+//! written together (`create::create_batch`): one transaction and one NOTIFY
 //! statement per batch, each caller answered once its conversation is committed.
 
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    ConversationRow,
-    conversations::{NewConversation, create_batch},
-    turns::Turns,
+use super::{ConversationRow, create::create_batch, turns::Turns};
+use crate::{
+    domain::NewConversation,
+    error::{Error, Result},
 };
-use crate::error::{Error, Result};
 
 /// Most creates per transaction.
 const BATCH_MAX: usize = 128;

@@ -15,10 +15,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
-use super::{
-    ConversationRow, MessageRow, Store,
-    conversations::{EVENT_CREATED, EVENT_CUSTOMER},
-};
+use super::{ConversationRow, EventKind, MessageRow, Store};
 use crate::{
     domain::{Participant, Role, Status},
     error::{Error, Result},
@@ -189,8 +186,9 @@ struct Key {
     part: i16,
     conversation_id: Uuid,
     key: i64,
-    kind: i16,
-    status: Option<i16>,
+    /// `None` for a message.
+    kind: Option<EventKind>,
+    status: Option<Status>,
 }
 
 impl Key {
@@ -224,7 +222,7 @@ pub fn window_sql(role: Role) -> String {
            FROM conversation_events e JOIN conversations c ON c.id = e.conversation_id \
            WHERE {owner} = $1 AND {events} \
            UNION ALL \
-           SELECT m.pos, 1::smallint, m.conversation_id, m.seq, 0::smallint, NULL::smallint \
+           SELECT m.pos, 1::smallint, m.conversation_id, m.seq, NULL::smallint, NULL::smallint \
            FROM messages m JOIN conversations c ON c.id = m.conversation_id \
            WHERE {owner} = $1 AND {messages}\
          ) w WHERE (pos, part, conversation_id, key) > ($5, $6, $7, $8) \
@@ -259,59 +257,14 @@ impl Store {
         let current = self.current_snapshot().await?;
         let newest = cursor.window_end.as_ref().unwrap_or(&cursor.delivered);
         if !newest.precedes_or_equals(&current) {
-            return Err(Error::OutOfRange {
+            return Err(Error::CursorOutOfRange {
                 field: "cursor",
                 message: "is newer than this database".into(),
             });
         }
         let end = cursor.window_end.clone().unwrap_or(current);
-        let (pos, part, after_conversation, key) =
-            cursor
-                .after
-                .unwrap_or((i64::MIN, i16::MIN, Uuid::nil(), i64::MIN));
-        let keys: Vec<Key> = sqlx::query_as(AssertSqlSafe(window_sql(owner.role())))
-            .bind(owner.id())
-            .bind(cursor.delivered.to_string())
-            .bind(cursor.delivered.xip_text())
-            .bind(end.to_string())
-            .bind(pos)
-            .bind(part)
-            .bind(after_conversation)
-            .bind(key)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| Error::db("read inbox window", e))?;
-
-        let conversation_ids: Vec<Uuid> = keys
-            .iter()
-            .filter(|k| k.part == 0 && (k.kind == EVENT_CREATED || k.kind == EVENT_CUSTOMER))
-            .map(|k| k.conversation_id)
-            .collect();
-        let conversations: HashMap<Uuid, ConversationRow> = if conversation_ids.is_empty() {
-            HashMap::new()
-        } else {
-            self.get_conversations(&conversation_ids)
-                .await?
-                .into_iter()
-                .map(|c| (c.id, c))
-                .collect()
-        };
-        let message_keys: Vec<(Uuid, i64)> = keys
-            .iter()
-            .filter(|k| k.part == 1)
-            .map(|k| (k.conversation_id, k.key))
-            .collect();
-        let mut messages: HashMap<(Uuid, i64), MessageRow> = if message_keys.is_empty() {
-            HashMap::new()
-        } else {
-            self.messages_by_key(&message_keys)
-                .await?
-                .into_iter()
-                .map(|m| ((m.conversation_id, m.seq), m))
-                .collect()
-        };
-
+        let keys = self.window_keys(owner, cursor, &end, limit).await?;
+        let (conversations, mut messages) = self.window_rows(&keys).await?;
         let more = i64::try_from(keys.len()).unwrap_or(i64::MAX) >= limit;
         let within = |key: &Key| InboxCursor {
             delivered: cursor.delivered.clone(),
@@ -330,29 +283,113 @@ impl Store {
             } else {
                 within(&key)
             };
-            let item = match (key.part, key.kind) {
-                (1, _) => messages
-                    .remove(&(key.conversation_id, key.key))
-                    .map(InboxItem::Message),
-                (_, EVENT_CREATED) => conversations
-                    .get(&key.conversation_id)
-                    .cloned()
-                    .map(InboxItem::Created),
-                (_, EVENT_CUSTOMER) => conversations
-                    .get(&key.conversation_id)
-                    .cloned()
-                    .map(InboxItem::CustomerUpdated),
-                _ => Some(InboxItem::StatusChanged {
-                    conversation_id: key.conversation_id,
-                    status: Status::from_i16(key.status.unwrap_or(1)),
-                }),
-            };
+            let item = window_item(&key, &conversations, &mut messages)?;
             if let Some(item) = item {
                 items.push((item, item_cursor));
             }
         }
         Ok(InboxWindow { items, next, more })
     }
+
+    /// The keys of the window's items after the cursor, in order, at most `limit`.
+    async fn window_keys(
+        &self,
+        owner: &Participant,
+        cursor: &InboxCursor,
+        end: &Snapshot,
+        limit: i64,
+    ) -> Result<Vec<Key>> {
+        let (pos, part, after_conversation, key) =
+            cursor
+                .after
+                .unwrap_or((i64::MIN, i16::MIN, Uuid::nil(), i64::MIN));
+        sqlx::query_as(AssertSqlSafe(window_sql(owner.role())))
+            .bind(owner.id())
+            .bind(cursor.delivered.to_string())
+            .bind(cursor.delivered.xip_text())
+            .bind(end.to_string())
+            .bind(pos)
+            .bind(part)
+            .bind(after_conversation)
+            .bind(key)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| Error::db("read inbox window", e))
+    }
+
+    /// The conversations and messages the window's keys name.
+    async fn window_rows(&self, keys: &[Key]) -> Result<(Conversations, Messages)> {
+        let conversation_ids: Vec<Uuid> = keys
+            .iter()
+            .filter(|k| {
+                matches!(
+                    k.kind,
+                    Some(EventKind::Created | EventKind::CustomerUpdated)
+                )
+            })
+            .map(|k| k.conversation_id)
+            .collect();
+        let conversations = if conversation_ids.is_empty() {
+            HashMap::new()
+        } else {
+            self.get_conversations(&conversation_ids)
+                .await?
+                .into_iter()
+                .map(|c| (c.id, c))
+                .collect()
+        };
+        let message_keys: Vec<(Uuid, i64)> = keys
+            .iter()
+            .filter(|k| k.part == 1)
+            .map(|k| (k.conversation_id, k.key))
+            .collect();
+        let messages = if message_keys.is_empty() {
+            HashMap::new()
+        } else {
+            self.messages_by_key(&message_keys)
+                .await?
+                .into_iter()
+                .map(|m| ((m.conversation_id, m.seq), m))
+                .collect()
+        };
+        Ok((conversations, messages))
+    }
+}
+
+type Conversations = HashMap<Uuid, ConversationRow>;
+type Messages = HashMap<(Uuid, i64), MessageRow>;
+
+/// The item a window key names (`None` when its row is gone); a status change without
+/// its status is refused, never shown as some status.
+fn window_item(
+    key: &Key,
+    conversations: &Conversations,
+    messages: &mut Messages,
+) -> Result<Option<InboxItem>> {
+    Ok(match (key.kind, key.status) {
+        (None, _) => messages
+            .remove(&(key.conversation_id, key.key))
+            .map(InboxItem::Message),
+        (Some(EventKind::Created), _) => conversations
+            .get(&key.conversation_id)
+            .cloned()
+            .map(InboxItem::Created),
+        (Some(EventKind::CustomerUpdated), _) => conversations
+            .get(&key.conversation_id)
+            .cloned()
+            .map(InboxItem::CustomerUpdated),
+        (Some(EventKind::StatusChanged), Some(status)) => Some(InboxItem::StatusChanged {
+            conversation_id: key.conversation_id,
+            status,
+        }),
+        (Some(EventKind::StatusChanged), None) => {
+            return Err(Error::Internal {
+                context: "read inbox window",
+                source: "a status change without its status".into(),
+            });
+        }
+    })
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
-use super::{MESSAGE_COLUMNS, MessageRow, Notice, Store, conversations::notify};
+use super::{MESSAGE_COLUMNS, MessageRow, Notice, Store, notice::notify};
 use crate::{
     domain::{ConversationId, Participant, Role},
     error::{Error, Result},
@@ -92,20 +92,27 @@ impl Store {
     ) -> Result<(i64, i64)> {
         let ctx = "mark read";
         let mut tx = self.pool.begin().await.map_err(|e| Error::db(ctx, e))?;
-        let (provider_id, customer_id, head_seq, read_seq): (String, Option<String>, i64, i64) =
-            sqlx::query_as(
-                "SELECT provider_id, customer_id, head_seq, \
-                 CASE WHEN $2 = 1 THEN provider_read_seq ELSE customer_read_seq END \
-                 FROM conversations WHERE id = $1 FOR UPDATE",
-            )
-            .bind(id.0)
-            .bind(reader.role().as_i16())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| Error::db(ctx, e))?
-            .ok_or(Error::ConversationNotFound)?;
+        let (provider_id, customer_id, head_seq, provider_read, customer_read): (
+            String,
+            Option<String>,
+            i64,
+            i64,
+            i64,
+        ) = sqlx::query_as(
+            "SELECT provider_id, customer_id, head_seq, provider_read_seq, customer_read_seq \
+             FROM conversations WHERE id = $1 FOR UPDATE",
+        )
+        .bind(id.0)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| Error::db(ctx, e))?
+        .ok_or(Error::ConversationNotFound)?;
+        let read_seq = match reader.role() {
+            Role::Provider => provider_read,
+            Role::Customer => customer_read,
+        };
         if !reader.belongs_to(&provider_id, customer_id.as_deref()) {
-            return Err(Error::not_participant());
+            return Err(Error::NotParticipant);
         }
         if seq > head_seq {
             return Err(Error::invalid(
@@ -133,7 +140,7 @@ impl Store {
             &mut tx,
             &Notice::Read {
                 conversation_id: id.0,
-                role: reader.role().as_i16(),
+                role: reader.role(),
                 reader_id: reader.id().to_owned(),
                 seq,
             },
@@ -147,7 +154,7 @@ impl Store {
     pub async fn typing(&self, id: ConversationId, sender: &Participant) -> Result<()> {
         let notice = Notice::Typing {
             conversation_id: id.0,
-            role: sender.role().as_i16(),
+            role: sender.role(),
             sender_id: sender.id().to_owned(),
         };
         sqlx::query("SELECT pg_notify($1, $2)")

@@ -1,20 +1,27 @@
-//! PostgreSQL: plain SQL next to the function that needs it. Constraint violations become
-//! domain errors here, named by constraint.
+//! PostgreSQL: plain SQL next to the function that needs it. Refusals (not found, not a
+//! participant, closed, a reused key) are decided here or in the planners as domain
+//! errors; any other database error is wrapped by [`Error::db`].
 
 mod batcher;
 mod conversations;
+mod create;
+mod create_plan;
 mod create_queue;
 mod inbox;
 mod kept;
 mod messages;
 mod notice;
 mod plan;
+mod pools;
 mod rows;
 mod send;
 mod turns;
+mod updates;
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, postgres::PgConnectOptions};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
@@ -23,39 +30,54 @@ use crate::{
 };
 
 pub use batcher::SendQueue;
-pub use conversations::NewConversation;
 pub use inbox::{InboxCursor, InboxItem, InboxWindow, Snapshot, window_sql};
 pub use kept::WRITER_PING_AFTER;
 pub use messages::ListDirection;
-pub use plan::NewMessage;
+pub use pools::PoolSettings;
 pub use send::{BATCH_LOCK_TIMEOUT, LOCK_TIMEOUT, STATEMENT_TIMEOUT};
 
 pub use notice::{CHANNEL, Carried, Notice, Touched};
+
+/// What a `conversation_events` row records for the inbox (the conversation's current
+/// row is joined when it is read); an unknown kind is refused when read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[repr(i16)]
+pub(crate) enum EventKind {
+    Created = 1,
+    CustomerUpdated = 2,
+    StatusChanged = 3,
+}
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
-    /// SendMessage's batches: connections of the writer pool, opened with
-    /// [`BATCH_LOCK_TIMEOUT`] and [`STATEMENT_TIMEOUT`] (see [`send_options`]) so a batch
-    /// spends no round trip on them, and kept between batches.
-    writers: std::sync::Arc<kept::Kept>,
+    /// SendMessage's batches: connections of the send pool, kept between batches.
+    writers: Arc<kept::Kept>,
     /// The conversation rows SendMessage's writers last read or wrote.
-    known: std::sync::Arc<rows::KnownRows>,
+    known: Arc<rows::KnownRows>,
     creates: create_queue::CreateQueue,
+    /// The writers' pools, closed with the store.
+    writer_pools: Arc<(PgPool, PgPool)>,
 }
 
 impl Store {
-    /// Also starts CreateConversation's writer tasks on `creates` (connections opened
-    /// with [`create_options`]), so it must run within Tokio. SendMessage's `send_writers`
-    /// keep one connection each of `writer` between batches.
-    pub fn new(pool: PgPool, writer: PgPool, send_writers: usize, creates: PgPool) -> Self {
+    /// Builds the pools (they connect on first use) and starts CreateConversation's
+    /// writer tasks, so it must run within Tokio.
+    pub fn connect(settings: &PoolSettings) -> Self {
+        let pools = pools::Pools::new(settings);
         Self {
-            creates: create_queue::CreateQueue::start(creates),
-            pool,
-            writers: std::sync::Arc::new(kept::Kept::new(writer, send_writers)),
-            known: std::sync::Arc::default(),
+            creates: create_queue::CreateQueue::start(pools.create.clone()),
+            writers: Arc::new(kept::Kept::new(pools.send.clone(), settings.send_writers)),
+            known: Arc::default(),
+            writer_pools: Arc::new((pools.send, pools.create)),
+            pool: pools.query,
         }
+    }
+
+    /// The query pool: migrations and health checks run on it too.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     pub(crate) fn writers(&self) -> &kept::Kept {
@@ -67,39 +89,29 @@ impl Store {
         self.writers.count()
     }
 
-    /// Hands the connections SendMessage's writers keep back to their pool, which waits
-    /// for them when it closes; later batches return theirs.
-    pub fn release_writers(&self) {
+    /// Reports the pools' connections (read at each scrape).
+    pub fn sample_metrics(&self) {
+        let (send, create) = &*self.writer_pools;
+        crate::metrics::sample_pool(&self.pool);
+        crate::metrics::sample_writer_pool("send", send, self.kept_writers());
+        crate::metrics::sample_writer_pool("create", create, 0);
+    }
+
+    /// Closes every pool, waiting for the connections in use. The connections
+    /// SendMessage's writers keep go back to their pool first (later batches return
+    /// theirs).
+    pub async fn close(&self) {
+        self.pool.close().await;
         self.writers.close();
+        let (send, create) = &*self.writer_pools;
+        send.close().await;
+        create.close().await;
     }
 
     pub(crate) fn known(&self) -> &rows::KnownRows {
         &self.known
     }
 }
-
-/// The connection options of SendMessage's writers: the session starts with their lock
-/// and statement timeouts set.
-pub fn send_options(options: &PgConnectOptions) -> PgConnectOptions {
-    options.clone().options([
-        ("lock_timeout", BATCH_LOCK_TIMEOUT),
-        ("statement_timeout", STATEMENT_TIMEOUT),
-    ])
-}
-
-/// The connection options of CreateConversation's writers: each statement is planned for
-/// the arrays it is given. A batch runs each statement once, so planning costs little,
-/// and a plan cached while `conversations` was nearly empty (a fresh deployment) would
-/// otherwise keep scanning the whole table until autovacuum's first ANALYZE: on a fresh
-/// database PostgreSQL's CPU per RedeemToken grew from 0.40 to 1.00 ms within 30 s.
-pub fn create_options(options: &PgConnectOptions) -> PgConnectOptions {
-    options
-        .clone()
-        .options([("plan_cache_mode", "force_custom_plan")])
-}
-
-/// Connections CreateConversation's writers use, one per writer.
-pub const CREATE_CONNECTIONS: u32 = create_queue::WRITERS as u32;
 
 /// A conversation with its newest message (`lm_*`, from a LEFT JOIN on `head_seq`).
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -110,7 +122,7 @@ pub struct ConversationRow {
     pub customer_name: String,
     pub customer_email: String,
     pub customer_phone: String,
-    pub status: i16,
+    pub status: Status,
     pub origin: String,
     /// The token-service session that opened it for an anonymous visitor.
     pub session_id: Option<Uuid>,
@@ -120,7 +132,7 @@ pub struct ConversationRow {
     pub created_at: DateTime<Utc>,
     pub last_activity_at: DateTime<Utc>,
     pub lm_id: Option<Uuid>,
-    pub lm_sender_role: Option<i16>,
+    pub lm_sender_role: Option<Role>,
     pub lm_sender_id: Option<String>,
     pub lm_body: Option<String>,
     pub lm_client_message_id: Option<String>,
@@ -142,10 +154,6 @@ impl ConversationRow {
         ConversationId(self.id)
     }
 
-    pub fn status(&self) -> Status {
-        Status::from_i16(self.status)
-    }
-
     pub fn read_seq(&self, role: Role) -> i64 {
         match role {
             Role::Provider => self.provider_read_seq,
@@ -161,7 +169,7 @@ impl ConversationRow {
     /// session that opened it (see [`crate::domain::check_session`]).
     pub fn authorize(&self, participant: &Participant, session: Option<Uuid>) -> Result<()> {
         if !self.admits(participant) {
-            return Err(Error::not_participant());
+            return Err(Error::NotParticipant);
         }
         check_session(participant, session, self.session_id)
     }
@@ -205,7 +213,7 @@ pub struct MessageRow {
     pub conversation_id: Uuid,
     pub seq: i64,
     pub id: Uuid,
-    pub sender_role: i16,
+    pub sender_role: Role,
     pub sender_id: String,
     pub body: String,
     pub client_message_id: Option<String>,
@@ -217,6 +225,6 @@ pub(crate) const MESSAGE_COLUMNS: &str =
 
 impl MessageRow {
     pub fn sender(&self) -> Participant {
-        Participant::stored(Role::from_i16(self.sender_role), self.sender_id.clone())
+        Participant::stored(self.sender_role, self.sender_id.clone())
     }
 }

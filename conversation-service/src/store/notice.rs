@@ -10,7 +10,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use sqlx::{Postgres, Transaction};
+
 use super::MessageRow;
+use crate::{
+    domain::{Role, Status},
+    error::{Error, Result},
+};
 
 /// The channel every replica LISTENs on.
 pub const CHANNEL: &str = "chat_events";
@@ -42,7 +48,7 @@ pub struct Carried {
     #[serde(rename = "i")]
     pub id: Uuid,
     #[serde(rename = "r")]
-    pub sender_role: i16,
+    pub sender_role: Role,
     #[serde(rename = "a")]
     pub sender_id: String,
     #[serde(rename = "b")]
@@ -96,7 +102,7 @@ pub enum Notice {
     Read {
         #[serde(rename = "c")]
         conversation_id: Uuid,
-        role: i16,
+        role: Role,
         #[serde(rename = "id")]
         reader_id: String,
         seq: i64,
@@ -106,7 +112,7 @@ pub enum Notice {
     Typing {
         #[serde(rename = "c")]
         conversation_id: Uuid,
-        role: i16,
+        role: Role,
         #[serde(rename = "id")]
         sender_id: String,
     },
@@ -115,7 +121,7 @@ pub enum Notice {
     Status {
         #[serde(rename = "c")]
         conversation_id: Uuid,
-        status: i16,
+        status: Status,
         #[serde(rename = "p")]
         provider_id: String,
         #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
@@ -161,6 +167,17 @@ impl Notice {
     }
 }
 
+/// Queues a NOTIFY in the transaction: delivered at commit, dropped on rollback.
+pub(crate) async fn notify(tx: &mut Transaction<'_, Postgres>, notice: &Notice) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(notice.encode())
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| Error::db("notify", e))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,7 +188,7 @@ mod tests {
             conversation_id: Uuid::now_v7(),
             seq: 7,
             id: Uuid::now_v7(),
-            sender_role: 2,
+            sender_role: Role::Customer,
             sender_id: String::new(),
             body: "quote \" and newline \n and ünïcode".into(),
             client_message_id: Some("k1".into()),

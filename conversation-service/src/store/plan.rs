@@ -10,18 +10,9 @@ use uuid::Uuid;
 
 use super::MessageRow;
 use crate::{
-    domain::{ConversationId, Participant, Role, Status},
+    domain::{NewMessage, Role, Status},
     error::Error,
 };
-
-/// A validated message to append.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    pub conversation_id: ConversationId,
-    pub sender: Participant,
-    pub body: String,
-    pub client_message_id: Option<String>,
-}
 
 /// A conversation row a batch is planned on: as locked (`FOR UPDATE`), as read without a
 /// lock, or as this replica last wrote it (`rows.rs`); the write checks the latter two.
@@ -30,7 +21,7 @@ pub struct Locked {
     pub id: Uuid,
     pub provider_id: String,
     pub customer_id: Option<String>,
-    pub status: i16,
+    pub status: Status,
     pub head_seq: i64,
 }
 
@@ -78,14 +69,6 @@ impl Plan {
     }
 }
 
-fn key_reused() -> Error {
-    Error::FailedPrecondition {
-        reason: "CLIENT_MESSAGE_ID_REUSED",
-        message: "this client_message_id was already used by this sender for a different body"
-            .into(),
-    }
-}
-
 /// Decides every message of `batch` (`gone[i]`: the caller of message i has left).
 /// Checks, in order: the conversation exists, the sender belongs to it, the sender's
 /// key was used before (same body: the original; other body: CLIENT_MESSAGE_ID_REUSED),
@@ -115,7 +98,7 @@ pub fn plan(
                 &conversation.provider_id,
                 conversation.customer_id.as_deref(),
             ) {
-                break 'decide Decision::Refused(Error::not_participant());
+                break 'decide Decision::Refused(Error::NotParticipant);
             }
             let key = message
                 .client_message_id
@@ -127,11 +110,11 @@ pub fn plan(
                 break 'decide if found.body == message.body {
                     Decision::Existing(found.clone())
                 } else {
-                    Decision::Refused(key_reused())
+                    Decision::Refused(Error::ClientMessageIdReused)
                 };
             }
-            if Status::from_i16(conversation.status) == Status::Closed {
-                break 'decide Decision::Refused(Error::closed());
+            if conversation.status == Status::Closed {
+                break 'decide Decision::Refused(Error::ConversationClosed);
             }
             let head = heads.entry(id).or_insert(conversation.head_seq);
             *head += 1;
@@ -153,7 +136,7 @@ pub fn plan(
                 conversation_id: id,
                 seq,
                 id: new_id(),
-                sender_role: message.sender.role().as_i16(),
+                sender_role: message.sender.role(),
                 sender_id: message.sender.id().to_owned(),
                 body: message.body.clone(),
                 client_message_id: message.client_message_id.clone(),
@@ -172,8 +155,11 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chat_common::error::ServiceError;
 
-    fn conversation(id: Uuid, head: i64, customer: Option<&str>, status: i16) -> Locked {
+    use crate::domain::{ConversationId, Participant};
+
+    fn conversation(id: Uuid, head: i64, customer: Option<&str>, status: Status) -> Locked {
         Locked {
             id,
             provider_id: "p1".into(),
@@ -203,7 +189,7 @@ mod tests {
             .map(|m| {
                 let key = (
                     m.conversation_id,
-                    Role::from_i16(m.sender_role),
+                    m.sender_role,
                     m.client_message_id.clone().unwrap_or_default(),
                 );
                 (key, m.clone())
@@ -227,12 +213,10 @@ mod tests {
         }
     }
 
-    fn reason(decision: &Decision) -> Option<&'static str> {
+    fn reason(decision: &Decision) -> Option<&str> {
         match decision {
-            Decision::Refused(
-                Error::FailedPrecondition { reason, .. } | Error::PermissionDenied { reason, .. },
-            ) => Some(reason),
             Decision::Refused(Error::ConversationNotFound) => Some("NOT_FOUND"),
+            Decision::Refused(error) => Some(error.reason()),
             _ => None,
         }
     }
@@ -247,7 +231,10 @@ mod tests {
         ];
         let (decisions, touched) = run(
             &batch,
-            &[conversation(a, 7, None, 1), conversation(b, 0, None, 1)],
+            &[
+                conversation(a, 7, None, Status::Active),
+                conversation(b, 0, None, Status::Active),
+            ],
             &[],
         );
         let seqs: Vec<_> = decisions.iter().map(seq).collect();
@@ -276,8 +263,8 @@ mod tests {
         let (decisions, touched) = run(
             &batch,
             &[
-                conversation(a, 0, Some("c1"), 1),
-                conversation(closed, 3, None, 2),
+                conversation(a, 0, Some("c1"), Status::Active),
+                conversation(closed, 3, None, Status::Closed),
             ],
             &[],
         );
@@ -303,7 +290,7 @@ mod tests {
             message(a, Role::Provider, "p1", "from provider", Some("1")),
             message(a, Role::Customer, "", "from customer", Some("1")),
         ];
-        let (decisions, _) = run(&batch, &[conversation(a, 0, None, 1)], &[]);
+        let (decisions, _) = run(&batch, &[conversation(a, 0, None, Status::Active)], &[]);
         assert_eq!(
             decisions.iter().map(seq).collect::<Vec<_>>(),
             [Some(1), Some(2)]
@@ -317,7 +304,7 @@ mod tests {
             conversation_id: a,
             seq: 1,
             id: Uuid::now_v7(),
-            sender_role: Role::Provider.as_i16(),
+            sender_role: Role::Provider,
             sender_id: "p1".into(),
             body: "hello".into(),
             client_message_id: Some("k".into()),
@@ -333,7 +320,7 @@ mod tests {
         // Closed: retries are still answered, new messages are not.
         let (decisions, touched) = run(
             &batch,
-            &[conversation(a, 1, None, 2)],
+            &[conversation(a, 1, None, Status::Closed)],
             std::slice::from_ref(&stored),
         );
         assert!(matches!(&decisions[0], Decision::Existing(row) if row.id == stored.id));
@@ -341,7 +328,11 @@ mod tests {
         assert_eq!(reason(&decisions[2]), Some("CONVERSATION_CLOSED"));
         assert!(touched.is_empty());
 
-        let (decisions, _) = run(&batch, &[conversation(a, 1, None, 1)], &[stored]);
+        let (decisions, _) = run(
+            &batch,
+            &[conversation(a, 1, None, Status::Active)],
+            &[stored],
+        );
         assert_eq!(seq(&decisions[2]), Some(2));
         let first = match &decisions[2] {
             Decision::Insert(row) => row.id,
@@ -358,7 +349,9 @@ mod tests {
             message(a, Role::Provider, "p1", "1", None),
             message(a, Role::Provider, "p1", "2", None),
         ];
-        let locked = [(a, conversation(a, 0, None, 1))].into_iter().collect();
+        let locked = [(a, conversation(a, 0, None, Status::Active))]
+            .into_iter()
+            .collect();
         let plan = plan(
             &batch,
             &[true, false],

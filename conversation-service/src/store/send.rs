@@ -10,10 +10,10 @@ use uuid::Uuid;
 
 use super::{
     Carried, MESSAGE_COLUMNS, MessageRow, Notice, Store, Touched,
-    plan::{ClientKey, Decision, Locked, NewMessage, Plan, plan},
+    plan::{ClientKey, Decision, Locked, Plan, plan},
 };
 use crate::{
-    domain::Role,
+    domain::{NewMessage, active_status_sql},
     error::{Error, Result},
 };
 
@@ -274,7 +274,7 @@ async fn existing_by_client_key(
     for message in batch {
         if let Some(key) = &message.client_message_id {
             ids.push(message.conversation_id.0);
-            roles.push(message.sender.role().as_i16());
+            roles.push(i16::from(message.sender.role()));
             keys.push(key.clone());
         }
     }
@@ -298,7 +298,7 @@ async fn existing_by_client_key(
         .filter_map(|row| {
             let key = (
                 row.conversation_id,
-                Role::from_i16(row.sender_role),
+                row.sender_role,
                 row.client_message_id.clone()?,
             );
             Some((key, row))
@@ -376,7 +376,7 @@ where
     let rows: Vec<&MessageRow> = plan.inserts().collect();
     let touched_ids: Vec<Uuid> = plan.touched.keys().copied().collect();
     let touches: Vec<_> = plan.touched.values().collect();
-    sqlx::query(
+    sqlx::query(concat!(
         "WITH upd AS (\
            UPDATE conversations c \
              SET head_seq = CASE WHEN c.head_seq = u.base THEN u.head ELSE -1 END, \
@@ -386,7 +386,9 @@ where
            FROM unnest($9::uuid[], $10::bigint[], $11::bigint[], $12::bigint[], \
              $13::bigint[], $14::text[]) AS u(id, head, pr, cr, base, cu) \
            WHERE c.id = u.id \
-           RETURNING c.head_seq = u.head AND c.status = 1 \
+           RETURNING c.head_seq = u.head AND c.status = ",
+        active_status_sql!(),
+        " \
              AND c.customer_id IS NOT DISTINCT FROM NULLIF(u.cu, '') AS planned), \
          ins AS (\
            INSERT INTO messages (conversation_id, seq, id, sender_role, sender_id, body, \
@@ -398,7 +400,7 @@ where
          SELECT CASE WHEN (SELECT count(*) FROM upd WHERE planned) = cardinality($9::uuid[]) \
            THEN pg_notify($15, p) ELSE chat_send_conflict() END \
          FROM unnest($16::text[]) AS p",
-    )
+    ))
     .bind(rows.iter().map(|r| r.conversation_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.seq).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
@@ -450,7 +452,7 @@ mod tests {
                     conversation_id: id,
                     seq: i64::try_from(seq).unwrap(),
                     id: Uuid::now_v7(),
-                    sender_role: 1,
+                    sender_role: crate::domain::Role::Provider,
                     sender_id: "p1".into(),
                     body: body.into(),
                     client_message_id: None,

@@ -1,9 +1,9 @@
 //! Writers that take turns over one queue of calls, for the batched write paths
 //! (SendMessage, CreateConversation). The next batch is collected when the writer before
-//! it has committed, so batches are as large as the load makes them: on 2 cores one
-//! writer at a time gave 11.8k SendMessage/s and a loaded delivery p99 of 7.8 ms, two at
-//! once 10.4k and 11.0 ms. A writer whose batch takes longer than [`STALLED`] (a row lock
-//! held elsewhere) no longer holds the others back: they write beside it.
+//! it has committed, so batches are as large as the load makes them (fewer statements
+//! and WAL flushes than writers that each collect their own). A writer whose batch takes
+//! longer than [`STALLED`] (a row lock held elsewhere) no longer holds the others back:
+//! they write beside it.
 //!
 //! With [`Linger`], a batch that would be much smaller than the one before it waits a
 //! moment for more calls (PostgreSQL's `commit_delay` does the same for commits). Callers

@@ -258,7 +258,7 @@ async fn reuse_active_returns_the_customers_open_conversation() {
 }
 
 #[tokio::test]
-async fn get_errors() {
+async fn get_refuses_a_bad_id_an_unknown_conversation_and_a_non_participant() {
     let mut app = spawn_app().await;
     let status = app
         .client
@@ -417,7 +417,7 @@ async fn update_customer_keeps_unset_fields_and_refuses_relinking() {
 }
 
 #[tokio::test]
-async fn status_changes_and_errors() {
+async fn close_and_reopen_refusing_a_bad_status_a_non_participant_and_an_unknown_conversation() {
     let mut app = spawn_app().await;
     let conversation = create(&mut app.client, "p1").await;
     let set = |status: ConversationStatus, actor| v1::SetConversationStatusRequest {

@@ -14,7 +14,7 @@ use chat_proto::v1::{self, stream_conversation_response::Event};
 use tonic::Code;
 
 use crate::helpers::{
-    Client, TestApp, create, free_port, fresh_database, provider, spawn_app_with, spawn_process,
+    Client, TestApp, create, free_addr, fresh_database, provider, spawn_app_with, spawn_process,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -160,7 +160,8 @@ async fn assert_stored_exactly_once(app_db: &TestApp, acknowledged: &HashMap<Str
 
 #[tokio::test]
 async fn a_replica_killed_mid_load_loses_and_duplicates_nothing() {
-    let database_url = fresh_database().await;
+    let database = fresh_database().await;
+    let database_url = database.url().to_owned();
     let mut survivor = spawn_app_with(&database_url, &[]).await;
     let mut victim = spawn_process(&database_url, &[]).await;
     let id = create(&mut survivor.client, "p1").await.conversation_id;
@@ -261,7 +262,7 @@ impl Cluster {
         );
         let cluster = Self {
             dir,
-            port: free_port().port(),
+            port: free_addr().port(),
         };
         cluster.ctl(&["start", "-w", "-t", "30"]);
         cluster

@@ -8,8 +8,8 @@ use tonic::{Code, Status};
 use uuid::Uuid;
 
 use crate::helpers::{
-    bad_field, create, customer, fresh_database, new_provider, provider, send, spawn_app,
-    spawn_app_with,
+    bad_field, create, customer, new_provider, provider, send, spawn_app, spawn_app_with,
+    spawn_app_with_flags,
 };
 
 const NUL: &str = "a\u{0}b";
@@ -179,7 +179,7 @@ async fn a_nul_byte_in_any_text_field_is_invalid_argument_naming_it_and_writes_n
             },
         ),
         (
-            "sender",
+            "sender.session_id",
             v1::SendMessageRequest {
                 sender: customer("").map(|p| v1::Participant {
                     session_id: format!("{}\u{0}", p.session_id),
@@ -300,7 +300,7 @@ async fn list_with_token(client: &mut crate::helpers::Client, prov: &str, token:
 #[tokio::test]
 async fn forged_page_tokens_are_invalid_argument_even_with_impossible_dates() {
     const KEY: &str = "a test key of 32 bytes, not real";
-    let mut app = spawn_app_with(&fresh_database().await, &["--page-token-key", KEY]).await;
+    let mut app = spawn_app_with_flags(&["--page-token-key", KEY]).await;
     let prov = new_provider();
     create(&mut app.client, &prov).await;
     create(&mut app.client, &prov).await;
@@ -348,4 +348,62 @@ async fn forged_page_tokens_are_invalid_argument_even_with_impossible_dates() {
         second.conversations[0].conversation_id,
         first.conversations[0].conversation_id
     );
+}
+
+#[tokio::test]
+async fn a_session_id_is_checked_whoever_presents_it_and_named_as_its_field() {
+    let mut app = spawn_app().await;
+    let prov = new_provider();
+    let id = create(&mut app.client, &prov).await.conversation_id;
+    let c = &mut app.client;
+    let with_session = |p: Option<v1::Participant>, session: &str| {
+        p.map(|p| v1::Participant {
+            session_id: session.into(),
+            ..p
+        })
+    };
+    let long = "x".repeat(60_000);
+    for bad in [NUL, "'; DROP TABLE messages; --", long.as_str()] {
+        let acting = || with_session(provider(&prov), bad);
+        refused(send(c, &id, acting(), "hi").await, "sender.session_id");
+        refused(
+            c.get_conversation(v1::GetConversationRequest {
+                conversation_id: id.clone(),
+                viewer: acting(),
+            })
+            .await,
+            "viewer.session_id",
+        );
+        refused(
+            c.list_conversations(v1::ListConversationsRequest {
+                participant: acting(),
+                ..Default::default()
+            })
+            .await,
+            "participant.session_id",
+        );
+        refused(
+            c.stream_inbox(v1::StreamInboxRequest {
+                participant: acting(),
+                ..Default::default()
+            })
+            .await,
+            "participant.session_id",
+        );
+    }
+    // The anonymous customer's malformed session names the session field, not `sender`.
+    refused(
+        send(c, &id, with_session(customer(""), "not-a-uuid"), "hi").await,
+        "sender.session_id",
+    );
+    let history = c
+        .list_messages(v1::ListMessagesRequest {
+            conversation_id: id.clone(),
+            viewer: provider(&prov),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(history.messages.is_empty(), "nothing was written");
 }

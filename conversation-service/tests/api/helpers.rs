@@ -1,5 +1,7 @@
-//! `spawn_app`: a fresh database, migrations applied, the service on a random port, and a
-//! typed client. `spawn_process` starts a second replica as a real OS process.
+//! `spawn_app`: a fresh database (dropped when the test ends), migrations applied, the
+//! service on a random port, and a typed client. `spawn_process` starts a second replica
+//! as a real OS process. Status assertions and throwaway databases come from
+//! `chat_common::testing`, shared with token-service.
 
 use std::{
     net::SocketAddr,
@@ -8,9 +10,11 @@ use std::{
     time::Duration,
 };
 
-use chat_proto::v1::{
-    self, Participant, Role, conversation_service_client::ConversationServiceClient,
+pub use chat_common::testing::{
+    database::{ADMIN_URL, TestDatabase},
+    status::{bad_field, free_addr, reason},
 };
+use chat_proto::v1::{self, Participant, conversation_service_client::ConversationServiceClient};
 use clap::Parser;
 use conversation_service::{config::Config, realtime::Hub, startup::Application};
 use sqlx::{Connection, PgConnection};
@@ -18,21 +22,11 @@ use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use uuid::Uuid;
 
-pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
 pub type Client = ConversationServiceClient<Channel>;
 
-/// Creates an empty database with a random name and returns its URL.
-pub async fn fresh_database() -> String {
-    let name = format!("cs_test_{}", Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(ADMIN_URL)
-        .await
-        .expect("PostgreSQL must run at 127.0.0.1:5432 (see README)");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&mut admin)
-        .await
-        .expect("create test database");
-    format!("postgres://postgres@127.0.0.1:5432/{name}")
+/// An empty database with a random name, dropped with the guard.
+pub async fn fresh_database() -> TestDatabase {
+    TestDatabase::create("cs_test").await
 }
 
 pub struct TestApp {
@@ -45,6 +39,8 @@ pub struct TestApp {
     /// Stops the service when the test ends.
     shutdown: tokio_util::sync::DropGuard,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The database the app made for itself (`spawn_app`), dropped with it.
+    database: Option<TestDatabase>,
 }
 
 impl TestApp {
@@ -77,7 +73,15 @@ impl TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with(&fresh_database().await, &[]).await
+    spawn_app_with_flags(&[]).await
+}
+
+/// Starts the service in-process on a database of its own, with extra flags.
+pub async fn spawn_app_with_flags(flags: &[&str]) -> TestApp {
+    let database = fresh_database().await;
+    let mut app = spawn_app_with(database.url(), flags).await;
+    app.database = Some(database);
+    app
 }
 
 /// Starts the service in-process against `database_url` with extra flags.
@@ -107,6 +111,7 @@ pub async fn spawn_app_with(database_url: &str, flags: &[&str]) -> TestApp {
         metrics,
         shutdown,
         server,
+        database: None,
     }
 }
 
@@ -157,13 +162,8 @@ impl Drop for Replica {
     }
 }
 
-pub fn free_port() -> SocketAddr {
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap()
-}
-
 pub async fn spawn_process(database_url: &str, flags: &[&str]) -> Replica {
-    let addr = free_port();
+    let addr = free_addr();
     let child = Command::new(env!("CARGO_BIN_EXE_conversation-service"))
         .args([
             "--listen",
@@ -186,11 +186,7 @@ pub async fn spawn_process(database_url: &str, flags: &[&str]) -> Replica {
 }
 
 pub fn provider(id: &str) -> Option<Participant> {
-    Some(Participant {
-        role: Role::Provider.into(),
-        id: id.into(),
-        ..Default::default()
-    })
+    Some(Participant::provider(id))
 }
 
 /// The session every conversation made by [`create`] is opened for.
@@ -198,14 +194,10 @@ pub const SESSION: &str = "5e55105e-0000-4000-8000-000000000001";
 
 /// A customer; the anonymous one (`""`) presents [`SESSION`].
 pub fn customer(id: &str) -> Option<Participant> {
-    Some(Participant {
-        role: Role::Customer.into(),
-        id: id.into(),
-        session_id: if id.is_empty() {
-            SESSION.into()
-        } else {
-            String::new()
-        },
+    Some(if id.is_empty() {
+        Participant::anonymous(SESSION)
+    } else {
+        Participant::customer(id)
     })
 }
 
@@ -244,22 +236,4 @@ pub async fn send(
         })
         .await
         .map(|r| r.into_inner().message.unwrap())
-}
-
-/// The ErrorInfo reason of a status.
-pub fn reason(status: &tonic::Status) -> String {
-    use tonic_types::StatusExt;
-    status
-        .get_details_error_info()
-        .map(|info| info.reason)
-        .unwrap_or_default()
-}
-
-/// The field named by a BadRequest violation.
-pub fn bad_field(status: &tonic::Status) -> String {
-    use tonic_types::StatusExt;
-    status
-        .get_details_bad_request()
-        .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
-        .unwrap_or_default()
 }

@@ -9,13 +9,13 @@ use tonic::{Code, Streaming};
 use uuid::Uuid;
 
 use crate::helpers::{
-    Client, TestApp, create, customer, fresh_database, new_provider, provider, send, spawn_app_with,
+    Client, TestApp, create, customer, new_provider, provider, send, spawn_app_with_flags,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn spawn() -> TestApp {
-    spawn_app_with(&fresh_database().await, &["--heartbeat-interval", "200ms"]).await
+    spawn_app_with_flags(&["--heartbeat-interval", "200ms"]).await
 }
 
 async fn open(

@@ -111,7 +111,8 @@ async fn list_conversations_with_big_last_messages_pages_by_bytes_and_misses_not
 #[tokio::test]
 async fn a_connection_that_never_starts_http2_is_closed_after_the_handshake_timeout() {
     use tokio::io::AsyncReadExt;
-    let database_url = crate::helpers::fresh_database().await;
+    let database = crate::helpers::fresh_database().await;
+    let database_url = database.url().to_owned();
     let mut app =
         crate::helpers::spawn_app_with(&database_url, &["--handshake-timeout", "300ms"]).await;
     let mut silent = tokio::net::TcpStream::connect(app.addr).await.unwrap();
@@ -155,7 +156,8 @@ fn client_ports_to(port: u16) -> std::collections::HashSet<u16> {
 
 #[tokio::test]
 async fn past_the_max_connection_age_calls_move_to_a_new_connection() {
-    let database_url = crate::helpers::fresh_database().await;
+    let database = crate::helpers::fresh_database().await;
+    let database_url = database.url().to_owned();
     let mut replica =
         crate::helpers::spawn_process(&database_url, &["--max-connection-age", "500ms"]).await;
     let port = replica.addr.port();

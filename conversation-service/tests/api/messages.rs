@@ -277,7 +277,7 @@ async fn unread_counts_last_message_and_mark_read() {
 }
 
 #[tokio::test]
-async fn list_messages_both_directions_and_errors() {
+async fn list_messages_pages_both_directions_and_refuses_bad_tokens_sizes_and_intruders() {
     let mut app = spawn_app().await;
     let conversation = create(&mut app.client, "p1").await;
     let id = conversation.conversation_id.clone();

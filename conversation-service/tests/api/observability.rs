@@ -12,8 +12,11 @@ use tonic_health::pb::{
 };
 use uuid::Uuid;
 
+use chat_common::testing::status::eventually;
+
 use crate::helpers::{
-    connect, create, free_port, fresh_database, provider, send, spawn_app_with, wait_serving,
+    connect, create, free_addr, fresh_database, provider, send, spawn_app_with,
+    spawn_app_with_flags, wait_serving,
 };
 
 const READINESS: &str = "chat.v1.ConversationService";
@@ -33,7 +36,8 @@ fn handled(text: &str, method: &str, code: &str) -> f64 {
 
 #[tokio::test]
 async fn metrics_count_every_rpc_with_its_code_and_the_service_figures() {
-    let url = fresh_database().await;
+    let database = fresh_database().await;
+    let url = database.url().to_owned();
     let mut app = spawn_app_with(&url, &["--metrics-addr", "127.0.0.1:0"]).await;
     let metrics = app.metrics.expect("metrics address");
     let before = scrape(metrics).await.unwrap();
@@ -134,20 +138,73 @@ async fn metrics_count_every_rpc_with_its_code_and_the_service_figures() {
             ],
         )
     };
-    let mut counted = false;
-    for _ in 0..100 {
-        if ended(&scrape(metrics).await.unwrap()) > ended(&before) {
-            counted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // A cancelled stream is counted as Canceled.
+    let (ended, before) = (&ended, &before);
+    eventually(Duration::from_secs(5), || async move {
+        (ended(&scrape(metrics).await.unwrap()) > ended(before)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_scrape_passes_promtools_rules_with_counters_from_zero_and_messages_counted() {
+    let mut app = spawn_app_with_flags(&["--metrics-addr", "127.0.0.1:0"]).await;
+    let metrics = app.metrics.expect("metrics address");
+    let first = scrape(metrics).await.unwrap();
+    // Alerts on these need a series before the first event.
+    for series in [
+        "chat_stream_lagged_total ",
+        "chat_listener_reconnects_total ",
+        "chat_send_replanned_total ",
+        "chat_stream_resyncs_total{cause=\"listener\"} ",
+        "chat_stream_message_reads_total{source=\"own\"} ",
+    ] {
+        assert!(
+            first.lines().any(|l| l.starts_with(series)),
+            "no `{series}` in the first scrape:\n{first}"
+        );
     }
-    assert!(counted, "a cancelled stream is counted as Canceled");
+    for process in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(sample(&first, process, &[]) > 0.0, "{process}");
+    }
+
+    let id = create(&mut app.client, "p1").await.conversation_id;
+    for body in ["one", "two", "three"] {
+        send(&mut app.client, &id, provider("p1"), body)
+            .await
+            .unwrap();
+    }
+    let before = scrape(metrics).await.unwrap();
+    let mut stream = app
+        .client
+        .stream_conversation(v1::StreamConversationRequest {
+            conversation_id: id,
+            viewer: provider("p1"),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..3 {
+        stream.message().await.unwrap();
+    }
+    let after = scrape(metrics).await.unwrap();
+    let messages =
+        |text: &str, name: &str| sample(text, name, &[("grpc_method", "StreamConversation")]);
+    let delta = |name: &str| messages(&after, name) - messages(&before, name);
+    assert!(delta("grpc_server_msg_sent_total") >= 3.0, "{after}");
+    assert!(delta("grpc_server_msg_received_total") >= 1.0, "{after}");
+    assert_eq!(chat_common::scrape::lint(&after), Vec::<String>::new());
 }
 
 #[tokio::test]
 async fn a_stream_outliving_the_request_timeout_then_cancelled_counts_as_canceled() {
-    let url = fresh_database().await;
+    let database = fresh_database().await;
+    let url = database.url().to_owned();
     let flags = ["--metrics-addr", "127.0.0.1:0", "--request-timeout", "2s"];
     let mut app = spawn_app_with(&url, &flags).await;
     let metrics = app.metrics.expect("metrics address");
@@ -219,7 +276,7 @@ async fn liveness_stays_serving_while_readiness_follows_an_unreachable_database(
         "postgres://postgres@127.0.0.1:5432/cs_test_missing_{}",
         Uuid::new_v4().simple()
     );
-    let addr = free_port();
+    let addr = free_addr();
     let config = <conversation_service::config::Config as clap::Parser>::try_parse_from([
         "conversation-service",
         "--listen",
@@ -254,7 +311,7 @@ async fn liveness_stays_serving_while_readiness_follows_an_unreachable_database(
 
 #[tokio::test]
 async fn the_http_probes_say_ready_while_the_database_answers() {
-    let app = spawn_app_with(&fresh_database().await, &["--metrics-addr", "127.0.0.1:0"]).await;
+    let app = spawn_app_with_flags(&["--metrics-addr", "127.0.0.1:0"]).await;
     let metrics = app.metrics.expect("metrics endpoint bound");
     let mut ready = 0;
     for _ in 0..100 {
@@ -271,8 +328,9 @@ async fn the_http_probes_say_ready_while_the_database_answers() {
 
 #[tokio::test]
 async fn sigterm_turns_readiness_off_first_and_keeps_serving_until_the_delay_ends() {
-    let url = fresh_database().await;
-    let addr = free_port();
+    let database = fresh_database().await;
+    let url = database.url().to_owned();
+    let addr = free_addr();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_conversation-service"))
         .args(["--listen", &addr.to_string(), "--database-url", &url])
         // Long enough never to end on its own during the test: a second signal ends it.
@@ -319,7 +377,8 @@ async fn sigterm_turns_readiness_off_first_and_keeps_serving_until_the_delay_end
 /// PostgreSQL's notification queue is: both are gauges.
 #[tokio::test]
 async fn the_listener_reports_its_lag_and_the_notification_queue() {
-    let url = fresh_database().await;
+    let database = fresh_database().await;
+    let url = database.url().to_owned();
     let app = spawn_app_with(&url, &["--metrics-addr", "127.0.0.1:0"]).await;
     let metrics = app.metrics.expect("metrics address");
     let mut text = String::new();
@@ -377,12 +436,16 @@ async fn with_an_otlp_endpoint_each_rpc_is_exported_as_a_span_of_the_callers_tra
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
 
-    let url = fresh_database().await;
-    let addr = free_port();
+    let database = fresh_database().await;
+    let url = database.url().to_owned();
+    let addr = free_addr();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_conversation-service"))
         .args(["--listen", &addr.to_string(), "--database-url", &url])
         .args(["--drain-delay", "0s"])
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_SERVICE_NAME", "conversations-eu")
+        .env_remove("OTEL_RESOURCE_ATTRIBUTES")
+        .env_remove("TRACE_FILTER")
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -418,32 +481,78 @@ async fn with_an_otlp_endpoint_each_rpc_is_exported_as_a_span_of_the_callers_tra
         .unwrap();
     assert!(exited.success());
 
-    let found = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(export) = exported.recv().await {
-            let span = export
-                .resource_spans
-                .iter()
-                .flat_map(|r| &r.scope_spans)
-                .flat_map(|s| &s.spans)
-                .find(|s| s.trace_id == trace_id.to_be_bytes())
-                .cloned();
-            if span.is_some() {
-                return span;
-            }
-        }
-        None
-    })
-    .await
-    .expect("a span is exported")
-    .expect("the collector got the RPC's span");
+    // The exports were answered before the process exited: all are in the channel.
+    let mut resources = Vec::new();
+    while let Ok(export) = exported.try_recv() {
+        resources.extend(export.resource_spans);
+    }
+    let spans: Vec<_> = resources
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .collect();
+    let found = spans
+        .iter()
+        .find(|s| s.trace_id == trace_id.to_be_bytes())
+        .expect("the collector got the RPC's span");
     assert_eq!(found.name, "chat.v1.ConversationService/CreateConversation");
     assert_eq!(found.parent_span_id, parent_span.to_be_bytes());
+    // OpenTelemetry's RPC conventions, and none of tracing's bookkeeping.
+    let attribute = |key: &str| {
+        found
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.clone())
+            .and_then(|v| v.value)
+    };
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    assert_eq!(
+        attribute("rpc.system"),
+        Some(Any::StringValue("grpc".into()))
+    );
+    assert_eq!(
+        attribute("rpc.service"),
+        Some(Any::StringValue("chat.v1.ConversationService".into()))
+    );
+    assert_eq!(
+        attribute("rpc.method"),
+        Some(Any::StringValue("CreateConversation".into()))
+    );
+    assert_eq!(attribute("rpc.grpc.status_code"), Some(Any::IntValue(0)));
+    for kv in &found.attributes {
+        assert!(
+            !kv.key.starts_with("code.")
+                && !kv.key.starts_with("thread.")
+                && kv.key != "busy_ns"
+                && kv.key != "idle_ns",
+            "{}",
+            kv.key
+        );
+    }
+    // wait_serving made health checks: not exported by default.
+    assert!(
+        spans.iter().all(|s| !s.name.starts_with("grpc.health")),
+        "{:?}",
+        spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    // OTEL_SERVICE_NAME names the service.
+    let service_name = resources[0]
+        .resource
+        .as_ref()
+        .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+        .and_then(|kv| kv.value.clone())
+        .and_then(|v| v.value);
+    assert_eq!(
+        service_name,
+        Some(Any::StringValue("conversations-eu".into()))
+    );
 }
 
 /// Runs the binary on an already migrated database with stdout piped (not a terminal),
 /// stops it, and returns what it wrote.
 async fn output_of_a_run(database_url: &str, envs: &[(&str, &str)]) -> String {
-    let addr = free_port();
+    let addr = free_addr();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_conversation-service"));
     command
         .args([
@@ -477,7 +586,8 @@ async fn output_of_a_run(database_url: &str, envs: &[(&str, &str)]) -> String {
 
 #[tokio::test]
 async fn logs_off_a_terminal_have_no_colours_one_json_shape_and_no_migration_notice() {
-    let url = fresh_database().await;
+    let database = fresh_database().await;
+    let url = database.url().to_owned();
     // Migrated once, so the next start meets an existing _sqlx_migrations table.
     drop(spawn_app_with(&url, &[]).await);
 

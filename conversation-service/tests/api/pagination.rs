@@ -158,7 +158,8 @@ async fn pages_follow_the_exact_activity_time_within_and_across_minutes() {
 /// the rows it finds, and the service lists them in the order of their activity.
 #[tokio::test]
 async fn conversations_stored_before_the_activity_minute_keep_their_order() {
-    let url = fresh_database().await;
+    let database = fresh_database().await;
+    let url = database.url().to_owned();
     let mut db = PgConnection::connect(&url).await.unwrap();
     // The last migration before 20261127010000_hot_activity.
     sqlx::migrate!("../migrations/conversation")

@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use chat_common::testing::{EXAMPLE_BFF_TOKEN, Pki, example_callers_file, tls_channel};
-use chat_proto::v1::{self, Participant, Role};
+use chat_proto::v1::{self, Participant};
 use clap::Parser;
 use conversation_service::{config::Config, startup::Application};
 use tonic::{Code, Request, transport::Channel};
@@ -13,18 +13,20 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use uuid::Uuid;
 
 use crate::helpers::{
-    Client, SESSION, connect, create, customer, fresh_database, provider, reason, send, spawn_app,
-    spawn_app_with,
+    Client, SESSION, TestDatabase, connect, create, customer, fresh_database, provider, reason,
+    send, spawn_app, spawn_app_with,
 };
 
 struct SecureApp {
     addr: SocketAddr,
     _shutdown: tokio_util::sync::DropGuard,
+    _database: TestDatabase,
 }
 
 /// conversation-service on a fresh database with extra (security) flags; not waited for.
 async fn spawn_secure(flags: &[&str]) -> SecureApp {
-    let database_url = fresh_database().await;
+    let database = fresh_database().await;
+    let database_url = database.url().to_owned();
     let mut args = vec![
         "conversation-service",
         "--listen",
@@ -42,6 +44,7 @@ async fn spawn_secure(flags: &[&str]) -> SecureApp {
     SecureApp {
         addr,
         _shutdown: shutdown,
+        _database: database,
     }
 }
 
@@ -275,7 +278,8 @@ async fn grants_are_per_method_and_unknown_certificates_are_unauthenticated() {
 #[tokio::test]
 async fn bearer_tokens_are_matched_by_hash_and_refused_when_unknown() {
     // A mesh terminates TLS: plaintext here, the token is the credential.
-    let database_url = fresh_database().await;
+    let database = fresh_database().await;
+    let database_url = database.url().to_owned();
     let callers = example_callers_file();
     let app = spawn_app_with(&database_url, &["--callers-file", path(&callers)]).await;
     let mut client = app.client.clone();
@@ -306,6 +310,27 @@ async fn bearer_tokens_are_matched_by_hash_and_refused_when_unknown() {
         .insert("authorization", "Basic Zm9vOmJhcg==".parse().unwrap());
     let status = client.list_conversations(malformed).await.unwrap_err();
     assert_eq!(reason(&status), "MALFORMED_AUTHORIZATION");
+
+    // The scheme's case does not matter; a second authorization header is refused, even
+    // one with the same token (a proxy may read the other one).
+    let bearer = |scheme: &str| -> tonic::metadata::MetadataValue<_> {
+        format!("{scheme} {EXAMPLE_BFF_TOKEN}").parse().unwrap()
+    };
+    let mut upper = Request::new(list_request(&provider_id));
+    upper
+        .metadata_mut()
+        .insert("authorization", bearer("BEARER"));
+    client.list_conversations(upper).await.unwrap();
+    let mut twice = Request::new(list_request(&provider_id));
+    twice
+        .metadata_mut()
+        .insert("authorization", bearer("Bearer"));
+    twice
+        .metadata_mut()
+        .append("authorization", bearer("Bearer"));
+    let status = client.list_conversations(twice).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(reason(&status), "DUPLICATE_AUTHORIZATION");
 
     // The mesh BFF acts for participants but does not create conversations.
     let status = client
@@ -375,13 +400,7 @@ async fn the_anonymous_customer_must_present_the_session_that_opened_the_convers
     let mut app = spawn_app().await;
     let conversation = create(&mut app.client, "p1").await;
     let id = conversation.conversation_id;
-    let anonymous = |session: &str| {
-        Some(Participant {
-            role: Role::Customer.into(),
-            id: String::new(),
-            session_id: session.into(),
-        })
-    };
+    let anonymous = |session: &str| Some(Participant::anonymous(session));
     let other = Uuid::new_v4().to_string();
 
     // The right session: accepted (the helpers' `customer("")` presents it).
@@ -520,11 +539,7 @@ async fn a_retry_cannot_bind_the_conversation_to_another_session() {
     let again = again.into_inner();
     assert!(!again.created);
     assert_eq!(again.conversation.unwrap().conversation_id, id);
-    let intruder = Some(Participant {
-        role: Role::Customer.into(),
-        id: String::new(),
-        session_id: other,
-    });
+    let intruder = Some(Participant::anonymous(other));
     let status = send(&mut app.client, &id, intruder, "hi")
         .await
         .unwrap_err();
@@ -550,7 +565,8 @@ async fn the_callers_file_is_reloaded_when_it_changes() {
         )
     };
     std::fs::write(&callers, file_for("first-token")).unwrap();
-    let database_url = fresh_database().await;
+    let database = fresh_database().await;
+    let database_url = database.url().to_owned();
     let app = spawn_app_with(
         &database_url,
         &[
@@ -585,6 +601,12 @@ async fn the_callers_file_is_reloaded_when_it_changes() {
 
     // A broken file is not taken: the policy in force stays.
     std::fs::write(&callers, "[[caller]]\nname = ").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    list("second-token").await.unwrap();
+
+    // Nor one truncated in place: without `allow_no_callers = true` it would lock every
+    // caller out.
+    std::fs::write(&callers, "").unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     list("second-token").await.unwrap();
 }

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     create, customer, fresh_database, provider, reason, spawn_app, spawn_app_with,
+    spawn_app_with_flags,
 };
 
 fn keyed(
@@ -125,7 +126,7 @@ async fn a_locked_conversation_fails_fast_and_stalls_no_other() {
 /// written, so a blind retry cannot duplicate it.
 #[tokio::test]
 async fn a_send_whose_caller_left_is_not_written() {
-    let mut app = spawn_app_with(&fresh_database().await, &["--send-writers", "1"]).await;
+    let mut app = spawn_app_with_flags(&["--send-writers", "1"]).await;
     let locked = create(&mut app.client, "p1").await.conversation_id;
     let other = create(&mut app.client, "p1").await.conversation_id;
     let held = lock_conversation(&app, &locked).await;
@@ -351,7 +352,8 @@ async fn rows_this_replica_remembers_are_checked_when_written() {
 /// are exactly 1..=N with the head at N.
 #[tokio::test]
 async fn two_replicas_writing_the_same_conversations_keep_seqs_gapless() {
-    let database = fresh_database().await;
+    let test_database = fresh_database().await;
+    let database = test_database.url().to_owned();
     let mut a = spawn_app_with(&database, &[]).await;
     let b = spawn_app_with(&database, &[]).await;
     let mut ids = Vec::new();

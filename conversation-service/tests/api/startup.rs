@@ -14,7 +14,8 @@ use crate::helpers::{ADMIN_URL, connect, create, fresh_database, spawn_app_with,
 
 #[tokio::test]
 async fn two_replicas_starting_together_both_serve_one_schema() {
-    let url = fresh_database().await;
+    let database = fresh_database().await;
+    let url = database.url().to_owned();
     let (mut a, mut b) = tokio::join!(spawn_app_with(&url, &[]), spawn_app_with(&url, &[]));
     let made = create(&mut a.client, "p1").await;
     let seen = b
@@ -82,7 +83,8 @@ async fn a_database_that_appears_later_is_picked_up() {
 /// never INTERNAL, health says NOT_SERVING, and all recovers when it comes back.
 #[tokio::test]
 async fn a_database_lost_while_serving_gives_unavailable_then_recovers() {
-    let url = fresh_database().await;
+    let database = fresh_database().await;
+    let url = database.url().to_owned();
     let mut app = spawn_app_with(&url, &["--db-acquire-timeout", "500ms"]).await;
     let id = create(&mut app.client, "p1").await.conversation_id;
     let name = url.rsplit('/').next().unwrap().to_owned();

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     Client, TestApp, create, customer, fresh_database, provider, send, spawn_app, spawn_app_with,
-    spawn_process,
+    spawn_app_with_flags, spawn_process,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -135,7 +135,7 @@ async fn a_stream_behind_at_sigterm_still_ends_unavailable() {
 /// serves unary calls and live streams.
 #[tokio::test]
 async fn a_pool_of_one_serves_calls_and_streams() {
-    let mut app = spawn_app_with(&fresh_database().await, &["--db-pool-size", "1"]).await;
+    let mut app = spawn_app_with_flags(&["--db-pool-size", "1"]).await;
     let id = create(&mut app.client, "p1").await.conversation_id;
     let mut stream = open(&mut app.client, &id, provider("p1")).await;
     send(&mut app.client, &id, customer(""), "hello")
@@ -229,7 +229,7 @@ async fn messages_until(
 /// shows it reopened, no read receipt moving backwards).
 #[tokio::test]
 async fn nothing_older_than_a_resync_snapshot_follows_it() {
-    let mut app = spawn_app_with(&fresh_database().await, &["--stream-queue", "4"]).await;
+    let mut app = spawn_app_with_flags(&["--stream-queue", "4"]).await;
     let id = create(&mut app.client, "p1").await.conversation_id;
     let mut client = slow_client(app.addr).await;
     let mut stream = open(&mut client, &id, provider("p1")).await;
@@ -414,7 +414,8 @@ async fn pump(
 #[tokio::test]
 async fn a_silently_dead_listener_is_found_and_replaced() {
     let proxy = FreezingProxy::start().await;
-    let direct = fresh_database().await;
+    let direct_database = fresh_database().await;
+    let direct = direct_database.url().to_owned();
     let name = direct.rsplit('/').next().unwrap();
     let via_proxy = format!("postgres://postgres@127.0.0.1:{}/{name}", proxy.port);
     let mut app = spawn_app_with(&via_proxy, &[]).await;
@@ -444,11 +445,8 @@ async fn a_silently_dead_listener_is_found_and_replaced() {
 async fn a_resync_of_two_thousand_streams_starves_no_call() {
     const STREAMS: usize = 2000;
     const SENDS: i64 = 20;
-    let mut app = spawn_app_with(
-        &fresh_database().await,
-        &["--db-pool-size", "4", "--db-acquire-timeout", "1s"],
-    )
-    .await;
+    let mut app =
+        spawn_app_with_flags(&["--db-pool-size", "4", "--db-acquire-timeout", "1s"]).await;
     let id = create(&mut app.client, "p1").await.conversation_id;
     // HTTP/2 allows 2048 streams per connection: spread them over four.
     let mut openers = Vec::new();
@@ -505,7 +503,7 @@ async fn a_listener_behind_its_lag_limit_is_replaced_and_streams_catch_up() {
         "--metrics-addr",
         "127.0.0.1:0",
     ];
-    let mut app = spawn_app_with(&fresh_database().await, &flags).await;
+    let mut app = spawn_app_with_flags(&flags).await;
     let metrics = app.metrics.expect("metrics address");
     let id = create(&mut app.client, "p1").await.conversation_id;
     let mut stream = open(&mut app.client, &id, provider("p1")).await;

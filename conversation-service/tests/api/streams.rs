@@ -11,8 +11,8 @@ use tonic::{Code, Streaming};
 use uuid::Uuid;
 
 use crate::helpers::{
-    Client, create, customer, fresh_database, new_provider, provider, send, spawn_app,
-    spawn_app_with, spawn_process,
+    Client, create, customer, new_provider, provider, send, spawn_app, spawn_app_with_flags,
+    spawn_process,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -326,7 +326,7 @@ async fn a_thousand_opened_and_cancelled_streams_free_their_slots() {
 
 #[tokio::test]
 async fn the_stream_limit_answers_resource_exhausted() {
-    let mut app = spawn_app_with(&fresh_database().await, &["--max-streams", "2"]).await;
+    let mut app = spawn_app_with_flags(&["--max-streams", "2"]).await;
     let id = create(&mut app.client, "p1").await.conversation_id;
     let _one = open(&mut app.client, &id, provider("p1"), 0).await;
     let _two = open(&mut app.client, &id, provider("p1"), 0).await;
@@ -343,7 +343,7 @@ async fn the_stream_limit_answers_resource_exhausted() {
 }
 
 #[tokio::test]
-async fn stream_errors() {
+async fn streams_refuse_intruders_bad_positions_unknown_conversations_and_foreign_cursors() {
     let mut app = spawn_app().await;
     let id = create(&mut app.client, "p1").await.conversation_id;
     send(&mut app.client, &id, provider("p1"), "one")
@@ -405,7 +405,7 @@ async fn stream_errors() {
 
 #[tokio::test]
 async fn receipts_typing_status_and_heartbeats_arrive_live() {
-    let mut app = spawn_app_with(&fresh_database().await, &["--heartbeat-interval", "300ms"]).await;
+    let mut app = spawn_app_with_flags(&["--heartbeat-interval", "300ms"]).await;
     let id = create(&mut app.client, "p1").await.conversation_id;
     send(&mut app.client, &id, provider("p1"), "hi")
         .await

@@ -62,7 +62,8 @@ async fn drop_role(database_url: &str, role: &str) {
 
 #[tokio::test]
 async fn without_migrate_on_start_it_waits_for_the_migrate_subcommand_then_serves_dml_only() {
-    let url = fresh_database().await;
+    let database = fresh_database().await;
+    let url = database.url().to_owned();
     let waiting = spawn_unready(&url).await;
     let mut db = PgConnection::connect(&url).await.unwrap();
     let tables: i64 = sqlx::query_scalar(
@@ -135,13 +136,14 @@ async fn healthcheck_exits_zero_only_for_a_serving_service() {
         String::from_utf8_lossy(&serving.stderr)
     );
 
-    let url = fresh_database().await;
+    let database = fresh_database().await;
+    let url = database.url().to_owned();
     let unready = spawn_unready(&url).await.to_string();
     let not_serving = run(&["healthcheck", "--listen", &unready], &url).await;
     assert!(!not_serving.status.success());
     assert!(String::from_utf8_lossy(&not_serving.stderr).contains("NOT_SERVING"));
 
-    let nobody = crate::helpers::free_port().to_string();
+    let nobody = crate::helpers::free_addr().to_string();
     let down = run(&["healthcheck", "--listen", &nobody], &url).await;
     assert!(!down.status.success());
 }

@@ -324,6 +324,7 @@ mod tests {
             local_addr: None,
             remote_addr: Some(addr),
             sans: std::sync::Arc::from([]),
+            client_certificate: false,
         });
         assert_eq!(peer_address(&request), Some(addr));
     }

@@ -113,6 +113,39 @@ async fn metrics_count_rpcs_calls_to_conversation_service_and_the_store() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn the_scrape_passes_promtools_rules_with_counters_from_zero_and_histograms() {
+    let app = spawn_app_with(
+        temp_db_path(),
+        crate::helpers::NOWHERE,
+        &["--metrics-addr", "127.0.0.1:0"],
+    )
+    .await;
+    let metrics = app.metrics.expect("metrics address");
+    let first = scrape(metrics).await.unwrap();
+    // Alerts on these need a series before the first event.
+    for series in [
+        "token_failed_guesses_total ",
+        "token_failed_guess_refusals_total ",
+    ] {
+        assert!(
+            first.lines().any(|l| l.starts_with(series)),
+            "no `{series}` in the first scrape:\n{first}"
+        );
+    }
+    assert!(sample(&first, "process_open_fds", &[]) > 0.0, "{first}");
+
+    app.issue(&new_provider(), 1).await;
+    let after = scrape(metrics).await.unwrap();
+    // A histogram, so it can be summed across replicas (a summary cannot).
+    assert!(
+        after.contains("# TYPE token_sqlite_group_calls histogram"),
+        "{after}"
+    );
+    assert_eq!(chat_common::scrape::lint(&after), Vec::<String>::new());
+    app.stop().await;
+}
+
 /// Log lines written to memory.
 #[derive(Clone, Default)]
 pub(crate) struct Capture(Arc<Mutex<Vec<u8>>>);

@@ -1,0 +1,6 @@
+//! chat-client against real conversation-service processes (one test binary).
+mod follow;
+mod helpers;
+mod postgres_restart;
+mod send;
+mod tls;

@@ -1,0 +1,89 @@
+//! The store's three connection pools and how each is configured: queries, SendMessage's
+//! writers and CreateConversation's writers. All connect on first use, so the service
+//! starts (NOT_SERVING) while PostgreSQL is down.
+
+use std::time::Duration;
+
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use super::{BATCH_LOCK_TIMEOUT, STATEMENT_TIMEOUT, create_queue, kept::WRITER_PING_AFTER};
+
+/// What the deployment decides about the store's connections.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub options: PgConnectOptions,
+    /// Connections for queries (reads, reads and updates of one conversation).
+    pub size: u32,
+    pub acquire_timeout: Duration,
+    /// SendMessage's writer tasks.
+    pub send_writers: usize,
+}
+
+pub(super) struct Pools {
+    pub query: PgPool,
+    pub send: PgPool,
+    pub create: PgPool,
+}
+
+impl Pools {
+    pub(super) fn new(settings: &PoolSettings) -> Self {
+        // SendMessage's writers: one connection each, and as many again for a busy
+        // batch's conversations written one by one (one locked elsewhere may hold a
+        // connection for LOCK_TIMEOUT).
+        let send = settings.send_writers.max(1).saturating_mul(2);
+        let send = u32::try_from(send).unwrap_or(u32::MAX);
+        Self {
+            query: lazy(settings, settings.size.max(1)).connect_lazy_with(settings.options.clone()),
+            send: writer_pool(lazy(settings, send), send_options(&settings.options)),
+            create: lazy(settings, CREATE_CONNECTIONS)
+                .connect_lazy_with(create_options(&settings.options)),
+        }
+    }
+}
+
+fn lazy(settings: &PoolSettings, max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+}
+
+/// SendMessage's writers keep their connections between batches (`kept.rs`) and take one
+/// from this pool only when none is kept: one used within [`WRITER_PING_AFTER`] is handed
+/// out without a ping, as a kept one is.
+fn writer_pool(pool: PgPoolOptions, options: PgConnectOptions) -> PgPool {
+    pool.test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= WRITER_PING_AFTER {
+                    sqlx::Connection::ping(connection).await?;
+                }
+                Ok(true)
+            })
+        })
+        .connect_lazy_with(options)
+}
+
+/// The connection options of SendMessage's writers: the session starts with their lock
+/// and statement timeouts set, so a batch spends no round trip on them.
+fn send_options(options: &PgConnectOptions) -> PgConnectOptions {
+    options.clone().options([
+        ("lock_timeout", BATCH_LOCK_TIMEOUT),
+        ("statement_timeout", STATEMENT_TIMEOUT),
+    ])
+}
+
+/// The connection options of CreateConversation's writers: each statement is planned for
+/// the arrays it is given. A batch runs each statement once, so planning costs little,
+/// and a plan cached while `conversations` was nearly empty (a fresh deployment) would
+/// otherwise keep scanning the whole table until autovacuum's first ANALYZE.
+fn create_options(options: &PgConnectOptions) -> PgConnectOptions {
+    options
+        .clone()
+        .options([("plan_cache_mode", "force_custom_plan")])
+}
+
+/// Connections CreateConversation's writers use, one per writer.
+const CREATE_CONNECTIONS: u32 = create_queue::WRITERS as u32;
