@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use chat_common::error::{Details, ServiceError, reason_of, to_status};
+use chat_common::error::{Details, ServiceError, canonical_code_name, reason_of, to_status};
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +76,7 @@ impl Refusal {
     pub fn from_status(status: &Status) -> Self {
         Self {
             code: status.code(),
-            reason: reason_of(status).unwrap_or_else(|| canonical_name(status.code())),
+            reason: reason_of(status).unwrap_or_else(|| canonical_code_name(status.code())),
             message: status.message().to_owned(),
         }
     }
@@ -84,22 +84,9 @@ impl Refusal {
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let code = canonical_name(self.code);
+        let code = canonical_code_name(self.code);
         write!(f, "{code} {}: {}", self.reason, self.message)
     }
-}
-
-/// A code's canonical name (`FAILED_PRECONDITION`), written from the shared table of code
-/// names (`FailedPrecondition`): operators read it in a refused call's `last_error`.
-pub(crate) fn canonical_name(code: Code) -> String {
-    let mut name = String::new();
-    for (at, c) in chat_common::rpc::code_name(code).char_indices() {
-        if at > 0 && c.is_ascii_uppercase() {
-            name.push('_');
-        }
-        name.push(c.to_ascii_uppercase());
-    }
-    name
 }
 
 impl Error {
@@ -367,8 +354,14 @@ mod tests {
             (status.code(), status.message()),
             (Code::FailedPrecondition, "linked elsewhere")
         );
-        assert_eq!(canonical_name(Code::InvalidArgument), "INVALID_ARGUMENT");
-        assert_eq!(canonical_name(Code::PermissionDenied), "PERMISSION_DENIED");
-        assert_eq!(canonical_name(Code::NotFound), "NOT_FOUND");
+        assert_eq!(
+            canonical_code_name(Code::InvalidArgument),
+            "INVALID_ARGUMENT"
+        );
+        assert_eq!(
+            canonical_code_name(Code::PermissionDenied),
+            "PERMISSION_DENIED"
+        );
+        assert_eq!(canonical_code_name(Code::NotFound), "NOT_FOUND");
     }
 }

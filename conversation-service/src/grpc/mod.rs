@@ -3,6 +3,9 @@
 
 pub mod convert;
 mod outbound;
+mod privacy;
+
+pub use privacy::{AuditApi, PrivacyApi};
 
 use std::sync::Arc;
 

@@ -13,6 +13,7 @@ mod messages;
 mod notice;
 mod plan;
 mod pools;
+mod privacy;
 mod rows;
 mod send;
 mod turns;
@@ -34,6 +35,7 @@ pub use inbox::{InboxCursor, InboxItem, InboxWindow, Snapshot, window_sql};
 pub use kept::WRITER_PING_AFTER;
 pub use messages::ListDirection;
 pub use pools::PoolSettings;
+pub use privacy::{AuditRow, Erased};
 pub use send::{BATCH_LOCK_TIMEOUT, LOCK_TIMEOUT, STATEMENT_TIMEOUT};
 
 pub use notice::{CHANNEL, Carried, Notice, Touched};

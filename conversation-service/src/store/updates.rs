@@ -99,7 +99,7 @@ impl Store {
     }
 }
 
-async fn record_event(
+pub(super) async fn record_event(
     tx: &mut Transaction<'_, Postgres>,
     conversation_id: Uuid,
     kind: EventKind,

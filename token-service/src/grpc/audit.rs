@@ -6,21 +6,19 @@ use std::{path::Path, sync::Arc};
 
 use chat_common::{
     auth::{Caller, PolicyError},
-    error::ServiceError,
+    error::audit_outcome,
     security::PolicyReloadHook,
 };
 use chat_proto::v1::{self as pb, audit_service_server::AuditService};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use super::{convert::timestamp, reply};
 use crate::{
     domain::{AuditEntry, AuditRecord, FailedCallCursor, PageSize, now},
-    error::{Error, canonical_name},
+    error::Error,
     store::Store,
 };
 
-/// The caller's name when the service runs without a callers file.
-const ANONYMOUS: &str = "anonymous";
 /// Who is named for what the service does by itself, and what it did.
 const THIS_SERVICE: &str = "token-service";
 const CALLERS_FILE_RELOAD: &str = "callers-file-reload";
@@ -38,11 +36,7 @@ impl Auditor {
 
     /// The caller's name in the callers file, as the authentication layer found it.
     pub fn caller<T>(request: &Request<T>) -> String {
-        request
-            .extensions()
-            .get::<Caller>()
-            .map_or(ANONYMOUS, |caller| &caller.name)
-            .to_owned()
+        Caller::name_of(request)
     }
 
     /// Records how a call on `target` ended. A call refused for bad input did nothing
@@ -101,10 +95,8 @@ impl Auditor {
         target: String,
         error: Option<&Error>,
     ) {
-        let (result, reason) = match error {
-            None => ("OK".to_owned(), String::new()),
-            Some(error) if error.code() == Code::InvalidArgument => return,
-            Some(error) => (canonical_name(error.code()), error.reason().to_owned()),
+        let Some((result, reason)) = audit_outcome(error) else {
+            return;
         };
         let entry = AuditEntry {
             caller,
