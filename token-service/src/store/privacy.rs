@@ -31,6 +31,7 @@ const CUSTOMER_SESSIONS: &str =
 pub struct ErasureJob {
     pub call: ErasureCall,
     _turns: Vec<Turn>,
+    _erasing: Turn<RequestId>,
 }
 
 /// How an attempt at conversation-service's part of an erasure ended.
@@ -216,7 +217,7 @@ impl Store {
     /// Hands out conversation-service's part of the erasure `request_id` if it is still to
     /// be made and none of its sessions has a call in flight; `None` otherwise.
     pub async fn claim_erasure(&self, request_id: RequestId) -> Result<Option<ErasureJob>, Error> {
-        let in_flight = self.in_flight.clone();
+        let (in_flight, erasing) = (self.in_flight.clone(), self.erasing.clone());
         self.call(move |conn| {
             let Some(erasure) = erasure_by_id(conn, request_id)? else {
                 return Ok(None);
@@ -224,6 +225,9 @@ impl Store {
             if erasure.complete_time.is_some() {
                 return Ok(None);
             }
+            let Some(claim) = erasing.take(request_id) else {
+                return Ok(None);
+            };
             let attempts: u32 = conn
                 .query_row_cached(
                     "SELECT attempts FROM erasures WHERE request_id = ?1",
@@ -270,6 +274,7 @@ impl Store {
                     attempts,
                 },
                 _turns: turns,
+                _erasing: claim,
             }))
         })
         .await

@@ -56,6 +56,8 @@ enum Job {
 pub struct Store {
     tx: mpsc::Sender<Job>,
     pub(super) in_flight: InFlight,
+    /// Erasures whose conversation-service part is being made right now.
+    pub(super) erasing: InFlight<crate::domain::RequestId>,
     commits: Arc<AtomicU64>,
 }
 
@@ -256,6 +258,7 @@ impl Store {
         Ok(Self {
             tx,
             in_flight: InFlight::default(),
+            erasing: InFlight::default(),
             commits,
         })
     }

@@ -1,8 +1,7 @@
-//! EraseCustomer, ExportCustomer, the audit trail and retention. conversation-service's
-//! side of erase and export (ConversationPrivacyService) is played by a small server
-//! below until conversation-service serves it; where a test needs real conversations it
-//! runs the real conversation-service, whose missing privacy service leaves the erasure
-//! PENDING.
+//! EraseCustomer, ExportCustomer, the audit trail and retention. Where a test needs real
+//! conversations it runs the real conversation-service; where it needs to count or
+//! control conversation-service's side (ConversationPrivacyService) a small recording
+//! server plays it.
 
 use std::{
     net::SocketAddr,
@@ -241,8 +240,11 @@ async fn after_an_erase_the_sqlite_file_and_its_wal_hold_none_of_the_customers_d
         .unwrap();
     assert_eq!(erasure.sessions_erased, 2);
     assert_eq!(erasure.calls_erased, 1, "the refused call is erased too");
-    // conversation-service does not serve its privacy part yet: queued, not lost.
-    assert_eq!(erasure.state(), ErasureState::Pending);
+    assert_eq!(erasure.state(), ErasureState::Complete);
+    assert_eq!(
+        erasure.conversations_erased, 2,
+        "both sessions' conversations"
+    );
 
     let after = raw_bytes(&app.db_path);
     for s in person
@@ -481,6 +483,77 @@ async fn neither_logs_nor_metrics_name_a_customer_identified_exported_and_erased
         assert!(!metrics.contains(s), "{s} in /metrics");
     }
     app.stop().await;
+}
+
+#[tokio::test]
+async fn erase_and_export_reach_the_customers_conversations_in_conversation_service() {
+    let conv = spawn_fresh_conversation_service().await;
+    let app = spawn_app_with(temp_db_path(), &conv.url, &[]).await;
+    let person = Person::new();
+    identified_session(&app, "prov-e2e", &person).await;
+    let session = app
+        .tokens
+        .clone()
+        .get_session(pb::GetSessionRequest {
+            session_secret: identified_session(&app, "prov-e2e-2", &person).await,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    let said = format!("words to erase {}", Uuid::new_v4().simple());
+    conv.client
+        .clone()
+        .send_message(pb::SendMessageRequest {
+            conversation_id: session.conversation_id.clone(),
+            sender: Some(pb::Participant::customer(&person.customer_id)),
+            body: said.clone(),
+            client_message_id: String::new(),
+        })
+        .await
+        .unwrap();
+
+    let (items, error) = export(&app, &person.customer_id).await;
+    assert!(error.is_none(), "{error:?}");
+    let conversations = items
+        .iter()
+        .filter(|i| {
+            matches!(i, Item::Conversation(c)
+            if c.customer.as_ref().is_some_and(|c| c.email == person.email))
+        })
+        .count();
+    assert_eq!(conversations, 2, "{items:?}");
+    assert!(
+        items
+            .iter()
+            .any(|i| matches!(i, Item::Message(m) if m.body == said))
+    );
+
+    let erasure = privacy(&app)
+        .erase_customer(erase_request(
+            &Uuid::new_v4().to_string(),
+            &person.customer_id,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .erasure
+        .unwrap();
+    assert_eq!(erasure.state(), ErasureState::Complete);
+    assert_eq!(
+        (erasure.conversations_erased, erasure.messages_erased),
+        (2, 1)
+    );
+    let (items, _) = export(&app, &person.customer_id).await;
+    for item in &items {
+        let text = format!("{item:?}");
+        for s in person.strings().into_iter().chain([said.as_str()]) {
+            assert!(!text.contains(s), "{s} still exported: {text}");
+        }
+    }
+    app.stop().await;
+    conv.stop().await;
 }
 
 // ---- export ----
@@ -726,19 +799,22 @@ async fn the_sweeper_removes_old_sessions_links_contacts_and_audit_records_in_ba
     let metrics = app.metrics.unwrap();
     let removed =
         |text: &str, kind: &str| sample(text, "token_retention_removed_total", &[("kind", kind)]);
-    let text = eventually(SETTLE, || async move {
-        let text = scrape(metrics).await.ok()?;
-        (removed(&text, "links") >= 3.0).then_some(text)
-    })
-    .await;
-    // The metrics recorder is shared by every test of this binary: at least ours.
-    for (kind, rows) in [
+    // The metrics recorder is shared by every test of this binary: at least ours. The
+    // sweep counts each kind as it finishes it.
+    let expected = [
+        ("links", 3.0),
         ("ended_sessions", 3.0),
         ("audit_records", 3.0),
         ("failed_call_contacts", 1.0),
-    ] {
-        assert!(removed(&text, kind) >= rows, "{kind} not counted: {text}");
-    }
+    ];
+    eventually(SETTLE, || async move {
+        let text = scrape(metrics).await.ok()?;
+        expected
+            .iter()
+            .all(|(kind, rows)| removed(&text, kind) >= *rows)
+            .then_some(())
+    })
+    .await;
     let dump = app.db_dump();
     assert!(!dump.contains("prov-old"), "{dump}");
     assert!(dump.contains(&kept_session.session.unwrap().session_id));
