@@ -51,6 +51,20 @@ pub fn describe() {
         "token_sqlite_queue_length",
         "Calls waiting for the SQLite thread.",
     );
+    gauge(
+        "token_erasures_pending",
+        "Erasures whose conversation-service part is still owed.",
+    );
+    counter(
+        "token_retention_removed_total",
+        "Rows (or contact details) the retention sweeper removed, by kind.",
+        &[
+            &[("kind", "ended_sessions")],
+            &[("kind", "failed_call_contacts")],
+            &[("kind", "links")],
+            &[("kind", "audit_records")],
+        ],
+    );
 }
 
 /// Read on every health probe: calls waiting in the outbox, the age of the oldest in

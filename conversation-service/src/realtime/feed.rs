@@ -260,7 +260,10 @@ mod tests {
         drop(held);
         tokio::task::yield_now().await;
         let tail = feed.tail.lock().await;
-        assert!(tail.messages.is_empty(), "the old copy outlived the erasure");
+        assert!(
+            tail.messages.is_empty(),
+            "the old copy outlived the erasure"
+        );
     }
 
     #[test]

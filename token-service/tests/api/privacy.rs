@@ -189,6 +189,26 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|window| window == needle.as_bytes())
 }
 
+/// Erases `customer_id` and retries with the same request id until conversation-service's
+/// part is done: it waits while a call of the customer's sessions is in flight.
+async fn erase_until_complete(app: &TestApp, request_id: &str, customer_id: &str) -> pb::Erasure {
+    let client = privacy(app);
+    eventually(SETTLE, || {
+        let mut client = client.clone();
+        let request = erase_request(request_id, customer_id);
+        async move {
+            let erasure = client
+                .erase_customer(request)
+                .await
+                .ok()?
+                .into_inner()
+                .erasure?;
+            (erasure.state() == ErasureState::Complete).then_some(erasure)
+        }
+    })
+    .await
+}
+
 async fn audit_records(channel: &Channel) -> Vec<pb::AuditRecord> {
     AuditServiceClient::new(channel.clone())
         .list_audit_records(ListAuditRecordsRequest::default())
@@ -228,19 +248,10 @@ async fn after_an_erase_the_sqlite_file_and_its_wal_hold_none_of_the_customers_d
         assert!(contains(&before, s), "{s} not in the file before the erase");
     }
 
-    let erasure = privacy(&app)
-        .erase_customer(erase_request(
-            &Uuid::new_v4().to_string(),
-            &person.customer_id,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .erasure
-        .unwrap();
+    let erasure =
+        erase_until_complete(&app, &Uuid::new_v4().to_string(), &person.customer_id).await;
     assert_eq!(erasure.sessions_erased, 2);
     assert_eq!(erasure.calls_erased, 1, "the refused call is erased too");
-    assert_eq!(erasure.state(), ErasureState::Complete);
     assert_eq!(
         erasure.conversations_erased, 2,
         "both sessions' conversations"
@@ -273,14 +284,7 @@ async fn erase_deletes_queued_calls_ends_sessions_and_completes_through_conversa
     identified_session(&app, "prov-q", &bystander).await;
 
     let request_id = Uuid::new_v4().to_string();
-    let erasure = privacy(&app)
-        .erase_customer(erase_request(&request_id, &person.customer_id))
-        .await
-        .unwrap()
-        .into_inner()
-        .erasure
-        .unwrap();
-    assert_eq!(erasure.state(), ErasureState::Complete);
+    let erasure = erase_until_complete(&app, &request_id, &person.customer_id).await;
     assert_eq!(
         (erasure.sessions_erased, erasure.calls_erased),
         (1, 2),
@@ -463,17 +467,8 @@ async fn neither_logs_nor_metrics_name_a_customer_identified_exported_and_erased
     identified_session(&app, "prov-logs", &person).await;
     let (_, error) = export(&app, &person.customer_id).await;
     assert!(error.is_none(), "{error:?}");
-    let erasure = privacy(&app)
-        .erase_customer(erase_request(
-            &Uuid::new_v4().to_string(),
-            &person.customer_id,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .erasure
-        .unwrap();
-    assert_eq!(erasure.state(), ErasureState::Complete);
+    let _erased =
+        erase_until_complete(&app, &Uuid::new_v4().to_string(), &person.customer_id).await;
 
     let metrics = scrape(app.metrics.unwrap()).await.unwrap();
     let logs = capture.text();
@@ -530,17 +525,8 @@ async fn erase_and_export_reach_the_customers_conversations_in_conversation_serv
             .any(|i| matches!(i, Item::Message(m) if m.body == said))
     );
 
-    let erasure = privacy(&app)
-        .erase_customer(erase_request(
-            &Uuid::new_v4().to_string(),
-            &person.customer_id,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .erasure
-        .unwrap();
-    assert_eq!(erasure.state(), ErasureState::Complete);
+    let erasure =
+        erase_until_complete(&app, &Uuid::new_v4().to_string(), &person.customer_id).await;
     assert_eq!(
         (erasure.conversations_erased, erasure.messages_erased),
         (2, 1)

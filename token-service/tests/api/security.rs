@@ -500,7 +500,7 @@ async fn callers_file_reloads_are_audited_whether_they_load_or_not() {
     let dir = std::env::temp_dir().join(format!("callers-audit-{}", Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let callers = dir.join("callers.toml");
-    let open = "[open]\nmethods = [\"/grpc.health.v1.Health/*\", \"/chat.v1.AuditService/*\"]\n";
+    let open = "allow_no_callers = true\n[open]\nmethods = [\"/grpc.health.v1.Health/*\", \"/chat.v1.AuditService/*\"]\n";
     std::fs::write(&callers, open).unwrap();
     let (addr, shutdown) = token_service(
         "http://127.0.0.1:9",
