@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{EventKind, Notice, Store, notice::notify, updates::record_event};
+use super::{Notice, Store, notice::notify, records::EventKind, updates::record_event};
 use crate::{
     domain::Role,
     error::{Error, Result},

@@ -4,7 +4,11 @@
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{ConversationRow, EventKind, Notice, Store, notice::notify};
+use super::{
+    handle::Store,
+    notice::{Notice, notify},
+    records::{ConversationRow, EventKind},
+};
 use crate::{
     domain::{ConversationId, CustomerPatch, Participant, Status},
     error::{Error, Result},
