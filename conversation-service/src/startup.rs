@@ -224,6 +224,15 @@ impl Application {
             probes.clone(),
             config.drain.drain_delay,
         ));
+        if !config.closed_message_retention.is_zero() {
+            tokio::spawn(sweep_closed_messages(
+                self.store.clone(),
+                config.closed_message_retention,
+                config.retention_interval.max(Duration::from_secs(1)),
+                config.retention_batch.max(1),
+                background.clone(),
+            ));
+        }
         if let Some(metrics) = self.metrics.take() {
             let (store, hub) = (self.store.clone(), Arc::clone(&self.hub));
             let sample = move || {
@@ -234,6 +243,40 @@ impl Application {
             tokio::spawn(metrics.serve(sample, probes.clone(), background.clone()));
         }
         listener_task
+    }
+}
+
+/// Deletes the messages of conversations closed for longer than `keep`, every
+/// `interval`, batch after batch until none is due, until `stop`.
+async fn sweep_closed_messages(
+    store: Store,
+    keep: Duration,
+    interval: Duration,
+    batch: i64,
+    stop: CancellationToken,
+) {
+    let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+    loop {
+        let cutoff = chrono::Utc::now()
+            .checked_sub_signed(keep)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        loop {
+            match store.sweep_closed_messages(cutoff, batch).await {
+                Ok(0) => break,
+                Ok(deleted) => crate::metrics::retention_deleted(deleted),
+                Err(error) => {
+                    tracing::warn!(%error, "retention sweep failed; retrying at the next interval");
+                    break;
+                }
+            }
+            if stop.is_cancelled() {
+                return;
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
     }
 }
 

@@ -369,6 +369,16 @@ impl ConversationService for ConversationApi {
             }
             .into());
         }
+        if after_seq < conversation.kept_from_seq {
+            return Err(Error::CursorOutOfRange {
+                field: "after_seq",
+                message: format!(
+                    "messages up to {} were deleted by retention",
+                    conversation.kept_from_seq
+                ),
+            }
+            .into());
+        }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         // The stream task logs inside the RPC's span: its lines carry the trace id too.
         tokio::spawn(

@@ -16,6 +16,7 @@ mod plan;
 mod pools;
 mod privacy;
 mod records;
+mod retention;
 mod rows;
 mod send;
 mod turns;

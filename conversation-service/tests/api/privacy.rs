@@ -319,3 +319,99 @@ async fn export_streams_each_conversation_then_its_messages() {
         )
     );
 }
+
+/// Closes `id` as its provider.
+async fn close(client: &mut Client, id: &str, provider: &str) {
+    client
+        .set_conversation_status(v1::SetConversationStatusRequest {
+            conversation_id: id.into(),
+            status: v1::ConversationStatus::Closed.into(),
+            actor: Some(Participant::provider(provider)),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn messages_of_long_closed_conversations_are_deleted_in_batches_and_not_replayed() {
+    let app = crate::helpers::spawn_app_with_flags(&[
+        "--closed-message-retention",
+        "1d",
+        "--retention-interval",
+        "1s",
+        "--retention-batch",
+        "2",
+    ])
+    .await;
+    let mut client = app.client.clone();
+    let provider = new_provider();
+    let conversation = |label: &'static str| {
+        let mut client = client.clone();
+        let provider = provider.clone();
+        async move {
+            let id = create(&mut client, &provider).await.conversation_id;
+            for n in 1..=5 {
+                send(
+                    &mut client,
+                    &id,
+                    Some(Participant::provider(&provider)),
+                    &format!("{label} {n}"),
+                )
+                .await
+                .unwrap();
+            }
+            id
+        }
+    };
+    let old = conversation("old").await;
+    let recent = conversation("recent").await;
+    let active = conversation("active").await;
+    close(&mut client, &old, &provider).await;
+    close(&mut client, &recent, &provider).await;
+    let mut db = app.db().await;
+    sqlx::query(
+        "UPDATE conversations SET closed_at = now() - interval '2 days' WHERE id = $1::uuid",
+    )
+    .bind(&old)
+    .execute(&mut db)
+    .await
+    .unwrap();
+
+    let count = |id: String| {
+        let app = &app;
+        async move {
+            app.count(&format!(
+                "SELECT count(*) FROM messages WHERE conversation_id = '{id}'"
+            ))
+            .await
+        }
+    };
+    chat_common::testing::status::eventually(std::time::Duration::from_secs(20), || {
+        let count = count(old.clone());
+        async move { (count.await == 0).then_some(()) }
+    })
+    .await;
+    assert_eq!(count(recent.clone()).await, 5, "closed a moment ago: kept");
+    assert_eq!(count(active.clone()).await, 5, "active: kept");
+    let (floor,): (i64,) =
+        sqlx::query_as("SELECT kept_from_seq FROM conversations WHERE id = $1::uuid")
+            .bind(&old)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(floor, 5);
+
+    let stream = |after_seq| {
+        let mut client = client.clone();
+        let request = v1::StreamConversationRequest {
+            conversation_id: old.clone(),
+            viewer: Some(Participant::provider(&provider)),
+            after_seq,
+        };
+        async move { client.stream_conversation(request).await }
+    };
+    let status = stream(0).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert_eq!(reason(&status), "CURSOR_OUT_OF_RANGE");
+    stream(5).await.expect("from the floor on, a stream opens");
+}
