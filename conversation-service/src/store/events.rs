@@ -125,7 +125,8 @@ SELECT s.last_position, s.pruned_through,
        r.role AS r_role, r.reader_id, r.seq AS r_seq,
        pe.role AS pe_role, pe.participant_id AS pe_participant, pe.online AS pe_online,
        u.role AS u_role, u.participant_id AS u_participant, u.unread AS u_unread,
-       u.first_seq AS u_first_seq, u.preview AS u_preview
+       u.first_seq AS u_first_seq,
+       COALESCE(left(um.body, 200), '') AS u_preview
   FROM feed_state s
   LEFT JOIN LATERAL (
       SELECT * FROM feed_events f
@@ -139,6 +140,8 @@ SELECT s.last_position, s.pruned_through,
   LEFT JOIN read_events r ON f.kind = 5 AND r.id = f.key
   LEFT JOIN presence_events pe ON f.kind = 6 AND pe.id = f.key
   LEFT JOIN reminder_events u ON f.kind = 7 AND u.id = f.key
+  -- A reminder's preview: its first unread message as it is now (erased, pruned: empty).
+  LEFT JOIN messages um ON um.conversation_id = u.conversation_id AND um.seq = u.first_seq
  ORDER BY f.position";
 
 /// Most events deleted by one pruning statement, so pruning never holds long locks.

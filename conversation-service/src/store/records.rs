@@ -33,6 +33,8 @@ pub struct ConversationRow {
     /// The token-service session that opened it for an anonymous visitor.
     pub session_id: Option<Uuid>,
     pub head_seq: i64,
+    /// Messages up to this seq were deleted by retention (0: none).
+    pub kept_from_seq: i64,
     pub provider_read_seq: i64,
     pub customer_read_seq: i64,
     pub created_at: DateTime<Utc>,
@@ -47,7 +49,7 @@ pub struct ConversationRow {
 
 /// The select list and joins that fill a [`ConversationRow`]; callers add WHERE/ORDER.
 pub(crate) const CONVERSATION_SELECT: &str = "SELECT c.id, c.provider_id, c.customer_id, \
-     c.customer_name, c.customer_email, c.customer_phone, c.status, c.origin, c.session_id, c.head_seq, \
+     c.customer_name, c.customer_email, c.customer_phone, c.status, c.origin, c.session_id, c.head_seq, c.kept_from_seq, \
      c.provider_read_seq, c.customer_read_seq, c.created_at, c.last_activity_at, \
      m.id AS lm_id, m.sender_role AS lm_sender_role, m.sender_id AS lm_sender_id, \
      m.body AS lm_body, m.client_message_id AS lm_client_message_id, \

@@ -15,8 +15,6 @@ use crate::error::{Error, Result};
 
 /// Message events read per scan.
 const SCAN_BATCH: i64 = 500;
-/// Characters of the first unread message a reminder carries.
-pub const PREVIEW_CHARS: i32 = 200;
 
 const SCAN_SQL: &str = "\
 WITH due AS (
@@ -50,11 +48,8 @@ WITH due AS (
     ON CONFLICT DO NOTHING
     RETURNING conversation_id, role, read_seq
 ), sent AS (
-    INSERT INTO reminder_events (conversation_id, role, participant_id, unread, first_seq, preview)
-    SELECT e.conversation_id, e.role, e.participant_id, e.head_seq - e.read_seq, e.read_seq + 1,
-           COALESCE(left((SELECT m.body FROM messages m
-                           WHERE m.conversation_id = e.conversation_id
-                             AND m.seq = e.read_seq + 1), $4), '')
+    INSERT INTO reminder_events (conversation_id, role, participant_id, unread, first_seq)
+    SELECT e.conversation_id, e.role, e.participant_id, e.head_seq - e.read_seq, e.read_seq + 1
       FROM eligible e JOIN claimed USING (conversation_id, role, read_seq)
     RETURNING 1
 )
@@ -77,7 +72,6 @@ impl Store {
             .bind(position)
             .bind(delay)
             .bind(SCAN_BATCH)
-            .bind(PREVIEW_CHARS)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| Error::db(ctx, e))?;

@@ -14,6 +14,7 @@ mod messages;
 mod observability;
 mod pagination;
 mod presence;
+mod privacy;
 mod properties;
 mod reminders;
 mod security;

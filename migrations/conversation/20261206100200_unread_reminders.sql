@@ -15,8 +15,9 @@ CREATE TABLE reminder_events (
     role            smallint    NOT NULL CHECK (role IN (1, 2)),
     participant_id  text        NOT NULL,
     unread          bigint      NOT NULL,
+    -- The preview is read from this message when the event is read, so erasing or
+    -- pruning messages leaves no copy here.
     first_seq       bigint      NOT NULL,
-    preview         text        NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now(),
     xid             xid8        NOT NULL DEFAULT pg_current_xact_id(),
     pos             bigint      NOT NULL DEFAULT inbox_pos()
