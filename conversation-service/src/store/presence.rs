@@ -121,30 +121,15 @@ async fn announce(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     touched: &[PresenceKey],
 ) -> Result<()> {
-    let ctx = "announce presence";
-    let (roles, ids) = columns(touched);
-    sqlx::query(
+    // Rows to lock exist first, then the locks in key order, then the comparison.
+    const STEPS: [&str; 3] = [
         "INSERT INTO presence_state (role, participant_id, online)
          SELECT r, p, false FROM unnest($1::smallint[], $2::text[]) a(r, p)
          ON CONFLICT DO NOTHING",
-    )
-    .bind(&roles)
-    .bind(&ids)
-    .execute(&mut **tx)
-    .await
-    .map_err(|e| Error::db(ctx, e))?;
-    sqlx::query(
         "SELECT 1 FROM presence_state s
            JOIN unnest($1::smallint[], $2::text[]) a(r, p)
              ON s.role = a.r AND s.participant_id = a.p
           ORDER BY s.role, s.participant_id FOR UPDATE OF s",
-    )
-    .bind(&roles)
-    .bind(&ids)
-    .execute(&mut **tx)
-    .await
-    .map_err(|e| Error::db(ctx, e))?;
-    sqlx::query(
         "WITH now_state AS (
              SELECT a.r, a.p, EXISTS (SELECT 1 FROM presence x
                                        WHERE x.role = a.r AND x.participant_id = a.p
@@ -156,11 +141,15 @@ async fn announce(
               RETURNING s.role, s.participant_id, s.online)
          INSERT INTO presence_events (role, participant_id, online)
          SELECT role, participant_id, online FROM changed ORDER BY role, participant_id",
-    )
-    .bind(&roles)
-    .bind(&ids)
-    .execute(&mut **tx)
-    .await
-    .map_err(|e| Error::db(ctx, e))?;
+    ];
+    let (roles, ids) = columns(touched);
+    for step in STEPS {
+        sqlx::query(step)
+            .bind(&roles)
+            .bind(&ids)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| Error::db("announce presence", e))?;
+    }
     Ok(())
 }
