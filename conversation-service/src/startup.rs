@@ -182,7 +182,8 @@ impl Application {
     }
 
     /// Starts what runs beside the server until `background` is cancelled: the LISTEN
-    /// connection (whose task is returned), health, the signal handler and metrics.
+    /// connection (whose task is returned), health, the signal handler, settling the inbox
+    /// order and metrics.
     fn start_background(
         &mut self,
         probes: &Probes,
@@ -207,6 +208,10 @@ impl Application {
             self.shutdown.clone(),
             probes.clone(),
             config.drain.drain_delay,
+        ));
+        tokio::spawn(crate::store::settle_inbox_order_until(
+            self.store.clone(),
+            background.clone(),
         ));
         if let Some(metrics) = self.metrics.take() {
             let (store, hub) = (self.store.clone(), Arc::clone(&self.hub));

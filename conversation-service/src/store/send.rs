@@ -357,6 +357,8 @@ fn encode(item: &Touched) -> String {
 
 /// One statement: move each conversation's head, activity time (never backwards:
 /// replicas' clocks differ) and the senders' read positions, insert the rows and NOTIFY.
+/// The indexed inbox order `inbox_at` follows the activity time only when its minute
+/// changes, so the other updates stay HOT (migration `20261206080000_inbox_order`).
 /// It takes the row locks itself and checks each row is as the batch was planned on
 /// (head, status, customer); if any is not, it raises [`SEND_CONFLICT`] and writes
 /// nothing. Under the locks of [`Store::write_locked`] the check always holds. Without
@@ -381,6 +383,9 @@ where
            UPDATE conversations c \
              SET head_seq = CASE WHEN c.head_seq = u.base THEN u.head ELSE -1 END, \
              last_activity_at = GREATEST(c.last_activity_at, $8), \
+             inbox_at = CASE WHEN chat_activity_minute(c.inbox_at) \
+               = chat_activity_minute(GREATEST(c.last_activity_at, $8)) \
+               THEN c.inbox_at ELSE GREATEST(c.last_activity_at, $8) END, \
              provider_read_seq = GREATEST(c.provider_read_seq, u.pr), \
              customer_read_seq = GREATEST(c.customer_read_seq, u.cr) \
            FROM unnest($9::uuid[], $10::bigint[], $11::bigint[], $12::bigint[], \

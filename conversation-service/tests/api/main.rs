@@ -7,6 +7,7 @@ mod faults;
 mod hardening;
 mod helpers;
 mod inbox;
+mod inbox_order;
 mod interop;
 mod limits;
 mod messages;
