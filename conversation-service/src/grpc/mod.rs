@@ -423,6 +423,20 @@ impl ConversationService for ConversationApi {
             "your last cursor",
         ))
     }
+
+    async fn get_unread_summary(
+        &self,
+        request: Request<v1::GetUnreadSummaryRequest>,
+    ) -> GrpcResult<v1::GetUnreadSummaryResponse> {
+        let request = request.into_inner();
+        let owner = Participant::parse_owner("participant", request.participant.as_ref())?;
+        record_owner(&owner);
+        let summary = self.store.unread_summary(&owner).await?;
+        ok(v1::GetUnreadSummaryResponse {
+            unread_messages: summary.unread_messages,
+            unread_conversations: summary.unread_conversations,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ mod pools;
 mod rows;
 mod send;
 mod turns;
+mod unread;
 mod updates;
 
 use std::sync::Arc;
@@ -57,6 +58,7 @@ pub use kept::WRITER_PING_AFTER;
 pub use messages::ListDirection;
 pub use pools::PoolSettings;
 pub use send::{BATCH_LOCK_TIMEOUT, LOCK_TIMEOUT, STATEMENT_TIMEOUT};
+pub use unread::UnreadSummary;
 
 pub use notice::{CHANNEL, Carried, Notice, Touched};
 

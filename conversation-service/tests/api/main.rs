@@ -20,3 +20,4 @@ mod startup;
 mod stream_faults;
 mod streams;
 mod subcommands;
+mod unread;

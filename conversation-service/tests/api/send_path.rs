@@ -424,7 +424,7 @@ async fn no_index_holds_a_column_every_send_updates() {
 
 /// The service's sessions whose last statement was a SendMessage batch's write.
 const WRITER_SESSIONS: &str = "FROM pg_stat_activity WHERE datname = current_database() \
-     AND query LIKE 'WITH upd AS%'";
+     AND query LIKE 'WITH old AS%'";
 
 /// A kept connection that died while idle (here: killed by an operator) is found dead
 /// before a batch uses it, and the batch is written on a new one.
