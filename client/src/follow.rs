@@ -15,9 +15,9 @@ use tokio::sync::mpsc;
 use tonic::{Code, Streaming};
 
 use crate::backoff::Backoff;
-use crate::client::{Raw, Transport};
 use crate::config::ClientConfig;
 use crate::error::Error;
+use crate::transport::{Raw, Transport};
 
 /// Events of a followed conversation or inbox. A `Stream`; dropping it stops following.
 pub struct Follow<E> {

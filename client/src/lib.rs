@@ -30,10 +30,12 @@ mod client;
 mod config;
 mod error;
 mod follow;
+mod transport;
 
 pub use backoff::BackoffConfig;
 pub use chat_proto::v1;
-pub use client::{Client, Raw, Transport};
+pub use client::Client;
 pub use config::{ClientConfig, Credentials, TlsConfig};
 pub use error::{Error, FieldViolation, RpcError};
 pub use follow::Follow;
+pub use transport::{Raw, Transport};

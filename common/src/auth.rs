@@ -23,10 +23,12 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::{Code, Status, codegen::http, transport::server::TcpConnectInfo};
-use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
-use crate::{error::DOMAIN, tls::PeerInfo};
+use crate::{
+    error::{Details, ServiceError},
+    tls::PeerInfo,
+};
 
 /// Methods anyone may call when the callers file does not say otherwise: health checks
 /// (load balancers carry no credentials) and reflection (it only describes the API).
@@ -404,52 +406,17 @@ impl Refusal {
 
     /// The status a caller sees: never which tokens or names exist.
     pub fn to_status(&self, path: &str) -> Status {
-        let (code, message, mut metadata) = match self {
-            Self::NoCredentials => (
-                Code::Unauthenticated,
-                "a client certificate or a bearer token is required".to_owned(),
-                HashMap::new(),
-            ),
-            Self::MalformedAuthorization => (
-                Code::Unauthenticated,
-                "the authorization header must be `Bearer <token>`".to_owned(),
-                HashMap::new(),
-            ),
-            Self::DuplicateAuthorization => (
-                Code::Unauthenticated,
-                "send one authorization header, not several".to_owned(),
-                HashMap::new(),
-            ),
-            Self::UnknownToken => (
-                Code::Unauthenticated,
-                "unknown bearer token".to_owned(),
-                HashMap::new(),
-            ),
-            Self::CertificateWithoutSan => (
-                Code::Unauthenticated,
-                "the client certificate has no URI or DNS subject alternative name".to_owned(),
-                HashMap::new(),
-            ),
-            Self::UnknownCertificate { .. } => (
-                Code::Unauthenticated,
-                "the client certificate names no known caller".to_owned(),
-                HashMap::new(),
-            ),
-            Self::AmbiguousCertificate { .. } => (
-                Code::Unauthenticated,
-                "the client certificate names more than one caller".to_owned(),
-                HashMap::new(),
-            ),
-            Self::NotGranted { caller } => (
-                Code::PermissionDenied,
-                format!("caller `{}` may not call {path}", caller.name),
-                HashMap::from([("caller".to_owned(), caller.name.to_string())]),
-            ),
-        };
-        metadata.insert("method".to_owned(), path.to_owned());
-        let mut details = ErrorDetails::new();
-        details.set_error_info(self.reason(), DOMAIN, metadata);
-        Status::with_error_details(code, message, details)
+        crate::error::to_status(&Refused {
+            refusal: self,
+            path,
+        })
+    }
+
+    fn code(&self) -> Code {
+        match self {
+            Self::NotGranted { .. } => Code::PermissionDenied,
+            _ => Code::Unauthenticated,
+        }
     }
 
     /// Writes the refusal to the log with whatever names the caller: its name when it was
@@ -457,30 +424,74 @@ impl Refusal {
     /// token.
     fn log(&self, path: &str, peer: Option<&PeerInfo>) {
         let remote = peer.and_then(|p| p.remote_addr);
-        let reason = self.reason();
-        match self {
-            Self::NotGranted { caller } => tracing::warn!(
-                method = path,
-                reason,
-                caller = &*caller.name,
-                peer = ?remote,
-                "call refused"
-            ),
-            Self::AmbiguousCertificate { callers } => tracing::warn!(
-                method = path,
-                reason,
-                callers = ?callers,
-                peer = ?remote,
-                "call refused"
-            ),
-            Self::UnknownCertificate { sans } => tracing::warn!(
-                method = path,
-                reason,
-                sans = ?sans,
-                peer = ?remote,
-                "call refused"
-            ),
-            _ => tracing::warn!(method = path, reason, peer = ?remote, "call refused"),
+        let (caller, callers, sans) = match self {
+            Self::NotGranted { caller } => (Some(&*caller.name), None, None),
+            Self::AmbiguousCertificate { callers } => (None, Some(callers), None),
+            Self::UnknownCertificate { sans } => (None, None, Some(sans)),
+            _ => (None, None, None),
+        };
+        // Fields that are None are left out of the line.
+        tracing::warn!(
+            method = path,
+            reason = self.reason(),
+            caller,
+            callers = callers.map(tracing::field::debug),
+            sans = sans.map(tracing::field::debug),
+            peer = ?remote,
+            "call refused"
+        );
+    }
+}
+
+/// A refusal of one method: what the caller reads (never which tokens or names exist).
+struct Refused<'a> {
+    refusal: &'a Refusal,
+    path: &'a str,
+}
+
+impl std::fmt::Display for Refused<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.refusal {
+            Refusal::NoCredentials => {
+                f.write_str("a client certificate or a bearer token is required")
+            }
+            Refusal::MalformedAuthorization => {
+                f.write_str("the authorization header must be `Bearer <token>`")
+            }
+            Refusal::DuplicateAuthorization => {
+                f.write_str("send one authorization header, not several")
+            }
+            Refusal::UnknownToken => f.write_str("unknown bearer token"),
+            Refusal::CertificateWithoutSan => {
+                f.write_str("the client certificate has no URI or DNS subject alternative name")
+            }
+            Refusal::UnknownCertificate { .. } => {
+                f.write_str("the client certificate names no known caller")
+            }
+            Refusal::AmbiguousCertificate { .. } => {
+                f.write_str("the client certificate names more than one caller")
+            }
+            Refusal::NotGranted { caller } => {
+                write!(f, "caller `{}` may not call {}", caller.name, self.path)
+            }
+        }
+    }
+}
+
+impl ServiceError for Refused<'_> {
+    fn code(&self) -> Code {
+        self.refusal.code()
+    }
+
+    fn reason(&self) -> &str {
+        self.refusal.reason()
+    }
+
+    fn details(&self) -> Details {
+        let details = Details::none().with_metadata("method", self.path);
+        match self.refusal {
+            Refusal::NotGranted { caller } => details.with_metadata("caller", &*caller.name),
+            _ => details,
         }
     }
 }
@@ -603,6 +614,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic_types::StatusExt;
 
     const FILE: &str = r#"
         [roles.reader]

@@ -3,7 +3,6 @@
 //! size limit answers.
 
 use std::{
-    collections::HashMap,
     future::Future,
     io,
     pin::Pin,
@@ -21,9 +20,10 @@ use tonic::{
     codegen::http,
     transport::{Server, server::Connected},
 };
-use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::duration::parse_duration;
+use tower::layer::util::{Identity, Stack};
+
+use crate::{duration::parse_duration, error::ServiceError, rpc::ServerLayer};
 
 /// Connection settings, the same flags and defaults in both services.
 #[derive(Debug, Clone, clap::Args)]
@@ -57,6 +57,19 @@ impl Connections {
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .max_connection_age(self.max_connection_age.max(Duration::from_secs(1)))
             .tcp_nodelay(true)
+    }
+
+    /// The server every RPC of both services goes through: these settings, the request
+    /// deadline, and the per-RPC span, metrics and log line ([`ServerLayer`]) around
+    /// whatever layers the service adds inside.
+    pub fn rpc_server(
+        &self,
+        request_timeout: Duration,
+        descriptor_set: &[u8],
+    ) -> Server<Stack<ServerLayer, Identity>> {
+        self.server()
+            .timeout(request_timeout)
+            .layer(ServerLayer::new(descriptor_set, Some(request_timeout)))
     }
 
     /// The accepted connections (plain or after TLS), each closed if it does not start
@@ -169,33 +182,20 @@ pub const REQUEST_TOO_LARGE: &str = "REQUEST_TOO_LARGE";
 /// (`REQUEST_TOO_LARGE`), as gRPC's status code table says, instead of tonic's
 /// OUT_OF_RANGE without details. tonic refuses such a request before any handler runs,
 /// so the refusal is a trailers-only response whose status is in the headers.
-#[derive(Debug, Clone, Copy)]
-pub struct OversizeLayer {
-    domain: &'static str,
-}
-
-impl OversizeLayer {
-    /// `domain` is the ErrorInfo domain of the service's reasons.
-    pub fn new(domain: &'static str) -> Self {
-        Self { domain }
-    }
-}
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OversizeLayer;
 
 impl<S> tower::Layer<S> for OversizeLayer {
     type Service = Oversize<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Oversize {
-            inner,
-            domain: self.domain,
-        }
+        Oversize { inner }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Oversize<S> {
     inner: S,
-    domain: &'static str,
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for Oversize<S>
@@ -204,21 +204,18 @@ where
 {
     type Response = http::Response<R>;
     type Error = S::Error;
-    type Future = MapOk<S::Future, Box<dyn FnOnce(http::Response<R>) -> http::Response<R> + Send>>;
+    type Future = MapOk<S::Future, fn(http::Response<R>) -> http::Response<R>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let domain = self.domain;
-        self.inner
-            .call(request)
-            .map_ok(Box::new(move |response| rewrite(response, domain)))
+        self.inner.call(request).map_ok(rewrite::<R> as fn(_) -> _)
     }
 }
 
-fn rewrite<R>(mut response: http::Response<R>, domain: &'static str) -> http::Response<R> {
+fn rewrite<R>(mut response: http::Response<R>) -> http::Response<R> {
     let Some(status) = Status::from_header_map(response.headers()) else {
         return response;
     };
@@ -229,12 +226,7 @@ fn rewrite<R>(mut response: http::Response<R>, domain: &'static str) -> http::Re
     {
         return response;
     }
-    let details = ErrorDetails::with_error_info(REQUEST_TOO_LARGE, domain, HashMap::new());
-    let exhausted = Status::with_error_details(
-        Code::ResourceExhausted,
-        "the request is larger than the configured limit",
-        details,
-    );
+    let exhausted = crate::error::to_status(&RequestTooLarge);
     let headers = response.headers_mut();
     for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
         headers.remove(name);
@@ -244,9 +236,29 @@ fn rewrite<R>(mut response: http::Response<R>, domain: &'static str) -> http::Re
     response
 }
 
+/// A request over the message size limit.
+struct RequestTooLarge;
+
+impl std::fmt::Display for RequestTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request is larger than the configured limit")
+    }
+}
+
+impl ServiceError for RequestTooLarge {
+    fn code(&self) -> Code {
+        Code::ResourceExhausted
+    }
+
+    fn reason(&self) -> &str {
+        REQUEST_TOO_LARGE
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic_types::StatusExt;
 
     #[test]
     fn connection_durations_take_every_documented_form() {
@@ -315,7 +327,7 @@ mod tests {
         let oversize = Status::out_of_range(
             "Error, decoded message length too large: found 70000 bytes, the limit is: 65536 bytes",
         );
-        let rewritten = rewrite(response_with(&oversize), "chat.v1");
+        let rewritten = rewrite(response_with(&oversize));
         let status = Status::from_header_map(rewritten.headers()).expect("status");
         assert_eq!(status.code(), Code::ResourceExhausted);
         let info = status.get_details_error_info().expect("ErrorInfo");
@@ -325,7 +337,7 @@ mod tests {
         );
 
         let own = Status::out_of_range("after_seq: is beyond the newest message");
-        let kept = rewrite(response_with(&own), "chat.v1");
+        let kept = rewrite(response_with(&own));
         let status = Status::from_header_map(kept.headers()).expect("status");
         assert_eq!(status.code(), Code::OutOfRange);
     }

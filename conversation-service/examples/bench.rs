@@ -715,20 +715,12 @@ const BENCH_SESSION: &str = "0b6d1c2e-5d0a-4c1e-9d7f-2a9f3c1e8b11";
 
 /// The provider of every benchmark conversation.
 fn provider() -> v1::Participant {
-    v1::Participant {
-        role: v1::Role::Provider.into(),
-        id: "bench".into(),
-        ..Default::default()
-    }
+    v1::Participant::provider("bench")
 }
 
 /// The anonymous customer of every benchmark conversation.
 fn customer() -> v1::Participant {
-    v1::Participant {
-        role: v1::Role::Customer.into(),
-        id: String::new(),
-        session_id: BENCH_SESSION.into(),
-    }
+    v1::Participant::anonymous(BENCH_SESSION)
 }
 
 /// Creates `n` conversations, 16 at a time.

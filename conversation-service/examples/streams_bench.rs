@@ -103,11 +103,7 @@ async fn start(bin: &PathBuf, max_streams: usize) -> anyhow::Result<Service> {
         if let Ok(mut client) = connect(&service.addr).await
             && client
                 .list_conversations(v1::ListConversationsRequest {
-                    participant: Some(v1::Participant {
-                        role: v1::Role::Provider.into(),
-                        id: "bench".into(),
-                        ..Default::default()
-                    }),
+                    participant: Some(v1::Participant::provider("bench")),
                     ..Default::default()
                 })
                 .await
@@ -165,11 +161,7 @@ async fn open(
     Ok(client
         .stream_conversation(v1::StreamConversationRequest {
             conversation_id: conversation_id.to_owned(),
-            viewer: Some(v1::Participant {
-                role: v1::Role::Provider.into(),
-                id: "bench".into(),
-                ..Default::default()
-            }),
+            viewer: Some(v1::Participant::provider("bench")),
             after_seq: 0,
         })
         .await?
@@ -271,11 +263,7 @@ async fn fanout(args: &Args) -> anyhow::Result<f64> {
         let seq = client
             .send_message(v1::SendMessageRequest {
                 conversation_id: ids[c].clone(),
-                sender: Some(v1::Participant {
-                    role: v1::Role::Provider.into(),
-                    id: "bench".into(),
-                    ..Default::default()
-                }),
+                sender: Some(v1::Participant::provider("bench")),
                 body: "fan-out".into(),
                 client_message_id: String::new(),
             })

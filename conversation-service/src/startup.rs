@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::Context;
 use chat_common::{
-    health::Probes, metrics::MetricsListener, rpc::ServerLayer, seal::SealKey, security::Security,
+    health::Probes, metrics::MetricsListener, seal::SealKey, security::Security,
     server::OversizeLayer,
 };
 use chat_proto::v1::conversation_service_server::ConversationServiceServer;
@@ -149,14 +149,9 @@ impl Application {
         } = self;
         let serve = config
             .connections
-            .server()
-            .timeout(config.request_timeout)
-            .layer(ServerLayer::new(
-                chat_proto::FILE_DESCRIPTOR_SET,
-                Some(config.request_timeout),
-            ))
+            .rpc_server(config.request_timeout, chat_proto::FILE_DESCRIPTOR_SET)
             // Inside the RPC layer, so its logs and metrics see RESOURCE_EXHAUSTED.
-            .layer(OversizeLayer::new(chat_common::error::DOMAIN))
+            .layer(OversizeLayer)
             .max_concurrent_streams(config.max_concurrent_streams)
             .layer(security.layer())
             .add_service(health_service)

@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use chat_common::{
-    health::Probes, metrics::MetricsListener, rpc::ServerLayer, seal::SealKey, security::Security,
+    health::Probes, metrics::MetricsListener, seal::SealKey, security::Security,
     server::OversizeLayer,
 };
 use chat_proto::v1::{
@@ -194,16 +194,11 @@ async fn serve(
     ));
     config
         .connections
-        .server()
-        .timeout(config.request_timeout)
-        .layer(ServerLayer::new(
-            chat_proto::FILE_DESCRIPTOR_SET,
-            Some(config.request_timeout),
-        ))
+        .rpc_server(config.request_timeout, chat_proto::FILE_DESCRIPTOR_SET)
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             config.max_concurrent_requests.max(1),
         ))
-        .layer(OversizeLayer::new(chat_common::error::DOMAIN))
+        .layer(OversizeLayer)
         .layer(security.layer())
         .max_concurrent_streams(config.max_concurrent_streams)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)

@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 pub use page::{PageKey, PageSize, PageTokens};
 
 /// A conversation's id (a UUID).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::Type)]
+#[sqlx(transparent)]
 pub struct ConversationId(pub Uuid);
 
 impl ConversationId {

@@ -197,7 +197,10 @@ impl ConversationService for ConversationApi {
             &rows,
             size,
             |r| convert::conversation(r, Some(owner.role())),
-            |last| self.pages.encode(&query, &(last.last_activity_at, last.id)),
+            |last| {
+                self.pages
+                    .encode(&query, &(last.last_activity_at, last.id.0))
+            },
         );
         ok(v1::ListConversationsResponse {
             conversations,

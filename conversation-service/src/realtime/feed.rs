@@ -193,7 +193,7 @@ mod tests {
 
     fn message(seq: i64, body: usize) -> MessageRow {
         MessageRow {
-            conversation_id: Uuid::nil(),
+            conversation_id: crate::domain::ConversationId(Uuid::nil()),
             seq,
             id: Uuid::nil(),
             sender_role: Role::Provider,
@@ -286,6 +286,6 @@ mod tests {
         let tail = feed.tail.try_lock().unwrap();
         let message = tail.messages.back().unwrap();
         assert_eq!((message.seq, message.body.as_str()), (9, "m9"));
-        assert_eq!(message.conversation_id, id);
+        assert_eq!(message.conversation_id.0, id);
     }
 }

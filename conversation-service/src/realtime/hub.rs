@@ -258,28 +258,18 @@ struct Routes {
 
 fn route(notice: Notice) -> Routes {
     let mut routes = Routes::default();
-    let mut touch_inboxes = |p: &str, u: Option<&str>| {
-        routes
-            .inboxes
-            .insert(Key::Inbox(Role::Provider, p.to_owned()));
-        if let Some(u) = u {
-            routes
-                .inboxes
-                .insert(Key::Inbox(Role::Customer, u.to_owned()));
-        }
-    };
     // The one conversation a notice other than new messages wakes.
     let woken = match notice {
         Notice::Messages { touched } => {
             for t in touched {
-                touch_inboxes(&t.provider_id, t.customer_id.as_deref());
+                routes.touch_inboxes(&t.provider_id, t.customer_id.as_deref());
                 if !t.messages.is_empty() {
                     routes.carried.push((t.conversation_id, t.messages));
                 }
-                routes.deliveries.push((
-                    Key::Conversation(t.conversation_id),
-                    Wake::Messages { head: t.head_seq },
-                ));
+                let wake = Wake::Messages { head: t.head_seq };
+                routes
+                    .deliveries
+                    .push((Key::Conversation(t.conversation_id), wake));
             }
             None
         }
@@ -306,7 +296,7 @@ fn route(notice: Notice) -> Routes {
             provider_id,
             customer_id,
         } => {
-            touch_inboxes(&provider_id, customer_id.as_deref());
+            routes.touch_inboxes(&provider_id, customer_id.as_deref());
             Some((conversation_id, Wake::Status(status)))
         }
         Notice::Customer {
@@ -314,7 +304,7 @@ fn route(notice: Notice) -> Routes {
             provider_id,
             customer_id,
         } => {
-            touch_inboxes(&provider_id, customer_id.as_deref());
+            routes.touch_inboxes(&provider_id, customer_id.as_deref());
             Some((conversation_id, Wake::Customer))
         }
         Notice::Created {
@@ -322,7 +312,7 @@ fn route(notice: Notice) -> Routes {
             customer_id,
             ..
         } => {
-            touch_inboxes(&provider_id, customer_id.as_deref());
+            routes.touch_inboxes(&provider_id, customer_id.as_deref());
             None
         }
     };
@@ -330,6 +320,18 @@ fn route(notice: Notice) -> Routes {
         routes.deliveries.push((Key::Conversation(id), wake));
     }
     routes
+}
+
+impl Routes {
+    /// The inboxes of a conversation's provider and linked customer.
+    fn touch_inboxes(&mut self, provider_id: &str, customer_id: Option<&str>) {
+        let provider = Key::Inbox(Role::Provider, provider_id.to_owned());
+        self.inboxes.insert(provider);
+        if let Some(customer_id) = customer_id {
+            let customer = Key::Inbox(Role::Customer, customer_id.to_owned());
+            self.inboxes.insert(customer);
+        }
+    }
 }
 
 fn offer(entry: &Entry, wake: Wake) {

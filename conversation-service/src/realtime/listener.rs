@@ -18,7 +18,7 @@ use tokio::time::{MissedTickBehavior, interval_at, timeout};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::Hub;
+use super::hub::Hub;
 use crate::store::{CHANNEL, Notice};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);

@@ -13,9 +13,8 @@ use tonic::Status;
 use uuid::Uuid;
 
 use super::{
-    Wake,
     feed::{Feed, Shared},
-    hub::Subscription,
+    hub::{Hub, Subscription, Wake},
 };
 use crate::{
     domain::{ConversationId, Participant, Role, Status as ConversationStatus},
@@ -32,7 +31,7 @@ const INBOX_PAGE: i64 = 256;
 pub struct StreamContext {
     pub store: Store,
     /// Where streams count their reads of the table.
-    pub hub: Arc<super::Hub>,
+    pub hub: Arc<Hub>,
     pub heartbeat: Duration,
     pub shutdown: CancellationToken,
     /// Catch-up reads (after a listener reconnect or a lag) in flight at once, process
@@ -139,7 +138,7 @@ pub async fn conversation_stream(
     let mut stream = ConversationStream {
         ctx,
         out,
-        id: conversation.id,
+        id: conversation.id.0,
         viewer,
         last: after_seq,
         shown: Shown::default(),

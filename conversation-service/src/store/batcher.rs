@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Store,
+    handle::Store,
     send::{BatchError, Sent},
     turns::{Linger, Turns},
 };

@@ -4,7 +4,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::{CONVERSATION_SELECT, ConversationRow, Store};
+use super::{
+    handle::Store,
+    records::{CONVERSATION_SELECT, ConversationRow},
+};
 use crate::{
     domain::{ConversationId, Participant, Role, Status},
     error::{Error, Result},

@@ -7,26 +7,14 @@ use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{
-    CONVERSATION_SELECT, ConversationRow, EventKind, Notice, Store,
     create_plan::{Known, Plan, plan},
+    notice::{CHANNEL, Notice},
+    records::{CONVERSATION_SELECT, ConversationRow, EventKind},
 };
 use crate::{
     domain::{NewConversation, active_status_sql},
     error::{Error, Result},
 };
-
-impl Store {
-    /// Creates a conversation, or returns what an earlier call with the same
-    /// `request_id` returned (`false`): the key decides before `reuse_active` does, so a
-    /// retry never gets another conversation, even when reuse would now pick one.
-    /// Concurrent calls are written together (see `create_queue`).
-    pub async fn create_conversation(
-        &self,
-        new: NewConversation,
-    ) -> Result<(ConversationRow, bool)> {
-        self.creates.create(new).await
-    }
-}
 
 /// Writes a batch of CreateConversation in one transaction with one NOTIFY statement.
 /// The outer error fails the whole batch; the inner ones belong to single calls.
@@ -58,7 +46,7 @@ pub(super) async fn create_batch(
         .await
         .map_err(db)?
         .into_iter()
-        .map(|row: ConversationRow| (row.id, row))
+        .map(|row: ConversationRow| (row.id.0, row))
         .collect();
     tx.commit().await.map_err(db)?;
     Ok(plans.into_iter().map(|plan| answer(plan, &rows)).collect())
@@ -230,7 +218,7 @@ async fn write_plans(
         .await
         .map_err(|e| Error::db(ctx, e))?;
         sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
-            .bind(super::CHANNEL)
+            .bind(CHANNEL)
             .bind(notices)
             .execute(&mut **tx)
             .await

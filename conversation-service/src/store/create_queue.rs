@@ -7,7 +7,7 @@
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{ConversationRow, create::create_batch, turns::Turns};
+use super::{create::create_batch, records::ConversationRow, turns::Turns};
 use crate::{
     domain::NewConversation,
     error::{Error, Result},

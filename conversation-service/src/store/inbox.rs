@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
-use super::{ConversationRow, EventKind, MessageRow, Store};
+use super::{
+    handle::Store,
+    records::{ConversationRow, EventKind, MessageRow},
+};
 use crate::{
     domain::{Participant, Role, Status},
     error::{Error, Result},
@@ -336,7 +339,7 @@ impl Store {
             self.get_conversations(&conversation_ids)
                 .await?
                 .into_iter()
-                .map(|c| (c.id, c))
+                .map(|c| (c.id.0, c))
                 .collect()
         };
         let message_keys: Vec<(Uuid, i64)> = keys
@@ -350,7 +353,7 @@ impl Store {
             self.messages_by_key(&message_keys)
                 .await?
                 .into_iter()
-                .map(|m| ((m.conversation_id, m.seq), m))
+                .map(|m| ((m.conversation_id.0, m.seq), m))
                 .collect()
         };
         Ok((conversations, messages))

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::Store;
+use super::handle::Store;
 use crate::error::{Error, Result};
 
 /// How often a replica settles. Until then a minute's conversations are sorted when

@@ -4,8 +4,9 @@ use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
 use super::{
-    MESSAGE_COLUMNS, MessageRow, Notice, Store,
-    notice::notify,
+    handle::Store,
+    notice::{CHANNEL, Notice, notify},
+    records::{MESSAGE_COLUMNS, MessageRow},
     unread::{UnreadSummary, add_unread},
 };
 use crate::{
@@ -96,25 +97,18 @@ impl Store {
     ) -> Result<(i64, i64)> {
         let ctx = "mark read";
         let mut tx = self.pool.begin().await.map_err(|e| Error::db(ctx, e))?;
-        let (provider_id, customer_id, head_seq, provider_read, customer_read): (
-            String,
-            Option<String>,
-            i64,
-            i64,
-            i64,
-        ) = sqlx::query_as(
-            "SELECT provider_id, customer_id, head_seq, provider_read_seq, customer_read_seq \
-             FROM conversations WHERE id = $1 FOR UPDATE",
-        )
-        .bind(id.0)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| Error::db(ctx, e))?
-        .ok_or(Error::ConversationNotFound)?;
-        let read_seq = match reader.role() {
-            Role::Provider => provider_read,
-            Role::Customer => customer_read,
-        };
+        let (provider_id, customer_id, head_seq, read_seq): (String, Option<String>, i64, i64) =
+            sqlx::query_as(
+                "SELECT provider_id, customer_id, head_seq, \
+                 CASE WHEN $2 THEN provider_read_seq ELSE customer_read_seq END \
+                 FROM conversations WHERE id = $1 FOR UPDATE",
+            )
+            .bind(id.0)
+            .bind(reader.role() == Role::Provider)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| Error::db(ctx, e))?
+            .ok_or(Error::ConversationNotFound)?;
         if !reader.belongs_to(&provider_id, customer_id.as_deref()) {
             return Err(Error::NotParticipant);
         }
@@ -168,7 +162,7 @@ impl Store {
             sender_id: sender.id().to_owned(),
         };
         sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(super::CHANNEL)
+            .bind(CHANNEL)
             .bind(notice.encode())
             .execute(&self.pool)
             .await

@@ -12,9 +12,9 @@ use uuid::Uuid;
 
 use sqlx::{Postgres, Transaction};
 
-use super::MessageRow;
+use super::records::MessageRow;
 use crate::{
-    domain::{Role, Status},
+    domain::{ConversationId, Role, Status},
     error::{Error, Result},
 };
 
@@ -76,7 +76,7 @@ impl Carried {
     /// The stored row this was made from (`None` for an impossible timestamp).
     pub fn into_row(self, conversation_id: Uuid) -> Option<MessageRow> {
         Some(MessageRow {
-            conversation_id,
+            conversation_id: ConversationId(conversation_id),
             created_at: DateTime::<Utc>::from_timestamp_micros(self.created_micros)?,
             seq: self.seq,
             id: self.id,
@@ -185,7 +185,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let row = MessageRow {
-            conversation_id: Uuid::now_v7(),
+            conversation_id: ConversationId(Uuid::now_v7()),
             seq: 7,
             id: Uuid::now_v7(),
             sender_role: Role::Customer,
@@ -196,7 +196,7 @@ mod tests {
         };
         let notice = Notice::Messages {
             touched: vec![Touched {
-                conversation_id: row.conversation_id,
+                conversation_id: row.conversation_id.0,
                 head_seq: 7,
                 provider_id: "p1".into(),
                 customer_id: None,
@@ -209,7 +209,9 @@ mod tests {
             unreachable!()
         };
         assert_eq!(
-            touched[0].messages[0].clone().into_row(row.conversation_id),
+            touched[0].messages[0]
+                .clone()
+                .into_row(row.conversation_id.0),
             Some(row)
         );
         assert_eq!(Notice::decode("{\"k\":\"zz\"}"), None);

@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::MessageRow;
+use super::records::MessageRow;
 use crate::{
-    domain::{NewMessage, Role, Status},
+    domain::{ConversationId, NewMessage, Role, Status},
     error::Error,
 };
 
@@ -133,7 +133,7 @@ pub fn plan(
                 Role::Customer => touch.customer_read = seq,
             }
             let row = MessageRow {
-                conversation_id: id,
+                conversation_id: ConversationId(id),
                 seq,
                 id: new_id(),
                 sender_role: message.sender.role(),
@@ -157,7 +157,7 @@ mod tests {
     use super::*;
     use chat_common::error::ServiceError;
 
-    use crate::domain::{ConversationId, Participant};
+    use crate::domain::Participant;
 
     fn conversation(id: Uuid, head: i64, customer: Option<&str>, status: Status) -> Locked {
         Locked {
@@ -188,7 +188,7 @@ mod tests {
             .iter()
             .map(|m| {
                 let key = (
-                    m.conversation_id,
+                    m.conversation_id.0,
                     m.sender_role,
                     m.client_message_id.clone().unwrap_or_default(),
                 );
@@ -301,7 +301,7 @@ mod tests {
     fn a_retry_gets_the_original_and_a_reused_key_is_refused() {
         let a = Uuid::now_v7();
         let stored = MessageRow {
-            conversation_id: a,
+            conversation_id: ConversationId(a),
             seq: 1,
             id: Uuid::now_v7(),
             sender_role: Role::Provider,

@@ -2,14 +2,19 @@
 //! writers and CreateConversation's writers. All connect on first use, so the service
 //! starts (NOT_SERVING) while PostgreSQL is down.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use super::{BATCH_LOCK_TIMEOUT, STATEMENT_TIMEOUT, create_queue, kept::WRITER_PING_AFTER};
+use super::{
+    create_queue,
+    handle::Store,
+    kept::{self, WRITER_PING_AFTER},
+    send::{BATCH_LOCK_TIMEOUT, STATEMENT_TIMEOUT},
+};
 
 /// What the deployment decides about the store's connections.
 #[derive(Debug, Clone)]
@@ -22,14 +27,29 @@ pub struct PoolSettings {
     pub send_writers: usize,
 }
 
-pub(super) struct Pools {
+impl Store {
+    /// Builds the pools (they connect on first use) and starts CreateConversation's
+    /// writer tasks, so it must run within Tokio.
+    pub fn connect(settings: &PoolSettings) -> Self {
+        let pools = Pools::new(settings);
+        Self {
+            creates: create_queue::CreateQueue::start(pools.create.clone()),
+            writers: Arc::new(kept::Kept::new(pools.send.clone(), settings.send_writers)),
+            known: Arc::default(),
+            writer_pools: Arc::new((pools.send, pools.create)),
+            pool: pools.query,
+        }
+    }
+}
+
+struct Pools {
     pub query: PgPool,
     pub send: PgPool,
     pub create: PgPool,
 }
 
 impl Pools {
-    pub(super) fn new(settings: &PoolSettings) -> Self {
+    fn new(settings: &PoolSettings) -> Self {
         // SendMessage's writers: one connection each, and as many again for a busy
         // batch's conversations written one by one (one locked elsewhere may hold a
         // connection for LOCK_TIMEOUT).

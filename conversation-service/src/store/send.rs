@@ -9,8 +9,10 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{
-    Carried, MESSAGE_COLUMNS, MessageRow, Notice, Store, Touched,
+    handle::Store,
+    notice::{CHANNEL, Carried, Notice, Touched},
     plan::{ClientKey, Decision, Locked, Plan, plan},
+    records::{MESSAGE_COLUMNS, MessageRow},
 };
 use crate::{
     domain::{NewMessage, active_status_sql},
@@ -297,7 +299,7 @@ async fn existing_by_client_key(
         .into_iter()
         .filter_map(|row| {
             let key = (
-                row.conversation_id,
+                row.conversation_id.0,
                 row.sender_role,
                 row.client_message_id.clone()?,
             );
@@ -313,7 +315,7 @@ fn payloads(plan: &Plan) -> Vec<String> {
     let mut added: HashMap<Uuid, Vec<Carried>> = HashMap::new();
     for row in plan.inserts() {
         added
-            .entry(row.conversation_id)
+            .entry(row.conversation_id.0)
             .or_default()
             .push(Carried::of(row));
     }
@@ -457,7 +459,7 @@ where
             .map(|t| t.customer_id.as_deref().unwrap_or(""))
             .collect::<Vec<_>>(),
     )
-    .bind(super::CHANNEL)
+    .bind(CHANNEL)
     .bind(payloads)
     .execute(executor)
     .await?;
@@ -478,7 +480,7 @@ mod tests {
             let id = Uuid::now_v7();
             for seq in 1..=messages_each {
                 decisions.push(Decision::Insert(MessageRow {
-                    conversation_id: id,
+                    conversation_id: crate::domain::ConversationId(id),
                     seq: i64::try_from(seq).unwrap(),
                     id: Uuid::now_v7(),
                     sender_role: crate::domain::Role::Provider,
@@ -529,7 +531,7 @@ mod tests {
                 .collect();
             let stored: Vec<&MessageRow> = plan
                 .inserts()
-                .filter(|r| r.conversation_id == t.conversation_id)
+                .filter(|r| r.conversation_id.0 == t.conversation_id)
                 .collect();
             assert_eq!(rows.iter().collect::<Vec<_>>(), stored);
         }

@@ -3,7 +3,7 @@
 
 use sqlx::{Postgres, Transaction};
 
-use super::Store;
+use super::handle::Store;
 use crate::{
     domain::{Participant, Role},
     error::{Error, Result},

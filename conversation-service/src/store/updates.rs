@@ -5,8 +5,9 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{
-    ConversationRow, EventKind, Notice, Store,
-    notice::notify,
+    handle::Store,
+    notice::{Notice, notify},
+    records::{ConversationRow, EventKind},
     unread::{UnreadSummary, add_unread},
 };
 use crate::{

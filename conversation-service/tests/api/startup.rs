@@ -42,8 +42,15 @@ async fn two_replicas_starting_together_both_serve_one_schema() {
 
 #[tokio::test]
 async fn a_database_that_appears_later_is_picked_up() {
-    let name = format!("cs_test_{}", Uuid::new_v4().simple());
-    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    // A fresh name whose database is dropped again at the end, even on failure; it
+    // does not exist while the service starts.
+    let database = fresh_database().await;
+    let (name, url) = (database.name().to_owned(), database.url().to_owned());
+    let mut admin = PgConnection::connect(ADMIN_URL).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
     let config = Config::try_parse_from([
         "conversation-service",
         "--listen",
@@ -69,7 +76,6 @@ async fn a_database_that_appears_later_is_picked_up() {
     assert_eq!(refused.code(), Code::Unavailable, "no database yet");
 
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut admin = PgConnection::connect(ADMIN_URL).await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
         .execute(&mut admin)
         .await

@@ -1,0 +1,133 @@
+//! What the tables hold, as read: a conversation with its newest message, a message,
+//! an inbox event's kind.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::{
+    domain::{ConversationId, Participant, Role, Status, check_session},
+    error::{Error, Result},
+};
+
+/// What a `conversation_events` row records for the inbox (the conversation's current
+/// row is joined when it is read); an unknown kind is refused when read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[repr(i16)]
+pub(crate) enum EventKind {
+    Created = 1,
+    CustomerUpdated = 2,
+    StatusChanged = 3,
+}
+
+/// A conversation with its newest message (`lm_*`, from a LEFT JOIN on `head_seq`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ConversationRow {
+    pub id: ConversationId,
+    pub provider_id: String,
+    pub customer_id: Option<String>,
+    pub customer_name: String,
+    pub customer_email: String,
+    pub customer_phone: String,
+    pub status: Status,
+    pub origin: String,
+    /// The token-service session that opened it for an anonymous visitor.
+    pub session_id: Option<Uuid>,
+    pub head_seq: i64,
+    pub provider_read_seq: i64,
+    pub customer_read_seq: i64,
+    pub created_at: DateTime<Utc>,
+    pub last_activity_at: DateTime<Utc>,
+    pub lm_id: Option<Uuid>,
+    pub lm_sender_role: Option<Role>,
+    pub lm_sender_id: Option<String>,
+    pub lm_body: Option<String>,
+    pub lm_client_message_id: Option<String>,
+    pub lm_created_at: Option<DateTime<Utc>>,
+}
+
+/// The select list and joins that fill a [`ConversationRow`]; callers add WHERE/ORDER.
+pub(crate) const CONVERSATION_SELECT: &str = concat!(
+    conversation_columns!(),
+    " FROM conversations c",
+    last_message_join!()
+);
+
+impl ConversationRow {
+    pub fn conversation_id(&self) -> ConversationId {
+        self.id
+    }
+
+    pub fn read_seq(&self, role: Role) -> i64 {
+        match role {
+            Role::Provider => self.provider_read_seq,
+            Role::Customer => self.customer_read_seq,
+        }
+    }
+
+    pub fn admits(&self, participant: &Participant) -> bool {
+        participant.belongs_to(&self.provider_id, self.customer_id.as_deref())
+    }
+
+    /// A participant of this conversation, and the anonymous customer only with the
+    /// session that opened it (see [`crate::domain::check_session`]).
+    pub fn authorize(&self, participant: &Participant, session: Option<Uuid>) -> Result<()> {
+        if !self.admits(participant) {
+            return Err(Error::NotParticipant);
+        }
+        check_session(participant, session, self.session_id)
+    }
+
+    /// The newest message, from the LEFT JOIN (`None` when there is none).
+    pub fn last_message(&self) -> Option<MessageRow> {
+        match (
+            self.lm_id,
+            self.lm_sender_role,
+            &self.lm_sender_id,
+            &self.lm_body,
+            self.lm_created_at,
+        ) {
+            (Some(id), Some(role), Some(sender_id), Some(body), Some(created_at)) => {
+                Some(MessageRow {
+                    conversation_id: self.id,
+                    seq: self.head_seq,
+                    id,
+                    sender_role: role,
+                    sender_id: sender_id.clone(),
+                    body: body.clone(),
+                    client_message_id: self.lm_client_message_id.clone(),
+                    created_at,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Messages from the other side after `role`'s read position. Sending a message
+    /// advances the sender's read position, so every message after it is from the other
+    /// side and unread = head - read.
+    pub fn unread(&self, role: Role) -> i64 {
+        (self.head_seq - self.read_seq(role)).max(0)
+    }
+}
+
+/// One stored message.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MessageRow {
+    pub conversation_id: ConversationId,
+    pub seq: i64,
+    pub id: Uuid,
+    pub sender_role: Role,
+    pub sender_id: String,
+    pub body: String,
+    pub client_message_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+pub(crate) const MESSAGE_COLUMNS: &str =
+    "conversation_id, seq, id, sender_role, sender_id, body, client_message_id, created_at";
+
+impl MessageRow {
+    pub fn sender(&self) -> Participant {
+        Participant::stored(self.sender_role, self.sender_id.clone())
+    }
+}
