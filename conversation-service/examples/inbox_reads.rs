@@ -43,6 +43,7 @@ fn list(id: &str, status: v1::ConversationStatus, token: String) -> v1::ListConv
         status: status.into(),
         page_size: 50,
         page_token: token,
+        ..Default::default()
     }
 }
 

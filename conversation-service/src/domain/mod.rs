@@ -1,6 +1,7 @@
 //! Values that can only hold valid data. Every request field is parsed into one of these
 //! before anything touches the database, so validation is written and tested once.
 
+mod filter;
 mod page;
 
 use chat_proto::{rules, v1};
@@ -8,6 +9,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
+pub use filter::{ConversationFilter, CustomerQuery};
 pub use page::{PageKey, PageSize, PageTokens};
 
 /// A conversation's id (a UUID).

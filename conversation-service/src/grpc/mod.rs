@@ -16,10 +16,10 @@ use uuid::Uuid;
 use self::outbound::Outbound;
 use crate::{
     domain::{
-        ConversationId, CustomerDetails, CustomerPatch, NewConversation, NewMessage, PageSize,
-        PageTokens, Participant, Status as ConversationStatus, parse_acting, parse_body,
-        parse_client_message_id, parse_external_id, parse_origin, parse_request_id, parse_seq,
-        parse_session_id,
+        ConversationFilter, ConversationId, CustomerDetails, CustomerPatch, NewConversation,
+        NewMessage, PageSize, PageTokens, Participant, Status as ConversationStatus, parse_acting,
+        parse_body, parse_client_message_id, parse_external_id, parse_origin, parse_request_id,
+        parse_seq, parse_session_id,
     },
     error::Error,
     realtime::{
@@ -181,17 +181,17 @@ impl ConversationService for ConversationApi {
         let request = request.into_inner();
         let owner = Participant::parse_owner("participant", request.participant.as_ref())?;
         record_owner(&owner);
-        let status = ConversationStatus::parse_filter("status", request.status)?;
+        let filter = ConversationFilter::parse(&request)?;
         let (default, max) = CONVERSATIONS_PAGE;
         let size = PageSize::parse("page_size", request.page_size, default, max)?.0;
-        let query = format!("{:?}/{}/{:?}", owner.role(), owner.id(), status);
+        let query = format!("{:?}/{}/{}", owner.role(), owner.id(), filter.scope());
         let after: Option<(DateTime<Utc>, Uuid)> =
             self.pages
                 .decode("page_token", &query, &request.page_token)?;
         // One extra row tells whether another page exists.
         let rows = self
             .store
-            .list_conversations(&owner, status, after, size + 1)
+            .list_conversations(&owner, &filter, after, size + 1)
             .await?;
         let (conversations, next_page_token) = page(
             &rows,

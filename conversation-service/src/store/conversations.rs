@@ -9,7 +9,7 @@ use super::{
     records::{CONVERSATION_SELECT, ConversationRow},
 };
 use crate::{
-    domain::{ConversationId, Participant, Role, Status},
+    domain::{ConversationFilter, ConversationId, Participant, Role},
     error::{Error, Result},
 };
 
@@ -44,7 +44,7 @@ impl Store {
     pub async fn list_conversations(
         &self,
         owner: &Participant,
-        status: Option<Status>,
+        filter: &ConversationFilter,
         after: Option<(DateTime<Utc>, Uuid)>,
         limit: i64,
     ) -> Result<Vec<ConversationRow>> {
@@ -67,9 +67,7 @@ impl Store {
             query.push(format_args!(
                 " AND c.inbox_at {region} (SELECT through FROM inbox_settled)"
             ));
-            if let Some(status) = status {
-                query.push(" AND c.status = ").push_bind(status);
-            }
+            push_filter(&mut query, owner.role(), filter, key);
             if let Some((time, id)) = after {
                 query
                     .push(format_args!(" AND ({key}, c.id) < ("))
@@ -93,5 +91,37 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| Error::db("list conversations", e))
+    }
+}
+
+/// The filters' conditions on one part of the list, ordered by `key` (whose values are
+/// the last activity there, so `active_after` bounds the index scan of settled ones).
+fn push_filter(
+    query: &mut QueryBuilder<Postgres>,
+    role: Role,
+    filter: &ConversationFilter,
+    key: &str,
+) {
+    if let Some(status) = filter.status {
+        query.push(" AND c.status = ").push_bind(status);
+    }
+    if filter.unread_only {
+        // Not indexable: head and read positions are what every send updates (HOT).
+        query.push(match role {
+            Role::Provider => " AND c.head_seq > c.provider_read_seq",
+            Role::Customer => " AND c.head_seq > c.customer_read_seq",
+        });
+    }
+    if let Some(text) = &filter.customer_query {
+        // The expression of conversations_customer_text_idx (a trigram index).
+        query
+            .push(
+                " AND chat_customer_text(c.customer_name, c.customer_email, c.customer_phone) \
+                 ILIKE ",
+            )
+            .push_bind(text.pattern());
+    }
+    if let Some(time) = filter.active_after {
+        query.push(format_args!(" AND {key} > ")).push_bind(time);
     }
 }

@@ -4,6 +4,7 @@
 
 mod conversations;
 mod faults;
+mod filters;
 mod hardening;
 mod helpers;
 mod inbox;
