@@ -47,22 +47,26 @@ fn list(id: &str, status: v1::ConversationStatus, token: String) -> v1::ListConv
     }
 }
 
-/// The token of `owner`'s 40th page of 50.
+/// The token of the 40th page of 50 of `request`'s list, if it has one.
 async fn fortieth(
     client: &mut Client,
-    owner: &str,
-    status: v1::ConversationStatus,
-) -> anyhow::Result<String> {
+    request: &v1::ListConversationsRequest,
+) -> anyhow::Result<Option<String>> {
     let mut token = String::new();
     for _ in 0..39 {
         token = client
-            .list_conversations(list(owner, status, token))
+            .list_conversations(v1::ListConversationsRequest {
+                page_token: token,
+                ..request.clone()
+            })
             .await?
             .into_inner()
             .next_page_token;
-        anyhow::ensure!(!token.is_empty(), "{owner} has fewer than 40 pages");
+        if token.is_empty() {
+            return Ok(None);
+        }
     }
-    Ok(token)
+    Ok(Some(token))
 }
 
 /// Calls `call` `calls` times; prints p50 and p99.
@@ -125,39 +129,76 @@ async fn main() -> anyhow::Result<()> {
             }
         })
         .await?;
-        for status in [any, active] {
+    }
+    let month_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        .saturating_sub(30 * 86_400);
+    for owner in ["prov-burst", "prov-7"] {
+        let base = list(owner, any, String::new());
+        let cases = [
+            ("no filter", base.clone()),
+            ("status ACTIVE", list(owner, active, String::new())),
+            (
+                "unread_only",
+                v1::ListConversationsRequest {
+                    unread_only: true,
+                    ..base.clone()
+                },
+            ),
+            (
+                "customer_query Lovelace",
+                v1::ListConversationsRequest {
+                    customer_query: "Lovelace".into(),
+                    ..base.clone()
+                },
+            ),
+            (
+                "customer_query customer1234",
+                v1::ListConversationsRequest {
+                    customer_query: "customer1234".into(),
+                    ..base.clone()
+                },
+            ),
+            (
+                "active_after 30 days ago",
+                v1::ListConversationsRequest {
+                    active_after: Some(prost_types::Timestamp {
+                        seconds: i64::try_from(month_ago)?,
+                        nanos: 0,
+                    }),
+                    ..base.clone()
+                },
+            ),
+        ];
+        for (name, request) in cases {
             let c = client.clone();
+            let first = request.clone();
             measure(
-                &format!("ListConversations {owner} first page, status {status:?}"),
+                &format!("ListConversations {owner} first page, {name}"),
                 n,
                 || {
-                    let mut c = c.clone();
-                    async move {
-                        c.list_conversations(list(owner, status, String::new()))
-                            .await
-                            .map(drop)
-                    }
+                    let (mut c, r) = (c.clone(), first.clone());
+                    async move { c.list_conversations(r).await.map(drop) }
                 },
             )
             .await?;
+            if let Some(token) = fortieth(&mut client.clone(), &request).await? {
+                let page = v1::ListConversationsRequest {
+                    page_token: token,
+                    ..request
+                };
+                measure(
+                    &format!("ListConversations {owner} 40th page, {name}"),
+                    n,
+                    || {
+                        let (mut c, r) = (c.clone(), page.clone());
+                        async move { c.list_conversations(r).await.map(drop) }
+                    },
+                )
+                .await?;
+            }
         }
-    }
-    for status in [any, active] {
-        let token = fortieth(&mut client.clone(), "prov-burst", status).await?;
-        let c = client.clone();
-        measure(
-            &format!("ListConversations prov-burst 40th page, status {status:?}"),
-            n,
-            || {
-                let (mut c, token) = (c.clone(), token.clone());
-                async move {
-                    c.list_conversations(list("prov-burst", status, token))
-                        .await
-                        .map(drop)
-                }
-            },
-        )
-        .await?;
     }
     let newest = client
         .clone()

@@ -86,8 +86,12 @@ impl Store {
             .push(last_message_join!())
             .push(" ORDER BY c.last_activity_at DESC, c.id DESC LIMIT ")
             .push_bind(limit);
+        // A text search is planned for its text each time: a plan kept for any text
+        // would walk the owner's whole index and test each row (the trigram index is
+        // the better path for all but the commonest text).
         query
             .build_query_as()
+            .persistent(filter.customer_query.is_none())
             .fetch_all(&self.pool)
             .await
             .map_err(|e| Error::db("list conversations", e))
@@ -113,7 +117,7 @@ fn push_filter(
         });
     }
     if let Some(text) = &filter.customer_query {
-        // The expression of conversations_customer_text_idx (a trigram index).
+        // The expression of conversations_provider_customer_text_idx (trigrams).
         query
             .push(
                 " AND chat_customer_text(c.customer_name, c.customer_email, c.customer_phone) \
