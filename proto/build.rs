@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "chat/v1/conversation.proto",
         "chat/v1/token.proto",
         "chat/v1/token_admin.proto",
+        "chat/v1/privacy.proto",
+        "chat/v1/audit.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

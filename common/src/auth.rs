@@ -146,6 +146,18 @@ pub struct Caller {
     pub name: Arc<str>,
 }
 
+impl Caller {
+    /// The name of whoever made `request`, as the callers file calls it; `anonymous` when
+    /// the service runs without one.
+    pub fn name_of<T>(request: &tonic::Request<T>) -> String {
+        request
+            .extensions()
+            .get::<Self>()
+            .map_or("anonymous", |caller| &caller.name)
+            .to_owned()
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     caller: Caller,

@@ -92,6 +92,30 @@ pub fn to_status<E: ServiceError + ?Sized>(error: &E) -> Status {
     Status::with_error_details(code, message, details)
 }
 
+/// A code's canonical name (`FAILED_PRECONDITION`), written from the shared table of code
+/// names (`FailedPrecondition`): what operators read in stored errors and audit records.
+pub fn canonical_code_name(code: Code) -> String {
+    let mut name = String::new();
+    for (at, c) in crate::rpc::code_name(code).char_indices() {
+        if at > 0 && c.is_ascii_uppercase() {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
+}
+
+/// How an administrative call ended, as its audit record says it: `("OK", "")`, or the
+/// code's canonical name and the reason. `None` for bad input, which did nothing and is
+/// not recorded, so a refused call writes nothing.
+pub fn audit_outcome<E: ServiceError + ?Sized>(error: Option<&E>) -> Option<(String, String)> {
+    match error {
+        None => Some(("OK".to_owned(), String::new())),
+        Some(error) if error.code() == Code::InvalidArgument => None,
+        Some(error) => Some((canonical_code_name(error.code()), error.reason().to_owned())),
+    }
+}
+
 /// The `ErrorInfo` reason of a status from either service, if it has one.
 pub fn reason_of(status: &Status) -> Option<String> {
     status

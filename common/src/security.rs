@@ -47,11 +47,15 @@ pub enum SecurityError {
     Policy(#[from] PolicyError),
 }
 
+/// Told of every reload of the callers file: its path, and the error when it did not load.
+pub type PolicyReloadHook = Arc<dyn Fn(&std::path::Path, Option<&PolicyError>) + Send + Sync>;
+
 /// What a server runs with: its TLS configuration (if any) and its callers policy.
 pub struct Security {
     tls: Option<Arc<ServerTls>>,
     policy: Option<(SharedPolicy, PathBuf)>,
     reload_interval: Duration,
+    on_policy_reload: Option<PolicyReloadHook>,
 }
 
 impl Security {
@@ -93,7 +97,14 @@ impl Security {
             tls,
             policy,
             reload_interval: args.tls_reload_interval.max(Duration::from_millis(10)),
+            on_policy_reload: None,
         })
+    }
+
+    /// Calls `hook` after each reload of the callers file, loaded or not (a service
+    /// records it in its audit trail).
+    pub fn on_policy_reload(&mut self, hook: PolicyReloadHook) {
+        self.on_policy_reload = Some(hook);
     }
 
     /// The TLS configuration, to reload it by hand (SIGHUP and file changes already do).
@@ -117,14 +128,21 @@ impl Security {
     ) -> ReceiverStream<io::Result<Conn>> {
         if let Some((policy, path)) = self.policy.clone() {
             let paths = vec![path.clone()];
+            let hook = self.on_policy_reload.clone();
             tokio::spawn(watch_files(
                 paths,
                 self.reload_interval,
                 stop.clone(),
-                move || match policy.reload(&path) {
-                    Ok(()) => tracing::info!(path = %path.display(), "callers file reloaded"),
-                    Err(error) => {
-                        tracing::error!(%error, "callers file not reloaded; keeping the previous one");
+                move || {
+                    let outcome = policy.reload(&path);
+                    match &outcome {
+                        Ok(()) => tracing::info!(path = %path.display(), "callers file reloaded"),
+                        Err(error) => {
+                            tracing::error!(%error, "callers file not reloaded; keeping the previous one");
+                        }
+                    }
+                    if let Some(hook) = &hook {
+                        hook(&path, outcome.as_ref().err());
                     }
                 },
             ));

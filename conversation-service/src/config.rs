@@ -92,6 +92,19 @@ pub struct Config {
     #[arg(long, env = "SEND_WRITERS", default_value_t = 2)]
     pub send_writers: usize,
 
+    /// Messages of conversations closed for longer than this are deleted (a stream that
+    /// asks for them is OUT_OF_RANGE); `0` keeps them for ever.
+    #[arg(long, env = "CLOSED_MESSAGE_RETENTION", default_value = "365d", value_parser = parse_duration)]
+    pub closed_message_retention: Duration,
+
+    /// How often the retention sweeper runs.
+    #[arg(long, env = "RETENTION_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub retention_interval: Duration,
+
+    /// Messages the sweeper deletes per transaction.
+    #[arg(long, env = "RETENTION_BATCH", default_value_t = 1000)]
+    pub retention_batch: i64,
+
     /// On SIGTERM/SIGINT: how long in-flight unary calls may finish. Open streams end at
     /// once with UNAVAILABLE, so their clients resume on another replica.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]

@@ -11,6 +11,11 @@ use sqlx::PgPool;
 /// recorder is installed.
 pub fn describe() {
     use chat_common::metrics::{counter, gauge, histogram};
+    counter(
+        "chat_retention_messages_deleted_total",
+        "Messages of long-closed conversations deleted by retention.",
+        &[],
+    );
     gauge(
         "chat_streams_open",
         "Streams open on this replica, by kind.",
@@ -166,4 +171,9 @@ fn connections(pool: &PgPool, kept: usize) -> (f64, f64, f64) {
         idle as f64,
         f64::from(pool.options().get_max_connections()),
     )
+}
+
+/// Messages retention deleted.
+pub fn retention_deleted(messages: u64) {
+    metrics::counter!("chat_retention_messages_deleted_total").increment(messages);
 }

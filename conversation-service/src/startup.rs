@@ -18,7 +18,11 @@ use chat_common::{
     health::Probes, metrics::MetricsListener, seal::SealKey, security::Security,
     server::OversizeLayer,
 };
-use chat_proto::v1::conversation_service_server::ConversationServiceServer;
+use chat_proto::v1::{
+    audit_service_server::AuditServiceServer,
+    conversation_privacy_service_server::ConversationPrivacyServiceServer,
+    conversation_service_server::ConversationServiceServer,
+};
 use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
@@ -30,18 +34,25 @@ use tonic::{Request, Status, service::Interceptor, service::interceptor::Interce
 use crate::{
     config::Config,
     domain::PageTokens,
-    grpc::ConversationApi,
+    grpc::{AuditApi, ConversationApi, PrivacyApi},
     realtime::{Hub, run_listener, streams::StreamContext},
     store::{PoolSettings, SendQueue, Store},
 };
 
 pub const SERVICE_NAME: &str = "chat.v1.ConversationService";
+const PRIVACY_SERVICE: &str = "chat.v1.ConversationPrivacyService";
+const AUDIT_SERVICE: &str = "chat.v1.AuditService";
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/conversation");
 
 /// The gRPC service as served: refused with UNAVAILABLE until the schema is ready.
 type Api = InterceptedService<ConversationServiceServer<ConversationApi>, Ready>;
+/// ConversationPrivacyService and AuditService, refused the same way until then.
+type PrivacyServices = (
+    InterceptedService<ConversationPrivacyServiceServer<PrivacyApi>, Ready>,
+    InterceptedService<AuditServiceServer<AuditApi>, Ready>,
+);
 
 /// Everything [`Application::build`] wired, waiting to be served.
 pub struct Application {
@@ -54,6 +65,7 @@ pub struct Application {
     store: Store,
     hub: Arc<Hub>,
     api: Api,
+    privacy: PrivacyServices,
     migrated: Arc<AtomicBool>,
     security: Security,
     shutdown: CancellationToken,
@@ -89,7 +101,10 @@ impl Application {
         }
         let hub = Hub::new(config.max_streams, config.stream_queue);
         let shutdown = CancellationToken::new();
-        let api = api(&config, &store, &hub, &migrated, &shutdown)?;
+        // One key for every service's page tokens (a random one warns once).
+        let pages = PageTokens::new(page_token_key(config.page_token_key.as_deref())?);
+        let api = api(&config, &store, &hub, &migrated, &shutdown, pages.clone())?;
+        let privacy = privacy_services(&config, &store, &migrated, pages);
         tracing::info!(%local_addr, "bound");
         Ok(Self {
             listener,
@@ -100,6 +115,7 @@ impl Application {
             store,
             hub,
             api,
+            privacy,
             migrated,
             security,
             shutdown,
@@ -135,14 +151,17 @@ impl Application {
         let probes = Probes::new(reporter, &[SERVICE_NAME]).await;
         let background = CancellationToken::new();
         let listener_task = self.start_background(&probes, &background);
-        let (reflection_v1, reflection_v1alpha) =
-            chat_common::reflection::services(chat_proto::FILE_DESCRIPTOR_SET, &[SERVICE_NAME])?;
+        let (reflection_v1, reflection_v1alpha) = chat_common::reflection::services(
+            chat_proto::FILE_DESCRIPTOR_SET,
+            &[SERVICE_NAME, PRIVACY_SERVICE, AUDIT_SERVICE],
+        )?;
         let Self {
             listener,
             local_addr,
             config,
             store,
             api,
+            privacy: (privacy, audit),
             security,
             shutdown,
             ..
@@ -158,6 +177,8 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(api)
+            .add_service(privacy)
+            .add_service(audit)
             // Our own listener (bound in build) sets TCP_NODELAY itself (see chat_common::tls).
             .serve_with_incoming_shutdown(
                 config.connections.handshake_deadline(security.incoming(
@@ -208,6 +229,15 @@ impl Application {
             self.store.clone(),
             background.clone(),
         ));
+        if !config.closed_message_retention.is_zero() {
+            tokio::spawn(sweep_closed_messages(
+                self.store.clone(),
+                config.closed_message_retention,
+                config.retention_interval.max(Duration::from_secs(1)),
+                config.retention_batch.max(1),
+                background.clone(),
+            ));
+        }
         if let Some(metrics) = self.metrics.take() {
             let (store, hub) = (self.store.clone(), Arc::clone(&self.hub));
             let sample = move || {
@@ -218,6 +248,40 @@ impl Application {
             tokio::spawn(metrics.serve(sample, probes.clone(), background.clone()));
         }
         listener_task
+    }
+}
+
+/// Deletes the messages of conversations closed for longer than `keep`, every
+/// `interval`, batch after batch until none is due, until `stop`.
+async fn sweep_closed_messages(
+    store: Store,
+    keep: Duration,
+    interval: Duration,
+    batch: i64,
+    stop: CancellationToken,
+) {
+    let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+    loop {
+        let cutoff = chrono::Utc::now()
+            .checked_sub_signed(keep)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        loop {
+            match store.sweep_closed_messages(cutoff, batch).await {
+                Ok(0) => break,
+                Ok(deleted) => crate::metrics::retention_deleted(deleted),
+                Err(error) => {
+                    tracing::warn!(%error, "retention sweep failed; retrying at the next interval");
+                    break;
+                }
+            }
+            if stop.is_cancelled() {
+                return;
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
     }
 }
 
@@ -263,6 +327,7 @@ fn api(
     hub: &Arc<Hub>,
     migrated: &Arc<AtomicBool>,
     shutdown: &CancellationToken,
+    pages: PageTokens,
 ) -> anyhow::Result<Api> {
     let sender = SendQueue::start(store.clone(), config.send_writers, config.send_batch_max)
         .context("starting the SendMessage writers")?;
@@ -275,12 +340,31 @@ fn api(
             config.db_pool_size,
         ))),
     };
-    let pages = PageTokens::new(page_token_key(config.page_token_key.as_deref())?);
     let api = ConversationApi::new(store.clone(), sender, Arc::clone(hub), streams, pages);
     let server = ConversationServiceServer::new(api)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes.max(1024 * 1024));
     Ok(InterceptedService::new(server, Ready(Arc::clone(migrated))))
+}
+
+/// ConversationPrivacyService (token-service's erasures and exports) and AuditService.
+fn privacy_services(
+    config: &Config,
+    store: &Store,
+    migrated: &Arc<AtomicBool>,
+    pages: PageTokens,
+) -> PrivacyServices {
+    let privacy = ConversationPrivacyServiceServer::new(PrivacyApi::new(store.clone()))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes.max(1024 * 1024));
+    let audit = AuditServiceServer::new(AuditApi::new(store.clone(), pages))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes.max(1024 * 1024));
+    let ready = Ready(Arc::clone(migrated));
+    (
+        InterceptedService::new(privacy, ready.clone()),
+        InterceptedService::new(audit, ready),
+    )
 }
 
 /// Refuses calls with UNAVAILABLE until the schema is ready.

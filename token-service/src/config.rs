@@ -139,6 +139,9 @@ pub struct Config {
     #[arg(long, env = "SQLITE_BUSY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub sqlite_busy_timeout: Duration,
 
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+
     /// How often health probes SQLite and conversation-service.
     #[arg(long, env = "HEALTH_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub health_interval: Duration,
@@ -178,6 +181,38 @@ pub struct ClientSecurity {
     /// for meshes that terminate TLS.
     #[arg(long, env = "CONVERSATION_SERVICE_TOKEN_FILE")]
     pub conversation_service_token_file: Option<PathBuf>,
+}
+
+/// How long token-service keeps what it no longer needs; `0` keeps it for ever. The
+/// sweeper removes it in bounded batches (see docs/design.md, Customer data).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetentionArgs {
+    /// Ended sessions (EndSession, or erased) are deleted this long after they ended, once
+    /// no call of theirs is left in the outbox.
+    #[arg(long, env = "SESSION_RETENTION", default_value = "90d", value_parser = parse_duration)]
+    pub session_retention: Duration,
+
+    /// Name, email and phone in calls conversation-service refused for good are dropped
+    /// this long after (the call stays listed for operators).
+    #[arg(long, env = "FAILED_CALL_CONTACT_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub failed_call_contact_retention: Duration,
+
+    /// Expired and revoked links are deleted this long after they stopped working, once
+    /// no session names them.
+    #[arg(long, env = "LINK_RETENTION", default_value = "90d", value_parser = parse_duration)]
+    pub link_retention: Duration,
+
+    /// Audit records (and the record of finished erasures) are kept this long.
+    #[arg(long, env = "AUDIT_RETENTION", default_value = "365d", value_parser = parse_duration)]
+    pub audit_retention: Duration,
+
+    /// How often the retention sweeper runs.
+    #[arg(long, env = "RETENTION_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub retention_interval: Duration,
+
+    /// Rows the sweeper removes per transaction.
+    #[arg(long, env = "RETENTION_BATCH", default_value_t = 500)]
+    pub retention_batch: u32,
 }
 
 /// What the binary does instead of serving.

@@ -12,7 +12,9 @@ use std::{
 
 use chat_common::rpc::{ClientLayer, ClientService};
 use chat_proto::v1::{
-    CreateConversationRequest, Customer, UpdateCustomerRequest,
+    CreateConversationRequest, Customer, EraseCustomerConversationsRequest,
+    ExportCustomerConversationsRequest, ExportCustomerConversationsResponse, UpdateCustomerRequest,
+    conversation_privacy_service_client::ConversationPrivacyServiceClient,
     conversation_service_client::ConversationServiceClient,
 };
 use tonic::{
@@ -27,7 +29,7 @@ use tower::Layer;
 
 use crate::{
     config::ClientSecurity,
-    domain::ConversationId,
+    domain::{ConversationId, ConversationsErased, CustomerId, ErasureCall},
     error::{Error, Refusal},
     store::{Done, OutboxCall},
 };
@@ -87,7 +89,7 @@ fn endpoint(url: &str) -> Result<Endpoint, Error> {
 
 /// Only what waiting cannot change is permanent; anything else (down, overloaded, a
 /// misconfigured credential, a version skew) is retried until an operator fixes it.
-fn classify(status: Status) -> CallError {
+pub(crate) fn classify(status: Status) -> CallError {
     // A refusal of token-service itself (its certificate, token or grants) is fixed by
     // configuration, not by the request: keep the call queued until it is, and say so.
     let refused_caller = status.code() == Code::Unauthenticated
@@ -107,6 +109,13 @@ fn classify(status: Status) -> CallError {
         | Code::PermissionDenied => CallError::Permanent(Refusal::from_status(&status)),
         _ => CallError::Transient(status),
     }
+}
+
+fn ids(conversation_ids: &[ConversationId]) -> Vec<String> {
+    conversation_ids
+        .iter()
+        .map(|id| id.as_str().to_owned())
+        .collect()
 }
 
 /// What a connection to conversation-service is made of; re-read when the files change.
@@ -277,6 +286,62 @@ impl Conversations {
     fn client(&self) -> ConversationServiceClient<ClientService<Channel>> {
         ConversationServiceClient::new(self.layer.layer(self.current().channel.clone()))
             .max_decoding_message_size(self.max_message_bytes.max(MIN_REPLY_BYTES))
+    }
+
+    fn privacy_client(&self) -> ConversationPrivacyServiceClient<ClientService<Channel>> {
+        ConversationPrivacyServiceClient::new(self.layer.layer(self.current().channel.clone()))
+            .max_decoding_message_size(self.max_message_bytes.max(MIN_REPLY_BYTES))
+    }
+
+    /// Asks conversation-service to erase its part of a customer, with `timeout` as the
+    /// deadline.
+    pub async fn erase_customer(
+        &self,
+        call: &ErasureCall,
+        timeout: Duration,
+    ) -> Result<ConversationsErased, CallError> {
+        let request = EraseCustomerConversationsRequest {
+            request_id: call.request_id.to_string(),
+            customer_id: call.customer_id.as_str().to_owned(),
+            conversation_ids: ids(&call.conversation_ids),
+        };
+        let mut client = self.privacy_client();
+        let attempt = client.erase_customer_conversations(self.request(request, timeout));
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(reply)) => {
+                let reply = reply.into_inner();
+                Ok(ConversationsErased {
+                    conversations: reply.conversations_erased,
+                    messages: reply.messages_erased,
+                })
+            }
+            Ok(Err(status)) => Err(classify(status)),
+            Err(_) => Err(CallError::Transient(Status::deadline_exceeded(
+                "conversation-service did not answer in time",
+            ))),
+        }
+    }
+
+    /// conversation-service's part of a customer's export, as it streams it; `timeout`
+    /// bounds the whole stream.
+    pub async fn export_customer(
+        &self,
+        customer_id: &CustomerId,
+        conversation_ids: &[ConversationId],
+        timeout: Duration,
+    ) -> Result<tonic::Streaming<ExportCustomerConversationsResponse>, Status> {
+        let request = ExportCustomerConversationsRequest {
+            customer_id: customer_id.as_str().to_owned(),
+            conversation_ids: ids(conversation_ids),
+        };
+        let mut client = self.privacy_client();
+        let opened = client.export_customer_conversations(self.request(request, timeout));
+        match tokio::time::timeout(timeout, opened).await {
+            Ok(reply) => reply.map(tonic::Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded(
+                "conversation-service did not answer in time",
+            )),
+        }
     }
 
     /// A request with the bearer token, if any, and `timeout` as its deadline.

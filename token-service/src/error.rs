@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use chat_common::error::{Details, ServiceError, reason_of, to_status};
+use chat_common::error::{Details, ServiceError, canonical_code_name, reason_of, to_status};
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,13 @@ pub enum Error {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// conversation-service could not be reached for a call the RPC needs at once (an
+    /// export's conversations).
+    #[error("conversation-service unavailable: {0}")]
+    ConversationServiceUnavailable(String),
+    /// The caller went away before the answer was complete.
+    #[error("the caller cancelled")]
+    Cancelled,
     /// conversation-service refused a call for good; the caller hears its reason.
     #[error("conversation-service refused: {0}")]
     Refused(Refusal),
@@ -69,7 +76,7 @@ impl Refusal {
     pub fn from_status(status: &Status) -> Self {
         Self {
             code: status.code(),
-            reason: reason_of(status).unwrap_or_else(|| canonical_name(status.code())),
+            reason: reason_of(status).unwrap_or_else(|| canonical_code_name(status.code())),
             message: status.message().to_owned(),
         }
     }
@@ -77,22 +84,9 @@ impl Refusal {
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let code = canonical_name(self.code);
+        let code = canonical_code_name(self.code);
         write!(f, "{code} {}: {}", self.reason, self.message)
     }
-}
-
-/// A code's canonical name (`FAILED_PRECONDITION`), written from the shared table of code
-/// names (`FailedPrecondition`): operators read it in a refused call's `last_error`.
-fn canonical_name(code: Code) -> String {
-    let mut name = String::new();
-    for (at, c) in chat_common::rpc::code_name(code).char_indices() {
-        if at > 0 && c.is_ascii_uppercase() {
-            name.push('_');
-        }
-        name.push(c.to_ascii_uppercase());
-    }
-    name
 }
 
 impl Error {
@@ -116,6 +110,14 @@ impl Error {
         Self::InvalidArgument {
             field: "request_id",
             description: "was already used for a different redemption (link, customer_id or new_conversation)".into(),
+            reason: "REQUEST_ID_REUSED",
+        }
+    }
+
+    pub fn erase_request_id_reused() -> Self {
+        Self::InvalidArgument {
+            field: "request_id",
+            description: "was already used to erase another customer".into(),
             reason: "REQUEST_ID_REUSED",
         }
     }
@@ -182,7 +184,10 @@ impl ServiceError for Error {
             | Self::TokenExhausted
             | Self::CustomerAlreadyLinked => Code::FailedPrecondition,
             Self::TooManyFailedRedemptions { .. } => Code::ResourceExhausted,
-            Self::StoreUnavailable(_) => Code::Unavailable,
+            Self::StoreUnavailable(_) | Self::ConversationServiceUnavailable(_) => {
+                Code::Unavailable
+            }
+            Self::Cancelled => Code::Cancelled,
             Self::Store { source, .. } if is_transient(source) => Code::Unavailable,
             Self::Store { .. } | Self::Internal(_) => Code::Internal,
             // Passed through as conversation-service said it: same code, same reason.
@@ -206,6 +211,8 @@ impl ServiceError for Error {
             Self::FailedCallNotFound => "FAILED_CALL_NOT_FOUND",
             Self::BackupExists => "BACKUP_EXISTS",
             Self::StoreUnavailable(_) => "STORE_UNAVAILABLE",
+            Self::ConversationServiceUnavailable(_) => "CONVERSATION_SERVICE_UNAVAILABLE",
+            Self::Cancelled => "CANCELLED",
             Self::Store { source, .. } if is_transient(source) => "STORE_UNAVAILABLE",
             Self::Store { .. } | Self::Internal(_) => "INTERNAL",
         }
@@ -215,6 +222,9 @@ impl ServiceError for Error {
         match self {
             Self::SessionNotFound => "session secret is not valid".to_owned(),
             Self::Refused(refusal) => refusal.message.clone(),
+            Self::ConversationServiceUnavailable(_) => {
+                "conversation-service is unavailable, retry later".to_owned()
+            }
             _ if self.code() == Code::Unavailable => {
                 "storage is unavailable, retry later".to_owned()
             }
@@ -237,7 +247,9 @@ impl From<Error> for Status {
     /// An unavailable database is logged here with its context (INTERNAL is logged by
     /// `to_status`); the caller hears only that it may retry.
     fn from(error: Error) -> Self {
-        if error.code() == Code::Unavailable {
+        if matches!(error, Error::StoreUnavailable(_) | Error::Store { .. })
+            && error.code() == Code::Unavailable
+        {
             tracing::error!(%error, "database unavailable");
         }
         to_status(&error)
@@ -342,8 +354,14 @@ mod tests {
             (status.code(), status.message()),
             (Code::FailedPrecondition, "linked elsewhere")
         );
-        assert_eq!(canonical_name(Code::InvalidArgument), "INVALID_ARGUMENT");
-        assert_eq!(canonical_name(Code::PermissionDenied), "PERMISSION_DENIED");
-        assert_eq!(canonical_name(Code::NotFound), "NOT_FOUND");
+        assert_eq!(
+            canonical_code_name(Code::InvalidArgument),
+            "INVALID_ARGUMENT"
+        );
+        assert_eq!(
+            canonical_code_name(Code::PermissionDenied),
+            "PERMISSION_DENIED"
+        );
+        assert_eq!(canonical_code_name(Code::NotFound), "NOT_FOUND");
     }
 }

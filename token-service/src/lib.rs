@@ -9,6 +9,8 @@ pub mod grpc;
 pub mod limiter;
 pub mod metrics;
 pub mod outbox;
+pub mod privacy;
+pub mod retention;
 pub mod sessions;
 pub mod startup;
 pub mod store;

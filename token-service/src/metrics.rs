@@ -51,6 +51,20 @@ pub fn describe() {
         "token_sqlite_queue_length",
         "Calls waiting for the SQLite thread.",
     );
+    gauge(
+        "token_erasures_pending",
+        "Erasures whose conversation-service part is still owed.",
+    );
+    counter(
+        "token_retention_removed_total",
+        "Rows (or contact details) the retention sweeper removed, by kind.",
+        &[
+            &[("kind", "ended_sessions")],
+            &[("kind", "failed_call_contacts")],
+            &[("kind", "links")],
+            &[("kind", "audit_records")],
+        ],
+    );
 }
 
 /// Read on every health probe: calls waiting in the outbox, the age of the oldest in
@@ -60,6 +74,12 @@ pub fn outbox(pending: i64, oldest_pending_seconds: f64, failed: i64) {
     metrics::gauge!("token_outbox_depth").set(pending as f64);
     metrics::gauge!("token_outbox_oldest_pending_age_seconds").set(oldest_pending_seconds);
     metrics::gauge!("token_outbox_failed_jobs").set(failed as f64);
+}
+
+/// Read on every health probe: erasures whose conversation-service part is still owed.
+#[allow(clippy::cast_precision_loss)]
+pub fn erasures_pending(pending: i64) {
+    metrics::gauge!("token_erasures_pending").set(pending as f64);
 }
 
 /// A failed guess (unknown link, wrong provider, malformed secret) counted against its
@@ -91,4 +111,9 @@ pub fn sqlite_group(calls: usize, took: Duration, commit: Duration) {
 #[allow(clippy::cast_precision_loss)]
 pub fn sqlite_queue(length: usize) {
     metrics::gauge!("token_sqlite_queue_length").set(length as f64);
+}
+
+/// Rows (or contact details) the retention sweeper removed, by what they were.
+pub fn retention_removed(what: &'static str, rows: usize) {
+    metrics::counter!("token_retention_removed_total", "kind" => what).increment(rows as u64);
 }

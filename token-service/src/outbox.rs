@@ -54,7 +54,15 @@ pub struct Outbox {
     reachable: Arc<AtomicBool>,
 }
 
-fn to_chrono(d: Duration) -> chrono::Duration {
+impl OutboxSettings {
+    /// Delay before attempt `attempts + 1`: doubling from `retry`, capped at `retry_max`.
+    pub fn backoff(&self, attempts: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempts.min(MAX_DOUBLINGS));
+        self.retry.saturating_mul(factor).min(self.retry_max)
+    }
+}
+
+pub fn to_chrono(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
@@ -69,6 +77,16 @@ impl Outbox {
         }
     }
 
+    /// What the outbox works with, for another queue of calls to conversation-service
+    /// (the erasures).
+    pub fn parts(&self) -> (Store, Conversations, OutboxSettings) {
+        (
+            self.store.clone(),
+            self.conversations.clone(),
+            self.settings.clone(),
+        )
+    }
+
     pub fn set_reachable(&self, reachable: bool) {
         self.reachable.store(reachable, Ordering::Relaxed);
     }
@@ -76,15 +94,6 @@ impl Outbox {
     /// Asks the worker to look at the queue now.
     pub fn wake(&self) {
         self.wake.notify_one();
-    }
-
-    /// Delay before attempt `attempts + 1`: doubling from `retry`, capped at `retry_max`.
-    fn backoff(&self, attempts: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempts.min(MAX_DOUBLINGS));
-        self.settings
-            .retry
-            .saturating_mul(factor)
-            .min(self.settings.retry_max)
     }
 
     /// Makes a call this caller holds, retrying transient failures until `inline_wait`
@@ -174,7 +183,7 @@ impl Outbox {
 
     /// Records a failed call: retried later, or given up when it can never succeed.
     async fn settle_failure(&self, job: &OutboxJob, error: CallError) -> Result<(), Error> {
-        let next = now() + to_chrono(self.backoff(job.attempts));
+        let next = now() + to_chrono(self.settings.backoff(job.attempts));
         match (&job.call, &error) {
             (OutboxCall::UpdateCustomer { .. }, CallError::Permanent(refusal)) => {
                 // Nobody waits for this answer any more: it shows on GetSession

@@ -10,6 +10,7 @@ use chat_common::{
     server::OversizeLayer,
 };
 use chat_proto::v1::{
+    audit_service_server::AuditServiceServer, privacy_service_server::PrivacyServiceServer,
     token_admin_service_server::TokenAdminServiceServer, token_service_server::TokenServiceServer,
 };
 use tokio::net::TcpListener;
@@ -21,9 +22,11 @@ use crate::{
     config::Config,
     conversations::{self, Conversations},
     error::Error,
-    grpc::{TokenAdminGrpc, TokenGrpc},
+    grpc::{AuditGrpc, Auditor, PrivacyGrpc, TokenAdminGrpc, TokenGrpc},
     limiter::{CallerIdentity, FailureLimiter},
     outbox::{Outbox, OutboxSettings},
+    privacy::Erasures,
+    retention::RetentionSettings,
     sessions::Sessions,
     store::Store,
 };
@@ -31,6 +34,10 @@ use crate::{
 /// The health name of token-service's readiness.
 pub const TOKEN_SERVICE: &str = "chat.v1.TokenService";
 const ADMIN_SERVICE: &str = "chat.v1.TokenAdminService";
+const PRIVACY_SERVICE: &str = "chat.v1.PrivacyService";
+const AUDIT_SERVICE: &str = "chat.v1.AuditService";
+/// The retention sweeper never runs more often than this.
+const MIN_RETENTION_INTERVAL: Duration = Duration::from_secs(1);
 /// Largest reply: a full ListTokens page (200 links with 200-character labels) fits.
 const MAX_REPLY_BYTES: usize = 1024 * 1024;
 /// Largest request header block.
@@ -50,6 +57,7 @@ pub struct Application {
     config: Config,
     store: Store,
     outbox: Outbox,
+    erasures: Erasures,
     conversations: Conversations,
     security: Security,
     probes: Probes,
@@ -64,7 +72,7 @@ impl Application {
     /// that cannot be opened yet stops the start: both are retried and reported by
     /// health.
     pub async fn build(config: Config) -> Result<Self, Error> {
-        let security =
+        let mut security =
             Security::load(&config.security).map_err(|e| Error::Internal(e.to_string()))?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -90,7 +98,10 @@ impl Application {
             conversations.clone(),
             outbox_settings(&config),
         );
-        let (probes, routes) = services(&config, &store, &outbox).await?;
+        security.on_policy_reload(Auditor::new(store.clone()).policy_reload_hook());
+        let erasures = Erasures::new(&outbox);
+        let (probes, routes) =
+            services(&config, &store, &outbox, &erasures, &conversations).await?;
         Ok(Self {
             listener,
             local_addr,
@@ -98,6 +109,7 @@ impl Application {
             config,
             store,
             outbox,
+            erasures,
             conversations,
             security,
             probes,
@@ -136,6 +148,7 @@ impl Application {
             config,
             store,
             outbox,
+            erasures,
             conversations,
             security,
             probes,
@@ -145,6 +158,12 @@ impl Application {
         let reload = config.security.tls_reload_interval;
         tokio::spawn(conversations.watch(reload, shutdown.clone()));
         let worker = tokio::spawn(outbox.clone().run(shutdown.clone()));
+        let eraser = tokio::spawn(erasures.run(shutdown.clone()));
+        let sweeper = tokio::spawn(crate::retention::run(
+            store.clone(),
+            retention_settings(&config),
+            shutdown.clone(),
+        ));
         if let Some(metrics) = metrics {
             let store = store.clone();
             let sample = move || crate::metrics::sqlite_queue(store.queue_len());
@@ -172,6 +191,8 @@ impl Application {
         shutdown.cancel();
         let _ = signals.await;
         let _ = worker.await;
+        let _ = eraser.await;
+        let _ = sweeper.await;
         let _ = prober.await;
         tracing::info!("token-service stopped");
         served.map_err(|e| Error::Internal(format!("serving: {e}")))
@@ -220,13 +241,29 @@ fn outbox_settings(config: &Config) -> OutboxSettings {
     }
 }
 
+/// The retention settings: a zero keeps that kind of data for ever.
+fn retention_settings(config: &Config) -> RetentionSettings {
+    let keep = |d: Duration| (!d.is_zero()).then_some(d);
+    let r = &config.retention;
+    RetentionSettings {
+        ended_sessions: keep(r.session_retention),
+        failed_call_contacts: keep(r.failed_call_contact_retention),
+        links: keep(r.link_retention),
+        audit_records: keep(r.audit_retention),
+        interval: r.retention_interval.max(MIN_RETENTION_INTERVAL),
+        batch: r.retention_batch.max(1),
+    }
+}
+
 /// Health (readiness NOT_SERVING until the first probe has seen the database, and
-/// conversation-service UNKNOWN until it has been asked), reflection, and the two
-/// token services.
+/// conversation-service UNKNOWN until it has been asked), reflection, and token-service's
+/// four services.
 async fn services(
     config: &Config,
     store: &Store,
     outbox: &Outbox,
+    erasures: &Erasures,
+    conversations: &Conversations,
 ) -> Result<(Probes, Routes), Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     let probes = Probes::new(health, &[TOKEN_SERVICE]).await;
@@ -236,14 +273,28 @@ async fn services(
         .await;
     let (reflection_v1, reflection_v1alpha) = chat_common::reflection::services(
         chat_proto::FILE_DESCRIPTOR_SET,
-        &[TOKEN_SERVICE, ADMIN_SERVICE],
+        &[TOKEN_SERVICE, ADMIN_SERVICE, PRIVACY_SERVICE, AUDIT_SERVICE],
     )
     .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
     let routes = Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(token_service(config, store, outbox)?)
-        .add_service(admin_service(config, store, outbox));
+        .add_service(admin_service(config, store, outbox))
+        .add_service(
+            PrivacyServiceServer::new(PrivacyGrpc::new(
+                store.clone(),
+                erasures.clone(),
+                conversations.clone(),
+            ))
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(MAX_REPLY_BYTES),
+        )
+        .add_service(
+            AuditServiceServer::new(AuditGrpc::new(store.clone()))
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(MAX_REPLY_BYTES),
+        );
     Ok((probes, routes))
 }
 
@@ -344,6 +395,7 @@ impl HealthProbe {
                         stats.oldest_pending_seconds,
                         stats.failed,
                     );
+                    crate::metrics::erasures_pending(stats.erasures_pending);
                 }
                 true
             }

@@ -3,6 +3,9 @@
 
 pub mod convert;
 mod outbound;
+mod privacy;
+
+pub use privacy::{AuditApi, PrivacyApi};
 
 use std::sync::Arc;
 
@@ -363,6 +366,16 @@ impl ConversationService for ConversationApi {
             return Err(Error::CursorOutOfRange {
                 field: "after_seq",
                 message: format!("is beyond the newest message ({})", conversation.head_seq),
+            }
+            .into());
+        }
+        if after_seq < conversation.kept_from_seq {
+            return Err(Error::CursorOutOfRange {
+                field: "after_seq",
+                message: format!(
+                    "messages up to {} were deleted by retention",
+                    conversation.kept_from_seq
+                ),
             }
             .into());
         }

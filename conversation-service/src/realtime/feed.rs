@@ -111,6 +111,20 @@ pub enum Shared {
 }
 
 impl Feed {
+    /// Drops the tail: the conversation's customer side changed (an erasure blanks the
+    /// bodies of the customer's messages), so no stream may be served the old copies.
+    /// The streams read what they need from the table again. When a stream holds the
+    /// tail right now, it is dropped as soon as that stream lets go.
+    pub fn forget(self: &Arc<Self>) {
+        match self.tail.try_lock() {
+            Ok(mut tail) => *tail = Tail::default(),
+            Err(_) => {
+                let feed = Arc::clone(self);
+                tokio::spawn(async move { *feed.tail.lock().await = Tail::default() });
+            }
+        }
+    }
+
     /// Adds messages a notice carried (contiguous seqs, oldest first). Best effort: when
     /// a stream is reading meanwhile, or the messages do not follow the tail, the tail
     /// starts over at them or keeps what it has, and the streams read what they miss.
@@ -221,6 +235,35 @@ mod tests {
         assert_eq!(seqs(tail.between(12, 14)), Some(vec![13, 14]));
         assert_eq!(seqs(tail.between(9, 12)), None, "older than the tail");
         assert_eq!(seqs(tail.between(14, 16)), None, "newer than the tail");
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_feed_holds_no_message() {
+        let feed = Arc::new(Feed::default());
+        {
+            let mut tail = feed.tail.lock().await;
+            tail.push(message(1, 5));
+            assert_eq!(seqs(tail.between(0, 1)), Some(vec![1]));
+        }
+        feed.forget();
+        let tail = feed.tail.lock().await;
+        assert!(tail.messages.is_empty() && tail.bytes == 0);
+        assert_eq!(seqs(tail.between(0, 1)), None);
+    }
+
+    #[tokio::test]
+    async fn a_feed_forgotten_while_a_stream_holds_it_is_emptied_when_it_lets_go() {
+        let feed = Arc::new(Feed::default());
+        let mut held = feed.tail.lock().await;
+        held.push(message(1, 5));
+        feed.forget();
+        drop(held);
+        tokio::task::yield_now().await;
+        let tail = feed.tail.lock().await;
+        assert!(
+            tail.messages.is_empty(),
+            "the old copy outlived the erasure"
+        );
     }
 
     #[test]

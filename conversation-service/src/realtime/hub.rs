@@ -206,12 +206,18 @@ impl Hub {
         let Routes {
             deliveries,
             carried,
+            forgotten,
             inboxes,
         } = route(notice);
         let map = self
             .subscribers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        for id in forgotten {
+            if let Some(group) = map.get(&Key::Conversation(id)) {
+                group.feed.forget();
+            }
+        }
         // The messages first, so the streams woken next find them in their feed.
         for (id, messages) in carried {
             if let Some(group) = map.get(&Key::Conversation(id)) {
@@ -253,6 +259,8 @@ impl Hub {
 struct Routes {
     deliveries: Vec<(Key, Wake)>,
     carried: Vec<(Uuid, Vec<Carried>)>,
+    /// Conversations whose feed must drop what it holds (their customer side changed).
+    forgotten: Vec<Uuid>,
     inboxes: HashSet<Key>,
 }
 
@@ -305,6 +313,7 @@ fn route(notice: Notice) -> Routes {
             customer_id,
         } => {
             routes.touch_inboxes(&provider_id, customer_id.as_deref());
+            routes.forgotten.push(conversation_id);
             Some((conversation_id, Wake::Customer))
         }
         Notice::Created {

@@ -37,7 +37,7 @@ impl Store {
     /// `(last_activity_at, id)` of the previous page.
     ///
     /// Two index range scans of the owner's `inbox_at` order (migration
-    /// `20261206080000_inbox_order`), each cut at the page key and the page size: the
+    /// `20261206091000_inbox_order`), each cut at the page key and the page size: the
     /// settled conversations, whose `inbox_at` is their exact last activity, come in index
     /// order with no sort; the few active since `inbox_settled.through` are sorted by
     /// `last_activity_at`. Neither grows with how many conversations share a minute.

@@ -1,6 +1,6 @@
 //! Settling the inbox order: after a minute has closed, the conversations last active in
 //! it get `inbox_at = last_activity_at`, and `inbox_settled.through` moves past it, so
-//! ListConversations reads them in index order (migration `20261206080000_inbox_order`).
+//! ListConversations reads them in index order (migration `20261206091000_inbox_order`).
 
 use std::time::Duration;
 

@@ -33,6 +33,8 @@ pub struct ConversationRow {
     /// The token-service session that opened it for an anonymous visitor.
     pub session_id: Option<Uuid>,
     pub head_seq: i64,
+    /// Messages up to this seq were deleted by retention (0: none).
+    pub kept_from_seq: i64,
     pub provider_read_seq: i64,
     pub customer_read_seq: i64,
     pub created_at: DateTime<Utc>,

@@ -360,7 +360,7 @@ fn encode(item: &Touched) -> String {
 /// One statement: move each conversation's head, activity time (never backwards:
 /// replicas' clocks differ) and the senders' read positions, insert the rows and NOTIFY.
 /// The indexed inbox order `inbox_at` follows the activity time only when its minute
-/// changes, so the other updates stay HOT (migration `20261206080000_inbox_order`). The
+/// changes, so the other updates stay HOT (migration `20261206091000_inbox_order`). The
 /// participants' unread counts move by what each row's update changed: `old` reads the
 /// rows under their locks first, so its values are the ones the update replaced.
 /// It takes the row locks itself and checks each row is as the batch was planned on

@@ -1,4 +1,4 @@
-//! Unread summaries (migration `20261206080100_unread_counts`): kept per participant by
+//! Unread summaries (migration `20261206091100_unread_counts`): kept per participant by
 //! the statements that move heads and read positions, read here in one row.
 
 use sqlx::{Postgres, Transaction};

@@ -87,12 +87,17 @@ impl Store {
             return Err(Error::NotParticipant);
         }
         if current != status {
-            sqlx::query("UPDATE conversations SET status = $2 WHERE id = $1")
-                .bind(id.0)
-                .bind(status)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| Error::db(ctx, e))?;
+            // closed_at starts the retention clock of the conversation's messages.
+            sqlx::query(
+                "UPDATE conversations SET status = $2, \
+                 closed_at = CASE WHEN $2 = $3 THEN now() END WHERE id = $1",
+            )
+            .bind(id.0)
+            .bind(status)
+            .bind(Status::Closed)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| Error::db(ctx, e))?;
             record_event(&mut tx, id.0, EventKind::StatusChanged, Some(status)).await?;
             notify(
                 &mut tx,
@@ -110,7 +115,7 @@ impl Store {
     }
 }
 
-async fn record_event(
+pub(super) async fn record_event(
     tx: &mut Transaction<'_, Postgres>,
     conversation_id: Uuid,
     kind: EventKind,

@@ -14,6 +14,7 @@ mod limits;
 mod messages;
 mod observability;
 mod pagination;
+mod privacy;
 mod properties;
 mod security;
 mod send_path;

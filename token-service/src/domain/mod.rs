@@ -3,6 +3,7 @@
 
 mod admin;
 mod page;
+mod privacy;
 mod secret;
 mod session;
 mod token;
@@ -13,6 +14,10 @@ use uuid::Uuid;
 
 pub use admin::{BackupName, CallId, CallKind, FailedCall, FailedCallCursor};
 pub use page::TokenCursor;
+pub use privacy::{
+    AuditEntry, AuditRecord, ConversationsErased, CustomerExport, Erasure, ErasureCall,
+    ExportedContact, ExportedSession,
+};
 pub use secret::{SecretHash, SessionSecret, TokenSecret};
 pub use session::{ContactDetails, CustomerLink, Session};
 pub use token::{NewToken, Token, TokenState};

@@ -7,7 +7,7 @@ use chat_proto::v1::{self as pb, token_admin_service_server::TokenAdminService};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use super::{convert::timestamp, reply};
+use super::{audit::Auditor, convert::timestamp, reply};
 use crate::{
     domain::{BackupName, CallId, CallKind, FailedCall, FailedCallCursor, PageSize, now},
     error::Error,
@@ -15,16 +15,22 @@ use crate::{
     store::Store,
 };
 
+const RETRY_FAILED_CALL: &str = "/chat.v1.TokenAdminService/RetryFailedCall";
+const DROP_FAILED_CALL: &str = "/chat.v1.TokenAdminService/DropFailedCall";
+const BACKUP_DATABASE: &str = "/chat.v1.TokenAdminService/BackupDatabase";
+
 #[derive(Clone)]
 pub struct TokenAdminGrpc {
     store: Store,
     outbox: Outbox,
     backup_dir: PathBuf,
+    auditor: Auditor,
 }
 
 impl TokenAdminGrpc {
     pub fn new(store: Store, outbox: Outbox, backup_dir: PathBuf) -> Self {
         Self {
+            auditor: Auditor::new(store.clone()),
             store,
             outbox,
             backup_dir,
@@ -121,8 +127,12 @@ impl TokenAdminService for TokenAdminGrpc {
         request: Request<pb::RetryFailedCallRequest>,
     ) -> Result<Response<pb::RetryFailedCallResponse>, Status> {
         let span = span("RetryFailedCall", request.get_ref().call_id);
-        async { reply(self.retry(request.into_inner()).await) }
-            .instrument(span)
+        let caller = Auditor::caller(&request);
+        let request = request.into_inner();
+        let target = request.call_id.to_string();
+        let outcome = self.retry(request).instrument(span).await;
+        self.auditor
+            .reply(caller, RETRY_FAILED_CALL, target, outcome)
             .await
     }
 
@@ -131,8 +141,12 @@ impl TokenAdminService for TokenAdminGrpc {
         request: Request<pb::DropFailedCallRequest>,
     ) -> Result<Response<pb::DropFailedCallResponse>, Status> {
         let span = span("DropFailedCall", request.get_ref().call_id);
-        async { reply(self.drop_call(request.into_inner()).await) }
-            .instrument(span)
+        let caller = Auditor::caller(&request);
+        let request = request.into_inner();
+        let target = request.call_id.to_string();
+        let outcome = self.drop_call(request).instrument(span).await;
+        self.auditor
+            .reply(caller, DROP_FAILED_CALL, target, outcome)
             .await
     }
 
@@ -140,8 +154,18 @@ impl TokenAdminService for TokenAdminGrpc {
         &self,
         request: Request<pb::BackupDatabaseRequest>,
     ) -> Result<Response<pb::BackupDatabaseResponse>, Status> {
-        async { reply(self.backup(request.into_inner()).await) }
+        let caller = Auditor::caller(&request);
+        let request = request.into_inner();
+        let outcome = self
+            .backup(request.clone())
             .instrument(span("BackupDatabase", 0))
+            .await;
+        // The file written, or the name asked for when none was.
+        let target = outcome
+            .as_ref()
+            .map_or(request.file_name, |written| written.path.clone());
+        self.auditor
+            .reply(caller, BACKUP_DATABASE, target, outcome)
             .await
     }
 }

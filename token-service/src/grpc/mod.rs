@@ -3,7 +3,9 @@
 //! per RPC with its ids, never a secret.
 
 mod admin;
+mod audit;
 mod convert;
+mod privacy;
 
 use std::sync::Arc;
 
@@ -24,7 +26,9 @@ use crate::{
 };
 
 pub use admin::TokenAdminGrpc;
+pub use audit::{AuditGrpc, Auditor};
 pub use convert::link_path;
+pub use privacy::PrivacyGrpc;
 
 #[derive(Clone)]
 pub struct TokenGrpc {

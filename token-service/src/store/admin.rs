@@ -6,7 +6,10 @@ use std::{path::PathBuf, time::Duration};
 
 use rusqlite::{Connection, Row, backup::Backup, params};
 
-use super::{sql::time_at, thread::Store};
+use super::{
+    sql::{rows, time_at},
+    thread::Store,
+};
 use crate::{
     domain::{BackupName, CallId, FailedCall, FailedCallCursor, Timestamp, to_micros},
     error::{Error, StoreResultExt},
@@ -42,20 +45,18 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<FailedCall>, Error> {
         self.call(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT job_id, session_id, kind, attempts, last_error, failed_time, create_time,
-                            error_reason
-                     FROM outbox WHERE failed_time IS NOT NULL AND job_id > ?1
-                     ORDER BY job_id LIMIT ?2",
-                )
-                .context("listing failed calls")?;
             // Call ids start at 1: no cursor reads from the first.
             let after = after.map_or(0, |c| c.0);
-            stmt.query_map(params![after, i64::from(limit)], failed_call)
-                .context("listing failed calls")?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .context("listing failed calls")
+            rows(
+                conn,
+                "SELECT job_id, session_id, kind, attempts, last_error, failed_time, create_time,
+                        error_reason
+                 FROM outbox WHERE failed_time IS NOT NULL AND job_id > ?1
+                 ORDER BY job_id LIMIT ?2",
+                params![after, i64::from(limit)],
+                failed_call,
+                "listing failed calls",
+            )
         })
         .await
     }

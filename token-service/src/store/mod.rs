@@ -11,8 +11,11 @@
 //! again.
 
 mod admin;
+mod audit;
 mod group;
 mod outbox;
+mod privacy;
+mod retention;
 mod session_rows;
 mod sessions;
 mod sql;
@@ -22,6 +25,8 @@ mod tokens;
 mod turns;
 
 pub use outbox::{Done, OutboxCall, OutboxJob};
+pub use privacy::{ErasureAttempt, ErasureJob};
+pub use retention::Retained;
 pub use sessions::{Identified, Redeemed, Redemption};
 pub use stats::OutboxStats;
 pub use thread::Store;

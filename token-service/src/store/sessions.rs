@@ -136,8 +136,14 @@ impl Store {
         previous: Option<CustomerId>,
     ) -> Result<Session, Error> {
         self.call(move |conn| {
-            conn.execute_cached("DELETE FROM outbox WHERE job_id = ?1", [job_id])
+            let withdrawn = conn
+                .execute_cached("DELETE FROM outbox WHERE job_id = ?1", [job_id])
                 .context("withdrawing a call")?;
+            // Gone already: an erasure deleted it while it was being made, and the
+            // customer it would restore was erased with it.
+            if withdrawn == 0 {
+                return session_by_id(conn, session_id);
+            }
             conn.execute_cached(
                 "UPDATE chat_sessions SET customer_id = ?2
                  WHERE session_id = ?1 AND NOT EXISTS (

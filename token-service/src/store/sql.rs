@@ -37,6 +37,27 @@ impl Cached for Connection {
     }
 }
 
+/// Every row a cached statement returns, each mapped by `f`; `context` names the query
+/// in an error.
+pub(super) fn rows<T, P, F>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+    f: F,
+    context: &'static str,
+) -> Result<Vec<T>, crate::error::Error>
+where
+    P: rusqlite::Params,
+    F: FnMut(&Row<'_>) -> rusqlite::Result<T>,
+{
+    use crate::error::StoreResultExt;
+    let mut stmt = conn.prepare_cached(sql).context(context)?;
+    stmt.query_map(params, f)
+        .context(context)?
+        .collect::<rusqlite::Result<Vec<T>>>()
+        .context(context)
+}
+
 /// `query_row` that returns `None` for no row.
 pub(super) fn optional<T>(result: rusqlite::Result<T>) -> rusqlite::Result<Option<T>> {
     result.optional()

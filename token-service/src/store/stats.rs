@@ -17,6 +17,8 @@ pub struct OutboxStats {
     pub oldest_pending_seconds: f64,
     /// Calls conversation-service refused for good, kept for operators.
     pub failed: i64,
+    /// Erasures whose conversation-service part is still to be made.
+    pub erasures_pending: i64,
 }
 
 impl Store {
@@ -33,6 +35,13 @@ impl Store {
                     |r| Ok((r.get("pending")?, r.get("oldest")?, r.get("failed")?)),
                 )
                 .context("reading outbox figures")?;
+            let erasures_pending = conn
+                .query_row(
+                    "SELECT count(*) FROM erasures WHERE complete_time IS NULL",
+                    [],
+                    |r| r.get(0),
+                )
+                .context("reading outbox figures")?;
             #[allow(clippy::cast_precision_loss)]
             let oldest_pending_seconds = oldest.map_or(0.0, |t| {
                 (now.saturating_sub(t)).max(0) as f64 / MICROS_PER_SECOND
@@ -41,6 +50,7 @@ impl Store {
                 pending,
                 oldest_pending_seconds,
                 failed,
+                erasures_pending,
             })
         })
         .await

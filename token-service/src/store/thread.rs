@@ -39,6 +39,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../../migrations/token/0002_consistency.sql"
         )),
+        M::up(include_str!("../../../migrations/token/0003_privacy.sql")),
     ])
 }
 
@@ -55,6 +56,8 @@ enum Job {
 pub struct Store {
     tx: mpsc::Sender<Job>,
     pub(super) in_flight: InFlight,
+    /// Erasures whose conversation-service part is being made right now.
+    pub(super) erasing: InFlight<crate::domain::RequestId>,
     commits: Arc<AtomicU64>,
 }
 
@@ -209,8 +212,12 @@ fn open(path: &Path, busy_timeout: Duration) -> Result<Connection, Error> {
     }
     // FULL: under NORMAL a committed redemption can vanish on power loss, making a
     // single-use link usable twice.
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
-        .context("setting pragmas")?;
+    // secure_delete: deleted rows are overwritten with zeros, so an erased customer's
+    // details do not linger in free pages (the WAL is truncated after an erasure).
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;",
+    )
+    .context("setting pragmas")?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     migrations().to_latest(&mut conn)?;
     Ok(conn)
@@ -251,6 +258,7 @@ impl Store {
         Ok(Self {
             tx,
             in_flight: InFlight::default(),
+            erasing: InFlight::default(),
             commits,
         })
     }

@@ -195,7 +195,7 @@ async fn linked_customer(client: &ConversationClient, conversation_id: &str) -> 
 }
 
 /// token-service as an OS process, so it can be SIGKILLed.
-struct Process(Child);
+pub(crate) struct Process(Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -204,7 +204,7 @@ impl Drop for Process {
     }
 }
 
-fn start_process(listen: &str, db: &std::path::Path, conversation_url: &str) -> Process {
+pub(crate) fn start_process(listen: &str, db: &std::path::Path, conversation_url: &str) -> Process {
     let mut args = crate::helpers::test_args(db, conversation_url);
     let at = args.iter().position(|a| a == "--listen").unwrap();
     args[at + 1] = listen.to_owned();

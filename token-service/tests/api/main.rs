@@ -13,6 +13,7 @@ mod faults;
 mod hardening;
 mod health;
 mod observability;
+mod privacy;
 mod properties;
 mod redeem;
 mod replicas;

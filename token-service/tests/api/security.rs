@@ -409,6 +409,152 @@ async fn operators_read_tokens_and_nothing_else_over_mutual_tls() {
     );
 }
 
+/// EraseCustomer / ExportCustomer belong to the privacy officer alone; the audit trail
+/// names it, and refusals by the callers file write no record.
+#[tokio::test]
+async fn only_privacy_officers_erase_or_export_and_the_audit_trail_names_them() {
+    use chat_proto::v1::{
+        EraseCustomerRequest, ExportCustomerRequest, ListAuditRecordsRequest,
+        audit_service_client::AuditServiceClient, privacy_service_client::PrivacyServiceClient,
+    };
+    let pki = Pki::new("token-privacy");
+    let server = pki.server("token");
+    let callers = example_callers_file();
+    let (addr, shutdown) = token_service(
+        "http://127.0.0.1:9",
+        &[
+            "--tls-cert",
+            path(&server.cert),
+            "--tls-key",
+            path(&server.key),
+            "--tls-client-ca",
+            path(&pki.ca()),
+            "--callers-file",
+            path(&callers),
+        ],
+    )
+    .await;
+    let _stop = shutdown.drop_guard();
+    let as_caller = |workload: &str| tls_channel(addr, &pki.ca(), Some(&pki.client(workload)));
+    let officer = as_caller("privacy-officer");
+    wait_serving(&officer, "chat.v1.TokenService").await;
+    let erase = || EraseCustomerRequest {
+        request_id: Uuid::new_v4().to_string(),
+        customer_id: "cust-privacy".into(),
+    };
+    let export = || ExportCustomerRequest {
+        customer_id: "cust-privacy".into(),
+    };
+
+    for workload in ["bff", "operator", "admin"] {
+        let mut privacy = PrivacyServiceClient::new(as_caller(workload));
+        assert_refused(
+            privacy.erase_customer(erase()).await,
+            Code::PermissionDenied,
+            "METHOD_NOT_GRANTED",
+        );
+        assert_refused(
+            privacy.export_customer(export()).await,
+            Code::PermissionDenied,
+            "METHOD_NOT_GRANTED",
+        );
+    }
+    for workload in ["bff", "operator"] {
+        assert_refused(
+            AuditServiceClient::new(as_caller(workload))
+                .list_audit_records(ListAuditRecordsRequest::default())
+                .await,
+            Code::PermissionDenied,
+            "METHOD_NOT_GRANTED",
+        );
+    }
+
+    PrivacyServiceClient::new(officer.clone())
+        .erase_customer(erase())
+        .await
+        .unwrap();
+    let records = AuditServiceClient::new(as_caller("admin"))
+        .list_audit_records(ListAuditRecordsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .audit_records;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(
+        (
+            records[0].caller.as_str(),
+            records[0].method.as_str(),
+            records[0].target.as_str()
+        ),
+        (
+            "privacy-officer",
+            "/chat.v1.PrivacyService/EraseCustomer",
+            "cust-privacy"
+        )
+    );
+}
+
+#[tokio::test]
+async fn callers_file_reloads_are_audited_whether_they_load_or_not() {
+    use chat_proto::v1::{ListAuditRecordsRequest, audit_service_client::AuditServiceClient};
+    let dir = std::env::temp_dir().join(format!("callers-audit-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let callers = dir.join("callers.toml");
+    let open = "allow_no_callers = true\n[open]\nmethods = [\"/grpc.health.v1.Health/*\", \"/chat.v1.AuditService/*\"]\n";
+    std::fs::write(&callers, open).unwrap();
+    let (addr, shutdown) = token_service(
+        "http://127.0.0.1:9",
+        &[
+            "--callers-file",
+            path(&callers),
+            "--tls-reload-interval",
+            "50ms",
+        ],
+    )
+    .await;
+    let _stop = shutdown.drop_guard();
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    wait_serving(&channel, "chat.v1.TokenService").await;
+    let audit = AuditServiceClient::new(channel);
+    let reloads = || {
+        let mut audit = audit.clone();
+        async move {
+            let records = audit
+                .list_audit_records(ListAuditRecordsRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .audit_records;
+            Some(
+                records
+                    .into_iter()
+                    .filter(|r| r.method == "callers-file-reload")
+                    .map(|r| (r.caller, r.result, r.reason))
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+
+    // A file changed on disk is noticed by its modification time.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::write(&callers, format!("{open}# edited\n")).unwrap();
+    let loaded = eventually(WAIT, || async { reloads().await.filter(|r| !r.is_empty()) }).await;
+    assert_eq!(
+        loaded[0],
+        ("token-service".to_owned(), "OK".to_owned(), String::new())
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::write(&callers, "[open\nbroken").unwrap();
+    let failed = eventually(WAIT, || async { reloads().await.filter(|r| r.len() >= 2) }).await;
+    assert_eq!(
+        (failed[0].1.as_str(), failed[0].2.as_str()),
+        ("FAILED_PRECONDITION", "CALLERS_FILE_INVALID")
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn bearer<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     request

@@ -1,0 +1,170 @@
+//! A customer's data: which conversations are theirs, erasing their side of them, and
+//! the audit trail of the calls that do so.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{Notice, Store, notice::notify, records::EventKind, updates::record_event};
+use crate::{
+    domain::Role,
+    error::{Error, Result},
+};
+
+/// What an erasure changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Erased {
+    pub conversations: i64,
+    pub messages: i64,
+}
+
+/// One administrative call, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AuditRow {
+    pub record_id: i64,
+    pub caller: String,
+    pub method: String,
+    pub target: String,
+    pub time: DateTime<Utc>,
+    pub result: String,
+    pub reason: String,
+}
+
+/// The customer's conversations: linked to them, or opened by one of their sessions
+/// (`listed`) while no other customer is linked. `$1` the customer, `$2` the listed ids.
+const CUSTOMER_CONVERSATIONS: &str = "SELECT id, provider_id FROM conversations \
+     WHERE customer_id = $1 OR (id = ANY($2) AND (customer_id IS NULL OR customer_id = $1)) \
+     ORDER BY id";
+
+impl Store {
+    /// The ids of a customer's conversations (see [`CUSTOMER_CONVERSATIONS`]).
+    pub async fn customer_conversations(
+        &self,
+        customer_id: &str,
+        listed: &[Uuid],
+    ) -> Result<Vec<Uuid>> {
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(CUSTOMER_CONVERSATIONS)
+            .bind(customer_id)
+            .bind(listed)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| Error::db("find a customer's conversations", e))?;
+        Ok(rows.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// Erases the customer's side of their conversations in one transaction: name, email
+    /// and phone, and the bodies of the messages the customer sent (the provider's stay).
+    /// The rows are locked in id order, as every writer locks them, and each changed
+    /// conversation gets a customer-updated event, so streams and inboxes show the blank
+    /// details. Erasing again changes nothing and counts zero.
+    pub async fn erase_customer(&self, customer_id: &str, listed: &[Uuid]) -> Result<Erased> {
+        let ctx = "erase a customer";
+        let mut tx = self.pool.begin().await.map_err(|e| Error::db(ctx, e))?;
+        let locked: Vec<(Uuid, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{CUSTOMER_CONVERSATIONS} FOR UPDATE"
+        )))
+        .bind(customer_id)
+        .bind(listed)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| Error::db(ctx, e))?;
+        let ids: Vec<Uuid> = locked.iter().map(|(id, _)| *id).collect();
+        let changed: Vec<(Uuid, Option<String>)> = sqlx::query_as(
+            "UPDATE conversations SET customer_name = '', customer_email = '', customer_phone = '' \
+             WHERE id = ANY($1) \
+               AND (customer_name <> '' OR customer_email <> '' OR customer_phone <> '') \
+             RETURNING id, customer_id",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| Error::db(ctx, e))?;
+        let messages = sqlx::query(
+            "UPDATE messages SET body = '' \
+             WHERE conversation_id = ANY($1) AND sender_role = $2 AND body <> ''",
+        )
+        .bind(&ids)
+        .bind(Role::Customer)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| Error::db(ctx, e))?
+        .rows_affected();
+        for (id, provider_id) in &locked {
+            if !changed.iter().any(|(c, _)| c == id) {
+                continue;
+            }
+            record_event(&mut tx, *id, EventKind::CustomerUpdated, None).await?;
+            notify(
+                &mut tx,
+                &Notice::Customer {
+                    conversation_id: *id,
+                    provider_id: provider_id.clone(),
+                    customer_id: Some(customer_id.to_owned()),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(|e| Error::db(ctx, e))?;
+        let erased = Erased {
+            conversations: i64::try_from(changed.len()).unwrap_or(i64::MAX),
+            messages: i64::try_from(messages).unwrap_or(i64::MAX),
+        };
+        if erased != Erased::default() {
+            self.vacuum_after_erasure();
+        }
+        Ok(erased)
+    }
+
+    /// PostgreSQL keeps the row versions an erasure replaced until VACUUM removes them;
+    /// this asks for that now instead of waiting for autovacuum. In the background, on a
+    /// pool connection outside any transaction (VACUUM cannot run in one); it removes
+    /// only what no open transaction can still see, and never locks out writers.
+    fn vacuum_after_erasure(&self) {
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            for table in ["conversations", "messages"] {
+                let sql = sqlx::AssertSqlSafe(format!("VACUUM {table}"));
+                if let Err(error) = sqlx::query(sql).execute(&pool).await {
+                    tracing::warn!(%error, table, "VACUUM after an erasure failed; autovacuum will do it");
+                }
+            }
+        });
+    }
+
+    /// Appends an audit record.
+    pub async fn audit(
+        &self,
+        caller: &str,
+        method: &str,
+        target: &str,
+        result: &str,
+        reason: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_records (caller, method, target, result, reason) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(caller)
+        .bind(method)
+        .bind(target)
+        .bind(result)
+        .bind(reason)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| Error::db("write an audit record", e))?;
+        Ok(())
+    }
+
+    /// Up to `limit` audit records before the record `before` (0: the newest), newest
+    /// first.
+    pub async fn audit_records(&self, before: i64, limit: i64) -> Result<Vec<AuditRow>> {
+        sqlx::query_as(
+            "SELECT record_id, caller, method, target, time, result, reason FROM audit_records \
+             WHERE $1 = 0 OR record_id < $1 ORDER BY record_id DESC LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::db("list audit records", e))
+    }
+}

@@ -1,0 +1,417 @@
+//! ConversationPrivacyService: erasing a customer's side of their conversations and
+//! exporting them, and the audit trail of both.
+
+use chat_proto::v1::{
+    self, EraseCustomerConversationsRequest, ExportCustomerConversationsRequest,
+    ListAuditRecordsRequest, Participant, UpdateCustomerRequest,
+    audit_service_client::AuditServiceClient,
+    conversation_privacy_service_client::ConversationPrivacyServiceClient,
+    export_customer_conversations_response::Item,
+};
+use tonic::{Code, transport::Channel};
+use uuid::Uuid;
+
+use crate::helpers::{
+    Client, SESSION, TestApp, bad_field, create, new_provider, reason, send, spawn_app,
+};
+
+type Privacy = ConversationPrivacyServiceClient<Channel>;
+
+async fn privacy(app: &TestApp) -> Privacy {
+    ConversationPrivacyServiceClient::connect(format!("http://{}", app.addr))
+        .await
+        .unwrap()
+}
+
+/// Details no other test uses, so a search of the database finds only these.
+struct Person {
+    id: String,
+    name: String,
+    email: String,
+    phone: String,
+}
+
+impl Person {
+    fn new() -> Self {
+        let uuid = Uuid::new_v4();
+        let tag = uuid.simple().to_string();
+        Self {
+            id: format!("cust-{tag}"),
+            name: format!("Erased Person {tag}"),
+            email: format!("erased-{tag}@example.com"),
+            phone: format!("+4420{:08}", uuid.as_u128() % 100_000_000),
+        }
+    }
+}
+
+/// A conversation with `person` linked, one message from each side; returns its id.
+async fn linked_conversation(client: &mut Client, person: &Person, texts: (&str, &str)) -> String {
+    let provider = new_provider();
+    let id = create(client, &provider).await.conversation_id;
+    client
+        .update_customer(UpdateCustomerRequest {
+            conversation_id: id.clone(),
+            customer_id: Some(person.id.clone()),
+            name: Some(person.name.clone()),
+            email: Some(person.email.clone()),
+            phone: Some(person.phone.clone()),
+        })
+        .await
+        .unwrap();
+    send(
+        client,
+        &id,
+        Some(Participant::customer(&person.id)),
+        texts.0,
+    )
+    .await
+    .unwrap();
+    send(client, &id, Some(Participant::provider(&provider)), texts.1)
+        .await
+        .unwrap();
+    id
+}
+
+fn erase(customer_id: &str, conversation_ids: &[&str]) -> EraseCustomerConversationsRequest {
+    EraseCustomerConversationsRequest {
+        request_id: Uuid::new_v4().to_string(),
+        customer_id: customer_id.into(),
+        conversation_ids: conversation_ids.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+/// Rows of any table of the database whose text contains `needle`.
+async fn rows_containing(app: &TestApp, needle: &str) -> Vec<String> {
+    let mut db = app.db().await;
+    let tables: Vec<(String,)> = sqlx::query_as(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    let mut found = Vec::new();
+    for (table,) in tables {
+        let sql = format!("SELECT count(*) FROM \"{table}\" t WHERE strpos(t::text, $1) > 0");
+        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(needle)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        if n > 0 {
+            found.push(table);
+        }
+    }
+    found
+}
+
+async fn messages(
+    client: &mut Client,
+    conversation_id: &str,
+    viewer: Participant,
+) -> Vec<v1::Message> {
+    client
+        .list_messages(v1::ListMessagesRequest {
+            conversation_id: conversation_id.into(),
+            viewer: Some(viewer),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .messages
+}
+
+async fn audit(app: &TestApp) -> Vec<v1::AuditRecord> {
+    AuditServiceClient::connect(format!("http://{}", app.addr))
+        .await
+        .unwrap()
+        .list_audit_records(ListAuditRecordsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .audit_records
+}
+
+#[tokio::test]
+async fn erase_blanks_the_customer_and_their_messages_everywhere_and_keeps_the_providers() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let person = Person::new();
+    let said = format!("customer secret {}", Uuid::new_v4().simple());
+    let linked = linked_conversation(&mut client, &person, (&said, "provider reply")).await;
+    // Opened by one of the customer's sessions and never linked: erased through the list.
+    let anonymous_provider = new_provider();
+    let anonymous = create(&mut client, &anonymous_provider)
+        .await
+        .conversation_id;
+    let said_anonymously = format!("anonymous secret {}", Uuid::new_v4().simple());
+    send(
+        &mut client,
+        &anonymous,
+        Some(Participant::anonymous(SESSION)),
+        &said_anonymously,
+    )
+    .await
+    .unwrap();
+    // Listed too, but linked to someone else: left alone.
+    let other = Person::new();
+    let others = linked_conversation(&mut client, &other, ("other's words", "reply")).await;
+
+    let erased = privacy(&app)
+        .await
+        .erase_customer_conversations(erase(&person.id, &[&anonymous, &others]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (erased.conversations_erased, erased.messages_erased),
+        (1, 2)
+    );
+
+    let conversation = client
+        .get_conversation(v1::GetConversationRequest {
+            conversation_id: linked.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap();
+    let customer = conversation.customer.unwrap();
+    assert_eq!(
+        (
+            customer.customer_id.as_str(),
+            customer.name.as_str(),
+            customer.email.as_str(),
+            customer.phone.as_str()
+        ),
+        (person.id.as_str(), "", "", "")
+    );
+    let bodies: Vec<String> = messages(&mut client, &linked, Participant::customer(&person.id))
+        .await
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(bodies, ["", "provider reply"]);
+    for needle in [
+        &person.name,
+        &person.email,
+        &person.phone,
+        &said,
+        &said_anonymously,
+    ] {
+        assert_eq!(
+            rows_containing(&app, needle).await,
+            Vec::<String>::new(),
+            "{needle}"
+        );
+    }
+    assert!(
+        !rows_containing(&app, &other.email).await.is_empty(),
+        "another customer was erased"
+    );
+    assert!(!rows_containing(&app, "other's words").await.is_empty());
+
+    // Again: nothing more to erase.
+    let again = privacy(&app)
+        .await
+        .erase_customer_conversations(erase(&person.id, &[&anonymous]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.conversations_erased, again.messages_erased), (0, 0));
+    let records = audit(&app).await;
+    assert_eq!(records.len(), 2);
+    assert!(records.iter().all(|r| r.target == person.id
+        && r.result == "OK"
+        && r.method == "/chat.v1.ConversationPrivacyService/EraseCustomerConversations"
+        && r.caller == "anonymous"));
+}
+
+#[tokio::test]
+async fn bad_erase_requests_change_nothing_and_are_not_audited() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let person = Person::new();
+    linked_conversation(&mut client, &person, ("kept words", "reply")).await;
+    let mut privacy = privacy(&app).await;
+    let cases = [
+        (erase("", &[]), "customer_id"),
+        (erase("bad\0id", &[]), "customer_id"),
+        (erase(&person.id, &["not-a-uuid"]), "conversation_ids"),
+        (
+            EraseCustomerConversationsRequest {
+                request_id: String::new(),
+                ..erase(&person.id, &[])
+            },
+            "request_id",
+        ),
+    ];
+    for (request, field) in cases {
+        let status = privacy
+            .erase_customer_conversations(request)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(bad_field(&status), field);
+        assert_eq!(reason(&status), "INVALID_ARGUMENT");
+    }
+    assert!(!rows_containing(&app, &person.email).await.is_empty());
+    assert!(!rows_containing(&app, "kept words").await.is_empty());
+    assert!(audit(&app).await.is_empty());
+}
+
+#[tokio::test]
+async fn export_streams_each_conversation_then_its_messages() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let person = Person::new();
+    let linked = linked_conversation(&mut client, &person, ("mine", "theirs")).await;
+    let anonymous = create(&mut client, &new_provider()).await.conversation_id;
+    send(
+        &mut client,
+        &anonymous,
+        Some(Participant::anonymous(SESSION)),
+        "before login",
+    )
+    .await
+    .unwrap();
+    linked_conversation(&mut client, &Person::new(), ("not mine", "x")).await;
+
+    let mut stream = privacy(&app)
+        .await
+        .export_customer_conversations(ExportCustomerConversationsRequest {
+            customer_id: person.id.clone(),
+            conversation_ids: vec![anonymous.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut exported: Vec<(String, Vec<String>)> = Vec::new();
+    while let Some(reply) = stream.message().await.unwrap() {
+        match reply.item.unwrap() {
+            Item::Conversation(c) => exported.push((c.conversation_id, Vec::new())),
+            Item::Message(m) => {
+                let (id, bodies) = exported
+                    .last_mut()
+                    .expect("a message after its conversation");
+                assert_eq!(&m.conversation_id, id);
+                bodies.push(m.body);
+            }
+        }
+    }
+    exported.sort();
+    let mut expected = vec![
+        (linked, vec!["mine".to_owned(), "theirs".to_owned()]),
+        (anonymous, vec!["before login".to_owned()]),
+    ];
+    expected.sort();
+    assert_eq!(exported, expected);
+    let records = audit(&app).await;
+    assert_eq!(
+        (records[0].method.as_str(), records[0].result.as_str()),
+        (
+            "/chat.v1.ConversationPrivacyService/ExportCustomerConversations",
+            "OK"
+        )
+    );
+}
+
+/// Closes `id` as its provider.
+async fn close(client: &mut Client, id: &str, provider: &str) {
+    client
+        .set_conversation_status(v1::SetConversationStatusRequest {
+            conversation_id: id.into(),
+            status: v1::ConversationStatus::Closed.into(),
+            actor: Some(Participant::provider(provider)),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn messages_of_long_closed_conversations_are_deleted_in_batches_and_not_replayed() {
+    let app = crate::helpers::spawn_app_with_flags(&[
+        "--closed-message-retention",
+        "1d",
+        "--retention-interval",
+        "1s",
+        "--retention-batch",
+        "2",
+    ])
+    .await;
+    let mut client = app.client.clone();
+    let provider = new_provider();
+    let conversation = |label: &'static str| {
+        let mut client = client.clone();
+        let provider = provider.clone();
+        async move {
+            let id = create(&mut client, &provider).await.conversation_id;
+            for n in 1..=5 {
+                send(
+                    &mut client,
+                    &id,
+                    Some(Participant::provider(&provider)),
+                    &format!("{label} {n}"),
+                )
+                .await
+                .unwrap();
+            }
+            id
+        }
+    };
+    let old = conversation("old").await;
+    let recent = conversation("recent").await;
+    let active = conversation("active").await;
+    close(&mut client, &old, &provider).await;
+    close(&mut client, &recent, &provider).await;
+    let mut db = app.db().await;
+    sqlx::query(
+        "UPDATE conversations SET closed_at = now() - interval '2 days' WHERE id = $1::uuid",
+    )
+    .bind(&old)
+    .execute(&mut db)
+    .await
+    .unwrap();
+
+    let count = |id: String| {
+        let app = &app;
+        async move {
+            app.count(&format!(
+                "SELECT count(*) FROM messages WHERE conversation_id = '{id}'"
+            ))
+            .await
+        }
+    };
+    chat_common::testing::status::eventually(std::time::Duration::from_secs(20), || {
+        let count = count(old.clone());
+        async move { (count.await == 0).then_some(()) }
+    })
+    .await;
+    assert_eq!(count(recent.clone()).await, 5, "closed a moment ago: kept");
+    assert_eq!(count(active.clone()).await, 5, "active: kept");
+    let (floor,): (i64,) =
+        sqlx::query_as("SELECT kept_from_seq FROM conversations WHERE id = $1::uuid")
+            .bind(&old)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(floor, 5);
+
+    let stream = |after_seq| {
+        let mut client = client.clone();
+        let request = v1::StreamConversationRequest {
+            conversation_id: old.clone(),
+            viewer: Some(Participant::provider(&provider)),
+            after_seq,
+        };
+        async move { client.stream_conversation(request).await }
+    };
+    let status = stream(0).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert_eq!(reason(&status), "CURSOR_OUT_OF_RANGE");
+    stream(5).await.expect("from the floor on, a stream opens");
+}
