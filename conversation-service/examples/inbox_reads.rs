@@ -69,6 +69,20 @@ async fn fortieth(
     Ok(Some(token))
 }
 
+/// Times `request`, the same page each time.
+async fn measure_list(
+    name: &str,
+    calls: usize,
+    client: &Client,
+    request: v1::ListConversationsRequest,
+) -> anyhow::Result<()> {
+    measure(name, calls, || {
+        let (mut c, r) = (client.clone(), request.clone());
+        async move { c.list_conversations(r).await.map(drop) }
+    })
+    .await
+}
+
 /// Calls `call` `calls` times; prints p50 and p99.
 async fn measure<F, Fut>(name: &str, calls: usize, mut call: F) -> anyhow::Result<()>
 where
@@ -172,31 +186,14 @@ async fn main() -> anyhow::Result<()> {
             ),
         ];
         for (name, request) in cases {
-            let c = client.clone();
-            let first = request.clone();
-            measure(
-                &format!("ListConversations {owner} first page, {name}"),
-                n,
-                || {
-                    let (mut c, r) = (c.clone(), first.clone());
-                    async move { c.list_conversations(r).await.map(drop) }
-                },
-            )
-            .await?;
+            let label = |which: &str| format!("ListConversations {owner} {which} page, {name}");
+            measure_list(&label("first"), n, &client, request.clone()).await?;
             if let Some(token) = fortieth(&mut client.clone(), &request).await? {
                 let page = v1::ListConversationsRequest {
                     page_token: token,
                     ..request
                 };
-                measure(
-                    &format!("ListConversations {owner} 40th page, {name}"),
-                    n,
-                    || {
-                        let (mut c, r) = (c.clone(), page.clone());
-                        async move { c.list_conversations(r).await.map(drop) }
-                    },
-                )
-                .await?;
+                measure_list(&label("40th"), n, &client, page).await?;
             }
         }
     }

@@ -118,13 +118,16 @@ fn page<R, P: prost::Message>(
     (items, String::new())
 }
 
-/// Puts a list's or an inbox's owner on the RPC's log line.
-fn record_owner(owner: &Participant) {
+/// A list's, an inbox's or a summary's owner (field `participant`), put on the RPC's
+/// log line.
+fn owner(participant: Option<&v1::Participant>) -> Result<Participant, Error> {
+    let owner = Participant::parse_owner("participant", participant)?;
     let field = match owner.role() {
         crate::domain::Role::Provider => "provider_id",
         crate::domain::Role::Customer => "customer_id",
     };
     chat_common::rpc::record(field, owner.id());
+    Ok(owner)
 }
 
 #[tonic::async_trait]
@@ -182,8 +185,7 @@ impl ConversationService for ConversationApi {
         request: Request<v1::ListConversationsRequest>,
     ) -> GrpcResult<v1::ListConversationsResponse> {
         let request = request.into_inner();
-        let owner = Participant::parse_owner("participant", request.participant.as_ref())?;
-        record_owner(&owner);
+        let owner = owner(request.participant.as_ref())?;
         let filter = ConversationFilter::parse(&request)?;
         let (default, max) = CONVERSATIONS_PAGE;
         let size = PageSize::parse("page_size", request.page_size, default, max)?.0;
@@ -407,8 +409,7 @@ impl ConversationService for ConversationApi {
         request: Request<v1::StreamInboxRequest>,
     ) -> GrpcResult<Self::StreamInboxStream> {
         let request = request.into_inner();
-        let owner = Participant::parse_owner("participant", request.participant.as_ref())?;
-        record_owner(&owner);
+        let owner = owner(request.participant.as_ref())?;
         let resumed = !request.cursor.is_empty();
         let cursor = if resumed {
             Some(InboxCursor::decode("cursor", &request.cursor)?)
@@ -445,8 +446,7 @@ impl ConversationService for ConversationApi {
         request: Request<v1::GetUnreadSummaryRequest>,
     ) -> GrpcResult<v1::GetUnreadSummaryResponse> {
         let request = request.into_inner();
-        let owner = Participant::parse_owner("participant", request.participant.as_ref())?;
-        record_owner(&owner);
+        let owner = owner(request.participant.as_ref())?;
         let summary = self.store.unread_summary(&owner).await?;
         ok(v1::GetUnreadSummaryResponse {
             unread_messages: summary.unread_messages,
