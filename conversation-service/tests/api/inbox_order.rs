@@ -72,7 +72,7 @@ async fn unsettled_conversations_are_in_exact_order_before_and_after_settling() 
 /// indexed `inbox_at` (the update stays HOT); the list is still in the order of the
 /// sends.
 #[tokio::test]
-async fn sends_within_a_minute_reorder_the_list_exactly() {
+async fn sends_within_a_minute_reorder_the_list_exactly_and_stay_hot() {
     let mut app = spawn_app().await;
     let owner = new_provider();
     let mut ids = Vec::new();
@@ -99,6 +99,24 @@ async fn sends_within_a_minute_reorder_the_list_exactly() {
         )
         .await;
     assert_eq!(same_minute, 3);
+    // And the updates were HOT: at most one per conversation (a minute boundary crossed
+    // during the test) wrote an index. The statistics arrive within a second or so.
+    let (updates, hot) = chat_common::testing::status::eventually(Duration::from_secs(15), || {
+        let app = &app;
+        async move {
+            let mut db = app.db().await;
+            let (updates, hot): (i64, i64) = sqlx::query_as(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables \
+                 WHERE relname = 'conversations'",
+            )
+            .fetch_one(&mut db)
+            .await
+            .ok()?;
+            (updates >= 5).then_some((updates, hot))
+        }
+    })
+    .await;
+    assert!(hot >= updates - 3, "{hot} of {updates} updates were HOT");
 }
 
 fn store(url: &str) -> Store {
