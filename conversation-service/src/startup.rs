@@ -80,7 +80,7 @@ impl Application {
     /// When an address cannot be bound, the database URL cannot be parsed or the
     /// SendMessage writers cannot be started.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let security = Security::load(&config.security)?;
+        let mut security = Security::load(&config.security)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -94,6 +94,7 @@ impl Application {
             acquire_timeout: config.db_acquire_timeout,
             send_writers: config.send_writers,
         });
+        security.on_policy_reload(audit_policy_reloads(&store));
         let migrated = Arc::new(AtomicBool::new(false));
         match prepare_schema(store.pool(), config.migrate_on_start).await {
             Ok(()) => migrated.store(true, Ordering::Release),
@@ -345,6 +346,34 @@ fn api(
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes.max(1024 * 1024));
     Ok(InterceptedService::new(server, Ready(Arc::clone(migrated))))
+}
+
+/// Records each reload of the callers file in the audit trail: OK, or
+/// FAILED_PRECONDITION `CALLERS_FILE_INVALID` when it did not load (the old one stays).
+fn audit_policy_reloads(store: &Store) -> chat_common::security::PolicyReloadHook {
+    let store = store.clone();
+    Arc::new(move |path, error| {
+        let (result, reason) = match error {
+            None => ("OK", ""),
+            Some(_) => ("FAILED_PRECONDITION", "CALLERS_FILE_INVALID"),
+        };
+        let (store, target) = (store.clone(), path.display().to_string());
+        // Called from the file watcher; the write must not hold it up.
+        tokio::spawn(async move {
+            let recorded = store
+                .audit(
+                    "conversation-service",
+                    "callers-file-reload",
+                    &target,
+                    result,
+                    reason,
+                )
+                .await;
+            if let Err(error) = recorded {
+                tracing::error!(%error, "could not record a callers-file reload");
+            }
+        });
+    })
 }
 
 /// ConversationPrivacyService (token-service's erasures and exports) and AuditService.

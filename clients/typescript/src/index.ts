@@ -6,4 +6,6 @@ export { createTransport, type TlsOptions, type TransportOptions } from "./trans
 export * from "./gen/chat/v1/conversation_pb.js";
 export * from "./gen/chat/v1/token_pb.js";
 export * from "./gen/chat/v1/token_admin_pb.js";
+export * from "./gen/chat/v1/privacy_pb.js";
+export * from "./gen/chat/v1/audit_pb.js";
 export { ErrorInfoSchema, BadRequestSchema, type ErrorInfo, type BadRequest } from "./gen/google/rpc/error_details_pb.js";

@@ -415,3 +415,43 @@ async fn messages_of_long_closed_conversations_are_deleted_in_batches_and_not_re
     assert_eq!(reason(&status), "CURSOR_OUT_OF_RANGE");
     stream(5).await.expect("from the floor on, a stream opens");
 }
+
+#[tokio::test]
+async fn callers_file_reloads_are_in_the_audit_trail() {
+    let dir = std::env::temp_dir().join(format!("cs-callers-audit-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let callers = dir.join("callers.toml");
+    let open = "allow_no_callers = true\n[open]\nmethods = [\"/grpc.health.v1.Health/*\", \
+                \"/chat.v1.AuditService/*\"]\n";
+    std::fs::write(&callers, open).unwrap();
+    let app = crate::helpers::spawn_app_with_flags(&[
+        "--callers-file",
+        callers.to_str().unwrap(),
+        "--tls-reload-interval",
+        "50ms",
+    ])
+    .await;
+    // A change is noticed by the file's modification time.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    std::fs::write(&callers, format!("{open}# edited\n")).unwrap();
+    let record =
+        chat_common::testing::status::eventually(std::time::Duration::from_secs(10), || {
+            let app = &app;
+            async move {
+                audit(app)
+                    .await
+                    .into_iter()
+                    .find(|r| r.method == "callers-file-reload")
+            }
+        })
+        .await;
+    assert_eq!(
+        (
+            record.caller.as_str(),
+            record.result.as_str(),
+            record.target.as_str()
+        ),
+        ("conversation-service", "OK", callers.to_str().unwrap())
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
