@@ -43,7 +43,7 @@ CREATE FUNCTION pg_temp.h(t text) RETURNS bigint LANGUAGE sql IMMUTABLE
 INSERT INTO conversations (id, request_id, provider_id, customer_id, customer_name,
                            customer_email, customer_phone, status, origin, head_seq,
                            provider_read_seq, customer_read_seq, created_at,
-                           last_activity_at, session_id)
+                           last_activity_at, inbox_at, session_id)
 SELECT md5('conversation-' || i)::uuid,
        md5('request-' || i)::uuid,
        CASE WHEN i % 10 = 0 THEN 'prov-burst' ELSE 'prov-' || (i % 10000) END,
@@ -59,6 +59,7 @@ SELECT md5('conversation-' || i)::uuid,
        CASE WHEN i % 4 = 0 THEN 10 - 1 - i % 5 ELSE 10 END,
        CASE WHEN i % 3 = 0 THEN 8 ELSE 10 END,
        last - interval '10 hours',
+       last,
        last,
        md5('request-' || i)::uuid
   FROM generate_series(1, :conversations) AS i,

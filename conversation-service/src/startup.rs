@@ -231,7 +231,8 @@ impl Application {
     }
 
     /// Starts what runs beside the server until `background` is cancelled: the LISTEN
-    /// connection (whose task is returned), health, the signal handler and metrics.
+    /// connection (whose task is returned), health, the signal handler, settling the inbox
+    /// order and metrics.
     fn start_background(
         &mut self,
         probes: &Probes,
@@ -273,6 +274,10 @@ impl Application {
             self.shutdown.clone(),
             probes.clone(),
             config.drain.drain_delay,
+        ));
+        tokio::spawn(crate::store::settle_inbox_order_until(
+            self.store.clone(),
+            background.clone(),
         ));
         if !config.closed_message_retention.is_zero() {
             tokio::spawn(sweep_closed_messages(

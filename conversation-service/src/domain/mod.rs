@@ -2,6 +2,7 @@
 //! before anything touches the database, so validation is written and tested once.
 
 mod events;
+mod filter;
 mod page;
 
 use chat_proto::{rules, v1};
@@ -10,6 +11,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 
 pub use events::{ConsumerName, FeedFilter, FeedKind, FeedPosition};
+pub use filter::{ConversationFilter, CustomerQuery};
 pub use page::{PageKey, PageSize, PageTokens};
 
 /// A conversation's id (a UUID).

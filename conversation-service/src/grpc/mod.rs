@@ -21,10 +21,10 @@ pub use self::events::EventApi;
 use self::outbound::Outbound;
 use crate::{
     domain::{
-        ConversationId, CustomerDetails, CustomerPatch, NewConversation, NewMessage, PageSize,
-        PageTokens, Participant, Status as ConversationStatus, parse_acting, parse_body,
-        parse_client_message_id, parse_external_id, parse_origin, parse_request_id, parse_seq,
-        parse_session_id,
+        ConversationFilter, ConversationId, CustomerDetails, CustomerPatch, NewConversation,
+        NewMessage, PageSize, PageTokens, Participant, Status as ConversationStatus, parse_acting,
+        parse_body, parse_client_message_id, parse_external_id, parse_origin, parse_request_id,
+        parse_seq, parse_session_id,
     },
     error::Error,
     realtime::{
@@ -120,13 +120,16 @@ fn page<R, P: prost::Message>(
     (items, String::new())
 }
 
-/// Puts a list's or an inbox's owner on the RPC's log line.
-fn record_owner(owner: &Participant) {
+/// A list's, an inbox's or a summary's owner (field `participant`), put on the RPC's
+/// log line.
+fn owner(participant: Option<&v1::Participant>) -> Result<Participant, Error> {
+    let owner = Participant::parse_owner("participant", participant)?;
     let field = match owner.role() {
         crate::domain::Role::Provider => "provider_id",
         crate::domain::Role::Customer => "customer_id",
     };
     chat_common::rpc::record(field, owner.id());
+    Ok(owner)
 }
 
 #[tonic::async_trait]
@@ -184,19 +187,18 @@ impl ConversationService for ConversationApi {
         request: Request<v1::ListConversationsRequest>,
     ) -> GrpcResult<v1::ListConversationsResponse> {
         let request = request.into_inner();
-        let owner = Participant::parse_owner("participant", request.participant.as_ref())?;
-        record_owner(&owner);
-        let status = ConversationStatus::parse_filter("status", request.status)?;
+        let owner = owner(request.participant.as_ref())?;
+        let filter = ConversationFilter::parse(&request)?;
         let (default, max) = CONVERSATIONS_PAGE;
         let size = PageSize::parse("page_size", request.page_size, default, max)?.0;
-        let query = format!("{:?}/{}/{:?}", owner.role(), owner.id(), status);
+        let query = format!("{:?}/{}/{}", owner.role(), owner.id(), filter.scope());
         let after: Option<(DateTime<Utc>, Uuid)> =
             self.pages
                 .decode("page_token", &query, &request.page_token)?;
         // One extra row tells whether another page exists.
         let rows = self
             .store
-            .list_conversations(&owner, status, after, size + 1)
+            .list_conversations(&owner, &filter, after, size + 1)
             .await?;
         let (conversations, next_page_token) = page(
             &rows,
@@ -411,8 +413,7 @@ impl ConversationService for ConversationApi {
         request: Request<v1::StreamInboxRequest>,
     ) -> GrpcResult<Self::StreamInboxStream> {
         let request = request.into_inner();
-        let owner = Participant::parse_owner("participant", request.participant.as_ref())?;
-        record_owner(&owner);
+        let owner = owner(request.participant.as_ref())?;
         let resumed = !request.cursor.is_empty();
         let cursor = if resumed {
             Some(InboxCursor::decode("cursor", &request.cursor)?)
@@ -444,6 +445,19 @@ impl ConversationService for ConversationApi {
             "your last cursor",
         )
         .holding(presence))
+    }
+
+    async fn get_unread_summary(
+        &self,
+        request: Request<v1::GetUnreadSummaryRequest>,
+    ) -> GrpcResult<v1::GetUnreadSummaryResponse> {
+        let request = request.into_inner();
+        let owner = owner(request.participant.as_ref())?;
+        let summary = self.store.unread_summary(&owner).await?;
+        ok(v1::GetUnreadSummaryResponse {
+            unread_messages: summary.unread_messages,
+            unread_conversations: summary.unread_conversations,
+        })
     }
 }
 

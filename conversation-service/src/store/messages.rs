@@ -7,6 +7,7 @@ use super::{
     handle::Store,
     notice::{CHANNEL, Notice, notify},
     records::{MESSAGE_COLUMNS, MessageRow},
+    unread::{UnreadSummary, add_unread},
 };
 use crate::{
     domain::{ConversationId, Participant, Role},
@@ -138,6 +139,12 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(|e| Error::db(ctx, e))?;
+        let change = UnreadSummary::change((head_seq, read_seq), (head_seq, seq));
+        let owner = match reader.role() {
+            Role::Provider => provider_id.as_str(),
+            Role::Customer => customer_id.as_deref().unwrap_or_default(),
+        };
+        add_unread(&mut tx, reader.role(), owner, change).await?;
         notify(
             &mut tx,
             &Notice::Read {

@@ -48,14 +48,11 @@ pub struct ConversationRow {
 }
 
 /// The select list and joins that fill a [`ConversationRow`]; callers add WHERE/ORDER.
-pub(crate) const CONVERSATION_SELECT: &str = "SELECT c.id, c.provider_id, c.customer_id, \
-     c.customer_name, c.customer_email, c.customer_phone, c.status, c.origin, c.session_id, c.head_seq, c.kept_from_seq, \
-     c.provider_read_seq, c.customer_read_seq, c.created_at, c.last_activity_at, \
-     m.id AS lm_id, m.sender_role AS lm_sender_role, m.sender_id AS lm_sender_id, \
-     m.body AS lm_body, m.client_message_id AS lm_client_message_id, \
-     m.created_at AS lm_created_at \
-     FROM conversations c \
-     LEFT JOIN messages m ON m.conversation_id = c.id AND m.seq = c.head_seq";
+pub(crate) const CONVERSATION_SELECT: &str = concat!(
+    conversation_columns!(),
+    " FROM conversations c",
+    last_message_join!()
+);
 
 impl ConversationRow {
     pub fn conversation_id(&self) -> ConversationId {

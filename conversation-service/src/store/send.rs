@@ -359,6 +359,10 @@ fn encode(item: &Touched) -> String {
 
 /// One statement: move each conversation's head, activity time (never backwards:
 /// replicas' clocks differ) and the senders' read positions, insert the rows and NOTIFY.
+/// The indexed inbox order `inbox_at` follows the activity time only when its minute
+/// changes, so the other updates stay HOT (migration `20261206091000_inbox_order`). The
+/// participants' unread counts move by what each row's update changed: `old` reads the
+/// rows under their locks first, so its values are the ones the update replaced.
 /// It takes the row locks itself and checks each row is as the batch was planned on
 /// (head, status, customer); if any is not, it raises [`SEND_CONFLICT`] and writes
 /// nothing. Under the locks of [`Store::write_locked`] the check always holds. Without
@@ -379,19 +383,44 @@ where
     let touched_ids: Vec<Uuid> = plan.touched.keys().copied().collect();
     let touches: Vec<_> = plan.touched.values().collect();
     sqlx::query(concat!(
-        "WITH upd AS (\
+        "WITH old AS (\
+           SELECT id, head_seq, provider_read_seq, customer_read_seq FROM conversations \
+           WHERE id = ANY($9::uuid[]) FOR UPDATE), \
+         upd AS (\
            UPDATE conversations c \
              SET head_seq = CASE WHEN c.head_seq = u.base THEN u.head ELSE -1 END, \
              last_activity_at = GREATEST(c.last_activity_at, $8), \
+             inbox_at = CASE WHEN chat_activity_minute(c.inbox_at) \
+               = chat_activity_minute(GREATEST(c.last_activity_at, $8)) \
+               THEN c.inbox_at ELSE GREATEST(c.last_activity_at, $8) END, \
              provider_read_seq = GREATEST(c.provider_read_seq, u.pr), \
              customer_read_seq = GREATEST(c.customer_read_seq, u.cr) \
            FROM unnest($9::uuid[], $10::bigint[], $11::bigint[], $12::bigint[], \
              $13::bigint[], $14::text[]) AS u(id, head, pr, cr, base, cu) \
+             JOIN old o ON o.id = u.id \
            WHERE c.id = u.id \
            RETURNING c.head_seq = u.head AND c.status = ",
         active_status_sql!(),
         " \
-             AND c.customer_id IS NOT DISTINCT FROM NULLIF(u.cu, '') AS planned), \
+             AND c.customer_id IS NOT DISTINCT FROM NULLIF(u.cu, '') AS planned, \
+             c.provider_id, c.customer_id, \
+             greatest(c.head_seq - c.provider_read_seq, 0) AS p_new, \
+             greatest(o.head_seq - o.provider_read_seq, 0) AS p_old, \
+             greatest(c.head_seq - c.customer_read_seq, 0) AS c_new, \
+             greatest(o.head_seq - o.customer_read_seq, 0) AS c_old), \
+         unread AS (\
+           INSERT INTO unread_counts AS n (role, participant_id, unread_messages, \
+             unread_conversations) \
+           SELECT role, pid, sum(new - old), sum((new > 0)::int - (old > 0)::int) \
+           FROM (SELECT 1::smallint, provider_id, p_new, p_old FROM upd \
+             UNION ALL SELECT 2::smallint, customer_id, c_new, c_old FROM upd \
+               WHERE customer_id IS NOT NULL) AS d(role, pid, new, old) \
+           GROUP BY role, pid HAVING sum(new - old) <> 0 \
+             OR sum((new > 0)::int - (old > 0)::int) <> 0 \
+           ORDER BY role, pid \
+           ON CONFLICT (role, participant_id) DO UPDATE SET \
+             unread_messages = n.unread_messages + excluded.unread_messages, \
+             unread_conversations = n.unread_conversations + excluded.unread_conversations), \
          ins AS (\
            INSERT INTO messages (conversation_id, seq, id, sender_role, sender_id, body, \
              client_message_id, created_at, pos) \

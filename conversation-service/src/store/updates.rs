@@ -8,9 +8,10 @@ use super::{
     handle::Store,
     notice::{Notice, notify},
     records::{ConversationRow, EventKind},
+    unread::{UnreadSummary, add_unread},
 };
 use crate::{
-    domain::{ConversationId, CustomerPatch, Participant, Status},
+    domain::{ConversationId, CustomerPatch, Participant, Role, Status},
     error::{Error, Result},
 };
 
@@ -34,20 +35,26 @@ impl Store {
         {
             return Err(Error::CustomerAlreadyLinked);
         }
-        sqlx::query(
+        let (head, customer_read): (i64, i64) = sqlx::query_as(
             "UPDATE conversations SET customer_id = COALESCE($2, customer_id), \
              customer_name = COALESCE($3, customer_name), \
              customer_email = COALESCE($4, customer_email), \
-             customer_phone = COALESCE($5, customer_phone) WHERE id = $1",
+             customer_phone = COALESCE($5, customer_phone) WHERE id = $1 \
+             RETURNING head_seq, customer_read_seq",
         )
         .bind(id.0)
         .bind(patch.customer_id.as_deref())
         .bind(patch.name.as_deref())
         .bind(patch.email.as_deref())
         .bind(patch.phone.as_deref())
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
         .map_err(|e| Error::db(ctx, e))?;
+        if let (None, Some(linked)) = (&current, &patch.customer_id) {
+            // What the anonymous visitor left unread is now the customer's.
+            let change = UnreadSummary::change((0, 0), (head, customer_read));
+            add_unread(&mut tx, Role::Customer, linked, change).await?;
+        }
         record_event(&mut tx, id.0, EventKind::CustomerUpdated, None).await?;
         notify(
             &mut tx,

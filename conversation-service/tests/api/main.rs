@@ -5,9 +5,11 @@
 mod conversations;
 mod events;
 mod faults;
+mod filters;
 mod hardening;
 mod helpers;
 mod inbox;
+mod inbox_order;
 mod interop;
 mod limits;
 mod messages;
@@ -23,3 +25,4 @@ mod startup;
 mod stream_faults;
 mod streams;
 mod subcommands;
+mod unread;

@@ -121,9 +121,9 @@ async fn tokens_are_bound_to_their_query_and_sizes_are_checked() {
     assert!(all.next_page_token.is_empty());
 }
 
-/// The index orders conversations by the minute of their last activity; within a minute
-/// they are sorted by the exact time (then id). Pages of 2 must still give the exact
-/// order across minute boundaries and between conversations of the same instant.
+/// Settled conversations (last active before `inbox_settled.through`) come in the index's
+/// `inbox_at` order. Pages of 2 must give the exact order across minute boundaries and
+/// between conversations of the same instant (`inbox_order.rs` checks the unsettled ones).
 #[tokio::test]
 async fn pages_follow_the_exact_activity_time_within_and_across_minutes() {
     let mut app = spawn_app().await;
@@ -136,7 +136,8 @@ async fn pages_follow_the_exact_activity_time_within_and_across_minutes() {
         let id = create(&mut app.client, &owner).await.conversation_id;
         sqlx::query(
             "UPDATE conversations SET last_activity_at = \
-             timestamptz '2026-11-27 12:00:00+00' + make_interval(secs => $2) \
+             timestamptz '2026-11-27 12:00:00+00' + make_interval(secs => $2), \
+             inbox_at = timestamptz '2026-11-27 12:00:00+00' + make_interval(secs => $2) \
              WHERE id = $1::uuid",
         )
         .bind(&id)
@@ -154,8 +155,9 @@ async fn pages_follow_the_exact_activity_time_within_and_across_minutes() {
     );
 }
 
-/// A database written before `activity_minute` existed: the migration computes it for
-/// the rows it finds, and the service lists them in the order of their activity.
+/// A database written before `activity_minute` existed: the migrations compute the inbox
+/// order for the rows they find, and the service lists them in the order of their
+/// activity.
 #[tokio::test]
 async fn conversations_stored_before_the_activity_minute_keep_their_order() {
     let database = fresh_database().await;
@@ -191,7 +193,7 @@ async fn conversations_stored_before_the_activity_minute_keep_their_order() {
     let stale = app
         .count(
             "SELECT count(*) FROM conversations \
-             WHERE activity_minute IS DISTINCT FROM chat_activity_minute(last_activity_at)",
+             WHERE inbox_at IS DISTINCT FROM last_activity_at",
         )
         .await;
     assert_eq!(stale, 0);

@@ -96,14 +96,31 @@ fn call(known: &[String]) -> impl Strategy<Value = Call> + use<> {
                 viewer
             })
         ),
-        (p(), -1..4, int32(), t()).prop_map(|(participant, status, page_size, page_token)| {
-            Call::List(v1::ListConversationsRequest {
-                participant,
-                status,
-                page_size,
-                page_token,
-            })
-        }),
+        (
+            (p(), -1..4, int32(), t()),
+            (
+                any::<bool>(),
+                t(),
+                proptest::option::of((any::<i64>(), any::<i32>()))
+            )
+        )
+            .prop_map(
+                |(
+                    (participant, status, page_size, page_token),
+                    (unread_only, customer_query, active_after),
+                )| {
+                    Call::List(v1::ListConversationsRequest {
+                        participant,
+                        status,
+                        page_size,
+                        page_token,
+                        unread_only,
+                        customer_query,
+                        active_after: active_after
+                            .map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
+                    })
+                }
+            ),
         (t(), maybe(), maybe(), maybe(), maybe()).prop_map(
             |(conversation_id, customer_id, name, email, phone)| {
                 Call::Update(v1::UpdateCustomerRequest {

@@ -388,8 +388,8 @@ async fn two_replicas_writing_the_same_conversations_keep_seqs_gapless() {
 }
 
 /// A send updates its conversation's head, read positions and activity time. With none
-/// of those in an index (the inbox order indexes the activity's minute, which changes at
-/// most once a minute), PostgreSQL updates the row in place (HOT): no new index entries
+/// of those in an index (the inbox order indexes `inbox_at`, which changes at most once a
+/// minute and once when its minute is settled), PostgreSQL updates the row in place (HOT): no new index entries
 /// per message, and the table does not bloat between vacuums.
 #[tokio::test]
 async fn no_index_holds_a_column_every_send_updates() {
@@ -403,7 +403,7 @@ async fn no_index_holds_a_column_every_send_updates() {
     .await
     .unwrap();
     assert!(
-        indexes.iter().any(|d| d.contains("activity_minute")),
+        indexes.iter().any(|d| d.contains("inbox_at")),
         "{indexes:?}"
     );
     let updated = [
@@ -424,7 +424,7 @@ async fn no_index_holds_a_column_every_send_updates() {
 
 /// The service's sessions whose last statement was a SendMessage batch's write.
 const WRITER_SESSIONS: &str = "FROM pg_stat_activity WHERE datname = current_database() \
-     AND query LIKE 'WITH upd AS%'";
+     AND query LIKE 'WITH old AS%'";
 
 /// A kept connection that died while idle (here: killed by an operator) is found dead
 /// before a batch uses it, and the batch is written on a new one.

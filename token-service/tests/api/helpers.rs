@@ -308,6 +308,7 @@ pub async fn list_all(
                 status: 0,
                 page_size: 200,
                 page_token: page_token.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -1,0 +1,75 @@
+//! Settling the inbox order: after a minute has closed, the conversations last active in
+//! it get `inbox_at = last_activity_at`, and `inbox_settled.through` moves past it, so
+//! ListConversations reads them in index order (migration `20261206091000_inbox_order`).
+
+use std::time::Duration;
+
+use super::handle::Store;
+use crate::error::{Error, Result};
+
+/// How often a replica settles. Until then a minute's conversations are sorted when
+/// listed, which is correct, only slower.
+pub const SETTLE_EVERY: Duration = Duration::from_secs(10);
+
+/// A minute is settled only this long after it ended: a SendMessage batch timestamped
+/// inside it may still be writing (its statement may run up to `STATEMENT_TIMEOUT`, 8 s)
+/// and replicas' clocks differ by a little.
+const SETTLE_AFTER: &str = "20 seconds";
+
+/// A settling run waits this long for a conversation's row lock, then gives up until the
+/// next run, so it never holds up SendMessage (and never becomes a deadlock's victim's
+/// cause: PostgreSQL looks for deadlocks only after `deadlock_timeout`, 1 s).
+const SETTLE_LOCK_TIMEOUT: &str = "200ms";
+
+impl Store {
+    /// Settles the minutes that closed since the last run; returns how many
+    /// conversations it changed. Replicas take turns on `inbox_settled`'s row lock.
+    pub async fn settle_inbox_order(&self) -> Result<u64> {
+        let ctx = "settle inbox order";
+        let mut tx = self.pool.begin().await.map_err(|e| Error::db(ctx, e))?;
+        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(SETTLE_LOCK_TIMEOUT)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| Error::db(ctx, e))?;
+        // Data-modifying CTEs run whether or not they are read. A conversation a send
+        // moves meanwhile is re-checked under its lock: its inbox_at is then past
+        // `cutoff`, and it is left alone.
+        let settled: i64 = sqlx::query_scalar(
+            "WITH w AS (\
+               SELECT through, chat_activity_minute(now() - $1::interval) AS cutoff \
+               FROM inbox_settled FOR UPDATE), \
+             s AS (\
+               UPDATE conversations c SET inbox_at = c.last_activity_at FROM w \
+               WHERE c.inbox_at >= w.through AND c.inbox_at < w.cutoff \
+                 AND c.inbox_at <> c.last_activity_at RETURNING 1), \
+             a AS (\
+               UPDATE inbox_settled SET through = w.cutoff FROM w \
+               WHERE w.cutoff > w.through RETURNING 1) \
+             SELECT count(*) FROM s",
+        )
+        .bind(SETTLE_AFTER)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| Error::db(ctx, e))?;
+        tx.commit().await.map_err(|e| Error::db(ctx, e))?;
+        Ok(u64::try_from(settled).unwrap_or_default())
+    }
+}
+
+/// Settles every [`SETTLE_EVERY`] until `stop`; a failed run (a row lock not granted in
+/// time, the database away) is retried at the next.
+pub async fn settle_inbox_order_until(store: Store, stop: tokio_util::sync::CancellationToken) {
+    let mut ticks = tokio::time::interval(SETTLE_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match store.settle_inbox_order().await {
+            Ok(settled) => tracing::debug!(settled, "inbox order settled"),
+            Err(error) => tracing::debug!(%error, "inbox order not settled this time"),
+        }
+    }
+}

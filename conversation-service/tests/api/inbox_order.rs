@@ -1,0 +1,156 @@
+//! ListConversations' order where the index cannot give it alone: conversations active
+//! since the inbox order was last settled, whose `inbox_at` may lag their last activity
+//! within its minute, and the settling that makes them index-ordered.
+
+use std::time::Duration;
+
+use conversation_service::store::{PoolSettings, Store};
+
+use crate::helpers::{create, new_provider, provider, send, spawn_app};
+
+/// Seconds after 12:00:00 on a past day; two share an instant, so their ids decide.
+const OFFSETS: [f64; 8] = [59.999, 0.0, 60.0, 125.0, 59.5, -3600.0, 60.5, 60.5];
+
+/// Unsettled conversations (their minute not yet settled, `inbox_at` at the start of it,
+/// as after several sends within one minute) come in the exact order of their last
+/// activity on every page; settling gives each `inbox_at = last_activity_at`, moves
+/// `through` past them, and the order stays the same.
+#[tokio::test]
+async fn unsettled_conversations_are_in_exact_order_before_and_after_settling() {
+    let mut app = spawn_app().await;
+    let owner = new_provider();
+    let mut db = app.db().await;
+    sqlx::query("UPDATE inbox_settled SET through = timestamptz '2026-11-27 10:00:00+00'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let mut expected = Vec::new();
+    for offset in OFFSETS {
+        let id = create(&mut app.client, &owner).await.conversation_id;
+        sqlx::query(
+            "UPDATE conversations SET last_activity_at = \
+             timestamptz '2026-11-27 12:00:00+00' + make_interval(secs => $2) \
+             WHERE id = $1::uuid",
+        )
+        .bind(&id)
+        .bind(offset)
+        .execute(&mut db)
+        .await
+        .unwrap();
+        expected.push((offset, id));
+    }
+    sqlx::query("UPDATE conversations SET inbox_at = chat_activity_minute(last_activity_at)")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let expected = newest_first(expected);
+    assert_eq!(pages(&mut app.client, &owner, 2).await, expected);
+
+    let unsettled = "SELECT count(*) FROM conversations WHERE inbox_at <> last_activity_at";
+    let lagging = app.count(unsettled).await;
+    assert!(lagging >= 5, "{lagging}");
+    let store = store(&app.database_url);
+    assert_eq!(
+        store.settle_inbox_order().await.unwrap(),
+        u64::try_from(lagging).unwrap()
+    );
+    assert_eq!(app.count(unsettled).await, 0);
+    let past = app
+        .count(
+            "SELECT count(*) FROM inbox_settled \
+             WHERE through >= chat_activity_minute(now() - interval '1 minute')",
+        )
+        .await;
+    assert_eq!(past, 1, "through moved up to the minutes that closed");
+    assert_eq!(store.settle_inbox_order().await.unwrap(), 0, "nothing left");
+    assert_eq!(pages(&mut app.client, &owner, 2).await, expected);
+    assert_eq!(pages(&mut app.client, &owner, 3).await, expected);
+    store.close().await;
+}
+
+/// Live sends within a minute move a conversation to the top without rewriting its
+/// indexed `inbox_at` (the update stays HOT); the list is still in the order of the
+/// sends.
+#[tokio::test]
+async fn sends_within_a_minute_reorder_the_list_exactly_and_stay_hot() {
+    let mut app = spawn_app().await;
+    let owner = new_provider();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(create(&mut app.client, &owner).await.conversation_id);
+    }
+    let (a, b, c) = (&ids[0], &ids[1], &ids[2]);
+    for id in [a, b, c, a, b] {
+        send(&mut app.client, id, provider(&owner), "hi")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(
+        pages(&mut app.client, &owner, 1).await,
+        vec![b.clone(), a.clone(), c.clone()]
+    );
+    // inbox_at moves only with the minute of the last activity.
+    let same_minute = app
+        .count(
+            "SELECT count(*) FROM conversations \
+             WHERE chat_activity_minute(inbox_at) = chat_activity_minute(last_activity_at) \
+               AND inbox_at <= last_activity_at",
+        )
+        .await;
+    assert_eq!(same_minute, 3);
+    // And the updates were HOT: at most one per conversation (a minute boundary crossed
+    // during the test) wrote an index. The statistics arrive within a second or so.
+    let (updates, hot) = chat_common::testing::status::eventually(Duration::from_secs(15), || {
+        let app = &app;
+        async move {
+            let mut db = app.db().await;
+            let (updates, hot): (i64, i64) = sqlx::query_as(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables \
+                 WHERE relname = 'conversations'",
+            )
+            .fetch_one(&mut db)
+            .await
+            .ok()?;
+            (updates >= 5).then_some((updates, hot))
+        }
+    })
+    .await;
+    assert!(hot >= updates - 3, "{hot} of {updates} updates were HOT");
+}
+
+fn store(url: &str) -> Store {
+    Store::connect(&PoolSettings {
+        options: url.parse().unwrap(),
+        size: 2,
+        acquire_timeout: Duration::from_secs(10),
+        send_writers: 1,
+    })
+}
+
+fn newest_first(mut conversations: Vec<(f64, String)>) -> Vec<String> {
+    conversations.sort_by(|x, y| x.0.total_cmp(&y.0).reverse().then_with(|| y.1.cmp(&x.1)));
+    conversations.into_iter().map(|(_, id)| id).collect()
+}
+
+async fn pages(client: &mut crate::helpers::Client, owner: &str, size: i32) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_conversations(chat_proto::v1::ListConversationsRequest {
+                participant: provider(owner),
+                page_size: size,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.conversations.into_iter().map(|c| c.conversation_id));
+        token = page.next_page_token;
+        if token.is_empty() {
+            return seen;
+        }
+    }
+}
