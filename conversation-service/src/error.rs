@@ -39,12 +39,6 @@ pub enum Error {
         field: &'static str,
         message: String,
     },
-    /// An event cursor older than what the feed keeps: events after it were pruned.
-    #[error("the events after this cursor were pruned; the oldest cursor held is {oldest}")]
-    CursorExpired { oldest: String },
-    /// A durable feed consumer that never acknowledged anything.
-    #[error("no consumer of that name has acknowledged events")]
-    ConsumerNotFound,
     /// PostgreSQL cannot be reached (or the service is still starting).
     #[error("{0}")]
     Unavailable(String),
@@ -110,14 +104,13 @@ impl ServiceError for Error {
     fn code(&self) -> Code {
         match self {
             Self::InvalidArgument { .. } => Code::InvalidArgument,
-            Self::ConversationNotFound | Self::ConsumerNotFound => Code::NotFound,
+            Self::ConversationNotFound => Code::NotFound,
             Self::NotParticipant | Self::CustomerLinked | Self::SessionMismatch { .. } => {
                 Code::PermissionDenied
             }
             Self::ConversationClosed
             | Self::CustomerAlreadyLinked
-            | Self::ClientMessageIdReused
-            | Self::CursorExpired { .. } => Code::FailedPrecondition,
+            | Self::ClientMessageIdReused => Code::FailedPrecondition,
             Self::TooManyStreams { .. } => Code::ResourceExhausted,
             Self::CursorOutOfRange { .. } => Code::OutOfRange,
             Self::Unavailable(_) => Code::Unavailable,
@@ -137,8 +130,6 @@ impl ServiceError for Error {
             Self::ClientMessageIdReused => "CLIENT_MESSAGE_ID_REUSED",
             Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
             Self::CursorOutOfRange { .. } => "CURSOR_OUT_OF_RANGE",
-            Self::CursorExpired { .. } => "CURSOR_EXPIRED",
-            Self::ConsumerNotFound => "CONSUMER_NOT_FOUND",
             Self::Unavailable(_) => "DATABASE_UNAVAILABLE",
             Self::Internal { .. } => "INTERNAL",
         }
@@ -148,9 +139,6 @@ impl ServiceError for Error {
         match self {
             Self::InvalidArgument { field, description } => {
                 Details::bad_field(field, description.clone())
-            }
-            Self::CursorExpired { oldest } => {
-                Details::none().with_metadata("oldest_cursor", oldest.clone())
             }
             _ => Details::none(),
         }

@@ -2,7 +2,6 @@
 //! the store (or start a stream task), build the reply (`convert`).
 
 pub mod convert;
-mod events;
 mod outbound;
 mod privacy;
 
@@ -17,7 +16,6 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use uuid::Uuid;
 
-pub use self::events::EventApi;
 use self::outbound::Outbound;
 use crate::{
     domain::{
@@ -384,7 +382,6 @@ impl ConversationService for ConversationApi {
             .into());
         }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let presence = self.hub.presence().enter(&viewer);
         // The stream task logs inside the RPC's span: its lines carry the trace id too.
         tokio::spawn(
             streams::conversation_stream(
@@ -402,8 +399,7 @@ impl ConversationService for ConversationApi {
             convert::conversation_response,
             &self.streams.shutdown,
             "your last seq",
-        )
-        .holding(presence))
+        ))
     }
 
     type StreamInboxStream = Outbound<InboxDelivery, v1::StreamInboxResponse>;
@@ -426,7 +422,6 @@ impl ConversationService for ConversationApi {
             None => InboxCursor::at(self.store.current_snapshot().await?),
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let presence = self.hub.presence().enter(&owner);
         tokio::spawn(
             streams::inbox_stream(
                 self.streams.clone(),
@@ -443,8 +438,7 @@ impl ConversationService for ConversationApi {
             convert::inbox_response,
             &self.streams.shutdown,
             "your last cursor",
-        )
-        .holding(presence))
+        ))
     }
 
     async fn get_unread_summary(

@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod conversations;
-mod events;
 mod faults;
 mod filters;
 mod hardening;
@@ -15,10 +14,8 @@ mod limits;
 mod messages;
 mod observability;
 mod pagination;
-mod presence;
 mod privacy;
 mod properties;
-mod reminders;
 mod security;
 mod send_path;
 mod startup;
