@@ -35,6 +35,27 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// token-service with a server certificate from `pki`, client certificates required
+/// (mutual TLS) and the example callers file; conversation-service unreachable.
+async fn token_service_over_mutual_tls(pki: &Pki) -> (SocketAddr, CancellationToken) {
+    let server = pki.server("token");
+    let callers = example_callers_file();
+    token_service(
+        "http://127.0.0.1:9",
+        &[
+            "--tls-cert",
+            path(&server.cert),
+            "--tls-key",
+            path(&server.key),
+            "--tls-client-ca",
+            path(&pki.ca()),
+            "--callers-file",
+            path(&callers),
+        ],
+    )
+    .await
+}
+
 /// Health of `service` over `channel` is SERVING.
 async fn wait_serving(channel: &Channel, service: &str) {
     let health = HealthClient::new(channel.clone());
@@ -366,22 +387,7 @@ async fn token_service_grants_are_per_method() {
 #[tokio::test]
 async fn operators_read_tokens_and_nothing_else_over_mutual_tls() {
     let pki = Pki::new("token-operator");
-    let server = pki.server("token");
-    let callers = example_callers_file();
-    let (addr, shutdown) = token_service(
-        "http://127.0.0.1:9",
-        &[
-            "--tls-cert",
-            path(&server.cert),
-            "--tls-key",
-            path(&server.key),
-            "--tls-client-ca",
-            path(&pki.ca()),
-            "--callers-file",
-            path(&callers),
-        ],
-    )
-    .await;
+    let (addr, shutdown) = token_service_over_mutual_tls(&pki).await;
     let _stop = shutdown.drop_guard();
     let operator = pki.client("operator");
     let channel = tls_channel(addr, &pki.ca(), Some(&operator));
@@ -418,22 +424,7 @@ async fn only_privacy_officers_erase_or_export_and_the_audit_trail_names_them() 
         audit_service_client::AuditServiceClient, privacy_service_client::PrivacyServiceClient,
     };
     let pki = Pki::new("token-privacy");
-    let server = pki.server("token");
-    let callers = example_callers_file();
-    let (addr, shutdown) = token_service(
-        "http://127.0.0.1:9",
-        &[
-            "--tls-cert",
-            path(&server.cert),
-            "--tls-key",
-            path(&server.key),
-            "--tls-client-ca",
-            path(&pki.ca()),
-            "--callers-file",
-            path(&callers),
-        ],
-    )
-    .await;
+    let (addr, shutdown) = token_service_over_mutual_tls(&pki).await;
     let _stop = shutdown.drop_guard();
     let as_caller = |workload: &str| tls_channel(addr, &pki.ca(), Some(&pki.client(workload)));
     let officer = as_caller("privacy-officer");
