@@ -192,7 +192,15 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 /// Erases `customer_id` and retries with the same request id until conversation-service's
 /// part is done: it waits while a call of the customer's sessions is in flight.
 async fn erase_until_complete(app: &TestApp, request_id: &str, customer_id: &str) -> pb::Erasure {
-    let client = privacy(app);
+    erase_through_until_complete(&privacy(app), request_id, customer_id).await
+}
+
+/// [`erase_until_complete`] through `client`, for a token-service that is not a `TestApp`.
+async fn erase_through_until_complete(
+    client: &PrivacyServiceClient<Channel>,
+    request_id: &str,
+    customer_id: &str,
+) -> pb::Erasure {
     eventually(SETTLE, || {
         let mut client = client.clone();
         let request = erase_request(request_id, customer_id);
@@ -407,20 +415,7 @@ async fn an_erasure_cut_short_by_a_kill_is_finished_after_restart() {
     let _process = crate::faults::start_process(&listen, &db, &fake_url);
     let channel = connect(&listen).await;
     let mut client = PrivacyServiceClient::new(channel);
-    let done = eventually(SETTLE, || {
-        let mut client = client.clone();
-        let request = erase_request(&request_id, &person.customer_id);
-        async move {
-            let erasure = client
-                .erase_customer(request)
-                .await
-                .ok()?
-                .into_inner()
-                .erasure?;
-            (erasure.state() == ErasureState::Complete).then_some(erasure)
-        }
-    })
-    .await;
+    let done = erase_through_until_complete(&client, &request_id, &person.customer_id).await;
     assert_eq!(done.create_time, first.create_time, "the same erasure");
     assert_eq!(done.messages_erased, FAKE_MESSAGES);
     assert_eq!(fake.erased.lock().unwrap().len(), 1, "asked once");
