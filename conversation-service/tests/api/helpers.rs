@@ -237,3 +237,21 @@ pub async fn send(
         .await
         .map(|r| r.into_inner().message.unwrap())
 }
+
+/// Opens StreamConversation for `viewer`, replaying after `after_seq`.
+pub async fn open_stream(
+    client: &mut Client,
+    conversation_id: &str,
+    viewer: Option<Participant>,
+    after_seq: i64,
+) -> tonic::Streaming<v1::StreamConversationResponse> {
+    client
+        .stream_conversation(v1::StreamConversationRequest {
+            conversation_id: conversation_id.into(),
+            viewer,
+            after_seq,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}

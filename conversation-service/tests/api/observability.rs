@@ -15,7 +15,7 @@ use uuid::Uuid;
 use chat_common::testing::status::eventually;
 
 use crate::helpers::{
-    connect, create, free_addr, fresh_database, provider, send, spawn_app_with,
+    connect, create, free_addr, fresh_database, open_stream, provider, send, spawn_app_with,
     spawn_app_with_flags, wait_serving,
 };
 
@@ -59,16 +59,7 @@ async fn metrics_count_every_rpc_with_its_code_and_the_service_figures() {
         .await
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
-    let mut stream = app
-        .client
-        .stream_conversation(v1::StreamConversationRequest {
-            conversation_id: id.clone(),
-            viewer: provider("p1"),
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_stream(&mut app.client, &id, provider("p1"), 0).await;
     stream.message().await.unwrap();
 
     let after = scrape(metrics).await.unwrap();
@@ -179,16 +170,7 @@ async fn the_scrape_passes_promtools_rules_with_counters_from_zero_and_messages_
             .unwrap();
     }
     let before = scrape(metrics).await.unwrap();
-    let mut stream = app
-        .client
-        .stream_conversation(v1::StreamConversationRequest {
-            conversation_id: id,
-            viewer: provider("p1"),
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_stream(&mut app.client, &id, provider("p1"), 0).await;
     for _ in 0..3 {
         stream.message().await.unwrap();
     }
@@ -217,16 +199,7 @@ async fn a_stream_outliving_the_request_timeout_then_cancelled_counts_as_cancele
         )
     };
     let before = scrape(metrics).await.unwrap();
-    let mut stream = app
-        .client
-        .stream_conversation(v1::StreamConversationRequest {
-            conversation_id: id,
-            viewer: provider("p1"),
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_stream(&mut app.client, &id, provider("p1"), 0).await;
     stream.message().await.unwrap();
     // Past the request timeout: the stream is not cut by it.
     tokio::time::sleep(Duration::from_millis(2500)).await;

@@ -17,27 +17,11 @@ use tonic::{Code, Streaming};
 use uuid::Uuid;
 
 use crate::helpers::{
-    Client, TestApp, create, customer, fresh_database, provider, send, spawn_app, spawn_app_with,
-    spawn_app_with_flags, spawn_process,
+    Client, TestApp, create, customer, fresh_database, open_stream, provider, send, spawn_app,
+    spawn_app_with, spawn_app_with_flags, spawn_process,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
-
-async fn open(
-    client: &mut Client,
-    conversation_id: &str,
-    viewer: Option<v1::Participant>,
-) -> Streaming<StreamConversationResponse> {
-    client
-        .stream_conversation(v1::StreamConversationRequest {
-            conversation_id: conversation_id.into(),
-            viewer,
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
 
 /// A client whose HTTP/2 windows are small, so a server that sends more than it reads
 /// fills up quickly.
@@ -113,7 +97,7 @@ async fn a_stream_behind_at_sigterm_still_ends_unavailable() {
     let id = create(&mut a.client, "p1").await.conversation_id;
     pile_up(&a, &id, 400).await;
     let mut client = slow_client(b.addr).await;
-    let mut stream = open(&mut client, &id, provider("p1")).await;
+    let mut stream = open_stream(&mut client, &id, provider("p1"), 0).await;
     // Not reading: the replay fills every buffer on the way.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = b.child.id().to_string();
@@ -137,7 +121,7 @@ async fn a_stream_behind_at_sigterm_still_ends_unavailable() {
 async fn a_pool_of_one_serves_calls_and_streams() {
     let mut app = spawn_app_with_flags(&["--db-pool-size", "1"]).await;
     let id = create(&mut app.client, "p1").await.conversation_id;
-    let mut stream = open(&mut app.client, &id, provider("p1")).await;
+    let mut stream = open_stream(&mut app.client, &id, provider("p1"), 0).await;
     send(&mut app.client, &id, customer(""), "hello")
         .await
         .unwrap();
@@ -168,7 +152,7 @@ async fn a_pool_of_one_serves_calls_and_streams() {
 async fn an_anonymous_stream_ends_when_a_customer_is_linked() {
     let mut app = spawn_app().await;
     let id = create(&mut app.client, "p1").await.conversation_id;
-    let mut anonymous = open(&mut app.client, &id, customer("")).await;
+    let mut anonymous = open_stream(&mut app.client, &id, customer(""), 0).await;
     send(&mut app.client, &id, customer(""), "before the link")
         .await
         .unwrap();
@@ -198,7 +182,7 @@ async fn an_anonymous_stream_ends_when_a_customer_is_linked() {
     assert_eq!(status.code(), Code::PermissionDenied);
     assert_eq!(crate::helpers::reason(&status), "CUSTOMER_LINKED");
 
-    let mut linked = open(&mut app.client, &id, customer("c1")).await;
+    let mut linked = open_stream(&mut app.client, &id, customer("c1"), 0).await;
     send(&mut app.client, &id, provider("p1"), "to c1")
         .await
         .unwrap();
@@ -232,7 +216,7 @@ async fn nothing_older_than_a_resync_snapshot_follows_it() {
     let mut app = spawn_app_with_flags(&["--stream-queue", "4"]).await;
     let id = create(&mut app.client, "p1").await.conversation_id;
     let mut client = slow_client(app.addr).await;
-    let mut stream = open(&mut client, &id, provider("p1")).await;
+    let mut stream = open_stream(&mut client, &id, provider("p1"), 0).await;
     stream.message().await.unwrap().unwrap(); // the first snapshot
     pile_up(&app, &id, 400).await;
     send(&mut app.client, &id, provider("p1"), "wake")
@@ -420,7 +404,7 @@ async fn a_silently_dead_listener_is_found_and_replaced() {
     let via_proxy = format!("postgres://postgres@127.0.0.1:{}/{name}", proxy.port);
     let mut app = spawn_app_with(&via_proxy, &[]).await;
     let id = create(&mut app.client, "p1").await.conversation_id;
-    let mut stream = open(&mut app.client, &id, provider("p1")).await;
+    let mut stream = open_stream(&mut app.client, &id, provider("p1"), 0).await;
     stream.message().await.unwrap().unwrap(); // snapshot
 
     proxy.block_listen.store(true, Ordering::SeqCst);
@@ -456,7 +440,7 @@ async fn a_resync_of_two_thousand_streams_starves_no_call() {
         openers.push(tokio::spawn(async move {
             let mut streams = Vec::new();
             for _ in 0..STREAMS / 4 {
-                let mut stream = open(&mut client, &id, provider("p1")).await;
+                let mut stream = open_stream(&mut client, &id, provider("p1"), 0).await;
                 stream.message().await.unwrap().unwrap(); // snapshot
                 streams.push(stream);
             }
@@ -506,7 +490,7 @@ async fn a_listener_behind_its_lag_limit_is_replaced_and_streams_catch_up() {
     let mut app = spawn_app_with_flags(&flags).await;
     let metrics = app.metrics.expect("metrics address");
     let id = create(&mut app.client, "p1").await.conversation_id;
-    let mut stream = open(&mut app.client, &id, provider("p1")).await;
+    let mut stream = open_stream(&mut app.client, &id, provider("p1"), 0).await;
     stream.message().await.unwrap().unwrap(); // snapshot
 
     let reconnects = || async {

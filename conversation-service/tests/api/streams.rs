@@ -11,28 +11,11 @@ use tonic::{Code, Streaming};
 use uuid::Uuid;
 
 use crate::helpers::{
-    Client, create, customer, new_provider, provider, send, spawn_app, spawn_app_with_flags,
-    spawn_process,
+    Client, create, customer, new_provider, open_stream, provider, send, spawn_app,
+    spawn_app_with_flags, spawn_process,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
-
-async fn open(
-    client: &mut Client,
-    conversation_id: &str,
-    viewer: Option<v1::Participant>,
-    after_seq: i64,
-) -> Streaming<StreamConversationResponse> {
-    client
-        .stream_conversation(v1::StreamConversationRequest {
-            conversation_id: conversation_id.into(),
-            viewer,
-            after_seq,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
 
 async fn next(stream: &mut Streaming<StreamConversationResponse>) -> StreamConversationResponse {
     tokio::time::timeout(WAIT, stream.message())
@@ -67,7 +50,7 @@ async fn sent_on_one_replica_arrives_in_order_on_another() {
     let mut b = spawn_process(&a.database_url, &[]).await;
     let conversation = create(&mut a.client, "p1").await;
     let id = conversation.conversation_id;
-    let mut stream = open(&mut b.client, &id, provider("p1"), 0).await;
+    let mut stream = open_stream(&mut b.client, &id, provider("p1"), 0).await;
     let first = next(&mut stream).await;
     assert!(
         matches!(first.event, Some(Event::Snapshot(_))),
@@ -92,7 +75,7 @@ async fn conversation_with_viewers(
     let id = create(&mut app.client, &provider_id).await.conversation_id;
     let mut viewers = Vec::new();
     for _ in 0..n {
-        let mut stream = open(&mut app.client, &id, provider(&provider_id), 0).await;
+        let mut stream = open_stream(&mut app.client, &id, provider(&provider_id), 0).await;
         let first = next(&mut stream).await;
         assert!(matches!(first.event, Some(Event::Snapshot(_))));
         viewers.push(stream);
@@ -178,7 +161,7 @@ async fn viewers_sharing_reads_get_a_burst_complete_and_in_order() {
 async fn resume_gets_exactly_what_was_missed() {
     let mut app = spawn_app().await;
     let id = create(&mut app.client, "p1").await.conversation_id;
-    let mut stream = open(&mut app.client, &id, customer(""), 0).await;
+    let mut stream = open_stream(&mut app.client, &id, customer(""), 0).await;
     for i in 0..10 {
         send(&mut app.client, &id, provider("p1"), &format!("m{i}"))
             .await
@@ -194,7 +177,7 @@ async fn resume_gets_exactly_what_was_missed() {
             .await
             .unwrap();
     }
-    let mut stream = open(&mut app.client, &id, customer(""), 10).await;
+    let mut stream = open_stream(&mut app.client, &id, customer(""), 10).await;
     let missed = messages_until(&mut stream, 20).await;
     assert_eq!(
         missed,
@@ -213,9 +196,9 @@ async fn killing_the_listener_during_a_thousand_sends_loses_nothing() {
     let mut b = spawn_process(&a.database_url, &[]).await;
     let id = create(&mut a.client, "p1").await.conversation_id;
     let mut streams = vec![
-        open(&mut a.client, &id, provider("p1"), 0).await,
-        open(&mut b.client, &id, customer(""), 0).await,
-        open(&mut b.client, &id, provider("p1"), 0).await,
+        open_stream(&mut a.client, &id, provider("p1"), 0).await,
+        open_stream(&mut b.client, &id, customer(""), 0).await,
+        open_stream(&mut b.client, &id, provider("p1"), 0).await,
     ];
     let mut senders = Vec::new();
     for task in 0..4 {
@@ -273,7 +256,7 @@ async fn a_stream_that_never_reads_keeps_memory_bounded_then_gets_everything() {
     let mut a = spawn_app().await;
     let mut b = spawn_process(&a.database_url, &[]).await;
     let id = create(&mut a.client, "p1").await.conversation_id;
-    let mut stuck = open(&mut b.client, &id, provider("p1"), 0).await;
+    let mut stuck = open_stream(&mut b.client, &id, provider("p1"), 0).await;
     let before = rss_kib(b.child.id());
     let body = "x".repeat(4000);
     let mut senders = Vec::new();
@@ -309,7 +292,7 @@ async fn a_thousand_opened_and_cancelled_streams_free_their_slots() {
     let id = create(&mut app.client, "p1").await.conversation_id;
     let mut streams = Vec::new();
     for _ in 0..1000 {
-        let mut stream = open(&mut app.client, &id, provider("p1"), 0).await;
+        let mut stream = open_stream(&mut app.client, &id, provider("p1"), 0).await;
         next(&mut stream).await;
         streams.push(stream);
     }
@@ -328,8 +311,8 @@ async fn a_thousand_opened_and_cancelled_streams_free_their_slots() {
 async fn the_stream_limit_answers_resource_exhausted() {
     let mut app = spawn_app_with_flags(&["--max-streams", "2"]).await;
     let id = create(&mut app.client, "p1").await.conversation_id;
-    let _one = open(&mut app.client, &id, provider("p1"), 0).await;
-    let _two = open(&mut app.client, &id, provider("p1"), 0).await;
+    let _one = open_stream(&mut app.client, &id, provider("p1"), 0).await;
+    let _two = open_stream(&mut app.client, &id, provider("p1"), 0).await;
     let status = app
         .client
         .stream_conversation(v1::StreamConversationRequest {
@@ -410,7 +393,7 @@ async fn receipts_typing_status_and_heartbeats_arrive_live() {
     send(&mut app.client, &id, provider("p1"), "hi")
         .await
         .unwrap();
-    let mut stream = open(&mut app.client, &id, provider("p1"), 1).await;
+    let mut stream = open_stream(&mut app.client, &id, provider("p1"), 1).await;
     next(&mut stream).await; // snapshot
     app.client
         .mark_read(v1::MarkReadRequest {
@@ -634,7 +617,7 @@ async fn sigterm_ends_streams_with_unavailable_and_exits_cleanly() {
     let mut a = spawn_app().await;
     let mut b = spawn_process(&a.database_url, &["--shutdown-grace", "2s"]).await;
     let id = create(&mut a.client, "p1").await.conversation_id;
-    let mut stream = open(&mut b.client, &id, provider("p1"), 0).await;
+    let mut stream = open_stream(&mut b.client, &id, provider("p1"), 0).await;
     next(&mut stream).await;
     let pid = b.child.id().to_string();
     let killed = std::process::Command::new("kill")
@@ -671,6 +654,6 @@ async fn sigterm_ends_streams_with_unavailable_and_exits_cleanly() {
     send(&mut a.client, &id, provider("p1"), "after")
         .await
         .unwrap();
-    let mut resumed = open(&mut a.client, &id, provider("p1"), 0).await;
+    let mut resumed = open_stream(&mut a.client, &id, provider("p1"), 0).await;
     assert_eq!(seqs(&messages_until(&mut resumed, 1).await), vec![1]);
 }
