@@ -124,6 +124,26 @@ async fn a_database_lost_while_serving_gives_unavailable_then_recovers() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // The unread summary and a filtered inbox read the same pool.
+    let status = app
+        .client
+        .get_unread_summary(v1::GetUnreadSummaryRequest {
+            participant: crate::helpers::provider("p1"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let status = app
+        .client
+        .list_conversations(v1::ListConversationsRequest {
+            participant: crate::helpers::provider("p1"),
+            unread_only: true,
+            customer_query: "lovelace".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     // CreateConversation's writers have connections of their own.
     let status = app
         .client
