@@ -98,6 +98,8 @@ impl<T: Transport> Position<T> for ConversationPosition {
             conversation_id: self.conversation_id.clone(),
             viewer: Some(self.viewer.clone()),
             after_seq: self.last_seq,
+            // Follows messages only; edits and deletions come live (see docs/design.md).
+            after_change: None,
         };
         Box::pin(async move {
             raw.stream_conversation(request)

@@ -541,6 +541,7 @@ async fn open_stream(
                 conversation_id: id.to_owned(),
                 viewer: Some(viewer),
                 after_seq,
+                after_change: None,
             })
             .await?
             .into_inner();
@@ -582,6 +583,7 @@ async fn send(client: &mut Client, id: String, body: String) -> anyhow::Result<i
             sender: Some(provider()),
             body,
             client_message_id: String::new(),
+            attachments: Vec::new(),
         })
         .await?
         .into_inner()
@@ -616,6 +618,7 @@ async fn measure_delivery(
             conversation_id: id.to_owned(),
             viewer: Some(customer()),
             after_seq: head,
+            after_change: None,
         })
         .await?
         .into_inner();

@@ -163,6 +163,7 @@ async fn open(
             conversation_id: conversation_id.to_owned(),
             viewer: Some(v1::Participant::provider("bench")),
             after_seq: 0,
+            after_change: None,
         })
         .await?
         .into_inner())
@@ -266,6 +267,7 @@ async fn fanout(args: &Args) -> anyhow::Result<f64> {
                 sender: Some(v1::Participant::provider("bench")),
                 body: "fan-out".into(),
                 client_message_id: String::new(),
+                attachments: Vec::new(),
             })
             .await?
             .into_inner()

@@ -97,6 +97,34 @@ pub struct Config {
     #[arg(long, env = "CLOSED_MESSAGE_RETENTION", default_value = "365d", value_parser = parse_duration)]
     pub closed_message_retention: Duration,
 
+    /// How long after sending a message its sender may edit it; `0`: no limit.
+    #[arg(long, env = "EDIT_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub edit_window: Duration,
+
+    /// URI prefixes attachments must start with (comma-separated, each `https://...`),
+    /// e.g. the BFF's object-storage bucket. Empty: messages with attachments are refused.
+    #[arg(
+        long,
+        env = "ATTACHMENT_URI_PREFIXES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub attachment_uri_prefixes: Vec<String>,
+
+    /// Content types attachments may have (comma-separated; `image/*` allows every image
+    /// type).
+    #[arg(
+        long,
+        env = "ATTACHMENT_CONTENT_TYPES",
+        value_delimiter = ',',
+        default_value = "image/png,image/jpeg,image/gif,image/webp,image/heic,application/pdf,text/plain"
+    )]
+    pub attachment_content_types: Vec<String>,
+
+    /// Largest attachment, in bytes (the reference says how big the stored file is).
+    #[arg(long, env = "ATTACHMENT_MAX_BYTES", default_value_t = 25 * 1024 * 1024)]
+    pub attachment_max_bytes: i64,
+
     /// How often the retention sweeper runs.
     #[arg(long, env = "RETENTION_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub retention_interval: Duration,
@@ -128,6 +156,32 @@ pub struct Config {
 
     #[command(flatten)]
     pub drain: DrainArgs,
+}
+
+impl Config {
+    /// What SendMessage accepts as attachments. Blank entries (an empty variable) are
+    /// dropped, so `ATTACHMENT_URI_PREFIXES=""` refuses attachments.
+    pub fn attachment_rules(&self) -> crate::domain::AttachmentRules {
+        let list = |items: &[String], lower: bool| -> Vec<String> {
+            items
+                .iter()
+                .map(|item| item.trim())
+                .filter(|item| !item.is_empty())
+                .map(|item| {
+                    if lower {
+                        item.to_ascii_lowercase()
+                    } else {
+                        item.to_owned()
+                    }
+                })
+                .collect()
+        };
+        crate::domain::AttachmentRules {
+            uri_prefixes: list(&self.attachment_uri_prefixes, false),
+            content_types: list(&self.attachment_content_types, true),
+            max_bytes: self.attachment_max_bytes,
+        }
+    }
 }
 
 /// What the binary does instead of serving.

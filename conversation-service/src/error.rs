@@ -13,9 +13,26 @@ pub enum Error {
         field: &'static str,
         description: String,
     },
+    /// Bad input in one attachment: names it and its field (`attachments[2].uri`).
+    #[error("attachments[{index}].{field}: {description}")]
+    InvalidAttachment {
+        index: usize,
+        field: &'static str,
+        description: String,
+    },
     /// The only thing a caller can name that may not exist.
     #[error("conversation not found")]
     ConversationNotFound,
+    #[error("message not found in this conversation")]
+    MessageNotFound,
+    #[error("only the side that sent a message may edit it, and only it or the provider delete it")]
+    NotMessageSender,
+    #[error("the edit window of this message has passed")]
+    EditWindowPassed,
+    #[error("the message is deleted")]
+    MessageDeleted,
+    #[error("this request_id was already used for a different request")]
+    RequestIdReused,
     #[error("the caller is not a participant of this conversation")]
     NotParticipant,
     /// An anonymous visitor's access ends once a customer is linked.
@@ -103,14 +120,18 @@ fn is_unreachable(error: &sqlx::Error) -> bool {
 impl ServiceError for Error {
     fn code(&self) -> Code {
         match self {
-            Self::InvalidArgument { .. } => Code::InvalidArgument,
-            Self::ConversationNotFound => Code::NotFound,
-            Self::NotParticipant | Self::CustomerLinked | Self::SessionMismatch { .. } => {
-                Code::PermissionDenied
-            }
+            Self::InvalidArgument { .. } | Self::InvalidAttachment { .. } => Code::InvalidArgument,
+            Self::ConversationNotFound | Self::MessageNotFound => Code::NotFound,
+            Self::NotParticipant
+            | Self::CustomerLinked
+            | Self::SessionMismatch { .. }
+            | Self::NotMessageSender => Code::PermissionDenied,
             Self::ConversationClosed
             | Self::CustomerAlreadyLinked
-            | Self::ClientMessageIdReused => Code::FailedPrecondition,
+            | Self::ClientMessageIdReused
+            | Self::EditWindowPassed
+            | Self::MessageDeleted
+            | Self::RequestIdReused => Code::FailedPrecondition,
             Self::TooManyStreams { .. } => Code::ResourceExhausted,
             Self::CursorOutOfRange { .. } => Code::OutOfRange,
             Self::Unavailable(_) => Code::Unavailable,
@@ -120,8 +141,13 @@ impl ServiceError for Error {
 
     fn reason(&self) -> &str {
         match self {
-            Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            Self::InvalidArgument { .. } | Self::InvalidAttachment { .. } => "INVALID_ARGUMENT",
             Self::ConversationNotFound => "CONVERSATION_NOT_FOUND",
+            Self::MessageNotFound => "MESSAGE_NOT_FOUND",
+            Self::NotMessageSender => "NOT_MESSAGE_SENDER",
+            Self::EditWindowPassed => "EDIT_WINDOW_PASSED",
+            Self::MessageDeleted => "MESSAGE_DELETED",
+            Self::RequestIdReused => "REQUEST_ID_REUSED",
             Self::NotParticipant => "NOT_A_PARTICIPANT",
             Self::CustomerLinked => "CUSTOMER_LINKED",
             Self::SessionMismatch { .. } => "SESSION_MISMATCH",
@@ -140,6 +166,14 @@ impl ServiceError for Error {
             Self::InvalidArgument { field, description } => {
                 Details::bad_field(field, description.clone())
             }
+            Self::InvalidAttachment {
+                index,
+                field,
+                description,
+            } => Details::bad_field(
+                &format!("attachments[{index}].{field}"),
+                description.clone(),
+            ),
             _ => Details::none(),
         }
     }

@@ -33,8 +33,8 @@ use tonic::{Request, Status, service::Interceptor, service::interceptor::Interce
 
 use crate::{
     config::Config,
-    domain::PageTokens,
-    grpc::{AuditApi, ConversationApi, PrivacyApi},
+    domain::{AttachmentRules, EditWindow, PageTokens},
+    grpc::{AuditApi, ConversationApi, MessageRules, PrivacyApi},
     realtime::{Hub, run_listener, streams::StreamContext},
     store::{PoolSettings, SendQueue, Store},
 };
@@ -341,11 +341,37 @@ fn api(
             config.db_pool_size,
         ))),
     };
-    let api = ConversationApi::new(store.clone(), sender, Arc::clone(hub), streams, pages);
+    let rules = MessageRules {
+        attachments: attachment_rules(config)?,
+        edit_window: EditWindow::new(config.edit_window),
+    };
+    let api = ConversationApi::new(
+        store.clone(),
+        sender,
+        Arc::clone(hub),
+        streams,
+        pages,
+        rules,
+    );
     let server = ConversationServiceServer::new(api)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes.max(1024 * 1024));
     Ok(InterceptedService::new(server, Ready(Arc::clone(migrated))))
+}
+
+/// The configured attachment rules. A URI prefix must name an https origin and a path
+/// (`https://host/`): without the slash, `https://files.example` would also admit
+/// `https://files.example.evil.test/`.
+fn attachment_rules(config: &Config) -> anyhow::Result<AttachmentRules> {
+    let rules = config.attachment_rules();
+    for prefix in &rules.uri_prefixes {
+        let host_and_path = prefix.strip_prefix("https://").unwrap_or_default();
+        let host = host_and_path.split('/').next().unwrap_or_default();
+        if host.is_empty() || !host_and_path.contains('/') {
+            anyhow::bail!("ATTACHMENT_URI_PREFIXES: `{prefix}` must start with https://<host>/");
+        }
+    }
+    Ok(rules)
 }
 
 /// Records each reload of the callers file in the audit trail: OK, or

@@ -105,6 +105,7 @@ async fn send_waits_out_a_replica_that_is_down_and_writes_once() {
                     sender: Some(provider()),
                     body: "late".into(),
                     client_message_id: "k1".into(),
+                    attachments: Vec::new(),
                 })
                 .await
         }

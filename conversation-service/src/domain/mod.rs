@@ -1,6 +1,7 @@
 //! Values that can only hold valid data. Every request field is parsed into one of these
 //! before anything touches the database, so validation is written and tested once.
 
+mod attachment;
 mod filter;
 mod page;
 
@@ -9,6 +10,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
+pub use attachment::{Attachment, AttachmentRules, MAX_ATTACHMENTS};
 pub use filter::{ConversationFilter, CustomerQuery};
 pub use page::{PageKey, PageSize, PageTokens};
 
@@ -218,6 +220,7 @@ fn session_field(participant: &'static str) -> &'static str {
         "viewer" => "viewer.session_id",
         "reader" => "reader.session_id",
         "actor" => "actor.session_id",
+        "editor" => "editor.session_id",
         _ => "participant.session_id",
     }
 }
@@ -407,8 +410,65 @@ pub struct NewConversation {
 pub struct NewMessage {
     pub conversation_id: ConversationId,
     pub sender: Participant,
+    /// Empty only when it carries attachments.
     pub body: String,
     pub client_message_id: Option<String>,
+    pub attachments: Vec<Attachment>,
+}
+
+/// A message's body: as [`parse_body`], or empty when the message carries attachments.
+pub fn parse_message_body(field: &'static str, text: &str, attachments: usize) -> Result<String> {
+    if text.is_empty() && attachments > 0 {
+        return Ok(String::new());
+    }
+    parse_body(field, text)
+}
+
+/// A message's id (a UUID).
+pub fn parse_message_id(field: &'static str, text: &str) -> Result<Uuid> {
+    parse_uuid(field, text)
+}
+
+/// How long after sending a message may be edited; `None`: no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EditWindow(pub Option<chrono::Duration>);
+
+impl EditWindow {
+    /// `0` means no limit.
+    pub fn new(window: std::time::Duration) -> Self {
+        if window.is_zero() {
+            Self(None)
+        } else {
+            Self(Some(
+                chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX),
+            ))
+        }
+    }
+
+    /// Whether a message created at `created` may still be edited at `now`.
+    pub fn admits(
+        self,
+        created: chrono::DateTime<chrono::Utc>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> bool {
+        self.0.is_none_or(|window| {
+            created
+                .checked_add_signed(window)
+                .is_none_or(|end| now <= end)
+        })
+    }
+}
+
+/// What an EditMessage or DeleteMessage asks.
+#[derive(Debug, Clone)]
+pub struct MessageChange {
+    pub conversation_id: ConversationId,
+    pub message_id: Uuid,
+    pub actor: Participant,
+    pub session: Option<Uuid>,
+    /// `Some(body)`: an edit; `None`: a deletion.
+    pub body: Option<String>,
+    pub request_id: Option<Uuid>,
 }
 
 /// A sender's idempotency key: at most 128 printable characters; empty means none.

@@ -9,11 +9,11 @@ use chat_proto::v1::{
 use chrono::{DateTime, Utc};
 
 use crate::{
-    domain::{Participant, Role, Status},
+    domain::{Attachment, Participant, Role, Status},
     realtime::streams::{
         ConversationDelivery, ConversationEvent, InboxDelivery, InboxEvent, Viewed,
     },
-    store::{ConversationRow, InboxItem, MessageRow},
+    store::{ChangeKind, ChangeRow, ConversationRow, InboxItem, MessageRow},
 };
 
 pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
@@ -59,11 +59,16 @@ pub fn message(row: &MessageRow) -> v1::Message {
         create_time: Some(timestamp(row.created_at)),
         body: row.body.clone(),
         client_message_id: row.client_message_id.clone().unwrap_or_default(),
+        edit_time: row.edited_at.map(timestamp),
+        edit_count: row.edit_count,
+        deleted: row.deleted,
+        attachments: row.attachments().iter().map(attachment).collect(),
     }
 }
 
 /// [`message`] for a row no longer needed: its strings move instead of being copied.
 pub fn into_message(row: MessageRow) -> v1::Message {
+    let attachments = row.attachments().iter().map(attachment).collect();
     v1::Message {
         conversation_id: row.conversation_id.to_string(),
         seq: row.seq,
@@ -72,6 +77,22 @@ pub fn into_message(row: MessageRow) -> v1::Message {
         create_time: Some(timestamp(row.created_at)),
         body: row.body,
         client_message_id: row.client_message_id.unwrap_or_default(),
+        edit_time: row.edited_at.map(timestamp),
+        edit_count: row.edit_count,
+        deleted: row.deleted,
+        attachments,
+    }
+}
+
+pub fn attachment(stored: &Attachment) -> v1::Attachment {
+    v1::Attachment {
+        uri: stored.uri.clone(),
+        content_type: stored.content_type.clone(),
+        size_bytes: stored.size_bytes,
+        sha256: stored.sha256.clone(),
+        file_name: stored.file_name.clone(),
+        width: stored.width,
+        height: stored.height,
     }
 }
 
@@ -136,10 +157,29 @@ pub fn conversation_response(delivery: ConversationDelivery) -> v1::StreamConver
             })
         }
         ConversationEvent::Heartbeat(time) => ConversationWire::Heartbeat(heartbeat(time)),
+        ConversationEvent::Changed(change) => changed(change),
+        ConversationEvent::ChangePosition(change_seq) => {
+            ConversationWire::ChangePosition(v1::ChangePosition { change_seq })
+        }
     };
     v1::StreamConversationResponse {
         event: Some(event),
         replayed: delivery.replayed,
+    }
+}
+
+fn changed(change: ChangeRow) -> ConversationWire {
+    let change_seq = change.change_seq;
+    let message = Some(into_message(change.message));
+    match change.kind {
+        ChangeKind::Edited => ConversationWire::MessageEdited(v1::MessageEdited {
+            message,
+            change_seq,
+        }),
+        ChangeKind::Deleted => ConversationWire::MessageDeleted(v1::MessageDeleted {
+            message,
+            change_seq,
+        }),
     }
 }
 

@@ -19,9 +19,10 @@ use uuid::Uuid;
 use self::outbound::Outbound;
 use crate::{
     domain::{
-        ConversationFilter, ConversationId, CustomerDetails, CustomerPatch, NewConversation,
-        NewMessage, PageSize, PageTokens, Participant, Status as ConversationStatus, parse_acting,
-        parse_body, parse_client_message_id, parse_external_id, parse_origin, parse_request_id,
+        AttachmentRules, ConversationFilter, ConversationId, CustomerDetails, CustomerPatch,
+        EditWindow, MessageChange, NewConversation, NewMessage, PageSize, PageTokens, Participant,
+        Status as ConversationStatus, parse_acting, parse_body, parse_client_message_id,
+        parse_external_id, parse_message_body, parse_message_id, parse_origin, parse_request_id,
         parse_seq, parse_session_id,
     },
     error::Error,
@@ -43,6 +44,14 @@ pub struct ConversationApi {
     hub: Arc<Hub>,
     streams: StreamContext,
     pages: PageTokens,
+    rules: MessageRules,
+}
+
+/// What a message may carry and how long it may be edited (configuration).
+#[derive(Debug, Clone)]
+pub struct MessageRules {
+    pub attachments: AttachmentRules,
+    pub edit_window: EditWindow,
 }
 
 impl ConversationApi {
@@ -52,6 +61,7 @@ impl ConversationApi {
         hub: Arc<Hub>,
         streams: StreamContext,
         pages: PageTokens,
+        rules: MessageRules,
     ) -> Self {
         Self {
             store,
@@ -59,6 +69,7 @@ impl ConversationApi {
             hub,
             streams,
             pages,
+            rules,
         }
     }
 }
@@ -263,14 +274,16 @@ impl ConversationService for ConversationApi {
         let (sender, session) = parse_acting("sender", request.sender.as_ref())?;
         self.check_anonymous(conversation_id, &sender, session)
             .await?;
+        let attachments = self.rules.attachments.parse(&request.attachments)?;
         let message = NewMessage {
             conversation_id,
             sender,
-            body: parse_body("body", &request.body)?,
+            body: parse_message_body("body", &request.body, attachments.len())?,
             client_message_id: parse_client_message_id(
                 "client_message_id",
                 &request.client_message_id,
             )?,
+            attachments,
         };
         chat_common::rpc::record("conversation_id", message.conversation_id);
         let (row, created) = self.sender.send(message).await?;
@@ -278,6 +291,56 @@ impl ConversationService for ConversationApi {
         ok(v1::SendMessageResponse {
             message: Some(convert::message(&row)),
             created,
+        })
+    }
+
+    async fn edit_message(
+        &self,
+        request: Request<v1::EditMessageRequest>,
+    ) -> GrpcResult<v1::EditMessageResponse> {
+        let request = request.into_inner();
+        let conversation_id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        chat_common::rpc::record("conversation_id", conversation_id);
+        let (actor, session) = parse_acting("editor", request.editor.as_ref())?;
+        let change = MessageChange {
+            conversation_id,
+            message_id: parse_message_id("message_id", &request.message_id)?,
+            actor,
+            session,
+            body: Some(parse_body("body", &request.body)?),
+            request_id: parse_request_id("request_id", &request.request_id)?,
+        };
+        let row = self
+            .store
+            .change_message(&change, self.rules.edit_window)
+            .await?;
+        ok(v1::EditMessageResponse {
+            message: Some(convert::into_message(row)),
+        })
+    }
+
+    async fn delete_message(
+        &self,
+        request: Request<v1::DeleteMessageRequest>,
+    ) -> GrpcResult<v1::DeleteMessageResponse> {
+        let request = request.into_inner();
+        let conversation_id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+        chat_common::rpc::record("conversation_id", conversation_id);
+        let (actor, session) = parse_acting("actor", request.actor.as_ref())?;
+        let change = MessageChange {
+            conversation_id,
+            message_id: parse_message_id("message_id", &request.message_id)?,
+            actor,
+            session,
+            body: None,
+            request_id: parse_request_id("request_id", &request.request_id)?,
+        };
+        let row = self
+            .store
+            .change_message(&change, self.rules.edit_window)
+            .await?;
+        ok(v1::DeleteMessageResponse {
+            message: Some(convert::into_message(row)),
         })
     }
 
@@ -360,6 +423,10 @@ impl ConversationService for ConversationApi {
         chat_common::rpc::record("conversation_id", id);
         let (viewer, session) = parse_acting("viewer", request.viewer.as_ref())?;
         let after_seq = parse_seq("after_seq", request.after_seq)?;
+        let after_change = request
+            .after_change
+            .map(|c| parse_seq("after_change", c))
+            .transpose()?;
         // Subscribe before reading, so nothing committed in between is missed.
         let subscription = self.hub.subscribe_conversation(id.0)?;
         let conversation = self.store.get_conversation(id).await?;
@@ -381,6 +448,15 @@ impl ConversationService for ConversationApi {
             }
             .into());
         }
+        if let Some(after_change) = after_change
+            && after_change > conversation.change_seq
+        {
+            return Err(Error::CursorOutOfRange {
+                field: "after_change",
+                message: format!("is beyond the newest change ({})", conversation.change_seq),
+            }
+            .into());
+        }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         // The stream task logs inside the RPC's span: its lines carry the trace id too.
         tokio::spawn(
@@ -389,7 +465,7 @@ impl ConversationService for ConversationApi {
                 subscription,
                 conversation,
                 viewer,
-                after_seq,
+                (after_seq, after_change),
                 tx,
             )
             .in_current_span(),

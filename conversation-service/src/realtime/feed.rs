@@ -215,6 +215,10 @@ mod tests {
             body: "x".repeat(body),
             client_message_id: None,
             created_at: chrono::DateTime::UNIX_EPOCH,
+            edited_at: None,
+            edit_count: 0,
+            deleted: false,
+            attachments: None,
         }
     }
 
@@ -296,6 +300,7 @@ mod tests {
             body: format!("m{seq}"),
             client_message_id: None,
             created_micros: 1_764_000_000_000_000,
+            attachments: Vec::new(),
         })
         .collect()
     }

@@ -36,6 +36,11 @@ pub enum Wake {
     },
     Status(Status),
     Customer,
+    /// A message was edited or deleted; the conversation's change position is now
+    /// `change_seq`.
+    Changed {
+        change_seq: i64,
+    },
     /// Something in one of an inbox owner's conversations changed (a conversation was
     /// created or linked, a message, a status): the inbox reads its next window.
     InboxTouched,
@@ -315,6 +320,18 @@ fn route(notice: Notice) -> Routes {
             routes.touch_inboxes(&provider_id, customer_id.as_deref());
             routes.forgotten.push(conversation_id);
             Some((conversation_id, Wake::Customer))
+        }
+        Notice::Changed {
+            conversation_id,
+            change_seq,
+            deleted,
+            ..
+        } => {
+            // A deleted message's text must not outlive it in a feed.
+            if deleted {
+                routes.forgotten.push(conversation_id);
+            }
+            Some((conversation_id, Wake::Changed { change_seq }))
         }
         Notice::Created {
             provider_id,

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     domain::{ConversationId, Participant, Role, Status as ConversationStatus},
     error::Error,
-    store::{ConversationRow, InboxCursor, InboxItem, MessageRow, Store},
+    store::{ChangeRow, ConversationRow, InboxCursor, InboxItem, MessageRow, Store},
 };
 
 /// Messages read per query while catching up.
@@ -81,6 +81,10 @@ pub enum ConversationEvent {
     },
     CustomerUpdated(Viewed),
     Heartbeat(DateTime<Utc>),
+    /// A message was edited or deleted (the message as it is now).
+    Changed(ChangeRow),
+    /// Every change up to this position was delivered (after the replay of changes).
+    ChangePosition(i64),
 }
 
 /// A conversation as `viewer` sees it (its unread count is the viewer's).
@@ -132,7 +136,7 @@ pub async fn conversation_stream(
     mut subscription: Subscription,
     conversation: ConversationRow,
     viewer: Participant,
-    after_seq: i64,
+    (after_seq, after_change): (i64, Option<i64>),
     out: mpsc::Sender<Item<ConversationDelivery>>,
 ) {
     let mut stream = ConversationStream {
@@ -141,9 +145,12 @@ pub async fn conversation_stream(
         id: conversation.id.0,
         viewer,
         last: after_seq,
+        last_change: conversation.change_seq,
         shown: Shown::default(),
     };
-    let _ = stream.run(&mut subscription, conversation).await;
+    let _ = stream
+        .run(&mut subscription, conversation, after_change)
+        .await;
 }
 
 struct ConversationStream {
@@ -153,6 +160,9 @@ struct ConversationStream {
     viewer: Participant,
     /// Highest seq delivered.
     last: i64,
+    /// Every change up to this position is delivered or shows in a message delivered
+    /// after it was made.
+    last_change: i64,
     shown: Shown,
 }
 
@@ -212,13 +222,25 @@ impl ConversationStream {
         &mut self,
         subscription: &mut Subscription,
         conversation: ConversationRow,
+        after_change: Option<i64>,
     ) -> Result<(), Stop> {
         self.shown = Shown::of(&conversation);
         let head = conversation.head_seq;
+        let changes = conversation.change_seq;
+        let after_seq = self.last;
         self.snapshot(conversation, true).await?;
         // The replay ends at the head the snapshot saw; anything newer woke this
         // subscription (taken before the snapshot) and is delivered live.
         self.deliver_up_to(head, true).await?;
+        // Messages after after_seq were read as they are now; the changes the client
+        // missed are those to the messages it already had. A client that sent no
+        // after_change (older than edits) gets changes from now on only.
+        if let Some(after_change) = after_change {
+            self.deliver_changes((after_change, changes), after_seq, true)
+                .await?;
+            self.send(ConversationEvent::ChangePosition(changes), true)
+                .await?;
+        }
         let feed = Arc::clone(&subscription.feed);
         let period = self.ctx.heartbeat;
         let mut next_heartbeat = Instant::now() + period;
@@ -295,6 +317,16 @@ impl ConversationStream {
                 let updated = ConversationEvent::CustomerUpdated(self.viewed(conversation));
                 self.send(updated, false).await?;
             }
+            Wake::Changed { change_seq } => {
+                if change_seq <= self.last_change {
+                    return Ok(false);
+                }
+                // Notices come in commit order: the message changed was announced
+                // before its change, so it is at or below `last` now.
+                let from = self.last_change;
+                self.deliver_changes((from, change_seq), self.last, false)
+                    .await?;
+            }
             Wake::Resync => self.resync(subscription).await?,
             Wake::InboxTouched => {}
         }
@@ -327,8 +359,53 @@ impl ConversationStream {
         let conversation = self.current().await?;
         drop(permit);
         self.shown = Shown::of(&conversation);
+        let (had, changes) = (self.last, conversation.change_seq);
         self.snapshot(conversation, true).await?;
-        self.deliver_up_to(i64::MAX, true).await
+        self.deliver_up_to(i64::MAX, true).await?;
+        // Messages read just now show their changes; those the stream had may not.
+        if changes > self.last_change {
+            let from = self.last_change;
+            self.deliver_changes((from, changes), had, true).await?;
+        }
+        Ok(())
+    }
+
+    /// Delivers the changes in `(after, up_to]` to messages with `seq <= max_seq`, in
+    /// change order, a page at a time; afterwards `last_change` is `up_to`.
+    async fn deliver_changes(
+        &mut self,
+        (mut after, up_to): (i64, i64),
+        max_seq: i64,
+        replayed: bool,
+    ) -> Result<(), Stop> {
+        while after < up_to {
+            let permit = if replayed {
+                self.ctx.paced().await
+            } else {
+                None
+            };
+            let page = self
+                .ctx
+                .store
+                .changes_between(self.id, (after, up_to), max_seq, CATCH_UP_PAGE)
+                .await;
+            drop(permit);
+            let page = match page {
+                Ok(page) => page,
+                Err(error) => return Err(self.fail(error).await),
+            };
+            let full = i64::try_from(page.len()).unwrap_or(i64::MAX) >= CATCH_UP_PAGE;
+            for change in page {
+                after = change.change_seq;
+                self.send(ConversationEvent::Changed(change), replayed)
+                    .await?;
+            }
+            if !full {
+                break;
+            }
+        }
+        self.last_change = self.last_change.max(up_to);
+        Ok(())
     }
 
     /// Delivers what a wake-up announced, from the feed shared with the other streams of

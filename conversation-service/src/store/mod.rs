@@ -8,10 +8,12 @@ macro_rules! conversation_columns {
     () => {
         "SELECT c.id, c.provider_id, c.customer_id, \
          c.customer_name, c.customer_email, c.customer_phone, c.status, c.origin, c.session_id, c.head_seq, c.kept_from_seq, \
-         c.provider_read_seq, c.customer_read_seq, c.created_at, c.last_activity_at, \
+         c.provider_read_seq, c.customer_read_seq, c.created_at, c.last_activity_at, c.change_seq, \
          m.id AS lm_id, m.sender_role AS lm_sender_role, m.sender_id AS lm_sender_id, \
          m.body AS lm_body, m.client_message_id AS lm_client_message_id, \
-         m.created_at AS lm_created_at"
+         m.created_at AS lm_created_at, m.edited_at AS lm_edited_at, \
+         m.edit_count AS lm_edit_count, m.deleted_at IS NOT NULL AS lm_deleted, \
+         m.attachments AS lm_attachments"
     };
 }
 
@@ -23,6 +25,7 @@ macro_rules! last_message_join {
 }
 
 mod batcher;
+mod changes;
 mod conversations;
 mod create;
 mod create_plan;
@@ -45,6 +48,7 @@ mod unread;
 mod updates;
 
 pub use batcher::SendQueue;
+pub use changes::{ChangeKind, ChangeRow};
 pub use handle::Store;
 pub use inbox::{InboxCursor, InboxItem, InboxWindow, Snapshot, window_sql};
 pub use inbox_order::{SETTLE_EVERY, settle_inbox_order_until};

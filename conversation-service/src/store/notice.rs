@@ -14,7 +14,7 @@ use sqlx::{Postgres, Transaction};
 
 use super::records::MessageRow;
 use crate::{
-    domain::{ConversationId, Role, Status},
+    domain::{Attachment, ConversationId, Role, Status},
     error::{Error, Result},
 };
 
@@ -58,6 +58,8 @@ pub struct Carried {
     /// `created_at` in microseconds since the epoch (what PostgreSQL stores).
     #[serde(rename = "t")]
     pub created_micros: i64,
+    #[serde(rename = "f", default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
 }
 
 impl Carried {
@@ -70,6 +72,7 @@ impl Carried {
             body: row.body.clone(),
             client_message_id: row.client_message_id.clone(),
             created_micros: row.created_at.timestamp_micros(),
+            attachments: row.attachments().to_vec(),
         }
     }
 
@@ -84,6 +87,12 @@ impl Carried {
             sender_id: self.sender_id,
             body: self.body,
             client_message_id: self.client_message_id,
+            // A carried message is one just sent: never edited or deleted.
+            edited_at: None,
+            edit_count: 0,
+            deleted: false,
+            attachments: (!self.attachments.is_empty())
+                .then_some(sqlx::types::Json(self.attachments)),
         })
     }
 }
@@ -132,6 +141,22 @@ pub enum Notice {
     Customer {
         #[serde(rename = "c")]
         conversation_id: Uuid,
+        #[serde(rename = "p")]
+        provider_id: String,
+        #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+        customer_id: Option<String>,
+    },
+    /// A message was edited or deleted: `change_seq` is the conversation's change
+    /// position after it. Streams read the change rows from the table.
+    #[serde(rename = "e")]
+    Changed {
+        #[serde(rename = "c")]
+        conversation_id: Uuid,
+        #[serde(rename = "x")]
+        change_seq: i64,
+        /// The message is gone: feeds drop what they hold of this conversation.
+        #[serde(rename = "d", default)]
+        deleted: bool,
         #[serde(rename = "p")]
         provider_id: String,
         #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
@@ -193,6 +218,10 @@ mod tests {
             body: "quote \" and newline \n and ünïcode".into(),
             client_message_id: Some("k1".into()),
             created_at: DateTime::<Utc>::from_timestamp_micros(1_764_000_000_123_456).unwrap(),
+            edited_at: None,
+            edit_count: 0,
+            deleted: false,
+            attachments: None,
         };
         let notice = Notice::Messages {
             touched: vec![Touched {

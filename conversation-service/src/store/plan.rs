@@ -107,7 +107,13 @@ pub fn plan(
             if let Some(key) = &key
                 && let Some(found) = existing.get(key).or_else(|| inserted.get(key))
             {
-                break 'decide if found.body == message.body {
+                // An edited or deleted message no longer shows the body it was sent
+                // with: a retry of its send is answered with it as it is now.
+                let same = (found.body == message.body
+                    && found.attachments() == message.attachments.as_slice())
+                    || found.edit_count > 0
+                    || found.deleted;
+                break 'decide if same {
                     Decision::Existing(found.clone())
                 } else {
                     Decision::Refused(Error::ClientMessageIdReused)
@@ -141,6 +147,11 @@ pub fn plan(
                 body: message.body.clone(),
                 client_message_id: message.client_message_id.clone(),
                 created_at: now,
+                edited_at: None,
+                edit_count: 0,
+                deleted: false,
+                attachments: (!message.attachments.is_empty())
+                    .then(|| sqlx::types::Json(message.attachments.clone())),
             };
             if let Some(key) = key {
                 inserted.insert(key, row.clone());
@@ -175,6 +186,7 @@ mod tests {
             sender: Participant::stored(role, sender.into()),
             body: body.into(),
             client_message_id: key.map(str::to_owned),
+            attachments: Vec::new(),
         }
     }
 
@@ -309,6 +321,10 @@ mod tests {
             body: "hello".into(),
             client_message_id: Some("k".into()),
             created_at: Utc::now(),
+            edited_at: None,
+            edit_count: 0,
+            deleted: false,
+            attachments: None,
         };
         let batch = [
             message(a, Role::Provider, "p1", "hello", Some("k")),

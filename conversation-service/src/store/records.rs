@@ -2,10 +2,11 @@
 //! an inbox event's kind.
 
 use chrono::{DateTime, Utc};
+use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::{
-    domain::{ConversationId, Participant, Role, Status, check_session},
+    domain::{Attachment, ConversationId, Participant, Role, Status, check_session},
     error::{Error, Result},
 };
 
@@ -45,6 +46,12 @@ pub struct ConversationRow {
     pub lm_body: Option<String>,
     pub lm_client_message_id: Option<String>,
     pub lm_created_at: Option<DateTime<Utc>>,
+    pub lm_edited_at: Option<DateTime<Utc>>,
+    pub lm_edit_count: Option<i32>,
+    pub lm_deleted: Option<bool>,
+    pub lm_attachments: Option<Json<Vec<Attachment>>>,
+    /// The conversation's position of changes (edits and deletions; 0: none).
+    pub change_seq: i64,
 }
 
 /// The select list and joins that fill a [`ConversationRow`]; callers add WHERE/ORDER.
@@ -98,6 +105,10 @@ impl ConversationRow {
                     body: body.clone(),
                     client_message_id: self.lm_client_message_id.clone(),
                     created_at,
+                    edited_at: self.lm_edited_at,
+                    edit_count: self.lm_edit_count.unwrap_or(0),
+                    deleted: self.lm_deleted.unwrap_or(false),
+                    attachments: self.lm_attachments.clone(),
                 })
             }
             _ => None,
@@ -123,13 +134,26 @@ pub struct MessageRow {
     pub body: String,
     pub client_message_id: Option<String>,
     pub created_at: DateTime<Utc>,
+    pub edited_at: Option<DateTime<Utc>>,
+    pub edit_count: i32,
+    /// A tombstone: body and attachments are gone.
+    pub deleted: bool,
+    /// `None` when it has none (what the column holds then).
+    pub attachments: Option<Json<Vec<Attachment>>>,
 }
 
-pub(crate) const MESSAGE_COLUMNS: &str =
-    "conversation_id, seq, id, sender_role, sender_id, body, client_message_id, created_at";
+pub(crate) const MESSAGE_COLUMNS: &str = "conversation_id, seq, id, sender_role, sender_id, body, \
+     client_message_id, created_at, edited_at, edit_count, deleted_at IS NOT NULL AS deleted, \
+     attachments";
 
 impl MessageRow {
     pub fn sender(&self) -> Participant {
         Participant::stored(self.sender_role, self.sender_id.clone())
+    }
+
+    pub fn attachments(&self) -> &[Attachment] {
+        self.attachments
+            .as_ref()
+            .map_or(&[], |list| list.0.as_slice())
     }
 }

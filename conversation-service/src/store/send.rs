@@ -423,10 +423,11 @@ where
              unread_conversations = n.unread_conversations + excluded.unread_conversations), \
          ins AS (\
            INSERT INTO messages (conversation_id, seq, id, sender_role, sender_id, body, \
-             client_message_id, created_at, pos) \
-           SELECT c, s, i, r, si, b, NULLIF(cm, ''), $8, (SELECT inbox_pos()) \
+             client_message_id, created_at, pos, attachments) \
+           SELECT c, s, i, r, si, b, NULLIF(cm, ''), $8, (SELECT inbox_pos()), \
+             NULLIF(f, '')::jsonb \
            FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::smallint[], $5::text[], \
-             $6::text[], $7::text[]) AS t(c, s, i, r, si, b, cm) \
+             $6::text[], $7::text[], $17::text[]) AS t(c, s, i, r, si, b, cm, f) \
            RETURNING 1) \
          SELECT CASE WHEN (SELECT count(*) FROM upd WHERE planned) = cardinality($9::uuid[]) \
            THEN pg_notify($15, p) ELSE chat_send_conflict() END \
@@ -461,9 +462,20 @@ where
     )
     .bind(CHANNEL)
     .bind(payloads)
+    .bind(rows.iter().map(|r| attachments_json(r)).collect::<Vec<_>>())
     .execute(executor)
     .await?;
     Ok(())
+}
+
+/// A message's attachments as the jsonb column takes them; empty (stored NULL) when it
+/// has none, which costs a send without attachments nothing but the empty string.
+fn attachments_json(row: &MessageRow) -> String {
+    match row.attachments() {
+        [] => String::new(),
+        // Plain data always serialises.
+        list => serde_json::to_string(list).unwrap_or_default(),
+    }
 }
 
 #[cfg(test)]
@@ -488,6 +500,10 @@ mod tests {
                     body: body.into(),
                     client_message_id: None,
                     created_at: Utc::now().trunc_subsecs(6),
+                    edited_at: None,
+                    edit_count: 0,
+                    deleted: false,
+                    attachments: None,
                 }));
             }
             let touch = Touch {

@@ -601,6 +601,7 @@ async fn every_rpc_refuses_bad_and_unknown_conversation_ids() {
                     conversation_id: id.clone(),
                     viewer: provider("p1"),
                     after_seq: 0,
+                    after_change: None,
                 })
                 .await
                 .err(),

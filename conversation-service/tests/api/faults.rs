@@ -40,6 +40,7 @@ async fn send_with_retries(
             sender: provider("p1"),
             body: format!("message {cmid}"),
             client_message_id: cmid.clone(),
+            attachments: Vec::new(),
         };
         let started = tokio::time::Instant::now();
         let seq = loop {
@@ -111,6 +112,7 @@ async fn follow(mut client: Client, id: String, until: i64) -> Vec<i64> {
                 conversation_id: id.clone(),
                 viewer: provider("p1"),
                 after_seq,
+                after_change: None,
             })
             .await;
         let Ok(stream) = opened else {

@@ -162,6 +162,7 @@ async fn a_nul_byte_in_any_text_field_is_invalid_argument_naming_it_and_writes_n
         sender: provider(&prov),
         body: "hello".into(),
         client_message_id: String::new(),
+        attachments: Vec::new(),
     };
     for (field, request) in [
         (
@@ -237,6 +238,7 @@ async fn a_nul_byte_in_any_text_field_is_invalid_argument_naming_it_and_writes_n
             conversation_id: id.clone(),
             viewer: with_nul(provider(&prov)),
             after_seq: 0,
+            after_change: None,
         })
         .await,
         "viewer",

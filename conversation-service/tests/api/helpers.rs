@@ -233,6 +233,7 @@ pub async fn send(
             sender,
             body: body.into(),
             client_message_id: String::new(),
+            attachments: Vec::new(),
         })
         .await
         .map(|r| r.into_inner().message.unwrap())
@@ -250,6 +251,7 @@ pub async fn open_stream(
             conversation_id: conversation_id.into(),
             viewer,
             after_seq,
+            after_change: None,
         })
         .await
         .unwrap()

@@ -51,6 +51,7 @@ async fn repeated_client_message_id_returns_the_original() {
         sender: provider("p1"),
         body: "hello".into(),
         client_message_id: "client-1".into(),
+        attachments: Vec::new(),
     };
     // Ten concurrent retries plus one later: one message.
     let mut tasks = Vec::new();

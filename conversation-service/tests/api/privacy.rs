@@ -407,6 +407,7 @@ async fn messages_of_long_closed_conversations_are_deleted_in_batches_and_not_re
             conversation_id: old.clone(),
             viewer: Some(Participant::provider(&provider)),
             after_seq,
+            after_change: None,
         };
         async move { client.stream_conversation(request).await }
     };

@@ -145,6 +145,7 @@ fn call(known: &[String]) -> impl Strategy<Value = Call> + use<> {
                 sender,
                 body,
                 client_message_id,
+                attachments: Vec::new(),
             })
         }),
         (t(), p(), -1..4, int64(), int32(), t()).prop_map(
@@ -176,7 +177,8 @@ fn call(known: &[String]) -> impl Strategy<Value = Call> + use<> {
             v1::StreamConversationRequest {
                 conversation_id,
                 viewer,
-                after_seq
+                after_seq,
+                after_change: None,
             }
         )),
         (p(), t()).prop_map(|(participant, cursor)| Call::Inbox(v1::StreamInboxRequest {

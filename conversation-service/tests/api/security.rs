@@ -440,6 +440,7 @@ async fn the_anonymous_customer_must_present_the_session_that_opened_the_convers
                 conversation_id: id.clone(),
                 viewer: who.clone(),
                 after_seq: 0,
+                after_change: None,
             })
             .await
             .unwrap_err();

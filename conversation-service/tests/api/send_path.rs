@@ -25,6 +25,7 @@ fn keyed(
         sender,
         body: body.into(),
         client_message_id: key.into(),
+        attachments: Vec::new(),
     }
 }
 

@@ -112,6 +112,7 @@ async fn a_database_lost_while_serving_gives_unavailable_then_recovers() {
         sender: crate::helpers::provider("p1"),
         body: "hello".into(),
         client_message_id: "m1".into(),
+        attachments: Vec::new(),
     };
     let status = app.client.send_message(send.clone()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");

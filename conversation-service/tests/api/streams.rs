@@ -319,6 +319,7 @@ async fn the_stream_limit_answers_resource_exhausted() {
             conversation_id: id.clone(),
             viewer: provider("p1"),
             after_seq: 0,
+            after_change: None,
         })
         .await
         .unwrap_err();
@@ -336,6 +337,7 @@ async fn streams_refuse_intruders_bad_positions_unknown_conversations_and_foreig
         conversation_id: conversation_id.into(),
         viewer,
         after_seq,
+        after_change: None,
     };
     let cases = [
         (request(&id, provider("p2"), 0), Code::PermissionDenied),

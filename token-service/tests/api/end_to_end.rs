@@ -138,6 +138,7 @@ async fn a_link_becomes_a_conversation_both_sides_find_and_talk_in() {
                     conversation_id,
                     viewer: who,
                     after_seq: 0,
+                    after_change: None,
                 })
                 .await
                 .unwrap()
@@ -153,6 +154,7 @@ async fn a_link_becomes_a_conversation_both_sides_find_and_talk_in() {
             sender: who,
             body: body.into(),
             client_message_id: Uuid::new_v4().to_string(),
+            attachments: Vec::new(),
         };
         async move { client.send_message(request).await.unwrap().into_inner() }
     };

@@ -500,6 +500,7 @@ async fn erase_and_export_reach_the_customers_conversations_in_conversation_serv
             sender: Some(pb::Participant::customer(&person.customer_id)),
             body: said.clone(),
             client_message_id: String::new(),
+            attachments: Vec::new(),
         })
         .await
         .unwrap();

@@ -202,6 +202,7 @@ async fn a_link_is_redeemed_over_mutual_tls_and_binds_the_visitor_to_its_session
         sender: who,
         body: "hello".into(),
         client_message_id: String::new(),
+        attachments: Vec::new(),
     };
     conversations
         .send_message(send(Some(Participant::anonymous(&session.session_id))))
