@@ -78,9 +78,16 @@ impl Store {
         .fetch_all(&mut *tx)
         .await
         .map_err(|e| Error::db(ctx, e))?;
+        // Attachments are the customer's content too; the fingerprints of edits of
+        // their messages hash the text they wrote.
         let messages = sqlx::query(
-            "UPDATE messages SET body = '' \
-             WHERE conversation_id = ANY($1) AND sender_role = $2 AND body <> ''",
+            "WITH forget AS (UPDATE message_changes x SET fingerprint = NULL FROM messages m \
+               WHERE x.conversation_id = ANY($1) AND x.fingerprint IS NOT NULL \
+                 AND m.conversation_id = x.conversation_id AND m.seq = x.seq \
+                 AND m.sender_role = $2) \
+             UPDATE messages SET body = '', attachments = NULL \
+             WHERE conversation_id = ANY($1) AND sender_role = $2 \
+               AND (body <> '' OR attachments IS NOT NULL)",
         )
         .bind(&ids)
         .bind(Role::Customer)

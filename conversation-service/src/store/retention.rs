@@ -51,6 +51,13 @@ impl Store {
         } else {
             floor
         };
+        // Their changes go with them: a change names a message that no longer exists.
+        sqlx::query("DELETE FROM message_changes WHERE conversation_id = $1 AND seq <= $2")
+            .bind(id)
+            .bind(floor)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| Error::db(ctx, e))?;
         sqlx::query("UPDATE conversations SET kept_from_seq = $2 WHERE id = $1")
             .bind(id)
             .bind(floor)

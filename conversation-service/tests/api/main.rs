@@ -2,6 +2,7 @@
 //! capability.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod changes;
 mod conversations;
 mod faults;
 mod filters;

@@ -81,7 +81,7 @@ fn erase(customer_id: &str, conversation_ids: &[&str]) -> EraseCustomerConversat
 }
 
 /// Rows of any table of the database whose text contains `needle`.
-async fn rows_containing(app: &TestApp, needle: &str) -> Vec<String> {
+pub(crate) async fn rows_containing(app: &TestApp, needle: &str) -> Vec<String> {
     let mut db = app.db().await;
     let tables: Vec<(String,)> = sqlx::query_as(
         "SELECT table_name::text FROM information_schema.tables \
