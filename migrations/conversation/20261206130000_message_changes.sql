@@ -28,8 +28,14 @@ CREATE TABLE message_changes (
     request_id      uuid,
     fingerprint     bytea,
     created_at      timestamptz NOT NULL DEFAULT now(),
+    -- StreamInbox shows changes too: windowed by writing transaction and ordered by
+    -- pos, like messages and conversation_events (migration 20261126120100).
+    xid             xid8        NOT NULL DEFAULT pg_current_xact_id(),
+    pos             bigint      NOT NULL DEFAULT inbox_pos(),
     PRIMARY KEY (conversation_id, change_seq)
 );
+
+CREATE INDEX message_changes_xid_idx ON message_changes (xid);
 
 CREATE UNIQUE INDEX message_changes_request_id_key
     ON message_changes (conversation_id, request_id) WHERE request_id IS NOT NULL;

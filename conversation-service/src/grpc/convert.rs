@@ -157,7 +157,10 @@ pub fn conversation_response(delivery: ConversationDelivery) -> v1::StreamConver
             })
         }
         ConversationEvent::Heartbeat(time) => ConversationWire::Heartbeat(heartbeat(time)),
-        ConversationEvent::Changed(change) => changed(change),
+        ConversationEvent::Changed(change) => match changed(change) {
+            Changed::Edited(edited) => ConversationWire::MessageEdited(edited),
+            Changed::Deleted(deleted) => ConversationWire::MessageDeleted(deleted),
+        },
         ConversationEvent::ChangePosition(change_seq) => {
             ConversationWire::ChangePosition(v1::ChangePosition { change_seq })
         }
@@ -168,15 +171,21 @@ pub fn conversation_response(delivery: ConversationDelivery) -> v1::StreamConver
     }
 }
 
-fn changed(change: ChangeRow) -> ConversationWire {
+/// A change as both streams show it.
+enum Changed {
+    Edited(v1::MessageEdited),
+    Deleted(v1::MessageDeleted),
+}
+
+fn changed(change: ChangeRow) -> Changed {
     let change_seq = change.change_seq;
     let message = Some(into_message(change.message));
     match change.kind {
-        ChangeKind::Edited => ConversationWire::MessageEdited(v1::MessageEdited {
+        ChangeKind::Edited => Changed::Edited(v1::MessageEdited {
             message,
             change_seq,
         }),
-        ChangeKind::Deleted => ConversationWire::MessageDeleted(v1::MessageDeleted {
+        ChangeKind::Deleted => Changed::Deleted(v1::MessageDeleted {
             message,
             change_seq,
         }),
@@ -209,6 +218,10 @@ fn inbox_item(item: InboxItem, viewer: Role) -> InboxWire {
             status: now,
         } => InboxWire::StatusChanged(status_changed(conversation_id, now)),
         InboxItem::Message(row) => InboxWire::Message(message(&row)),
+        InboxItem::Changed(change) => match changed(change) {
+            Changed::Edited(edited) => InboxWire::MessageEdited(edited),
+            Changed::Deleted(deleted) => InboxWire::MessageDeleted(deleted),
+        },
     }
 }
 

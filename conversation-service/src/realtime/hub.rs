@@ -325,8 +325,10 @@ fn route(notice: Notice) -> Routes {
             conversation_id,
             change_seq,
             deleted,
-            ..
+            provider_id,
+            customer_id,
         } => {
+            routes.touch_inboxes(&provider_id, customer_id.as_deref());
             // A deleted message's text must not outlive it in a feed.
             if deleted {
                 routes.forgotten.push(conversation_id);

@@ -222,6 +222,27 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Changes by `(conversation_id, change_seq)`, in no particular order, each with its
+    /// message as it is now (none for a message retention deleted).
+    pub async fn changes_by_key(&self, keys: &[(Uuid, i64)]) -> Result<Vec<ChangeRow>> {
+        let (ids, changes): (Vec<Uuid>, Vec<i64>) = keys.iter().copied().unzip();
+        let sql = format!(
+            "SELECT x.change_seq, x.kind, m.* FROM message_changes x \
+             JOIN LATERAL (SELECT {MESSAGE_COLUMNS} FROM messages \
+               WHERE conversation_id = x.conversation_id AND seq = x.seq) m ON true \
+             WHERE (x.conversation_id, x.change_seq) IN \
+               (SELECT * FROM unnest($1::uuid[], $2::bigint[]))"
+        );
+        sqlx::query_as(AssertSqlSafe(sql))
+            .bind(ids)
+            .bind(changes)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| Error::db("read message changes by key", e))
+    }
+}
+
 /// The message at `seq` as it is now (a retry's answer).
 async fn message_at(tx: &mut Transaction<'_, Postgres>, id: Uuid, seq: i64) -> Result<MessageRow> {
     let sql =

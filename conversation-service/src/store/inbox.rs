@@ -16,6 +16,7 @@ use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
 use super::{
+    changes::ChangeRow,
     handle::Store,
     records::{ConversationRow, EventKind, MessageRow},
 };
@@ -172,6 +173,8 @@ pub enum InboxItem {
         status: Status,
     },
     Message(MessageRow),
+    /// A message was edited or deleted (the message as it is now).
+    Changed(ChangeRow),
 }
 
 /// A page of a window: each item with the cursor that resumes right after it.
@@ -227,11 +230,17 @@ pub fn window_sql(role: Role) -> String {
            UNION ALL \
            SELECT m.pos, 1::smallint, m.conversation_id, m.seq, NULL::smallint, NULL::smallint \
            FROM messages m JOIN conversations c ON c.id = m.conversation_id \
-           WHERE {owner} = $1 AND {messages}\
+           WHERE {owner} = $1 AND {messages} \
+           UNION ALL \
+           SELECT x.pos, 2::smallint, x.conversation_id, x.change_seq, NULL::smallint, \
+             NULL::smallint \
+           FROM message_changes x JOIN conversations c ON c.id = x.conversation_id \
+           WHERE {owner} = $1 AND {changes}\
          ) w WHERE (pos, part, conversation_id, key) > ($5, $6, $7, $8) \
          ORDER BY pos, part, conversation_id, key LIMIT $9",
         events = window("e"),
         messages = window("m"),
+        changes = window("x"),
     )
 }
 
@@ -268,6 +277,7 @@ impl Store {
         let end = cursor.window_end.clone().unwrap_or(current);
         let keys = self.window_keys(owner, cursor, &end, limit).await?;
         let (conversations, mut messages) = self.window_rows(&keys).await?;
+        let mut changes = self.window_changes(&keys).await?;
         let more = i64::try_from(keys.len()).unwrap_or(i64::MAX) >= limit;
         let within = |key: &Key| InboxCursor {
             delivered: cursor.delivered.clone(),
@@ -286,7 +296,13 @@ impl Store {
             } else {
                 within(&key)
             };
-            let item = window_item(&key, &conversations, &mut messages)?;
+            let item = if key.part == CHANGE_PART {
+                changes
+                    .remove(&(key.conversation_id, key.key))
+                    .map(InboxItem::Changed)
+            } else {
+                window_item(&key, &conversations, &mut messages)?
+            };
             if let Some(item) = item {
                 items.push((item, item_cursor));
             }
@@ -357,6 +373,29 @@ impl Store {
                 .collect()
         };
         Ok((conversations, messages))
+    }
+}
+
+/// The window part of message changes (0: conversation events, 1: messages).
+const CHANGE_PART: i16 = 2;
+
+impl Store {
+    /// The changes the window's keys name, each with its message as it is now.
+    async fn window_changes(&self, keys: &[Key]) -> Result<HashMap<(Uuid, i64), ChangeRow>> {
+        let change_keys: Vec<(Uuid, i64)> = keys
+            .iter()
+            .filter(|k| k.part == CHANGE_PART)
+            .map(|k| (k.conversation_id, k.key))
+            .collect();
+        if change_keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        Ok(self
+            .changes_by_key(&change_keys)
+            .await?
+            .into_iter()
+            .map(|c| ((c.message.conversation_id.0, c.change_seq), c))
+            .collect())
     }
 }
 

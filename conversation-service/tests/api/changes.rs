@@ -981,3 +981,75 @@ async fn erasing_a_customer_also_clears_its_attachments_and_edit_fingerprints() 
         0
     );
 }
+
+#[tokio::test]
+async fn the_inbox_follows_edits_and_deletions_and_replays_them_from_a_cursor() {
+    use chat_proto::v1::stream_inbox_response::Event as InboxEvent;
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let (id, first, second) = setup(&app).await;
+    let owner = provider_of(&id);
+    let mut inbox = client
+        .stream_inbox(v1::StreamInboxRequest {
+            participant: owner.clone(),
+            cursor: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // An inbox event that is not a heartbeat, with its cursor.
+    async fn item(inbox: &mut Streaming<v1::StreamInboxResponse>) -> (InboxEvent, String) {
+        loop {
+            let response = tokio::time::timeout(WAIT, inbox.message())
+                .await
+                .expect("an inbox event within the deadline")
+                .unwrap()
+                .expect("the inbox stays open");
+            match response.event {
+                Some(InboxEvent::Heartbeat(_)) | None => {}
+                Some(event) => return (event, response.cursor),
+            }
+        }
+    }
+    // Subscribed and at its starting point once a first event arrives.
+    send(&mut client, &id, customer(""), "third").await.unwrap();
+    let (_, cursor) = item(&mut inbox).await;
+    edit(
+        &mut client,
+        &id,
+        &first.message_id,
+        owner.clone(),
+        "preview follows",
+        "",
+    )
+    .await
+    .unwrap();
+    let (event, _) = item(&mut inbox).await;
+    let InboxEvent::MessageEdited(edited) = event else {
+        panic!("not an edit: {event:?}")
+    };
+    assert_eq!(edited.message.unwrap().body, "preview follows");
+    delete(&mut client, &id, &second.message_id, customer(""), "")
+        .await
+        .unwrap();
+    let (event, _) = item(&mut inbox).await;
+    let InboxEvent::MessageDeleted(deleted) = event else {
+        panic!("not a deletion: {event:?}")
+    };
+    assert_eq!((deleted.change_seq, deleted.message.unwrap().seq), (2, 2));
+    drop(inbox);
+
+    // Resumed from the cursor before them: both again, in commit order.
+    let mut inbox = client
+        .stream_inbox(v1::StreamInboxRequest {
+            participant: owner,
+            cursor,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (event, _) = item(&mut inbox).await;
+    assert!(matches!(event, InboxEvent::MessageEdited(e) if e.change_seq == 1));
+    let (event, _) = item(&mut inbox).await;
+    assert!(matches!(event, InboxEvent::MessageDeleted(d) if d.change_seq == 2));
+}

@@ -73,6 +73,8 @@ fn label(event: &Event) -> String {
         Event::StatusChanged(s) => format!("status {:?}", s.status()),
         Event::Message(m) => format!("message {}", m.body),
         Event::Heartbeat(_) => "heartbeat".into(),
+        Event::MessageEdited(e) => format!("edited {}", e.change_seq),
+        Event::MessageDeleted(d) => format!("deleted {}", d.change_seq),
     }
 }
 

@@ -10,7 +10,7 @@ use proptest::{
 };
 use tonic::Code;
 
-use crate::helpers::{Client, TestApp, create, provider, send, spawn_app};
+use crate::helpers::{Client, TestApp, create, provider, send, spawn_app_with_flags};
 
 const CASES: u32 = 120;
 
@@ -71,6 +71,26 @@ enum Call {
     Typing(v1::SendTypingRequest),
     Stream(v1::StreamConversationRequest),
     Inbox(v1::StreamInboxRequest),
+    Edit(v1::EditMessageRequest),
+    Delete(v1::DeleteMessageRequest),
+}
+
+fn attachments(known: &[String]) -> impl Strategy<Value = Vec<v1::Attachment>> + use<> {
+    let t = || text(known);
+    proptest::collection::vec(
+        (t(), t(), int64(), t(), t(), int32(), int32()).prop_map(
+            |(uri, content_type, size_bytes, sha256, file_name, width, height)| v1::Attachment {
+                uri,
+                content_type,
+                size_bytes,
+                sha256,
+                file_name,
+                width,
+                height,
+            },
+        ),
+        0..12,
+    )
 }
 
 fn call(known: &[String]) -> impl Strategy<Value = Call> + use<> {
@@ -139,13 +159,34 @@ fn call(known: &[String]) -> impl Strategy<Value = Call> + use<> {
                 actor
             }
         )),
-        (t(), p(), t(), t()).prop_map(|(conversation_id, sender, body, client_message_id)| {
-            Call::Send(v1::SendMessageRequest {
+        (t(), p(), t(), t(), attachments(known)).prop_map(
+            |(conversation_id, sender, body, client_message_id, attachments)| {
+                Call::Send(v1::SendMessageRequest {
+                    conversation_id,
+                    sender,
+                    body,
+                    client_message_id,
+                    attachments,
+                })
+            }
+        ),
+        (t(), t(), p(), t(), t()).prop_map(
+            |(conversation_id, message_id, editor, body, request_id)| {
+                Call::Edit(v1::EditMessageRequest {
+                    conversation_id,
+                    message_id,
+                    editor,
+                    body,
+                    request_id,
+                })
+            }
+        ),
+        (t(), t(), p(), t()).prop_map(|(conversation_id, message_id, actor, request_id)| {
+            Call::Delete(v1::DeleteMessageRequest {
                 conversation_id,
-                sender,
-                body,
-                client_message_id,
-                attachments: Vec::new(),
+                message_id,
+                actor,
+                request_id,
             })
         }),
         (t(), p(), -1..4, int64(), int32(), t()).prop_map(
@@ -173,14 +214,16 @@ fn call(known: &[String]) -> impl Strategy<Value = Call> + use<> {
                 sender
             })
         ),
-        (t(), p(), int64()).prop_map(|(conversation_id, viewer, after_seq)| Call::Stream(
-            v1::StreamConversationRequest {
-                conversation_id,
-                viewer,
-                after_seq,
-                after_change: None,
-            }
-        )),
+        (t(), p(), int64(), proptest::option::of(int64())).prop_map(
+            |(conversation_id, viewer, after_seq, after_change)| Call::Stream(
+                v1::StreamConversationRequest {
+                    conversation_id,
+                    viewer,
+                    after_seq,
+                    after_change,
+                }
+            )
+        ),
         (p(), t()).prop_map(|(participant, cursor)| Call::Inbox(v1::StreamInboxRequest {
             participant,
             cursor
@@ -205,6 +248,8 @@ async fn run(client: &mut Client, call: Call) -> Result<(), Code> {
         Call::ListMessages(r) => client.list_messages(r).await.map(drop).map_err(code),
         Call::MarkRead(r) => client.mark_read(r).await.map(drop).map_err(code),
         Call::Typing(r) => client.send_typing(r).await.map(drop).map_err(code),
+        Call::Edit(r) => client.edit_message(r).await.map(drop).map_err(code),
+        Call::Delete(r) => client.delete_message(r).await.map(drop).map_err(code),
         Call::Stream(r) => {
             let mut stream = client
                 .stream_conversation(r)
@@ -259,14 +304,18 @@ async fn rows(app: &TestApp) -> String {
 fn random_well_formed_requests_never_get_internal_and_refusals_write_nothing() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (app, known) = runtime.block_on(async {
-        let mut app = spawn_app().await;
+        let mut app =
+            spawn_app_with_flags(&["--attachment-uri-prefixes", "https://files.example/"]).await;
         let conversation = create(&mut app.client, "prov-prop").await;
         let id = conversation.conversation_id;
-        send(&mut app.client, &id, provider("prov-prop"), "hello")
+        let message = send(&mut app.client, &id, provider("prov-prop"), "hello")
             .await
             .unwrap();
         let known = vec![
             id,
+            message.message_id,
+            "https://files.example/a.png".to_owned(),
+            "image/png".to_owned(),
             "prov-prop".to_owned(),
             "cust-prop".to_owned(),
             uuid::Uuid::new_v4().to_string(),
