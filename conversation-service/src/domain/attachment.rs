@@ -167,6 +167,9 @@ fn invalid(index: usize, field: &'static str, description: String) -> Error {
 mod tests {
     use super::*;
 
+    /// Makes one field of an attachment bad.
+    type Spoil = fn(&mut v1::Attachment);
+
     fn rules() -> AttachmentRules {
         AttachmentRules {
             uri_prefixes: vec!["https://files.example/".into()],
@@ -197,7 +200,7 @@ mod tests {
     #[test]
     fn each_refusal_names_the_attachment_and_its_field() {
         assert!(rules().parse(&[good(), good()]).is_ok());
-        let cases: [(fn(&mut v1::Attachment), &str); 8] = [
+        let cases: [(Spoil, &str); 8] = [
             (|a| a.uri = "http://files.example/a".into(), "uri"),
             (|a| a.uri = "https://evil.example/a".into(), "uri"),
             (|a| a.uri = "https://files.example/a b".into(), "uri"),

@@ -217,7 +217,7 @@ async fn refused_edits_and_deletes_write_nothing() {
     .await
     .unwrap_err();
     expect(&status, Code::PermissionDenied, "NOT_A_PARTICIPANT");
-    let wrong_session = Some(v1::Participant::anonymous(&Uuid::new_v4().to_string()));
+    let wrong_session = Some(v1::Participant::anonymous(Uuid::new_v4().to_string()));
     let status = edit(&mut client, &id, &theirs.message_id, wrong_session, "x", "")
         .await
         .unwrap_err();
@@ -559,6 +559,9 @@ async fn a_deleted_message_leaves_a_tombstone_and_no_trace_of_its_text() {
     assert!(last.deleted && last.body.is_empty());
 }
 
+/// Makes one field of an attachment bad.
+type Spoil = fn(&mut v1::Attachment);
+
 fn attachment(file_name: &str, content_type: &str) -> v1::Attachment {
     v1::Attachment {
         uri: format!("{FILES}{}", Uuid::new_v4()),
@@ -610,7 +613,7 @@ async fn attachments_are_stored_by_reference_and_refused_field_by_field() {
         client_message_id: String::new(),
         attachments,
     };
-    let spoilt: [(fn(&mut v1::Attachment), &str); 6] = [
+    let spoilt: [(Spoil, &str); 6] = [
         (|a| a.uri = "http://files.example/chat/x".into(), "uri"),
         (|a| a.uri = "https://elsewhere.example/chat/x".into(), "uri"),
         (
