@@ -10,6 +10,9 @@ ALTER TABLE messages ADD COLUMN deleted_at timestamptz;
 -- The references (JSON array of {uri, content_type, size_bytes, sha256, file_name,
 -- width, height}); NULL when the message has none.
 ALTER TABLE messages ADD COLUMN attachments jsonb;
+-- The conversation's change_seq of the message's latest edit or deletion (0: none): a
+-- stream that reads the message from the table then knows which changes it shows.
+ALTER TABLE messages ADD COLUMN last_change bigint NOT NULL DEFAULT 0;
 
 -- A conversation's position of changes: bumped (under the row lock) by every edit and
 -- deletion, so per conversation change order is commit order with no gaps, like seq.

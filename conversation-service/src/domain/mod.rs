@@ -519,6 +519,19 @@ mod tests {
     }
 
     #[test]
+    fn the_edit_window_closes_after_its_length_and_zero_never_closes() {
+        let sent = chrono::DateTime::UNIX_EPOCH;
+        let day = std::time::Duration::from_secs(86_400);
+        let window = EditWindow::new(day);
+        assert!(window.admits(sent, sent + chrono::Duration::hours(24)));
+        assert!(!window.admits(sent, sent + chrono::Duration::hours(25)));
+        let open = EditWindow::new(std::time::Duration::ZERO);
+        assert!(open.admits(sent, sent + chrono::Duration::days(10_000)));
+        // A window too long to add never closes rather than overflowing.
+        assert!(EditWindow::new(std::time::Duration::MAX).admits(sent, sent));
+    }
+
+    #[test]
     fn stored_roles_and_statuses_refuse_unknown_values() {
         assert_eq!(Role::try_from(1), Ok(Role::Provider));
         assert_eq!(Role::try_from(2), Ok(Role::Customer));

@@ -219,6 +219,7 @@ mod tests {
             edit_count: 0,
             deleted: false,
             attachments: None,
+            last_change: 0,
         }
     }
 

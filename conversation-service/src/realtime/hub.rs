@@ -403,6 +403,36 @@ mod tests {
     }
 
     #[test]
+    fn a_change_wakes_its_conversation_and_inboxes_and_a_deletion_empties_the_feed() {
+        let hub = Hub::new(10, 8);
+        let id = Uuid::now_v7();
+        let mut sub = hub.subscribe_conversation(id).unwrap();
+        let mut inbox = hub
+            .subscribe_inbox(&Participant::stored(Role::Provider, "p1".into()))
+            .unwrap();
+        let routes = route(Notice::Changed {
+            conversation_id: id,
+            change_seq: 3,
+            deleted: true,
+            provider_id: "p1".into(),
+            customer_id: None,
+        });
+        assert_eq!(routes.forgotten, vec![id]);
+        hub.dispatch(Notice::Changed {
+            conversation_id: id,
+            change_seq: 3,
+            deleted: false,
+            provider_id: "p1".into(),
+            customer_id: None,
+        });
+        assert_eq!(
+            sub.wakes.try_recv().ok(),
+            Some(Wake::Changed { change_seq: 3 })
+        );
+        assert_eq!(inbox.wakes.try_recv().ok(), Some(Wake::InboxTouched));
+    }
+
+    #[test]
     fn limit_and_release() {
         let hub = Hub::new(2, 4);
         let a = hub.subscribe_conversation(Uuid::now_v7()).unwrap();

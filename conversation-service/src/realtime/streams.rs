@@ -1,7 +1,7 @@
 //! The task behind each open stream: replay from the table, then follow wake-ups, and
 //! fall back to the table whenever a wake-up was lost (lagging, listener reconnect).
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use tokio::{
@@ -146,6 +146,7 @@ pub async fn conversation_stream(
         viewer,
         last: after_seq,
         last_change: conversation.change_seq,
+        reflected: HashMap::new(),
         shown: Shown::default(),
     };
     let _ = stream
@@ -163,6 +164,10 @@ struct ConversationStream {
     /// Every change up to this position is delivered or shows in a message delivered
     /// after it was made.
     last_change: i64,
+    /// Messages read from the table showing a change after `last_change` (seq → their
+    /// `last_change`): those changes are not sent again as events. Only a change that
+    /// commits between a stream's snapshot and its read of the message lands here.
+    reflected: HashMap<i64, i64>,
     shown: Shown,
 }
 
@@ -397,14 +402,23 @@ impl ConversationStream {
             let full = i64::try_from(page.len()).unwrap_or(i64::MAX) >= CATCH_UP_PAGE;
             for change in page {
                 after = change.change_seq;
-                self.send(ConversationEvent::Changed(change), replayed)
-                    .await?;
+                let shown = self
+                    .reflected
+                    .get(&change.message.seq)
+                    .is_some_and(|reflected| *reflected >= change.change_seq);
+                if !shown {
+                    self.send(ConversationEvent::Changed(change), replayed)
+                        .await?;
+                }
             }
             if !full {
                 break;
             }
         }
         self.last_change = self.last_change.max(up_to);
+        let last_change = self.last_change;
+        self.reflected
+            .retain(|_, reflected| *reflected > last_change);
         Ok(())
     }
 
@@ -454,6 +468,9 @@ impl ConversationStream {
             let full = i64::try_from(page.len()).unwrap_or(i64::MAX) >= CATCH_UP_PAGE;
             for message in page {
                 self.last = message.seq;
+                if message.last_change > self.last_change {
+                    self.reflected.insert(message.seq, message.last_change);
+                }
                 self.send(ConversationEvent::Message(Arc::new(message)), replayed)
                     .await?;
             }

@@ -142,15 +142,16 @@ impl Store {
         .map_err(db)?;
         let sql = match kind {
             ChangeKind::Edited => format!(
-                "UPDATE messages SET body = $3, edited_at = $4, edit_count = edit_count + 1 \
-                 WHERE conversation_id = $1 AND seq = $2 RETURNING {MESSAGE_COLUMNS}"
+                "UPDATE messages SET body = $3, edited_at = $4, edit_count = edit_count + 1, \
+                 last_change = $5 WHERE conversation_id = $1 AND seq = $2 RETURNING {MESSAGE_COLUMNS}"
             ),
             // The text and the references really go: a tombstone keeps seq, sender and
             // times. The fingerprints of the message's earlier edits hash its text.
             ChangeKind::Deleted => format!(
                 "WITH forget AS (UPDATE message_changes SET fingerprint = NULL \
                    WHERE conversation_id = $1 AND seq = $2 AND fingerprint IS NOT NULL) \
-                 UPDATE messages SET body = '', attachments = NULL, deleted_at = $4 \
+                 UPDATE messages SET body = '', attachments = NULL, deleted_at = $4, \
+                   last_change = $5 \
                  WHERE conversation_id = $1 AND seq = $2 AND $3::text IS NULL \
                  RETURNING {MESSAGE_COLUMNS}"
             ),
@@ -160,6 +161,7 @@ impl Store {
             .bind(message.seq)
             .bind(change.body.as_deref())
             .bind(now)
+            .bind(change_seq)
             .fetch_one(&mut *tx)
             .await
             .map_err(db)?;

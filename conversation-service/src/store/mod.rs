@@ -13,7 +13,7 @@ macro_rules! conversation_columns {
          m.body AS lm_body, m.client_message_id AS lm_client_message_id, \
          m.created_at AS lm_created_at, m.edited_at AS lm_edited_at, \
          m.edit_count AS lm_edit_count, m.deleted_at IS NOT NULL AS lm_deleted, \
-         m.attachments AS lm_attachments"
+         m.attachments AS lm_attachments, m.last_change AS lm_last_change"
     };
 }
 

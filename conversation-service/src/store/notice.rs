@@ -93,6 +93,7 @@ impl Carried {
             deleted: false,
             attachments: (!self.attachments.is_empty())
                 .then_some(sqlx::types::Json(self.attachments)),
+            last_change: 0,
         })
     }
 }
@@ -222,6 +223,7 @@ mod tests {
             edit_count: 0,
             deleted: false,
             attachments: None,
+            last_change: 0,
         };
         let notice = Notice::Messages {
             touched: vec![Touched {
@@ -274,7 +276,8 @@ mod tests {
         let messages = format!(r#"{{"k":"m","m":[{{"c":"{nil}","s":7,"p":"p1","u":"c1"}}]}}"#);
         let read = format!(r#"{{"k":"r","c":"{nil}","role":2,"id":"c1","seq":3}}"#);
         let status = format!(r#"{{"k":"s","c":"{nil}","status":2,"p":"p1"}}"#);
-        for wire in [messages, read, status] {
+        let changed = format!(r#"{{"k":"e","c":"{nil}","x":4,"d":true,"p":"p1","u":"c1"}}"#);
+        for wire in [messages, read, status, changed] {
             let notice = Notice::decode(&wire).unwrap();
             assert_eq!(notice.encode(), wire);
         }

@@ -152,6 +152,7 @@ pub fn plan(
                 deleted: false,
                 attachments: (!message.attachments.is_empty())
                     .then(|| sqlx::types::Json(message.attachments.clone())),
+                last_change: 0,
             };
             if let Some(key) = key {
                 inserted.insert(key, row.clone());
@@ -325,6 +326,7 @@ mod tests {
             edit_count: 0,
             deleted: false,
             attachments: None,
+            last_change: 0,
         };
         let batch = [
             message(a, Role::Provider, "p1", "hello", Some("k")),

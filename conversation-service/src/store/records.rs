@@ -50,6 +50,7 @@ pub struct ConversationRow {
     pub lm_edit_count: Option<i32>,
     pub lm_deleted: Option<bool>,
     pub lm_attachments: Option<Json<Vec<Attachment>>>,
+    pub lm_last_change: Option<i64>,
     /// The conversation's position of changes (edits and deletions; 0: none).
     pub change_seq: i64,
 }
@@ -109,6 +110,7 @@ impl ConversationRow {
                     edit_count: self.lm_edit_count.unwrap_or(0),
                     deleted: self.lm_deleted.unwrap_or(false),
                     attachments: self.lm_attachments.clone(),
+                    last_change: self.lm_last_change.unwrap_or(0),
                 })
             }
             _ => None,
@@ -140,11 +142,14 @@ pub struct MessageRow {
     pub deleted: bool,
     /// `None` when it has none (what the column holds then).
     pub attachments: Option<Json<Vec<Attachment>>>,
+    /// The conversation's `change_seq` of its latest edit or deletion (0: none). A
+    /// stream that reads it from the table knows which changes it already shows.
+    pub last_change: i64,
 }
 
 pub(crate) const MESSAGE_COLUMNS: &str = "conversation_id, seq, id, sender_role, sender_id, body, \
      client_message_id, created_at, edited_at, edit_count, deleted_at IS NOT NULL AS deleted, \
-     attachments";
+     attachments, last_change";
 
 impl MessageRow {
     pub fn sender(&self) -> Participant {

@@ -61,6 +61,7 @@ async fn history(client: &mut Client, conversation_id: &str) -> Vec<v1::Message>
         .list_messages(v1::ListMessagesRequest {
             conversation_id: conversation_id.into(),
             viewer: provider_of(conversation_id),
+            page_size: 500,
             ..Default::default()
         })
         .await
@@ -1055,4 +1056,67 @@ async fn the_inbox_follows_edits_and_deletions_and_replays_them_from_a_cursor() 
     assert!(matches!(event, InboxEvent::MessageEdited(e) if e.change_seq == 1));
     let (event, _) = item(&mut inbox).await;
     assert!(matches!(event, InboxEvent::MessageDeleted(d) if d.change_seq == 2));
+}
+
+#[tokio::test]
+async fn a_stream_far_behind_gets_every_message_and_every_change_once() {
+    let app = spawn_app_with_flags(&["--stream-queue", "4"]).await;
+    let mut client = app.client.clone();
+    let (id, _, _) = setup(&app).await;
+    let mut stream = stream_from(&mut client, &id, 0, Some(0)).await;
+    for _ in 0..3 {
+        seen(&mut stream).await;
+    }
+    // Not read meanwhile: the stream falls behind its feed and its queue, and catches
+    // up from the table, where the messages already show their changes.
+    let mut sent = Vec::new();
+    for i in 0..150 {
+        sent.push(
+            send(&mut client, &id, customer(""), &format!("m{i}"))
+                .await
+                .unwrap(),
+        );
+    }
+    edit(
+        &mut client,
+        &id,
+        &sent[120].message_id,
+        customer(""),
+        "edited",
+        "",
+    )
+    .await
+    .unwrap();
+    delete(
+        &mut client,
+        &id,
+        &sent[130].message_id,
+        provider_of(&id),
+        "",
+    )
+    .await
+    .unwrap();
+    let (mut messages, mut changes) = (Vec::new(), Vec::new());
+    while messages.len() < 150 || changes.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(2), seen(&mut stream)).await {
+            Ok(Seen::Message(seq, _)) => messages.push(seq),
+            Ok(Seen::Edited(c, seq, _) | Seen::Deleted(c, seq)) => changes.push((c, seq)),
+            Ok(Seen::Position(_)) => {}
+            // The changes showed in the messages read from the table: not sent again.
+            Err(_) => break,
+        }
+    }
+    assert_eq!(
+        messages,
+        (3..=152).collect::<Vec<_>>(),
+        "every message once, in order"
+    );
+    let mut once = changes.clone();
+    once.dedup();
+    assert_eq!(once, changes, "no change twice");
+    assert!(changes.iter().all(|(c, _)| [1, 2].contains(c)));
+    // Whichever way they came, the last word on 123 and 133 is the change.
+    let listed = history(&mut client, &id).await;
+    assert_eq!(listed[122].body, "edited");
+    assert!(listed[132].deleted);
 }
