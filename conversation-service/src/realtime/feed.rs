@@ -65,19 +65,30 @@ struct Tail {
     bytes: usize,
 }
 
+/// What a held message counts against [`TAIL_BYTES`]: its body and its attachments'
+/// references (up to ten URIs of 2 KiB each).
+fn held_bytes(message: &MessageRow) -> usize {
+    message.body.len()
+        + message
+            .attachments()
+            .iter()
+            .map(|a| a.uri.len() + a.content_type.len() + a.sha256.len() + a.file_name.len())
+            .sum::<usize>()
+}
+
 impl Tail {
     fn head(&self) -> i64 {
         self.from + i64::try_from(self.messages.len()).unwrap_or(i64::MAX)
     }
 
     fn push(&mut self, message: MessageRow) {
-        self.bytes += message.body.len();
+        self.bytes += held_bytes(&message);
         self.messages.push_back(Arc::new(message));
         while self.messages.len() > TAIL_MESSAGES
             || (self.bytes > TAIL_BYTES && self.messages.len() > 1)
         {
             if let Some(old) = self.messages.pop_front() {
-                self.bytes -= old.body.len();
+                self.bytes -= held_bytes(&old);
                 self.from += 1;
             }
         }
