@@ -142,29 +142,30 @@ impl Store {
         .map_err(db)?;
         let sql = match kind {
             ChangeKind::Edited => format!(
-                "UPDATE messages SET body = $3, edited_at = $4, edit_count = edit_count + 1, \
-                 last_change = $5 WHERE conversation_id = $1 AND seq = $2 RETURNING {MESSAGE_COLUMNS}"
+                "UPDATE messages SET body = $5, edited_at = $3, edit_count = edit_count + 1, \
+                 last_change = $4 WHERE conversation_id = $1 AND seq = $2 \
+                 RETURNING {MESSAGE_COLUMNS}"
             ),
             // The text and the references really go: a tombstone keeps seq, sender and
             // times. The fingerprints of the message's earlier edits hash its text.
             ChangeKind::Deleted => format!(
                 "WITH forget AS (UPDATE message_changes SET fingerprint = NULL \
                    WHERE conversation_id = $1 AND seq = $2 AND fingerprint IS NOT NULL) \
-                 UPDATE messages SET body = '', attachments = NULL, deleted_at = $4, \
-                   last_change = $5 \
-                 WHERE conversation_id = $1 AND seq = $2 AND $3::text IS NULL \
+                 UPDATE messages SET body = '', attachments = NULL, deleted_at = $3, \
+                   last_change = $4 \
+                 WHERE conversation_id = $1 AND seq = $2 \
                  RETURNING {MESSAGE_COLUMNS}"
             ),
         };
-        let changed: MessageRow = sqlx::query_as(AssertSqlSafe(sql))
+        let mut query = sqlx::query_as(AssertSqlSafe(sql))
             .bind(id)
             .bind(message.seq)
-            .bind(change.body.as_deref())
             .bind(now)
-            .bind(change_seq)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db)?;
+            .bind(change_seq);
+        if let Some(body) = &change.body {
+            query = query.bind(body);
+        }
+        let changed: MessageRow = query.fetch_one(&mut *tx).await.map_err(db)?;
         sqlx::query(
             "INSERT INTO message_changes (conversation_id, change_seq, seq, kind, request_id, \
              fingerprint, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -258,9 +259,13 @@ async fn message_at(tx: &mut Transaction<'_, Postgres>, id: Uuid, seq: i64) -> R
         .ok_or(Error::MessageNotFound)
 }
 
-/// What makes two requests under one request_id the same: kind, message and body.
+/// What makes two requests under one request_id the same: who, kind, message and body.
 fn fingerprint(change: &MessageChange) -> Vec<u8> {
     let mut hash = Sha256::new();
+    hash.update([u8::from(change.actor.role() == Role::Provider)]);
+    // Length-prefixed, so no id and body can run into each other.
+    hash.update(change.actor.id().len().to_le_bytes());
+    hash.update(change.actor.id().as_bytes());
     hash.update(change.message_id.as_bytes());
     match &change.body {
         Some(body) => {

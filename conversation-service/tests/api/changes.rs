@@ -421,6 +421,17 @@ async fn a_retried_request_id_answers_the_same_and_another_request_under_it_is_r
         gone, again,
         "a retried delete answers the tombstone, not MESSAGE_DELETED"
     );
+    // Someone else under the same key is another request.
+    let status = delete(
+        &mut client,
+        &id,
+        &theirs.message_id,
+        provider_of(&id),
+        &delete_key,
+    )
+    .await
+    .unwrap_err();
+    expect(&status, Code::FailedPrecondition, "REQUEST_ID_REUSED");
     assert_eq!(change_seq(&app, &id).await, 2);
 
     // Concurrent retries of one edit: one change.
