@@ -1131,3 +1131,81 @@ async fn a_stream_far_behind_gets_every_message_and_every_change_once() {
     assert_eq!(listed[122].body, "edited");
     assert!(listed[132].deleted);
 }
+
+#[tokio::test]
+async fn retention_deletes_the_changes_of_the_messages_it_deletes() {
+    let app = spawn_app_with_flags(&[
+        "--closed-message-retention",
+        "1d",
+        "--retention-interval",
+        "1s",
+    ])
+    .await;
+    let mut client = app.client.clone();
+    let (id, first, second) = setup(&app).await;
+    edit(
+        &mut client,
+        &id,
+        &first.message_id,
+        provider_of(&id),
+        "edited",
+        "",
+    )
+    .await
+    .unwrap();
+    delete(&mut client, &id, &second.message_id, customer(""), "")
+        .await
+        .unwrap();
+    client
+        .set_conversation_status(v1::SetConversationStatusRequest {
+            conversation_id: id.clone(),
+            status: ConversationStatus::Closed.into(),
+            actor: None,
+        })
+        .await
+        .unwrap();
+    let mut db = app.db().await;
+    sqlx::query(
+        "UPDATE conversations SET closed_at = now() - interval '2 days' WHERE id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    for _ in 0..100 {
+        if app.count("SELECT count(*) FROM messages").await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.count("SELECT count(*) FROM messages").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM message_changes").await, 0);
+}
+
+#[tokio::test]
+async fn an_attachment_prefix_without_a_path_is_refused_at_start() {
+    use clap::Parser;
+    let database = crate::helpers::fresh_database().await;
+    for prefix in [
+        "https://files.example",
+        "http://files.example/",
+        "files.example/",
+    ] {
+        let config = conversation_service::config::Config::try_parse_from([
+            "conversation-service",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            database.url(),
+            "--attachment-uri-prefixes",
+            prefix,
+        ])
+        .unwrap();
+        let built = conversation_service::startup::Application::build(config).await;
+        let error = built.err().expect("refused").to_string();
+        assert!(
+            error.contains("ATTACHMENT_URI_PREFIXES"),
+            "{prefix}: {error}"
+        );
+    }
+}
