@@ -21,9 +21,8 @@ use crate::{
     domain::{
         ConversationFilter, ConversationId, CustomerDetails, CustomerPatch, NewConversation,
         NewMessage, PageSize, PageTokens, Participant, SearchQuery, Status as ConversationStatus,
-        parse_acting,
-        parse_body, parse_client_message_id, parse_external_id, parse_origin, parse_request_id,
-        parse_seq, parse_session_id,
+        parse_acting, parse_body, parse_client_message_id, parse_external_id, parse_origin,
+        parse_request_id, parse_seq, parse_session_id,
     },
     error::Error,
     realtime::{
@@ -483,7 +482,10 @@ impl ConversationService for ConversationApi {
             self.pages
                 .decode("page_token", &query, &request.page_token)?;
         if let Some(id) = conversation {
-            self.store.get_conversation(id).await?.authorize(&owner, None)?;
+            self.store
+                .get_conversation(id)
+                .await?
+                .authorize(&owner, None)?;
         }
         if !self.store.is_searchable(&text).await? {
             return Err(Error::invalid(

@@ -55,6 +55,6 @@ pub use notice::{CHANNEL, Carried, Notice, Touched};
 pub use pools::PoolSettings;
 pub use privacy::{AuditRow, Erased};
 pub use records::{ConversationRow, MessageRow};
-pub use search::{SearchKey, SearchRow};
+pub use search::{SearchKey, SearchRow, search_sql};
 pub use send::{BATCH_LOCK_TIMEOUT, LOCK_TIMEOUT, STATEMENT_TIMEOUT};
 pub use unread::UnreadSummary;

@@ -59,10 +59,32 @@ impl Store {
         after: Option<SearchKey>,
         limit: i64,
     ) -> Result<Vec<SearchRow>> {
-        let mut sql = QueryBuilder::<Postgres>::new(
-            "WITH q AS MATERIALIZED (SELECT websearch_to_tsquery('simple', ",
-        );
-        sql.push_bind(&query.0).push(
+        search_sql("", owner, query, conversation, after, limit)
+            .build_query_as()
+            // Planned for its words each time, as ListConversations' customer_query is:
+            // how many messages hold a word decides between the GIN index and reading a
+            // small owner's or one conversation's messages, and a plan kept for any words
+            // would pick one path for all.
+            .persistent(false)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| Error::db("search messages", e))
+    }
+}
+
+/// SearchMessages' statement after `prefix` (`EXPLAIN` in the plan test), its values bound.
+pub fn search_sql(
+    prefix: &str,
+    owner: &Participant,
+    query: &SearchQuery,
+    conversation: Option<ConversationId>,
+    after: Option<SearchKey>,
+    limit: i64,
+) -> QueryBuilder<Postgres> {
+    let mut sql = QueryBuilder::<Postgres>::new(prefix);
+    sql.push("WITH q AS MATERIALIZED (SELECT websearch_to_tsquery('simple', ")
+        .push_bind(query.0.clone())
+        .push(
             ") AS q), \
              hits AS ( \
                SELECT m.conversation_id, m.seq, m.id, m.sender_role, m.sender_id, m.body, \
@@ -70,51 +92,40 @@ impl Store {
                  FROM q, messages m JOIN conversations c ON c.id = m.conversation_id \
                 WHERE to_tsvector('simple'::regconfig, m.body) @@ q.q",
         );
-        sql.push(match owner.role() {
-            Role::Provider => " AND c.provider_id = ",
-            Role::Customer => " AND c.customer_id = ",
-        });
-        sql.push_bind(owner.id());
-        if let Some(id) = conversation {
-            sql.push(" AND m.conversation_id = ").push_bind(id.0);
-        }
-        if let Some((at, id, seq)) = after {
-            sql.push(" AND (m.created_at, m.conversation_id, m.seq) < (")
-                .push_bind(at)
-                .push(", ")
-                .push_bind(id)
-                .push(", ")
-                .push_bind(seq)
-                .push(")");
-        }
-        sql.push(
-            " ORDER BY m.created_at DESC, m.conversation_id DESC, m.seq DESC LIMIT ",
-        )
-        .push_bind(limit);
-        // The marks are taken out of the body first, so every mark in the excerpt is
-        // ts_headline's. A fragment or two around the matches; the gRPC side cuts it to
-        // SNIPPET_CHARS.
-        let marks: String = [HIGHLIGHT_START, HIGHLIGHT_STOP].iter().collect();
-        let options = format!(
-            "StartSel={HIGHLIGHT_START}, StopSel={HIGHLIGHT_STOP}, MaxWords=20, MinWords=8, \
-             MaxFragments=2, FragmentDelimiter=\" … \""
-        );
-        sql.push(") SELECT hits.*, ts_headline('simple', translate(hits.body, ")
-            .push_bind(marks)
-            .push(", '  '), q.q, ")
-            .push_bind(options)
-            .push(
-                ") AS headline FROM hits, q \
-                 ORDER BY hits.created_at DESC, hits.conversation_id DESC, hits.seq DESC",
-            );
-        // Planned for its words each time, as ListConversations' customer_query is: how
-        // many messages hold a word decides between the GIN index and reading a small
-        // owner's or one conversation's messages, and a plan kept for any words would
-        // pick one path for all.
-        sql.build_query_as()
-            .persistent(false)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| Error::db("search messages", e))
+    sql.push(match owner.role() {
+        Role::Provider => " AND c.provider_id = ",
+        Role::Customer => " AND c.customer_id = ",
+    });
+    sql.push_bind(owner.id().to_owned());
+    if let Some(id) = conversation {
+        sql.push(" AND m.conversation_id = ").push_bind(id.0);
     }
+    if let Some((at, id, seq)) = after {
+        sql.push(" AND (m.created_at, m.conversation_id, m.seq) < (")
+            .push_bind(at)
+            .push(", ")
+            .push_bind(id)
+            .push(", ")
+            .push_bind(seq)
+            .push(")");
+    }
+    sql.push(" ORDER BY m.created_at DESC, m.conversation_id DESC, m.seq DESC LIMIT ")
+        .push_bind(limit);
+    // The marks are taken out of the body first, so every mark in the excerpt is
+    // ts_headline's. A fragment or two around the matches; the gRPC side cuts it to
+    // SNIPPET_CHARS.
+    let marks: String = [HIGHLIGHT_START, HIGHLIGHT_STOP].iter().collect();
+    let options = format!(
+        "StartSel={HIGHLIGHT_START}, StopSel={HIGHLIGHT_STOP}, MaxWords=20, MinWords=8, \
+             MaxFragments=2, FragmentDelimiter=\" … \""
+    );
+    sql.push(") SELECT hits.*, ts_headline('simple', translate(hits.body, ")
+        .push_bind(marks)
+        .push(", '  '), q.q, ")
+        .push_bind(options)
+        .push(
+            ") AS headline FROM hits, q \
+                 ORDER BY hits.created_at DESC, hits.conversation_id DESC, hits.seq DESC",
+        );
+    sql
 }

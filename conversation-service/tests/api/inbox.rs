@@ -73,6 +73,9 @@ fn label(event: &Event) -> String {
         Event::StatusChanged(s) => format!("status {:?}", s.status()),
         Event::Message(m) => format!("message {}", m.body),
         Event::Heartbeat(_) => "heartbeat".into(),
+        Event::UnreadSummaryChanged(s) => {
+            format!("unread {} {}", s.unread_messages, s.unread_conversations)
+        }
     }
 }
 

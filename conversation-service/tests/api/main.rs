@@ -16,6 +16,7 @@ mod observability;
 mod pagination;
 mod privacy;
 mod properties;
+mod search;
 mod security;
 mod send_path;
 mod startup;
