@@ -161,6 +161,10 @@ pub fn conversation_response(delivery: ConversationDelivery) -> v1::StreamConver
 pub fn inbox_response(delivery: InboxDelivery) -> v1::StreamInboxResponse {
     let event = match delivery.event {
         InboxEvent::Item { item, viewer } => inbox_item(item, viewer),
+        InboxEvent::Summary(summary) => InboxWire::UnreadSummaryChanged(v1::UnreadSummaryChanged {
+            unread_messages: summary.unread_messages,
+            unread_conversations: summary.unread_conversations,
+        }),
         InboxEvent::Heartbeat(time) => InboxWire::Heartbeat(heartbeat(time)),
     };
     v1::StreamInboxResponse {

@@ -422,6 +422,9 @@ impl ConversationService for ConversationApi {
             Some(cursor) => cursor,
             None => InboxCursor::at(self.store.current_snapshot().await?),
         };
+        // Read before the stream is answered, so a client that opens it and then asks
+        // GetUnreadSummary misses no change: any after this read is sent on the stream.
+        let summary = self.store.unread_summary(&owner).await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(
             streams::inbox_stream(
@@ -429,6 +432,7 @@ impl ConversationService for ConversationApi {
                 subscription,
                 owner,
                 cursor,
+                summary,
                 resumed,
                 tx,
             )
