@@ -24,3 +24,4 @@ mod stream_faults;
 mod streams;
 mod subcommands;
 mod unread;
+mod unread_stream;
