@@ -9,11 +9,11 @@ use chat_proto::v1::{
 use chrono::{DateTime, Utc};
 
 use crate::{
-    domain::{Attachment, Participant, Role, Status},
+    domain::{Attachment, Participant, Role, Status, snippet_parts},
     realtime::streams::{
         ConversationDelivery, ConversationEvent, InboxDelivery, InboxEvent, Viewed,
     },
-    store::{ChangeKind, ChangeRow, ConversationRow, InboxItem, MessageRow},
+    store::{ChangeKind, ChangeRow, ConversationRow, InboxItem, MessageRow, SearchRow},
 };
 
 pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
@@ -63,6 +63,20 @@ pub fn message(row: &MessageRow) -> v1::Message {
         edit_count: row.edit_count,
         deleted: row.deleted,
         attachments: row.attachments().iter().map(attachment).collect(),
+    }
+}
+
+/// A search hit: the message and its excerpt, cut to `SNIPPET_CHARS`.
+pub fn search_hit(row: &SearchRow) -> v1::SearchHit {
+    v1::SearchHit {
+        message: Some(message(&row.message)),
+        snippet: snippet_parts(&row.headline)
+            .into_iter()
+            .map(|p| v1::SnippetPart {
+                text: p.text,
+                highlighted: p.highlighted,
+            })
+            .collect(),
     }
 }
 
@@ -196,6 +210,10 @@ fn changed(change: ChangeRow) -> Changed {
 pub fn inbox_response(delivery: InboxDelivery) -> v1::StreamInboxResponse {
     let event = match delivery.event {
         InboxEvent::Item { item, viewer } => inbox_item(item, viewer),
+        InboxEvent::Summary(summary) => InboxWire::UnreadSummaryChanged(v1::UnreadSummaryChanged {
+            unread_messages: summary.unread_messages,
+            unread_conversations: summary.unread_conversations,
+        }),
         InboxEvent::Heartbeat(time) => InboxWire::Heartbeat(heartbeat(time)),
     };
     v1::StreamInboxResponse {

@@ -1021,7 +1021,7 @@ async fn the_inbox_follows_edits_and_deletions_and_replays_them_from_a_cursor() 
                 .unwrap()
                 .expect("the inbox stays open");
             match response.event {
-                Some(InboxEvent::Heartbeat(_)) | None => {}
+                Some(InboxEvent::Heartbeat(_) | InboxEvent::UnreadSummaryChanged(_)) | None => {}
                 Some(event) => return (event, response.cursor),
             }
         }
