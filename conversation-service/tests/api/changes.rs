@@ -1209,3 +1209,48 @@ async fn an_attachment_prefix_without_a_path_is_refused_at_start() {
         );
     }
 }
+
+#[tokio::test]
+async fn search_finds_the_edited_text_and_nothing_of_a_deleted_message() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let (id, first, second) = setup(&app).await;
+    edit(
+        &mut client,
+        &id,
+        &first.message_id,
+        provider_of(&id),
+        "invoice attached",
+        "",
+    )
+    .await
+    .unwrap();
+    delete(&mut client, &id, &second.message_id, customer(""), "")
+        .await
+        .unwrap();
+    let search = |query: &'static str| {
+        let mut client = client.clone();
+        let participant = provider_of(&id);
+        async move {
+            client
+                .search_messages(v1::SearchMessagesRequest {
+                    participant,
+                    query: query.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .hits
+                .into_iter()
+                .map(|hit| hit.message.unwrap().seq)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(search("invoice").await, [1]);
+    assert!(
+        search("provider").await.is_empty(),
+        "the text before the edit"
+    );
+    assert!(search("customer").await.is_empty(), "the deleted message");
+}
