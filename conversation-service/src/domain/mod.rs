@@ -1,6 +1,7 @@
 //! Values that can only hold valid data. Every request field is parsed into one of these
 //! before anything touches the database, so validation is written and tested once.
 
+mod events;
 mod filter;
 mod page;
 
@@ -9,6 +10,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
+pub use events::{ConsumerName, FeedFilter, FeedKind, FeedPosition};
 pub use filter::{ConversationFilter, CustomerQuery};
 pub use page::{PageKey, PageSize, PageTokens};
 

@@ -71,6 +71,10 @@ pub struct Hub {
     queue: usize,
     listening: AtomicBool,
     reads: ReadCounts,
+    /// Signalled on every notice and resync: the event feed's sequencer waits on it.
+    activity: tokio::sync::Notify,
+    /// Who has an open stream on this replica.
+    presence: Arc<super::presence::Presence>,
 }
 
 /// A stream's registration; dropping it unregisters and frees its slot at once.
@@ -122,6 +126,8 @@ impl Hub {
             queue: queue.max(1),
             listening: AtomicBool::new(false),
             reads: ReadCounts::default(),
+            activity: tokio::sync::Notify::new(),
+            presence: super::presence::Presence::new(),
         })
     }
 
@@ -201,8 +207,19 @@ impl Hub {
         })
     }
 
+    /// Something was written (a notice arrived) or may have been missed (a resync).
+    /// One waiter; wake-ups while it works coalesce into one.
+    pub fn activity(&self) -> &tokio::sync::Notify {
+        &self.activity
+    }
+
+    pub fn presence(&self) -> &Arc<super::presence::Presence> {
+        &self.presence
+    }
+
     /// Routes one notice to the streams that want it.
     pub fn dispatch(&self, notice: Notice) {
+        self.activity.notify_one();
         let Routes {
             deliveries,
             carried,
@@ -242,6 +259,7 @@ impl Hub {
 
     /// After the listener reconnects: every stream catches up from the table.
     pub fn resync_all(&self) {
+        self.activity.notify_one();
         let map = self
             .subscribers
             .lock()

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod conversations;
+mod events;
 mod faults;
 mod filters;
 mod hardening;
@@ -14,8 +15,10 @@ mod limits;
 mod messages;
 mod observability;
 mod pagination;
+mod presence;
 mod privacy;
 mod properties;
+mod reminders;
 mod security;
 mod send_path;
 mod startup;

@@ -1,0 +1,150 @@
+//! Presence: online while a stream is open on any replica, offline within the stated
+//! bound after a replica is SIGKILLed, no offline/online pair for a quick reconnect.
+
+use std::time::{Duration, Instant};
+
+use chat_proto::v1::{self, EventKind, event::Payload, event_service_client::EventServiceClient};
+use tonic::transport::Channel;
+
+use crate::helpers::{Client, new_provider, provider, spawn_app, spawn_process};
+
+/// What conversation-service states (realtime/presence.rs): rows expire 5 s after the
+/// last beat (1 s apart), and any replica's next beat announces it.
+const OFFLINE_BOUND: Duration = Duration::from_secs(7);
+
+fn events_client(addr: std::net::SocketAddr) -> EventServiceClient<Channel> {
+    EventServiceClient::new(
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy(),
+    )
+}
+
+async fn online(events: &mut EventServiceClient<Channel>, p: &str) -> bool {
+    let reply = events
+        .get_presence(v1::GetPresenceRequest {
+            participants: vec![provider(p).unwrap()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    reply.presences[0].online
+}
+
+/// Waits until `p`'s presence is `want`; returns how long it took.
+async fn until(events: &mut EventServiceClient<Channel>, p: &str, want: bool) -> Duration {
+    let started = Instant::now();
+    while online(events, p).await != want {
+        assert!(started.elapsed() < Duration::from_secs(20), "never {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    started.elapsed()
+}
+
+/// The presence changes the feed holds for provider `p`, in order.
+async fn changes(events: &mut EventServiceClient<Channel>, p: &str) -> Vec<bool> {
+    let page = events
+        .list_events(v1::ListEventsRequest {
+            after: String::new(),
+            page_size: 1000,
+            kinds: vec![EventKind::PresenceChanged.into()],
+            provider_ids: vec![p.to_owned()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    page.events
+        .into_iter()
+        .map(|e| match e.payload {
+            Some(Payload::PresenceChanged(c)) => c.online,
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+async fn inbox(client: &mut Client, p: &str) -> tonic::Streaming<v1::StreamInboxResponse> {
+    client
+        .stream_inbox(v1::StreamInboxRequest {
+            participant: provider(p),
+            cursor: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn a_sigkilled_replica_leaves_nobody_online_past_the_bound() {
+    let app = spawn_app().await;
+    let mut b = spawn_process(&app.database_url, &[]).await;
+    let mut events = events_client(app.addr);
+    let p = new_provider();
+    assert!(!online(&mut events, &p).await);
+    let _stream = inbox(&mut b.client, &p).await;
+    until(&mut events, &p, true).await;
+    b.child.kill().unwrap();
+    let killed = Instant::now();
+    let _ = b.child.wait();
+    until(&mut events, &p, false).await;
+    assert!(
+        killed.elapsed() <= OFFLINE_BOUND,
+        "offline after {:?}",
+        killed.elapsed()
+    );
+    // The feed says so too, once each way.
+    let started = Instant::now();
+    while changes(&mut events, &p).await != [true, false] {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            changes(&mut events, &p).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_quick_reconnect_on_another_replica_is_not_an_offline_online_pair() {
+    let mut app = spawn_app().await;
+    let mut b = spawn_process(&app.database_url, &[]).await;
+    let mut events = events_client(app.addr);
+    let p = new_provider();
+    let first = inbox(&mut app.client, &p).await;
+    until(&mut events, &p, true).await;
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = inbox(&mut b.client, &p).await;
+    // Past the grace period and several beats of both replicas.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(online(&mut events, &p).await);
+    assert_eq!(changes(&mut events, &p).await, [true]);
+    drop(second);
+    until(&mut events, &p, false).await;
+    let started = Instant::now();
+    while changes(&mut events, &p).await != [true, false] {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            changes(&mut events, &p).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn get_presence_refuses_what_it_cannot_name() {
+    let app = spawn_app().await;
+    let mut events = events_client(app.addr);
+    for participants in [
+        vec![v1::Participant::default()],
+        vec![v1::Participant::anonymous(crate::helpers::SESSION)],
+        vec![provider("p").unwrap(); 101],
+    ] {
+        let status = events
+            .get_presence(v1::GetPresenceRequest { participants })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert_eq!(crate::helpers::bad_field(&status), "participants");
+    }
+}
