@@ -115,7 +115,7 @@ impl Application {
         }
         let hub = Hub::new(config.max_streams, config.stream_queue);
         let shutdown = CancellationToken::new();
-        let (feed_head, head) = tokio::sync::watch::channel(FeedPosition(0));
+        let (feed_head, head) = tokio::sync::watch::channel(FeedPosition::end_of(0));
         let events = InterceptedService::new(
             EventServiceServer::new(EventApi::new(FeedContext {
                 store: store.clone(),

@@ -1,10 +1,10 @@
 -- The event feed (chat.v1.EventService): every event of every conversation in one order.
 --
--- The source tables (conversation_events, messages, read_events) record what happened,
--- each row with its writing transaction (xid) and commit-ordered pos. A sequencer
--- (store/events.rs) numbers what became visible since its last snapshot into
--- feed_events, under feed_state's row lock, so positions are gap-free and a position
--- is only ever visible once every smaller one is: "after N" never skips a late commit.
+-- The source tables (conversation_events, messages, read_events, and presence_events and
+-- reminder_events below) record what happened, each row with its writing transaction
+-- (xid) and commit-ordered pos. A sequencer (store/events.rs) closes a window over what
+-- became visible since its last snapshot, under feed_state's row lock: "after a cursor"
+-- never skips a late commit.
 
 -- A read position moved (MarkRead). SendMessage's move of the sender's own position is
 -- implied by the message, so the send path writes nothing here.
@@ -20,24 +20,26 @@ CREATE TABLE read_events (
 );
 CREATE INDEX read_events_xid_idx ON read_events (xid);
 
--- kind: 1 created, 2 customer updated, 3 status changed (conversation_events.id in
--- key), 4 message sent (messages.seq), 5 read position moved (read_events.id).
-CREATE TABLE feed_events (
-    position        bigint      PRIMARY KEY,
-    kind            smallint    NOT NULL CHECK (kind BETWEEN 1 AND 5),
-    conversation_id uuid        NOT NULL,
-    provider_id     text        NOT NULL,
-    key             bigint      NOT NULL,
-    recorded_at     timestamptz NOT NULL DEFAULT clock_timestamp()
+-- The feed is numbered by windows, not by event: window N holds every source row whose
+-- transaction is visible in snapshot `upper` and was not in `lower` (window N-1's
+-- upper). A sequencer records a window, a few dozen bytes, when something new became
+-- visible; the send path writes nothing more and no row is copied. Within a window,
+-- events are ordered by (pos, part, conversation, key), so a cursor is a window and a
+-- place in it, and the order is the same for every reader. Windows are contiguous and
+-- gap-free; one is only visible once every smaller one is.
+CREATE TABLE feed_windows (
+    id          bigint      PRIMARY KEY,
+    lower       pg_snapshot NOT NULL,
+    upper       pg_snapshot NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
-CREATE INDEX feed_events_provider_idx ON feed_events (provider_id, position);
 
--- The sequencer's state, one row: what it has numbered (everything visible in
--- `assigned`), the last position given, and the last position pruned.
+-- The sequencer's state, one row: the snapshot the newest window ends at, that
+-- window's id, and the newest window pruned.
 CREATE TABLE feed_state (
     singleton      boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
     assigned       pg_snapshot NOT NULL,
-    last_position  bigint      NOT NULL DEFAULT 0,
+    last_window    bigint      NOT NULL DEFAULT 0,
     pruned_through bigint      NOT NULL DEFAULT 0
 );
 -- The feed starts with this migration; earlier history is not in it.
@@ -45,7 +47,11 @@ INSERT INTO feed_state (assigned) VALUES (pg_current_snapshot());
 
 -- Durable named consumers: the last position each acknowledged (advance-only).
 CREATE TABLE feed_consumers (
-    name       text        PRIMARY KEY,
-    position   bigint      NOT NULL,
-    acked_at   timestamptz NOT NULL DEFAULT now()
+    name            text        PRIMARY KEY,
+    window_id       bigint      NOT NULL,
+    pos             bigint      NOT NULL,
+    part            smallint    NOT NULL,
+    conversation_id uuid        NOT NULL,
+    key             bigint      NOT NULL,
+    acked_at        timestamptz NOT NULL DEFAULT now()
 );

@@ -30,9 +30,3 @@ CREATE TABLE presence_events (
     pos            bigint      NOT NULL DEFAULT inbox_pos()
 );
 CREATE INDEX presence_events_xid_idx ON presence_events (xid);
-
--- A presence change belongs to no conversation; a provider's carries its provider id.
-ALTER TABLE feed_events ALTER COLUMN conversation_id DROP NOT NULL;
-ALTER TABLE feed_events ALTER COLUMN provider_id DROP NOT NULL;
-ALTER TABLE feed_events DROP CONSTRAINT feed_events_kind_check;
-ALTER TABLE feed_events ADD CONSTRAINT feed_events_kind_check CHECK (kind BETWEEN 1 AND 6);

@@ -24,13 +24,10 @@ CREATE TABLE reminder_events (
 );
 CREATE INDEX reminder_events_xid_idx ON reminder_events (xid);
 
--- How far the reminder scan has read the feed's message events; one scanner at a time
+-- The last feed window the reminder scan has read; one scanner at a time
 -- holds this row (others skip it), and a scanner that dies rolls back, losing nothing.
 CREATE TABLE reminder_state (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     position  bigint  NOT NULL DEFAULT 0
 );
 INSERT INTO reminder_state DEFAULT VALUES;
-
-ALTER TABLE feed_events DROP CONSTRAINT feed_events_kind_check;
-ALTER TABLE feed_events ADD CONSTRAINT feed_events_kind_check CHECK (kind BETWEEN 1 AND 7);

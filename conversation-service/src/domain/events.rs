@@ -2,6 +2,8 @@
 //! filter on, a consumer's name. Each is parsed once here; anything a caller sends that
 //! is not one of them is INVALID_ARGUMENT naming the field.
 
+use uuid::Uuid;
+
 use crate::error::{Error, Result};
 
 /// What a feed event records. Stored as `feed_events.kind`; an unknown value is refused
@@ -39,24 +41,114 @@ impl FeedKind {
     }
 }
 
-/// A place in the feed: the position of the last event delivered (0: before the first).
-/// On the wire a cursor is its decimal digits; callers treat it as opaque.
+/// Where an event sits inside its window: `(pos, part, conversation, key)`, the order the
+/// window's events are delivered in (commit order per conversation, see store/events.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct FeedPosition(pub i64);
+pub struct EventKey {
+    pub pos: i64,
+    pub part: i16,
+    /// The nil UUID for events of no conversation (presence).
+    pub conversation: Uuid,
+    pub key: i64,
+}
+
+impl EventKey {
+    /// Before every event of a window.
+    pub const START: Self = Self {
+        pos: i64::MIN,
+        part: i16::MIN,
+        conversation: Uuid::nil(),
+        key: i64::MIN,
+    };
+    /// After every event of a window.
+    pub const END: Self = Self {
+        pos: i64::MAX,
+        part: i16::MAX,
+        conversation: Uuid::max(),
+        key: i64::MAX,
+    };
+}
+
+/// A place in the feed: after the event `key` of window `window`, or after all of the
+/// window (`key` is [`EventKey::END`]; window 0 is before the first). Positions are
+/// ordered like the feed. On the wire a cursor is `W` (after all of window W) or
+/// `W.pos.part.key.conversation`; callers treat it as opaque.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FeedPosition {
+    pub window: i64,
+    pub key: EventKey,
+}
 
 impl FeedPosition {
-    /// Digits only (no sign, no spaces), within i64. Whether it exists yet is the
-    /// store's to check (a position beyond the newest is forged).
+    /// After every event of `window`.
+    pub fn end_of(window: i64) -> Self {
+        Self {
+            window,
+            key: EventKey::END,
+        }
+    }
+
+    pub fn is_end_of_window(&self) -> bool {
+        self.key == EventKey::END
+    }
+
+    /// Digits and dots in the shapes [`cursor`](Self::cursor) writes, nothing else.
+    /// Whether the window exists yet is the store's to check (a window beyond the newest
+    /// is forged).
     pub fn parse(field: &'static str, text: &str) -> Result<Self> {
         let bad = || Error::invalid(field, "is not an event cursor");
-        if text.is_empty() || text.len() > 19 || !text.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
+        fn digits<T: std::str::FromStr>(text: &str) -> Option<T> {
+            if text.is_empty() || text.len() > 19 || !text.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            text.parse().ok()
         }
-        text.parse().map(Self).map_err(|_| bad())
+        let parts: Vec<&str> = text.split('.').collect();
+        match parts.as_slice() {
+            [window] => digits(window).map(Self::end_of).ok_or_else(bad),
+            [window, pos, part, key, conversation] => {
+                let conversation = (conversation.len() == 32
+                    && conversation.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| Uuid::try_parse(conversation).ok())
+                .flatten();
+                match (
+                    digits(window),
+                    digits(pos),
+                    digits(part),
+                    digits(key),
+                    conversation,
+                ) {
+                    (Some(window), Some(pos), Some(part), Some(key), Some(conversation)) => {
+                        Ok(Self {
+                            window,
+                            key: EventKey {
+                                pos,
+                                part,
+                                conversation,
+                                key,
+                            },
+                        })
+                    }
+                    _ => Err(bad()),
+                }
+            }
+            _ => Err(bad()),
+        }
     }
 
     pub fn cursor(self) -> String {
-        self.0.to_string()
+        if self.is_end_of_window() {
+            return self.window.to_string();
+        }
+        let k = self.key;
+        format!(
+            "{}.{}.{}.{}.{}",
+            self.window,
+            k.pos,
+            k.part,
+            k.key,
+            k.conversation.simple()
+        )
     }
 }
 
@@ -119,9 +211,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn positions_are_digits_only() {
-        assert_eq!(FeedPosition::parse("a", "0").ok(), Some(FeedPosition(0)));
-        assert_eq!(FeedPosition::parse("a", "42").ok(), Some(FeedPosition(42)));
+    fn cursors_round_trip_and_refuse_anything_else() {
+        let end = FeedPosition::end_of(42);
+        assert_eq!(FeedPosition::parse("a", "42").ok(), Some(end));
+        assert_eq!(end.cursor(), "42");
+        let inside = FeedPosition {
+            window: 7,
+            key: EventKey {
+                pos: 9,
+                part: 1,
+                conversation: Uuid::from_u128(0xabc),
+                key: 3,
+            },
+        };
+        assert_eq!(
+            FeedPosition::parse("a", &inside.cursor()).ok(),
+            Some(inside)
+        );
+        assert!(inside < end && FeedPosition::end_of(6) < inside);
         for bad in [
             "",
             "-1",
@@ -131,6 +238,11 @@ mod tests {
             "1e3",
             "x",
             "99999999999999999999",
+            "1.2.3.4",
+            "1.2.3.4.5",
+            "1.-2.3.4.00000000000000000000000000000abc",
+            "1.2.3.4.0000000000000000000000000000-abc",
+            "1.2.3.4.00000000-0000-0000-0000-000000000abc",
         ] {
             assert!(FeedPosition::parse("a", bad).is_err(), "{bad}");
         }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
-pub use events::{ConsumerName, FeedFilter, FeedKind, FeedPosition};
+pub use events::{ConsumerName, EventKey, FeedFilter, FeedKind, FeedPosition};
 pub use filter::{ConversationFilter, CustomerQuery};
 pub use page::{PageKey, PageSize, PageTokens};
 

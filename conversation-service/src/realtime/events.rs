@@ -1,10 +1,10 @@
-//! The event feed on this replica: the sequencer task that numbers new events (after
-//! every notice, and on a timer in case one was missed), pruning past the retention,
-//! and the task of each StreamEvents stream.
+//! The event feed on this replica: the sequencer task that closes windows (after notices,
+//! paced, and on a timer in case one was missed), pruning past the retention, and the
+//! task of each StreamEvents stream.
 //!
-//! A feed stream always reads pages from `feed_events` and waits for this replica's
-//! sequencer to report a newer position: it holds one page at most, so a slow consumer
-//! costs bounded memory and simply reads the table from where it is.
+//! A feed stream always reads pages from the tables and waits for this replica's
+//! sequencer to report a newer window: it holds one page at most, so a slow consumer
+//! costs bounded memory and simply reads the tables from where it is.
 
 use std::{sync::Arc, time::Duration};
 
@@ -20,6 +20,11 @@ use crate::{
 
 /// How often the sequencer runs without a notice: what a missed notice can delay.
 const SEQUENCE_FALLBACK: Duration = Duration::from_secs(1);
+/// The least time between two windows of this replica. Notices under load arrive every
+/// millisecond or so; closing a window for each would cost a transaction per batch of
+/// sends and a feed row per millisecond. This bounds both, at the price of this much
+/// extra feed latency (docs/design.md, "Event feed").
+const SEQUENCE_PACE: Duration = Duration::from_millis(25);
 const RETRY_AFTER_ERROR: Duration = Duration::from_millis(500);
 /// Events read per page by a stream.
 const STREAM_PAGE: i64 = 256;
@@ -34,8 +39,9 @@ pub struct FeedContext {
     pub shutdown: CancellationToken,
 }
 
-/// Runs until `stop`: numbers new events after every notice (coalesced), and at least
-/// every [`SEQUENCE_FALLBACK`]; prunes events older than `retention` in batches.
+/// Runs until `stop`: closes a window after notices (coalesced, at most one per
+/// [`SEQUENCE_PACE`]), and at least every [`SEQUENCE_FALLBACK`]; prunes windows older
+/// than `retention` in batches.
 pub async fn run_sequencer(
     store: Store,
     hub: Arc<Hub>,
@@ -47,8 +53,11 @@ pub async fn run_sequencer(
     let prune_every = (retention / 8).clamp(Duration::from_millis(100), Duration::from_secs(60));
     let mut next_prune = tokio::time::Instant::now();
     loop {
+        let started = tokio::time::Instant::now();
+        let mut busy = false;
         match store.sequence_feed().await {
-            Ok(position) => {
+            Ok((position, skipped)) => {
+                busy = skipped;
                 head.send_if_modified(|known| {
                     let newer = position > *known;
                     if newer {
@@ -64,10 +73,19 @@ pub async fn run_sequencer(
             prune(&store, retention).await;
             next_prune = tokio::time::Instant::now() + prune_every;
         }
+        // Another replica was closing a window: its result is read on the next turn,
+        // without waiting for another notice.
+        if !busy {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = hub.activity().notified() => {}
+                () = tokio::time::sleep(SEQUENCE_FALLBACK) => {}
+            }
+        }
+        // Notices that arrive meanwhile coalesce into the one permit `notified` keeps.
         tokio::select! {
             () = stop.cancelled() => return,
-            () = hub.activity().notified() => {}
-            () = tokio::time::sleep(SEQUENCE_FALLBACK) => {}
+            () = tokio::time::sleep_until(started + SEQUENCE_PACE) => {}
         }
     }
 }

@@ -1,16 +1,17 @@
-//! The event feed: every event of every conversation in one order, by gap-free position.
+//! The event feed: every event of every conversation in one order, numbered by windows.
 //!
 //! Writers record what happened in their own tables (conversation_events, messages,
-//! read_events), each row with its transaction id and commit-ordered `pos`. The
-//! sequencer numbers what became visible since its last run into `feed_events`: it takes
-//! `feed_state`'s row lock, then one statement reads every source row whose transaction
-//! was not visible in the stored snapshot but is in the statement's (the inbox's window
-//! rule: a transaction that took its id early and committed late still lands in exactly
-//! one window), numbers them after the last position in `(pos, ...)` order, stores the
-//! statement's snapshot and commits. Runs are serialised by the lock, so a position is
-//! visible only once every smaller one is: reading "after N" never skips anything, on
-//! any replica, and resuming gives the same events in the same order. The send path
-//! writes nothing for the feed.
+//! read_events, presence_events, reminder_events), each row with its transaction id and
+//! commit-ordered `pos`. The sequencer closes a window over what became visible since
+//! the last one: it takes `feed_state`'s row lock, and if any source row's transaction is
+//! visible to its statement but was not in the stored snapshot (the inbox's window rule:
+//! a transaction that took its id early and committed late still lands in exactly one
+//! window), it records window N+1 = (stored snapshot, the statement's snapshot) and
+//! stores the new one. Runs are serialised by the lock, so a window is visible only once
+//! every smaller one is, and a window's content never changes: reading "after a cursor"
+//! never skips anything, on any replica, and resuming gives the same events in the same
+//! order. Nothing is copied per event: the send path writes nothing for the feed, and a
+//! window costs one small row however many events it holds.
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -19,7 +20,8 @@ use uuid::Uuid;
 use super::{ConversationRow, MessageRow, Store};
 use crate::{
     domain::{
-        ConsumerName, ConversationId, FeedFilter, FeedKind, FeedPosition, Participant, Role, Status,
+        ConsumerName, ConversationId, EventKey, FeedFilter, FeedKind, FeedPosition, Participant,
+        Role, Status,
     },
     error::{Error, Result},
 };
@@ -33,6 +35,7 @@ pub struct FeedEvent {
     pub conversation_id: Option<ConversationId>,
     /// The conversation's provider; for a presence change, the provider it is about.
     pub provider_id: Option<String>,
+    /// When its window was recorded.
     pub recorded_at: DateTime<Utc>,
     pub payload: FeedPayload,
 }
@@ -58,7 +61,7 @@ pub enum FeedPayload {
         first_unread_seq: i64,
         preview: String,
     },
-    /// The row the event names is gone (nothing deletes them today).
+    /// The row the event names is gone.
     Missing,
 }
 
@@ -66,59 +69,86 @@ pub enum FeedPayload {
 pub struct FeedPage {
     pub events: Vec<FeedEvent>,
     /// Resume after this: the last event returned, or (when the page is not full) the
-    /// newest position the read covered, so a filtered reader moves past what it skips.
+    /// end of the newest window the read covered, so a filtered reader moves past what
+    /// it skips.
     pub next: FeedPosition,
     /// Whether more events may follow right away.
     pub full: bool,
 }
 
-/// Every source row made visible after the snapshot `$1` (not visible in it: its
-/// transaction started at or after its xmax, or was in progress then) and visible to
-/// this statement, numbered after the last position, and the state advanced to this
-/// statement's snapshot. Rows are numbered in `(pos, part, conversation, key)` order:
-/// per conversation, commit order.
+/// Closes window `$2 + 1` from the snapshot `$1` to this statement's, if any source row
+/// became visible in between (its transaction started at or after `$1`'s xmax or was in
+/// progress then, and is visible to this statement); returns the new window's id.
 const SEQUENCE_SQL: &str = "\
 WITH prior AS (
     SELECT pg_snapshot_xmax($1::text::pg_snapshot) AS xmax,
            ARRAY(SELECT pg_snapshot_xip($1::text::pg_snapshot)) AS xip
+), news AS (
+    SELECT EXISTS (SELECT 1 FROM conversation_events e, prior p
+                    WHERE e.xid >= p.xmax OR e.xid = ANY(p.xip))
+        OR EXISTS (SELECT 1 FROM messages m, prior p
+                    WHERE m.xid >= p.xmax OR m.xid = ANY(p.xip))
+        OR EXISTS (SELECT 1 FROM read_events r, prior p
+                    WHERE r.xid >= p.xmax OR r.xid = ANY(p.xip))
+        OR EXISTS (SELECT 1 FROM presence_events s, prior p
+                    WHERE s.xid >= p.xmax OR s.xid = ANY(p.xip))
+        OR EXISTS (SELECT 1 FROM reminder_events u, prior p
+                    WHERE u.xid >= p.xmax OR u.xid = ANY(p.xip)) AS any
+), added AS (
+    INSERT INTO feed_windows (id, lower, upper)
+    SELECT $2 + 1, $1::text::pg_snapshot, pg_current_snapshot() FROM news WHERE news.any
+    RETURNING id, upper
+)
+UPDATE feed_state s SET assigned = a.upper, last_window = a.id
+  FROM added a
+RETURNING s.last_window";
+
+/// Up to `$6` events of window `$1` after the key `($2, $3, $4, $5)` that the kinds `$7`
+/// and providers `$8` admit (empty: all), in feed order, with what they carry. One row
+/// with null event columns when none is left; no row when the window is gone (pruned).
+const WINDOW_SQL: &str = "\
+WITH w AS (
+    SELECT pg_snapshot_xmax(lower) AS lo_xmax, ARRAY(SELECT pg_snapshot_xip(lower)) AS lo_xip,
+           upper, pg_snapshot_xmax(upper) AS hi_xmax, recorded_at
+      FROM feed_windows WHERE id = $1
 ), fresh AS (
-    SELECT e.pos, 0 AS part, e.conversation_id, e.id AS key, e.kind
-      FROM conversation_events e, prior p WHERE e.xid >= p.xmax OR e.xid = ANY(p.xip)
+    SELECT e.pos, 0::smallint AS part, e.conversation_id AS conv, e.id AS key, e.kind
+      FROM conversation_events e, w
+     WHERE (e.xid >= w.lo_xmax AND e.xid < w.hi_xmax OR e.xid = ANY(w.lo_xip))
+       AND pg_visible_in_snapshot(e.xid, w.upper)
     UNION ALL
-    SELECT m.pos, 1, m.conversation_id, m.seq, 4::smallint
-      FROM messages m, prior p WHERE m.xid >= p.xmax OR m.xid = ANY(p.xip)
+    SELECT m.pos, 1::smallint, m.conversation_id, m.seq, 4::smallint
+      FROM messages m, w
+     WHERE (m.xid >= w.lo_xmax AND m.xid < w.hi_xmax OR m.xid = ANY(w.lo_xip))
+       AND pg_visible_in_snapshot(m.xid, w.upper)
     UNION ALL
-    SELECT r.pos, 2, r.conversation_id, r.id, 5::smallint
-      FROM read_events r, prior p WHERE r.xid >= p.xmax OR r.xid = ANY(p.xip)
+    SELECT r.pos, 2::smallint, r.conversation_id, r.id, 5::smallint
+      FROM read_events r, w
+     WHERE (r.xid >= w.lo_xmax AND r.xid < w.hi_xmax OR r.xid = ANY(w.lo_xip))
+       AND pg_visible_in_snapshot(r.xid, w.upper)
     UNION ALL
-    SELECT s.pos, 3, NULL::uuid, s.id, 6::smallint
-      FROM presence_events s, prior p WHERE s.xid >= p.xmax OR s.xid = ANY(p.xip)
+    SELECT s.pos, 3::smallint, '00000000-0000-0000-0000-000000000000'::uuid, s.id, 6::smallint
+      FROM presence_events s, w
+     WHERE (s.xid >= w.lo_xmax AND s.xid < w.hi_xmax OR s.xid = ANY(w.lo_xip))
+       AND pg_visible_in_snapshot(s.xid, w.upper)
     UNION ALL
-    SELECT u.pos, 4, u.conversation_id, u.id, 7::smallint
-      FROM reminder_events u, prior p WHERE u.xid >= p.xmax OR u.xid = ANY(p.xip)
-), numbered AS (
-    INSERT INTO feed_events (position, kind, conversation_id, provider_id, key)
-    SELECT $2 + row_number() OVER (ORDER BY f.pos, f.part, f.conversation_id, f.key),
-           f.kind, f.conversation_id,
-           CASE WHEN f.conversation_id IS NULL
+    SELECT u.pos, 4::smallint, u.conversation_id, u.id, 7::smallint
+      FROM reminder_events u, w
+     WHERE (u.xid >= w.lo_xmax AND u.xid < w.hi_xmax OR u.xid = ANY(w.lo_xip))
+       AND pg_visible_in_snapshot(u.xid, w.upper)
+), admitted AS (
+    SELECT f.*,
+           CASE WHEN f.kind = 6
                 THEN (SELECT s.participant_id FROM presence_events s WHERE s.id = f.key AND s.role = 1)
                 -- One primary-key lookup per event: a join may scan every conversation.
-                ELSE (SELECT c.provider_id FROM conversations c WHERE c.id = f.conversation_id)
-           END,
-           f.key
+                ELSE (SELECT c.provider_id FROM conversations c WHERE c.id = f.conv)
+           END AS provider_id
       FROM fresh f
-    RETURNING position
+     WHERE (f.pos, f.part, f.conv, f.key) > ($2, $3, $4, $5)
+       AND (cardinality($7::smallint[]) = 0 OR f.kind = ANY($7::smallint[]))
 )
-UPDATE feed_state SET assigned = pg_current_snapshot(), last_position = n.last
-  FROM (SELECT max(position) AS last FROM numbered) n
- WHERE n.last IS NOT NULL
-RETURNING last_position";
-
-/// A page after `$1`, with the feed's state read in the same snapshot (so an expired or
-/// forged cursor is judged against exactly what the page saw).
-const PAGE_SQL: &str = "\
-SELECT s.last_position, s.pruned_through,
-       f.position, f.kind, f.conversation_id, f.provider_id, f.recorded_at,
+SELECT w.recorded_at,
+       f.pos, f.part, f.conv, f.key, f.kind, f.provider_id,
        e.status,
        m.seq AS m_seq, m.id AS m_id, m.sender_role, m.sender_id, m.body,
        m.client_message_id, m.created_at AS m_created_at,
@@ -127,56 +157,64 @@ SELECT s.last_position, s.pruned_through,
        u.role AS u_role, u.participant_id AS u_participant, u.unread AS u_unread,
        u.first_seq AS u_first_seq,
        COALESCE(left(um.body, 200), '') AS u_preview
-  FROM feed_state s
+  FROM w
   LEFT JOIN LATERAL (
-      SELECT * FROM feed_events f
-       WHERE f.position > $1 AND f.position <= s.last_position
-         AND (cardinality($3::smallint[]) = 0 OR f.kind = ANY($3::smallint[]))
-         AND (cardinality($4::text[]) = 0 OR f.provider_id = ANY($4::text[]))
-       ORDER BY f.position LIMIT $2
+      SELECT * FROM admitted a
+       WHERE cardinality($8::text[]) = 0 OR a.provider_id = ANY($8::text[])
+       ORDER BY a.pos, a.part, a.conv, a.key LIMIT $6
   ) f ON true
   LEFT JOIN conversation_events e ON f.kind IN (1, 2, 3) AND e.id = f.key
-  LEFT JOIN messages m ON f.kind = 4 AND m.conversation_id = f.conversation_id AND m.seq = f.key
+  LEFT JOIN messages m ON f.kind = 4 AND m.conversation_id = f.conv AND m.seq = f.key
   LEFT JOIN read_events r ON f.kind = 5 AND r.id = f.key
   LEFT JOIN presence_events pe ON f.kind = 6 AND pe.id = f.key
   LEFT JOIN reminder_events u ON f.kind = 7 AND u.id = f.key
   -- A reminder's preview: its first unread message as it is now (erased, pruned: empty).
   LEFT JOIN messages um ON um.conversation_id = u.conversation_id AND um.seq = u.first_seq
- ORDER BY f.position";
+ ORDER BY f.pos, f.part, f.conv, f.key";
 
-/// Most events deleted by one pruning statement, so pruning never holds long locks.
+/// Most windows (and rows of the feed's own tables) deleted by one pruning statement, so
+/// pruning never holds long locks.
 const PRUNE_BATCH: i64 = 1000;
+/// Most windows one page reads, so a narrow filter on a busy feed still answers soon;
+/// the page then ends at the last window read.
+const WINDOWS_PER_PAGE: i64 = 256;
 
 impl Store {
-    /// Numbers what became visible since the last run (any replica's); returns the
-    /// newest position. Runs of all replicas queue on one row lock, so when this returns
-    /// every event committed before it was called has a position.
-    pub async fn sequence_feed(&self) -> Result<FeedPosition> {
+    /// Closes a window over what became visible since the last one (any replica's), unless
+    /// another replica is doing so right now; returns the newest window then known, and
+    /// whether another replica held the turn (then its window is not known yet).
+    pub async fn sequence_feed(&self) -> Result<(FeedPosition, bool)> {
         let ctx = "sequence the event feed";
         let mut tx = self.pool.begin().await.map_err(|e| Error::db(ctx, e))?;
-        let (assigned, last): (String, i64) =
-            sqlx::query_as("SELECT assigned::text, last_position FROM feed_state FOR UPDATE")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| Error::db(ctx, e))?;
+        let state: Option<(String, i64)> = sqlx::query_as(
+            "SELECT assigned::text, last_window FROM feed_state FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| Error::db(ctx, e))?;
+        let Some((assigned, last)) = state else {
+            // Another replica is closing a window; its result is read on the next turn.
+            drop(tx);
+            return Ok((self.feed_head().await?, true));
+        };
         // A new statement, so its snapshot is taken after the lock was granted: it sees
         // every run before this one.
-        let numbered: Option<i64> = sqlx::query_scalar(SEQUENCE_SQL)
+        let closed: Option<i64> = sqlx::query_scalar(SEQUENCE_SQL)
             .bind(assigned)
             .bind(last)
             .fetch_optional(&mut *tx)
             .await
             .map_err(|e| Error::db(ctx, e))?;
         tx.commit().await.map_err(|e| Error::db(ctx, e))?;
-        Ok(FeedPosition(numbered.unwrap_or(last)))
+        Ok((FeedPosition::end_of(closed.unwrap_or(last)), false))
     }
 
-    /// The newest position given (no event has a larger one yet).
+    /// The end of the newest window (no event has a later position yet).
     pub async fn feed_head(&self) -> Result<FeedPosition> {
-        sqlx::query_scalar("SELECT last_position FROM feed_state")
+        sqlx::query_scalar("SELECT last_window FROM feed_state")
             .fetch_one(&self.pool)
             .await
-            .map(FeedPosition)
+            .map(FeedPosition::end_of)
             .map_err(|e| Error::db("read the feed's head", e))
     }
 
@@ -186,13 +224,13 @@ impl Store {
         sqlx::query_scalar("SELECT pruned_through FROM feed_state")
             .fetch_one(&self.pool)
             .await
-            .map(FeedPosition)
+            .map(FeedPosition::end_of)
             .map_err(|e| Error::db("read the feed's oldest position", e))
     }
 
-    /// Up to `limit` events after `after` that `filter` admits. A cursor beyond the
-    /// newest position is forged (INVALID_ARGUMENT on `field`); one whose next events
-    /// were pruned is CURSOR_EXPIRED.
+    /// Up to `limit` events after `after` that `filter` admits. A cursor in a window not
+    /// closed yet is forged (INVALID_ARGUMENT on `field`); one whose next events were
+    /// pruned is CURSOR_EXPIRED.
     pub async fn feed_page(
         &self,
         field: &'static str,
@@ -201,48 +239,83 @@ impl Store {
         filter: &FeedFilter,
     ) -> Result<FeedPage> {
         let ctx = "read the event feed";
-        let kinds: Vec<i16> = filter.kinds.iter().map(|k| *k as i16).collect();
-        let rows = sqlx::query(PAGE_SQL)
-            .bind(after.0)
-            .bind(limit)
-            .bind(kinds)
-            .bind(&filter.provider_ids)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| Error::db(ctx, e))?;
-        let Some(first) = rows.first() else {
-            return Err(Error::Internal {
-                context: ctx,
-                source: "feed_state has no row".into(),
-            });
-        };
-        let head: i64 = first
-            .try_get("last_position")
-            .map_err(|e| Error::db(ctx, e))?;
-        let pruned: i64 = first
-            .try_get("pruned_through")
-            .map_err(|e| Error::db(ctx, e))?;
-        if after.0 > head {
+        let (head, pruned): (i64, i64) =
+            sqlx::query_as("SELECT last_window, pruned_through FROM feed_state")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| Error::db(ctx, e))?;
+        if after.window > head {
             return Err(Error::invalid(field, "is not a cursor this feed gave"));
         }
-        if after.0 < pruned {
-            return Err(Error::CursorExpired {
-                oldest: FeedPosition(pruned).cursor(),
-            });
+        let expired = || Error::CursorExpired {
+            oldest: FeedPosition::end_of(pruned).cursor(),
+        };
+        // The first window still needed: the cursor's own, unless it was read to its end.
+        let (mut window, mut key) = if after.is_end_of_window() {
+            (after.window + 1, EventKey::START)
+        } else {
+            (after.window, after.key)
+        };
+        if window <= pruned {
+            return Err(expired());
         }
-        let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
-            if let Some(event) = feed_event(row).map_err(|e| Error::db(ctx, e))? {
-                events.push(event);
+        let kinds: Vec<i16> = filter.kinds.iter().map(|k| *k as i16).collect();
+        let mut events = Vec::new();
+        let mut next = after;
+        let last_to_read = head.min(window.saturating_add(WINDOWS_PER_PAGE - 1));
+        while window <= last_to_read {
+            let wanted = limit - i64::try_from(events.len()).unwrap_or(i64::MAX);
+            let rows = sqlx::query(WINDOW_SQL)
+                .bind(window)
+                .bind(key.pos)
+                .bind(key.part)
+                .bind(key.conversation)
+                .bind(key.key)
+                .bind(wanted)
+                .bind(&kinds)
+                .bind(&filter.provider_ids)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| Error::db(ctx, e))?;
+            if rows.is_empty() {
+                // Pruned since the state was read.
+                let pruned: i64 = sqlx::query_scalar("SELECT pruned_through FROM feed_state")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| Error::db(ctx, e))?;
+                return Err(Error::CursorExpired {
+                    oldest: FeedPosition::end_of(pruned).cursor(),
+                });
             }
+            let before = events.len();
+            for row in &rows {
+                if let Some(event) = feed_event(window, row).map_err(|e| Error::db(ctx, e))? {
+                    events.push(event);
+                }
+            }
+            let got = i64::try_from(events.len() - before).unwrap_or(i64::MAX);
+            if got >= wanted {
+                if let Some(last) = events.last() {
+                    next = last.position;
+                }
+                self.fill_conversations(&mut events).await?;
+                return Ok(FeedPage {
+                    events,
+                    next,
+                    full: true,
+                });
+            }
+            next = FeedPosition::end_of(window);
+            window += 1;
+            key = EventKey::START;
         }
         self.fill_conversations(&mut events).await?;
-        let full = i64::try_from(events.len()).unwrap_or(i64::MAX) >= limit;
-        let next = match events.last() {
-            Some(last) if full => last.position,
-            _ => FeedPosition(head.max(after.0)),
-        };
-        Ok(FeedPage { events, next, full })
+        Ok(FeedPage {
+            events,
+            next,
+            // Stopped at the page's window bound, not at the head: more may follow.
+            full: last_to_read < head,
+        })
     }
 
     /// Reads the conversations that created / customer-updated events carry.
@@ -270,21 +343,20 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes up to one batch of the oldest events recorded before `retention` ago;
-    /// returns how many. `pruned_through` moves in the same statement, so a reader sees
-    /// either the events or the mark that they are gone.
+    /// Deletes up to one batch of the oldest windows recorded before `retention` ago, and
+    /// of the feed's own event rows (reads, presence, reminders) as old; returns how many
+    /// rows went. `pruned_through` moves in the same statement as the windows, so a
+    /// reader sees either the window or the mark that it is gone.
     pub async fn prune_feed(&self, retention: std::time::Duration) -> Result<u64> {
         let ctx = "prune the event feed";
-        let pruned: Option<i64> = sqlx::query_scalar(
+        let windows: Option<i64> = sqlx::query_scalar(
             "WITH gone AS (
-                 DELETE FROM feed_events WHERE position <= (
-                     SELECT max(position) FROM (
-                         SELECT position, recorded_at FROM feed_events
-                          ORDER BY position LIMIT $2) oldest
-                      WHERE recorded_at < now() - $1::interval)
-                 RETURNING position)
-             UPDATE feed_state SET pruned_through = g.last
-               FROM (SELECT max(position) AS last, count(*) AS n FROM gone) g
+                 DELETE FROM feed_windows WHERE id IN (
+                     SELECT id FROM feed_windows
+                      WHERE recorded_at < now() - $1::interval ORDER BY id LIMIT $2)
+                 RETURNING id)
+             UPDATE feed_state SET pruned_through = GREATEST(pruned_through, g.last)
+               FROM (SELECT max(id) AS last, count(*) AS n FROM gone) g
               WHERE g.last IS NOT NULL
              RETURNING g.n",
         )
@@ -293,53 +365,112 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| Error::db(ctx, e))?;
-        Ok(pruned.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
+        let mut removed = windows.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+        // Their windows are gone first (they are older still), so no reader misses them.
+        for table in ["read_events", "presence_events", "reminder_events"] {
+            let sql = format!(
+                "DELETE FROM {table} WHERE id IN (
+                     SELECT id FROM {table} WHERE created_at < now() - $1::interval
+                      ORDER BY id LIMIT $2)"
+            );
+            removed += sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(retention)
+                .bind(PRUNE_BATCH)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| Error::db(ctx, e))?
+                .rows_affected();
+        }
+        Ok(removed)
     }
 
     /// The position `consumer` acknowledged last.
     pub async fn consumer_position(&self, consumer: &ConsumerName) -> Result<FeedPosition> {
-        sqlx::query_scalar("SELECT position FROM feed_consumers WHERE name = $1")
-            .bind(consumer.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| Error::db("read a feed consumer", e))?
-            .map(FeedPosition)
-            .ok_or(Error::ConsumerNotFound)
+        let row: Option<(i64, i64, i16, Uuid, i64)> = sqlx::query_as(
+            "SELECT window_id, pos, part, conversation_id, key FROM feed_consumers WHERE name = $1",
+        )
+        .bind(consumer.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| Error::db("read a feed consumer", e))?;
+        row.map(stored_position).ok_or(Error::ConsumerNotFound)
     }
 
     /// Moves `consumer`'s position to `position` unless it is further already (creating
     /// the consumer at its first acknowledgement); returns the position kept. A position
-    /// beyond the newest is refused and nothing is written.
+    /// in a window not closed yet is refused and nothing is written.
     pub async fn ack_feed(
         &self,
         consumer: &ConsumerName,
         position: FeedPosition,
     ) -> Result<FeedPosition> {
-        let kept: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO feed_consumers (name, position)
-             SELECT $1, $2 FROM feed_state WHERE $2 <= last_position
-             ON CONFLICT (name) DO UPDATE
-                SET position = GREATEST(feed_consumers.position, EXCLUDED.position),
-                    acked_at = now()
-             RETURNING position",
+        let k = position.key;
+        let kept: Option<(i64, i64, i16, Uuid, i64)> = sqlx::query_as(
+            "WITH valid AS (
+                 SELECT 1 FROM feed_state WHERE $2 <= last_window
+             ), up AS (
+                 INSERT INTO feed_consumers (name, window_id, pos, part, conversation_id, key)
+                 SELECT $1, $2, $3, $4, $5, $6 FROM valid
+                 ON CONFLICT (name) DO UPDATE
+                    SET window_id = EXCLUDED.window_id, pos = EXCLUDED.pos,
+                        part = EXCLUDED.part, conversation_id = EXCLUDED.conversation_id,
+                        key = EXCLUDED.key, acked_at = now()
+                  WHERE (feed_consumers.window_id, feed_consumers.pos, feed_consumers.part,
+                         feed_consumers.conversation_id, feed_consumers.key)
+                      < (EXCLUDED.window_id, EXCLUDED.pos, EXCLUDED.part,
+                         EXCLUDED.conversation_id, EXCLUDED.key)
+                 RETURNING window_id, pos, part, conversation_id, key)
+             SELECT * FROM up
+             UNION ALL
+             SELECT c.window_id, c.pos, c.part, c.conversation_id, c.key
+               FROM feed_consumers c, valid
+              WHERE c.name = $1 AND NOT EXISTS (SELECT 1 FROM up)",
         )
         .bind(consumer.as_str())
-        .bind(position.0)
+        .bind(position.window)
+        .bind(k.pos)
+        .bind(k.part)
+        .bind(k.conversation)
+        .bind(k.key)
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| Error::db("acknowledge feed events", e))?;
-        kept.map(FeedPosition)
+        kept.map(stored_position)
             .ok_or_else(|| Error::invalid("cursor", "is not a cursor this feed gave"))
     }
 }
 
+fn stored_position(
+    (window, pos, part, conversation, key): (i64, i64, i16, Uuid, i64),
+) -> FeedPosition {
+    FeedPosition {
+        window,
+        key: EventKey {
+            pos,
+            part,
+            conversation,
+            key,
+        },
+    }
+}
+
 /// The event a page row holds (`None` for the row of an empty page).
-fn feed_event(row: &sqlx::postgres::PgRow) -> Result<Option<FeedEvent>, sqlx::Error> {
-    let Some(position) = row.try_get::<Option<i64>, _>("position")? else {
+fn feed_event(window: i64, row: &sqlx::postgres::PgRow) -> Result<Option<FeedEvent>, sqlx::Error> {
+    let Some(pos) = row.try_get::<Option<i64>, _>("pos")? else {
         return Ok(None);
     };
+    let position = FeedPosition {
+        window,
+        key: EventKey {
+            pos,
+            part: row.try_get("part")?,
+            conversation: row.try_get("conv")?,
+            key: row.try_get("key")?,
+        },
+    };
     let kind: FeedKind = row.try_get("kind")?;
-    let conversation_id: Option<ConversationId> = row.try_get("conversation_id")?;
+    let conversation: Uuid = row.try_get("conv")?;
+    let conversation_id = (!conversation.is_nil()).then_some(ConversationId(conversation));
     let payload = match kind {
         // Filled from the conversation rows afterwards.
         FeedKind::ConversationCreated | FeedKind::CustomerUpdated => FeedPayload::Missing,
@@ -385,7 +516,7 @@ fn feed_event(row: &sqlx::postgres::PgRow) -> Result<Option<FeedEvent>, sqlx::Er
         },
     };
     Ok(Some(FeedEvent {
-        position: FeedPosition(position),
+        position,
         kind,
         conversation_id,
         provider_id: row.try_get("provider_id")?,
