@@ -6,8 +6,8 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
-/// What a feed event records. Stored as `feed_events.kind`; an unknown value is refused
-/// when read, never taken for another kind.
+/// What a feed event records: its source table, or `conversation_events.kind`. An
+/// unknown value is refused when read, never taken for another kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type)]
 #[repr(i16)]
 pub enum FeedKind {

@@ -135,6 +135,13 @@ pub fn conversation_response(delivery: ConversationDelivery) -> v1::StreamConver
                 conversation: Some(viewed(&seen)),
             })
         }
+        ConversationEvent::PresenceChanged {
+            participant: who,
+            online,
+        } => ConversationWire::PresenceChanged(v1::PresenceChanged {
+            participant: Some(participant(&who)),
+            online,
+        }),
         ConversationEvent::Heartbeat(time) => ConversationWire::Heartbeat(heartbeat(time)),
     };
     v1::StreamConversationResponse {

@@ -36,6 +36,11 @@ pub enum Wake {
     },
     Status(Status),
     Customer,
+    /// A participant of the conversation came online or went offline (any replica).
+    Presence {
+        participant: Participant,
+        online: bool,
+    },
     /// Something in one of an inbox owner's conversations changed (a conversation was
     /// created or linked, a message, a status): the inbox reads its next window.
     InboxTouched,
@@ -75,6 +80,39 @@ pub struct Hub {
     activity: tokio::sync::Notify,
     /// Who has an open stream on this replica.
     presence: Arc<super::presence::Presence>,
+    /// For each participant, the conversations whose streams here want its presence
+    /// changes (with how many registrations each).
+    presence_watch: Mutex<HashMap<(Role, String), HashMap<Uuid, usize>>>,
+}
+
+/// A conversation stream's interest in its participants' presence; dropping it ends it.
+pub struct PresenceWatch {
+    hub: Arc<Hub>,
+    conversation: Uuid,
+    participants: Vec<(Role, String)>,
+}
+
+impl Drop for PresenceWatch {
+    fn drop(&mut self) {
+        let mut watch = self
+            .hub
+            .presence_watch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for participant in &self.participants {
+            if let Some(conversations) = watch.get_mut(participant) {
+                if let Some(count) = conversations.get_mut(&self.conversation) {
+                    *count -= 1;
+                    if *count == 0 {
+                        conversations.remove(&self.conversation);
+                    }
+                }
+                if conversations.is_empty() {
+                    watch.remove(participant);
+                }
+            }
+        }
+    }
 }
 
 /// A stream's registration; dropping it unregisters and frees its slot at once.
@@ -128,7 +166,33 @@ impl Hub {
             reads: ReadCounts::default(),
             activity: tokio::sync::Notify::new(),
             presence: super::presence::Presence::new(),
+            presence_watch: Mutex::default(),
         })
+    }
+
+    /// Routes presence changes of `participants` to `conversation`'s streams here until
+    /// the returned guard drops.
+    pub fn watch_presence(
+        self: &Arc<Self>,
+        conversation: Uuid,
+        participants: Vec<(Role, String)>,
+    ) -> PresenceWatch {
+        let mut watch = self
+            .presence_watch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for participant in &participants {
+            *watch
+                .entry(participant.clone())
+                .or_default()
+                .entry(conversation)
+                .or_default() += 1;
+        }
+        PresenceWatch {
+            hub: Arc::clone(self),
+            conversation,
+            participants,
+        }
     }
 
     /// Streams open in this process.
@@ -220,6 +284,10 @@ impl Hub {
     /// Routes one notice to the streams that want it.
     pub fn dispatch(&self, notice: Notice) {
         self.activity.notify_one();
+        if let Notice::Presence { changes } = notice {
+            self.dispatch_presence(changes);
+            return;
+        }
         let Routes {
             deliveries,
             carried,
@@ -252,6 +320,41 @@ impl Hub {
             if let Some(group) = map.get(&key) {
                 for entry in group.entries.values() {
                     offer(entry, Wake::InboxTouched);
+                }
+            }
+        }
+    }
+
+    fn dispatch_presence(&self, changes: Vec<crate::store::PresenceNote>) {
+        let mut deliveries = Vec::new();
+        {
+            let watch = self
+                .presence_watch
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for change in changes {
+                let key = (change.role, change.id);
+                let Some(conversations) = watch.get(&key) else {
+                    continue;
+                };
+                let participant = Participant::stored(key.0, key.1.clone());
+                for conversation in conversations.keys() {
+                    let wake = Wake::Presence {
+                        participant: participant.clone(),
+                        online: change.online,
+                    };
+                    deliveries.push((Key::Conversation(*conversation), wake));
+                }
+            }
+        }
+        let map = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (key, wake) in deliveries {
+            if let Some(group) = map.get(&key) {
+                for entry in group.entries.values() {
+                    offer(entry, wake.clone());
                 }
             }
         }
@@ -342,6 +445,8 @@ fn route(notice: Notice) -> Routes {
             routes.touch_inboxes(&provider_id, customer_id.as_deref());
             None
         }
+        // Routed by `dispatch_presence`, which knows who watches whom.
+        Notice::Presence { .. } => None,
     };
     if let Some((id, wake)) = woken {
         routes.deliveries.push((Key::Conversation(id), wake));

@@ -80,6 +80,11 @@ pub enum ConversationEvent {
         status: ConversationStatus,
     },
     CustomerUpdated(Viewed),
+    /// The provider or the linked customer came online or went offline.
+    PresenceChanged {
+        participant: Participant,
+        online: bool,
+    },
     Heartbeat(DateTime<Utc>),
 }
 
@@ -142,6 +147,7 @@ pub async fn conversation_stream(
         viewer,
         last: after_seq,
         shown: Shown::default(),
+        presence: None,
     };
     let _ = stream.run(&mut subscription, conversation).await;
 }
@@ -154,6 +160,8 @@ struct ConversationStream {
     /// Highest seq delivered.
     last: i64,
     shown: Shown,
+    /// Routes the participants' presence changes here.
+    presence: Option<super::hub::PresenceWatch>,
 }
 
 /// The state this stream last showed (snapshot or event). A wake-up only ever moves it
@@ -208,12 +216,25 @@ impl ConversationStream {
             .await
     }
 
+    /// Watches the presence of `conversation`'s provider and linked customer (the
+    /// anonymous visitor has no id to be known by).
+    fn watch_participants(&mut self, conversation: &ConversationRow) {
+        let mut participants = vec![(Role::Provider, conversation.provider_id.clone())];
+        if let Some(customer) = &conversation.customer_id {
+            participants.push((Role::Customer, customer.clone()));
+        }
+        // The new watch first, so a change in between reaches one of the two.
+        let watch = self.ctx.hub.watch_presence(self.id, participants);
+        self.presence = Some(watch);
+    }
+
     async fn run(
         &mut self,
         subscription: &mut Subscription,
         conversation: ConversationRow,
     ) -> Result<(), Stop> {
         self.shown = Shown::of(&conversation);
+        self.watch_participants(&conversation);
         let head = conversation.head_seq;
         self.snapshot(conversation, true).await?;
         // The replay ends at the head the snapshot saw; anything newer woke this
@@ -289,9 +310,20 @@ impl ConversationStream {
                 };
                 self.send(changed, false).await?;
             }
+            Wake::Presence {
+                participant,
+                online,
+            } => {
+                let changed = ConversationEvent::PresenceChanged {
+                    participant,
+                    online,
+                };
+                self.send(changed, false).await?;
+            }
             Wake::Customer => {
                 let conversation = self.current().await?;
                 self.shown = Shown::of(&conversation);
+                self.watch_participants(&conversation);
                 let updated = ConversationEvent::CustomerUpdated(self.viewed(conversation));
                 self.send(updated, false).await?;
             }

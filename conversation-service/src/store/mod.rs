@@ -54,7 +54,7 @@ pub use inbox::{InboxCursor, InboxItem, InboxWindow, Snapshot, window_sql};
 pub use inbox_order::{SETTLE_EVERY, settle_inbox_order_until};
 pub use kept::WRITER_PING_AFTER;
 pub use messages::ListDirection;
-pub use notice::{CHANNEL, Carried, Notice, Touched};
+pub use notice::{CHANNEL, Carried, Notice, PresenceNote, Touched};
 pub use pools::PoolSettings;
 pub use presence::PresenceKey;
 pub use privacy::{AuditRow, Erased};

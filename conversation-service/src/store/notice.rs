@@ -88,6 +88,17 @@ impl Carried {
     }
 }
 
+/// One participant's presence as a notice carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceNote {
+    #[serde(rename = "r")]
+    pub role: Role,
+    #[serde(rename = "a")]
+    pub id: String,
+    #[serde(rename = "o")]
+    pub online: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "k")]
 pub enum Notice {
@@ -136,6 +147,12 @@ pub enum Notice {
         provider_id: String,
         #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
         customer_id: Option<String>,
+    },
+    /// Participants whose presence changed (announced once, by whichever replica saw it).
+    #[serde(rename = "p")]
+    Presence {
+        #[serde(rename = "c")]
+        changes: Vec<PresenceNote>,
     },
     /// A new conversation.
     #[serde(rename = "n")]

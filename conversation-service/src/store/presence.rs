@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::Store;
+use super::{
+    Store,
+    notice::{Notice, PresenceNote, notify},
+};
 use crate::{
     domain::{Participant, Role},
     error::{Error, Result},
@@ -87,7 +90,16 @@ impl Store {
         touched.sort_by(|a, b| (a.0 as i16, &a.1).cmp(&(b.0 as i16, &b.1)));
         touched.dedup();
         if !touched.is_empty() {
-            announce(&mut tx, &touched).await?;
+            let changes = announce(&mut tx, &touched).await?;
+            // Streams of the participants' conversations are told on every replica;
+            // participant ids are at most 128 bytes, so 40 changes stay far under
+            // NOTIFY's 8000-byte payload.
+            for chunk in changes.chunks(40) {
+                let notice = Notice::Presence {
+                    changes: chunk.to_vec(),
+                };
+                notify(&mut tx, &notice).await?;
+            }
         }
         tx.commit().await.map_err(|e| Error::db(ctx, e))
     }
@@ -115,12 +127,12 @@ impl Store {
 }
 
 /// Announces the participants (sorted: locks in one order) whose presence differs from
-/// what was last announced. Their state rows are locked first; the comparison is a later
+/// what was last announced, and returns those changes. Their state rows are locked first; the comparison is a later
 /// statement, so it sees every row committed by whoever held a lock before.
 async fn announce(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     touched: &[PresenceKey],
-) -> Result<()> {
+) -> Result<Vec<PresenceNote>> {
     // Rows to lock exist first, then the locks in key order, then the comparison.
     const STEPS: [&str; 3] = [
         "INSERT INTO presence_state (role, participant_id, online)
@@ -140,10 +152,12 @@ async fn announce(
               WHERE s.role = n.r AND s.participant_id = n.p AND s.online <> n.online
               RETURNING s.role, s.participant_id, s.online)
          INSERT INTO presence_events (role, participant_id, online)
-         SELECT role, participant_id, online FROM changed ORDER BY role, participant_id",
+         SELECT role, participant_id, online FROM changed ORDER BY role, participant_id
+         RETURNING role, participant_id, online",
     ];
     let (roles, ids) = columns(touched);
-    for step in STEPS {
+    let [create, lock, compare] = STEPS;
+    for step in [create, lock] {
         sqlx::query(step)
             .bind(&roles)
             .bind(&ids)
@@ -151,5 +165,14 @@ async fn announce(
             .await
             .map_err(|e| Error::db("announce presence", e))?;
     }
-    Ok(())
+    let changed: Vec<(Role, String, bool)> = sqlx::query_as(compare)
+        .bind(&roles)
+        .bind(&ids)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(|e| Error::db("announce presence", e))?;
+    Ok(changed
+        .into_iter()
+        .map(|(role, id, online)| PresenceNote { role, id, online })
+        .collect())
 }

@@ -148,3 +148,59 @@ async fn get_presence_refuses_what_it_cannot_name() {
         assert_eq!(crate::helpers::bad_field(&status), "participants");
     }
 }
+
+/// The next PresenceChanged on a conversation stream (other events are skipped).
+async fn next_presence(
+    stream: &mut tonic::Streaming<v1::StreamConversationResponse>,
+) -> v1::PresenceChanged {
+    use v1::stream_conversation_response::Event;
+    let deadline = Duration::from_secs(20);
+    loop {
+        let next = tokio::time::timeout(deadline, stream.message())
+            .await
+            .expect("no presence change")
+            .unwrap()
+            .unwrap();
+        if let Some(Event::PresenceChanged(change)) = next.event {
+            return change;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_conversation_stream_hears_its_customer_come_and_go_on_another_replica() {
+    let mut app = spawn_app().await;
+    let mut b = spawn_process(&app.database_url, &[]).await;
+    let p = new_provider();
+    let c = crate::helpers::create(&mut app.client, &p).await;
+    let customer_id = format!("cust-{}", uuid::Uuid::new_v4().simple());
+    app.client
+        .update_customer(v1::UpdateCustomerRequest {
+            conversation_id: c.conversation_id.clone(),
+            customer_id: Some(customer_id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut watching =
+        crate::helpers::open_stream(&mut app.client, &c.conversation_id, provider(&p), 0).await;
+    // The provider's own stream makes it online first.
+    let first = next_presence(&mut watching).await;
+    assert_eq!(
+        (first.participant.unwrap().id, first.online),
+        (p.clone(), true)
+    );
+    let customer = crate::helpers::customer(&customer_id);
+    let visit = crate::helpers::open_stream(&mut b.client, &c.conversation_id, customer, 0).await;
+    let came = next_presence(&mut watching).await;
+    assert_eq!(
+        (came.participant.unwrap().id, came.online),
+        (customer_id.clone(), true)
+    );
+    drop(visit);
+    let went = next_presence(&mut watching).await;
+    assert_eq!(
+        (went.participant.unwrap().id, went.online),
+        (customer_id, false)
+    );
+}
