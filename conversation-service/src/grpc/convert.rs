@@ -154,6 +154,13 @@ pub fn conversation_response(delivery: ConversationDelivery) -> v1::StreamConver
 pub fn inbox_response(delivery: InboxDelivery) -> v1::StreamInboxResponse {
     let event = match delivery.event {
         InboxEvent::Item { item, viewer } => inbox_item(item, viewer),
+        InboxEvent::PresenceChanged {
+            participant: who,
+            online,
+        } => InboxWire::PresenceChanged(v1::PresenceChanged {
+            participant: Some(participant(&who)),
+            online,
+        }),
         InboxEvent::Heartbeat(time) => InboxWire::Heartbeat(heartbeat(time)),
     };
     v1::StreamInboxResponse {

@@ -332,18 +332,19 @@ impl Hub {
                 .presence_watch
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            for change in changes {
-                let key = (change.role, change.id);
-                let Some(conversations) = watch.get(&key) else {
-                    continue;
+            for change in &changes {
+                let key = (change.role, change.id.clone());
+                let wake = Wake::Presence {
+                    participant: Participant::stored(change.role, change.id.clone()),
+                    online: change.online,
                 };
-                let participant = Participant::stored(key.0, key.1.clone());
-                for conversation in conversations.keys() {
-                    let wake = Wake::Presence {
-                        participant: participant.clone(),
-                        online: change.online,
-                    };
-                    deliveries.push((Key::Conversation(*conversation), wake));
+                // The inboxes of the providers it talks to (a customer's change).
+                for provider in &change.providers {
+                    let inbox = Key::Inbox(Role::Provider, provider.clone());
+                    deliveries.push((inbox, wake.clone()));
+                }
+                for conversation in watch.get(&key).into_iter().flat_map(HashMap::keys) {
+                    deliveries.push((Key::Conversation(*conversation), wake.clone()));
                 }
             }
         }
@@ -351,6 +352,28 @@ impl Hub {
             .subscribers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        // A provider's change goes to every customer inbox here, which keeps it if the
+        // customer has a conversation with that provider (a customer has few; a provider
+        // may have too many customers to name in a notice).
+        let providers: Vec<&crate::store::PresenceNote> = changes
+            .iter()
+            .filter(|c| c.role == Role::Provider)
+            .collect();
+        if !providers.is_empty() {
+            for (key, group) in map.iter() {
+                if let Key::Inbox(Role::Customer, _) = key {
+                    for change in &providers {
+                        let wake = Wake::Presence {
+                            participant: Participant::stored(Role::Provider, change.id.clone()),
+                            online: change.online,
+                        };
+                        for entry in group.entries.values() {
+                            offer(entry, wake.clone());
+                        }
+                    }
+                }
+            }
+        }
         for (key, wake) in deliveries {
             if let Some(group) = map.get(&key) {
                 for entry in group.entries.values() {

@@ -112,6 +112,12 @@ pub enum InboxEvent {
         item: InboxItem,
         viewer: Role,
     },
+    /// A counterpart (a customer of the provider's conversations, a provider of the
+    /// customer's) came online or went offline.
+    PresenceChanged {
+        participant: Participant,
+        online: bool,
+    },
     Heartbeat(DateTime<Utc>),
 }
 
@@ -404,7 +410,10 @@ impl ConversationStream {
             drop(permit);
             let page = match page {
                 Ok(page) => page,
-                Err(error) => return Err(self.fail(error).await),
+                Err(error) => {
+                    let _ = emit(&self.out, Err(error.into()), &self.ctx.shutdown).await;
+                    return Err(Stop);
+                }
             };
             let full = i64::try_from(page.len()).unwrap_or(i64::MAX) >= CATCH_UP_PAGE;
             for message in page {
@@ -472,14 +481,62 @@ impl InboxStream {
                 }
                 wake = subscription.wakes.recv() => wake.ok_or(Stop)?,
             };
-            // One read of the table answers every wake-up queued so far.
-            let mut replayed = wake == Wake::Resync;
-            while let Ok(more) = subscription.wakes.try_recv() {
-                replayed |= more == Wake::Resync;
+            // One read of the table answers every wake-up queued so far; presence
+            // changes are not in the table's order and go out after it.
+            let (mut touched, mut replayed) = (false, false);
+            let mut presence = Vec::new();
+            let mut next = Some(wake);
+            while let Some(wake) = next {
+                match wake {
+                    Wake::Presence {
+                        participant,
+                        online,
+                    } => presence.push((participant, online)),
+                    other => {
+                        touched = true;
+                        replayed |= other == Wake::Resync;
+                    }
+                }
+                next = subscription.wakes.try_recv().ok();
             }
-            self.deliver(replayed).await?;
+            if touched {
+                self.deliver(replayed).await?;
+            }
+            for (participant, online) in presence {
+                self.presence_changed(participant, online).await?;
+            }
             next_heartbeat = Instant::now() + period;
         }
+    }
+
+    /// Shows a counterpart's presence change. A provider's inbox is sent only its
+    /// customers' (the notice names their providers); a customer's inbox is offered every
+    /// provider's and keeps those it has a conversation with.
+    async fn presence_changed(&self, participant: Participant, online: bool) -> Result<(), Stop> {
+        if self.owner.role() == Role::Customer {
+            let talks = self
+                .ctx
+                .store
+                .customer_talks_to(self.owner.id(), participant.id())
+                .await;
+            match talks {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(error) => {
+                    let _ = emit(&self.out, Err(error.into()), &self.ctx.shutdown).await;
+                    return Err(Stop);
+                }
+            }
+        }
+        let delivery = InboxDelivery {
+            event: InboxEvent::PresenceChanged {
+                participant,
+                online,
+            },
+            cursor: self.cursor.encode(),
+            replayed: false,
+        };
+        emit(&self.out, Ok(delivery), &self.ctx.shutdown).await
     }
 
     /// Delivers every window item after the cursor, advancing it item by item.

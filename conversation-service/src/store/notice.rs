@@ -97,6 +97,10 @@ pub struct PresenceNote {
     pub id: String,
     #[serde(rename = "o")]
     pub online: bool,
+    /// For a customer: the providers of its most recent conversations, whose inboxes
+    /// show its presence.
+    #[serde(rename = "w", default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,6 +17,12 @@ use crate::{
     error::{Error, Result},
 };
 
+/// Bytes of presence changes per notice: under NOTIFY's 8000 with room for the envelope.
+const NOTICE_BUDGET: usize = 7000;
+/// Providers named per customer change: its most recent conversations' (at 128 bytes an
+/// id, that still fits a notice).
+const PROVIDERS_PER_CUSTOMER: i64 = 50;
+
 /// A participant as presence keys it.
 pub type PresenceKey = (Role, String);
 
@@ -91,17 +97,40 @@ impl Store {
         touched.dedup();
         if !touched.is_empty() {
             let changes = announce(&mut tx, &touched).await?;
-            // Streams of the participants' conversations are told on every replica;
-            // participant ids are at most 128 bytes, so 40 changes stay far under
-            // NOTIFY's 8000-byte payload.
-            for chunk in changes.chunks(40) {
-                let notice = Notice::Presence {
-                    changes: chunk.to_vec(),
-                };
-                notify(&mut tx, &notice).await?;
+            // Streams of the participants' conversations, and the inboxes that show them,
+            // are told on every replica, in notices under NOTIFY's 8000-byte payload.
+            let mut chunk: Vec<PresenceNote> = Vec::new();
+            let mut size = 0;
+            for change in changes {
+                let bytes = 32
+                    + change.id.len()
+                    + change.providers.iter().map(|p| p.len() + 3).sum::<usize>();
+                if size + bytes > NOTICE_BUDGET && !chunk.is_empty() {
+                    let changes = std::mem::take(&mut chunk);
+                    notify(&mut tx, &Notice::Presence { changes }).await?;
+                    size = 0;
+                }
+                size += bytes;
+                chunk.push(change);
+            }
+            if !chunk.is_empty() {
+                notify(&mut tx, &Notice::Presence { changes: chunk }).await?;
             }
         }
         tx.commit().await.map_err(|e| Error::db(ctx, e))
+    }
+
+    /// Whether `customer` has a conversation with `provider`.
+    pub async fn customer_talks_to(&self, customer: &str, provider: &str) -> Result<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM conversations
+                             WHERE customer_id = $1 AND provider_id = $2)",
+        )
+        .bind(customer)
+        .bind(provider)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| Error::db("read a customer's providers", e))
     }
 
     /// Whether each participant has a row on some replica that has not expired.
@@ -171,8 +200,27 @@ async fn announce(
         .fetch_all(&mut **tx)
         .await
         .map_err(|e| Error::db("announce presence", e))?;
-    Ok(changed
-        .into_iter()
-        .map(|(role, id, online)| PresenceNote { role, id, online })
-        .collect())
+    let mut notes = Vec::with_capacity(changed.len());
+    for (role, id, online) in changed {
+        let providers = match role {
+            Role::Provider => Vec::new(),
+            Role::Customer => sqlx::query_scalar(
+                "SELECT DISTINCT provider_id FROM (
+                     SELECT provider_id FROM conversations WHERE customer_id = $1
+                      ORDER BY inbox_at DESC LIMIT $2) recent",
+            )
+            .bind(&id)
+            .bind(PROVIDERS_PER_CUSTOMER)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(|e| Error::db("announce presence", e))?,
+        };
+        notes.push(PresenceNote {
+            role,
+            id,
+            online,
+            providers,
+        });
+    }
+    Ok(notes)
 }

@@ -46,7 +46,7 @@ async fn next_event(stream: &mut Streaming<StreamInboxResponse>) -> (Event, Stri
         loop {
             let response = next(stream).await;
             match response.event {
-                Some(Event::Heartbeat(_)) | None => {}
+                Some(Event::Heartbeat(_) | Event::PresenceChanged(_)) | None => {}
                 Some(event) => return (event, response.cursor),
             }
         }
@@ -73,6 +73,7 @@ fn label(event: &Event) -> String {
         Event::StatusChanged(s) => format!("status {:?}", s.status()),
         Event::Message(m) => format!("message {}", m.body),
         Event::Heartbeat(_) => "heartbeat".into(),
+        Event::PresenceChanged(p) => format!("presence {}", p.online),
     }
 }
 

@@ -204,3 +204,63 @@ async fn a_conversation_stream_hears_its_customer_come_and_go_on_another_replica
         (customer_id, false)
     );
 }
+
+/// The next PresenceChanged on an inbox stream (other events are skipped).
+async fn next_inbox_presence(
+    stream: &mut tonic::Streaming<v1::StreamInboxResponse>,
+) -> (String, bool) {
+    use v1::stream_inbox_response::Event;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("no presence change")
+            .unwrap()
+            .unwrap();
+        if let Some(Event::PresenceChanged(change)) = next.event {
+            return (change.participant.unwrap().id, change.online);
+        }
+    }
+}
+
+#[tokio::test]
+async fn inboxes_hear_their_counterparts_and_nobody_else() {
+    let mut app = spawn_app().await;
+    let mut b = spawn_process(&app.database_url, &[]).await;
+    let (p, stranger) = (new_provider(), new_provider());
+    let c = crate::helpers::create(&mut app.client, &p).await;
+    let customer_id = format!("cust-{}", uuid::Uuid::new_v4().simple());
+    app.client
+        .update_customer(v1::UpdateCustomerRequest {
+            conversation_id: c.conversation_id.clone(),
+            customer_id: Some(customer_id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut provider_inbox = inbox(&mut app.client, &p).await;
+    let mut customer_inbox = app
+        .client
+        .stream_inbox(v1::StreamInboxRequest {
+            participant: crate::helpers::customer(&customer_id),
+            cursor: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Each inbox makes its owner online: the other one hears it.
+    let mut heard = [
+        next_inbox_presence(&mut provider_inbox).await,
+        next_inbox_presence(&mut customer_inbox).await,
+    ];
+    heard.sort();
+    let mut expected = [(customer_id.clone(), true), (p.clone(), true)];
+    expected.sort();
+    assert_eq!(heard, expected);
+    // A provider the customer never talked to comes and goes on the other replica:
+    // the customer's inbox hears nothing of it, but does hear its own provider leave.
+    let other = inbox(&mut b.client, &stranger).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(other);
+    drop(provider_inbox);
+    assert_eq!(next_inbox_presence(&mut customer_inbox).await, (p, false));
+}
