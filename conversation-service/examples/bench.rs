@@ -321,7 +321,9 @@ async fn event_feed(
     senders: &Arc<Vec<Client>>,
     ids: &[Uuid],
 ) -> anyhow::Result<()> {
-    use v1::{event::Payload, event_service_client::EventServiceClient, stream_events_response::Item};
+    use v1::{
+        event::Payload, event_service_client::EventServiceClient, stream_events_response::Item,
+    };
     let channel = Channel::from_shared(format!("http://{}", replica.addr))?.connect_lazy();
     let mut feed = EventServiceClient::new(channel)
         .stream_events(v1::StreamEventsRequest {

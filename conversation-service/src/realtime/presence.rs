@@ -26,12 +26,18 @@ use crate::{
 pub const BEAT: Duration = Duration::from_secs(1);
 pub const TTL: Duration = Duration::from_secs(5);
 pub const GRACE: Duration = Duration::from_secs(3);
+/// A row is refreshed when it is this old, not at every beat: with thousands of
+/// participants per replica, a write per participant per second is work PostgreSQL does
+/// for nothing (a row refreshed up to REFRESH + BEAT ago still has 2 s to live).
+const REFRESH: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 struct Local {
     open: usize,
     /// When the last stream closed, while `open` is 0.
     left: Option<Instant>,
+    /// When its row was last written by a beat that committed.
+    refreshed: Option<Instant>,
 }
 
 /// This replica's open streams per participant.
@@ -87,7 +93,7 @@ impl Presence {
         })
     }
 
-    /// Who to keep present, and who is gone for good (forgotten here).
+    /// Whose rows to refresh now, and who is gone for good (forgotten here).
     fn split(&self, now: Instant) -> (Vec<PresenceKey>, Vec<PresenceKey>) {
         let mut local = self.lock();
         let mut gone = Vec::new();
@@ -98,7 +104,22 @@ impl Presence {
             }
             keep
         });
-        (local.keys().cloned().collect(), gone)
+        let due = local
+            .iter()
+            .filter(|(_, entry)| entry.refreshed.is_none_or(|at| now - at >= REFRESH))
+            .map(|(key, _)| key.clone())
+            .collect();
+        (due, gone)
+    }
+
+    /// Notes that the rows of `keys` were written at `at`.
+    fn refreshed(&self, keys: &[PresenceKey], at: Instant) {
+        let mut local = self.lock();
+        for key in keys {
+            if let Some(entry) = local.get_mut(key) {
+                entry.refreshed = Some(at);
+            }
+        }
     }
 }
 
@@ -106,11 +127,15 @@ impl Presence {
 /// says offline at once.
 pub async fn run_presence(store: Store, presence: Arc<Presence>, stop: CancellationToken) {
     loop {
-        let (alive, gone) = presence.split(Instant::now());
-        if let Err(error) = store
+        let now = Instant::now();
+        let (alive, gone) = presence.split(now);
+        let beat = store
             .presence_beat(presence.replica, &alive, &gone, TTL)
-            .await
-        {
+            .await;
+        if beat.is_ok() {
+            presence.refreshed(&alive, now);
+        }
+        if let Err(error) = beat {
             tracing::warn!(%error, "presence beat failed");
             // Forgotten participants must still be removed: try them again next beat.
             let mut local = presence.lock();
@@ -118,6 +143,7 @@ pub async fn run_presence(store: Store, presence: Arc<Presence>, stop: Cancellat
                 local.entry(key).or_insert(Local {
                     open: 0,
                     left: Some(Instant::now() - GRACE),
+                    refreshed: None,
                 });
             }
         }
@@ -126,7 +152,7 @@ pub async fn run_presence(store: Store, presence: Arc<Presence>, stop: Cancellat
             () = tokio::time::sleep(BEAT) => {}
         }
     }
-    let (alive, _) = presence.split(Instant::now());
+    let alive: Vec<PresenceKey> = presence.lock().keys().cloned().collect();
     if let Err(error) = store
         .presence_beat(presence.replica, &[], &alive, TTL)
         .await
