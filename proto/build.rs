@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "chat/v1/token_admin.proto",
         "chat/v1/privacy.proto",
         "chat/v1/audit.proto",
+        "chat/v1/events.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -70,8 +70,12 @@ send=$(awk '/SendMessage \(gRPC\)/ {for (i = 1; i < NF; i++) if ($(i + 1) == "ms
 # Delivery to a stream on the other replica: one at a time on a quiet service, then the
 # probes of the section `under load` (bench's last phase).
 quiet_p99=$(sed -n '/other replica/,$p' "$logs/send" | after_word /dev/stdin p99 "received") || true
-loaded_p50=$(sed -n '/under load/,$p' "$logs/send" | after_word /dev/stdin p50 "received") || true
-delivery_p99=$(sed -n '/under load/,$p' "$logs/send" | after_word /dev/stdin p99 "received") || true
+loaded_p50=$(sed -n '/under load/,/event feed/p' "$logs/send" | after_word /dev/stdin p50 "received") || true
+delivery_p99=$(sed -n '/under load/,/event feed/p' "$logs/send" | after_word /dev/stdin p99 "received") || true
+# The event feed phase: how many message events one StreamEvents consumer received per
+# second while the senders ran closed-loop, and their lag from creation.
+feed_per_s=$(awk '/created -> received on StreamEvents/ {for (i = 1; i < NF; i++) if ($(i + 1) == "msg/s") {print $i; exit}}' "$logs/send") || true
+feed_p99=$(sed -n '/event feed/,$p' "$logs/send" | after_word /dev/stdin p99 "received on StreamEvents") || true
 
 checkpoint
 echo "== PostgreSQL references (pgbench on the project's schema)"
@@ -138,6 +142,8 @@ printf '%-66s %10s\n' "RedeemToken end to end, best of $callers callers (/s)" "$
 printf '%-66s %10s\n' "delivery p99, stream on another replica, 1 at a time (ms)" "$(or_na "$quiet_p99")"
 printf '%-66s %10s\n' "delivery p50 under load: 1,000 streams, sends at 50% of max (ms)" "$(or_na "$loaded_p50")"
 printf '%-66s %10s\n' "delivery p99 under load: 1,000 streams, sends at 50% of max (ms)" "$(or_na "$delivery_p99")"
+printf '%-66s %10s\n' "event feed: message events received by one consumer (/s)" "$(or_na "$feed_per_s")"
+printf '%-66s %10s\n' "event feed: created -> received, p99 (ms)" "$(or_na "$feed_p99")"
 printf '%-66s %10s\n' "idle StreamConversation, $streams streams (KiB each)" "$(or_na "$idle_kib")"
 printf '%-66s %10s\n' "reads of messages per message, 10 viewers each" "$(or_na "$reads")"
-echo "RESULT send_per_s=$(or_na "$send") naive_ref_per_s=$(or_na "$naive") batched_ref_rows_per_s=$(or_na "$batched") redeem_per_s=$(or_na "$redeem") delivery_p99_ms=$(or_na "$delivery_p99") idle_stream_kib=$(or_na "$idle_kib") reads_per_delivery=$(or_na "$reads")"
+echo "RESULT send_per_s=$(or_na "$send") naive_ref_per_s=$(or_na "$naive") batched_ref_rows_per_s=$(or_na "$batched") redeem_per_s=$(or_na "$redeem") delivery_p99_ms=$(or_na "$delivery_p99") idle_stream_kib=$(or_na "$idle_kib") reads_per_delivery=$(or_na "$reads") feed_events_per_s=$(or_na "$feed_per_s") feed_lag_p99_ms=$(or_na "$feed_p99")"

@@ -20,6 +20,9 @@
 //!   `--load-fraction` of its measured rate, paced (open loop: a send every
 //!   clients/rate seconds per client, whatever the replies take), while `--deliveries`
 //!   probes are timed as in the delivery phase: sent on A, received on B.
+//! - event feed: one StreamEvents consumer (message events) on B while the senders run
+//!   closed-loop for `--seconds`: events received per second, and each one's lag from
+//!   its creation.
 //!
 //! cargo run --release -p conversation-service --example bench -- [--seconds 10] [--clients 64]
 //!     [--conversations 64] [--deliveries 2000] [--connections 1] [--replicas 1]
@@ -300,10 +303,96 @@ async fn run() -> anyhow::Result<()> {
     }
 
     let loaded = delivery_under_load(&args, (&replicas[0], &replicas[1]), &senders, &ids).await;
+    if let Err(error) = event_feed(&args, &replicas[1], &senders, &ids).await {
+        println!("event feed: {error}");
+    }
     for replica in &replicas {
         replica.stop.cancel();
     }
     loaded
+}
+
+/// The event feed: one StreamEvents consumer (message events) on a replica while the
+/// senders run closed-loop for `--seconds`; how many events it receives per second and
+/// how long after their creation (the commit's start, stamped by PostgreSQL; one clock).
+async fn event_feed(
+    args: &Args,
+    replica: &Replica,
+    senders: &Arc<Vec<Client>>,
+    ids: &[Uuid],
+) -> anyhow::Result<()> {
+    use v1::{
+        event::Payload, event_service_client::EventServiceClient, stream_events_response::Item,
+    };
+    let channel = Channel::from_shared(format!("http://{}", replica.addr))?.connect_lazy();
+    let mut feed = EventServiceClient::new(channel)
+        .stream_events(v1::StreamEventsRequest {
+            kinds: vec![v1::EventKind::MessageSent.into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let stop = CancellationToken::new();
+    let consumer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut lags = Vec::new();
+            loop {
+                let next = tokio::select! {
+                    () = stop.cancelled() => break,
+                    next = feed.message() => next,
+                };
+                let Ok(Some(response)) = next else { break };
+                if let Some(Item::Event(event)) = response.item
+                    && let Some(Payload::Message(message)) = event.payload
+                    && let Some(created) = message.create_time
+                {
+                    let created = std::time::UNIX_EPOCH
+                        + Duration::new(
+                            u64::try_from(created.seconds).unwrap_or(0),
+                            u32::try_from(created.nanos).unwrap_or(0),
+                        );
+                    lags.push(created.elapsed().unwrap_or_default());
+                }
+            }
+            lags
+        })
+    };
+    let body = "x".repeat(100);
+    let sends = {
+        let senders = Arc::clone(senders);
+        let ids = ids.to_vec();
+        drive(
+            "SendMessage with a StreamEvents consumer",
+            args.clients,
+            args.seconds,
+            move |c, _| {
+                let mut client = senders[c].clone();
+                let id = ids[c % ids.len()].to_string();
+                let body = body.clone();
+                async move {
+                    send(&mut client, id, body).await?;
+                    Ok(())
+                }
+            },
+        )
+        .await
+    };
+    // What was sent has a second to arrive; the rate counts the phase only.
+    let elapsed = sends.elapsed;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+    let lags = consumer.await.unwrap_or_default();
+    let mut sends = sends;
+    println!("event feed (StreamEvents, message events, one consumer on the other replica):");
+    sends.print();
+    Report {
+        name: "    created -> received on StreamEvents",
+        latencies: lags,
+        elapsed,
+    }
+    .print();
+    Ok(())
 }
 
 /// Prints the two rows of a delivery measurement.

@@ -144,6 +144,17 @@ pub struct Config {
     #[arg(long, env = "PAGE_TOKEN_KEY", hide_env_values = true)]
     pub page_token_key: Option<String>,
 
+    /// How long the event feed (EventService) keeps events; older ones are pruned in
+    /// batches and a cursor before them is FAILED_PRECONDITION `CURSOR_EXPIRED`.
+    #[arg(long, env = "EVENT_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub event_retention: Duration,
+
+    /// How long a participant's messages stay unread, with no open stream of theirs on
+    /// any replica, before the event feed carries an UNREAD_REMINDER (once per unread
+    /// streak).
+    #[arg(long, env = "UNREAD_REMINDER_DELAY", default_value = "2m", value_parser = parse_duration)]
+    pub unread_reminder_delay: Duration,
+
     /// Connection settings shared with token-service.
     #[command(flatten)]
     pub connections: chat_common::server::Connections,

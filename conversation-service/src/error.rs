@@ -56,6 +56,12 @@ pub enum Error {
         field: &'static str,
         message: String,
     },
+    /// An event cursor older than what the feed keeps: events after it were pruned.
+    #[error("the events after this cursor were pruned; the oldest cursor held is {oldest}")]
+    CursorExpired { oldest: String },
+    /// A durable feed consumer that never acknowledged anything.
+    #[error("no consumer of that name has acknowledged events")]
+    ConsumerNotFound,
     /// PostgreSQL cannot be reached (or the service is still starting).
     #[error("{0}")]
     Unavailable(String),
@@ -121,7 +127,9 @@ impl ServiceError for Error {
     fn code(&self) -> Code {
         match self {
             Self::InvalidArgument { .. } | Self::InvalidAttachment { .. } => Code::InvalidArgument,
-            Self::ConversationNotFound | Self::MessageNotFound => Code::NotFound,
+            Self::ConversationNotFound | Self::MessageNotFound | Self::ConsumerNotFound => {
+                Code::NotFound
+            }
             Self::NotParticipant
             | Self::CustomerLinked
             | Self::SessionMismatch { .. }
@@ -131,7 +139,8 @@ impl ServiceError for Error {
             | Self::ClientMessageIdReused
             | Self::EditWindowPassed
             | Self::MessageDeleted
-            | Self::RequestIdReused => Code::FailedPrecondition,
+            | Self::RequestIdReused
+            | Self::CursorExpired { .. } => Code::FailedPrecondition,
             Self::TooManyStreams { .. } => Code::ResourceExhausted,
             Self::CursorOutOfRange { .. } => Code::OutOfRange,
             Self::Unavailable(_) => Code::Unavailable,
@@ -156,6 +165,8 @@ impl ServiceError for Error {
             Self::ClientMessageIdReused => "CLIENT_MESSAGE_ID_REUSED",
             Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
             Self::CursorOutOfRange { .. } => "CURSOR_OUT_OF_RANGE",
+            Self::CursorExpired { .. } => "CURSOR_EXPIRED",
+            Self::ConsumerNotFound => "CONSUMER_NOT_FOUND",
             Self::Unavailable(_) => "DATABASE_UNAVAILABLE",
             Self::Internal { .. } => "INTERNAL",
         }
@@ -174,6 +185,9 @@ impl ServiceError for Error {
                 &format!("attachments[{index}].{field}"),
                 description.clone(),
             ),
+            Self::CursorExpired { oldest } => {
+                Details::none().with_metadata("oldest_cursor", oldest.clone())
+            }
             _ => Details::none(),
         }
     }

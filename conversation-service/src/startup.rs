@@ -22,6 +22,7 @@ use chat_proto::v1::{
     audit_service_server::AuditServiceServer,
     conversation_privacy_service_server::ConversationPrivacyServiceServer,
     conversation_service_server::ConversationServiceServer,
+    event_service_server::EventServiceServer,
 };
 use sqlx::{
     PgPool,
@@ -33,13 +34,20 @@ use tonic::{Request, Status, service::Interceptor, service::interceptor::Interce
 
 use crate::{
     config::Config,
-    domain::{AttachmentRules, EditWindow, PageTokens},
-    grpc::{AuditApi, ConversationApi, MessageRules, PrivacyApi},
-    realtime::{Hub, run_listener, streams::StreamContext},
+    domain::{AttachmentRules, EditWindow, FeedPosition, PageTokens},
+    grpc::{AuditApi, ConversationApi, EventApi, MessageRules, PrivacyApi},
+    realtime::{
+        Hub,
+        events::{FeedContext, run_reminders, run_sequencer},
+        presence::run_presence,
+        run_listener,
+        streams::StreamContext,
+    },
     store::{PoolSettings, SendQueue, Store},
 };
 
 pub const SERVICE_NAME: &str = "chat.v1.ConversationService";
+pub const EVENT_SERVICE_NAME: &str = "chat.v1.EventService";
 const PRIVACY_SERVICE: &str = "chat.v1.ConversationPrivacyService";
 const AUDIT_SERVICE: &str = "chat.v1.AuditService";
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -48,6 +56,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/convers
 
 /// The gRPC service as served: refused with UNAVAILABLE until the schema is ready.
 type Api = InterceptedService<ConversationServiceServer<ConversationApi>, Ready>;
+type Events = InterceptedService<EventServiceServer<EventApi>, Ready>;
 /// ConversationPrivacyService and AuditService, refused the same way until then.
 type PrivacyServices = (
     InterceptedService<ConversationPrivacyServiceServer<PrivacyApi>, Ready>,
@@ -65,7 +74,10 @@ pub struct Application {
     store: Store,
     hub: Arc<Hub>,
     api: Api,
+    events: Events,
     privacy: PrivacyServices,
+    /// The sequencer reports the feed's newest position here; feed streams watch it.
+    feed_head: tokio::sync::watch::Sender<FeedPosition>,
     migrated: Arc<AtomicBool>,
     security: Security,
     shutdown: CancellationToken,
@@ -102,6 +114,16 @@ impl Application {
         }
         let hub = Hub::new(config.max_streams, config.stream_queue);
         let shutdown = CancellationToken::new();
+        let (feed_head, head) = tokio::sync::watch::channel(FeedPosition::end_of(0));
+        let events = InterceptedService::new(
+            EventServiceServer::new(EventApi::new(FeedContext {
+                store: store.clone(),
+                head,
+                heartbeat: config.heartbeat_interval,
+                shutdown: shutdown.clone(),
+            })),
+            Ready(Arc::clone(&migrated)),
+        );
         // One key for every service's page tokens (a random one warns once).
         let pages = PageTokens::new(page_token_key(config.page_token_key.as_deref())?);
         let api = api(&config, &store, &hub, &migrated, &shutdown, pages.clone())?;
@@ -116,6 +138,8 @@ impl Application {
             store,
             hub,
             api,
+            events,
+            feed_head,
             privacy,
             migrated,
             security,
@@ -154,7 +178,12 @@ impl Application {
         let listener_task = self.start_background(&probes, &background);
         let (reflection_v1, reflection_v1alpha) = chat_common::reflection::services(
             chat_proto::FILE_DESCRIPTOR_SET,
-            &[SERVICE_NAME, PRIVACY_SERVICE, AUDIT_SERVICE],
+            &[
+                SERVICE_NAME,
+                PRIVACY_SERVICE,
+                AUDIT_SERVICE,
+                EVENT_SERVICE_NAME,
+            ],
         )?;
         let Self {
             listener,
@@ -162,6 +191,7 @@ impl Application {
             config,
             store,
             api,
+            events,
             privacy: (privacy, audit),
             security,
             shutdown,
@@ -178,6 +208,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(api)
+            .add_service(events)
             .add_service(privacy)
             .add_service(audit)
             // Our own listener (bound in build) sets TCP_NODELAY itself (see chat_common::tls).
@@ -211,6 +242,23 @@ impl Application {
             self.options.clone(),
             Arc::clone(&self.hub),
             config.listener_lag_limit,
+            background.clone(),
+        ));
+        tokio::spawn(run_sequencer(
+            self.store.clone(),
+            Arc::clone(&self.hub),
+            self.feed_head.clone(),
+            config.event_retention,
+            background.clone(),
+        ));
+        tokio::spawn(run_reminders(
+            self.store.clone(),
+            config.unread_reminder_delay,
+            background.clone(),
+        ));
+        tokio::spawn(run_presence(
+            self.store.clone(),
+            Arc::clone(self.hub.presence()),
             background.clone(),
         ));
         tokio::spawn(watch_health(

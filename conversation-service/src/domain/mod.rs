@@ -2,6 +2,7 @@
 //! before anything touches the database, so validation is written and tested once.
 
 mod attachment;
+mod events;
 mod filter;
 mod page;
 mod search;
@@ -12,6 +13,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 
 pub use attachment::{Attachment, AttachmentRules, MAX_ATTACHMENTS};
+pub use events::{ConsumerName, EventKey, FeedFilter, FeedKind, FeedPosition};
 pub use filter::{ConversationFilter, CustomerQuery};
 pub use page::{PageKey, PageSize, PageTokens};
 pub use search::{

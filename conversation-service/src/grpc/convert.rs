@@ -170,6 +170,13 @@ pub fn conversation_response(delivery: ConversationDelivery) -> v1::StreamConver
                 conversation: Some(viewed(&seen)),
             })
         }
+        ConversationEvent::PresenceChanged {
+            participant: who,
+            online,
+        } => ConversationWire::PresenceChanged(v1::PresenceChanged {
+            participant: Some(participant(&who)),
+            online,
+        }),
         ConversationEvent::Heartbeat(time) => ConversationWire::Heartbeat(heartbeat(time)),
         ConversationEvent::Changed(change) => match changed(change) {
             Changed::Edited(edited) => ConversationWire::MessageEdited(edited),
@@ -210,6 +217,13 @@ fn changed(change: ChangeRow) -> Changed {
 pub fn inbox_response(delivery: InboxDelivery) -> v1::StreamInboxResponse {
     let event = match delivery.event {
         InboxEvent::Item { item, viewer } => inbox_item(item, viewer),
+        InboxEvent::PresenceChanged {
+            participant: who,
+            online,
+        } => InboxWire::PresenceChanged(v1::PresenceChanged {
+            participant: Some(participant(&who)),
+            online,
+        }),
         InboxEvent::Summary(summary) => InboxWire::UnreadSummaryChanged(v1::UnreadSummaryChanged {
             unread_messages: summary.unread_messages,
             unread_conversations: summary.unread_conversations,

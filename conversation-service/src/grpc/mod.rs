@@ -2,6 +2,7 @@
 //! the store (or start a stream task), build the reply (`convert`).
 
 pub mod convert;
+mod events;
 mod outbound;
 mod privacy;
 
@@ -16,6 +17,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use uuid::Uuid;
 
+pub use self::events::EventApi;
 use self::outbound::Outbound;
 use crate::{
     domain::{
@@ -459,6 +461,7 @@ impl ConversationService for ConversationApi {
             .into());
         }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let presence = self.hub.presence().enter(&viewer);
         // The stream task logs inside the RPC's span: its lines carry the trace id too.
         tokio::spawn(
             streams::conversation_stream(
@@ -476,7 +479,8 @@ impl ConversationService for ConversationApi {
             convert::conversation_response,
             &self.streams.shutdown,
             "your last seq",
-        ))
+        )
+        .holding(presence))
     }
 
     type StreamInboxStream = Outbound<InboxDelivery, v1::StreamInboxResponse>;
@@ -502,6 +506,7 @@ impl ConversationService for ConversationApi {
         // GetUnreadSummary misses no change: any after this read is sent on the stream.
         let summary = self.store.unread_summary(&owner).await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let presence = self.hub.presence().enter(&owner);
         tokio::spawn(
             streams::inbox_stream(
                 self.streams.clone(),
@@ -519,7 +524,8 @@ impl ConversationService for ConversationApi {
             convert::inbox_response,
             &self.streams.shutdown,
             "your last cursor",
-        ))
+        )
+        .holding(presence))
     }
 
     async fn get_unread_summary(

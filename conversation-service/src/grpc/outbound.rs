@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
-use crate::realtime::streams::Item;
+use crate::realtime::{presence::PresenceGuard, streams::Item};
 
 /// A stream task's items as responses. When the server shuts down: UNAVAILABLE at once,
 /// ahead of anything still buffered, so a client that is behind still learns to resume
@@ -24,6 +24,8 @@ pub struct Outbound<T, R> {
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     resume_from: &'static str,
     ended: bool,
+    /// Counts the stream's participant as present while the client holds it open.
+    _presence: Option<PresenceGuard>,
 }
 
 impl<T, R> Outbound<T, R> {
@@ -39,7 +41,15 @@ impl<T, R> Outbound<T, R> {
             shutdown: Box::pin(shutdown.clone().cancelled_owned()),
             resume_from,
             ended: false,
+            _presence: None,
         }
+    }
+
+    /// Keeps `presence` for as long as the stream is open.
+    #[must_use]
+    pub fn holding(mut self, presence: Option<PresenceGuard>) -> Self {
+        self._presence = presence;
+        self
     }
 }
 

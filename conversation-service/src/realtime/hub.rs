@@ -41,6 +41,11 @@ pub enum Wake {
     Changed {
         change_seq: i64,
     },
+    /// A participant of the conversation came online or went offline (any replica).
+    Presence {
+        participant: Participant,
+        online: bool,
+    },
     /// Something in one of an inbox owner's conversations changed (a conversation was
     /// created or linked, a message, a status): the inbox reads its next window.
     InboxTouched,
@@ -79,6 +84,43 @@ pub struct Hub {
     queue: usize,
     listening: AtomicBool,
     reads: ReadCounts,
+    /// Signalled on every notice and resync: the event feed's sequencer waits on it.
+    activity: tokio::sync::Notify,
+    /// Who has an open stream on this replica.
+    presence: Arc<super::presence::Presence>,
+    /// For each participant, the conversations whose streams here want its presence
+    /// changes (with how many registrations each).
+    presence_watch: Mutex<HashMap<(Role, String), HashMap<Uuid, usize>>>,
+}
+
+/// A conversation stream's interest in its participants' presence; dropping it ends it.
+pub struct PresenceWatch {
+    hub: Arc<Hub>,
+    conversation: Uuid,
+    participants: Vec<(Role, String)>,
+}
+
+impl Drop for PresenceWatch {
+    fn drop(&mut self) {
+        let mut watch = self
+            .hub
+            .presence_watch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for participant in &self.participants {
+            if let Some(conversations) = watch.get_mut(participant) {
+                if let Some(count) = conversations.get_mut(&self.conversation) {
+                    *count -= 1;
+                    if *count == 0 {
+                        conversations.remove(&self.conversation);
+                    }
+                }
+                if conversations.is_empty() {
+                    watch.remove(participant);
+                }
+            }
+        }
+    }
 }
 
 /// A stream's registration; dropping it unregisters and frees its slot at once.
@@ -130,7 +172,35 @@ impl Hub {
             queue: queue.max(1),
             listening: AtomicBool::new(false),
             reads: ReadCounts::default(),
+            activity: tokio::sync::Notify::new(),
+            presence: super::presence::Presence::new(),
+            presence_watch: Mutex::default(),
         })
+    }
+
+    /// Routes presence changes of `participants` to `conversation`'s streams here until
+    /// the returned guard drops.
+    pub fn watch_presence(
+        self: &Arc<Self>,
+        conversation: Uuid,
+        participants: Vec<(Role, String)>,
+    ) -> PresenceWatch {
+        let mut watch = self
+            .presence_watch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for participant in &participants {
+            *watch
+                .entry(participant.clone())
+                .or_default()
+                .entry(conversation)
+                .or_default() += 1;
+        }
+        PresenceWatch {
+            hub: Arc::clone(self),
+            conversation,
+            participants,
+        }
     }
 
     /// Streams open in this process.
@@ -209,8 +279,23 @@ impl Hub {
         })
     }
 
+    /// Something was written (a notice arrived) or may have been missed (a resync).
+    /// One waiter; wake-ups while it works coalesce into one.
+    pub fn activity(&self) -> &tokio::sync::Notify {
+        &self.activity
+    }
+
+    pub fn presence(&self) -> &Arc<super::presence::Presence> {
+        &self.presence
+    }
+
     /// Routes one notice to the streams that want it.
     pub fn dispatch(&self, notice: Notice) {
+        self.activity.notify_one();
+        if let Notice::Presence { changes } = notice {
+            self.dispatch_presence(changes);
+            return;
+        }
         let Routes {
             deliveries,
             carried,
@@ -256,8 +341,67 @@ impl Hub {
         }
     }
 
+    fn dispatch_presence(&self, changes: Vec<crate::store::PresenceNote>) {
+        let mut deliveries = Vec::new();
+        {
+            let watch = self
+                .presence_watch
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for change in &changes {
+                let key = (change.role, change.id.clone());
+                let wake = Wake::Presence {
+                    participant: Participant::stored(change.role, change.id.clone()),
+                    online: change.online,
+                };
+                // The inboxes of the providers it talks to (a customer's change).
+                for provider in &change.providers {
+                    let inbox = Key::Inbox(Role::Provider, provider.clone());
+                    deliveries.push((inbox, wake.clone()));
+                }
+                for conversation in watch.get(&key).into_iter().flat_map(HashMap::keys) {
+                    deliveries.push((Key::Conversation(*conversation), wake.clone()));
+                }
+            }
+        }
+        let map = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // A provider's change goes to every customer inbox here, which keeps it if the
+        // customer has a conversation with that provider (a customer has few; a provider
+        // may have too many customers to name in a notice).
+        let providers: Vec<&crate::store::PresenceNote> = changes
+            .iter()
+            .filter(|c| c.role == Role::Provider)
+            .collect();
+        if !providers.is_empty() {
+            for (key, group) in map.iter() {
+                if let Key::Inbox(Role::Customer, _) = key {
+                    for change in &providers {
+                        let wake = Wake::Presence {
+                            participant: Participant::stored(Role::Provider, change.id.clone()),
+                            online: change.online,
+                        };
+                        for entry in group.entries.values() {
+                            offer(entry, wake.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for (key, wake) in deliveries {
+            if let Some(group) = map.get(&key) {
+                for entry in group.entries.values() {
+                    offer(entry, wake.clone());
+                }
+            }
+        }
+    }
+
     /// After the listener reconnects: every stream catches up from the table.
     pub fn resync_all(&self) {
+        self.activity.notify_one();
         let map = self
             .subscribers
             .lock()
@@ -360,6 +504,8 @@ fn route(notice: Notice) -> Routes {
             routes.touch_inboxes(&provider_id, customer_id.as_deref());
             None
         }
+        // Routed by `dispatch_presence`, which knows who watches whom.
+        Notice::Presence { .. } => None,
     };
     if let Some((id, wake)) = woken {
         routes.deliveries.push((Key::Conversation(id), wake));

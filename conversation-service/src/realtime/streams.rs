@@ -83,6 +83,11 @@ pub enum ConversationEvent {
         status: ConversationStatus,
     },
     CustomerUpdated(Viewed),
+    /// The provider or the linked customer came online or went offline.
+    PresenceChanged {
+        participant: Participant,
+        online: bool,
+    },
     Heartbeat(DateTime<Utc>),
     /// A message was edited or deleted (the message as it is now).
     Changed(ChangeRow),
@@ -113,6 +118,12 @@ pub enum InboxEvent {
     Item {
         item: InboxItem,
         viewer: Role,
+    },
+    /// A counterpart (a customer of the provider's conversations, a provider of the
+    /// customer's) came online or went offline.
+    PresenceChanged {
+        participant: Participant,
+        online: bool,
     },
     /// The owner's unread summary, when it differs from the last one this stream saw.
     Summary(UnreadSummary),
@@ -153,6 +164,7 @@ pub async fn conversation_stream(
         last_change: conversation.change_seq,
         reflected: HashMap::new(),
         shown: Shown::default(),
+        presence: None,
     };
     let _ = stream
         .run(&mut subscription, conversation, after_change)
@@ -174,6 +186,8 @@ struct ConversationStream {
     /// commits between a stream's snapshot and its read of the message lands here.
     reflected: HashMap<i64, i64>,
     shown: Shown,
+    /// Routes the participants' presence changes here.
+    presence: Option<super::hub::PresenceWatch>,
 }
 
 /// The state this stream last showed (snapshot or event). A wake-up only ever moves it
@@ -228,6 +242,18 @@ impl ConversationStream {
             .await
     }
 
+    /// Watches the presence of `conversation`'s provider and linked customer (the
+    /// anonymous visitor has no id to be known by).
+    fn watch_participants(&mut self, conversation: &ConversationRow) {
+        let mut participants = vec![(Role::Provider, conversation.provider_id.clone())];
+        if let Some(customer) = &conversation.customer_id {
+            participants.push((Role::Customer, customer.clone()));
+        }
+        // The new watch first, so a change in between reaches one of the two.
+        let watch = self.ctx.hub.watch_presence(self.id, participants);
+        self.presence = Some(watch);
+    }
+
     async fn run(
         &mut self,
         subscription: &mut Subscription,
@@ -235,6 +261,7 @@ impl ConversationStream {
         after_change: Option<i64>,
     ) -> Result<(), Stop> {
         self.shown = Shown::of(&conversation);
+        self.watch_participants(&conversation);
         let head = conversation.head_seq;
         let changes = conversation.change_seq;
         let after_seq = self.last;
@@ -321,9 +348,20 @@ impl ConversationStream {
                 };
                 self.send(changed, false).await?;
             }
+            Wake::Presence {
+                participant,
+                online,
+            } => {
+                let changed = ConversationEvent::PresenceChanged {
+                    participant,
+                    online,
+                };
+                self.send(changed, false).await?;
+            }
             Wake::Customer => {
                 let conversation = self.current().await?;
                 self.shown = Shown::of(&conversation);
+                self.watch_participants(&conversation);
                 let updated = ConversationEvent::CustomerUpdated(self.viewed(conversation));
                 self.send(updated, false).await?;
             }
@@ -468,7 +506,10 @@ impl ConversationStream {
             drop(permit);
             let page = match page {
                 Ok(page) => page,
-                Err(error) => return Err(self.fail(error).await),
+                Err(error) => {
+                    let _ = emit(&self.out, Err(error.into()), &self.ctx.shutdown).await;
+                    return Err(Stop);
+                }
             };
             let full = i64::try_from(page.len()).unwrap_or(i64::MAX) >= CATCH_UP_PAGE;
             for message in page {
@@ -567,20 +608,68 @@ impl InboxStream {
                 }
                 wake = subscription.wakes.recv() => wake.ok_or(Stop)?,
             };
-            // One read of the table answers every wake-up queued so far.
-            let mut replayed = wake == Wake::Resync;
-            let mut items = wake != Wake::Summary;
-            while let Ok(more) = subscription.wakes.try_recv() {
-                replayed |= more == Wake::Resync;
-                items |= more != Wake::Summary;
+            // One read of the table answers every wake-up queued so far; presence
+            // changes are not in the table's order and go out after it.
+            let (mut items, mut replayed, mut other) = (false, false, false);
+            let mut presence = Vec::new();
+            let mut next = Some(wake);
+            while let Some(wake) = next {
+                match wake {
+                    Wake::Presence {
+                        participant,
+                        online,
+                    } => presence.push((participant, online)),
+                    Wake::Summary => other = true,
+                    wake => {
+                        items = true;
+                        replayed |= wake == Wake::Resync;
+                    }
+                }
+                next = subscription.wakes.try_recv().ok();
             }
             // Whatever woke it (an item, a read, a resync) may have moved the summary.
-            self.summary.due = true;
+            if items || other {
+                self.summary.due = true;
+            }
             if items {
                 self.deliver(replayed).await?;
                 next_heartbeat = Instant::now() + period;
             }
+            for (participant, online) in presence {
+                self.presence_changed(participant, online).await?;
+                next_heartbeat = Instant::now() + period;
+            }
         }
+    }
+
+    /// Shows a counterpart's presence change. A provider's inbox is sent only its
+    /// customers' (the notice names their providers); a customer's inbox is offered every
+    /// provider's and keeps those it has a conversation with.
+    async fn presence_changed(&self, participant: Participant, online: bool) -> Result<(), Stop> {
+        if self.owner.role() == Role::Customer {
+            let talks = self
+                .ctx
+                .store
+                .customer_talks_to(self.owner.id(), participant.id())
+                .await;
+            match talks {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(error) => {
+                    let _ = emit(&self.out, Err(error.into()), &self.ctx.shutdown).await;
+                    return Err(Stop);
+                }
+            }
+        }
+        let delivery = InboxDelivery {
+            event: InboxEvent::PresenceChanged {
+                participant,
+                online,
+            },
+            cursor: self.cursor.encode(),
+            replayed: false,
+        };
+        emit(&self.out, Ok(delivery), &self.ctx.shutdown).await
     }
 
     /// Reads the owner's unread summary and sends it if it changed; `true` when sent.

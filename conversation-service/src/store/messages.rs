@@ -126,11 +126,16 @@ impl Store {
             Role::Provider => "provider_read_seq",
             Role::Customer => "customer_read_seq",
         };
+        // The move is recorded for the event feed in the same statement.
         sqlx::query(AssertSqlSafe(format!(
-            "UPDATE conversations SET {column} = $2 WHERE id = $1"
+            "WITH moved AS (UPDATE conversations SET {column} = $2 WHERE id = $1 RETURNING id) \
+             INSERT INTO read_events (conversation_id, role, reader_id, seq) \
+             SELECT id, $3, $4, $2 FROM moved"
         )))
         .bind(id.0)
         .bind(seq)
+        .bind(reader.role())
+        .bind(reader.id())
         .execute(&mut *tx)
         .await
         .map_err(|e| Error::db(ctx, e))?;

@@ -98,6 +98,21 @@ impl Carried {
     }
 }
 
+/// One participant's presence as a notice carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceNote {
+    #[serde(rename = "r")]
+    pub role: Role,
+    #[serde(rename = "a")]
+    pub id: String,
+    #[serde(rename = "o")]
+    pub online: bool,
+    /// For a customer: the providers of its most recent conversations, whose inboxes
+    /// show its presence.
+    #[serde(rename = "w", default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "k")]
 pub enum Notice {
@@ -162,6 +177,12 @@ pub enum Notice {
         provider_id: String,
         #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
         customer_id: Option<String>,
+    },
+    /// Participants whose presence changed (announced once, by whichever replica saw it).
+    #[serde(rename = "p")]
+    Presence {
+        #[serde(rename = "c")]
+        changes: Vec<PresenceNote>,
     },
     /// A new conversation.
     #[serde(rename = "n")]

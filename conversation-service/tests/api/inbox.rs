@@ -46,7 +46,12 @@ async fn next_event(stream: &mut Streaming<StreamInboxResponse>) -> (Event, Stri
         loop {
             let response = next(stream).await;
             match response.event {
-                Some(Event::Heartbeat(_) | Event::UnreadSummaryChanged(_)) | None => {}
+                Some(
+                    Event::Heartbeat(_)
+                    | Event::PresenceChanged(_)
+                    | Event::UnreadSummaryChanged(_),
+                )
+                | None => {}
                 Some(event) => return (event, response.cursor),
             }
         }
@@ -75,6 +80,7 @@ fn label(event: &Event) -> String {
         Event::Heartbeat(_) => "heartbeat".into(),
         Event::MessageEdited(e) => format!("edited {}", e.change_seq),
         Event::MessageDeleted(d) => format!("deleted {}", d.change_seq),
+        Event::PresenceChanged(p) => format!("presence {}", p.online),
         Event::UnreadSummaryChanged(s) => {
             format!("unread {} {}", s.unread_messages, s.unread_conversations)
         }

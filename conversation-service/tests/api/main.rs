@@ -4,6 +4,7 @@
 
 mod changes;
 mod conversations;
+mod events;
 mod faults;
 mod filters;
 mod hardening;
@@ -15,8 +16,10 @@ mod limits;
 mod messages;
 mod observability;
 mod pagination;
+mod presence;
 mod privacy;
 mod properties;
+mod reminders;
 mod search;
 mod security;
 mod send_path;

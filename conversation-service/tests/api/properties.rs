@@ -275,12 +275,15 @@ async fn first_event<T>(
     }
 }
 
-/// Every row of every table (whatever the migrations made), as text.
+/// Every row of every table (whatever the migrations made), as text. The event feed's
+/// windows are left out: the sequencer closes them in the background over whatever the
+/// calls before wrote, and no request writes them.
 pub async fn rows(app: &TestApp) -> String {
     let mut db = app.db().await;
     let tables: Vec<(String,)> = sqlx::query_as(
         "SELECT table_name::text FROM information_schema.tables \
-         WHERE table_schema = 'public' AND table_name NOT LIKE '\\_sqlx%' ORDER BY 1",
+         WHERE table_schema = 'public' AND table_name NOT LIKE '\\_sqlx%' \
+           AND table_name NOT IN ('feed_windows', 'feed_state') ORDER BY 1",
     )
     .fetch_all(&mut db)
     .await

@@ -1,0 +1,574 @@
+//! The event feed: every event of every conversation in one order, numbered by windows.
+//!
+//! Writers record what happened in their own tables (conversation_events, messages,
+//! read_events, presence_events, reminder_events), each row with its transaction id and
+//! commit-ordered `pos`. The sequencer closes a window over what became visible since
+//! the last one: it takes `feed_state`'s row lock, and if any source row's transaction is
+//! visible to its statement but was not in the stored snapshot (the inbox's window rule:
+//! a transaction that took its id early and committed late still lands in exactly one
+//! window), it records window N+1 = (stored snapshot, the statement's snapshot) and
+//! stores the new one. Runs are serialised by the lock, so a window is visible only once
+//! every smaller one is, and a window's content never changes: reading "after a cursor"
+//! never skips anything, on any replica, and resuming gives the same events in the same
+//! order. Nothing is copied per event: the send path writes nothing for the feed, and a
+//! window costs one small row however many events it holds.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{ConversationRow, MessageRow, Store};
+use crate::{
+    domain::{
+        ConsumerName, ConversationId, EventKey, FeedFilter, FeedKind, FeedPosition, Participant,
+        Role, Status,
+    },
+    error::{Error, Result},
+};
+
+/// One event of the feed, with what it carries.
+#[derive(Debug, Clone)]
+pub struct FeedEvent {
+    pub position: FeedPosition,
+    pub kind: FeedKind,
+    /// `None` for a presence change.
+    pub conversation_id: Option<ConversationId>,
+    /// The conversation's provider; for a presence change, the provider it is about.
+    pub provider_id: Option<String>,
+    /// When its window was recorded.
+    pub recorded_at: DateTime<Utc>,
+    pub payload: FeedPayload,
+}
+
+#[derive(Debug, Clone)]
+pub enum FeedPayload {
+    /// Created, customer updated: the conversation as it is when read.
+    Conversation(Box<ConversationRow>),
+    Status(Status),
+    Message(MessageRow),
+    /// An edit or a deletion: the message as it is now, and the conversation's change
+    /// position of it.
+    Change {
+        message: MessageRow,
+        change_seq: i64,
+    },
+    Read {
+        role: Role,
+        reader_id: String,
+        seq: i64,
+    },
+    Presence {
+        participant: Participant,
+        online: bool,
+    },
+    Reminder {
+        participant: Participant,
+        unread: i64,
+        first_unread_seq: i64,
+        preview: String,
+    },
+    /// The row the event names is gone.
+    Missing,
+}
+
+/// A page of the feed.
+pub struct FeedPage {
+    pub events: Vec<FeedEvent>,
+    /// Resume after this: the last event returned, or (when the page is not full) the
+    /// end of the newest window the read covered, so a filtered reader moves past what
+    /// it skips.
+    pub next: FeedPosition,
+    /// Whether more events may follow right away.
+    pub full: bool,
+}
+
+/// Closes window `$2 + 1` from the snapshot `$1` to this statement's, if any source row
+/// became visible in between (its transaction started at or after `$1`'s xmax or was in
+/// progress then, and is visible to this statement); returns the new window's id.
+const SEQUENCE_SQL: &str = "\
+WITH prior AS (
+    SELECT pg_snapshot_xmax($1::text::pg_snapshot) AS xmax,
+           ARRAY(SELECT pg_snapshot_xip($1::text::pg_snapshot)) AS xip
+), news AS (
+    SELECT EXISTS (SELECT 1 FROM conversation_events e, prior p
+                    WHERE e.xid >= p.xmax OR e.xid = ANY(p.xip))
+        OR EXISTS (SELECT 1 FROM messages m, prior p
+                    WHERE m.xid >= p.xmax OR m.xid = ANY(p.xip))
+        OR EXISTS (SELECT 1 FROM read_events r, prior p
+                    WHERE r.xid >= p.xmax OR r.xid = ANY(p.xip))
+        OR EXISTS (SELECT 1 FROM presence_events s, prior p
+                    WHERE s.xid >= p.xmax OR s.xid = ANY(p.xip))
+        OR EXISTS (SELECT 1 FROM reminder_events u, prior p
+                    WHERE u.xid >= p.xmax OR u.xid = ANY(p.xip))
+        OR EXISTS (SELECT 1 FROM message_changes x, prior p
+                    WHERE x.xid >= p.xmax OR x.xid = ANY(p.xip)) AS any
+), added AS (
+    INSERT INTO feed_windows (id, lower, upper)
+    SELECT $2 + 1, $1::text::pg_snapshot, pg_current_snapshot() FROM news WHERE news.any
+    RETURNING id, upper
+)
+UPDATE feed_state s SET assigned = a.upper, last_window = a.id
+  FROM added a
+RETURNING s.last_window";
+
+/// Up to `$6` events of window `$1` after the key `($2, $3, $4, $5)` that the kinds `$7`
+/// and providers `$8` admit (empty: all), in feed order, with what they carry. One row
+/// with null event columns when none is left; no row when the window is gone (pruned).
+const WINDOW_SQL: &str = "\
+WITH w AS (
+    SELECT pg_snapshot_xmax(lower) AS lo_xmax, ARRAY(SELECT pg_snapshot_xip(lower)) AS lo_xip,
+           upper, pg_snapshot_xmax(upper) AS hi_xmax, recorded_at
+      FROM feed_windows WHERE id = $1
+), fresh AS (
+    SELECT e.pos, 0::smallint AS part, e.conversation_id AS conv, e.id AS key, e.kind
+      FROM conversation_events e, w
+     WHERE (e.xid >= w.lo_xmax AND e.xid < w.hi_xmax OR e.xid = ANY(w.lo_xip))
+       AND pg_visible_in_snapshot(e.xid, w.upper)
+    UNION ALL
+    SELECT m.pos, 1::smallint, m.conversation_id, m.seq, 4::smallint
+      FROM messages m, w
+     WHERE (m.xid >= w.lo_xmax AND m.xid < w.hi_xmax OR m.xid = ANY(w.lo_xip))
+       AND pg_visible_in_snapshot(m.xid, w.upper)
+    UNION ALL
+    SELECT r.pos, 2::smallint, r.conversation_id, r.id, 5::smallint
+      FROM read_events r, w
+     WHERE (r.xid >= w.lo_xmax AND r.xid < w.hi_xmax OR r.xid = ANY(w.lo_xip))
+       AND pg_visible_in_snapshot(r.xid, w.upper)
+    UNION ALL
+    SELECT s.pos, 3::smallint, '00000000-0000-0000-0000-000000000000'::uuid, s.id, 6::smallint
+      FROM presence_events s, w
+     WHERE (s.xid >= w.lo_xmax AND s.xid < w.hi_xmax OR s.xid = ANY(w.lo_xip))
+       AND pg_visible_in_snapshot(s.xid, w.upper)
+    UNION ALL
+    SELECT u.pos, 4::smallint, u.conversation_id, u.id, 7::smallint
+      FROM reminder_events u, w
+     WHERE (u.xid >= w.lo_xmax AND u.xid < w.hi_xmax OR u.xid = ANY(w.lo_xip))
+       AND pg_visible_in_snapshot(u.xid, w.upper)
+    UNION ALL
+    -- An edit (9) or a deletion (10), keyed by the conversation's change_seq.
+    SELECT x.pos, 5::smallint, x.conversation_id, x.change_seq,
+           CASE x.kind WHEN 1 THEN 9 ELSE 10 END::smallint
+      FROM message_changes x, w
+     WHERE (x.xid >= w.lo_xmax AND x.xid < w.hi_xmax OR x.xid = ANY(w.lo_xip))
+       AND pg_visible_in_snapshot(x.xid, w.upper)
+), admitted AS (
+    SELECT f.*,
+           CASE WHEN f.kind = 6
+                THEN (SELECT s.participant_id FROM presence_events s WHERE s.id = f.key AND s.role = 1)
+                -- One primary-key lookup per event: a join may scan every conversation.
+                ELSE (SELECT c.provider_id FROM conversations c WHERE c.id = f.conv)
+           END AS provider_id
+      FROM fresh f
+     WHERE (f.pos, f.part, f.conv, f.key) > ($2, $3, $4, $5)
+       AND (cardinality($7::smallint[]) = 0 OR f.kind = ANY($7::smallint[]))
+)
+SELECT w.recorded_at,
+       f.pos, f.part, f.conv, f.key, f.kind, f.provider_id,
+       e.status,
+       m.seq AS m_seq, m.id AS m_id, m.sender_role, m.sender_id, m.body,
+       m.client_message_id, m.created_at AS m_created_at, m.edited_at AS m_edited_at,
+       m.edit_count AS m_edit_count, m.deleted_at IS NOT NULL AS m_deleted,
+       m.attachments AS m_attachments, m.last_change AS m_last_change,
+       r.role AS r_role, r.reader_id, r.seq AS r_seq,
+       pe.role AS pe_role, pe.participant_id AS pe_participant, pe.online AS pe_online,
+       u.role AS u_role, u.participant_id AS u_participant, u.unread AS u_unread,
+       u.first_seq AS u_first_seq,
+       COALESCE(left(um.body, 200), '') AS u_preview
+  FROM w
+  LEFT JOIN LATERAL (
+      SELECT * FROM admitted a
+       WHERE cardinality($8::text[]) = 0 OR a.provider_id = ANY($8::text[])
+       ORDER BY a.pos, a.part, a.conv, a.key LIMIT $6
+  ) f ON true
+  LEFT JOIN conversation_events e ON f.kind IN (1, 2, 3) AND e.id = f.key
+  LEFT JOIN message_changes x ON f.kind IN (9, 10) AND x.conversation_id = f.conv
+        AND x.change_seq = f.key
+  -- The message sent, or the one an edit or deletion changed, as it is now.
+  LEFT JOIN messages m ON m.conversation_id = f.conv
+        AND m.seq = CASE WHEN f.kind = 4 THEN f.key ELSE x.seq END
+  LEFT JOIN read_events r ON f.kind = 5 AND r.id = f.key
+  LEFT JOIN presence_events pe ON f.kind = 6 AND pe.id = f.key
+  LEFT JOIN reminder_events u ON f.kind = 7 AND u.id = f.key
+  -- A reminder's preview: its first unread message as it is now (erased, pruned: empty).
+  LEFT JOIN messages um ON um.conversation_id = u.conversation_id AND um.seq = u.first_seq
+ ORDER BY f.pos, f.part, f.conv, f.key";
+
+/// Most windows (and rows of the feed's own tables) deleted by one pruning statement, so
+/// pruning never holds long locks.
+const PRUNE_BATCH: i64 = 1000;
+/// Most windows one page reads, so a narrow filter on a busy feed still answers soon;
+/// the page then ends at the last window read.
+const WINDOWS_PER_PAGE: i64 = 256;
+
+impl Store {
+    /// Closes a window over what became visible since the last one (any replica's), unless
+    /// another replica is doing so right now; returns the newest window then known, and
+    /// whether another replica held the turn (then its window is not known yet).
+    pub async fn sequence_feed(&self) -> Result<(FeedPosition, bool)> {
+        let ctx = "sequence the event feed";
+        let mut tx = self.pool.begin().await.map_err(|e| Error::db(ctx, e))?;
+        let state: Option<(String, i64)> = sqlx::query_as(
+            "SELECT assigned::text, last_window FROM feed_state FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| Error::db(ctx, e))?;
+        let Some((assigned, last)) = state else {
+            // Another replica is closing a window; its result is read on the next turn.
+            drop(tx);
+            return Ok((self.feed_head().await?, true));
+        };
+        // A new statement, so its snapshot is taken after the lock was granted: it sees
+        // every run before this one.
+        let closed: Option<i64> = sqlx::query_scalar(SEQUENCE_SQL)
+            .bind(assigned)
+            .bind(last)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| Error::db(ctx, e))?;
+        tx.commit().await.map_err(|e| Error::db(ctx, e))?;
+        Ok((FeedPosition::end_of(closed.unwrap_or(last)), false))
+    }
+
+    /// The end of the newest window (no event has a later position yet).
+    pub async fn feed_head(&self) -> Result<FeedPosition> {
+        sqlx::query_scalar("SELECT last_window FROM feed_state")
+            .fetch_one(&self.pool)
+            .await
+            .map(FeedPosition::end_of)
+            .map_err(|e| Error::db("read the feed's head", e))
+    }
+
+    /// The position before the oldest event kept: a reader starting here loses nothing
+    /// still held.
+    pub async fn feed_oldest(&self) -> Result<FeedPosition> {
+        sqlx::query_scalar("SELECT pruned_through FROM feed_state")
+            .fetch_one(&self.pool)
+            .await
+            .map(FeedPosition::end_of)
+            .map_err(|e| Error::db("read the feed's oldest position", e))
+    }
+
+    /// Up to `limit` events after `after` that `filter` admits. A cursor in a window not
+    /// closed yet is forged (INVALID_ARGUMENT on `field`); one whose next events were
+    /// pruned is CURSOR_EXPIRED.
+    pub async fn feed_page(
+        &self,
+        field: &'static str,
+        after: FeedPosition,
+        limit: i64,
+        filter: &FeedFilter,
+    ) -> Result<FeedPage> {
+        let ctx = "read the event feed";
+        let (head, pruned): (i64, i64) =
+            sqlx::query_as("SELECT last_window, pruned_through FROM feed_state")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| Error::db(ctx, e))?;
+        if after.window > head {
+            return Err(Error::invalid(field, "is not a cursor this feed gave"));
+        }
+        let expired = || Error::CursorExpired {
+            oldest: FeedPosition::end_of(pruned).cursor(),
+        };
+        // The first window still needed: the cursor's own, unless it was read to its end.
+        let (mut window, mut key) = if after.is_end_of_window() {
+            (after.window + 1, EventKey::START)
+        } else {
+            (after.window, after.key)
+        };
+        if window <= pruned {
+            return Err(expired());
+        }
+        let kinds: Vec<i16> = filter.kinds.iter().map(|k| *k as i16).collect();
+        let mut events = Vec::new();
+        let mut next = after;
+        let last_to_read = head.min(window.saturating_add(WINDOWS_PER_PAGE - 1));
+        while window <= last_to_read {
+            let wanted = limit - i64::try_from(events.len()).unwrap_or(i64::MAX);
+            let rows = sqlx::query(WINDOW_SQL)
+                .bind(window)
+                .bind(key.pos)
+                .bind(key.part)
+                .bind(key.conversation)
+                .bind(key.key)
+                .bind(wanted)
+                .bind(&kinds)
+                .bind(&filter.provider_ids)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| Error::db(ctx, e))?;
+            if rows.is_empty() {
+                // Pruned since the state was read.
+                let pruned: i64 = sqlx::query_scalar("SELECT pruned_through FROM feed_state")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| Error::db(ctx, e))?;
+                return Err(Error::CursorExpired {
+                    oldest: FeedPosition::end_of(pruned).cursor(),
+                });
+            }
+            let before = events.len();
+            for row in &rows {
+                if let Some(event) = feed_event(window, row).map_err(|e| Error::db(ctx, e))? {
+                    events.push(event);
+                }
+            }
+            let got = i64::try_from(events.len() - before).unwrap_or(i64::MAX);
+            if got >= wanted {
+                if let Some(last) = events.last() {
+                    next = last.position;
+                }
+                self.fill_conversations(&mut events).await?;
+                return Ok(FeedPage {
+                    events,
+                    next,
+                    full: true,
+                });
+            }
+            next = FeedPosition::end_of(window);
+            window += 1;
+            key = EventKey::START;
+        }
+        self.fill_conversations(&mut events).await?;
+        Ok(FeedPage {
+            events,
+            next,
+            // Stopped at the page's window bound, not at the head: more may follow.
+            full: last_to_read < head,
+        })
+    }
+
+    /// Reads the conversations that created / customer-updated events carry.
+    async fn fill_conversations(&self, events: &mut [FeedEvent]) -> Result<()> {
+        let wanted = |e: &FeedEvent| {
+            matches!(
+                e.kind,
+                FeedKind::ConversationCreated | FeedKind::CustomerUpdated
+            )
+        };
+        let ids: Vec<Uuid> = events
+            .iter()
+            .filter(|e| wanted(e))
+            .filter_map(|e| e.conversation_id.map(|id| id.0))
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let rows = self.get_conversations(&ids).await?;
+        for event in events.iter_mut().filter(|e| wanted(e)) {
+            if let Some(row) = rows.iter().find(|r| Some(r.id) == event.conversation_id) {
+                event.payload = FeedPayload::Conversation(Box::new(row.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes up to one batch of the oldest windows recorded before `retention` ago, and
+    /// of the feed's own event rows (reads, presence, reminders) as old; returns how many
+    /// rows went. `pruned_through` moves in the same statement as the windows, so a
+    /// reader sees either the window or the mark that it is gone.
+    pub async fn prune_feed(&self, retention: std::time::Duration) -> Result<u64> {
+        let ctx = "prune the event feed";
+        let windows: Option<i64> = sqlx::query_scalar(
+            "WITH gone AS (
+                 DELETE FROM feed_windows WHERE id IN (
+                     SELECT id FROM feed_windows
+                      WHERE recorded_at < now() - $1::interval ORDER BY id LIMIT $2)
+                 RETURNING id)
+             UPDATE feed_state SET pruned_through = GREATEST(pruned_through, g.last)
+               FROM (SELECT max(id) AS last, count(*) AS n FROM gone) g
+              WHERE g.last IS NOT NULL
+             RETURNING g.n",
+        )
+        .bind(retention)
+        .bind(PRUNE_BATCH)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| Error::db(ctx, e))?;
+        let mut removed = windows.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+        // Their windows are gone first (they are older still), so no reader misses them.
+        for table in ["read_events", "presence_events", "reminder_events"] {
+            let sql = format!(
+                "DELETE FROM {table} WHERE id IN (
+                     SELECT id FROM {table} WHERE created_at < now() - $1::interval
+                      ORDER BY id LIMIT $2)"
+            );
+            removed += sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(retention)
+                .bind(PRUNE_BATCH)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| Error::db(ctx, e))?
+                .rows_affected();
+        }
+        Ok(removed)
+    }
+
+    /// The position `consumer` acknowledged last.
+    pub async fn consumer_position(&self, consumer: &ConsumerName) -> Result<FeedPosition> {
+        let row: Option<(i64, i64, i16, Uuid, i64)> = sqlx::query_as(
+            "SELECT window_id, pos, part, conversation_id, key FROM feed_consumers WHERE name = $1",
+        )
+        .bind(consumer.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| Error::db("read a feed consumer", e))?;
+        row.map(stored_position).ok_or(Error::ConsumerNotFound)
+    }
+
+    /// Moves `consumer`'s position to `position` unless it is further already (creating
+    /// the consumer at its first acknowledgement); returns the position kept. A position
+    /// in a window not closed yet is refused and nothing is written.
+    pub async fn ack_feed(
+        &self,
+        consumer: &ConsumerName,
+        position: FeedPosition,
+    ) -> Result<FeedPosition> {
+        let k = position.key;
+        let kept: Option<(i64, i64, i16, Uuid, i64)> = sqlx::query_as(
+            "WITH valid AS (
+                 SELECT 1 FROM feed_state WHERE $2 <= last_window
+             ), up AS (
+                 INSERT INTO feed_consumers (name, window_id, pos, part, conversation_id, key)
+                 SELECT $1, $2, $3, $4, $5, $6 FROM valid
+                 ON CONFLICT (name) DO UPDATE
+                    SET window_id = EXCLUDED.window_id, pos = EXCLUDED.pos,
+                        part = EXCLUDED.part, conversation_id = EXCLUDED.conversation_id,
+                        key = EXCLUDED.key, acked_at = now()
+                  WHERE (feed_consumers.window_id, feed_consumers.pos, feed_consumers.part,
+                         feed_consumers.conversation_id, feed_consumers.key)
+                      < (EXCLUDED.window_id, EXCLUDED.pos, EXCLUDED.part,
+                         EXCLUDED.conversation_id, EXCLUDED.key)
+                 RETURNING window_id, pos, part, conversation_id, key)
+             SELECT * FROM up
+             UNION ALL
+             SELECT c.window_id, c.pos, c.part, c.conversation_id, c.key
+               FROM feed_consumers c, valid
+              WHERE c.name = $1 AND NOT EXISTS (SELECT 1 FROM up)",
+        )
+        .bind(consumer.as_str())
+        .bind(position.window)
+        .bind(k.pos)
+        .bind(k.part)
+        .bind(k.conversation)
+        .bind(k.key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| Error::db("acknowledge feed events", e))?;
+        kept.map(stored_position)
+            .ok_or_else(|| Error::invalid("cursor", "is not a cursor this feed gave"))
+    }
+}
+
+fn stored_position(
+    (window, pos, part, conversation, key): (i64, i64, i16, Uuid, i64),
+) -> FeedPosition {
+    FeedPosition {
+        window,
+        key: EventKey {
+            pos,
+            part,
+            conversation,
+            key,
+        },
+    }
+}
+
+/// The event a page row holds (`None` for the row of an empty page).
+fn feed_event(window: i64, row: &sqlx::postgres::PgRow) -> Result<Option<FeedEvent>, sqlx::Error> {
+    let Some(pos) = row.try_get::<Option<i64>, _>("pos")? else {
+        return Ok(None);
+    };
+    let position = FeedPosition {
+        window,
+        key: EventKey {
+            pos,
+            part: row.try_get("part")?,
+            conversation: row.try_get("conv")?,
+            key: row.try_get("key")?,
+        },
+    };
+    let kind: FeedKind = row.try_get("kind")?;
+    let conversation: Uuid = row.try_get("conv")?;
+    let conversation_id = (!conversation.is_nil()).then_some(ConversationId(conversation));
+    let payload = match kind {
+        // Filled from the conversation rows afterwards.
+        FeedKind::ConversationCreated | FeedKind::CustomerUpdated => FeedPayload::Missing,
+        FeedKind::StatusChanged => row
+            .try_get::<Option<Status>, _>("status")?
+            .map_or(FeedPayload::Missing, FeedPayload::Status),
+        FeedKind::MessageSent => match message(row, conversation_id)? {
+            Some(message) => FeedPayload::Message(message),
+            None => FeedPayload::Missing,
+        },
+        FeedKind::MessageEdited | FeedKind::MessageDeleted => {
+            match message(row, conversation_id)? {
+                Some(message) => FeedPayload::Change {
+                    message,
+                    change_seq: position.key.key,
+                },
+                None => FeedPayload::Missing,
+            }
+        }
+        FeedKind::ReadPositionMoved => match row.try_get::<Option<Role>, _>("r_role")? {
+            Some(role) => FeedPayload::Read {
+                role,
+                reader_id: row.try_get("reader_id")?,
+                seq: row.try_get("r_seq")?,
+            },
+            None => FeedPayload::Missing,
+        },
+        FeedKind::UnreadReminder => match row.try_get::<Option<Role>, _>("u_role")? {
+            Some(role) => FeedPayload::Reminder {
+                participant: Participant::stored(role, row.try_get("u_participant")?),
+                unread: row.try_get("u_unread")?,
+                first_unread_seq: row.try_get("u_first_seq")?,
+                preview: row.try_get("u_preview")?,
+            },
+            None => FeedPayload::Missing,
+        },
+        FeedKind::PresenceChanged => match row.try_get::<Option<Role>, _>("pe_role")? {
+            Some(role) => FeedPayload::Presence {
+                participant: Participant::stored(role, row.try_get("pe_participant")?),
+                online: row.try_get("pe_online")?,
+            },
+            None => FeedPayload::Missing,
+        },
+    };
+    Ok(Some(FeedEvent {
+        position,
+        kind,
+        conversation_id,
+        provider_id: row.try_get("provider_id")?,
+        recorded_at: row.try_get("recorded_at")?,
+        payload,
+    }))
+}
+
+/// The message a page row joined, if it is still there.
+fn message(
+    row: &sqlx::postgres::PgRow,
+    conversation_id: Option<ConversationId>,
+) -> Result<Option<MessageRow>, sqlx::Error> {
+    let (Some(seq), Some(conversation_id)) =
+        (row.try_get::<Option<i64>, _>("m_seq")?, conversation_id)
+    else {
+        return Ok(None);
+    };
+    Ok(Some(MessageRow {
+        conversation_id,
+        seq,
+        id: row.try_get("m_id")?,
+        sender_role: row.try_get("sender_role")?,
+        sender_id: row.try_get("sender_id")?,
+        body: row.try_get("body")?,
+        client_message_id: row.try_get("client_message_id")?,
+        created_at: row.try_get("m_created_at")?,
+        edited_at: row.try_get("m_edited_at")?,
+        edit_count: row.try_get("m_edit_count")?,
+        deleted: row.try_get("m_deleted")?,
+        attachments: row.try_get("m_attachments")?,
+        last_change: row.try_get("m_last_change")?,
+    }))
+}
