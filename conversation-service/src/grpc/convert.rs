@@ -13,7 +13,7 @@ use crate::{
     realtime::streams::{
         ConversationDelivery, ConversationEvent, InboxDelivery, InboxEvent, Viewed,
     },
-    store::{ConversationRow, InboxItem, MessageRow},
+    store::{ConversationRow, Erasure, InboxItem, MessageRow},
 };
 
 pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
@@ -135,6 +135,9 @@ pub fn conversation_response(delivery: ConversationDelivery) -> v1::StreamConver
                 conversation: Some(viewed(&seen)),
             })
         }
+        ConversationEvent::CustomerErased(erasure) => {
+            ConversationWire::CustomerErased(customer_erased(erasure))
+        }
         ConversationEvent::Heartbeat(time) => ConversationWire::Heartbeat(heartbeat(time)),
     };
     v1::StreamConversationResponse {
@@ -164,6 +167,7 @@ fn inbox_item(item: InboxItem, viewer: Role) -> InboxWire {
         InboxItem::CustomerUpdated(row) => InboxWire::CustomerUpdated(v1::CustomerUpdated {
             conversation: Some(conversation(&row, Some(viewer))),
         }),
+        InboxItem::CustomerErased(erasure) => InboxWire::CustomerErased(customer_erased(erasure)),
         InboxItem::StatusChanged {
             conversation_id,
             status: now,
@@ -180,6 +184,16 @@ fn status_changed(conversation_id: uuid::Uuid, now: Status) -> v1::StatusChanged
     v1::StatusChanged {
         conversation_id: conversation_id.to_string(),
         status: status(now).into(),
+    }
+}
+
+/// An erasure carries ids, a seq and a time: never the details it removed.
+fn customer_erased(erasure: Erasure) -> v1::CustomerErased {
+    v1::CustomerErased {
+        conversation_id: erasure.conversation_id.to_string(),
+        customer_id: erasure.customer_id.unwrap_or_default(),
+        erased_through_seq: erasure.through_seq,
+        erase_time: Some(timestamp(erasure.at)),
     }
 }
 

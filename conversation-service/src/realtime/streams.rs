@@ -19,7 +19,7 @@ use super::{
 use crate::{
     domain::{ConversationId, Participant, Role, Status as ConversationStatus},
     error::Error,
-    store::{ConversationRow, InboxCursor, InboxItem, MessageRow, Store},
+    store::{ConversationRow, Erasure, InboxCursor, InboxItem, MessageRow, Store},
 };
 
 /// Messages read per query while catching up.
@@ -80,6 +80,7 @@ pub enum ConversationEvent {
         status: ConversationStatus,
     },
     CustomerUpdated(Viewed),
+    CustomerErased(Erasure),
     Heartbeat(DateTime<Utc>),
 }
 
@@ -164,6 +165,8 @@ struct Shown {
     status: Option<ConversationStatus>,
     provider_read: i64,
     customer_read: i64,
+    /// The last erasure announced (CustomerErased), so each is announced once.
+    erased_at: Option<DateTime<Utc>>,
 }
 
 impl Shown {
@@ -172,6 +175,7 @@ impl Shown {
             status: Some(conversation.status),
             provider_read: conversation.provider_read_seq,
             customer_read: conversation.customer_read_seq,
+            erased_at: conversation.erased_at,
         }
     }
 
@@ -201,11 +205,32 @@ impl ConversationStream {
         }
     }
 
-    /// The conversation as this stream's viewer sees it.
-    async fn snapshot(&self, conversation: ConversationRow, replayed: bool) -> Result<(), Stop> {
+    /// The conversation's last erasure, unless this stream announced it already.
+    fn unannounced_erasure(&self, conversation: &ConversationRow) -> Option<Erasure> {
+        conversation
+            .erasure()
+            .filter(|erasure| Some(erasure.at) != self.shown.erased_at)
+    }
+
+    /// The conversation as this stream's viewer sees it, and then its erasure, when its
+    /// customer was erased since this stream last said so (always on a stream's first
+    /// snapshot: the client may hold a copy from before), so a client drops what it
+    /// cached from before it.
+    async fn snapshot(
+        &mut self,
+        conversation: ConversationRow,
+        replayed: bool,
+    ) -> Result<(), Stop> {
+        let erasure = self.unannounced_erasure(&conversation);
+        self.shown = Shown::of(&conversation);
         let viewed = self.viewed(conversation);
         self.send(ConversationEvent::Snapshot(viewed), replayed)
-            .await
+            .await?;
+        if let Some(erasure) = erasure {
+            self.send(ConversationEvent::CustomerErased(erasure), true)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn run(
@@ -213,7 +238,6 @@ impl ConversationStream {
         subscription: &mut Subscription,
         conversation: ConversationRow,
     ) -> Result<(), Stop> {
-        self.shown = Shown::of(&conversation);
         let head = conversation.head_seq;
         self.snapshot(conversation, true).await?;
         // The replay ends at the head the snapshot saw; anything newer woke this
@@ -289,11 +313,23 @@ impl ConversationStream {
                 };
                 self.send(changed, false).await?;
             }
-            Wake::Customer => {
+            Wake::Customer | Wake::CustomerErased => {
                 let conversation = self.current().await?;
+                // The row may already show a later change than the wake-up says: an
+                // erasure not yet announced is, whichever wake-up finds it first.
+                let erasure = self.unannounced_erasure(&conversation);
+                if erasure.is_none() && wake == Wake::CustomerErased {
+                    return Ok(false);
+                }
                 self.shown = Shown::of(&conversation);
-                let updated = ConversationEvent::CustomerUpdated(self.viewed(conversation));
-                self.send(updated, false).await?;
+                if let Some(erasure) = erasure {
+                    self.send(ConversationEvent::CustomerErased(erasure), false)
+                        .await?;
+                }
+                if wake == Wake::Customer {
+                    let updated = ConversationEvent::CustomerUpdated(self.viewed(conversation));
+                    self.send(updated, false).await?;
+                }
             }
             Wake::Resync => self.resync(subscription).await?,
             Wake::InboxTouched => {}
@@ -326,7 +362,6 @@ impl ConversationStream {
         let permit = self.ctx.paced().await;
         let conversation = self.current().await?;
         drop(permit);
-        self.shown = Shown::of(&conversation);
         self.snapshot(conversation, true).await?;
         self.deliver_up_to(i64::MAX, true).await
     }

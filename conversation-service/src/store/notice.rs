@@ -128,6 +128,8 @@ pub enum Notice {
         customer_id: Option<String>,
     },
     /// Customer linked or details changed; `customer_id` is the customer now linked.
+    /// `erased`: the change was an erasure (a replica of the previous release ignores
+    /// the field and shows it as an update).
     #[serde(rename = "u")]
     Customer {
         #[serde(rename = "c")]
@@ -136,6 +138,8 @@ pub enum Notice {
         provider_id: String,
         #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
         customer_id: Option<String>,
+        #[serde(rename = "e", default, skip_serializing_if = "std::ops::Not::not")]
+        erased: bool,
     },
     /// A new conversation.
     #[serde(rename = "n")]
@@ -245,9 +249,17 @@ mod tests {
         let messages = format!(r#"{{"k":"m","m":[{{"c":"{nil}","s":7,"p":"p1","u":"c1"}}]}}"#);
         let read = format!(r#"{{"k":"r","c":"{nil}","role":2,"id":"c1","seq":3}}"#);
         let status = format!(r#"{{"k":"s","c":"{nil}","status":2,"p":"p1"}}"#);
-        for wire in [messages, read, status] {
+        let customer = format!(r#"{{"k":"u","c":"{nil}","p":"p1","u":"c1"}}"#);
+        let erased = format!(r#"{{"k":"u","c":"{nil}","p":"p1","u":"c1","e":true}}"#);
+        for wire in [messages, read, status, customer, erased] {
             let notice = Notice::decode(&wire).unwrap();
             assert_eq!(notice.encode(), wire);
         }
+        // A customer notice without `e` (the previous release's) is an update.
+        let update = Notice::decode(&format!(r#"{{"k":"u","c":"{nil}","p":"p1"}}"#));
+        assert!(matches!(
+            update,
+            Some(Notice::Customer { erased: false, .. })
+        ));
     }
 }

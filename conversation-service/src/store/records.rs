@@ -17,6 +17,7 @@ pub(crate) enum EventKind {
     Created = 1,
     CustomerUpdated = 2,
     StatusChanged = 3,
+    CustomerErased = 4,
 }
 
 /// A conversation with its newest message (`lm_*`, from a LEFT JOIN on `head_seq`).
@@ -35,6 +36,9 @@ pub struct ConversationRow {
     pub head_seq: i64,
     /// Messages up to this seq were deleted by retention (0: none).
     pub kept_from_seq: i64,
+    /// When the customer side was last erased, and the head seq then.
+    pub erased_at: Option<DateTime<Utc>>,
+    pub erased_through_seq: i64,
     pub provider_read_seq: i64,
     pub customer_read_seq: i64,
     pub created_at: DateTime<Utc>,
@@ -54,9 +58,30 @@ pub(crate) const CONVERSATION_SELECT: &str = concat!(
     last_message_join!()
 );
 
+/// The last erasure of a conversation's customer side, as streams and inboxes announce
+/// it: no details, only what a client needs to drop its copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erasure {
+    pub conversation_id: Uuid,
+    pub customer_id: Option<String>,
+    /// The head seq when it ran: the customer's messages up to it were blanked.
+    pub through_seq: i64,
+    pub at: DateTime<Utc>,
+}
+
 impl ConversationRow {
     pub fn conversation_id(&self) -> ConversationId {
         self.id
+    }
+
+    /// Its last erasure, if its customer was ever erased.
+    pub fn erasure(&self) -> Option<Erasure> {
+        Some(Erasure {
+            conversation_id: self.id.0,
+            customer_id: self.customer_id.clone(),
+            through_seq: self.erased_through_seq,
+            at: self.erased_at?,
+        })
     }
 
     pub fn read_seq(&self, role: Role) -> i64 {

@@ -1,19 +1,30 @@
 //! ConversationPrivacyService: erasing a customer's side of their conversations and
 //! exporting them, and the audit trail of both.
 
+use std::time::Duration;
+
 use chat_proto::v1::{
     self, EraseCustomerConversationsRequest, ExportCustomerConversationsRequest,
     ListAuditRecordsRequest, Participant, UpdateCustomerRequest,
     audit_service_client::AuditServiceClient,
     conversation_privacy_service_client::ConversationPrivacyServiceClient,
     export_customer_conversations_response::Item,
+    stream_conversation_response::Event as ConversationEvent,
+    stream_inbox_response::Event as InboxEvent,
 };
-use tonic::{Code, transport::Channel};
+use tonic::{Code, Streaming, transport::Channel};
 use uuid::Uuid;
 
-use crate::helpers::{
-    Client, SESSION, TestApp, bad_field, create, new_provider, reason, send, spawn_app,
+use crate::{
+    helpers::{
+        Client, SESSION, TestApp, bad_field, create, new_provider, open_stream, provider, reason,
+        send, spawn_app,
+    },
+    inbox::{cursor_now, open as open_inbox},
+    streams::next_inbox,
 };
+
+const WAIT: Duration = Duration::from_secs(20);
 
 type Privacy = ConversationPrivacyServiceClient<Channel>;
 
@@ -229,6 +240,160 @@ async fn erase_blanks_the_customer_and_their_messages_everywhere_and_keeps_the_p
         && r.result == "OK"
         && r.method == "/chat.v1.ConversationPrivacyService/EraseCustomerConversations"
         && r.caller == "anonymous"));
+}
+
+/// The next StreamConversation event that is not a heartbeat.
+async fn next_event(
+    stream: &mut Streaming<v1::StreamConversationResponse>,
+) -> (ConversationEvent, bool) {
+    loop {
+        let response = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("an event within the deadline")
+            .unwrap()
+            .expect("the stream stays open");
+        match response.event {
+            Some(ConversationEvent::Heartbeat(_)) | None => {}
+            Some(event) => return (event, response.replayed),
+        }
+    }
+}
+
+/// What a CustomerErased must say of `person`'s conversation, and nothing else: no name,
+/// email or phone (its Debug text holds every field it carries).
+fn assert_erasure_of(erased: &v1::CustomerErased, id: &str, person: &Person, through_seq: i64) {
+    assert_eq!(
+        (
+            erased.conversation_id.as_str(),
+            erased.customer_id.as_str(),
+            erased.erased_through_seq
+        ),
+        (id, person.id.as_str(), through_seq)
+    );
+    assert!(erased.erase_time.is_some());
+    let carried = format!("{erased:?}");
+    for detail in [&person.name, &person.email, &person.phone] {
+        assert!(!carried.contains(detail.as_str()), "{carried}");
+    }
+}
+
+/// An erasure is its own event, CustomerErased, not a CustomerUpdated with blank
+/// details: live on an open stream and inbox, again after the snapshot of a stream
+/// reopened later, and once to an inbox resumed from a cursor taken before it.
+#[tokio::test]
+async fn streams_and_inboxes_get_customer_erased_live_and_on_resume() {
+    let app = crate::helpers::spawn_app_with_flags(&["--heartbeat-interval", "200ms"]).await;
+    let mut client = app.client.clone();
+    let person = Person::new();
+    let id = linked_conversation(&mut client, &person, ("my words", "reply")).await;
+    let owner = client
+        .get_conversation(v1::GetConversationRequest {
+            conversation_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap()
+        .provider_id;
+    let before = cursor_now(&mut client, provider(&owner)).await;
+    let mut inbox = open_inbox(&mut client, provider(&owner), &before)
+        .await
+        .unwrap();
+    let mut stream = open_stream(&mut client, &id, provider(&owner), 2).await;
+    match next_event(&mut stream).await {
+        (ConversationEvent::Snapshot(snapshot), true) => {
+            let customer = snapshot.conversation.unwrap().customer.unwrap();
+            assert_eq!(
+                customer.email, person.email,
+                "not erased yet: no CustomerErased"
+            );
+        }
+        other => panic!("a snapshot first, got {other:?}"),
+    }
+
+    privacy(&app)
+        .await
+        .erase_customer_conversations(erase(&person.id, &[]))
+        .await
+        .unwrap();
+
+    match next_event(&mut stream).await {
+        (ConversationEvent::CustomerErased(erased), false) => {
+            assert_erasure_of(&erased, &id, &person, 2);
+        }
+        other => panic!("CustomerErased live, got {other:?}"),
+    }
+    // Nothing else follows it (no CustomerUpdated): the next event is a heartbeat.
+    let after = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(after.event, Some(ConversationEvent::Heartbeat(_))),
+        "{after:?}"
+    );
+    let live = next_inbox(&mut inbox).await;
+    match &live.event {
+        Some(InboxEvent::CustomerErased(erased)) => assert_erasure_of(erased, &id, &person, 2),
+        other => panic!("CustomerErased in the live inbox, got {other:?}"),
+    }
+    assert!(!live.replayed);
+
+    let mut resumed = open_inbox(&mut client, provider(&owner), &before)
+        .await
+        .unwrap();
+    let replayed = next_inbox(&mut resumed).await;
+    match &replayed.event {
+        Some(InboxEvent::CustomerErased(erased)) => assert_erasure_of(erased, &id, &person, 2),
+        other => panic!("CustomerErased on resume, got {other:?}"),
+    }
+    assert!(replayed.replayed);
+    // Resumed after it, the inbox does not repeat it.
+    let mut after_it = open_inbox(&mut client, provider(&owner), &replayed.cursor)
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(WAIT, after_it.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(next.event, Some(InboxEvent::Heartbeat(_))),
+        "{next:?}"
+    );
+
+    // A client that was away reopens from what it has: the snapshot shows the blank
+    // details, and the erasure follows it so the client drops its copy.
+    let mut reopened = open_stream(&mut client, &id, provider(&owner), 2).await;
+    match next_event(&mut reopened).await {
+        (ConversationEvent::Snapshot(snapshot), true) => {
+            let customer = snapshot.conversation.unwrap().customer.unwrap();
+            assert_eq!(
+                (
+                    customer.customer_id,
+                    customer.name,
+                    customer.email,
+                    customer.phone
+                ),
+                (
+                    person.id.clone(),
+                    String::new(),
+                    String::new(),
+                    String::new()
+                )
+            );
+        }
+        other => panic!("a snapshot first, got {other:?}"),
+    }
+    match next_event(&mut reopened).await {
+        (ConversationEvent::CustomerErased(erased), true) => {
+            assert_erasure_of(&erased, &id, &person, 2);
+        }
+        other => panic!("CustomerErased after the snapshot, got {other:?}"),
+    }
 }
 
 #[tokio::test]
