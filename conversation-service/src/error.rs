@@ -39,6 +39,13 @@ pub enum Error {
         field: &'static str,
         message: String,
     },
+    /// Retention deleted messages that a cursor asks to read from: answered with the
+    /// oldest seq still held, never with a silent gap.
+    #[error("{field}: messages before seq {oldest_seq} were deleted by retention")]
+    MessagesExpired {
+        field: &'static str,
+        oldest_seq: i64,
+    },
     /// PostgreSQL cannot be reached (or the service is still starting).
     #[error("{0}")]
     Unavailable(String),
@@ -110,7 +117,8 @@ impl ServiceError for Error {
             }
             Self::ConversationClosed
             | Self::CustomerAlreadyLinked
-            | Self::ClientMessageIdReused => Code::FailedPrecondition,
+            | Self::ClientMessageIdReused
+            | Self::MessagesExpired { .. } => Code::FailedPrecondition,
             Self::TooManyStreams { .. } => Code::ResourceExhausted,
             Self::CursorOutOfRange { .. } => Code::OutOfRange,
             Self::Unavailable(_) => Code::Unavailable,
@@ -130,6 +138,7 @@ impl ServiceError for Error {
             Self::ClientMessageIdReused => "CLIENT_MESSAGE_ID_REUSED",
             Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
             Self::CursorOutOfRange { .. } => "CURSOR_OUT_OF_RANGE",
+            Self::MessagesExpired { .. } => "MESSAGES_EXPIRED",
             Self::Unavailable(_) => "DATABASE_UNAVAILABLE",
             Self::Internal { .. } => "INTERNAL",
         }
@@ -140,6 +149,9 @@ impl ServiceError for Error {
             Self::InvalidArgument { field, description } => {
                 Details::bad_field(field, description.clone())
             }
+            Self::MessagesExpired { field, oldest_seq } => Details::none()
+                .with_metadata("field", *field)
+                .with_metadata("oldest_seq", oldest_seq.to_string()),
             _ => Details::none(),
         }
     }

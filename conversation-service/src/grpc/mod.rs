@@ -304,9 +304,14 @@ impl ConversationService for ConversationApi {
             .unwrap_or(cursor);
         let conversation = self.store.get_conversation(id).await?;
         conversation.authorize(&viewer, session)?;
+        let field = if request.page_token.is_empty() {
+            "cursor_seq"
+        } else {
+            "page_token"
+        };
         let rows = self
             .store
-            .list_messages(id, direction, cursor, size + 1)
+            .list_kept_messages(&conversation, direction, (field, cursor), size + 1)
             .await?;
         let (messages, next_page_token) = page(&rows, size, convert::message, |last| {
             self.pages.encode(&query, &last.seq)
@@ -371,16 +376,7 @@ impl ConversationService for ConversationApi {
             }
             .into());
         }
-        if after_seq < conversation.kept_from_seq {
-            return Err(Error::CursorOutOfRange {
-                field: "after_seq",
-                message: format!(
-                    "messages up to {} were deleted by retention",
-                    conversation.kept_from_seq
-                ),
-            }
-            .into());
-        }
+        conversation.check_kept("after_seq", after_seq)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         // The stream task logs inside the RPC's span: its lines carry the trace id too.
         tokio::spawn(

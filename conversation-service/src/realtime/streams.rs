@@ -19,7 +19,7 @@ use super::{
 use crate::{
     domain::{ConversationId, Participant, Role, Status as ConversationStatus},
     error::Error,
-    store::{ConversationRow, Erasure, InboxCursor, InboxItem, MessageRow, Store},
+    store::{ConversationRow, Erasure, InboxCursor, InboxItem, MessageRow, Store, expired_after},
 };
 
 /// Messages read per query while catching up.
@@ -409,6 +409,17 @@ impl ConversationStream {
                 Ok(page) => page,
                 Err(error) => return Err(self.fail(error).await),
             };
+            // Retention deleted what this stream was about to send (it ran after the
+            // stream opened): end it as the open would have, never skip.
+            if let Some(oldest_seq) =
+                expired_after(self.last, self.last, page.first().map(|m| m.seq))
+            {
+                let expired = Error::MessagesExpired {
+                    field: "after_seq",
+                    oldest_seq,
+                };
+                return Err(self.fail(expired).await);
+            }
             let full = i64::try_from(page.len()).unwrap_or(i64::MAX) >= CATCH_UP_PAGE;
             for message in page {
                 self.last = message.seq;

@@ -54,6 +54,6 @@ pub use messages::ListDirection;
 pub use notice::{CHANNEL, Carried, Notice, Touched};
 pub use pools::PoolSettings;
 pub use privacy::{AuditRow, Erased};
-pub use records::{ConversationRow, Erasure, MessageRow};
+pub use records::{ConversationRow, Erasure, MessageRow, expired_after};
 pub use send::{BATCH_LOCK_TIMEOUT, LOCK_TIMEOUT, STATEMENT_TIMEOUT};
 pub use unread::UnreadSummary;

@@ -104,6 +104,19 @@ impl ConversationRow {
         check_session(participant, session, self.session_id)
     }
 
+    /// Refuses to read on from `after` (field `field`) when retention deleted messages
+    /// after it: `after + 1 ..= kept_from_seq` are gone, and a read from there would skip
+    /// them silently.
+    pub fn check_kept(&self, field: &'static str, after: i64) -> Result<()> {
+        if after < self.kept_from_seq {
+            return Err(Error::MessagesExpired {
+                field,
+                oldest_seq: self.kept_from_seq + 1,
+            });
+        }
+        Ok(())
+    }
+
     /// The newest message, from the LEFT JOIN (`None` when there is none).
     pub fn last_message(&self) -> Option<MessageRow> {
         match (
@@ -137,6 +150,20 @@ impl ConversationRow {
     }
 }
 
+/// The oldest seq still held when a forward read of the messages after `after` found
+/// `first` first, and `None` when nothing is missing. Seq has no gaps and only retention
+/// deletes messages, oldest first: a first message later than `after + 1`, or none while
+/// the read was bounded by a head (`up_to`) past `after`, means retention took the ones
+/// between (it ran after the conversation's `kept_from_seq` was read). Pass `up_to =
+/// after` when the bound is not a head.
+pub fn expired_after(after: i64, up_to: i64, first: Option<i64>) -> Option<i64> {
+    match first {
+        Some(seq) if seq > after + 1 => Some(seq),
+        None if up_to > after => Some(up_to + 1),
+        _ => None,
+    }
+}
+
 /// One stored message.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct MessageRow {
@@ -156,5 +183,36 @@ pub(crate) const MESSAGE_COLUMNS: &str =
 impl MessageRow {
     pub fn sender(&self) -> Participant {
         Participant::stored(self.sender_role, self.sender_id.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expired_after;
+
+    #[test]
+    fn a_forward_read_that_skips_seqs_lost_them_to_retention() {
+        assert_eq!(
+            expired_after(0, 5, Some(1)),
+            None,
+            "from the start, complete"
+        );
+        assert_eq!(expired_after(3, 5, Some(4)), None, "the next seq first");
+        assert_eq!(expired_after(3, 5, Some(6)), Some(6), "4 and 5 are gone");
+        assert_eq!(
+            expired_after(5, 5, None),
+            None,
+            "at the head: nothing to read"
+        );
+        assert_eq!(
+            expired_after(3, 5, None),
+            Some(6),
+            "everything up to the head is gone"
+        );
+        assert_eq!(
+            expired_after(3, 3, None),
+            None,
+            "no head known: an empty read is fine"
+        );
     }
 }

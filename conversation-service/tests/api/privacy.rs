@@ -15,6 +15,8 @@ use chat_proto::v1::{
 use tonic::{Code, Streaming, transport::Channel};
 use uuid::Uuid;
 
+use chat_common::testing::status::{assert_refused, info_metadata};
+
 use crate::{
     helpers::{
         Client, SESSION, TestApp, bad_field, create, new_provider, open_stream, provider, reason,
@@ -576,9 +578,167 @@ async fn messages_of_long_closed_conversations_are_deleted_in_batches_and_not_re
         async move { client.stream_conversation(request).await }
     };
     let status = stream(0).await.unwrap_err();
-    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-    assert_eq!(reason(&status), "CURSOR_OUT_OF_RANGE");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(reason(&status), "MESSAGES_EXPIRED");
     stream(5).await.expect("from the floor on, a stream opens");
+}
+
+/// Asserts MESSAGES_EXPIRED naming the cursor's field and the oldest seq still held.
+#[track_caller]
+fn assert_expired<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &str, oldest: i64) {
+    let status = assert_refused(result, Code::FailedPrecondition, "MESSAGES_EXPIRED");
+    assert_eq!(
+        (
+            info_metadata(&status, "field"),
+            info_metadata(&status, "oldest_seq")
+        ),
+        (field.to_owned(), oldest.to_string()),
+        "{status:?}"
+    );
+}
+
+/// Once retention has deleted a conversation's oldest messages (it was closed long
+/// ago, then reopened), reading forward from below what is kept is refused with the
+/// oldest seq held, by cursor, by a page token taken before the sweep, and by a stream's
+/// after_seq; a backward listing ends where the kept messages do.
+#[tokio::test]
+async fn reads_from_below_the_retention_floor_are_refused_and_backward_ends_at_it() {
+    let app = crate::helpers::spawn_app_with_flags(&[
+        "--closed-message-retention",
+        "1d",
+        "--retention-interval",
+        "1s",
+    ])
+    .await;
+    let mut client = app.client.clone();
+    let owner = new_provider();
+    let id = create(&mut client, &owner).await.conversation_id;
+    for n in 1..=5 {
+        send(&mut client, &id, provider(&owner), &format!("old {n}"))
+            .await
+            .unwrap();
+    }
+    let lister = client.clone();
+    let list = |direction: v1::Direction, cursor_seq: i64, page_token: String| {
+        let mut client = lister.clone();
+        let request = v1::ListMessagesRequest {
+            conversation_id: id.clone(),
+            viewer: provider(&owner),
+            direction: direction.into(),
+            cursor_seq,
+            page_size: 2,
+            page_token,
+        };
+        async move {
+            client
+                .list_messages(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let first = list(v1::Direction::Forward, 0, String::new())
+        .await
+        .unwrap();
+    assert_eq!(first.messages.len(), 2);
+    let token = first.next_page_token;
+
+    close(&mut client, &id, &owner).await;
+    let mut db = app.db().await;
+    sqlx::query(
+        "UPDATE conversations SET closed_at = now() - interval '2 days' WHERE id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    chat_common::testing::status::eventually(Duration::from_secs(20), || {
+        let app = &app;
+        let sql = format!("SELECT count(*) FROM messages WHERE conversation_id = '{id}'");
+        async move { (app.count(&sql).await == 0).then_some(()) }
+    })
+    .await;
+    // The listing began before the sweep: its next page would skip 3 to 5.
+    assert_expired(
+        list(v1::Direction::Forward, 0, token).await,
+        "page_token",
+        6,
+    );
+    client
+        .set_conversation_status(v1::SetConversationStatusRequest {
+            conversation_id: id.clone(),
+            status: v1::ConversationStatus::Active.into(),
+            actor: provider(&owner),
+        })
+        .await
+        .unwrap();
+    for n in 6..=8 {
+        send(&mut client, &id, provider(&owner), &format!("new {n}"))
+            .await
+            .unwrap();
+    }
+    let before = app.count("SELECT count(*) FROM messages").await;
+
+    for cursor in [0, 4] {
+        assert_expired(
+            list(v1::Direction::Forward, cursor, String::new()).await,
+            "cursor_seq",
+            6,
+        );
+    }
+    let stream = client
+        .stream_conversation(v1::StreamConversationRequest {
+            conversation_id: id.clone(),
+            viewer: provider(&owner),
+            after_seq: 3,
+        })
+        .await;
+    assert_expired(stream, "after_seq", 6);
+    assert_eq!(
+        app.count("SELECT count(*) FROM messages").await,
+        before,
+        "a refusal writes nothing"
+    );
+
+    let seqs = |page: &v1::ListMessagesResponse| -> Vec<i64> {
+        page.messages.iter().map(|m| m.seq).collect()
+    };
+    let from_floor = list(v1::Direction::Forward, 5, String::new())
+        .await
+        .unwrap();
+    assert_eq!(seqs(&from_floor), [6, 7]);
+    let rest = list(v1::Direction::Forward, 5, from_floor.next_page_token)
+        .await
+        .unwrap();
+    assert_eq!((seqs(&rest), rest.next_page_token.as_str()), (vec![8], ""));
+    let newest = list(v1::Direction::Backward, 0, String::new())
+        .await
+        .unwrap();
+    assert_eq!(seqs(&newest), [8, 7]);
+    let oldest = list(v1::Direction::Backward, 0, newest.next_page_token)
+        .await
+        .unwrap();
+    assert_eq!(
+        (seqs(&oldest), oldest.next_page_token.as_str()),
+        (vec![6], ""),
+        "backward ends at the floor"
+    );
+    let below = list(v1::Direction::Backward, 4, String::new())
+        .await
+        .unwrap();
+    assert!(below.messages.is_empty() && below.next_page_token.is_empty());
+
+    let mut replay = open_stream(&mut client, &id, provider(&owner), 5).await;
+    let mut replayed = Vec::new();
+    while replayed.len() < 3 {
+        if let (ConversationEvent::Message(m), true) = next_event(&mut replay).await {
+            replayed.push(m.seq);
+        }
+    }
+    assert_eq!(
+        replayed,
+        [6, 7, 8],
+        "from the floor on, a stream replays what is kept"
+    );
 }
 
 #[tokio::test]
