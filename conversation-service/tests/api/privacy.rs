@@ -15,7 +15,10 @@ use chat_proto::v1::{
 use tonic::{Code, Streaming, transport::Channel};
 use uuid::Uuid;
 
-use chat_common::testing::status::{assert_refused, info_metadata};
+use chat_common::testing::{
+    database::tables_containing,
+    status::{assert_refused, info_metadata},
+};
 
 use crate::{
     helpers::{
@@ -93,29 +96,9 @@ fn erase(customer_id: &str, conversation_ids: &[&str]) -> EraseCustomerConversat
     }
 }
 
-/// Rows of any table of the database whose text contains `needle`.
+/// Tables of the database with a row whose text contains `needle`.
 async fn rows_containing(app: &TestApp, needle: &str) -> Vec<String> {
-    let mut db = app.db().await;
-    let tables: Vec<(String,)> = sqlx::query_as(
-        "SELECT table_name::text FROM information_schema.tables \
-         WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
-    )
-    .fetch_all(&mut db)
-    .await
-    .unwrap();
-    let mut found = Vec::new();
-    for (table,) in tables {
-        let sql = format!("SELECT count(*) FROM \"{table}\" t WHERE strpos(t::text, $1) > 0");
-        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(needle)
-            .fetch_one(&mut db)
-            .await
-            .unwrap();
-        if n > 0 {
-            found.push(table);
-        }
-    }
-    found
+    tables_containing(&mut app.db().await, needle).await
 }
 
 async fn messages(
