@@ -26,6 +26,7 @@ use crate::{
         send, spawn_app,
     },
     inbox::{cursor_now, open as open_inbox},
+    stream_faults::{pile_up, slow_client},
     streams::next_inbox,
 };
 
@@ -60,10 +61,15 @@ impl Person {
     }
 }
 
-/// A conversation with `person` linked, one message from each side; returns its id.
-async fn linked_conversation(client: &mut Client, person: &Person, texts: (&str, &str)) -> String {
-    let provider = new_provider();
-    let id = create(client, &provider).await.conversation_id;
+/// A conversation of `provider` with `person` linked, one message from each side; returns
+/// its id.
+async fn linked_conversation(
+    client: &mut Client,
+    provider: &str,
+    person: &Person,
+    texts: (&str, &str),
+) -> String {
+    let id = create(client, provider).await.conversation_id;
     client
         .update_customer(UpdateCustomerRequest {
             conversation_id: id.clone(),
@@ -82,7 +88,7 @@ async fn linked_conversation(client: &mut Client, person: &Person, texts: (&str,
     )
     .await
     .unwrap();
-    send(client, &id, Some(Participant::provider(&provider)), texts.1)
+    send(client, &id, Some(Participant::provider(provider)), texts.1)
         .await
         .unwrap();
     id
@@ -136,7 +142,13 @@ async fn erase_blanks_the_customer_and_their_messages_everywhere_and_keeps_the_p
     let mut client = app.client.clone();
     let person = Person::new();
     let said = format!("customer secret {}", Uuid::new_v4().simple());
-    let linked = linked_conversation(&mut client, &person, (&said, "provider reply")).await;
+    let linked = linked_conversation(
+        &mut client,
+        &new_provider(),
+        &person,
+        (&said, "provider reply"),
+    )
+    .await;
     // Opened by one of the customer's sessions and never linked: erased through the list.
     let anonymous_provider = new_provider();
     let anonymous = create(&mut client, &anonymous_provider)
@@ -153,7 +165,13 @@ async fn erase_blanks_the_customer_and_their_messages_everywhere_and_keeps_the_p
     .unwrap();
     // Listed too, but linked to someone else: left alone.
     let other = Person::new();
-    let others = linked_conversation(&mut client, &other, ("other's words", "reply")).await;
+    let others = linked_conversation(
+        &mut client,
+        &new_provider(),
+        &other,
+        ("other's words", "reply"),
+    )
+    .await;
 
     let erased = privacy(&app)
         .await
@@ -244,6 +262,25 @@ async fn next_event(
     }
 }
 
+/// Waits until `stream` has shown everything written before now: the listener routes
+/// notices in commit order and a stream handles its wake-ups in order, so once a typing
+/// event sent now arrives, no older wake-up (a late CustomerUpdated of the link) is left.
+async fn settle(
+    stream: &mut Streaming<v1::StreamConversationResponse>,
+    client: &mut Client,
+    id: &str,
+    customer_id: &str,
+) {
+    client
+        .send_typing(v1::SendTypingRequest {
+            conversation_id: id.into(),
+            sender: Some(Participant::customer(customer_id)),
+        })
+        .await
+        .unwrap();
+    while !matches!(next_event(stream).await, (ConversationEvent::Typing(_), _)) {}
+}
+
 /// What a CustomerErased must say of `person`'s conversation, and nothing else: no name,
 /// email or phone (its Debug text holds every field it carries).
 fn assert_erasure_of(erased: &v1::CustomerErased, id: &str, person: &Person, through_seq: i64) {
@@ -270,18 +307,8 @@ async fn streams_and_inboxes_get_customer_erased_live_and_on_resume() {
     let app = crate::helpers::spawn_app_with_flags(&["--heartbeat-interval", "200ms"]).await;
     let mut client = app.client.clone();
     let person = Person::new();
-    let id = linked_conversation(&mut client, &person, ("my words", "reply")).await;
-    let owner = client
-        .get_conversation(v1::GetConversationRequest {
-            conversation_id: id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .conversation
-        .unwrap()
-        .provider_id;
+    let owner = new_provider();
+    let id = linked_conversation(&mut client, &owner, &person, ("my words", "reply")).await;
     let before = cursor_now(&mut client, provider(&owner)).await;
     let mut inbox = open_inbox(&mut client, provider(&owner), &before)
         .await
@@ -297,6 +324,7 @@ async fn streams_and_inboxes_get_customer_erased_live_and_on_resume() {
         }
         other => panic!("a snapshot first, got {other:?}"),
     }
+    settle(&mut stream, &mut client, &id, &person.id).await;
 
     privacy(&app)
         .await
@@ -381,12 +409,98 @@ async fn streams_and_inboxes_get_customer_erased_live_and_on_resume() {
     }
 }
 
+/// A stream that lags behind (its queue overflowed) drops the wake-ups queued, the
+/// erasure's among them, and resyncs: the erasure follows its fresh snapshot, once.
+#[tokio::test]
+async fn a_stream_that_missed_the_erasure_while_lagging_gets_it_after_its_resync_snapshot() {
+    let mut app = crate::helpers::spawn_app_with_flags(&["--stream-queue", "4"]).await;
+    let person = Person::new();
+    let owner = new_provider();
+    let id = create(&mut app.client, &owner).await.conversation_id;
+    app.client
+        .update_customer(UpdateCustomerRequest {
+            conversation_id: id.clone(),
+            customer_id: Some(person.id.clone()),
+            name: Some(person.name.clone()),
+            email: Some(person.email.clone()),
+            phone: Some(person.phone.clone()),
+        })
+        .await
+        .unwrap();
+    let mut slow = slow_client(app.addr).await;
+    let mut stream = open_stream(&mut slow, &id, provider(&owner), 0).await;
+    stream.message().await.unwrap().unwrap(); // the first snapshot
+    settle(&mut stream, &mut app.client, &id, &person.id).await;
+    pile_up(&app, &id, 400).await;
+    send(&mut app.client, &id, provider(&owner), "wake")
+        .await
+        .unwrap();
+    // The task is stuck sending the replay; the erasure's wake-up queues behind it...
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    privacy(&app)
+        .await
+        .erase_customer_conversations(erase(&person.id, &[]))
+        .await
+        .unwrap();
+    // ...and these overflow the queue: the stream lags and resyncs.
+    let typing = |client: &mut Client| {
+        let request = v1::SendTypingRequest {
+            conversation_id: id.clone(),
+            sender: Some(Participant::customer(&person.id)),
+        };
+        let mut client = client.clone();
+        async move { client.send_typing(request).await.unwrap() }
+    };
+    for _ in 0..5 {
+        typing(&mut app.client).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send(&mut app.client, &id, provider(&owner), "marker")
+        .await
+        .unwrap();
+
+    let mut seen = Vec::new();
+    loop {
+        let response = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match response.event {
+            Some(ConversationEvent::Message(m)) if m.seq == 402 => {
+                // Typing is queued behind anything still queued: the end marker.
+                typing(&mut app.client).await;
+            }
+            Some(ConversationEvent::Typing(_)) if seen.contains(&"snapshot") => break,
+            Some(ConversationEvent::Snapshot(_)) => seen.push("snapshot"),
+            Some(ConversationEvent::CustomerErased(erased)) => {
+                assert_erasure_of(&erased, &id, &person, 401);
+                assert!(response.replayed, "announced by the resync");
+                seen.push("erased");
+            }
+            Some(ConversationEvent::CustomerUpdated(_)) => seen.push("updated"),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        seen,
+        ["snapshot", "erased"],
+        "one resync, the erasure after it"
+    );
+}
+
 #[tokio::test]
 async fn bad_erase_requests_change_nothing_and_are_not_audited() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
     let person = Person::new();
-    linked_conversation(&mut client, &person, ("kept words", "reply")).await;
+    linked_conversation(
+        &mut client,
+        &new_provider(),
+        &person,
+        ("kept words", "reply"),
+    )
+    .await;
     let mut privacy = privacy(&app).await;
     let cases = [
         (erase("", &[]), "customer_id"),
@@ -419,7 +533,8 @@ async fn export_streams_each_conversation_then_its_messages() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
     let person = Person::new();
-    let linked = linked_conversation(&mut client, &person, ("mine", "theirs")).await;
+    let linked =
+        linked_conversation(&mut client, &new_provider(), &person, ("mine", "theirs")).await;
     let anonymous = create(&mut client, &new_provider()).await.conversation_id;
     send(
         &mut client,
@@ -429,7 +544,13 @@ async fn export_streams_each_conversation_then_its_messages() {
     )
     .await
     .unwrap();
-    linked_conversation(&mut client, &Person::new(), ("not mine", "x")).await;
+    linked_conversation(
+        &mut client,
+        &new_provider(),
+        &Person::new(),
+        ("not mine", "x"),
+    )
+    .await;
 
     let mut stream = privacy(&app)
         .await
