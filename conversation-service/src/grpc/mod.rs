@@ -311,7 +311,7 @@ impl ConversationService for ConversationApi {
         };
         let rows = self
             .store
-            .list_kept_messages(&conversation, direction, (field, cursor), size + 1)
+            .list_kept_messages(&conversation, direction, field, cursor, size + 1)
             .await?;
         let (messages, next_page_token) = page(&rows, size, convert::message, |last| {
             self.pages.encode(&query, &last.seq)

@@ -25,13 +25,14 @@ pub enum ListDirection {
 impl Store {
     /// [`Store::list_messages`] for a caller: forward from below what retention kept
     /// would skip messages, so it is refused (MESSAGES_EXPIRED, with the oldest seq held
-    /// and the cursor's `field`), also when retention ran after `conversation` was read.
-    /// Backward simply ends where the kept messages do.
+    /// and `field`, the one the cursor came from), also when retention ran after
+    /// `conversation` was read. Backward simply ends where the kept messages do.
     pub async fn list_kept_messages(
         &self,
         conversation: &ConversationRow,
         direction: ListDirection,
-        (field, cursor): (&'static str, i64),
+        field: &'static str,
+        cursor: i64,
         limit: i64,
     ) -> Result<Vec<MessageRow>> {
         let forward = direction == ListDirection::Forward;

@@ -85,7 +85,7 @@ impl Store {
         let with_messages: Vec<Uuid> = blanked.iter().map(|(id, _)| *id).collect();
         // `had_details`: whether name, email or phone were set before (what the reply
         // counts); the rows are locked, so `old` reads what the update replaces.
-        let mut changed: Vec<(Uuid, String, Option<String>, bool)> = sqlx::query_as(
+        let changed: Vec<(Uuid, String, Option<String>, bool)> = sqlx::query_as(
             "WITH old AS (\
                SELECT id, (customer_name <> '' OR customer_email <> '' OR customer_phone <> '') \
                  AS had_details \
@@ -101,8 +101,6 @@ impl Store {
         .fetch_all(&mut *tx)
         .await
         .map_err(|e| Error::db(ctx, e))?;
-        // Events in lock order, like every writer's.
-        changed.sort_by_key(|(id, ..)| *id);
         for (id, provider_id, linked, _) in &changed {
             record_event(&mut tx, *id, EventKind::CustomerErased, None).await?;
             notify(
