@@ -354,7 +354,8 @@ impl ConversationStream {
     }
 
     /// After lost wake-ups: a fresh snapshot (status, customer, read positions), then
-    /// every message after the last one delivered.
+    /// every message after the last one delivered up to the snapshot's head (anything
+    /// newer committed after the wake-ups were drained, so its wake-up is queued).
     async fn resync(&mut self, subscription: &mut Subscription) -> Result<(), Stop> {
         // Whatever was queued so far is covered by the snapshot read below.
         while subscription.wakes.try_recv().is_ok() {}
@@ -362,8 +363,9 @@ impl ConversationStream {
         let permit = self.ctx.paced().await;
         let conversation = self.current().await?;
         drop(permit);
+        let head = conversation.head_seq;
         self.snapshot(conversation, true).await?;
-        self.deliver_up_to(i64::MAX, true).await
+        self.deliver_up_to(head, true).await
     }
 
     /// Delivers what a wake-up announced, from the feed shared with the other streams of
@@ -411,9 +413,7 @@ impl ConversationStream {
             };
             // Retention deleted what this stream was about to send (it ran after the
             // stream opened): end it as the open would have, never skip.
-            if let Some(oldest_seq) =
-                expired_after(self.last, self.last, page.first().map(|m| m.seq))
-            {
+            if let Some(oldest_seq) = expired_after(self.last, head, page.first().map(|m| m.seq)) {
                 let expired = Error::MessagesExpired {
                     field: "after_seq",
                     oldest_seq,

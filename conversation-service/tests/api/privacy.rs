@@ -884,3 +884,64 @@ async fn callers_file_reloads_are_in_the_audit_trail() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Retention that deletes what an open stream has yet to replay ends the stream with
+/// MESSAGES_EXPIRED after what it did send, never with a silent gap.
+#[tokio::test]
+async fn a_stream_whose_replay_retention_deletes_ends_with_messages_expired() {
+    let app = crate::helpers::spawn_app_with_flags(&[
+        "--closed-message-retention",
+        "1d",
+        "--retention-interval",
+        "1s",
+    ])
+    .await;
+    let mut client = app.client.clone();
+    let owner = new_provider();
+    let id = create(&mut client, &owner).await.conversation_id;
+    pile_up(&app, &id, 600).await;
+    close(&mut client, &id, &owner).await;
+    let mut slow = slow_client(app.addr).await;
+    let mut stream = open_stream(&mut slow, &id, provider(&owner), 0).await;
+    let mut seqs = Vec::new();
+    // The snapshot, then the first message: the task has read its first page and is
+    // stuck sending it to a client that does not read.
+    while seqs.is_empty() {
+        if let (ConversationEvent::Message(m), _) = next_event(&mut stream).await {
+            seqs.push(m.seq);
+        }
+    }
+    sqlx::query(
+        "UPDATE conversations SET closed_at = now() - interval '2 days' WHERE id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(&mut app.db().await)
+    .await
+    .unwrap();
+    let count = format!("SELECT count(*) FROM messages WHERE conversation_id = '{id}'");
+    chat_common::testing::status::eventually(Duration::from_secs(20), || {
+        let (app, count) = (&app, &count);
+        async move { (app.count(count).await == 0).then_some(()) }
+    })
+    .await;
+
+    let ended = loop {
+        match tokio::time::timeout(WAIT, stream.message()).await.unwrap() {
+            Ok(Some(response)) => {
+                if let Some(ConversationEvent::Message(m)) = response.event {
+                    seqs.push(m.seq);
+                }
+            }
+            Ok(None) => panic!("the stream ended without a status after {seqs:?}"),
+            Err(status) => break status,
+        }
+    };
+    assert_expired(Err::<(), _>(ended), "after_seq", 601);
+    let sent = i64::try_from(seqs.len()).unwrap();
+    assert!(sent < 600, "the sweep deleted some before they were sent");
+    assert_eq!(
+        seqs,
+        (1..=sent).collect::<Vec<_>>(),
+        "no gap in what was sent"
+    );
+}
