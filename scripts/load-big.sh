@@ -39,6 +39,11 @@ SET maintenance_work_mem = '512MB';
 -- h(text): a stable pseudo-random number in [0, 2^31) from a name, so every load is the same.
 CREATE FUNCTION pg_temp.h(t text) RETURNS bigint LANGUAGE sql IMMUTABLE
     RETURN hashtext(t)::bigint & 2147483647;
+-- The message search index (migration 20261206120000) is built once after the load, in
+-- bulk, rather than entry by entry during ten million inserts; its definition is read
+-- from the migrated database, so the two cannot drift apart.
+SELECT pg_get_indexdef('messages_body_search_idx'::regclass) AS search_index \gset
+DROP INDEX messages_body_search_idx;
 
 INSERT INTO conversations (id, request_id, provider_id, customer_id, customer_name,
                            customer_email, customer_phone, status, origin, head_seq,
@@ -88,6 +93,7 @@ SELECT c.id, s, md5('message-' || c.id || '-' || s)::uuid,
 INSERT INTO conversation_events (conversation_id, kind, status, created_at, pos)
 SELECT id, 1, NULL, created_at, row_number() OVER (ORDER BY created_at)
   FROM conversations;
+:search_index;
 -- New writes draw inbox positions after everything loaded.
 SELECT setval('inbox_pos_seq', (SELECT max(pos) + 1 FROM messages));
 VACUUM ANALYZE conversations;

@@ -1,8 +1,8 @@
 //! Latency of the inbox reads through the service, on a database loaded by
 //! `scripts/load-big.sh`: GetUnreadSummary, ListConversations (first and 40th page, with
 //! and without the status filter, the burst provider included), ListMessages' newest
-//! page. One replica in this process; each read is called `--calls` times one after
-//! another, and its p50/p99 printed.
+//! page, SearchMessages. One replica in this process; each read is called `--calls` times
+//! one after another, and its p50/p99 printed.
 //!
 //! cargo run --release -p conversation-service --example inbox_reads -- \
 //!     --database-url postgres://postgres@127.0.0.1:5432/chat_big [--calls 300]
@@ -223,6 +223,37 @@ async fn main() -> anyhow::Result<()> {
         }
     })
     .await?;
+    // The loader's bodies draw from a few words each, so "boiler" is a common word (about
+    // one message in eight) and "dripping again" a phrase; the whole of prov-burst's
+    // messages and one conversation's.
+    for (query, scope) in [
+        ("boiler", String::new()),
+        ("\"dripping again\"", String::new()),
+        ("invoice paid", String::new()),
+        ("boiler", conversation_id.clone()),
+    ] {
+        let c = client.clone();
+        let name = if scope.is_empty() {
+            format!("SearchMessages prov-burst {query}")
+        } else {
+            format!("SearchMessages one conversation {query}")
+        };
+        measure(&name, n, || {
+            let (mut c, scope) = (c.clone(), scope.clone());
+            async move {
+                c.search_messages(v1::SearchMessagesRequest {
+                    participant: provider("prov-burst"),
+                    query: query.into(),
+                    conversation_id: scope,
+                    page_size: 20,
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+            }
+        })
+        .await?;
+    }
     stop.cancel();
     served.await??;
     Ok(())

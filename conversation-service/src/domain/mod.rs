@@ -3,6 +3,7 @@
 
 mod filter;
 mod page;
+mod search;
 
 use chat_proto::{rules, v1};
 use uuid::Uuid;
@@ -11,6 +12,9 @@ use crate::error::{Error, Result};
 
 pub use filter::{ConversationFilter, CustomerQuery};
 pub use page::{PageKey, PageSize, PageTokens};
+pub use search::{
+    HIGHLIGHT_START, HIGHLIGHT_STOP, SNIPPET_CHARS, SearchQuery, SnippetPart, snippet_parts,
+};
 
 /// A conversation's id (a UUID).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::Type)]

@@ -41,6 +41,13 @@ impl PageKey for (DateTime<Utc>, Uuid) {
     }
 }
 
+/// A search hit's time, conversation and position.
+impl PageKey for (DateTime<Utc>, Uuid, i64) {
+    fn is_valid(&self) -> bool {
+        (1..=9999).contains(&self.0.year()) && self.2 >= 0
+    }
+}
+
 /// Makes and opens page tokens: the last key of a page as JSON, sealed (HMAC-SHA256)
 /// for the query (filters) that produced it. A token carries only a position, never
 /// access: the filters of the request are applied again on every page. A forged,

@@ -9,11 +9,11 @@ use chat_proto::v1::{
 use chrono::{DateTime, Utc};
 
 use crate::{
-    domain::{Participant, Role, Status},
+    domain::{Participant, Role, Status, snippet_parts},
     realtime::streams::{
         ConversationDelivery, ConversationEvent, InboxDelivery, InboxEvent, Viewed,
     },
-    store::{ConversationRow, Erasure, InboxItem, MessageRow},
+    store::{ConversationRow, Erasure, InboxItem, MessageRow, SearchRow},
 };
 
 pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
@@ -59,6 +59,20 @@ pub fn message(row: &MessageRow) -> v1::Message {
         create_time: Some(timestamp(row.created_at)),
         body: row.body.clone(),
         client_message_id: row.client_message_id.clone().unwrap_or_default(),
+    }
+}
+
+/// A search hit: the message and its excerpt, cut to `SNIPPET_CHARS`.
+pub fn search_hit(row: &SearchRow) -> v1::SearchHit {
+    v1::SearchHit {
+        message: Some(message(&row.message)),
+        snippet: snippet_parts(&row.headline)
+            .into_iter()
+            .map(|p| v1::SnippetPart {
+                text: p.text,
+                highlighted: p.highlighted,
+            })
+            .collect(),
     }
 }
 
@@ -150,6 +164,10 @@ pub fn conversation_response(delivery: ConversationDelivery) -> v1::StreamConver
 pub fn inbox_response(delivery: InboxDelivery) -> v1::StreamInboxResponse {
     let event = match delivery.event {
         InboxEvent::Item { item, viewer } => inbox_item(item, viewer),
+        InboxEvent::Summary(summary) => InboxWire::UnreadSummaryChanged(v1::UnreadSummaryChanged {
+            unread_messages: summary.unread_messages,
+            unread_conversations: summary.unread_conversations,
+        }),
         InboxEvent::Heartbeat(time) => InboxWire::Heartbeat(heartbeat(time)),
     };
     v1::StreamInboxResponse {

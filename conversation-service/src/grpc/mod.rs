@@ -20,20 +20,21 @@ use self::outbound::Outbound;
 use crate::{
     domain::{
         ConversationFilter, ConversationId, CustomerDetails, CustomerPatch, NewConversation,
-        NewMessage, PageSize, PageTokens, Participant, Status as ConversationStatus, parse_acting,
-        parse_body, parse_client_message_id, parse_external_id, parse_origin, parse_request_id,
-        parse_seq, parse_session_id,
+        NewMessage, PageSize, PageTokens, Participant, SearchQuery, Status as ConversationStatus,
+        parse_acting, parse_body, parse_client_message_id, parse_external_id, parse_origin,
+        parse_request_id, parse_seq, parse_session_id,
     },
     error::Error,
     realtime::{
         Hub,
         streams::{self, ConversationDelivery, InboxDelivery, StreamContext},
     },
-    store::{InboxCursor, ListDirection, SendQueue, Store},
+    store::{InboxCursor, ListDirection, SearchKey, SendQueue, Store},
 };
 
 const CONVERSATIONS_PAGE: (i64, i64) = (50, 200);
 const MESSAGES_PAGE: (i64, i64) = (50, 500);
+const SEARCH_PAGE: (i64, i64) = (20, 100);
 /// Items buffered between a stream task and the HTTP/2 stream.
 const STREAM_BUFFER: usize = 16;
 
@@ -417,6 +418,9 @@ impl ConversationService for ConversationApi {
             Some(cursor) => cursor,
             None => InboxCursor::at(self.store.current_snapshot().await?),
         };
+        // Read before the stream is answered, so a client that opens it and then asks
+        // GetUnreadSummary misses no change: any after this read is sent on the stream.
+        let summary = self.store.unread_summary(&owner).await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(
             streams::inbox_stream(
@@ -424,6 +428,7 @@ impl ConversationService for ConversationApi {
                 subscription,
                 owner,
                 cursor,
+                summary,
                 resumed,
                 tx,
             )
@@ -447,6 +452,58 @@ impl ConversationService for ConversationApi {
         ok(v1::GetUnreadSummaryResponse {
             unread_messages: summary.unread_messages,
             unread_conversations: summary.unread_conversations,
+        })
+    }
+
+    async fn search_messages(
+        &self,
+        request: Request<v1::SearchMessagesRequest>,
+    ) -> GrpcResult<v1::SearchMessagesResponse> {
+        let request = request.into_inner();
+        let owner = owner(request.participant.as_ref())?;
+        let text = SearchQuery::parse("query", &request.query)?;
+        let conversation = if request.conversation_id.is_empty() {
+            None
+        } else {
+            let id = ConversationId::parse("conversation_id", &request.conversation_id)?;
+            chat_common::rpc::record("conversation_id", id);
+            Some(id)
+        };
+        let (default, max) = SEARCH_PAGE;
+        let size = PageSize::parse("page_size", request.page_size, default, max)?.0;
+        // The text as JSON: no query can pass for another by containing a separator.
+        let bound = serde_json::to_string(&text.0).unwrap_or_default();
+        let query = format!(
+            "search/{:?}/{}/{conversation:?}/{bound}",
+            owner.role(),
+            owner.id(),
+        );
+        let after: Option<SearchKey> =
+            self.pages
+                .decode("page_token", &query, &request.page_token)?;
+        if let Some(id) = conversation {
+            self.store
+                .get_conversation(id)
+                .await?
+                .authorize(&owner, None)?;
+        }
+        if !self.store.is_searchable(&text).await? {
+            return Err(Error::invalid(
+                "query",
+                "has no word to search for (only punctuation or only excluded words)",
+            )
+            .into());
+        }
+        let rows = self
+            .store
+            .search_messages(&owner, &text, conversation, after, size + 1)
+            .await?;
+        let (hits, next_page_token) = page(&rows, size, convert::search_hit, |last| {
+            self.pages.encode(&query, &last.key())
+        });
+        ok(v1::SearchMessagesResponse {
+            hits,
+            next_page_token,
         })
     }
 }

@@ -41,6 +41,9 @@ pub enum Wake {
     /// Something in one of an inbox owner's conversations changed (a conversation was
     /// created or linked, a message, a status): the inbox reads its next window.
     InboxTouched,
+    /// A read position of an inbox owner moved: its unread summary may have changed, and
+    /// nothing else in its inbox did.
+    Summary,
     /// The listener reconnected: whatever was sent meanwhile must be read from the table.
     Resync,
 }
@@ -210,6 +213,7 @@ impl Hub {
             carried,
             forgotten,
             inboxes,
+            summary,
         } = route(notice);
         let map = self
             .subscribers
@@ -240,6 +244,13 @@ impl Hub {
                 }
             }
         }
+        if let Some(key) = summary
+            && let Some(group) = map.get(&key)
+        {
+            for entry in group.entries.values() {
+                offer(entry, Wake::Summary);
+            }
+        }
     }
 
     /// After the listener reconnects: every stream catches up from the table.
@@ -264,6 +275,8 @@ struct Routes {
     /// Conversations whose feed must drop what it holds (their customer side changed).
     forgotten: Vec<Uuid>,
     inboxes: HashSet<Key>,
+    /// The inbox whose owner read (only its unread summary changed).
+    summary: Option<Key>,
 }
 
 fn route(notice: Notice) -> Routes {
@@ -289,6 +302,10 @@ fn route(notice: Notice) -> Routes {
             reader_id,
             seq,
         } => {
+            // The anonymous visitor has no inbox.
+            if !reader_id.is_empty() {
+                routes.summary = Some(Key::Inbox(role, reader_id.clone()));
+            }
             let reader = Participant::stored(role, reader_id);
             Some((conversation_id, Wake::Read { reader, seq }))
         }
@@ -416,5 +433,27 @@ mod tests {
         hub.dispatch(messages(Uuid::now_v7(), 1));
         assert!(mine.wakes.try_recv().is_ok());
         assert!(other.wakes.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_read_wakes_the_readers_inbox_for_its_summary_only() {
+        let hub = Hub::new(10, 8);
+        let mut reader = hub
+            .subscribe_inbox(&Participant::stored(Role::Customer, "c1".into()))
+            .unwrap();
+        let mut provider = hub
+            .subscribe_inbox(&Participant::stored(Role::Provider, "p1".into()))
+            .unwrap();
+        let read = |id: &str| Notice::Read {
+            conversation_id: Uuid::now_v7(),
+            role: Role::Customer,
+            reader_id: id.into(),
+            seq: 3,
+        };
+        hub.dispatch(read("c1"));
+        hub.dispatch(read(""));
+        assert_eq!(reader.wakes.try_recv().ok(), Some(Wake::Summary));
+        assert!(reader.wakes.try_recv().is_err());
+        assert!(provider.wakes.try_recv().is_err());
     }
 }

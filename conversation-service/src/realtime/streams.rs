@@ -19,13 +19,19 @@ use super::{
 use crate::{
     domain::{ConversationId, Participant, Role, Status as ConversationStatus},
     error::Error,
-    store::{ConversationRow, Erasure, InboxCursor, InboxItem, MessageRow, Store, expired_after},
+    store::{
+        ConversationRow, Erasure, InboxCursor, InboxItem, MessageRow, Store, UnreadSummary,
+        expired_after,
+    },
 };
 
 /// Messages read per query while catching up.
 const CATCH_UP_PAGE: i64 = 256;
 /// Inbox items read per query.
 const INBOX_PAGE: i64 = 256;
+/// The least time between two `UnreadSummaryChanged` of one inbox stream: a burst of
+/// sends reads `unread_counts` a few times a second per stream, not once per message.
+pub const SUMMARY_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Clone)]
 pub struct StreamContext {
@@ -108,6 +114,8 @@ pub enum InboxEvent {
         item: InboxItem,
         viewer: Role,
     },
+    /// The owner's unread summary, when it differs from the last one this stream saw.
+    Summary(UnreadSummary),
     Heartbeat(DateTime<Utc>),
 }
 
@@ -332,7 +340,7 @@ impl ConversationStream {
                 }
             }
             Wake::Resync => self.resync(subscription).await?,
-            Wake::InboxTouched => {}
+            Wake::InboxTouched | Wake::Summary => {}
         }
         Ok(true)
     }
@@ -434,12 +442,14 @@ impl ConversationStream {
     }
 }
 
-/// StreamInbox's task, from `cursor` (taken after `subscription`).
+/// StreamInbox's task, from `cursor` and the owner's unread `summary` (both read after
+/// `subscription` was taken, so every change after them wakes it).
 pub async fn inbox_stream(
     ctx: StreamContext,
     mut subscription: Subscription,
     owner: Participant,
     cursor: InboxCursor,
+    summary: UnreadSummary,
     resumed: bool,
     out: mpsc::Sender<Item<InboxDelivery>>,
 ) {
@@ -448,6 +458,11 @@ pub async fn inbox_stream(
         out,
         owner,
         cursor,
+        summary: Summary {
+            shown: summary,
+            due: false,
+            next: Instant::now(),
+        },
     };
     let _ = stream.run(&mut subscription, resumed).await;
 }
@@ -457,6 +472,19 @@ struct InboxStream {
     out: mpsc::Sender<Item<InboxDelivery>>,
     owner: Participant,
     cursor: InboxCursor,
+    summary: Summary,
+}
+
+/// When the stream reads the owner's unread summary again. Each wake that may have changed
+/// it makes it due; it is read after the inbox items that wake brought, and at most once
+/// per [`SUMMARY_EVERY`], so a burst is coalesced into a few reads whose last one is
+/// exact (a change committed after a read wakes the stream again: NOTIFY follows commit).
+struct Summary {
+    /// The last summary sent (or read when the stream opened).
+    shown: UnreadSummary,
+    due: bool,
+    /// Not read again before then.
+    next: Instant,
 }
 
 impl InboxStream {
@@ -469,7 +497,9 @@ impl InboxStream {
         loop {
             if subscription.take_lagged() {
                 self.deliver(true).await?;
+                self.summary.due = true;
             }
+            let summary_at = self.summary.next;
             let wake = tokio::select! {
                 // The UNAVAILABLE that ends the stream comes from `Outbound`.
                 () = self.ctx.shutdown.cancelled() => return Err(Stop),
@@ -484,16 +514,52 @@ impl InboxStream {
                     next_heartbeat = Instant::now() + period;
                     continue;
                 }
+                () = tokio::time::sleep_until(summary_at), if self.summary.due => {
+                    if self.send_summary().await? {
+                        next_heartbeat = Instant::now() + period;
+                    }
+                    continue;
+                }
                 wake = subscription.wakes.recv() => wake.ok_or(Stop)?,
             };
             // One read of the table answers every wake-up queued so far.
             let mut replayed = wake == Wake::Resync;
+            let mut items = wake != Wake::Summary;
             while let Ok(more) = subscription.wakes.try_recv() {
                 replayed |= more == Wake::Resync;
+                items |= more != Wake::Summary;
             }
-            self.deliver(replayed).await?;
-            next_heartbeat = Instant::now() + period;
+            // Whatever woke it (an item, a read, a resync) may have moved the summary.
+            self.summary.due = true;
+            if items {
+                self.deliver(replayed).await?;
+                next_heartbeat = Instant::now() + period;
+            }
         }
+    }
+
+    /// Reads the owner's unread summary and sends it if it changed; `true` when sent.
+    async fn send_summary(&mut self) -> Result<bool, Stop> {
+        self.summary.due = false;
+        self.summary.next = Instant::now() + SUMMARY_EVERY;
+        let summary = match self.ctx.store.unread_summary(&self.owner).await {
+            Ok(summary) => summary,
+            Err(error) => {
+                let _ = emit(&self.out, Err(error.into()), &self.ctx.shutdown).await;
+                return Err(Stop);
+            }
+        };
+        if summary == self.summary.shown {
+            return Ok(false);
+        }
+        self.summary.shown = summary;
+        let delivery = InboxDelivery {
+            event: InboxEvent::Summary(summary),
+            cursor: self.cursor.encode(),
+            replayed: false,
+        };
+        emit(&self.out, Ok(delivery), &self.ctx.shutdown).await?;
+        Ok(true)
     }
 
     /// Delivers every window item after the cursor, advancing it item by item.

@@ -40,19 +40,19 @@ async fn next(stream: &mut Streaming<StreamInboxResponse>) -> StreamInboxRespons
         .expect("the inbox stays open")
 }
 
-/// The next event that is not a heartbeat.
+/// The next event that is not a heartbeat or an unread summary.
 async fn next_event(stream: &mut Streaming<StreamInboxResponse>) -> (Event, String) {
     tokio::time::timeout(WAIT, async {
         loop {
             let response = next(stream).await;
             match response.event {
-                Some(Event::Heartbeat(_)) | None => {}
+                Some(Event::Heartbeat(_) | Event::UnreadSummaryChanged(_)) | None => {}
                 Some(event) => return (event, response.cursor),
             }
         }
     })
     .await
-    .expect("an inbox event (not a heartbeat) within the deadline")
+    .expect("an inbox event (not a heartbeat or summary) within the deadline")
 }
 
 /// A cursor for "now", from a fresh inbox's first heartbeat.
@@ -77,6 +77,9 @@ fn label(event: &Event) -> String {
         Event::StatusChanged(s) => format!("status {:?}", s.status()),
         Event::Message(m) => format!("message {}", m.body),
         Event::Heartbeat(_) => "heartbeat".into(),
+        Event::UnreadSummaryChanged(s) => {
+            format!("unread {} {}", s.unread_messages, s.unread_conversations)
+        }
     }
 }
 

@@ -229,7 +229,7 @@ async fn first_event<T>(
 }
 
 /// Every row of every table (whatever the migrations made), as text.
-async fn rows(app: &TestApp) -> String {
+pub async fn rows(app: &TestApp) -> String {
     let mut db = app.db().await;
     let tables: Vec<(String,)> = sqlx::query_as(
         "SELECT table_name::text FROM information_schema.tables \

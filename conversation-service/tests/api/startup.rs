@@ -124,7 +124,7 @@ async fn a_database_lost_while_serving_gives_unavailable_then_recovers() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    // The unread summary and a filtered inbox read the same pool.
+    // The unread summary, a filtered inbox and a search read the same pool.
     let status = app
         .client
         .get_unread_summary(v1::GetUnreadSummaryRequest {
@@ -139,6 +139,16 @@ async fn a_database_lost_while_serving_gives_unavailable_then_recovers() {
             participant: crate::helpers::provider("p1"),
             unread_only: true,
             customer_query: "lovelace".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let status = app
+        .client
+        .search_messages(v1::SearchMessagesRequest {
+            participant: crate::helpers::provider("p1"),
+            query: "hello".into(),
             ..Default::default()
         })
         .await

@@ -463,7 +463,10 @@ pub(crate) async fn next_inbox(stream: &mut Streaming<StreamInboxResponse>) -> S
             .expect("an inbox event within the deadline")
             .unwrap()
             .expect("the inbox stays open");
-        if !matches!(response.event, Some(InboxEvent::Heartbeat(_))) {
+        if !matches!(
+            response.event,
+            Some(InboxEvent::Heartbeat(_) | InboxEvent::UnreadSummaryChanged(_))
+        ) {
             return response;
         }
     }

@@ -1,0 +1,428 @@
+//! SearchMessages: who sees which hits, their order and pages, the excerpt, refusals, and
+//! the GIN index serving it.
+
+use chat_common::testing::status::{assert_invalid, assert_refused};
+use chat_proto::v1::{self, conversation_privacy_service_client::ConversationPrivacyServiceClient};
+use tonic::Code;
+use uuid::Uuid;
+
+use crate::helpers::{Client, TestApp, create, customer, new_provider, provider, send, spawn_app};
+
+fn request(participant: Option<v1::Participant>, query: &str) -> v1::SearchMessagesRequest {
+    v1::SearchMessagesRequest {
+        participant,
+        query: query.into(),
+        ..Default::default()
+    }
+}
+
+async fn search(
+    client: &mut Client,
+    request: v1::SearchMessagesRequest,
+) -> Result<v1::SearchMessagesResponse, tonic::Status> {
+    client
+        .search_messages(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The bodies of a page's hits, in order.
+fn bodies(page: &v1::SearchMessagesResponse) -> Vec<String> {
+    page.hits
+        .iter()
+        .map(|h| h.message.as_ref().unwrap().body.clone())
+        .collect()
+}
+
+/// Every page of a search, page by page, as bodies.
+async fn walk(client: &mut Client, mut request: v1::SearchMessagesRequest) -> Vec<String> {
+    let mut all = Vec::new();
+    loop {
+        let page = search(client, request.clone()).await.unwrap();
+        assert!(page.hits.len() <= usize::try_from(request.page_size).unwrap());
+        all.extend(bodies(&page));
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
+async fn link(client: &mut Client, id: &str, customer_id: &str) {
+    client
+        .update_customer(v1::UpdateCustomerRequest {
+            conversation_id: id.into(),
+            customer_id: Some(customer_id.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_participant_finds_its_own_messages_newest_first_with_a_highlighted_excerpt() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let c = &mut client;
+    let (owner, other) = (new_provider(), new_provider());
+    let cust = format!("cust-{}", Uuid::new_v4().simple());
+    let first = create(c, &owner).await.conversation_id;
+    let second = create(c, &owner).await.conversation_id;
+    let foreign = create(c, &other).await.conversation_id;
+    link(c, &second, &cust).await;
+    send(c, &first, provider(&owner), "The BOILER is leaking again")
+        .await
+        .unwrap();
+    send(c, &second, customer(&cust), "my boiler makes a noise")
+        .await
+        .unwrap();
+    send(c, &second, provider(&owner), "nothing to see here")
+        .await
+        .unwrap();
+    send(c, &foreign, provider(&other), "another boiler elsewhere")
+        .await
+        .unwrap();
+    send(c, &first, customer(""), "boiler fixed, thanks")
+        .await
+        .unwrap();
+
+    let page = search(c, request(provider(&owner), "boiler"))
+        .await
+        .unwrap();
+    assert_eq!(
+        bodies(&page),
+        [
+            "boiler fixed, thanks",
+            "my boiler makes a noise",
+            "The BOILER is leaking again"
+        ],
+        "the provider's own conversations only, newest first"
+    );
+    assert!(page.next_page_token.is_empty());
+    let excerpt = &page.hits[2].snippet;
+    let highlighted: Vec<&str> = excerpt
+        .iter()
+        .filter(|p| p.highlighted)
+        .map(|p| p.text.as_str())
+        .collect();
+    assert_eq!(highlighted, ["BOILER"], "{excerpt:?}");
+    let whole: String = excerpt.iter().map(|p| p.text.as_str()).collect();
+    assert!(
+        whole.contains("BOILER is leaking") && "The BOILER is leaking again".contains(&whole),
+        "an excerpt of the body: {whole:?}"
+    );
+
+    let page = search(c, request(customer(&cust), "boiler")).await.unwrap();
+    assert_eq!(
+        bodies(&page),
+        ["my boiler makes a noise"],
+        "a customer sees only the conversations it is linked to"
+    );
+
+    let mut one = request(provider(&owner), "boiler");
+    one.conversation_id = first.clone();
+    assert_eq!(
+        bodies(&search(c, one).await.unwrap()),
+        ["boiler fixed, thanks", "The BOILER is leaking again"]
+    );
+    // Several words: all of them; a phrase: in a row.
+    let page = search(c, request(provider(&owner), "boiler leaking"))
+        .await
+        .unwrap();
+    assert_eq!(bodies(&page), ["The BOILER is leaking again"]);
+    let page = search(c, request(provider(&owner), "\"leaking boiler\""))
+        .await
+        .unwrap();
+    assert!(page.hits.is_empty());
+    let page = search(c, request(provider(&other), "leaking"))
+        .await
+        .unwrap();
+    assert!(
+        page.hits.is_empty(),
+        "another provider's messages never match"
+    );
+}
+
+#[tokio::test]
+async fn pages_follow_each_other_without_repeats_or_gaps() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let c = &mut client;
+    let owner = new_provider();
+    let ids = [
+        create(c, &owner).await.conversation_id,
+        create(c, &owner).await.conversation_id,
+        create(c, &owner).await.conversation_id,
+    ];
+    let mut sent = Vec::new();
+    for n in 0..23 {
+        let body = format!("invoice number {n}");
+        send(c, &ids[n % 3], provider(&owner), &body).await.unwrap();
+        sent.push(body);
+        if n % 4 == 0 {
+            send(c, &ids[n % 3], provider(&owner), "unrelated")
+                .await
+                .unwrap();
+        }
+    }
+    // Concurrent senders put several messages in one batch, with one created_at: the
+    // order must still be total.
+    let mut batch = Vec::new();
+    for n in 23..30 {
+        let mut client = c.clone();
+        let id = ids[n % 3].clone();
+        let owner = owner.clone();
+        batch.push(tokio::spawn(async move {
+            let body = format!("invoice number {n}");
+            send(&mut client, &id, provider(&owner), &body)
+                .await
+                .unwrap();
+            body
+        }));
+    }
+    for task in batch {
+        sent.push(task.await.unwrap());
+    }
+
+    let mut walked = request(provider(&owner), "invoice");
+    walked.page_size = 4;
+    let all = walk(c, walked.clone()).await;
+    let mut expected = sent.clone();
+    expected.sort();
+    let mut got = all.clone();
+    got.sort();
+    assert_eq!(got, expected, "every hit once");
+
+    // Newest first: the order of (create_time, conversation, seq) descending.
+    let page = search(
+        c,
+        v1::SearchMessagesRequest {
+            page_size: 100,
+            ..walked.clone()
+        },
+    )
+    .await
+    .unwrap();
+    let keys: Vec<(i64, i32, String, i64)> = page
+        .hits
+        .iter()
+        .map(|h| {
+            let m = h.message.as_ref().unwrap();
+            let t = m.create_time.unwrap();
+            (t.seconds, t.nanos, m.conversation_id.clone(), m.seq)
+        })
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(keys, sorted);
+    assert_eq!(bodies(&page), all, "pages walk the one order");
+
+    // A message sent during a walk is newer than every page: it shifts nothing.
+    let first = search(c, walked.clone()).await.unwrap();
+    send(c, &ids[0], provider(&owner), "invoice latecomer")
+        .await
+        .unwrap();
+    let mut rest = walked.clone();
+    rest.page_token = first.next_page_token.clone();
+    let mut resumed = bodies(&first);
+    resumed.extend(walk(c, rest).await);
+    assert_eq!(resumed, all);
+}
+
+#[tokio::test]
+async fn erased_and_deleted_messages_do_not_match() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let c = &mut client;
+    let owner = new_provider();
+    let cust = format!("cust-{}", Uuid::new_v4().simple());
+    let id = create(c, &owner).await.conversation_id;
+    link(c, &id, &cust).await;
+    send(c, &id, customer(&cust), "secret plumbing question")
+        .await
+        .unwrap();
+    send(c, &id, provider(&owner), "plumbing answer")
+        .await
+        .unwrap();
+    let kept = create(c, &owner).await.conversation_id;
+    send(c, &kept, provider(&owner), "plumbing retained soon")
+        .await
+        .unwrap();
+    let page = search(c, request(provider(&owner), "plumbing"))
+        .await
+        .unwrap();
+    assert_eq!(page.hits.len(), 3);
+
+    let mut privacy = ConversationPrivacyServiceClient::connect(format!("http://{}", app.addr))
+        .await
+        .unwrap();
+    privacy
+        .erase_customer_conversations(v1::EraseCustomerConversationsRequest {
+            request_id: Uuid::new_v4().to_string(),
+            customer_id: cust.clone(),
+            conversation_ids: Vec::new(),
+        })
+        .await
+        .unwrap();
+    // What retention does to a closed conversation's old messages.
+    let mut db = app.db().await;
+    sqlx::query("DELETE FROM messages WHERE conversation_id = $1::uuid")
+        .bind(&kept)
+        .execute(&mut db)
+        .await
+        .unwrap();
+
+    let page = search(c, request(provider(&owner), "plumbing"))
+        .await
+        .unwrap();
+    assert_eq!(bodies(&page), ["plumbing answer"]);
+    let page = search(c, request(provider(&owner), "secret"))
+        .await
+        .unwrap();
+    assert!(page.hits.is_empty(), "an erased body matches nothing");
+}
+
+#[tokio::test]
+async fn bad_searches_are_refused_with_a_reason_and_change_nothing() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let c = &mut client;
+    let owner = new_provider();
+    let other = new_provider();
+    let id = create(c, &owner).await.conversation_id;
+    let foreign = create(c, &other).await.conversation_id;
+    for n in 0..5 {
+        send(c, &id, provider(&owner), &format!("quote {n}"))
+            .await
+            .unwrap();
+    }
+    let before = crate::properties::rows(&app).await;
+
+    for text in ["", "   \t ", &"x".repeat(201), "quote\u{0}", "a\u{7}b"] {
+        assert_invalid(search(c, request(provider(&owner), text)).await, "query");
+    }
+    for text in ["...", "-quote", "!? --", "-quote -other"] {
+        assert_invalid(search(c, request(provider(&owner), text)).await, "query");
+    }
+    assert_invalid(search(c, request(None, "quote")).await, "participant");
+    assert_invalid(
+        search(c, request(customer(""), "quote")).await,
+        "participant",
+    );
+    let mut negative = request(provider(&owner), "quote");
+    negative.page_size = -1;
+    assert_invalid(search(c, negative).await, "page_size");
+    let mut bad_id = request(provider(&owner), "quote");
+    bad_id.conversation_id = "not-a-uuid".into();
+    assert_invalid(search(c, bad_id).await, "conversation_id");
+
+    let mut unknown = request(provider(&owner), "quote");
+    unknown.conversation_id = Uuid::new_v4().to_string();
+    assert_refused(
+        search(c, unknown).await,
+        Code::NotFound,
+        "CONVERSATION_NOT_FOUND",
+    );
+    let mut theirs = request(provider(&owner), "quote");
+    theirs.conversation_id = foreign.clone();
+    assert_refused(
+        search(c, theirs).await,
+        Code::PermissionDenied,
+        "NOT_A_PARTICIPANT",
+    );
+
+    // A page token is bound to its participant, its words and its conversation.
+    let mut first = request(provider(&owner), "quote");
+    first.page_size = 2;
+    let token = search(c, first.clone()).await.unwrap().next_page_token;
+    assert!(!token.is_empty());
+    for other_query in [
+        v1::SearchMessagesRequest {
+            query: "quote 1".into(),
+            ..first.clone()
+        },
+        v1::SearchMessagesRequest {
+            conversation_id: id.clone(),
+            ..first.clone()
+        },
+        v1::SearchMessagesRequest {
+            participant: provider(&other),
+            ..first.clone()
+        },
+        v1::SearchMessagesRequest {
+            page_token: format!("{token}x"),
+            ..first.clone()
+        },
+    ] {
+        let reused = v1::SearchMessagesRequest {
+            page_token: if other_query.page_token.is_empty() {
+                token.clone()
+            } else {
+                other_query.page_token.clone()
+            },
+            ..other_query
+        };
+        assert_invalid(search(c, reused).await, "page_token");
+    }
+    let next = v1::SearchMessagesRequest {
+        page_token: token,
+        ..first
+    };
+    assert_eq!(search(c, next).await.unwrap().hits.len(), 2);
+
+    assert_eq!(crate::properties::rows(&app).await, before);
+}
+
+/// The search reads the GIN index rather than every message. The test table is tiny, so
+/// sequential scans are turned off for the EXPLAIN (on a big table the planner picks the
+/// index by itself); what is checked is that the query's expression matches the index's.
+#[tokio::test]
+async fn the_search_is_served_by_the_gin_index() {
+    let mut app = spawn_app().await;
+    let owner = new_provider();
+    let id = create(&mut app.client, &owner).await.conversation_id;
+    send(
+        &mut app.client,
+        &id,
+        provider(&owner),
+        "a rare word: zymurgy",
+    )
+    .await
+    .unwrap();
+    let plan = explain(&app, &owner, None).await;
+    assert!(
+        plan.contains("messages_body_search_idx"),
+        "the search does not use the GIN index: {plan}"
+    );
+    let conversation = conversation_service::domain::ConversationId(Uuid::parse_str(&id).unwrap());
+    let plan = explain(&app, &owner, Some(conversation)).await;
+    assert!(
+        !plan.contains("\"Seq Scan\""),
+        "a search in one conversation scans a table: {plan}"
+    );
+}
+
+async fn explain(
+    app: &TestApp,
+    owner: &str,
+    conversation: Option<conversation_service::domain::ConversationId>,
+) -> String {
+    use conversation_service::domain::{Participant, Role, SearchQuery};
+    let mut db = app.db().await;
+    sqlx::query("SET enable_seqscan = off")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let participant = Participant::stored(Role::Provider, owner.to_owned());
+    let query = SearchQuery("zymurgy".into());
+    let mut sql = conversation_service::store::search_sql(
+        "EXPLAIN (FORMAT JSON) ",
+        &participant,
+        &query,
+        conversation,
+        None,
+        21,
+    );
+    let (plan,): (serde_json::Value,) = sql.build_query_as().fetch_one(&mut db).await.unwrap();
+    plan.to_string()
+}

@@ -1,0 +1,21 @@
+-- SearchMessages: full-text search over message bodies. An expression GIN index, not a
+-- stored tsvector column: adding a stored column rewrites the whole table under an
+-- ACCESS EXCLUSIVE lock and makes every row bigger, while the index alone computes the
+-- tsvector once per insert and the search recomputes it for the few rows it shows.
+--
+-- The configuration is `simple`: it lowercases and splits words but does not stem and
+-- drops no stop words, the same for every language. A marketplace's messages come in many
+-- languages and a message says none, so a language's configuration (`english` stems
+-- "invoices" to "invoic") would mangle the others' words. What this loses: no stemming
+-- ("invoice" does not find "invoices"), stop words are indexed (a bigger index, and "the"
+-- is searchable), and scripts written without spaces (Chinese, Japanese, Thai) are one
+-- "word" per run of text, so a word inside such a run is not found.
+--
+-- The query must use the very same expression: `to_tsvector('simple'::regconfig, body)`.
+-- fastupdate stays on (the default): an insert appends to the index's pending list and
+-- the entries are merged in bulk (by autovacuum, or by an insert once the list passes
+-- gin_pending_list_limit), so SendMessage does not pay a GIN update per word per message.
+-- Erased messages have empty bodies (no words) and retention deletes rows, so neither can
+-- match.
+CREATE INDEX messages_body_search_idx ON messages
+    USING gin (to_tsvector('simple'::regconfig, body));
