@@ -603,17 +603,45 @@ async fn close(client: &mut Client, id: &str, provider: &str) {
         .unwrap();
 }
 
-#[tokio::test]
-async fn messages_of_long_closed_conversations_are_deleted_in_batches_and_not_replayed() {
-    let app = crate::helpers::spawn_app_with_flags(&[
+/// An app whose sweeper deletes the messages of conversations closed for over a day,
+/// looking every second.
+async fn spawn_sweeping(extra: &[&str]) -> TestApp {
+    let flags = [
         "--closed-message-retention",
         "1d",
         "--retention-interval",
         "1s",
-        "--retention-batch",
-        "2",
-    ])
+    ];
+    crate::helpers::spawn_app_with_flags(&[&flags[..], extra].concat()).await
+}
+
+/// How many messages of `id` are stored.
+async fn stored(app: &TestApp, id: &str) -> i64 {
+    app.count(&format!(
+        "SELECT count(*) FROM messages WHERE conversation_id = '{id}'"
+    ))
+    .await
+}
+
+/// Makes the closed conversation `id` look closed for two days, and waits until the
+/// sweeper has deleted all of its messages.
+async fn age_out(app: &TestApp, id: &str) {
+    sqlx::query(
+        "UPDATE conversations SET closed_at = now() - interval '2 days' WHERE id = $1::uuid",
+    )
+    .bind(id)
+    .execute(&mut app.db().await)
+    .await
+    .unwrap();
+    chat_common::testing::status::eventually(Duration::from_secs(20), || async {
+        (stored(app, id).await == 0).then_some(())
+    })
     .await;
+}
+
+#[tokio::test]
+async fn messages_of_long_closed_conversations_are_deleted_in_batches_and_not_replayed() {
+    let app = spawn_sweeping(&["--retention-batch", "2"]).await;
     let mut client = app.client.clone();
     let provider = new_provider();
     let conversation = |label: &'static str| {
@@ -639,31 +667,10 @@ async fn messages_of_long_closed_conversations_are_deleted_in_batches_and_not_re
     let active = conversation("active").await;
     close(&mut client, &old, &provider).await;
     close(&mut client, &recent, &provider).await;
+    age_out(&app, &old).await;
+    assert_eq!(stored(&app, &recent).await, 5, "closed a moment ago: kept");
+    assert_eq!(stored(&app, &active).await, 5, "active: kept");
     let mut db = app.db().await;
-    sqlx::query(
-        "UPDATE conversations SET closed_at = now() - interval '2 days' WHERE id = $1::uuid",
-    )
-    .bind(&old)
-    .execute(&mut db)
-    .await
-    .unwrap();
-
-    let count = |id: String| {
-        let app = &app;
-        async move {
-            app.count(&format!(
-                "SELECT count(*) FROM messages WHERE conversation_id = '{id}'"
-            ))
-            .await
-        }
-    };
-    chat_common::testing::status::eventually(std::time::Duration::from_secs(20), || {
-        let count = count(old.clone());
-        async move { (count.await == 0).then_some(()) }
-    })
-    .await;
-    assert_eq!(count(recent.clone()).await, 5, "closed a moment ago: kept");
-    assert_eq!(count(active.clone()).await, 5, "active: kept");
     let (floor,): (i64,) =
         sqlx::query_as("SELECT kept_from_seq FROM conversations WHERE id = $1::uuid")
             .bind(&old)
@@ -707,13 +714,7 @@ fn assert_expired<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &
 /// after_seq; a backward listing ends where the kept messages do.
 #[tokio::test]
 async fn reads_from_below_the_retention_floor_are_refused_and_backward_ends_at_it() {
-    let app = crate::helpers::spawn_app_with_flags(&[
-        "--closed-message-retention",
-        "1d",
-        "--retention-interval",
-        "1s",
-    ])
-    .await;
+    let app = spawn_sweeping(&[]).await;
     let mut client = app.client.clone();
     let owner = new_provider();
     let id = create(&mut client, &owner).await.conversation_id;
@@ -747,20 +748,7 @@ async fn reads_from_below_the_retention_floor_are_refused_and_backward_ends_at_i
     let token = first.next_page_token;
 
     close(&mut client, &id, &owner).await;
-    let mut db = app.db().await;
-    sqlx::query(
-        "UPDATE conversations SET closed_at = now() - interval '2 days' WHERE id = $1::uuid",
-    )
-    .bind(&id)
-    .execute(&mut db)
-    .await
-    .unwrap();
-    chat_common::testing::status::eventually(Duration::from_secs(20), || {
-        let app = &app;
-        let sql = format!("SELECT count(*) FROM messages WHERE conversation_id = '{id}'");
-        async move { (app.count(&sql).await == 0).then_some(()) }
-    })
-    .await;
+    age_out(&app, &id).await;
     // The listing began before the sweep: its next page would skip 3 to 5.
     assert_expired(
         list(v1::Direction::Forward, 0, token).await,
@@ -889,13 +877,7 @@ async fn callers_file_reloads_are_in_the_audit_trail() {
 /// MESSAGES_EXPIRED after what it did send, never with a silent gap.
 #[tokio::test]
 async fn a_stream_whose_replay_retention_deletes_ends_with_messages_expired() {
-    let app = crate::helpers::spawn_app_with_flags(&[
-        "--closed-message-retention",
-        "1d",
-        "--retention-interval",
-        "1s",
-    ])
-    .await;
+    let app = spawn_sweeping(&[]).await;
     let mut client = app.client.clone();
     let owner = new_provider();
     let id = create(&mut client, &owner).await.conversation_id;
@@ -911,19 +893,7 @@ async fn a_stream_whose_replay_retention_deletes_ends_with_messages_expired() {
             seqs.push(m.seq);
         }
     }
-    sqlx::query(
-        "UPDATE conversations SET closed_at = now() - interval '2 days' WHERE id = $1::uuid",
-    )
-    .bind(&id)
-    .execute(&mut app.db().await)
-    .await
-    .unwrap();
-    let count = format!("SELECT count(*) FROM messages WHERE conversation_id = '{id}'");
-    chat_common::testing::status::eventually(Duration::from_secs(20), || {
-        let (app, count) = (&app, &count);
-        async move { (app.count(count).await == 0).then_some(()) }
-    })
-    .await;
+    age_out(&app, &id).await;
 
     let ended = loop {
         match tokio::time::timeout(WAIT, stream.message()).await.unwrap() {
