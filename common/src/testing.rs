@@ -1,8 +1,10 @@
 //! Test support (feature `test-support`): a throwaway PKI made with rcgen at test time, so
 //! no key material is checked in. Identities match `config/callers.example.toml`.
-//! Throwaway databases and status assertions live in the submodules.
+//! Throwaway databases, conversation-service processes and status assertions live in the
+//! submodules.
 
 pub mod database;
+pub mod process;
 pub mod status;
 
 use std::{

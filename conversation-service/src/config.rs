@@ -92,8 +92,8 @@ pub struct Config {
     #[arg(long, env = "SEND_WRITERS", default_value_t = 2)]
     pub send_writers: usize,
 
-    /// Messages of conversations closed for longer than this are deleted (a stream that
-    /// asks for them is OUT_OF_RANGE); `0` keeps them for ever.
+    /// Messages of conversations closed for longer than this are deleted (reading from
+    /// before them is FAILED_PRECONDITION `MESSAGES_EXPIRED`); `0` keeps them for ever.
     #[arg(long, env = "CLOSED_MESSAGE_RETENTION", default_value = "365d", value_parser = parse_duration)]
     pub closed_message_retention: Duration,
 

@@ -62,6 +62,13 @@ pub enum Error {
     /// A durable feed consumer that never acknowledged anything.
     #[error("no consumer of that name has acknowledged events")]
     ConsumerNotFound,
+    /// Retention deleted messages that a cursor asks to read from: answered with the
+    /// oldest seq still held, never with a silent gap.
+    #[error("{field}: messages before seq {oldest_seq} were deleted by retention")]
+    MessagesExpired {
+        field: &'static str,
+        oldest_seq: i64,
+    },
     /// PostgreSQL cannot be reached (or the service is still starting).
     #[error("{0}")]
     Unavailable(String),
@@ -140,7 +147,8 @@ impl ServiceError for Error {
             | Self::EditWindowPassed
             | Self::MessageDeleted
             | Self::RequestIdReused
-            | Self::CursorExpired { .. } => Code::FailedPrecondition,
+            | Self::CursorExpired { .. }
+            | Self::MessagesExpired { .. } => Code::FailedPrecondition,
             Self::TooManyStreams { .. } => Code::ResourceExhausted,
             Self::CursorOutOfRange { .. } => Code::OutOfRange,
             Self::Unavailable(_) => Code::Unavailable,
@@ -167,6 +175,7 @@ impl ServiceError for Error {
             Self::CursorOutOfRange { .. } => "CURSOR_OUT_OF_RANGE",
             Self::CursorExpired { .. } => "CURSOR_EXPIRED",
             Self::ConsumerNotFound => "CONSUMER_NOT_FOUND",
+            Self::MessagesExpired { .. } => "MESSAGES_EXPIRED",
             Self::Unavailable(_) => "DATABASE_UNAVAILABLE",
             Self::Internal { .. } => "INTERNAL",
         }
@@ -188,6 +197,9 @@ impl ServiceError for Error {
             Self::CursorExpired { oldest } => {
                 Details::none().with_metadata("oldest_cursor", oldest.clone())
             }
+            Self::MessagesExpired { field, oldest_seq } => Details::none()
+                .with_metadata("field", *field)
+                .with_metadata("oldest_seq", oldest_seq.to_string()),
             _ => Details::none(),
         }
     }

@@ -1,16 +1,13 @@
 //! The real service for the tests: a fresh database per test and conversation-service
-//! replicas run from the built binary (`cargo build -p conversation-service --bins`, or
-//! `CONVERSATION_SERVICE_BIN`), which a test kills with SIGKILL and starts again on the
-//! same address, as a load balancer's address outlives a replica.
+//! replicas run from the built binary ([`Replica`], shared with token-service's tests),
+//! which a test kills with SIGKILL and starts again on the same address, as a load
+//! balancer's address outlives a replica.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chat_client::{Client, ClientConfig, Follow, v1};
-pub use chat_common::testing::database::TestDatabase;
+pub use chat_common::testing::{database::TestDatabase, process::Replica};
 use futures::StreamExt;
 
 /// A fresh database; its prefix is one `scripts/test.sh` sweeps if a run is killed.
@@ -20,92 +17,6 @@ pub async fn database() -> TestDatabase {
 
 pub fn free_port() -> u16 {
     chat_common::testing::status::free_addr().port()
-}
-
-fn binary() -> PathBuf {
-    if let Ok(path) = std::env::var("CONVERSATION_SERVICE_BIN") {
-        return path.into();
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/conversation-service")
-}
-
-/// One conversation-service process; killed when dropped.
-pub struct Replica {
-    pub port: u16,
-    database_url: String,
-    env: HashMap<String, String>,
-    child: Option<Child>,
-}
-
-impl Replica {
-    pub fn new(database: &TestDatabase, port: u16) -> Self {
-        Self::on(database.url().to_owned(), port)
-    }
-
-    /// A replica of the database at `database_url` (one not made by `database()`).
-    pub fn on(database_url: String, port: u16) -> Self {
-        Self {
-            port,
-            database_url,
-            env: HashMap::new(),
-            child: None,
-        }
-    }
-
-    pub fn with_env(mut self, key: &str, value: impl Into<String>) -> Self {
-        self.env.insert(key.into(), value.into());
-        self
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the process (without waiting for it to serve).
-    pub fn spawn(&mut self) {
-        let binary = binary();
-        let child = Command::new(&binary)
-            .env("LISTEN_ADDR", format!("127.0.0.1:{}", self.port))
-            .env("DATABASE_URL", &self.database_url)
-            // Idle streams show they are alive every 300 ms, so the tests wait little.
-            .env("HEARTBEAT_INTERVAL", "300ms")
-            .env("SHUTDOWN_GRACE", "1s")
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .envs(&self.env)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{} (cargo build -p conversation-service --bins): {e}",
-                    binary.display()
-                )
-            });
-        self.child = Some(child);
-    }
-
-    /// Starts the process and waits until a call reaches its database.
-    pub async fn start(&mut self) {
-        self.spawn();
-        let client = Client::connect(ClientConfig::new(self.url())).unwrap();
-        wait_ready(&client).await;
-    }
-
-    /// SIGKILL: no goodbye to its streams, as when a host or a pod dies.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// Waits until `client`'s service answers a call that reaches the database.

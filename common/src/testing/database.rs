@@ -65,6 +65,35 @@ impl Drop for TestDatabase {
     }
 }
 
+/// The tables of the connected database (schema `public`) with a row whose text holds
+/// `needle`: what a search for a person's details after an erasure must not find.
+///
+/// # Panics
+/// When a query fails (tests only).
+#[allow(clippy::expect_used)]
+pub async fn tables_containing(db: &mut PgConnection, needle: &str) -> Vec<String> {
+    let tables: Vec<(String,)> = sqlx::query_as(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1",
+    )
+    .fetch_all(&mut *db)
+    .await
+    .expect("list the tables");
+    let mut found = Vec::new();
+    for (table,) in tables {
+        let sql = format!("SELECT count(*) FROM \"{table}\" t WHERE strpos(t::text, $1) > 0");
+        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(needle)
+            .fetch_one(&mut *db)
+            .await
+            .expect("search a table");
+        if n > 0 {
+            found.push(table);
+        }
+    }
+    found
+}
+
 fn uuid_like() -> String {
     use rand::Rng;
     format!("{:032x}", rand::rng().random::<u128>())

@@ -21,6 +21,14 @@ pub fn reason(status: &Status) -> String {
     info.reason.clone()
 }
 
+/// The `ErrorInfo` metadata value under `key`, or `""` when there is none.
+pub fn info_metadata(status: &Status, key: &str) -> String {
+    status
+        .get_details_error_info()
+        .and_then(|info| info.metadata.get(key).cloned())
+        .unwrap_or_default()
+}
+
 /// The field named by the first `BadRequest` violation, or `""` when there is none.
 pub fn bad_field(status: &Status) -> String {
     status

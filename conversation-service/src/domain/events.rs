@@ -18,6 +18,7 @@ pub enum FeedKind {
     ReadPositionMoved = 5,
     PresenceChanged = 6,
     UnreadReminder = 7,
+    CustomerErased = 8,
     MessageEdited = 9,
     MessageDeleted = 10,
 }
@@ -33,6 +34,7 @@ impl FeedKind {
             5 => Self::ReadPositionMoved,
             6 => Self::PresenceChanged,
             7 => Self::UnreadReminder,
+            8 => Self::CustomerErased,
             9 => Self::MessageEdited,
             10 => Self::MessageDeleted,
             _ => {

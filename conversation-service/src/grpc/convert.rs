@@ -13,7 +13,7 @@ use crate::{
     realtime::streams::{
         ConversationDelivery, ConversationEvent, InboxDelivery, InboxEvent, Viewed,
     },
-    store::{ChangeKind, ChangeRow, ConversationRow, InboxItem, MessageRow, SearchRow},
+    store::{ChangeKind, ChangeRow, ConversationRow, Erasure, InboxItem, MessageRow, SearchRow},
 };
 
 pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
@@ -177,6 +177,9 @@ pub fn conversation_response(delivery: ConversationDelivery) -> v1::StreamConver
             participant: Some(participant(&who)),
             online,
         }),
+        ConversationEvent::CustomerErased(erasure) => {
+            ConversationWire::CustomerErased(customer_erased(erasure))
+        }
         ConversationEvent::Heartbeat(time) => ConversationWire::Heartbeat(heartbeat(time)),
         ConversationEvent::Changed(change) => match changed(change) {
             Changed::Edited(edited) => ConversationWire::MessageEdited(edited),
@@ -245,6 +248,7 @@ fn inbox_item(item: InboxItem, viewer: Role) -> InboxWire {
         InboxItem::CustomerUpdated(row) => InboxWire::CustomerUpdated(v1::CustomerUpdated {
             conversation: Some(conversation(&row, Some(viewer))),
         }),
+        InboxItem::CustomerErased(erasure) => InboxWire::CustomerErased(customer_erased(erasure)),
         InboxItem::StatusChanged {
             conversation_id,
             status: now,
@@ -265,6 +269,16 @@ fn status_changed(conversation_id: uuid::Uuid, now: Status) -> v1::StatusChanged
     v1::StatusChanged {
         conversation_id: conversation_id.to_string(),
         status: status(now).into(),
+    }
+}
+
+/// An erasure carries ids, a seq and a time: never the details it removed.
+pub fn customer_erased(erasure: Erasure) -> v1::CustomerErased {
+    v1::CustomerErased {
+        conversation_id: erasure.conversation_id.to_string(),
+        customer_id: erasure.customer_id.unwrap_or_default(),
+        erased_through_seq: erasure.through_seq,
+        erase_time: Some(timestamp(erasure.at)),
     }
 }
 

@@ -154,6 +154,7 @@ fn kind(kind: FeedKind) -> v1::EventKind {
         FeedKind::ReadPositionMoved => v1::EventKind::ReadPositionMoved,
         FeedKind::PresenceChanged => v1::EventKind::PresenceChanged,
         FeedKind::UnreadReminder => v1::EventKind::UnreadReminder,
+        FeedKind::CustomerErased => v1::EventKind::CustomerErased,
         FeedKind::MessageEdited => v1::EventKind::MessageEdited,
         FeedKind::MessageDeleted => v1::EventKind::MessageDeleted,
     }
@@ -165,6 +166,9 @@ fn event(event: FeedEvent) -> v1::Event {
         .map(|id| id.to_string())
         .unwrap_or_default();
     let payload = match event.payload {
+        FeedPayload::Conversation(row) if event.kind == FeedKind::CustomerErased => row
+            .erasure()
+            .map(|erasure| Payload::CustomerErased(convert::customer_erased(erasure))),
         FeedPayload::Conversation(row) => {
             Some(Payload::Conversation(convert::conversation(&row, None)))
         }

@@ -370,9 +370,14 @@ impl ConversationService for ConversationApi {
             .unwrap_or(cursor);
         let conversation = self.store.get_conversation(id).await?;
         conversation.authorize(&viewer, session)?;
+        let field = if request.page_token.is_empty() {
+            "cursor_seq"
+        } else {
+            "page_token"
+        };
         let rows = self
             .store
-            .list_messages(id, direction, cursor, size + 1)
+            .list_kept_messages(&conversation, direction, field, cursor, size + 1)
             .await?;
         let (messages, next_page_token) = page(&rows, size, convert::message, |last| {
             self.pages.encode(&query, &last.seq)
@@ -441,16 +446,7 @@ impl ConversationService for ConversationApi {
             }
             .into());
         }
-        if after_seq < conversation.kept_from_seq {
-            return Err(Error::CursorOutOfRange {
-                field: "after_seq",
-                message: format!(
-                    "messages up to {} were deleted by retention",
-                    conversation.kept_from_seq
-                ),
-            }
-            .into());
-        }
+        conversation.check_kept("after_seq", after_seq)?;
         if let Some(after_change) = after_change
             && after_change > conversation.change_seq
         {

@@ -46,6 +46,8 @@ pub enum Wake {
         participant: Participant,
         online: bool,
     },
+    /// The customer side was erased (details and the customer's message bodies).
+    CustomerErased,
     /// Something in one of an inbox owner's conversations changed (a conversation was
     /// created or linked, a message, a status): the inbox reads its next window.
     InboxTouched,
@@ -477,10 +479,16 @@ fn route(notice: Notice) -> Routes {
             conversation_id,
             provider_id,
             customer_id,
+            erased,
         } => {
             routes.touch_inboxes(&provider_id, customer_id.as_deref());
             routes.forgotten.push(conversation_id);
-            Some((conversation_id, Wake::Customer))
+            let wake = if erased {
+                Wake::CustomerErased
+            } else {
+                Wake::Customer
+            };
+            Some((conversation_id, wake))
         }
         Notice::Changed {
             conversation_id,

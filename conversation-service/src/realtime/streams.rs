@@ -19,7 +19,10 @@ use super::{
 use crate::{
     domain::{ConversationId, Participant, Role, Status as ConversationStatus},
     error::Error,
-    store::{ChangeRow, ConversationRow, InboxCursor, InboxItem, MessageRow, Store, UnreadSummary},
+    store::{
+        ChangeRow, ConversationRow, Erasure, InboxCursor, InboxItem, MessageRow, Store,
+        UnreadSummary, expired_after,
+    },
 };
 
 /// Messages read per query while catching up.
@@ -88,6 +91,7 @@ pub enum ConversationEvent {
         participant: Participant,
         online: bool,
     },
+    CustomerErased(Erasure),
     Heartbeat(DateTime<Utc>),
     /// A message was edited or deleted (the message as it is now).
     Changed(ChangeRow),
@@ -198,6 +202,8 @@ struct Shown {
     status: Option<ConversationStatus>,
     provider_read: i64,
     customer_read: i64,
+    /// The last erasure announced (CustomerErased), so each is announced once.
+    erased_at: Option<DateTime<Utc>>,
 }
 
 impl Shown {
@@ -206,6 +212,7 @@ impl Shown {
             status: Some(conversation.status),
             provider_read: conversation.provider_read_seq,
             customer_read: conversation.customer_read_seq,
+            erased_at: conversation.erased_at,
         }
     }
 
@@ -235,11 +242,32 @@ impl ConversationStream {
         }
     }
 
-    /// The conversation as this stream's viewer sees it.
-    async fn snapshot(&self, conversation: ConversationRow, replayed: bool) -> Result<(), Stop> {
+    /// The conversation's last erasure, unless this stream announced it already.
+    fn unannounced_erasure(&self, conversation: &ConversationRow) -> Option<Erasure> {
+        conversation
+            .erasure()
+            .filter(|erasure| Some(erasure.at) != self.shown.erased_at)
+    }
+
+    /// The conversation as this stream's viewer sees it, and then its erasure, when its
+    /// customer was erased since this stream last said so (always on a stream's first
+    /// snapshot: the client may hold a copy from before), so a client drops what it
+    /// cached from before it.
+    async fn snapshot(
+        &mut self,
+        conversation: ConversationRow,
+        replayed: bool,
+    ) -> Result<(), Stop> {
+        let erasure = self.unannounced_erasure(&conversation);
+        self.shown = Shown::of(&conversation);
         let viewed = self.viewed(conversation);
         self.send(ConversationEvent::Snapshot(viewed), replayed)
-            .await
+            .await?;
+        if let Some(erasure) = erasure {
+            self.send(ConversationEvent::CustomerErased(erasure), true)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Watches the presence of `conversation`'s provider and linked customer (the
@@ -260,7 +288,6 @@ impl ConversationStream {
         conversation: ConversationRow,
         after_change: Option<i64>,
     ) -> Result<(), Stop> {
-        self.shown = Shown::of(&conversation);
         self.watch_participants(&conversation);
         let head = conversation.head_seq;
         let changes = conversation.change_seq;
@@ -358,12 +385,24 @@ impl ConversationStream {
                 };
                 self.send(changed, false).await?;
             }
-            Wake::Customer => {
+            Wake::Customer | Wake::CustomerErased => {
                 let conversation = self.current().await?;
+                // The row may already show a later change than the wake-up says: an
+                // erasure not yet announced is, whichever wake-up finds it first.
+                let erasure = self.unannounced_erasure(&conversation);
+                if erasure.is_none() && wake == Wake::CustomerErased {
+                    return Ok(false);
+                }
                 self.shown = Shown::of(&conversation);
                 self.watch_participants(&conversation);
-                let updated = ConversationEvent::CustomerUpdated(self.viewed(conversation));
-                self.send(updated, false).await?;
+                if let Some(erasure) = erasure {
+                    self.send(ConversationEvent::CustomerErased(erasure), false)
+                        .await?;
+                }
+                if wake == Wake::Customer {
+                    let updated = ConversationEvent::CustomerUpdated(self.viewed(conversation));
+                    self.send(updated, false).await?;
+                }
             }
             Wake::Changed { change_seq } => {
                 if change_seq <= self.last_change {
@@ -398,7 +437,8 @@ impl ConversationStream {
     }
 
     /// After lost wake-ups: a fresh snapshot (status, customer, read positions), then
-    /// every message after the last one delivered.
+    /// every message after the last one delivered up to the snapshot's head (anything
+    /// newer committed after the wake-ups were drained, so its wake-up is queued).
     async fn resync(&mut self, subscription: &mut Subscription) -> Result<(), Stop> {
         // Whatever was queued so far is covered by the snapshot read below.
         while subscription.wakes.try_recv().is_ok() {}
@@ -406,10 +446,10 @@ impl ConversationStream {
         let permit = self.ctx.paced().await;
         let conversation = self.current().await?;
         drop(permit);
-        self.shown = Shown::of(&conversation);
         let (had, changes) = (self.last, conversation.change_seq);
+        let head = conversation.head_seq;
         self.snapshot(conversation, true).await?;
-        self.deliver_up_to(i64::MAX, true).await?;
+        self.deliver_up_to(head, true).await?;
         // Messages read just now show their changes; those the stream had may not.
         if changes > self.last_change {
             let from = self.last_change;
@@ -511,6 +551,15 @@ impl ConversationStream {
                     return Err(Stop);
                 }
             };
+            // Retention deleted what this stream was about to send (it ran after the
+            // stream opened): end it as the open would have, never skip.
+            if let Some(oldest_seq) = expired_after(self.last, head, page.first().map(|m| m.seq)) {
+                let expired = Error::MessagesExpired {
+                    field: "after_seq",
+                    oldest_seq,
+                };
+                return Err(self.fail(expired).await);
+            }
             let full = i64::try_from(page.len()).unwrap_or(i64::MAX) >= CATCH_UP_PAGE;
             for message in page {
                 self.last = message.seq;

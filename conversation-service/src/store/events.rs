@@ -42,7 +42,7 @@ pub struct FeedEvent {
 
 #[derive(Debug, Clone)]
 pub enum FeedPayload {
-    /// Created, customer updated: the conversation as it is when read.
+    /// Created, customer updated, customer erased: the conversation as it is when read.
     Conversation(Box<ConversationRow>),
     Status(Status),
     Message(MessageRow),
@@ -120,7 +120,9 @@ WITH w AS (
            upper, pg_snapshot_xmax(upper) AS hi_xmax, recorded_at
       FROM feed_windows WHERE id = $1
 ), fresh AS (
-    SELECT e.pos, 0::smallint AS part, e.conversation_id AS conv, e.id AS key, e.kind
+    -- Kinds 1-3 are the feed's own numbers; an erasure (4) is CUSTOMER_ERASED (8).
+    SELECT e.pos, 0::smallint AS part, e.conversation_id AS conv, e.id AS key,
+           CASE e.kind WHEN 4 THEN 8 ELSE e.kind END::smallint AS kind
       FROM conversation_events e, w
      WHERE (e.xid >= w.lo_xmax AND e.xid < w.hi_xmax OR e.xid = ANY(w.lo_xip))
        AND pg_visible_in_snapshot(e.xid, w.upper)
@@ -344,7 +346,9 @@ impl Store {
         let wanted = |e: &FeedEvent| {
             matches!(
                 e.kind,
-                FeedKind::ConversationCreated | FeedKind::CustomerUpdated
+                FeedKind::ConversationCreated
+                    | FeedKind::CustomerUpdated
+                    | FeedKind::CustomerErased
             )
         };
         let ids: Vec<Uuid> = events
@@ -494,7 +498,9 @@ fn feed_event(window: i64, row: &sqlx::postgres::PgRow) -> Result<Option<FeedEve
     let conversation_id = (!conversation.is_nil()).then_some(ConversationId(conversation));
     let payload = match kind {
         // Filled from the conversation rows afterwards.
-        FeedKind::ConversationCreated | FeedKind::CustomerUpdated => FeedPayload::Missing,
+        FeedKind::ConversationCreated | FeedKind::CustomerUpdated | FeedKind::CustomerErased => {
+            FeedPayload::Missing
+        }
         FeedKind::StatusChanged => row
             .try_get::<Option<Status>, _>("status")?
             .map_or(FeedPayload::Missing, FeedPayload::Status),

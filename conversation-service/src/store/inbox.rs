@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::{
     changes::ChangeRow,
     handle::Store,
-    records::{ConversationRow, EventKind, MessageRow},
+    records::{ConversationRow, Erasure, EventKind, MessageRow},
 };
 use crate::{
     domain::{Participant, Role, Status},
@@ -168,6 +168,9 @@ impl InboxCursor {
 pub enum InboxItem {
     Created(ConversationRow),
     CustomerUpdated(ConversationRow),
+    /// Its customer was erased; the erasure as the row holds it now (a later erasure of
+    /// the same conversation covers an earlier one).
+    CustomerErased(Erasure),
     StatusChanged {
         conversation_id: Uuid,
         status: Status,
@@ -344,7 +347,9 @@ impl Store {
             .filter(|k| {
                 matches!(
                     k.kind,
-                    Some(EventKind::Created | EventKind::CustomerUpdated)
+                    Some(
+                        EventKind::Created | EventKind::CustomerUpdated | EventKind::CustomerErased
+                    )
                 )
             })
             .map(|k| k.conversation_id)
@@ -421,6 +426,10 @@ fn window_item(
             .get(&key.conversation_id)
             .cloned()
             .map(InboxItem::CustomerUpdated),
+        (Some(EventKind::CustomerErased), _) => conversations
+            .get(&key.conversation_id)
+            .and_then(ConversationRow::erasure)
+            .map(InboxItem::CustomerErased),
         (Some(EventKind::StatusChanged), Some(status)) => Some(InboxItem::StatusChanged {
             conversation_id: key.conversation_id,
             status,

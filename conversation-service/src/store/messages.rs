@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::{
     handle::Store,
     notice::{CHANNEL, Notice, notify},
-    records::{MESSAGE_COLUMNS, MessageRow},
+    records::{ConversationRow, MESSAGE_COLUMNS, MessageRow, expired_after},
     unread::{UnreadSummary, add_unread},
 };
 use crate::{
@@ -23,6 +23,32 @@ pub enum ListDirection {
 }
 
 impl Store {
+    /// [`Store::list_messages`] for a caller: forward from below what retention kept
+    /// would skip messages, so it is refused (MESSAGES_EXPIRED, with the oldest seq held
+    /// and `field`, the one the cursor came from), also when retention ran after
+    /// `conversation` was read. Backward simply ends where the kept messages do.
+    pub async fn list_kept_messages(
+        &self,
+        conversation: &ConversationRow,
+        direction: ListDirection,
+        field: &'static str,
+        cursor: i64,
+        limit: i64,
+    ) -> Result<Vec<MessageRow>> {
+        let forward = direction == ListDirection::Forward;
+        if forward {
+            conversation.check_kept(field, cursor)?;
+        }
+        let rows = self
+            .list_messages(conversation.id, direction, cursor, limit)
+            .await?;
+        let first = rows.first().map(|m| m.seq);
+        match expired_after(cursor, conversation.head_seq, first) {
+            Some(oldest_seq) if forward => Err(Error::MessagesExpired { field, oldest_seq }),
+            _ => Ok(rows),
+        }
+    }
+
     /// Up to `limit` messages of a conversation, from `cursor` in `direction`.
     pub async fn list_messages(
         &self,

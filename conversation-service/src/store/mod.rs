@@ -8,6 +8,7 @@ macro_rules! conversation_columns {
     () => {
         "SELECT c.id, c.provider_id, c.customer_id, \
          c.customer_name, c.customer_email, c.customer_phone, c.status, c.origin, c.session_id, c.head_seq, c.kept_from_seq, \
+         c.erased_at, c.erased_through_seq, \
          c.provider_read_seq, c.customer_read_seq, c.created_at, c.last_activity_at, c.change_seq, \
          m.id AS lm_id, m.sender_role AS lm_sender_role, m.sender_id AS lm_sender_id, \
          m.body AS lm_body, m.client_message_id AS lm_client_message_id, \
@@ -63,7 +64,7 @@ pub use notice::{CHANNEL, Carried, Notice, PresenceNote, Touched};
 pub use pools::PoolSettings;
 pub use presence::PresenceKey;
 pub use privacy::{AuditRow, Erased};
-pub use records::{ConversationRow, MessageRow};
+pub use records::{ConversationRow, Erasure, MessageRow, expired_after};
 pub use search::{SearchKey, SearchRow, search_sql};
 pub use send::{BATCH_LOCK_TIMEOUT, LOCK_TIMEOUT, STATEMENT_TIMEOUT};
 pub use unread::UnreadSummary;

@@ -153,6 +153,8 @@ pub enum Notice {
         customer_id: Option<String>,
     },
     /// Customer linked or details changed; `customer_id` is the customer now linked.
+    /// `erased`: the change was an erasure (a replica of the previous release ignores
+    /// the field and shows it as an update).
     #[serde(rename = "u")]
     Customer {
         #[serde(rename = "c")]
@@ -161,6 +163,8 @@ pub enum Notice {
         provider_id: String,
         #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
         customer_id: Option<String>,
+        #[serde(rename = "e", default, skip_serializing_if = "std::ops::Not::not")]
+        erased: bool,
     },
     /// A message was edited or deleted: `change_seq` is the conversation's change
     /// position after it. Streams read the change rows from the table.
@@ -298,9 +302,17 @@ mod tests {
         let read = format!(r#"{{"k":"r","c":"{nil}","role":2,"id":"c1","seq":3}}"#);
         let status = format!(r#"{{"k":"s","c":"{nil}","status":2,"p":"p1"}}"#);
         let changed = format!(r#"{{"k":"e","c":"{nil}","x":4,"d":true,"p":"p1","u":"c1"}}"#);
-        for wire in [messages, read, status, changed] {
+        let customer = format!(r#"{{"k":"u","c":"{nil}","p":"p1","u":"c1"}}"#);
+        let erased = format!(r#"{{"k":"u","c":"{nil}","p":"p1","u":"c1","e":true}}"#);
+        for wire in [messages, read, status, changed, customer, erased] {
             let notice = Notice::decode(&wire).unwrap();
             assert_eq!(notice.encode(), wire);
         }
+        // A customer notice without `e` (the previous release's) is an update.
+        let update = Notice::decode(&format!(r#"{{"k":"u","c":"{nil}","p":"p1"}}"#));
+        assert!(matches!(
+            update,
+            Some(Notice::Customer { erased: false, .. })
+        ));
     }
 }

@@ -53,9 +53,10 @@ impl Store {
 
     /// Erases the customer's side of their conversations in one transaction: name, email
     /// and phone, and the bodies of the messages the customer sent (the provider's stay).
-    /// The rows are locked in id order, as every writer locks them, and each changed
-    /// conversation gets a customer-updated event, so streams and inboxes show the blank
-    /// details. Erasing again changes nothing and counts zero.
+    /// The rows are locked in id order, as every writer locks them. Each conversation
+    /// where anything was erased records when (and its head then) and gets a
+    /// customer-erased event, so streams and inboxes tell their clients to drop what they
+    /// cached. Erasing again changes nothing and counts zero.
     pub async fn erase_customer(&self, customer_id: &str, listed: &[Uuid]) -> Result<Erased> {
         let ctx = "erase a customer";
         let mut tx = self.pool.begin().await.map_err(|e| Error::db(ctx, e))?;
@@ -68,54 +69,65 @@ impl Store {
         .await
         .map_err(|e| Error::db(ctx, e))?;
         let ids: Vec<Uuid> = locked.iter().map(|(id, _)| *id).collect();
-        let changed: Vec<(Uuid, Option<String>)> = sqlx::query_as(
-            "UPDATE conversations SET customer_name = '', customer_email = '', customer_phone = '' \
-             WHERE id = ANY($1) \
-               AND (customer_name <> '' OR customer_email <> '' OR customer_phone <> '') \
-             RETURNING id, customer_id",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| Error::db(ctx, e))?;
-        // Attachments are the customer's content too; the fingerprints of edits of
-        // their messages hash the text they wrote.
-        let messages = sqlx::query(
+        // Per conversation, how many of the customer's messages were blanked. Attachments
+        // are the customer's content too; the fingerprints of edits of their messages
+        // hash the text they wrote.
+        let blanked: Vec<(Uuid, i64)> = sqlx::query_as(
             "WITH forget AS (UPDATE message_changes x SET fingerprint = NULL FROM messages m \
                WHERE x.conversation_id = ANY($1) AND x.fingerprint IS NOT NULL \
                  AND m.conversation_id = x.conversation_id AND m.seq = x.seq \
-                 AND m.sender_role = $2) \
-             UPDATE messages SET body = '', attachments = NULL \
-             WHERE conversation_id = ANY($1) AND sender_role = $2 \
-               AND (body <> '' OR attachments IS NOT NULL)",
+                 AND m.sender_role = $2), \
+             blanked AS (\
+               UPDATE messages SET body = '', attachments = NULL \
+               WHERE conversation_id = ANY($1) AND sender_role = $2 \
+                 AND (body <> '' OR attachments IS NOT NULL) \
+               RETURNING conversation_id) \
+             SELECT conversation_id, count(*) FROM blanked GROUP BY conversation_id",
         )
         .bind(&ids)
         .bind(Role::Customer)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await
-        .map_err(|e| Error::db(ctx, e))?
-        .rows_affected();
-        for (id, provider_id) in &locked {
-            if !changed.iter().any(|(c, _)| c == id) {
-                continue;
-            }
-            record_event(&mut tx, *id, EventKind::CustomerUpdated, None).await?;
+        .map_err(|e| Error::db(ctx, e))?;
+        let with_messages: Vec<Uuid> = blanked.iter().map(|(id, _)| *id).collect();
+        // `had_details`: whether name, email or phone were set before (what the reply
+        // counts); the rows are locked, so `old` reads what the update replaces.
+        let changed: Vec<(Uuid, String, Option<String>, bool)> = sqlx::query_as(
+            "WITH old AS (\
+               SELECT id, (customer_name <> '' OR customer_email <> '' OR customer_phone <> '') \
+                 AS had_details \
+               FROM conversations WHERE id = ANY($1)) \
+             UPDATE conversations c \
+             SET customer_name = '', customer_email = '', customer_phone = '', \
+                 erased_at = now(), erased_through_seq = c.head_seq \
+             FROM old WHERE c.id = old.id AND (old.had_details OR c.id = ANY($2)) \
+             RETURNING c.id, c.provider_id, c.customer_id, old.had_details",
+        )
+        .bind(&ids)
+        .bind(&with_messages)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| Error::db(ctx, e))?;
+        for (id, provider_id, linked, _) in &changed {
+            record_event(&mut tx, *id, EventKind::CustomerErased, None).await?;
             notify(
                 &mut tx,
                 &Notice::Customer {
                     conversation_id: *id,
                     provider_id: provider_id.clone(),
-                    customer_id: Some(customer_id.to_owned()),
+                    customer_id: linked.clone(),
+                    erased: true,
                 },
             )
             .await?;
         }
         tx.commit().await.map_err(|e| Error::db(ctx, e))?;
+        let with_details = changed.iter().filter(|(.., had)| *had).count();
         let erased = Erased {
-            conversations: i64::try_from(changed.len()).unwrap_or(i64::MAX),
-            messages: i64::try_from(messages).unwrap_or(i64::MAX),
+            conversations: i64::try_from(with_details).unwrap_or(i64::MAX),
+            messages: blanked.iter().map(|(_, n)| n).sum(),
         };
-        if erased != Erased::default() {
+        if !changed.is_empty() {
             self.vacuum_after_erasure();
         }
         Ok(erased)

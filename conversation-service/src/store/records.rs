@@ -18,6 +18,7 @@ pub(crate) enum EventKind {
     Created = 1,
     CustomerUpdated = 2,
     StatusChanged = 3,
+    CustomerErased = 4,
 }
 
 /// A conversation with its newest message (`lm_*`, from a LEFT JOIN on `head_seq`).
@@ -36,6 +37,9 @@ pub struct ConversationRow {
     pub head_seq: i64,
     /// Messages up to this seq were deleted by retention (0: none).
     pub kept_from_seq: i64,
+    /// When the customer side was last erased, and the head seq then.
+    pub erased_at: Option<DateTime<Utc>>,
+    pub erased_through_seq: i64,
     pub provider_read_seq: i64,
     pub customer_read_seq: i64,
     pub created_at: DateTime<Utc>,
@@ -62,9 +66,30 @@ pub(crate) const CONVERSATION_SELECT: &str = concat!(
     last_message_join!()
 );
 
+/// The last erasure of a conversation's customer side, as streams and inboxes announce
+/// it: no details, only what a client needs to drop its copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erasure {
+    pub conversation_id: Uuid,
+    pub customer_id: Option<String>,
+    /// The head seq when it ran: the customer's messages up to it were blanked.
+    pub through_seq: i64,
+    pub at: DateTime<Utc>,
+}
+
 impl ConversationRow {
     pub fn conversation_id(&self) -> ConversationId {
         self.id
+    }
+
+    /// Its last erasure, if its customer was ever erased.
+    pub fn erasure(&self) -> Option<Erasure> {
+        Some(Erasure {
+            conversation_id: self.id.0,
+            customer_id: self.customer_id.clone(),
+            through_seq: self.erased_through_seq,
+            at: self.erased_at?,
+        })
     }
 
     pub fn read_seq(&self, role: Role) -> i64 {
@@ -85,6 +110,19 @@ impl ConversationRow {
             return Err(Error::NotParticipant);
         }
         check_session(participant, session, self.session_id)
+    }
+
+    /// Refuses to read on from `after` (field `field`) when retention deleted messages
+    /// after it: `after + 1 ..= kept_from_seq` are gone, and a read from there would skip
+    /// them silently.
+    pub fn check_kept(&self, field: &'static str, after: i64) -> Result<()> {
+        if after < self.kept_from_seq {
+            return Err(Error::MessagesExpired {
+                field,
+                oldest_seq: self.kept_from_seq + 1,
+            });
+        }
+        Ok(())
     }
 
     /// The newest message, from the LEFT JOIN (`None` when there is none).
@@ -125,6 +163,19 @@ impl ConversationRow {
     }
 }
 
+/// The oldest seq still held when a forward read of the messages after `after` found
+/// `first` first, and `None` when nothing is missing. Seq has no gaps and only retention
+/// deletes messages, oldest first: a first message later than `after + 1`, or none while
+/// the read was bounded by a head (`up_to`) past `after`, means retention took the ones
+/// between (it ran after the conversation's `kept_from_seq` was read).
+pub fn expired_after(after: i64, up_to: i64, first: Option<i64>) -> Option<i64> {
+    match first {
+        Some(seq) if seq > after + 1 => Some(seq),
+        None if up_to > after => Some(up_to + 1),
+        _ => None,
+    }
+}
+
 /// One stored message.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct MessageRow {
@@ -160,5 +211,31 @@ impl MessageRow {
         self.attachments
             .as_ref()
             .map_or(&[], |list| list.0.as_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expired_after;
+
+    #[test]
+    fn a_forward_read_that_skips_seqs_lost_them_to_retention() {
+        assert_eq!(
+            expired_after(0, 5, Some(1)),
+            None,
+            "from the start, complete"
+        );
+        assert_eq!(expired_after(3, 5, Some(4)), None, "the next seq first");
+        assert_eq!(expired_after(3, 5, Some(6)), Some(6), "4 and 5 are gone");
+        assert_eq!(
+            expired_after(5, 5, None),
+            None,
+            "at the head: nothing to read"
+        );
+        assert_eq!(
+            expired_after(3, 5, None),
+            Some(6),
+            "everything up to the head is gone"
+        );
     }
 }

@@ -62,6 +62,7 @@ impl Store {
                 conversation_id: id.0,
                 provider_id,
                 customer_id: patch.customer_id.clone().or(current),
+                erased: false,
             },
         )
         .await?;

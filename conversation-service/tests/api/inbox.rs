@@ -18,7 +18,7 @@ async fn spawn() -> TestApp {
     spawn_app_with_flags(&["--heartbeat-interval", "200ms"]).await
 }
 
-async fn open(
+pub(crate) async fn open(
     client: &mut Client,
     participant: Option<v1::Participant>,
     cursor: &str,
@@ -61,7 +61,10 @@ async fn next_event(stream: &mut Streaming<StreamInboxResponse>) -> (Event, Stri
 }
 
 /// A cursor for "now", from a fresh inbox's first heartbeat.
-async fn cursor_now(client: &mut Client, participant: Option<v1::Participant>) -> String {
+pub(crate) async fn cursor_now(
+    client: &mut Client,
+    participant: Option<v1::Participant>,
+) -> String {
     let mut stream = open(client, participant, "").await.unwrap();
     loop {
         let response = next(&mut stream).await;
@@ -75,6 +78,7 @@ fn label(event: &Event) -> String {
     match event {
         Event::ConversationCreated(_) => "created".into(),
         Event::CustomerUpdated(_) => "customer".into(),
+        Event::CustomerErased(_) => "erased".into(),
         Event::StatusChanged(s) => format!("status {:?}", s.status()),
         Event::Message(m) => format!("message {}", m.body),
         Event::Heartbeat(_) => "heartbeat".into(),

@@ -25,7 +25,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// A client whose HTTP/2 windows are small, so a server that sends more than it reads
 /// fills up quickly.
-async fn slow_client(addr: std::net::SocketAddr) -> Client {
+pub(crate) async fn slow_client(addr: std::net::SocketAddr) -> Client {
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .initial_stream_window_size(Some(65_535))
@@ -38,7 +38,7 @@ async fn slow_client(addr: std::net::SocketAddr) -> Client {
 
 /// Stores `n` messages of 4000 bytes straight into the table (no NOTIFY), so a stream
 /// that replays them has far more to send than its buffers hold.
-async fn pile_up(app: &TestApp, conversation_id: &str, n: i64) {
+pub(crate) async fn pile_up(app: &TestApp, conversation_id: &str, n: i64) {
     let mut db = app.db().await;
     let id = Uuid::parse_str(conversation_id).unwrap();
     sqlx::query(

@@ -458,7 +458,7 @@ async fn open_inbox(
         .into_inner()
 }
 
-async fn next_inbox(stream: &mut Streaming<StreamInboxResponse>) -> StreamInboxResponse {
+pub(crate) async fn next_inbox(stream: &mut Streaming<StreamInboxResponse>) -> StreamInboxResponse {
     loop {
         let response = tokio::time::timeout(WAIT, stream.message())
             .await

@@ -24,15 +24,19 @@ use chat_proto::v1::{
     export_customer_response::Item,
     privacy_service_client::PrivacyServiceClient,
     token_admin_service_client::TokenAdminServiceClient,
+    token_service_client::TokenServiceClient,
 };
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status, transport::Channel};
 use uuid::Uuid;
 
+use chat_common::testing::{database::tables_containing, process::Replica};
+use sqlx::Connection;
+
 use crate::helpers::{
     NOWHERE, TestApp, assert_invalid, assert_refused, eventually, free_addr, spawn_app_with,
-    spawn_fresh_conversation_service, temp_db_path,
+    spawn_fresh_conversation_service, temp_db_path, test_database,
 };
 
 const SETTLE: Duration = Duration::from_secs(20);
@@ -153,15 +157,35 @@ impl Person {
 
 /// Opens a session on a fresh link and identifies it as `person`; returns the session's
 /// secret.
-async fn identified_session(app: &TestApp, provider: &str, person: &Person) -> String {
-    let issued = app.issue(provider, 0).await;
-    let secret = app
-        .redeem(provider, &issued.secret)
+async fn identified_session(
+    tokens: &TokenServiceClient<Channel>,
+    provider: &str,
+    person: &Person,
+) -> String {
+    let mut tokens = tokens.clone();
+    let issued = tokens
+        .issue_token(pb::IssueTokenRequest {
+            provider_id: provider.into(),
+            label: "test link".into(),
+            ttl: None,
+            max_uses: 0,
+        })
         .await
         .unwrap()
+        .into_inner();
+    let secret = tokens
+        .redeem_token(pb::RedeemTokenRequest {
+            request_id: Uuid::new_v4().to_string(),
+            provider_id: provider.into(),
+            secret: issued.secret,
+            customer_id: String::new(),
+            new_conversation: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
         .session_secret;
-    app.tokens
-        .clone()
+    tokens
         .identify_session(IdentifySessionRequest {
             session_secret: secret.clone(),
             customer_id: person.customer_id.clone(),
@@ -235,8 +259,8 @@ async fn after_an_erase_the_sqlite_file_and_its_wal_hold_none_of_the_customers_d
     let person = Person::new();
     // One session linked through conversation-service (its call done and deleted), one
     // whose UpdateCustomer was refused for good and kept, like an operator would see it.
-    identified_session(&app, "prov-erase", &person).await;
-    let other = identified_session(&app, "prov-erase-2", &person).await;
+    identified_session(&app.tokens, "prov-erase", &person).await;
+    let other = identified_session(&app.tokens, "prov-erase-2", &person).await;
     let _ = other;
     app.store
         .call(|conn| {
@@ -288,8 +312,8 @@ async fn erase_deletes_queued_calls_ends_sessions_and_completes_through_conversa
     let app = spawn_app_with(temp_db_path(), &format!("http://{addr}"), &[]).await;
     let person = Person::new();
     let bystander = Person::new();
-    let secret = identified_session(&app, "prov-q", &person).await;
-    identified_session(&app, "prov-q", &bystander).await;
+    let secret = identified_session(&app.tokens, "prov-q", &person).await;
+    identified_session(&app.tokens, "prov-q", &bystander).await;
 
     let request_id = Uuid::new_v4().to_string();
     let erasure = erase_until_complete(&app, &request_id, &person.customer_id).await;
@@ -345,7 +369,7 @@ async fn erase_deletes_queued_calls_ends_sessions_and_completes_through_conversa
 async fn refused_erasures_change_nothing_and_are_not_audited() {
     let app = spawn_app_with(temp_db_path(), NOWHERE, &[]).await;
     let person = Person::new();
-    identified_session(&app, "prov-r", &person).await;
+    identified_session(&app.tokens, "prov-r", &person).await;
     let request_id = Uuid::new_v4().to_string();
     privacy(&app)
         .erase_customer(erase_request(&request_id, "cust-someone-else"))
@@ -425,6 +449,125 @@ async fn an_erasure_cut_short_by_a_kill_is_finished_after_restart() {
         .unwrap();
 }
 
+/// Both services as real processes, each SIGKILLed in turn: conversation-service before
+/// the erasure can reach it, then token-service with the erasure pending. Restarted on
+/// the same addresses, the erasure completes, and neither PostgreSQL's tables nor the
+/// SQLite file and its WAL hold anything the customer gave or said; the provider's words
+/// stay. (The conversation-service binary is the one `cargo build` last built: `cargo test
+/// --workspace` builds it.)
+#[tokio::test]
+async fn killed_mid_erase_both_real_services_finish_it_and_nothing_of_the_customer_is_left() {
+    let database = test_database().await;
+    let mut conversations = Replica::new(&database, free_addr().port());
+    conversations.start().await;
+    let db = temp_db_path();
+    let listen = free_addr().to_string();
+    let person = Person::new();
+    let request_id = Uuid::new_v4().to_string();
+
+    let process = crate::faults::start_process(&listen, &db, &conversations.url());
+    let channel = connect(&listen).await;
+    let tokens = TokenServiceClient::new(channel.clone());
+    let secret = identified_session(&tokens, "prov-kill-erase", &person).await;
+    let session = tokens
+        .clone()
+        .get_session(pb::GetSessionRequest {
+            session_secret: secret,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    let pg = Channel::from_shared(conversations.url())
+        .unwrap()
+        .connect_lazy();
+    let mut chat = pb::conversation_service_client::ConversationServiceClient::new(pg);
+    // The identification reaches conversation-service through the outbox.
+    eventually(SETTLE, || {
+        let mut chat = chat.clone();
+        let request = pb::GetConversationRequest {
+            conversation_id: session.conversation_id.clone(),
+            viewer: None,
+        };
+        let email = person.email.clone();
+        async move {
+            let conversation = chat.get_conversation(request).await.ok()?.into_inner();
+            let customer = conversation.conversation?.customer?;
+            (customer.email == email).then_some(())
+        }
+    })
+    .await;
+    let said = format!("words to erase {}", Uuid::new_v4().simple());
+    let replied = format!("provider's words {}", Uuid::new_v4().simple());
+    for (sender, body) in [
+        (pb::Participant::customer(&person.customer_id), &said),
+        (pb::Participant::provider("prov-kill-erase"), &replied),
+    ] {
+        chat.send_message(pb::SendMessageRequest {
+            conversation_id: session.conversation_id.clone(),
+            sender: Some(sender),
+            body: body.clone(),
+            client_message_id: String::new(),
+            attachments: Vec::new(),
+        })
+        .await
+        .unwrap();
+    }
+    let mut pg_db = sqlx::PgConnection::connect(database.url()).await.unwrap();
+    let held = tables_containing(&mut pg_db, &person.email).await;
+    assert!(
+        !held.is_empty(),
+        "the details reached PostgreSQL before the erase"
+    );
+
+    conversations.kill();
+    let first = PrivacyServiceClient::new(channel)
+        .erase_customer(erase_request(&request_id, &person.customer_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .erasure
+        .unwrap();
+    assert_eq!(
+        first.state(),
+        ErasureState::Pending,
+        "conversation-service is down"
+    );
+    drop(process);
+
+    conversations.start().await;
+    let _process = crate::faults::start_process(&listen, &db, &conversations.url());
+    let client = PrivacyServiceClient::new(connect(&listen).await);
+    let done = erase_through_until_complete(&client, &request_id, &person.customer_id).await;
+    assert_eq!(done.create_time, first.create_time, "the same erasure");
+    assert_eq!(
+        (
+            done.sessions_erased,
+            done.conversations_erased,
+            done.messages_erased
+        ),
+        (1, 1, 1)
+    );
+    let bytes = raw_bytes(&db);
+    for needle in person.strings().into_iter().chain([said.as_str()]) {
+        assert_eq!(
+            tables_containing(&mut pg_db, needle).await,
+            Vec::<String>::new(),
+            "{needle} left in PostgreSQL"
+        );
+        assert!(
+            !contains(&bytes, needle),
+            "{needle} left in the SQLite file"
+        );
+    }
+    assert_eq!(
+        tables_containing(&mut pg_db, &replied).await,
+        ["messages"],
+        "the provider's words stay"
+    );
+}
+
 async fn connect(listen: &str) -> Channel {
     let endpoint = Channel::from_shared(format!("http://{listen}")).unwrap();
     eventually(Duration::from_secs(10), || {
@@ -459,7 +602,7 @@ async fn neither_logs_nor_metrics_name_a_customer_identified_exported_and_erased
     )
     .await;
     let person = Person::new();
-    identified_session(&app, "prov-logs", &person).await;
+    identified_session(&app.tokens, "prov-logs", &person).await;
     let (_, error) = export(&app, &person.customer_id).await;
     assert!(error.is_none(), "{error:?}");
     let _erased =
@@ -480,12 +623,12 @@ async fn erase_and_export_reach_the_customers_conversations_in_conversation_serv
     let conv = spawn_fresh_conversation_service().await;
     let app = spawn_app_with(temp_db_path(), &conv.url, &[]).await;
     let person = Person::new();
-    identified_session(&app, "prov-e2e", &person).await;
+    identified_session(&app.tokens, "prov-e2e", &person).await;
     let session = app
         .tokens
         .clone()
         .get_session(pb::GetSessionRequest {
-            session_secret: identified_session(&app, "prov-e2e-2", &person).await,
+            session_secret: identified_session(&app.tokens, "prov-e2e-2", &person).await,
         })
         .await
         .unwrap()
@@ -565,8 +708,8 @@ async fn export_streams_sessions_queued_contact_details_then_conversations_and_m
     let _fake = serve_fake(fake.clone(), addr).await;
     let app = spawn_app_with(temp_db_path(), &format!("http://{addr}"), &[]).await;
     let person = Person::new();
-    identified_session(&app, "prov-x", &person).await;
-    identified_session(&app, "prov-x", &Person::new()).await;
+    identified_session(&app.tokens, "prov-x", &person).await;
+    identified_session(&app.tokens, "prov-x", &Person::new()).await;
 
     let (items, error) = export(&app, &person.customer_id).await;
     assert!(error.is_none(), "{error:?}");
@@ -622,7 +765,7 @@ async fn export_streams_sessions_queued_contact_details_then_conversations_and_m
 async fn an_export_without_conversation_service_ends_unavailable_after_the_local_part() {
     let app = spawn_app_with(temp_db_path(), NOWHERE, &[]).await;
     let person = Person::new();
-    identified_session(&app, "prov-y", &person).await;
+    identified_session(&app.tokens, "prov-y", &person).await;
     let (items, error) = export(&app, &person.customer_id).await;
     assert_eq!(
         items.len(),
@@ -758,7 +901,7 @@ async fn the_sweeper_removes_old_sessions_links_contacts_and_audit_records_in_ba
     let fresh = app.issue("prov-fresh", 0).await;
     let kept_session = app.redeem("prov-fresh", &fresh.secret).await.unwrap();
     let person = Person::new();
-    identified_session(&app, "prov-failed", &person).await;
+    identified_session(&app.tokens, "prov-failed", &person).await;
     app.store
         .call(move |conn| {
             conn.execute_batch(&format!(
