@@ -82,26 +82,72 @@ pub struct FeedPage {
     pub full: bool,
 }
 
+/// The feed's source tables: name, alias, `part` (the order of tables inside one
+/// transaction), the conversation, the key, and the feed kind of a row.
+const SOURCES: [(&str, &str, i16, &str, &str, &str); 6] = [
+    // Kinds 1-3 are the feed's own numbers; an erasure (4) is CUSTOMER_ERASED (8).
+    (
+        "conversation_events",
+        "e",
+        0,
+        "e.conversation_id",
+        "e.id",
+        "CASE e.kind WHEN 4 THEN 8 ELSE e.kind END",
+    ),
+    ("messages", "m", 1, "m.conversation_id", "m.seq", "4"),
+    ("read_events", "r", 2, "r.conversation_id", "r.id", "5"),
+    (
+        "presence_events",
+        "s",
+        3,
+        "'00000000-0000-0000-0000-000000000000'::uuid",
+        "s.id",
+        "6",
+    ),
+    ("reminder_events", "u", 4, "u.conversation_id", "u.id", "7"),
+    // An edit (9) or a deletion (10), keyed by the conversation's change_seq.
+    (
+        "message_changes",
+        "x",
+        5,
+        "x.conversation_id",
+        "x.change_seq",
+        "CASE x.kind WHEN 1 THEN 9 ELSE 10 END",
+    ),
+];
+
 /// Closes window `$2 + 1` from the snapshot `$1` to this statement's, if any source row
 /// became visible in between (its transaction started at or after `$1`'s xmax or was in
 /// progress then, and is visible to this statement); returns the new window's id.
-const SEQUENCE_SQL: &str = "\
-WITH prior AS (
+///
+/// Each test is written so the planner cannot pick a sequential scan: `max(xid)` is one
+/// step down the `xid` index, and the in-progress ids are probed one by one. (`xid >=
+/// x OR xid = ANY(...)` with values unknown at planning reads the whole table, and
+/// `EXISTS` makes a sequential scan look cheap.)
+fn sequence_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let newer = SOURCES
+            .iter()
+            .map(|(table, ..)| format!("(SELECT max(xid) FROM {table}) >= p.xmax"))
+            .collect::<Vec<_>>()
+            .join("\n        OR ");
+        let late = SOURCES
+            .iter()
+            .map(|(table, alias, ..)| {
+                format!("EXISTS (SELECT 1 FROM {table} {alias} WHERE {alias}.xid = late.id)")
+            })
+            .collect::<Vec<_>>()
+            .join("\n                 OR ");
+        format!(
+            "WITH prior AS (
     SELECT pg_snapshot_xmax($1::text::pg_snapshot) AS xmax,
            ARRAY(SELECT pg_snapshot_xip($1::text::pg_snapshot)) AS xip
 ), news AS (
-    SELECT EXISTS (SELECT 1 FROM conversation_events e, prior p
-                    WHERE e.xid >= p.xmax OR e.xid = ANY(p.xip))
-        OR EXISTS (SELECT 1 FROM messages m, prior p
-                    WHERE m.xid >= p.xmax OR m.xid = ANY(p.xip))
-        OR EXISTS (SELECT 1 FROM read_events r, prior p
-                    WHERE r.xid >= p.xmax OR r.xid = ANY(p.xip))
-        OR EXISTS (SELECT 1 FROM presence_events s, prior p
-                    WHERE s.xid >= p.xmax OR s.xid = ANY(p.xip))
-        OR EXISTS (SELECT 1 FROM reminder_events u, prior p
-                    WHERE u.xid >= p.xmax OR u.xid = ANY(p.xip))
-        OR EXISTS (SELECT 1 FROM message_changes x, prior p
-                    WHERE x.xid >= p.xmax OR x.xid = ANY(p.xip)) AS any
+    SELECT {newer}
+        OR EXISTS (SELECT 1 FROM unnest(p.xip) late(id)
+            WHERE {late}) AS any
+      FROM prior p
 ), added AS (
     INSERT INTO feed_windows (id, lower, upper)
     SELECT $2 + 1, $1::text::pg_snapshot, pg_current_snapshot() FROM news WHERE news.any
@@ -109,50 +155,50 @@ WITH prior AS (
 )
 UPDATE feed_state s SET assigned = a.upper, last_window = a.id
   FROM added a
-RETURNING s.last_window";
+RETURNING s.last_window"
+        )
+    })
+}
 
-/// Up to `$6` events of window `$1` after the key `($2, $3, $4, $5)` that the kinds `$7`
-/// and providers `$8` admit (empty: all), in feed order, with what they carry. One row
-/// with null event columns when none is left; no row when the window is gone (pruned).
-const WINDOW_SQL: &str = "\
-WITH w AS (
-    SELECT pg_snapshot_xmax(lower) AS lo_xmax, ARRAY(SELECT pg_snapshot_xip(lower)) AS lo_xip,
-           upper, pg_snapshot_xmax(upper) AS hi_xmax, recorded_at
-      FROM feed_windows WHERE id = $1
-), fresh AS (
-    -- Kinds 1-3 are the feed's own numbers; an erasure (4) is CUSTOMER_ERASED (8).
-    SELECT e.pos, 0::smallint AS part, e.conversation_id AS conv, e.id AS key,
-           CASE e.kind WHEN 4 THEN 8 ELSE e.kind END::smallint AS kind
-      FROM conversation_events e, w
-     WHERE (e.xid >= w.lo_xmax AND e.xid < w.hi_xmax OR e.xid = ANY(w.lo_xip))
-       AND pg_visible_in_snapshot(e.xid, w.upper)
-    UNION ALL
-    SELECT m.pos, 1::smallint, m.conversation_id, m.seq, 4::smallint
-      FROM messages m, w
-     WHERE (m.xid >= w.lo_xmax AND m.xid < w.hi_xmax OR m.xid = ANY(w.lo_xip))
-       AND pg_visible_in_snapshot(m.xid, w.upper)
-    UNION ALL
-    SELECT r.pos, 2::smallint, r.conversation_id, r.id, 5::smallint
-      FROM read_events r, w
-     WHERE (r.xid >= w.lo_xmax AND r.xid < w.hi_xmax OR r.xid = ANY(w.lo_xip))
-       AND pg_visible_in_snapshot(r.xid, w.upper)
-    UNION ALL
-    SELECT s.pos, 3::smallint, '00000000-0000-0000-0000-000000000000'::uuid, s.id, 6::smallint
-      FROM presence_events s, w
-     WHERE (s.xid >= w.lo_xmax AND s.xid < w.hi_xmax OR s.xid = ANY(w.lo_xip))
-       AND pg_visible_in_snapshot(s.xid, w.upper)
-    UNION ALL
-    SELECT u.pos, 4::smallint, u.conversation_id, u.id, 7::smallint
-      FROM reminder_events u, w
-     WHERE (u.xid >= w.lo_xmax AND u.xid < w.hi_xmax OR u.xid = ANY(w.lo_xip))
-       AND pg_visible_in_snapshot(u.xid, w.upper)
-    UNION ALL
-    -- An edit (9) or a deletion (10), keyed by the conversation's change_seq.
-    SELECT x.pos, 5::smallint, x.conversation_id, x.change_seq,
-           CASE x.kind WHEN 1 THEN 9 ELSE 10 END::smallint
-      FROM message_changes x, w
-     WHERE (x.xid >= w.lo_xmax AND x.xid < w.hi_xmax OR x.xid = ANY(w.lo_xip))
-       AND pg_visible_in_snapshot(x.xid, w.upper)
+/// The source rows of a window as `(pos, part, conv, key, kind)`, given as parameters
+/// `$lo_xmax`, `$hi_xmax` (xid8 as text), `$lo_xip` (text[]) and `$upper` (snapshot
+/// text): transactions that started in `[lo_xmax, hi_xmax)` or were in progress at the
+/// lower snapshot, visible in the upper one. Two index scans per table, whatever plan
+/// the parameters get.
+pub(super) fn window_rows_sql(lo_xmax: &str, hi_xmax: &str, lo_xip: &str, upper: &str) -> String {
+    SOURCES
+        .iter()
+        .map(|(table, a, part, conv, key, kind)| {
+            let columns =
+                format!("{a}.pos, {part}::smallint AS part, {conv} AS conv, {key} AS key, ({kind})::smallint AS kind");
+            format!(
+                "SELECT {columns} FROM {table} {a}
+                  WHERE {a}.xid >= {lo_xmax}::text::xid8 AND {a}.xid < {hi_xmax}::text::xid8
+                    AND pg_visible_in_snapshot({a}.xid, {upper}::text::pg_snapshot)
+                 UNION ALL
+                 SELECT t.* FROM unnest({lo_xip}::text[]::xid8[]) late(id)
+                  CROSS JOIN LATERAL (
+                      SELECT {columns} FROM {table} {a}
+                       WHERE {a}.xid = late.id
+                         AND pg_visible_in_snapshot({a}.xid, {upper}::text::pg_snapshot)
+                      -- Not flattened into a join: one index probe per late transaction.
+                      OFFSET 0) t"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n UNION ALL\n")
+}
+
+/// Up to `$6` events of a window (bounds `$9`-`$12`, see [`window_rows_sql`]) after the
+/// key `($2, $3, $4, $5)` that the kinds `$7` and providers `$8` admit (empty: all), in
+/// feed order, with what they carry. `$1` is unused by the rows (the window's id).
+fn window_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let fresh = window_rows_sql("$9", "$10", "$11", "$12");
+        format!(
+            "WITH fresh AS (
+{fresh}
 ), admitted AS (
     SELECT f.*,
            CASE WHEN f.kind = 6
@@ -161,11 +207,10 @@ WITH w AS (
                 ELSE (SELECT c.provider_id FROM conversations c WHERE c.id = f.conv)
            END AS provider_id
       FROM fresh f
-     WHERE (f.pos, f.part, f.conv, f.key) > ($2, $3, $4, $5)
+     WHERE $1::bigint > 0 AND (f.pos, f.part, f.conv, f.key) > ($2, $3, $4, $5)
        AND (cardinality($7::smallint[]) = 0 OR f.kind = ANY($7::smallint[]))
 )
-SELECT w.recorded_at,
-       f.pos, f.part, f.conv, f.key, f.kind, f.provider_id,
+SELECT f.pos, f.part, f.conv, f.key, f.kind, f.provider_id,
        e.status,
        m.seq AS m_seq, m.id AS m_id, m.sender_role, m.sender_id, m.body,
        m.client_message_id, m.created_at AS m_created_at, m.edited_at AS m_edited_at,
@@ -176,12 +221,11 @@ SELECT w.recorded_at,
        u.role AS u_role, u.participant_id AS u_participant, u.unread AS u_unread,
        u.first_seq AS u_first_seq,
        COALESCE(left(um.body, 200), '') AS u_preview
-  FROM w
-  LEFT JOIN LATERAL (
+  FROM (
       SELECT * FROM admitted a
        WHERE cardinality($8::text[]) = 0 OR a.provider_id = ANY($8::text[])
        ORDER BY a.pos, a.part, a.conv, a.key LIMIT $6
-  ) f ON true
+  ) f
   LEFT JOIN conversation_events e ON f.kind IN (1, 2, 3) AND e.id = f.key
   LEFT JOIN message_changes x ON f.kind IN (9, 10) AND x.conversation_id = f.conv
         AND x.change_seq = f.key
@@ -193,7 +237,29 @@ SELECT w.recorded_at,
   LEFT JOIN reminder_events u ON f.kind = 7 AND u.id = f.key
   -- A reminder's preview: its first unread message as it is now (erased, pruned: empty).
   LEFT JOIN messages um ON um.conversation_id = u.conversation_id AND um.seq = u.first_seq
- ORDER BY f.pos, f.part, f.conv, f.key";
+ ORDER BY f.pos, f.part, f.conv, f.key"
+        )
+    })
+}
+
+/// A window's snapshots as the row queries take them: its lower xmax and in-progress
+/// ids, its upper xmax and the upper snapshot, as text; and when it was recorded.
+#[derive(sqlx::FromRow)]
+pub(super) struct WindowBounds {
+    pub lo_xmax: String,
+    pub lo_xip: Vec<String>,
+    pub hi_xmax: String,
+    pub upper: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// The bounds of the span from window `$1`'s lower snapshot to window `$2`'s upper.
+pub(super) const BOUNDS_SQL: &str = "\
+SELECT pg_snapshot_xmax(lo.lower)::text AS lo_xmax,
+       ARRAY(SELECT pg_snapshot_xip(lo.lower)::text) AS lo_xip,
+       pg_snapshot_xmax(hi.upper)::text AS hi_xmax, hi.upper::text AS upper,
+       hi.recorded_at
+  FROM feed_windows lo, feed_windows hi WHERE lo.id = $1 AND hi.id = $2";
 
 /// Most windows (and rows of the feed's own tables) deleted by one pruning statement, so
 /// pruning never holds long locks.
@@ -222,7 +288,7 @@ impl Store {
         };
         // A new statement, so its snapshot is taken after the lock was granted: it sees
         // every run before this one.
-        let closed: Option<i64> = sqlx::query_scalar(SEQUENCE_SQL)
+        let closed: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sequence_sql()))
             .bind(assigned)
             .bind(last)
             .fetch_optional(&mut *tx)
@@ -288,19 +354,13 @@ impl Store {
         let last_to_read = head.min(window.saturating_add(WINDOWS_PER_PAGE - 1));
         while window <= last_to_read {
             let wanted = limit - i64::try_from(events.len()).unwrap_or(i64::MAX);
-            let rows = sqlx::query(WINDOW_SQL)
+            let bounds: Option<WindowBounds> = sqlx::query_as(BOUNDS_SQL)
                 .bind(window)
-                .bind(key.pos)
-                .bind(key.part)
-                .bind(key.conversation)
-                .bind(key.key)
-                .bind(wanted)
-                .bind(&kinds)
-                .bind(&filter.provider_ids)
-                .fetch_all(&self.pool)
+                .bind(window)
+                .fetch_optional(&self.pool)
                 .await
                 .map_err(|e| Error::db(ctx, e))?;
-            if rows.is_empty() {
+            let Some(bounds) = bounds else {
                 // Pruned since the state was read.
                 let pruned: i64 = sqlx::query_scalar("SELECT pruned_through FROM feed_state")
                     .fetch_one(&self.pool)
@@ -309,10 +369,28 @@ impl Store {
                 return Err(Error::CursorExpired {
                     oldest: FeedPosition::end_of(pruned).cursor(),
                 });
-            }
+            };
+            let rows = sqlx::query(sqlx::AssertSqlSafe(window_sql()))
+                .bind(window)
+                .bind(key.pos)
+                .bind(key.part)
+                .bind(key.conversation)
+                .bind(key.key)
+                .bind(wanted)
+                .bind(&kinds)
+                .bind(&filter.provider_ids)
+                .bind(&bounds.lo_xmax)
+                .bind(&bounds.hi_xmax)
+                .bind(&bounds.lo_xip)
+                .bind(&bounds.upper)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| Error::db(ctx, e))?;
             let before = events.len();
             for row in &rows {
-                if let Some(event) = feed_event(window, row).map_err(|e| Error::db(ctx, e))? {
+                if let Some(event) =
+                    feed_event(window, bounds.recorded_at, row).map_err(|e| Error::db(ctx, e))?
+                {
                     events.push(event);
                 }
             }
@@ -480,7 +558,11 @@ fn stored_position(
 }
 
 /// The event a page row holds (`None` for the row of an empty page).
-fn feed_event(window: i64, row: &sqlx::postgres::PgRow) -> Result<Option<FeedEvent>, sqlx::Error> {
+fn feed_event(
+    window: i64,
+    recorded_at: DateTime<Utc>,
+    row: &sqlx::postgres::PgRow,
+) -> Result<Option<FeedEvent>, sqlx::Error> {
     let Some(pos) = row.try_get::<Option<i64>, _>("pos")? else {
         return Ok(None);
     };
@@ -547,7 +629,7 @@ fn feed_event(window: i64, row: &sqlx::postgres::PgRow) -> Result<Option<FeedEve
         kind,
         conversation_id,
         provider_id: row.try_get("provider_id")?,
-        recorded_at: row.try_get("recorded_at")?,
+        recorded_at,
         payload,
     }))
 }

@@ -13,29 +13,34 @@
 
 use std::time::Duration;
 
-use super::Store;
+use super::{
+    Store,
+    events::{BOUNDS_SQL, WindowBounds, window_rows_sql},
+};
 use crate::error::{Error, Result};
 
 /// Windows read per scan.
 const SCAN_WINDOWS: i64 = 2000;
 
-const SCAN_SQL: &str = "\
-WITH span AS (
-    SELECT min(id) AS first, max(id) AS last FROM (
-        SELECT id FROM feed_windows
-         WHERE id > $1 AND recorded_at <= now() - $2::interval
-         ORDER BY id LIMIT $3) due
-), bounds AS (
-    SELECT pg_snapshot_xmax(lo.lower) AS lo_xmax, ARRAY(SELECT pg_snapshot_xip(lo.lower)) AS lo_xip,
-           hi.upper, pg_snapshot_xmax(hi.upper) AS hi_xmax
-      FROM span
-      JOIN feed_windows lo ON lo.id = span.first
-      JOIN feed_windows hi ON hi.id = span.last
+/// The windows due: the next ones after `$1` recorded at least `$2` ago, at most `$3`.
+const SPAN_SQL: &str = "\
+SELECT min(id), max(id) FROM (
+    SELECT id FROM feed_windows
+     WHERE id > $1 AND recorded_at <= now() - $2::interval
+     ORDER BY id LIMIT $3) due";
+
+/// Claims and sends the reminders of a span whose bounds are `$1`-`$4` (see
+/// [`window_rows_sql`]); returns how many were sent.
+fn scan_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "WITH span AS (
+    {rows}
 ), sent AS (
     SELECT m.conversation_id, m.sender_role, max(m.seq) AS seq
-      FROM messages m, bounds b
-     WHERE (m.xid >= b.lo_xmax AND m.xid < b.hi_xmax OR m.xid = ANY(b.lo_xip))
-       AND pg_visible_in_snapshot(m.xid, b.upper)
+      FROM span s JOIN messages m ON m.conversation_id = s.conv AND m.seq = s.key
+     WHERE s.kind = 4
      GROUP BY m.conversation_id, m.sender_role
 ), candidates AS (
     SELECT s.conversation_id, s.seq,
@@ -64,7 +69,11 @@ WITH span AS (
      ORDER BY e.conversation_id, e.role
     RETURNING 1
 )
-SELECT (SELECT last FROM span), (SELECT count(*) FROM reminded)";
+SELECT count(*) FROM reminded",
+            rows = window_rows_sql("$1", "$2", "$3", "$4"),
+        )
+    })
+}
 
 impl Store {
     /// One scan, unless another replica's is running; returns the reminders sent.
@@ -79,14 +88,34 @@ impl Store {
         else {
             return Ok(0);
         };
-        let (scanned, sent): (Option<i64>, i64) = sqlx::query_as(SCAN_SQL)
+        let (first, last): (Option<i64>, Option<i64>) = sqlx::query_as(SPAN_SQL)
             .bind(position)
             .bind(delay)
             .bind(SCAN_WINDOWS)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| Error::db(ctx, e))?;
-        if let Some(scanned) = scanned {
+        let (Some(first), Some(scanned)) = (first, last) else {
+            return Ok(0);
+        };
+        let bounds: Option<WindowBounds> = sqlx::query_as(BOUNDS_SQL)
+            .bind(first)
+            .bind(scanned)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| Error::db(ctx, e))?;
+        let mut sent: i64 = 0;
+        if let Some(bounds) = bounds {
+            sent = sqlx::query_scalar(sqlx::AssertSqlSafe(scan_sql()))
+                .bind(&bounds.lo_xmax)
+                .bind(&bounds.hi_xmax)
+                .bind(&bounds.lo_xip)
+                .bind(&bounds.upper)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| Error::db(ctx, e))?;
+        }
+        {
             sqlx::query("UPDATE reminder_state SET position = $1")
                 .bind(scanned)
                 .execute(&mut *tx)
