@@ -72,6 +72,8 @@ send=$(awk '/SendMessage \(gRPC\)/ {for (i = 1; i < NF; i++) if ($(i + 1) == "ms
 quiet_p99=$(sed -n '/other replica/,$p' "$logs/send" | after_word /dev/stdin p99 "received") || true
 loaded_p50=$(sed -n '/under load/,/event feed/p' "$logs/send" | after_word /dev/stdin p50 "received") || true
 delivery_p99=$(sed -n '/under load/,/event feed/p' "$logs/send" | after_word /dev/stdin p99 "received") || true
+edit=$(awk '/EditMessage \(gRPC\)/ {for (i = 1; i < NF; i++) if ($(i + 1) == "msg/s") {print $i; exit}}' "$logs/send") || true
+delete=$(awk '/DeleteMessage \(gRPC\)/ {for (i = 1; i < NF; i++) if ($(i + 1) == "msg/s") {print $i; exit}}' "$logs/send") || true
 # The event feed phase: how many message events one StreamEvents consumer received per
 # second while the senders ran closed-loop, and their lag from creation.
 feed_per_s=$(awk '/created -> received on StreamEvents/ {for (i = 1; i < NF; i++) if ($(i + 1) == "msg/s") {print $i; exit}}' "$logs/send") || true
@@ -136,6 +138,8 @@ echo "Benchmark, $started, ${profile[*]:-debug} build, ${seconds} s phases"
 echo "machine: $machine; load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-66s %10s\n' "measure" "value"
 printf '%-66s %10s\n' "SendMessage, 64 clients, $connections connections (msg/s)" "$(or_na "$send")"
+printf '%-66s %10s\n' "EditMessage, 64 clients, one message each (/s)" "$(or_na "$edit")"
+printf '%-66s %10s\n' "DeleteMessage, 64 clients (/s)" "$(or_na "$delete")"
 printf '%-66s %10s\n' "reference: 1 tx + NOTIFY per message, $naive_clients clients (msg/s)" "$(or_na "$naive")"
 printf '%-66s %10s\n' "reference: 32 rows/tx + 1 NOTIFY, best of 2-8 clients (rows/s)" "$(or_na "$batched")"
 printf '%-66s %10s\n' "RedeemToken end to end, best of $callers callers (/s)" "$(or_na "$redeem")"
@@ -146,4 +150,4 @@ printf '%-66s %10s\n' "event feed: message events received by one consumer (/s)"
 printf '%-66s %10s\n' "event feed: created -> received, p99 (ms)" "$(or_na "$feed_p99")"
 printf '%-66s %10s\n' "idle StreamConversation, $streams streams (KiB each)" "$(or_na "$idle_kib")"
 printf '%-66s %10s\n' "reads of messages per message, 10 viewers each" "$(or_na "$reads")"
-echo "RESULT send_per_s=$(or_na "$send") naive_ref_per_s=$(or_na "$naive") batched_ref_rows_per_s=$(or_na "$batched") redeem_per_s=$(or_na "$redeem") delivery_p99_ms=$(or_na "$delivery_p99") idle_stream_kib=$(or_na "$idle_kib") reads_per_delivery=$(or_na "$reads") feed_events_per_s=$(or_na "$feed_per_s") feed_lag_p99_ms=$(or_na "$feed_p99")"
+echo "RESULT send_per_s=$(or_na "$send") naive_ref_per_s=$(or_na "$naive") batched_ref_rows_per_s=$(or_na "$batched") redeem_per_s=$(or_na "$redeem") delivery_p99_ms=$(or_na "$delivery_p99") idle_stream_kib=$(or_na "$idle_kib") reads_per_delivery=$(or_na "$reads") edit_per_s=$(or_na "$edit") delete_per_s=$(or_na "$delete") feed_events_per_s=$(or_na "$feed_per_s") feed_lag_p99_ms=$(or_na "$feed_p99")"

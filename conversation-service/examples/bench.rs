@@ -282,6 +282,9 @@ async fn run() -> anyhow::Result<()> {
         "service / reference throughput: {:.2}x (target >= 1.5x)",
         service_rate / reference.rate()
     );
+    if let Err(error) = edits_and_deletions(&args, &senders, &ids).await {
+        println!("edits and deletions: {error}");
+    }
 
     // Delivery: one message at a time on a quiet conversation, timed until a stream of
     // the other participant receives it, on the same replica and on a second replica
@@ -310,6 +313,111 @@ async fn run() -> anyhow::Result<()> {
         replica.stop.cancel();
     }
     loaded
+}
+
+/// EditMessage and DeleteMessage, each closed-loop for `--seconds` by the senders (one
+/// conversation each, as in the service phase). Edits rewrite one message of the
+/// sender's; each deletion takes a message the sender sent before the phase (untimed).
+async fn edits_and_deletions(
+    args: &Args,
+    senders: &Arc<Vec<Client>>,
+    ids: &[Uuid],
+) -> anyhow::Result<()> {
+    let body = "y".repeat(100);
+    // A message per sender to edit, and a stock per sender to delete: more than one
+    // sender's share of a phase at 6,400 deletions a second (a sender that runs out
+    // stops, and says so).
+    let stock = 100 * usize::try_from(args.seconds).unwrap_or(10) + 100;
+    let mut targets = Vec::with_capacity(args.clients);
+    let mut tasks = JoinSet::new();
+    for c in 0..args.clients {
+        let mut client = senders[c].clone();
+        let id = ids[c % ids.len()].to_string();
+        let body = body.clone();
+        tasks.spawn(async move {
+            let mut sent = Vec::with_capacity(stock + 1);
+            for _ in 0..=stock {
+                let reply = client
+                    .send_message(v1::SendMessageRequest {
+                        conversation_id: id.clone(),
+                        sender: Some(provider()),
+                        body: body.clone(),
+                        client_message_id: String::new(),
+                        attachments: Vec::new(),
+                    })
+                    .await?
+                    .into_inner();
+                let message = reply.message.ok_or_else(|| anyhow::anyhow!("no message"))?;
+                sent.push(message.message_id);
+            }
+            anyhow::Ok((c, id, sent))
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        targets.push(done??);
+    }
+    targets.sort_by_key(|(c, ..)| *c);
+    let targets = Arc::new(targets);
+    let mut edits = {
+        let senders = Arc::clone(senders);
+        let targets = Arc::clone(&targets);
+        drive(
+            "EditMessage (gRPC)",
+            args.clients,
+            args.seconds,
+            move |c, i| {
+                let mut client = senders[c].clone();
+                let (_, id, sent) = &targets[c];
+                let request = v1::EditMessageRequest {
+                    conversation_id: id.clone(),
+                    message_id: sent[0].clone(),
+                    editor: Some(provider()),
+                    body: format!("edit {i}"),
+                    request_id: Uuid::new_v4().to_string(),
+                };
+                async move {
+                    client.edit_message(request).await?;
+                    Ok(())
+                }
+            },
+        )
+        .await
+    };
+    let mut deletions = {
+        let senders = Arc::clone(senders);
+        let targets = Arc::clone(&targets);
+        drive(
+            "DeleteMessage (gRPC)",
+            args.clients,
+            args.seconds,
+            move |c, i| {
+                let mut client = senders[c].clone();
+                let (_, id, sent) = &targets[c];
+                let message = usize::try_from(i)
+                    .ok()
+                    .and_then(|i| sent.get(i + 1))
+                    .cloned();
+                let id = id.clone();
+                async move {
+                    let message =
+                        message.ok_or_else(|| anyhow::anyhow!("out of messages to delete"))?;
+                    client
+                        .delete_message(v1::DeleteMessageRequest {
+                            conversation_id: id,
+                            message_id: message,
+                            actor: Some(provider()),
+                            request_id: Uuid::new_v4().to_string(),
+                        })
+                        .await?;
+                    Ok(())
+                }
+            },
+        )
+        .await
+    };
+    edits.print();
+    deletions.print();
+    Ok(())
 }
 
 /// The event feed: one StreamEvents consumer (message events) on a replica while the
