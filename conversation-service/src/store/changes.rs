@@ -92,9 +92,13 @@ impl Store {
                 return message_at(&mut tx, id, seq).await;
             }
         }
+        // No index on `id` (it would cost every send): the conversation's messages are
+        // read newest first until this one, which is near the top for what is edited
+        // (the edit window) or taken back; a provider deleting an old message reads
+        // back to it.
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND id = $2 \
-             FOR UPDATE"
+             ORDER BY seq DESC LIMIT 1 FOR UPDATE"
         );
         let message: MessageRow = sqlx::query_as(AssertSqlSafe(sql))
             .bind(id)
