@@ -200,17 +200,13 @@ fn window_sql() -> &'static str {
             "WITH fresh AS (
 {fresh}
 ), admitted AS (
-    SELECT f.*,
-           CASE WHEN f.kind = 6
-                THEN (SELECT s.participant_id FROM presence_events s WHERE s.id = f.key AND s.role = 1)
-                -- One primary-key lookup per event: a join may scan every conversation.
-                ELSE (SELECT c.provider_id FROM conversations c WHERE c.id = f.conv)
-           END AS provider_id
-      FROM fresh f
+    SELECT f.* FROM fresh f
      WHERE $1::bigint > 0 AND (f.pos, f.part, f.conv, f.key) > ($2, $3, $4, $5)
        AND (cardinality($7::smallint[]) = 0 OR f.kind = ANY($7::smallint[]))
 )
-SELECT f.pos, f.part, f.conv, f.key, f.kind, f.provider_id,
+SELECT f.pos, f.part, f.conv, f.key, f.kind,
+       CASE WHEN f.kind = 6 THEN CASE WHEN pe.role = 1 THEN pe.participant_id END
+            ELSE c.provider_id END AS provider_id,
        e.status,
        m.seq AS m_seq, m.id AS m_id, m.sender_role, m.sender_id, m.body,
        m.client_message_id, m.created_at AS m_created_at, m.edited_at AS m_edited_at,
@@ -223,9 +219,17 @@ SELECT f.pos, f.part, f.conv, f.key, f.kind, f.provider_id,
        COALESCE(left(um.body, 200), '') AS u_preview
   FROM (
       SELECT * FROM admitted a
-       WHERE cardinality($8::text[]) = 0 OR a.provider_id = ANY($8::text[])
+       -- The provider is looked up per event only when a filter needs it; the page's
+       -- own rows get theirs from the join below.
+       WHERE cardinality($8::text[]) = 0
+          OR CASE WHEN a.kind = 6
+                  THEN (SELECT s.participant_id FROM presence_events s
+                         WHERE s.id = a.key AND s.role = 1)
+                  ELSE (SELECT c.provider_id FROM conversations c WHERE c.id = a.conv)
+             END = ANY($8::text[])
        ORDER BY a.pos, a.part, a.conv, a.key LIMIT $6
   ) f
+  LEFT JOIN conversations c ON f.kind <> 6 AND c.id = f.conv
   LEFT JOIN conversation_events e ON f.kind IN (1, 2, 3) AND e.id = f.key
   LEFT JOIN message_changes x ON f.kind IN (9, 10) AND x.conversation_id = f.conv
         AND x.change_seq = f.key
@@ -251,6 +255,20 @@ pub(super) struct WindowBounds {
     pub hi_xmax: String,
     pub upper: String,
     pub recorded_at: DateTime<Utc>,
+}
+
+/// The bounds of each window from `$1` to `$2`, in order.
+const WINDOWS_SQL: &str = "\
+SELECT id, pg_snapshot_xmax(lower)::text AS lo_xmax,
+       ARRAY(SELECT pg_snapshot_xip(lower)::text) AS lo_xip,
+       pg_snapshot_xmax(upper)::text AS hi_xmax, upper::text AS upper, recorded_at
+  FROM feed_windows WHERE id BETWEEN $1 AND $2 ORDER BY id";
+
+#[derive(sqlx::FromRow)]
+struct Window {
+    id: i64,
+    #[sqlx(flatten)]
+    bounds: WindowBounds,
 }
 
 /// The bounds of the span from window `$1`'s lower snapshot to window `$2`'s upper.
@@ -352,15 +370,21 @@ impl Store {
         let mut events = Vec::new();
         let mut next = after;
         let last_to_read = head.min(window.saturating_add(WINDOWS_PER_PAGE - 1));
+        // Every window's bounds in one read, not one per window.
+        let windows: Vec<Window> = if window <= last_to_read {
+            sqlx::query_as(WINDOWS_SQL)
+                .bind(window)
+                .bind(last_to_read)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| Error::db(ctx, e))?
+        } else {
+            Vec::new()
+        };
+        let mut windows = windows.into_iter();
         while window <= last_to_read {
             let wanted = limit - i64::try_from(events.len()).unwrap_or(i64::MAX);
-            let bounds: Option<WindowBounds> = sqlx::query_as(BOUNDS_SQL)
-                .bind(window)
-                .bind(window)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| Error::db(ctx, e))?;
-            let Some(bounds) = bounds else {
+            let Some(Window { bounds, .. }) = windows.next().filter(|w| w.id == window) else {
                 // Pruned since the state was read.
                 let pruned: i64 = sqlx::query_scalar("SELECT pruned_through FROM feed_state")
                     .fetch_one(&self.pool)
@@ -437,9 +461,14 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        let rows = self.get_conversations(&ids).await?;
+        let rows: std::collections::HashMap<ConversationId, ConversationRow> = self
+            .get_conversations(&ids)
+            .await?
+            .into_iter()
+            .map(|row| (row.id, row))
+            .collect();
         for event in events.iter_mut().filter(|e| wanted(e)) {
-            if let Some(row) = rows.iter().find(|r| Some(r.id) == event.conversation_id) {
+            if let Some(row) = event.conversation_id.and_then(|id| rows.get(&id)) {
                 event.payload = FeedPayload::Conversation(Box::new(row.clone()));
             }
         }
