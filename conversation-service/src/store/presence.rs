@@ -4,7 +4,7 @@
 //! participant's `presence_state` row lock, so however many replicas see a change, it
 //! is announced once.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use uuid::Uuid;
 
@@ -200,27 +200,41 @@ async fn announce(
         .fetch_all(&mut **tx)
         .await
         .map_err(|e| Error::db("announce presence", e))?;
-    let mut notes = Vec::with_capacity(changed.len());
-    for (role, id, online) in changed {
-        let providers = match role {
-            Role::Provider => Vec::new(),
-            Role::Customer => sqlx::query_scalar(
-                "SELECT DISTINCT provider_id FROM (
-                     SELECT provider_id FROM conversations WHERE customer_id = $1
-                      ORDER BY inbox_at DESC LIMIT $2) recent",
-            )
-            .bind(&id)
-            .bind(PROVIDERS_PER_CUSTOMER)
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(|e| Error::db("announce presence", e))?,
-        };
-        notes.push(PresenceNote {
+    // One statement for every customer that changed: the providers of its most recent
+    // conversations.
+    let customers: Vec<String> = changed
+        .iter()
+        .filter(|(role, ..)| *role == Role::Customer)
+        .map(|(_, id, _)| id.clone())
+        .collect();
+    let mut providers: HashMap<String, Vec<String>> = if customers.is_empty() {
+        HashMap::new()
+    } else {
+        sqlx::query_as::<_, (String, Vec<String>)>(
+            "SELECT a.id, ARRAY(SELECT DISTINCT r.provider_id FROM (
+                 SELECT provider_id FROM conversations WHERE customer_id = a.id
+                  ORDER BY inbox_at DESC LIMIT $2) r)
+               FROM unnest($1::text[]) a(id)",
+        )
+        .bind(&customers)
+        .bind(PROVIDERS_PER_CUSTOMER)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(|e| Error::db("announce presence", e))?
+        .into_iter()
+        .collect()
+    };
+    let notes = changed
+        .into_iter()
+        .map(|(role, id, online)| PresenceNote {
+            providers: match role {
+                Role::Customer => providers.remove(&id).unwrap_or_default(),
+                Role::Provider => Vec::new(),
+            },
             role,
             id,
             online,
-            providers,
-        });
-    }
+        })
+        .collect();
     Ok(notes)
 }
