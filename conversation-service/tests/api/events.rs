@@ -2,32 +2,20 @@
 //! replicas and a replica killed mid-stream, late commits, durable consumers, retention
 //! and bad input.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
-use chat_proto::v1::{
-    self, EventKind, event::Payload, event_service_client::EventServiceClient,
-    stream_events_response::Item,
-};
+use chat_proto::v1::{self, EventKind, event::Payload, stream_events_response::Item};
 use sqlx::Connection;
-use tonic::{Code, Streaming, transport::Channel};
+use tonic::{Code, Streaming};
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
 use crate::helpers::{
-    TestApp, create, customer, new_provider, provider, reason, send, spawn_app,
-    spawn_app_with_flags, spawn_process,
+    Events, TestApp, create, customer, events_client, new_provider, provider, reason, send,
+    spawn_app, spawn_app_with_flags, spawn_process,
 };
 
-type Events = EventServiceClient<Channel>;
-
 const WAIT: Duration = Duration::from_secs(20);
-
-fn events_client(addr: SocketAddr) -> Events {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy();
-    EventServiceClient::new(channel)
-}
 
 async fn list(
     events: &mut Events,

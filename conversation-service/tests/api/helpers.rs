@@ -257,3 +257,36 @@ pub async fn open_stream(
         .unwrap()
         .into_inner()
 }
+
+pub type Events = chat_proto::v1::event_service_client::EventServiceClient<Channel>;
+
+/// An EventService client on a connection of its own.
+pub fn events_client(addr: SocketAddr) -> Events {
+    Events::new(
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy(),
+    )
+}
+
+/// The payloads of every held event of `kind` about provider `p`, oldest first.
+pub async fn provider_events(
+    events: &mut Events,
+    kind: v1::EventKind,
+    p: &str,
+) -> Vec<v1::event::Payload> {
+    events
+        .list_events(v1::ListEventsRequest {
+            after: String::new(),
+            page_size: 1000,
+            kinds: vec![kind.into()],
+            provider_ids: vec![p.to_owned()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+        .into_iter()
+        .filter_map(|e| e.payload)
+        .collect()
+}

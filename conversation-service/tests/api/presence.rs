@@ -3,24 +3,18 @@
 
 use std::time::{Duration, Instant};
 
-use chat_proto::v1::{self, EventKind, event::Payload, event_service_client::EventServiceClient};
-use tonic::transport::Channel;
+use chat_proto::v1::{self, EventKind, event::Payload};
 
-use crate::helpers::{Client, new_provider, provider, spawn_app, spawn_process};
+use crate::helpers::{
+    Client, Events, events_client, new_provider, provider, provider_events, spawn_app,
+    spawn_process,
+};
 
 /// What conversation-service states (realtime/presence.rs): rows expire 5 s after the
 /// last beat (1 s apart), and any replica's next beat announces it.
 const OFFLINE_BOUND: Duration = Duration::from_secs(7);
 
-fn events_client(addr: std::net::SocketAddr) -> EventServiceClient<Channel> {
-    EventServiceClient::new(
-        Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_lazy(),
-    )
-}
-
-async fn online(events: &mut EventServiceClient<Channel>, p: &str) -> bool {
+async fn online(events: &mut Events, p: &str) -> bool {
     let reply = events
         .get_presence(v1::GetPresenceRequest {
             participants: vec![provider(p).unwrap()],
@@ -32,7 +26,7 @@ async fn online(events: &mut EventServiceClient<Channel>, p: &str) -> bool {
 }
 
 /// Waits until `p`'s presence is `want`; returns how long it took.
-async fn until(events: &mut EventServiceClient<Channel>, p: &str, want: bool) -> Duration {
+async fn until(events: &mut Events, p: &str, want: bool) -> Duration {
     let started = Instant::now();
     while online(events, p).await != want {
         assert!(started.elapsed() < Duration::from_secs(20), "never {want}");
@@ -42,21 +36,12 @@ async fn until(events: &mut EventServiceClient<Channel>, p: &str, want: bool) ->
 }
 
 /// The presence changes the feed holds for provider `p`, in order.
-async fn changes(events: &mut EventServiceClient<Channel>, p: &str) -> Vec<bool> {
-    let page = events
-        .list_events(v1::ListEventsRequest {
-            after: String::new(),
-            page_size: 1000,
-            kinds: vec![EventKind::PresenceChanged.into()],
-            provider_ids: vec![p.to_owned()],
-        })
+async fn changes(events: &mut Events, p: &str) -> Vec<bool> {
+    provider_events(events, EventKind::PresenceChanged, p)
         .await
-        .unwrap()
-        .into_inner();
-    page.events
         .into_iter()
-        .map(|e| match e.payload {
-            Some(Payload::PresenceChanged(c)) => c.online,
+        .map(|payload| match payload {
+            Payload::PresenceChanged(c) => c.online,
             other => panic!("{other:?}"),
         })
         .collect()

@@ -920,7 +920,7 @@ async fn a_stream_whose_replay_retention_deletes_ends_with_messages_expired() {
 
 #[tokio::test]
 async fn the_event_feed_says_customer_erased_and_then_holds_none_of_the_details() {
-    use chat_proto::v1::{EventKind, event::Payload, event_service_client::EventServiceClient};
+    use chat_proto::v1::{EventKind, event::Payload};
     let app = spawn_app().await;
     let mut client = app.client.clone();
     let person = Person::new();
@@ -931,9 +931,7 @@ async fn the_event_feed_says_customer_erased_and_then_holds_none_of_the_details(
         .erase_customer_conversations(erase(&person.id, &[&id]))
         .await
         .unwrap();
-    let mut feed = EventServiceClient::connect(format!("http://{}", app.addr))
-        .await
-        .unwrap();
+    let mut feed = crate::helpers::events_client(app.addr);
     let deadline = tokio::time::Instant::now() + WAIT;
     let events = loop {
         let page = feed

@@ -3,39 +3,22 @@
 
 use std::time::Duration;
 
-use chat_proto::v1::{self, EventKind, event::Payload, event_service_client::EventServiceClient};
-use tonic::transport::Channel;
+use chat_proto::v1::{self, EventKind, event::Payload};
 
 use crate::helpers::{
-    Client, create, customer, new_provider, provider, send, spawn_app_with_flags, spawn_process,
+    Client, Events, create, customer, events_client, new_provider, provider, provider_events, send,
+    spawn_app_with_flags, spawn_process,
 };
 
 const DELAY: &str = "1s";
 
-fn events_client(addr: std::net::SocketAddr) -> EventServiceClient<Channel> {
-    EventServiceClient::new(
-        Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_lazy(),
-    )
-}
-
 /// The reminders the feed holds for provider `p`'s conversations.
-async fn reminders(events: &mut EventServiceClient<Channel>, p: &str) -> Vec<v1::UnreadReminder> {
-    let page = events
-        .list_events(v1::ListEventsRequest {
-            after: String::new(),
-            page_size: 1000,
-            kinds: vec![EventKind::UnreadReminder.into()],
-            provider_ids: vec![p.to_owned()],
-        })
+async fn reminders(events: &mut Events, p: &str) -> Vec<v1::UnreadReminder> {
+    provider_events(events, EventKind::UnreadReminder, p)
         .await
-        .unwrap()
-        .into_inner();
-    page.events
         .into_iter()
-        .map(|e| match e.payload {
-            Some(Payload::UnreadReminder(r)) => r,
+        .map(|payload| match payload {
+            Payload::UnreadReminder(r) => r,
             other => panic!("{other:?}"),
         })
         .collect()
@@ -43,11 +26,7 @@ async fn reminders(events: &mut EventServiceClient<Channel>, p: &str) -> Vec<v1:
 
 /// Waits until `n` reminders are there, then a while longer (several scans), and
 /// returns what is there then.
-async fn settle(
-    events: &mut EventServiceClient<Channel>,
-    p: &str,
-    n: usize,
-) -> Vec<v1::UnreadReminder> {
+async fn settle(events: &mut Events, p: &str, n: usize) -> Vec<v1::UnreadReminder> {
     let started = std::time::Instant::now();
     while reminders(events, p).await.len() < n {
         assert!(

@@ -84,6 +84,12 @@ async fn a_database_that_appears_later_is_picked_up() {
     create(&mut client, "p1").await;
 }
 
+/// Asserts that a call was refused as UNAVAILABLE.
+fn unavailable<T: std::fmt::Debug>(result: Result<T, tonic::Status>) {
+    let status = result.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+}
+
 /// The database goes away under a running service (here: it stops accepting
 /// connections and the service's backends are terminated): calls answer UNAVAILABLE,
 /// never INTERNAL, health says NOT_SERVING, and all recovers when it comes back.
@@ -114,59 +120,82 @@ async fn a_database_lost_while_serving_gives_unavailable_then_recovers() {
         client_message_id: "m1".into(),
         attachments: Vec::new(),
     };
-    let status = app.client.send_message(send.clone()).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    let status = app
-        .client
-        .get_conversation(v1::GetConversationRequest {
-            conversation_id: id.clone(),
-            viewer: None,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    unavailable(app.client.send_message(send.clone()).await);
+    unavailable(
+        app.client
+            .get_conversation(v1::GetConversationRequest {
+                conversation_id: id.clone(),
+                viewer: None,
+            })
+            .await,
+    );
     // The unread summary, a filtered inbox and a search read the same pool.
-    let status = app
-        .client
-        .get_unread_summary(v1::GetUnreadSummaryRequest {
-            participant: crate::helpers::provider("p1"),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    let status = app
-        .client
-        .list_conversations(v1::ListConversationsRequest {
-            participant: crate::helpers::provider("p1"),
-            unread_only: true,
-            customer_query: "lovelace".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    let status = app
-        .client
-        .search_messages(v1::SearchMessagesRequest {
-            participant: crate::helpers::provider("p1"),
-            query: "hello".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    unavailable(
+        app.client
+            .get_unread_summary(v1::GetUnreadSummaryRequest {
+                participant: crate::helpers::provider("p1"),
+            })
+            .await,
+    );
+    unavailable(
+        app.client
+            .list_conversations(v1::ListConversationsRequest {
+                participant: crate::helpers::provider("p1"),
+                unread_only: true,
+                customer_query: "lovelace".into(),
+                ..Default::default()
+            })
+            .await,
+    );
+    unavailable(
+        app.client
+            .search_messages(v1::SearchMessagesRequest {
+                participant: crate::helpers::provider("p1"),
+                query: "hello".into(),
+                ..Default::default()
+            })
+            .await,
+    );
     // CreateConversation's writers have connections of their own.
-    let status = app
-        .client
-        .create_conversation(v1::CreateConversationRequest {
-            request_id: Uuid::new_v4().to_string(),
-            provider_id: "p1".into(),
-            session_id: crate::helpers::SESSION.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    unavailable(
+        app.client
+            .create_conversation(v1::CreateConversationRequest {
+                request_id: Uuid::new_v4().to_string(),
+                provider_id: "p1".into(),
+                session_id: crate::helpers::SESSION.into(),
+                ..Default::default()
+            })
+            .await,
+    );
+    // The event feed and presence read the same pool.
+    let mut events = crate::helpers::events_client(app.addr);
+    unavailable(events.list_events(v1::ListEventsRequest::default()).await);
+    unavailable(
+        events
+            .ack_events(v1::AckEventsRequest {
+                consumer: "crm".into(),
+                cursor: "0".into(),
+            })
+            .await,
+    );
+    unavailable(
+        events
+            .get_presence(v1::GetPresenceRequest {
+                participants: vec![v1::Participant::provider("p1")],
+            })
+            .await,
+    );
+    unavailable(
+        app.client
+            .edit_message(v1::EditMessageRequest {
+                conversation_id: id.clone(),
+                message_id: Uuid::new_v4().to_string(),
+                editor: crate::helpers::provider("p1"),
+                body: "edited".into(),
+                request_id: Uuid::new_v4().to_string(),
+            })
+            .await,
+    );
     crate::helpers::wait_health(app.addr, 2).await;
 
     sqlx::query(allow(true)).execute(&mut admin).await.unwrap();
