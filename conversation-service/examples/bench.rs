@@ -248,25 +248,13 @@ async fn run() -> anyhow::Result<()> {
     let senders = Arc::new(senders(&replicas, args.clients, args.connections.into())?);
     let mut wal = PgConnection::connect(&url).await?;
     let wal_before = wal_lsn(&mut wal).await?;
-    let service = {
-        let senders = Arc::clone(&senders);
-        let ids = ids.clone();
-        drive(
-            "conversation-service SendMessage (gRPC)",
-            args.clients,
-            args.seconds,
-            move |c, _| {
-                let mut client = senders[c].clone();
-                let id = ids[c % ids.len()].to_string();
-                let body = body.clone();
-                async move {
-                    send(&mut client, id, body).await?;
-                    Ok(())
-                }
-            },
-        )
-        .await
-    };
+    let service = closed_loop_sends(
+        "conversation-service SendMessage (gRPC)",
+        &args,
+        &senders,
+        &ids,
+    )
+    .await;
     let wal_bytes = wal_lsn(&mut wal).await? - wal_before;
     let mut reference = reference;
     let mut service = service;
@@ -466,26 +454,13 @@ async fn event_feed(
             lags
         })
     };
-    let body = "x".repeat(100);
-    let sends = {
-        let senders = Arc::clone(senders);
-        let ids = ids.to_vec();
-        drive(
-            "SendMessage with a StreamEvents consumer",
-            args.clients,
-            args.seconds,
-            move |c, _| {
-                let mut client = senders[c].clone();
-                let id = ids[c % ids.len()].to_string();
-                let body = body.clone();
-                async move {
-                    send(&mut client, id, body).await?;
-                    Ok(())
-                }
-            },
-        )
-        .await
-    };
+    let sends = closed_loop_sends(
+        "SendMessage with a StreamEvents consumer",
+        args,
+        senders,
+        ids,
+    )
+    .await;
     // What was sent has a second to arrive; the rate counts the phase only.
     let elapsed = sends.elapsed;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -501,6 +476,29 @@ async fn event_feed(
     }
     .print();
     Ok(())
+}
+
+/// The senders send 100-byte bodies closed-loop for `--seconds`, sender c on
+/// conversation c % `ids`.
+async fn closed_loop_sends(
+    name: &'static str,
+    args: &Args,
+    senders: &Arc<Vec<Client>>,
+    ids: &[Uuid],
+) -> Report {
+    let senders = Arc::clone(senders);
+    let ids = ids.to_vec();
+    let body = "x".repeat(100);
+    drive(name, args.clients, args.seconds, move |c, _| {
+        let mut client = senders[c].clone();
+        let id = ids[c % ids.len()].to_string();
+        let body = body.clone();
+        async move {
+            send(&mut client, id, body).await?;
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// Prints the two rows of a delivery measurement.
