@@ -58,10 +58,7 @@ impl EventService for EventApi {
         let filter = FeedFilter::parse(&request.kinds, &request.provider_ids)?;
         let after = self.start(&request.after, &request.consumer).await?;
         // Checked here, so a bad or expired cursor fails the call rather than the stream.
-        self.feed
-            .store
-            .feed_page("after", after, 1, &filter)
-            .await?;
+        self.feed.store.check_feed_cursor("after", after).await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(feed_stream(self.feed.clone(), after, filter, tx).in_current_span());
         Ok(Response::new(Outbound::new(

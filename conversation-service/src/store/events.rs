@@ -335,6 +335,31 @@ impl Store {
             .map_err(|e| Error::db("read the feed's oldest position", e))
     }
 
+    /// Whether reading after `after` can start: a cursor in a window not closed yet is
+    /// forged (INVALID_ARGUMENT on `field`), one whose next events were pruned is
+    /// CURSOR_EXPIRED. Returns the newest window. Reads the feed's state only.
+    pub async fn check_feed_cursor(&self, field: &'static str, after: FeedPosition) -> Result<i64> {
+        let (head, pruned): (i64, i64) =
+            sqlx::query_as("SELECT last_window, pruned_through FROM feed_state")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| Error::db("read the event feed", e))?;
+        if after.window > head {
+            return Err(Error::invalid(field, "is not a cursor this feed gave"));
+        }
+        let first_needed = if after.is_end_of_window() {
+            after.window + 1
+        } else {
+            after.window
+        };
+        if first_needed <= pruned {
+            return Err(Error::CursorExpired {
+                oldest: FeedPosition::end_of(pruned).cursor(),
+            });
+        }
+        Ok(head)
+    }
+
     /// Up to `limit` events after `after` that `filter` admits. A cursor in a window not
     /// closed yet is forged (INVALID_ARGUMENT on `field`); one whose next events were
     /// pruned is CURSOR_EXPIRED.
@@ -346,26 +371,13 @@ impl Store {
         filter: &FeedFilter,
     ) -> Result<FeedPage> {
         let ctx = "read the event feed";
-        let (head, pruned): (i64, i64) =
-            sqlx::query_as("SELECT last_window, pruned_through FROM feed_state")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(|e| Error::db(ctx, e))?;
-        if after.window > head {
-            return Err(Error::invalid(field, "is not a cursor this feed gave"));
-        }
-        let expired = || Error::CursorExpired {
-            oldest: FeedPosition::end_of(pruned).cursor(),
-        };
+        let head = self.check_feed_cursor(field, after).await?;
         // The first window still needed: the cursor's own, unless it was read to its end.
         let (mut window, mut key) = if after.is_end_of_window() {
             (after.window + 1, EventKey::START)
         } else {
             (after.window, after.key)
         };
-        if window <= pruned {
-            return Err(expired());
-        }
         let kinds: Vec<i16> = filter.kinds.iter().map(|k| *k as i16).collect();
         let mut events = Vec::new();
         let mut next = after;
