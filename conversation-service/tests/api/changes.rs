@@ -11,50 +11,12 @@ use tonic::{Code, Streaming};
 use uuid::Uuid;
 
 use crate::helpers::{
-    Client, TestApp, bad_field, create, customer, new_provider, provider, reason, send, spawn_app,
-    spawn_app_with_flags,
+    Client, TestApp, bad_field, create, customer, delete, edit, new_provider, provider, reason,
+    send, spawn_app, spawn_app_with_flags,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
 const FILES: &str = "https://files.example/chat/";
-
-async fn edit(
-    client: &mut Client,
-    conversation_id: &str,
-    message_id: &str,
-    editor: Option<v1::Participant>,
-    body: &str,
-    request_id: &str,
-) -> Result<v1::Message, tonic::Status> {
-    client
-        .edit_message(v1::EditMessageRequest {
-            conversation_id: conversation_id.into(),
-            message_id: message_id.into(),
-            editor,
-            body: body.into(),
-            request_id: request_id.into(),
-        })
-        .await
-        .map(|r| r.into_inner().message.unwrap())
-}
-
-async fn delete(
-    client: &mut Client,
-    conversation_id: &str,
-    message_id: &str,
-    actor: Option<v1::Participant>,
-    request_id: &str,
-) -> Result<v1::Message, tonic::Status> {
-    client
-        .delete_message(v1::DeleteMessageRequest {
-            conversation_id: conversation_id.into(),
-            message_id: message_id.into(),
-            actor,
-            request_id: request_id.into(),
-        })
-        .await
-        .map(|r| r.into_inner().message.unwrap())
-}
 
 async fn history(client: &mut Client, conversation_id: &str) -> Vec<v1::Message> {
     client

@@ -11,8 +11,8 @@ use tonic_types::StatusExt;
 use uuid::Uuid;
 
 use crate::helpers::{
-    Events, TestApp, create, customer, events_client, new_provider, provider, reason, send,
-    spawn_app, spawn_app_with_flags, spawn_process,
+    Events, TestApp, create, customer, delete, edit, events_client, new_provider, provider, reason,
+    send, spawn_app, spawn_app_with_flags, spawn_process,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -556,25 +556,27 @@ async fn edits_and_deletions_are_in_the_feed_with_the_message_as_it_is_now() {
     let sent = send(&mut app.client, &c.conversation_id, provider(&p), "helo")
         .await
         .unwrap();
-    app.client
-        .edit_message(v1::EditMessageRequest {
-            conversation_id: c.conversation_id.clone(),
-            message_id: sent.message_id.clone(),
-            editor: provider(&p),
-            body: "hello".into(),
-            request_id: Uuid::new_v4().to_string(),
-        })
-        .await
-        .unwrap();
-    app.client
-        .delete_message(v1::DeleteMessageRequest {
-            conversation_id: c.conversation_id.clone(),
-            message_id: sent.message_id.clone(),
-            actor: provider(&p),
-            request_id: Uuid::new_v4().to_string(),
-        })
-        .await
-        .unwrap();
+    let key = Uuid::new_v4().to_string();
+    edit(
+        &mut app.client,
+        &c.conversation_id,
+        &sent.message_id,
+        provider(&p),
+        "hello",
+        &key,
+    )
+    .await
+    .unwrap();
+    let key = Uuid::new_v4().to_string();
+    delete(
+        &mut app.client,
+        &c.conversation_id,
+        &sent.message_id,
+        provider(&p),
+        &key,
+    )
+    .await
+    .unwrap();
     let changes = [EventKind::MessageEdited, EventKind::MessageDeleted];
     let deadline = tokio::time::Instant::now() + WAIT;
     let page = loop {

@@ -290,3 +290,43 @@ pub async fn provider_events(
         .filter_map(|e| e.payload)
         .collect()
 }
+
+/// EditMessage; the message as it is after the edit.
+pub async fn edit(
+    client: &mut Client,
+    conversation_id: &str,
+    message_id: &str,
+    editor: Option<v1::Participant>,
+    body: &str,
+    request_id: &str,
+) -> Result<v1::Message, tonic::Status> {
+    client
+        .edit_message(v1::EditMessageRequest {
+            conversation_id: conversation_id.into(),
+            message_id: message_id.into(),
+            editor,
+            body: body.into(),
+            request_id: request_id.into(),
+        })
+        .await
+        .map(|r| r.into_inner().message.unwrap())
+}
+
+/// DeleteMessage; the tombstone.
+pub async fn delete(
+    client: &mut Client,
+    conversation_id: &str,
+    message_id: &str,
+    actor: Option<v1::Participant>,
+    request_id: &str,
+) -> Result<v1::Message, tonic::Status> {
+    client
+        .delete_message(v1::DeleteMessageRequest {
+            conversation_id: conversation_id.into(),
+            message_id: message_id.into(),
+            actor,
+            request_id: request_id.into(),
+        })
+        .await
+        .map(|r| r.into_inner().message.unwrap())
+}

@@ -185,17 +185,9 @@ async fn a_database_lost_while_serving_gives_unavailable_then_recovers() {
             })
             .await,
     );
-    unavailable(
-        app.client
-            .edit_message(v1::EditMessageRequest {
-                conversation_id: id.clone(),
-                message_id: Uuid::new_v4().to_string(),
-                editor: crate::helpers::provider("p1"),
-                body: "edited".into(),
-                request_id: Uuid::new_v4().to_string(),
-            })
-            .await,
-    );
+    let (key, missing) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    let editor = crate::helpers::provider("p1");
+    unavailable(crate::helpers::edit(&mut app.client, &id, &missing, editor, "edited", &key).await);
     crate::helpers::wait_health(app.addr, 2).await;
 
     sqlx::query(allow(true)).execute(&mut admin).await.unwrap();
