@@ -189,20 +189,20 @@ pub(super) fn window_rows_sql(lo_xmax: &str, hi_xmax: &str, lo_xip: &str, upper:
         .join("\n UNION ALL\n")
 }
 
-/// Up to `$6` events of a window (bounds `$9`-`$12`, see [`window_rows_sql`]) after the
-/// key `($2, $3, $4, $5)` that the kinds `$7` and providers `$8` admit (empty: all), in
-/// feed order, with what they carry. `$1` is unused by the rows (the window's id).
+/// Up to `$5` events of a window (bounds `$8`-`$11`, see [`window_rows_sql`]) after the
+/// key `($1, $2, $3, $4)` that the kinds `$6` and providers `$7` admit (empty: all), in
+/// feed order, with what they carry.
 fn window_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
-        let fresh = window_rows_sql("$9", "$10", "$11", "$12");
+        let fresh = window_rows_sql("$8", "$9", "$10", "$11");
         format!(
             "WITH fresh AS (
 {fresh}
 ), admitted AS (
     SELECT f.* FROM fresh f
-     WHERE $1::bigint > 0 AND (f.pos, f.part, f.conv, f.key) > ($2, $3, $4, $5)
-       AND (cardinality($7::smallint[]) = 0 OR f.kind = ANY($7::smallint[]))
+     WHERE (f.pos, f.part, f.conv, f.key) > ($1, $2, $3, $4)
+       AND (cardinality($6::smallint[]) = 0 OR f.kind = ANY($6::smallint[]))
 )
 SELECT f.pos, f.part, f.conv, f.key, f.kind,
        CASE WHEN f.kind = 6 THEN CASE WHEN pe.role = 1 THEN pe.participant_id END
@@ -221,13 +221,13 @@ SELECT f.pos, f.part, f.conv, f.key, f.kind,
       SELECT * FROM admitted a
        -- The provider is looked up per event only when a filter needs it; the page's
        -- own rows get theirs from the join below.
-       WHERE cardinality($8::text[]) = 0
+       WHERE cardinality($7::text[]) = 0
           OR CASE WHEN a.kind = 6
                   THEN (SELECT s.participant_id FROM presence_events s
                          WHERE s.id = a.key AND s.role = 1)
                   ELSE (SELECT c.provider_id FROM conversations c WHERE c.id = a.conv)
-             END = ANY($8::text[])
-       ORDER BY a.pos, a.part, a.conv, a.key LIMIT $6
+             END = ANY($7::text[])
+       ORDER BY a.pos, a.part, a.conv, a.key LIMIT $5
   ) f
   LEFT JOIN conversations c ON f.kind <> 6 AND c.id = f.conv
   LEFT JOIN conversation_events e ON f.kind IN (1, 2, 3) AND e.id = f.key
@@ -407,7 +407,6 @@ impl Store {
                 });
             };
             let rows = sqlx::query(sqlx::AssertSqlSafe(window_sql()))
-                .bind(window)
                 .bind(key.pos)
                 .bind(key.part)
                 .bind(key.conversation)
