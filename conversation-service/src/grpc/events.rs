@@ -159,7 +159,7 @@ fn kind(kind: FeedKind) -> v1::EventKind {
 
 fn event(event: FeedEvent) -> v1::Event {
     let conversation_id = event
-        .conversation_id
+        .conversation_id()
         .map(|id| id.to_string())
         .unwrap_or_default();
     let payload = match event.payload {

@@ -31,8 +31,6 @@ use crate::{
 pub struct FeedEvent {
     pub position: FeedPosition,
     pub kind: FeedKind,
-    /// `None` for a presence change.
-    pub conversation_id: Option<ConversationId>,
     /// The conversation's provider; for a presence change, the provider it is about.
     pub provider_id: Option<String>,
     /// When its window was recorded.
@@ -467,7 +465,7 @@ impl Store {
         let ids: Vec<Uuid> = events
             .iter()
             .filter(|e| wanted(e))
-            .filter_map(|e| e.conversation_id.map(|id| id.0))
+            .filter_map(|e| e.conversation_id().map(|id| id.0))
             .collect();
         if ids.is_empty() {
             return Ok(());
@@ -479,7 +477,7 @@ impl Store {
             .map(|row| (row.id, row))
             .collect();
         for event in events.iter_mut().filter(|e| wanted(e)) {
-            if let Some(row) = event.conversation_id.and_then(|id| rows.get(&id)) {
+            if let Some(row) = event.conversation_id().and_then(|id| rows.get(&id)) {
                 event.payload = FeedPayload::Conversation(Box::new(row.clone()));
             }
         }
@@ -597,6 +595,14 @@ fn stored_position(
     }
 }
 
+impl FeedEvent {
+    /// Its conversation (in its position); `None` for a presence change.
+    pub fn conversation_id(&self) -> Option<ConversationId> {
+        let id = self.position.key.conversation;
+        (!id.is_nil()).then_some(ConversationId(id))
+    }
+}
+
 /// The event a page row holds (`None` for the row of an empty page).
 fn feed_event(
     window: i64,
@@ -667,7 +673,6 @@ fn feed_event(
     Ok(Some(FeedEvent {
         position,
         kind,
-        conversation_id,
         provider_id: row.try_get("provider_id")?,
         recorded_at,
         payload,
