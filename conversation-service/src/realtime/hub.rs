@@ -93,6 +93,19 @@ pub struct Hub {
     /// For each participant, the conversations whose streams here want its presence
     /// changes (with how many registrations each).
     presence_watch: Mutex<HashMap<(Role, String), HashMap<Uuid, usize>>>,
+    /// The customers with an inbox stream here (with how many): a provider's presence
+    /// change is offered to them without scanning every stream.
+    customer_inboxes: Mutex<HashMap<String, usize>>,
+}
+
+/// Takes one registration of `key` away, forgetting it at zero.
+fn count_down<K: Eq + std::hash::Hash>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(count) = counts.get_mut(key) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(key);
+        }
+    }
 }
 
 /// A conversation stream's interest in its participants' presence; dropping it ends it.
@@ -111,12 +124,7 @@ impl Drop for PresenceWatch {
             .unwrap_or_else(PoisonError::into_inner);
         for participant in &self.participants {
             if let Some(conversations) = watch.get_mut(participant) {
-                if let Some(count) = conversations.get_mut(&self.conversation) {
-                    *count -= 1;
-                    if *count == 0 {
-                        conversations.remove(&self.conversation);
-                    }
-                }
+                count_down(conversations, &self.conversation);
                 if conversations.is_empty() {
                     watch.remove(participant);
                 }
@@ -160,6 +168,15 @@ impl Drop for Subscription {
                 map.remove(&self.key);
             }
         }
+        drop(map);
+        if let Key::Inbox(Role::Customer, customer) = &self.key {
+            let mut customers = self
+                .hub
+                .customer_inboxes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            count_down(&mut customers, customer);
+        }
         self.hub.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -177,6 +194,7 @@ impl Hub {
             activity: tokio::sync::Notify::new(),
             presence: super::presence::Presence::new(),
             presence_watch: Mutex::default(),
+            customer_inboxes: Mutex::default(),
         })
     }
 
@@ -244,7 +262,16 @@ impl Hub {
     }
 
     pub fn subscribe_inbox(self: &Arc<Self>, owner: &Participant) -> Result<Subscription> {
-        self.subscribe(Key::Inbox(owner.role(), owner.id().to_owned()))
+        let subscription = self.subscribe(Key::Inbox(owner.role(), owner.id().to_owned()))?;
+        if owner.role() == Role::Customer {
+            *self
+                .customer_inboxes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(owner.id().to_owned())
+                .or_default() += 1;
+        }
+        Ok(subscription)
     }
 
     fn subscribe(self: &Arc<Self>, key: Key) -> Result<Subscription> {
@@ -366,32 +393,31 @@ impl Hub {
                 }
             }
         }
+        // A provider's change goes to every customer inbox here, which keeps it if the
+        // customer has a conversation with that provider (a customer has few; a provider
+        // may have too many customers to name in a notice).
+        let provider_wakes: Vec<Wake> = changes
+            .iter()
+            .filter(|c| c.role == Role::Provider)
+            .map(|c| Wake::Presence {
+                participant: Participant::stored(Role::Provider, c.id.clone()),
+                online: c.online,
+            })
+            .collect();
+        if !provider_wakes.is_empty() {
+            let customers = self
+                .customer_inboxes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for customer in customers.keys() {
+                let inbox = Key::Inbox(Role::Customer, customer.clone());
+                deliveries.extend(provider_wakes.iter().map(|w| (inbox.clone(), w.clone())));
+            }
+        }
         let map = self
             .subscribers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // A provider's change goes to every customer inbox here, which keeps it if the
-        // customer has a conversation with that provider (a customer has few; a provider
-        // may have too many customers to name in a notice).
-        let providers: Vec<&crate::store::PresenceNote> = changes
-            .iter()
-            .filter(|c| c.role == Role::Provider)
-            .collect();
-        if !providers.is_empty() {
-            for (key, group) in map.iter() {
-                if let Key::Inbox(Role::Customer, _) = key {
-                    for change in &providers {
-                        let wake = Wake::Presence {
-                            participant: Participant::stored(Role::Provider, change.id.clone()),
-                            online: change.online,
-                        };
-                        for entry in group.entries.values() {
-                            offer(entry, wake.clone());
-                        }
-                    }
-                }
-            }
-        }
         for (key, wake) in deliveries {
             if let Some(group) = map.get(&key) {
                 for entry in group.entries.values() {
