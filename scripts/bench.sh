@@ -12,7 +12,12 @@
 # HTTP/2 connections SendMessage's 64 senders spread over (bench --connections,
 # default 4). delivery_p99_ms is the delivery under load (bench's last phase: 1,000
 # streams open over two replicas, background sends at half the measured SendMessage
-# rate); the one-at-a-time delivery on a quiet service is in the table too. Needs the local
+# rate); the one-at-a-time delivery on a quiet service is in the table too.
+# send_64conn_per_s is SendMessage against the service as its own process with 64
+# senders on 64 connections (one call in flight each), next to the same process at 4
+# connections (send_4conn_process_per_s); cpu_us_per_msg_* are the CPU time per message
+# of that process and of all PostgreSQL processes at 4 connections (from /proc, so the
+# senders' CPU is not in them). Needs the local
 # PostgreSQL (scripts/ensure-postgres.sh), psql and pgbench. Databases it creates are
 # dropped at the end.
 set -euo pipefail
@@ -64,7 +69,7 @@ checkpoint
 echo "== SendMessage (conversation-service/examples/bench.rs)"
 send_databases >"$logs/databases"
 "$dir/examples/bench" --seconds "$seconds" --clients 64 --conversations 64 --deliveries "$deliveries" \
-  --connections "$connections" | tee "$logs/send" || true
+  --connections "$connections" --service-bin "$dir/conversation-service" | tee "$logs/send" || true
 drop_new_send_databases
 send=$(awk '/SendMessage \(gRPC\)/ {for (i = 1; i < NF; i++) if ($(i + 1) == "msg/s") {print $i; exit}}' "$logs/send")
 # Delivery to a stream on the other replica: one at a time on a quiet service, then the
@@ -78,6 +83,14 @@ delete=$(awk '/DeleteMessage \(gRPC\)/ {for (i = 1; i < NF; i++) if ($(i + 1) ==
 # second while the senders ran closed-loop, and their lag from creation.
 feed_per_s=$(awk '/created -> received on StreamEvents/ {for (i = 1; i < NF; i++) if ($(i + 1) == "msg/s") {print $i; exit}}' "$logs/send") || true
 feed_p99=$(sed -n '/event feed/,$p' "$logs/send" | after_word /dev/stdin p99 "received on StreamEvents") || true
+# The service as its own process: 64 senders over 4 connections, then over one
+# connection each, and the CPU time per message of the service and of PostgreSQL.
+rate_of() { awk -v what="$1" 'index($0, what) {for (i = 1; i < NF; i++) if ($(i + 1) == "msg/s") {print $i; exit}}' "$logs/send"; }
+cpu_of() { grep -m1 "CPU per message ($1 connections)" "$logs/send" | awk -v w="$2" '{for (i = 1; i < NF; i++) if ($i == w) {print $(i + 1); exit}}'; }
+proc4=$(rate_of "own process, 4 connections") || true
+conn64=$(rate_of "own process, 1 connection each") || true
+cpu_service=$(cpu_of 4 service) || true
+cpu_postgres=$(cpu_of 4 PostgreSQL) || true
 
 checkpoint
 echo "== PostgreSQL references (pgbench on the project's schema)"
@@ -138,6 +151,10 @@ echo "Benchmark, $started, ${profile[*]:-debug} build, ${seconds} s phases"
 echo "machine: $machine; load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-66s %10s\n' "measure" "value"
 printf '%-66s %10s\n' "SendMessage, 64 clients, $connections connections (msg/s)" "$(or_na "$send")"
+printf '%-66s %10s\n' "SendMessage, service as its own process, 4 connections (msg/s)" "$(or_na "$proc4")"
+printf '%-66s %10s\n' "SendMessage, own process, 64 connections, 1 call each (msg/s)" "$(or_na "$conn64")"
+printf '%-66s %10s\n' "CPU per message at 4 connections: service process (us)" "$(or_na "$cpu_service")"
+printf '%-66s %10s\n' "CPU per message at 4 connections: PostgreSQL, all processes (us)" "$(or_na "$cpu_postgres")"
 printf '%-66s %10s\n' "EditMessage, 64 clients, one message each (/s)" "$(or_na "$edit")"
 printf '%-66s %10s\n' "DeleteMessage, 64 clients (/s)" "$(or_na "$delete")"
 printf '%-66s %10s\n' "reference: 1 tx + NOTIFY per message, $naive_clients clients (msg/s)" "$(or_na "$naive")"
@@ -150,4 +167,4 @@ printf '%-66s %10s\n' "event feed: message events received by one consumer (/s)"
 printf '%-66s %10s\n' "event feed: created -> received, p99 (ms)" "$(or_na "$feed_p99")"
 printf '%-66s %10s\n' "idle StreamConversation, $streams streams (KiB each)" "$(or_na "$idle_kib")"
 printf '%-66s %10s\n' "reads of messages per message, 10 viewers each" "$(or_na "$reads")"
-echo "RESULT send_per_s=$(or_na "$send") naive_ref_per_s=$(or_na "$naive") batched_ref_rows_per_s=$(or_na "$batched") redeem_per_s=$(or_na "$redeem") delivery_p99_ms=$(or_na "$delivery_p99") idle_stream_kib=$(or_na "$idle_kib") reads_per_delivery=$(or_na "$reads") edit_per_s=$(or_na "$edit") delete_per_s=$(or_na "$delete") feed_events_per_s=$(or_na "$feed_per_s") feed_lag_p99_ms=$(or_na "$feed_p99")"
+echo "RESULT send_per_s=$(or_na "$send") naive_ref_per_s=$(or_na "$naive") batched_ref_rows_per_s=$(or_na "$batched") redeem_per_s=$(or_na "$redeem") delivery_p99_ms=$(or_na "$delivery_p99") idle_stream_kib=$(or_na "$idle_kib") reads_per_delivery=$(or_na "$reads") edit_per_s=$(or_na "$edit") delete_per_s=$(or_na "$delete") feed_events_per_s=$(or_na "$feed_per_s") feed_lag_p99_ms=$(or_na "$feed_p99") send_4conn_process_per_s=$(or_na "$proc4") send_64conn_per_s=$(or_na "$conn64") cpu_us_per_msg_service=$(or_na "$cpu_service") cpu_us_per_msg_postgres=$(or_na "$cpu_postgres")"

@@ -23,13 +23,20 @@
 //! - event feed: one StreamEvents consumer (message events) on B while the senders run
 //!   closed-loop for `--seconds`: events received per second, and each one's lag from
 //!   its creation.
+//! - own process (with `--service-bin`): the service as its own OS process on a fresh
+//!   database, SendMessage closed-loop by `--clients` senders over 4 connections, then
+//!   over one connection each (one call in flight per connection, as many small BFFs
+//!   would), each with the CPU time a message cost the service process and PostgreSQL's
+//!   processes (from /proc, so the senders' own CPU is not counted).
 //!
 //! cargo run --release -p conversation-service --example bench -- [--seconds 10] [--clients 64]
 //!     [--conversations 64] [--deliveries 2000] [--connections 1] [--replicas 1]
-//!     [--load-streams 1000] [--load-fraction 0.5]
+//!     [--load-streams 1000] [--load-fraction 0.5] [--service-bin target/release/conversation-service]
 
 use std::{
     net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -82,6 +89,11 @@ struct Args {
     /// rate the senders reach with the same streams open and draining (measured first).
     #[arg(long, default_value_t = 0.5)]
     load_fraction: f64,
+    /// The conversation-service binary: SendMessage is measured once more against it as
+    /// its own process, at 4 connections and at one connection per sender, with CPU time
+    /// per message.
+    #[arg(long)]
+    service_bin: Option<PathBuf>,
 }
 
 type Client = ConversationServiceClient<Channel>;
@@ -245,7 +257,8 @@ async fn run() -> anyhow::Result<()> {
         replicas.push(start(&url).await?);
     }
     let ids = create_conversations(&replicas[0].client, args.conversations).await?;
-    let senders = Arc::new(senders(&replicas, args.clients, args.connections.into())?);
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
+    let senders = Arc::new(senders(&addrs, args.clients, args.connections.into())?);
     let mut wal = PgConnection::connect(&url).await?;
     let wal_before = wal_lsn(&mut wal).await?;
     let service = closed_loop_sends(
@@ -300,7 +313,101 @@ async fn run() -> anyhow::Result<()> {
     for replica in &replicas {
         replica.stop.cancel();
     }
+    if let Some(bin) = &args.service_bin
+        && let Err(error) = own_process(&args, bin).await
+    {
+        println!("own process: {error}");
+    }
     loaded
+}
+
+/// A conversation-service process, killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// SendMessage against the service as its own process: closed-loop over 4 connections,
+/// then over one connection per sender, each with the CPU time per message of the
+/// service and of PostgreSQL.
+async fn own_process(args: &Args, bin: &PathBuf) -> anyhow::Result<()> {
+    let url = fresh_database("bench_svc").await?;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let process = Process(
+        Command::new(bin)
+            .args(["--listen", &addr.to_string(), "--database-url", &url])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let pid = process.0.id();
+    let client = connect(addr)?;
+    let started = Instant::now();
+    let ids = loop {
+        match create_conversations(&client, args.conversations).await {
+            Ok(ids) => break ids,
+            Err(error) if started.elapsed() > Duration::from_secs(30) => return Err(error),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    println!("own process: the service as its own OS process, {} senders:", args.clients);
+    for (name, connections) in [
+        ("SendMessage, own process, 4 connections", 4),
+        ("SendMessage, own process, 1 connection each", args.clients),
+    ] {
+        let senders = Arc::new(senders(&[addr], args.clients, connections)?);
+        let service_before = cpu_ticks(pid)?;
+        let postgres_before = postgres_ticks();
+        let mut report = closed_loop_sends(name, args, &senders, &ids).await;
+        let service = cpu_ticks(pid)? - service_before;
+        let postgres = postgres_ticks() - postgres_before;
+        report.print();
+        let messages = report.latencies.len().max(1) as f64;
+        println!(
+            "  CPU per message ({connections} connections): service {:.1} us, PostgreSQL {:.1} us",
+            ticks_us(service) / messages,
+            ticks_us(postgres) / messages
+        );
+    }
+    drop(process);
+    Ok(())
+}
+
+/// /proc's clock ticks (USER_HZ, 100 on Linux) in microseconds.
+fn ticks_us(ticks: u64) -> f64 {
+    ticks as f64 * 10_000.0
+}
+
+/// User and system CPU ticks of process `pid` so far (/proc/<pid>/stat).
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    stat_ticks(&stat).ok_or_else(|| anyhow::anyhow!("unreadable /proc/{pid}/stat"))
+}
+
+/// utime + stime from a /proc stat line; the fields after the command name, which is in
+/// parentheses and may hold spaces.
+fn stat_ticks(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// CPU ticks so far of every PostgreSQL process on this machine (backends, WAL writer,
+/// checkpointer: all of what a message costs the server).
+fn postgres_ticks() -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .filter(|stat| stat.contains("(postgres)"))
+        .filter_map(|stat| stat_ticks(&stat))
+        .sum()
 }
 
 /// EditMessage and DeleteMessage, each closed-loop for `--seconds` by the senders (one
@@ -891,15 +998,15 @@ async fn wal_lsn(conn: &mut PgConnection) -> anyhow::Result<f64> {
 /// The senders' clients: client c on replica c % replicas, over that replica's
 /// connection (c / replicas) % connections.
 fn senders(
-    replicas: &[Replica],
+    replicas: &[SocketAddr],
     clients: usize,
     connections: usize,
 ) -> anyhow::Result<Vec<Client>> {
     let mut channels = Vec::with_capacity(replicas.len());
-    for replica in replicas {
+    for &replica in replicas {
         channels.push(
             (0..connections)
-                .map(|_| replica.connect())
+                .map(|_| connect(replica))
                 .collect::<anyhow::Result<Vec<_>>>()?,
         );
     }
