@@ -94,6 +94,11 @@ struct Args {
     /// per message.
     #[arg(long)]
     service_bin: Option<PathBuf>,
+    /// A database loaded by `scripts/load-big.sh`: SendMessage is measured once more on
+    /// it (64 new conversations among its million), next to the fresh database's figure.
+    /// It runs the service's migrations on it and adds the conversations and messages.
+    #[arg(long)]
+    loaded_database_url: Option<String>,
 }
 
 type Client = ConversationServiceClient<Channel>;
@@ -283,6 +288,15 @@ async fn run() -> anyhow::Result<()> {
         "service / reference throughput: {:.2}x (target >= 1.5x)",
         service_rate / reference.rate()
     );
+    if let Some(loaded) = &args.loaded_database_url {
+        match loaded_sends(&args, loaded).await {
+            Ok(rate) => println!(
+                "SendMessage on the loaded database / on a fresh one: {:.2}",
+                rate / service_rate
+            ),
+            Err(error) => println!("loaded database: {error}"),
+        }
+    }
     if let Err(error) = edits_and_deletions(&args, &senders, &ids).await {
         println!("edits and deletions: {error}");
     }
@@ -319,6 +333,24 @@ async fn run() -> anyhow::Result<()> {
         println!("own process: {error}");
     }
     loaded
+}
+
+/// SendMessage closed-loop, as in the service phase, by a replica on the loaded
+/// database at `url`; returns its rate.
+async fn loaded_sends(args: &Args, url: &str) -> anyhow::Result<f64> {
+    let replica = start(url).await?;
+    let ids = create_conversations(&replica.client, args.conversations).await?;
+    let senders = Arc::new(senders(&[replica.addr], args.clients, args.connections.into())?);
+    let mut report = closed_loop_sends(
+        "SendMessage on the loaded database (gRPC)",
+        args,
+        &senders,
+        &ids,
+    )
+    .await;
+    replica.stop.cancel();
+    report.print();
+    Ok(report.rate())
 }
 
 /// A conversation-service process, killed when dropped.

@@ -37,6 +37,10 @@ struct Args {
     /// process: conversation-service's endpoint carries token-service's metrics too).
     #[arg(long)]
     metrics_addr: Option<String>,
+    /// A token file loaded by `scripts/load-big.sh`: after the phases on a fresh file, the
+    /// same phases run on a copy of it (the original is not written).
+    #[arg(long)]
+    loaded_sqlite: Option<std::path::PathBuf>,
 }
 
 /// CPU seconds used so far by this process (client and both services) and by the
@@ -97,14 +101,19 @@ async fn start_conversations(
     Ok(addr)
 }
 
-/// token-service on a fresh SQLite file; returns a client.
+/// token-service on a fresh SQLite file, or on a copy of `loaded`; returns a client.
 async fn start_tokens(
     conversations: &str,
+    loaded: Option<&std::path::Path>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<TokenServiceClient<Channel>> {
     use token_service::{config::Config, startup::Application};
     let dir = std::env::temp_dir().join(format!("redeem-bench-{}", Uuid::new_v4().simple()));
     let db = dir.join("token.db");
+    if let Some(loaded) = loaded {
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy(loaded, &db)?;
+    }
     let db = db.to_str().ok_or_else(|| anyhow::anyhow!("temp path"))?;
     let config = Config::try_parse_from([
         "token-service",
@@ -255,7 +264,7 @@ async fn run() -> anyhow::Result<()> {
     let database = TestDatabase::create("bench_redeem").await;
     let conversations =
         start_conversations(database.url(), args.metrics_addr.as_deref(), &shutdown).await?;
-    let client = start_tokens(&conversations, &shutdown).await?;
+    let client = start_tokens(&conversations, None, &shutdown).await?;
     // Let both services see each other healthy (token-service's first probe).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut best: f64 = 0.0;
@@ -263,6 +272,19 @@ async fn run() -> anyhow::Result<()> {
         best = best.max(phase(&client, database.name(), callers.max(1), args.seconds).await?);
     }
     println!("redeem_per_s={best:.0}");
+    if let Some(loaded) = &args.loaded_sqlite {
+        println!("on a copy of {}:", loaded.display());
+        let client = start_tokens(&conversations, Some(loaded), &shutdown).await?;
+        let mut best_loaded: f64 = 0.0;
+        for &callers in &args.callers {
+            best_loaded = best_loaded
+                .max(phase(&client, database.name(), callers.max(1), args.seconds).await?);
+        }
+        println!(
+            "redeem_loaded_per_s={best_loaded:.0} (loaded / fresh: {:.2})",
+            best_loaded / best.max(1.0)
+        );
+    }
     shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(())
