@@ -3,6 +3,7 @@
 //! Throwaway databases, conversation-service processes and status assertions live in the
 //! submodules.
 
+pub mod cpu;
 pub mod database;
 pub mod process;
 pub mod status;

@@ -48,6 +48,7 @@ use chat_proto::v1::{
     self, conversation_service_client::ConversationServiceClient,
     stream_conversation_response::Event,
 };
+use chat_common::testing::cpu;
 use clap::Parser;
 use conversation_service::{config::Config, startup::Application};
 use futures::StreamExt;
@@ -376,7 +377,7 @@ async fn own_process(args: &Args, bin: &PathBuf) -> anyhow::Result<()> {
             .stdout(Stdio::null())
             .spawn()?,
     );
-    let pid = process.0.id();
+    let pid = process.0.id().to_string();
     let client = connect(addr)?;
     let started = Instant::now();
     let ids = loop {
@@ -392,55 +393,23 @@ async fn own_process(args: &Args, bin: &PathBuf) -> anyhow::Result<()> {
         ("SendMessage, own process, 1 connection each", args.clients),
     ] {
         let senders = Arc::new(senders(&[addr], args.clients, connections)?);
-        let service_before = cpu_ticks(pid)?;
-        let postgres_before = postgres_ticks();
+        let service_before = cpu::process_seconds(&pid);
+        let postgres_before = cpu::postgres_seconds();
         let mut report = closed_loop_sends(name, args, &senders, &ids).await;
-        let service = cpu_ticks(pid)? - service_before;
-        let postgres = postgres_ticks() - postgres_before;
+        let service = cpu::process_seconds(&pid) - service_before;
+        let postgres = cpu::postgres_seconds() - postgres_before;
         report.print();
-        let messages = report.latencies.len().max(1) as f64;
+        let us_per_message = 1e6 / report.latencies.len().max(1) as f64;
         println!(
             "  CPU per message ({connections} connections): service {:.1} us, PostgreSQL {:.1} us",
-            ticks_us(service) / messages,
-            ticks_us(postgres) / messages
+            service * us_per_message,
+            postgres * us_per_message
         );
     }
     drop(process);
     Ok(())
 }
 
-/// /proc's clock ticks (USER_HZ, 100 on Linux) in microseconds.
-fn ticks_us(ticks: u64) -> f64 {
-    ticks as f64 * 10_000.0
-}
-
-/// User and system CPU ticks of process `pid` so far (/proc/<pid>/stat).
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    stat_ticks(&stat).ok_or_else(|| anyhow::anyhow!("unreadable /proc/{pid}/stat"))
-}
-
-/// utime + stime from a /proc stat line; the fields after the command name, which is in
-/// parentheses and may hold spaces.
-fn stat_ticks(stat: &str) -> Option<u64> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
-/// CPU ticks so far of every PostgreSQL process on this machine (backends, WAL writer,
-/// checkpointer: all of what a message costs the server).
-fn postgres_ticks() -> u64 {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
-        .filter(|stat| stat.contains("(postgres)"))
-        .filter_map(|stat| stat_ticks(&stat))
-        .sum()
-}
 
 /// EditMessage and DeleteMessage, each closed-loop for `--seconds` by the senders (one
 /// conversation each, as in the service phase). Edits rewrite one message of the

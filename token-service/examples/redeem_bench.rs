@@ -10,7 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chat_common::testing::database::{ADMIN_URL, TestDatabase};
+use chat_common::testing::{
+    cpu::process_seconds,
+    database::{ADMIN_URL, TestDatabase},
+};
 use chat_proto::v1::{
     ConversationState, IssueTokenRequest, RedeemTokenRequest,
     token_service_client::TokenServiceClient,
@@ -47,18 +50,6 @@ struct Args {
 /// PostgreSQL backends serving `database`: a figure that a loaded machine distorts less
 /// than throughput.
 async fn cpu_seconds(database: &str) -> (f64, f64) {
-    // utime + stime, in USER_HZ (100 per second on Linux).
-    fn ticks(pid: &str) -> f64 {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| {
-                let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-                let user: f64 = fields.get(11)?.parse().ok()?;
-                let system: f64 = fields.get(12)?.parse().ok()?;
-                Some((user + system) / 100.0)
-            })
-            .unwrap_or(0.0)
-    }
     let backends: Vec<i32> = match PgConnection::connect(ADMIN_URL).await {
         Ok(mut admin) => sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
             .bind(database)
@@ -67,8 +58,8 @@ async fn cpu_seconds(database: &str) -> (f64, f64) {
             .unwrap_or_default(),
         Err(_) => Vec::new(),
     };
-    let postgres = backends.iter().map(|pid| ticks(&pid.to_string())).sum();
-    (ticks("self"), postgres)
+    let postgres = backends.iter().map(|pid| process_seconds(&pid.to_string())).sum();
+    (process_seconds("self"), postgres)
 }
 
 /// conversation-service on the database at `url`; returns its address.
