@@ -11,6 +11,14 @@ SET maintenance_work_mem = '512MB';
 -- h(text): a stable pseudo-random number in [0, 2^31) from a name, so every load is the same.
 CREATE FUNCTION pg_temp.h(t text) RETURNS bigint LANGUAGE sql IMMUTABLE
     RETURN hashtext(t)::bigint & 2147483647;
+-- The writing transactions (xid) of the loaded messages and conversation events: spread
+-- in commit order over ids that ended before the load began, as years of sends spread
+-- over many transactions, not all in the load's one. The feed and inbox queries probe
+-- `xid` by value; with one id in the statistics PostgreSQL expects a probe to match
+-- every row and scans the table instead. Ids below this snapshot's xmin are complete,
+-- so no snapshot taken later lists them as in progress.
+SELECT top, greatest(1, least(top - 3, :conversations::bigint * 10)) AS span
+  FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS top) t \gset xid_
 -- The secondary indexes of conversations and messages are built once after the load, in
 -- bulk, rather than entry by entry during millions of inserts. Every index that enforces
 -- nothing (not unique, not a primary key, backing no constraint) is deferred, by the
@@ -57,7 +65,8 @@ SELECT md5('conversation-' || i)::uuid,
                   ELSE now() - (pg_temp.h('activity-' || i) % (3 * 365 * 24 * 3600)) * interval '1 second'
                 END AS last) AS t;
 
-INSERT INTO messages (conversation_id, seq, id, sender_role, sender_id, body, created_at, pos)
+INSERT INTO messages (conversation_id, seq, id, sender_role, sender_id, body, created_at, pos,
+                      xid)
 SELECT c.id, s, md5('message-' || c.id || '-' || s)::uuid,
        CASE WHEN s % 2 = 0 THEN 1 ELSE 2 END,
        CASE WHEN s % 2 = 0 THEN c.provider_id ELSE coalesce(c.customer_id, '') END,
@@ -66,17 +75,25 @@ SELECT c.id, s, md5('message-' || c.id || '-' || s)::uuid,
          || ' ' || (ARRAY['is fixed','needs a look','can wait until Monday','costs 120 pounds','was paid','is at 3 pm','looks fine','is dripping again'])[1 + pg_temp.h(c.id || 'c' || s) % 8]
          || '. Reference ' || pg_temp.h(c.id || 'd' || s) % 100000 || '.',
        c.last_activity_at - (10 - s) * interval '1 hour',
-       c.n * 10 + s
+       c.n * 10 + s,
+       (:xid_top - 1 - ((:conversations::bigint * 10 + 10 - (c.n * 10 + s)) * (:xid_span - 1))
+                       / (:conversations::bigint * 10 + 10))::text::xid8
   FROM (SELECT id, provider_id, customer_id, last_activity_at,
                row_number() OVER (ORDER BY last_activity_at) AS n
           FROM conversations) AS c,
        generate_series(1, 10) AS s;
 
-INSERT INTO conversation_events (conversation_id, kind, status, created_at, pos)
-SELECT id, 1, NULL, created_at, row_number() OVER (ORDER BY created_at)
-  FROM conversations;
+INSERT INTO conversation_events (conversation_id, kind, status, created_at, pos, xid)
+SELECT id, 1, NULL, created_at, n,
+       (:xid_top - 1 - ((:conversations::bigint - n) * (:xid_span - 1)) / :conversations::bigint)::text::xid8
+  FROM (SELECT id, created_at, row_number() OVER (ORDER BY created_at) AS n FROM conversations) e;
 -- The deferred indexes, each built in one pass over the loaded table.
 SELECT indexdef FROM deferred_indexes \gexec
+-- The event feed starts after the loaded history, as it starts at its migration on a
+-- database that has history (and as EVENT_RETENTION would have pruned years of it):
+-- else its first window would hold every loaded row, which a ListEvents from the oldest
+-- and the first unread-reminder scan would read in one statement.
+UPDATE feed_state SET assigned = pg_current_snapshot();
 -- New writes draw inbox positions after everything loaded.
 SELECT setval('inbox_pos_seq', (SELECT max(pos) + 1 FROM messages));
 VACUUM ANALYZE conversations;
