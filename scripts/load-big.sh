@@ -12,8 +12,8 @@
 # read. Writes the database `LOAD_DB` (default chat_big, dropped first) and the file
 # `LOAD_SQLITE` (default data/big/token.db, replaced). Prints the URL and path to use.
 # The PostgreSQL rows come from scripts/load-big.sql (run with psql on the migrated
-# database), which builds the secondary indexes of conversations and messages once, after
-# the rows.
+# database; the plan test in conversation-service/tests/api/plans.rs loads it too), which
+# builds the secondary indexes of conversations and messages once, after the rows.
 # Uses the debug binaries (`migrate` only); needs the local PostgreSQL and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."

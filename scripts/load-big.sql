@@ -5,7 +5,8 @@
 --        -f scripts/load-big.sql
 --
 -- N conversations with 10 messages each, in the shape scripts/load-big.sh describes, then
--- VACUUM ANALYZE.
+-- VACUUM ANALYZE. Also loaded by the plan test (conversation-service/tests/api/plans.rs),
+-- at a small N, so what it checks is what the big load gives.
 SET synchronous_commit = off;
 SET maintenance_work_mem = '512MB';
 -- h(text): a stable pseudo-random number in [0, 2^31) from a name, so every load is the same.
