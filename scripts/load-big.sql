@@ -14,7 +14,7 @@ CREATE FUNCTION pg_temp.h(t text) RETURNS bigint LANGUAGE sql IMMUTABLE
     RETURN hashtext(t)::bigint & 2147483647;
 -- The writing transactions (xid) of the loaded messages and conversation events: spread
 -- in commit order over ids that ended before the load began, as years of sends spread
--- over many transactions, not all in the load's one. The feed and inbox queries probe
+-- over many transactions, not all in the load's one. The event feed's queries probe
 -- `xid` by value; with one id in the statistics PostgreSQL expects a probe to match
 -- every row and scans the table instead. Ids below this snapshot's xmin are complete,
 -- so no snapshot taken later lists them as in progress.
