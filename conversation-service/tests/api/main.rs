@@ -16,6 +16,7 @@ mod limits;
 mod messages;
 mod observability;
 mod pagination;
+mod plans;
 mod presence;
 mod privacy;
 mod properties;
