@@ -156,6 +156,10 @@ pub enum SearchStep {
 /// a word in at least 1% of them fills the page there.
 pub const WALK_PER_HIT: i64 = 100;
 
+/// How many words ts_headline's excerpt holds at most: a body of that many words or fewer
+/// comes back whole.
+const EXCERPT_WORDS: usize = 20;
+
 fn owner_column(owner: &Participant) -> &'static str {
     match owner.role() {
         Role::Provider => "provider_id",
@@ -210,18 +214,24 @@ pub fn search_sql(step: SearchStep, prefix: &str, search: &Search<'_>) -> QueryB
         .push_bind(search.query.0.clone())
         .push(") AS q) q");
     // The marks are taken out of the body first, so every mark in the excerpt is
-    // ts_headline's. A fragment or two around the matches; the gRPC side cuts it to
-    // SNIPPET_CHARS.
+    // ts_headline's.
     let marks: String = [HIGHLIGHT_START, HIGHLIGHT_STOP].iter().collect();
     sql.push(", (SELECT ")
         .push_bind(marks)
-        .push("::text AS marks, ")
+        .push("::text AS marks, ");
+    let selectors = format!("StartSel={HIGHLIGHT_START}, StopSel={HIGHLIGHT_STOP}");
+    // A body of at most EXCERPT_WORDS words comes back whole, highlighted: fragments
+    // (MaxFragments) are cut around the matches and drop the words before the first even
+    // when all of them would fit. A longer body gets a fragment or two around the
+    // matches. The gRPC side cuts either to SNIPPET_CHARS.
+    sql.push_bind(format!("{selectors}, HighlightAll=true"))
+        .push("::text AS whole, ")
         .push_bind(format!(
-            "StartSel={HIGHLIGHT_START}, StopSel={HIGHLIGHT_STOP}, MaxWords=20, MinWords=8, \
-             MaxFragments=2, FragmentDelimiter=\" … \""
+            "{selectors}, MaxWords={EXCERPT_WORDS}, MinWords=8, MaxFragments=2, \
+             FragmentDelimiter=\" … \""
         ))
         .push(format!(
-            "::text AS fragments) o ORDER BY {HITS_NEWEST_FIRST}"
+            "::text AS fragments, {EXCERPT_WORDS} AS words) o ORDER BY {HITS_NEWEST_FIRST}"
         ));
     sql
 }
@@ -235,9 +245,14 @@ const MESSAGE: &str = "SELECT m.conversation_id, m.seq, m.id, m.sender_role, m.s
 const NEWEST_FIRST: &str = "m.created_at DESC, m.conversation_id DESC, m.seq DESC";
 const HITS_NEWEST_FIRST: &str = "hits.created_at DESC, hits.conversation_id DESC, hits.seq DESC";
 
-/// The excerpt of `hits.body`.
+/// The excerpt of `hits.body`, for the page's rows only (ts_headline parses the whole
+/// body). ts_headline's words are the parser's tokens but spaces, tags, and URLs and
+/// hyphenated words (whose parts are tokens of their own): the `NONWORDTOKEN` types of
+/// PostgreSQL's wparser_def.c (5 url, 12 blank, 13 tag, 15–17 hyphenated words).
 const HEADLINE: &str = "ts_headline('simple'::regconfig, translate(hits.body, o.marks, '  '), q.q, \
-       o.fragments) AS headline";
+       CASE WHEN (SELECT count(*) FROM ts_parse('default', hits.body) t \
+                  WHERE t.tokid NOT IN (5, 12, 13, 15, 16, 17)) <= o.words \
+            THEN o.whole ELSE o.fragments END) AS headline";
 
 /// The text search condition, in the very expression of the GIN index. The query is a
 /// value the planner sees (`websearch_to_tsquery` is immutable, the statement is planned

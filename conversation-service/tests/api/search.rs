@@ -235,6 +235,67 @@ async fn pages_follow_each_other_without_repeats_or_gaps() {
     assert_eq!(resumed, all);
 }
 
+/// The excerpt as text, and its highlighted parts.
+fn excerpt(hit: &v1::SearchHit) -> (String, Vec<String>) {
+    let text = hit.snippet.iter().map(|p| p.text.as_str()).collect();
+    let highlighted = hit
+        .snippet
+        .iter()
+        .filter(|p| p.highlighted)
+        .map(|p| p.text.clone())
+        .collect();
+    (text, highlighted)
+}
+
+/// A body of up to 20 words (ts_headline's MaxWords) comes back whole, its matches
+/// highlighted, wherever they are; a longer one as fragments around them.
+#[tokio::test]
+async fn a_short_body_is_its_own_excerpt_and_a_long_one_is_cut_around_the_matches() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let c = &mut client;
+    let owner = new_provider();
+    let id = create(c, &owner).await.conversation_id;
+    let words = |n: usize| (1..=n).map(|i| format!("w{i}")).collect::<Vec<_>>();
+    // Twenty words as ts_headline counts them: punctuation is none, a hyphenated word is
+    // its parts (two), not also the whole its parser returns before them.
+    let mut short = words(17);
+    short[3] = "self-made,".into();
+    short.push("the".into());
+    short.push("boiler!".into());
+    let short = short.join(" ");
+    let twenty = format!("{} zymurgy", words(19).join(" "));
+    let mut long = words(60);
+    long[45] = "zymurgy".into();
+    let long = long.join(" ");
+    for body in [&short, &twenty, &long] {
+        send(c, &id, provider(&owner), body).await.unwrap();
+    }
+
+    let page = search(c, request(provider(&owner), "boiler"))
+        .await
+        .unwrap();
+    assert_eq!(
+        excerpt(&page.hits[0]),
+        (short.clone(), vec!["boiler".into()])
+    );
+
+    let page = search(c, request(provider(&owner), "zymurgy"))
+        .await
+        .unwrap();
+    assert_eq!(bodies(&page), [long.as_str(), twenty.as_str()]);
+    assert_eq!(
+        excerpt(&page.hits[1]),
+        (twenty.clone(), vec!["zymurgy".into()])
+    );
+    let (text, highlighted) = excerpt(&page.hits[0]);
+    assert_eq!(highlighted, ["zymurgy"]);
+    assert!(
+        !text.starts_with("w1 ") && text.contains("zymurgy") && text.len() < long.len(),
+        "a long body's excerpt is the part around its match: {text:?}"
+    );
+}
+
 #[tokio::test]
 async fn erased_and_deleted_messages_do_not_match() {
     let app = spawn_app().await;
