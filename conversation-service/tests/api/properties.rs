@@ -275,15 +275,20 @@ async fn first_event<T>(
     }
 }
 
-/// Every row of every table (whatever the migrations made), as text. The event feed's
-/// windows are left out: the sequencer closes them in the background over whatever the
-/// calls before wrote, and no request writes them.
+/// Every row of every table (whatever the migrations made), as text, without what
+/// background tasks write over whatever the calls before did: the event feed's windows
+/// (the sequencer closes them), presence (each replica's beat renews, drops and announces
+/// the participants whose streams earlier calls opened) and the inbox order's settling
+/// (`inbox_settled`, and conversations' `inbox_at` set to their last activity once its
+/// minute has passed). No request writes these alone: one that moved `inbox_at` also
+/// moved `last_activity_at`.
 pub async fn rows(app: &TestApp) -> String {
     let mut db = app.db().await;
     let tables: Vec<(String,)> = sqlx::query_as(
         "SELECT table_name::text FROM information_schema.tables \
          WHERE table_schema = 'public' AND table_name NOT LIKE '\\_sqlx%' \
-           AND table_name NOT IN ('feed_windows', 'feed_state') ORDER BY 1",
+           AND table_name NOT IN ('feed_windows', 'feed_state', 'inbox_settled', 'presence', \
+                                  'presence_events', 'presence_state') ORDER BY 1",
     )
     .fetch_all(&mut db)
     .await
@@ -291,7 +296,8 @@ pub async fn rows(app: &TestApp) -> String {
     let mut all = String::new();
     for (table,) in tables {
         let sql = format!(
-            "SELECT coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '') FROM \"{table}\" t"
+            "SELECT coalesce(string_agg(r::text, E'\\n' ORDER BY r::text), '') \
+             FROM (SELECT to_jsonb(t) - 'inbox_at' AS r FROM \"{table}\" t) s"
         );
         let (text,): (String,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .fetch_one(&mut db)
