@@ -79,9 +79,11 @@ impl Store {
     /// Up to `limit` messages of `owner`'s conversations (or of `conversation` alone)
     /// that match `query`, newest first, after `after`. First the owner's newest
     /// messages, walked in order and tested one by one ([`SearchStep::Newest`]): a word
-    /// found often enough fills the page there, at a cost bounded by the page. Otherwise
-    /// (a rare word, or the last matches) every match, which the GIN index finds
-    /// ([`SearchStep::Matches`]). `until` is [`SearchStart::until`].
+    /// found often enough fills the page there, at a cost bounded by the page, and an
+    /// owner with fewer messages than the walk's bound is done there. Only a walk that
+    /// reached its bound without filling the page is followed by every match (the GIN
+    /// index or the owner's messages, [`SearchStep::Matches`]). `until` is
+    /// [`SearchStart::until`].
     pub async fn search_messages(
         &self,
         search: &Search<'_>,
@@ -90,16 +92,27 @@ impl Store {
         let Some(until) = until else {
             return Ok(Vec::new());
         };
-        let newest = self
+        let newest: Vec<NewestRow> = self
             .search_step(SearchStep::Newest { until }, search)
             .await?;
-        if i64::try_from(newest.len()).is_ok_and(|n| n >= search.limit) {
-            return Ok(newest);
+        // The walk's last message comes back too, hit or not, when the walk reached it:
+        // without it the walk read all of the owner's messages.
+        let cut = newest.iter().any(|r| r.walked >= search.walk());
+        let hits: Vec<SearchRow> = newest
+            .into_iter()
+            .filter(|r| r.matched)
+            .map(|r| r.row)
+            .collect();
+        if !cut || i64::try_from(hits.len()).is_ok_and(|n| n >= search.limit) {
+            return Ok(hits);
         }
         self.search_step(SearchStep::Matches, search).await
     }
 
-    async fn search_step(&self, step: SearchStep, search: &Search<'_>) -> Result<Vec<SearchRow>> {
+    async fn search_step<T>(&self, step: SearchStep, search: &Search<'_>) -> Result<Vec<T>>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
         search_sql(step, "", search)
             .build_query_as()
             // Planned for its values each time (an unnamed statement): the owner's size
@@ -114,6 +127,16 @@ impl Store {
     }
 }
 
+/// A row of [`SearchStep::Newest`]: a hit, or the walk's last message.
+#[derive(Debug, sqlx::FromRow)]
+struct NewestRow {
+    #[sqlx(flatten)]
+    row: SearchRow,
+    matched: bool,
+    /// Its place in the walk, from 1.
+    walked: i64,
+}
+
 /// One page of a search: whose messages, which words, from where.
 #[derive(Debug, Clone, Copy)]
 pub struct Search<'a> {
@@ -125,6 +148,13 @@ pub struct Search<'a> {
     pub after: Option<SearchKey>,
     /// How many hits to read (the page and one more, to tell whether another follows).
     pub limit: i64,
+}
+
+impl Search<'_> {
+    /// How many of the owner's newest messages [`SearchStep::Newest`] reads at most.
+    fn walk(&self) -> i64 {
+        self.limit.saturating_mul(WALK_PER_HIT)
+    }
 }
 
 /// The two statements of a search.
@@ -179,9 +209,16 @@ pub fn search_sql(step: SearchStep, prefix: &str, search: &Search<'_>) -> QueryB
             // outer ORDER BY also makes the planner cost the inner query for all of its
             // LIMIT, which is what a rare word reads: it walks only an owner for whom
             // that is cheaper than reading all of its messages, and a common word then
-            // stops well before.
+            // stops well before. The walk's last message is kept, hit or not, to tell a
+            // walk that stopped at its bound from one that read every message.
+            sql.push(format!("SELECT hits.*, {HEADLINE} FROM (SELECT m.*, "));
+            push_match(&mut sql, search.query);
+            // Numbered above the walk's LIMIT, not beside the walk, so that the walk is
+            // planned as it is alone (beside it, the window function made a parallel walk
+            // look cheaper).
             sql.push(format!(
-                "SELECT hits.*, {HEADLINE} FROM (SELECT m.* FROM ({MESSAGE} \
+                " AS matched FROM (SELECT s.*, row_number() OVER (ORDER BY s.created_at DESC, \
+                   s.conversation_id DESC, s.seq DESC) AS walked FROM (SELECT {COLUMNS} {FROM} \
                    WHERE c.{owner_column} = "
             ))
             .push_bind(search.owner.id().to_owned())
@@ -189,15 +226,19 @@ pub fn search_sql(step: SearchStep, prefix: &str, search: &Search<'_>) -> QueryB
             .push_bind(until);
             push_position(&mut sql, search);
             sql.push(format!(" ORDER BY {NEWEST_FIRST} LIMIT "))
-                .push_bind(search.limit.saturating_mul(WALK_PER_HIT))
-                .push(") m WHERE ");
+                .push_bind(search.walk())
+                .push(") s) m WHERE ");
             push_match(&mut sql, search.query);
-            sql.push(format!(" ORDER BY {NEWEST_FIRST} LIMIT "))
+            sql.push(" OR m.walked = ")
+                .push_bind(search.walk())
+                .push(format!(" ORDER BY {NEWEST_FIRST} LIMIT "))
                 .push_bind(search.limit)
                 .push(") hits");
         }
         SearchStep::Matches => {
-            sql.push(format!("WITH matched AS MATERIALIZED ({MESSAGE} WHERE "));
+            sql.push(format!(
+                "WITH matched AS MATERIALIZED (SELECT {COLUMNS} {FROM} WHERE "
+            ));
             push_match(&mut sql, search.query);
             sql.push(format!(" AND c.{owner_column} = "))
                 .push_bind(search.owner.id().to_owned());
@@ -236,11 +277,12 @@ pub fn search_sql(step: SearchStep, prefix: &str, search: &Search<'_>) -> QueryB
     sql
 }
 
-/// A message row as [`SearchRow`] reads it, of `messages m` joined to its conversation.
-const MESSAGE: &str = "SELECT m.conversation_id, m.seq, m.id, m.sender_role, m.sender_id, m.body, \
+/// A message as [`SearchRow`] reads it, of `messages m` ([`FROM`]).
+const COLUMNS: &str = "m.conversation_id, m.seq, m.id, m.sender_role, m.sender_id, m.body, \
        m.client_message_id, m.created_at, m.edited_at, m.edit_count, \
-       m.deleted_at IS NOT NULL AS deleted, m.attachments, m.last_change \
-  FROM messages m JOIN conversations c ON c.id = m.conversation_id";
+       m.deleted_at IS NOT NULL AS deleted, m.attachments, m.last_change";
+/// Messages with their conversation, whose owner the search is for.
+const FROM: &str = "FROM messages m JOIN conversations c ON c.id = m.conversation_id";
 
 const NEWEST_FIRST: &str = "m.created_at DESC, m.conversation_id DESC, m.seq DESC";
 const HITS_NEWEST_FIRST: &str = "hits.created_at DESC, hits.conversation_id DESC, hits.seq DESC";
