@@ -32,7 +32,7 @@ use crate::{
         Hub,
         streams::{self, ConversationDelivery, InboxDelivery, StreamContext},
     },
-    store::{InboxCursor, ListDirection, SearchKey, SendQueue, Store},
+    store::{InboxCursor, ListDirection, Search, SearchKey, SendQueue, Store},
 };
 
 const CONVERSATIONS_PAGE: (i64, i64) = (50, 200);
@@ -569,17 +569,22 @@ impl ConversationService for ConversationApi {
                 .await?
                 .authorize(&owner, None)?;
         }
-        if !self.store.is_searchable(&text).await? {
+        let start = self.store.search_start(&owner, &text).await?;
+        if !start.searchable {
             return Err(Error::invalid(
                 "query",
                 "has no word to search for (only punctuation or only excluded words)",
             )
             .into());
         }
-        let rows = self
-            .store
-            .search_messages(&owner, &text, conversation, after, size + 1)
-            .await?;
+        let search = Search {
+            owner: &owner,
+            query: &text,
+            conversation,
+            after,
+            limit: size + 1,
+        };
+        let rows = self.store.search_messages(&search, start.until).await?;
         let (hits, next_page_token) = page(&rows, size, convert::search_hit, |last| {
             self.pages.encode(&query, &last.key())
         });

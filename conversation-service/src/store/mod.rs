@@ -65,6 +65,6 @@ pub use pools::PoolSettings;
 pub use presence::PresenceKey;
 pub use privacy::{AuditRow, Erased};
 pub use records::{ConversationRow, Erasure, MessageRow, expired_after};
-pub use search::{SearchKey, SearchRow, search_sql};
+pub use search::{Search, SearchKey, SearchRow, SearchStart, SearchStep, WALK_PER_HIT, search_sql};
 pub use send::{BATCH_LOCK_TIMEOUT, LOCK_TIMEOUT, STATEMENT_TIMEOUT};
 pub use unread::UnreadSummary;

@@ -73,6 +73,37 @@ enum Call {
     Inbox(v1::StreamInboxRequest),
     Edit(v1::EditMessageRequest),
     Delete(v1::DeleteMessageRequest),
+    Search(v1::SearchMessagesRequest),
+}
+
+/// Search texts: anything [`text`] gives, websearch operators alone and mixed in (`-word`,
+/// quotes, `or`, tsquery's own `&|!():*<->`, which websearch reads as text), nothing but
+/// punctuation, and 200 and 201 characters.
+fn search_text(known: &[String]) -> impl Strategy<Value = String> + use<> {
+    prop_oneof![
+        text(known),
+        select(vec![
+            "hello".to_owned(),
+            "HELLO again".to_owned(),
+            "\"hello again\"".to_owned(),
+            "\"hello".to_owned(),
+            "\"".to_owned(),
+            "-hello".to_owned(),
+            "-hello -again".to_owned(),
+            "hello -again".to_owned(),
+            "or".to_owned(),
+            "hello or".to_owned(),
+            "or hello".to_owned(),
+            "hello or nothing".to_owned(),
+            "-".to_owned(),
+            "!?.,;".to_owned(),
+            "hello:* & !again | (x) <-> y".to_owned(),
+            " ".to_owned(),
+            "x".repeat(200),
+            "x".repeat(201),
+        ]),
+        "[a-z \"'():*&|!<>-]{0,30}",
+    ]
 }
 
 fn attachments(known: &[String]) -> impl Strategy<Value = Vec<v1::Attachment>> + use<> {
@@ -228,6 +259,30 @@ fn call(known: &[String]) -> impl Strategy<Value = Call> + use<> {
             participant,
             cursor
         })),
+        (
+            // Mostly a participant with messages and no conversation or token, so that
+            // searches also succeed; random ones too.
+            prop_oneof![
+                2 => Just(provider("prov-prop")),
+                1 => Just(crate::helpers::customer("cust-prop")),
+                2 => p(),
+            ],
+            search_text(known),
+            prop_oneof![3 => Just(String::new()), 1 => t()],
+            int32(),
+            prop_oneof![3 => Just(String::new()), 1 => t()],
+        )
+            .prop_map(
+                |(participant, query, conversation_id, page_size, page_token)| Call::Search(
+                    v1::SearchMessagesRequest {
+                        participant,
+                        query,
+                        conversation_id,
+                        page_size,
+                        page_token,
+                    }
+                )
+            ),
     ]
 }
 
@@ -250,6 +305,7 @@ async fn run(client: &mut Client, call: Call) -> Result<(), Code> {
         Call::Typing(r) => client.send_typing(r).await.map(drop).map_err(code),
         Call::Edit(r) => client.edit_message(r).await.map(drop).map_err(code),
         Call::Delete(r) => client.delete_message(r).await.map(drop).map_err(code),
+        Call::Search(r) => client.search_messages(r).await.map(drop).map_err(code),
         Call::Stream(r) => {
             let mut stream = client
                 .stream_conversation(r)
@@ -275,15 +331,20 @@ async fn first_event<T>(
     }
 }
 
-/// Every row of every table (whatever the migrations made), as text. The event feed's
-/// windows are left out: the sequencer closes them in the background over whatever the
-/// calls before wrote, and no request writes them.
+/// Every row of every table (whatever the migrations made), as text, without what
+/// background tasks write over whatever the calls before did: the event feed's windows
+/// (the sequencer closes them), presence (each replica's beat renews, drops and announces
+/// the participants whose streams earlier calls opened) and the inbox order's settling
+/// (`inbox_settled`, and conversations' `inbox_at` set to their last activity once its
+/// minute has passed). No request writes these alone: one that moved `inbox_at` also
+/// moved `last_activity_at`.
 pub async fn rows(app: &TestApp) -> String {
     let mut db = app.db().await;
     let tables: Vec<(String,)> = sqlx::query_as(
         "SELECT table_name::text FROM information_schema.tables \
          WHERE table_schema = 'public' AND table_name NOT LIKE '\\_sqlx%' \
-           AND table_name NOT IN ('feed_windows', 'feed_state') ORDER BY 1",
+           AND table_name NOT IN ('feed_windows', 'feed_state', 'inbox_settled', 'presence', \
+                                  'presence_events', 'presence_state') ORDER BY 1",
     )
     .fetch_all(&mut db)
     .await
@@ -291,7 +352,8 @@ pub async fn rows(app: &TestApp) -> String {
     let mut all = String::new();
     for (table,) in tables {
         let sql = format!(
-            "SELECT coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '') FROM \"{table}\" t"
+            "SELECT coalesce(string_agg(r::text, E'\\n' ORDER BY r::text), '') \
+             FROM (SELECT to_jsonb(t) - 'inbox_at' AS r FROM \"{table}\" t) s"
         );
         let (text,): (String,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .fetch_one(&mut db)
@@ -314,9 +376,27 @@ fn random_well_formed_requests_never_get_internal_and_refusals_write_nothing() {
         let message = send(&mut app.client, &id, provider("prov-prop"), "hello")
             .await
             .unwrap();
+        send(&mut app.client, &id, provider("prov-prop"), "hello again")
+            .await
+            .unwrap();
+        // A real page token: the second page of prov-prop's "hello".
+        let search_token = app
+            .client
+            .search_messages(v1::SearchMessagesRequest {
+                participant: provider("prov-prop"),
+                query: "hello".into(),
+                page_size: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .next_page_token;
+        assert!(!search_token.is_empty());
         let known = vec![
             id,
             message.message_id,
+            search_token,
             "https://files.example/a.png".to_owned(),
             "image/png".to_owned(),
             "prov-prop".to_owned(),

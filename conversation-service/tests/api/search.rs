@@ -1,8 +1,14 @@
 //! SearchMessages: who sees which hits, their order and pages, the excerpt, refusals, and
-//! the GIN index serving it.
+//! which path serves which search.
+
+use std::time::Duration;
 
 use chat_common::testing::status::{assert_invalid, assert_refused};
 use chat_proto::v1::{self, conversation_privacy_service_client::ConversationPrivacyServiceClient};
+use conversation_service::{
+    domain::{ConversationId, Participant, Role, SearchQuery},
+    store::{PoolSettings, Search, SearchStep, Store, search_sql},
+};
 use tonic::Code;
 use uuid::Uuid;
 
@@ -229,6 +235,67 @@ async fn pages_follow_each_other_without_repeats_or_gaps() {
     assert_eq!(resumed, all);
 }
 
+/// The excerpt as text, and its highlighted parts.
+fn excerpt(hit: &v1::SearchHit) -> (String, Vec<String>) {
+    let text = hit.snippet.iter().map(|p| p.text.as_str()).collect();
+    let highlighted = hit
+        .snippet
+        .iter()
+        .filter(|p| p.highlighted)
+        .map(|p| p.text.clone())
+        .collect();
+    (text, highlighted)
+}
+
+/// A body of up to 20 words (ts_headline's MaxWords) comes back whole, its matches
+/// highlighted, wherever they are; a longer one as fragments around them.
+#[tokio::test]
+async fn a_short_body_is_its_own_excerpt_and_a_long_one_is_cut_around_the_matches() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let c = &mut client;
+    let owner = new_provider();
+    let id = create(c, &owner).await.conversation_id;
+    let words = |n: usize| (1..=n).map(|i| format!("w{i}")).collect::<Vec<_>>();
+    // Twenty words as ts_headline counts them: punctuation is none, a hyphenated word is
+    // its parts (two), not also the whole its parser returns before them.
+    let mut short = words(17);
+    short[3] = "self-made,".into();
+    short.push("the".into());
+    short.push("boiler!".into());
+    let short = short.join(" ");
+    let twenty = format!("{} zymurgy", words(19).join(" "));
+    let mut long = words(60);
+    long[45] = "zymurgy".into();
+    let long = long.join(" ");
+    for body in [&short, &twenty, &long] {
+        send(c, &id, provider(&owner), body).await.unwrap();
+    }
+
+    let page = search(c, request(provider(&owner), "boiler"))
+        .await
+        .unwrap();
+    assert_eq!(
+        excerpt(&page.hits[0]),
+        (short.clone(), vec!["boiler".into()])
+    );
+
+    let page = search(c, request(provider(&owner), "zymurgy"))
+        .await
+        .unwrap();
+    assert_eq!(bodies(&page), [long.as_str(), twenty.as_str()]);
+    assert_eq!(
+        excerpt(&page.hits[1]),
+        (twenty.clone(), vec!["zymurgy".into()])
+    );
+    let (text, highlighted) = excerpt(&page.hits[0]);
+    assert_eq!(highlighted, ["zymurgy"]);
+    assert!(
+        !text.starts_with("w1 ") && text.contains("zymurgy") && text.len() < long.len(),
+        "a long body's excerpt is the part around its match: {text:?}"
+    );
+}
+
 #[tokio::test]
 async fn erased_and_deleted_messages_do_not_match() {
     let app = spawn_app().await;
@@ -373,56 +440,173 @@ async fn bad_searches_are_refused_with_a_reason_and_change_nothing() {
     assert_eq!(crate::properties::rows(&app).await, before);
 }
 
-/// The search reads the GIN index rather than every message. The test table is tiny, so
-/// sequential scans are turned off for the EXPLAIN (on a big table the planner picks the
-/// index by itself); what is checked is that the query's expression matches the index's.
-#[tokio::test]
-async fn the_search_is_served_by_the_gin_index() {
-    let mut app = spawn_app().await;
-    let owner = new_provider();
-    let id = create(&mut app.client, &owner).await.conversation_id;
-    send(
-        &mut app.client,
-        &id,
-        provider(&owner),
-        "a rare word: zymurgy",
+/// Two thousand conversations, ten messages each, written directly: half of them
+/// `prov-big`'s, the rest spread over 100 small providers (`prov-small-0`..). A quarter of
+/// all messages say "boiler"; three of prov-big's say "zymurgy". Created times interleave
+/// the conversations and about four messages share each second, as a batch's do.
+const LOAD: &str = "
+INSERT INTO conversations (id, provider_id, head_seq, created_at, last_activity_at, inbox_at)
+SELECT md5('c' || i)::uuid,
+       CASE WHEN i % 2 = 0 THEN 'prov-big' ELSE 'prov-small-' || (i % 100) END,
+       10, t.last - interval '1 day', t.last, t.last
+  FROM generate_series(1, 2000) AS i,
+       LATERAL (SELECT max(timestamptz '2026-12-01 00:00:00+00'
+                           - ((i * 7 + s * 13) % 5000) * interval '1 second') AS last
+                  FROM generate_series(1, 10) AS s) AS t;
+INSERT INTO messages (conversation_id, seq, id, sender_role, sender_id, body, created_at)
+SELECT md5('c' || i)::uuid, s, md5('m' || i || '-' || s)::uuid, 1,
+       CASE WHEN i % 2 = 0 THEN 'prov-big' ELSE 'prov-small-' || (i % 100) END,
+       CASE WHEN (i = 1000 AND s IN (2, 5)) OR (i = 1998 AND s = 9) THEN 'a rare word: zymurgy'
+            WHEN (i + s) % 4 = 0 THEN 'the boiler ' || w ELSE w END,
+       timestamptz '2026-12-01 00:00:00+00' - ((i * 7 + s * 13) % 5000) * interval '1 second'
+  FROM generate_series(1, 2000) AS i, generate_series(1, 10) AS s,
+       LATERAL (SELECT (ARRAY['is fixed', 'needs a look', 'can wait', 'was paid',
+                              'is dripping'])[1 + (i * s) % 5] || ' ref ' || (i * 10 + s) AS w) AS x;
+ANALYZE conversations;
+ANALYZE messages;
+";
+
+/// The ids SearchMessages must return for `owner` and `word`, in order, from a plain
+/// query that reads and sorts every match.
+async fn expected(app: &TestApp, owner: &str, word: &str) -> Vec<String> {
+    let mut db = app.db().await;
+    sqlx::query_scalar::<_, Uuid>(
+        "SELECT m.id FROM messages m JOIN conversations c ON c.id = m.conversation_id \
+         WHERE c.provider_id = $1 AND to_tsvector('simple', m.body) @@ to_tsquery('simple', $2) \
+         ORDER BY m.created_at DESC, m.conversation_id DESC, m.seq DESC",
     )
+    .bind(owner)
+    .bind(word)
+    .fetch_all(&mut db)
     .await
-    .unwrap();
-    let plan = explain(&app, &owner, None).await;
-    assert!(
-        plan.contains("messages_body_search_idx"),
-        "the search does not use the GIN index: {plan}"
-    );
-    let conversation = conversation_service::domain::ConversationId(Uuid::parse_str(&id).unwrap());
-    let plan = explain(&app, &owner, Some(conversation)).await;
-    assert!(
-        !plan.contains("\"Seq Scan\""),
-        "a search in one conversation scans a table: {plan}"
-    );
+    .unwrap()
+    .into_iter()
+    .map(|id| id.to_string())
+    .collect()
 }
 
-async fn explain(
-    app: &TestApp,
-    owner: &str,
-    conversation: Option<conversation_service::domain::ConversationId>,
-) -> String {
-    use conversation_service::domain::{Participant, Role, SearchQuery};
+/// Every page of a search, as message ids.
+async fn walk_ids(client: &mut Client, mut request: v1::SearchMessagesRequest) -> Vec<String> {
+    let mut all = Vec::new();
+    loop {
+        let page = search(client, request.clone()).await.unwrap();
+        all.extend(
+            page.hits
+                .iter()
+                .map(|h| h.message.as_ref().unwrap().message_id.clone()),
+        );
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
+/// A common word of a big owner is found by walking messages newest first and stopping at
+/// the page (`messages_created_at_idx`), a rare one through the GIN index, a small owner's
+/// in its own conversations; every page holds what a full read and sort would, in order,
+/// ties within a second included.
+#[tokio::test]
+async fn each_search_takes_the_path_that_stops_soonest_and_pages_stay_exact() {
+    let mut app = spawn_app().await;
     let mut db = app.db().await;
-    sqlx::query("SET enable_seqscan = off")
-        .execute(&mut db)
+    sqlx::raw_sql(LOAD).execute(&mut db).await.unwrap();
+
+    for (owner, word) in [
+        ("prov-big", "boiler"),
+        ("prov-big", "zymurgy"),
+        ("prov-small-7", "boiler"),
+    ] {
+        let mut request = request(provider(owner), word);
+        request.page_size = 20;
+        let got = walk_ids(&mut app.client, request).await;
+        let want = expected(&app, owner, word).await;
+        assert!(!want.is_empty());
+        assert_eq!(got, want, "{owner} {word}");
+    }
+
+    // The first page of a common word reads a page's worth of messages, not the table.
+    let plan = explain(&app, true, "prov-big", "boiler", None).await;
+    let walked = rows_read(&plan, "messages_created_at_idx")
+        .unwrap_or_else(|| panic!("a common word does not walk messages by time: {plan}"));
+    assert!(walked < 1_000, "walked {walked} of 20,000 messages: {plan}");
+    // A rare word's matches come from the GIN index.
+    let plan = explain(&app, false, "prov-big", "zymurgy", None).await;
+    assert!(
+        rows_read(&plan, "messages_body_search_idx").is_some(),
+        "a rare word does not use the GIN index: {plan}"
+    );
+    // A small owner's newest messages come from its conversations, not from a walk
+    // through everyone's.
+    let plan = explain(&app, true, "prov-small-7", "boiler", None).await;
+    assert!(
+        rows_read(&plan, "messages_created_at_idx").is_none(),
+        "a small owner walks every message: {plan}"
+    );
+    // One conversation: its messages only.
+    let (id,): (Uuid,) = sqlx::query_as("SELECT md5('c2')::uuid")
+        .fetch_one(&mut db)
         .await
         .unwrap();
-    let participant = Participant::stored(Role::Provider, owner.to_owned());
-    let query = SearchQuery("zymurgy".into());
-    let mut sql = conversation_service::store::search_sql(
-        "EXPLAIN (FORMAT JSON) ",
-        &participant,
-        &query,
+    for newest in [true, false] {
+        let plan = explain(&app, newest, "prov-big", "boiler", Some(ConversationId(id))).await;
+        assert!(
+            !plan.to_string().contains("\"Seq Scan\"")
+                && rows_read(&plan, "messages_created_at_idx").is_none(),
+            "a search in one conversation reads others: {plan}"
+        );
+    }
+}
+
+/// `EXPLAIN (ANALYZE, FORMAT JSON)` of one step of the first page, as the service runs it.
+async fn explain(
+    app: &TestApp,
+    newest: bool,
+    owner: &str,
+    word: &str,
+    conversation: Option<ConversationId>,
+) -> serde_json::Value {
+    let owner = Participant::stored(Role::Provider, owner.to_owned());
+    let query = SearchQuery(word.into());
+    let store = Store::connect(&PoolSettings {
+        options: app.database_url.parse().unwrap(),
+        size: 1,
+        acquire_timeout: Duration::from_secs(10),
+        send_writers: 1,
+    });
+    let start = store.search_start(&owner, &query).await.unwrap();
+    let step = if newest {
+        SearchStep::Newest {
+            until: start.until.unwrap(),
+        }
+    } else {
+        SearchStep::Matches
+    };
+    let search = Search {
+        owner: &owner,
+        query: &query,
         conversation,
-        None,
-        21,
-    );
-    let (plan,): (serde_json::Value,) = sql.build_query_as().fetch_one(&mut db).await.unwrap();
-    plan.to_string()
+        after: None,
+        limit: 21,
+    };
+    let mut sql = search_sql(step, "EXPLAIN (ANALYZE, FORMAT JSON) ", &search);
+    let (plan,): (serde_json::Value,) = sql.build_query_as().fetch_one(store.pool()).await.unwrap();
+    store.close().await;
+    plan
+}
+
+/// The rows an EXPLAIN ANALYZE plan read through `index`, if it used it.
+fn rows_read(plan: &serde_json::Value, index: &str) -> Option<u64> {
+    match plan {
+        serde_json::Value::Object(node) => {
+            if node.get("Index Name").and_then(|n| n.as_str()) == Some(index) {
+                let rows = node["Actual Rows"].as_u64().unwrap();
+                let loops = node["Actual Loops"].as_u64().unwrap();
+                return Some(rows * loops);
+            }
+            node.values().find_map(|v| rows_read(v, index))
+        }
+        serde_json::Value::Array(items) => items.iter().find_map(|v| rows_read(v, index)),
+        _ => None,
+    }
 }
