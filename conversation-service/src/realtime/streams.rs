@@ -321,7 +321,7 @@ impl ConversationStream {
                     next_heartbeat = Instant::now() + period;
                     continue;
                 }
-                wake = subscription.wakes.recv() => wake.ok_or(Stop)?,
+                wake = subscription.recv() => wake,
             };
             if self.on_wake(wake, subscription, &feed).await? {
                 next_heartbeat = Instant::now() + period;
@@ -441,7 +441,7 @@ impl ConversationStream {
     /// newer committed after the wake-ups were drained, so its wake-up is queued).
     async fn resync(&mut self, subscription: &mut Subscription) -> Result<(), Stop> {
         // Whatever was queued so far is covered by the snapshot read below.
-        while subscription.wakes.try_recv().is_ok() {}
+        while subscription.try_recv().is_some() {}
         subscription.take_lagged();
         let permit = self.ctx.paced().await;
         let conversation = self.current().await?;
@@ -655,7 +655,7 @@ impl InboxStream {
                     }
                     continue;
                 }
-                wake = subscription.wakes.recv() => wake.ok_or(Stop)?,
+                wake = subscription.recv() => wake,
             };
             // One read of the table answers every wake-up queued so far; presence
             // changes are not in the table's order and go out after it.
@@ -674,7 +674,7 @@ impl InboxStream {
                         replayed |= wake == Wake::Resync;
                     }
                 }
-                next = subscription.wakes.try_recv().ok();
+                next = subscription.try_recv();
             }
             // Whatever woke it (an item, a read, a resync) may have moved the summary.
             if items || other {
