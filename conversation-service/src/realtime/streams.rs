@@ -137,28 +137,29 @@ pub enum InboxEvent {
 /// Why a stream task stopped early: the client left, or it was told why.
 struct Stop;
 
-/// Sends one item, unless the client left or the server is shutting down.
+/// Sends one item, unless the client left or the server is shutting down. Boxed by the
+/// caller: a future that holds an item unboxed is as large as the largest item.
 async fn emit<T>(
     out: &mpsc::Sender<Item<T>>,
-    item: Result<T, Status>,
+    item: Item<T>,
     shutdown: &CancellationToken,
 ) -> Result<(), Stop> {
     tokio::select! {
-        sent = out.send(Box::new(item)) => sent.map_err(|_| Stop),
+        sent = out.send(item) => sent.map_err(|_| Stop),
         () = shutdown.cancelled() => Err(Stop),
     }
 }
 
 /// StreamConversation's task. `conversation` was read after `subscription` was taken, so
 /// nothing committed in between is missed.
-pub async fn conversation_stream(
+pub fn conversation_stream(
     ctx: StreamContext,
     mut subscription: Subscription,
     conversation: ConversationRow,
     viewer: Participant,
     (after_seq, after_change): (i64, Option<i64>),
     out: mpsc::Sender<Item<ConversationDelivery>>,
-) {
+) -> impl Future<Output = ()> {
     let mut stream = ConversationStream {
         ctx,
         out,
@@ -170,9 +171,16 @@ pub async fn conversation_stream(
         shown: Shown::default(),
         presence: None,
     };
-    let _ = stream
-        .run(&mut subscription, conversation, after_change)
-        .await;
+    // The future keeps room only for following wake-ups: the row is boxed until the
+    // opening reads are done, and they (as everything a wake-up does) are a boxed future
+    // of their own, so a stream is not the size of the largest read it ever makes.
+    let conversation = Box::new(conversation);
+    async move {
+        let opened = Box::pin(stream.open(*conversation, after_change)).await;
+        if opened.is_ok() {
+            let _ = stream.follow(&mut subscription).await;
+        }
+    }
 }
 
 struct ConversationStream {
@@ -225,13 +233,18 @@ impl Shown {
 }
 
 impl ConversationStream {
-    async fn send(&self, event: ConversationEvent, replayed: bool) -> Result<(), Stop> {
-        let delivery = ConversationDelivery { event, replayed };
-        emit(&self.out, Ok(delivery), &self.ctx.shutdown).await
+    /// Not an async fn, so that the event is boxed before the future holds it.
+    fn send(
+        &self,
+        event: ConversationEvent,
+        replayed: bool,
+    ) -> impl Future<Output = Result<(), Stop>> + '_ {
+        let delivery = Box::new(Ok(ConversationDelivery { event, replayed }));
+        emit(&self.out, delivery, &self.ctx.shutdown)
     }
 
     async fn fail(&self, error: Error) -> Stop {
-        let _ = emit(&self.out, Err(error.into()), &self.ctx.shutdown).await;
+        let _ = emit(&self.out, Box::new(Err(error.into())), &self.ctx.shutdown).await;
         Stop
     }
 
@@ -282,9 +295,10 @@ impl ConversationStream {
         self.presence = Some(watch);
     }
 
-    async fn run(
+    /// The snapshot, then what the client missed: the messages after its `after_seq` and
+    /// the changes after its `after_change`.
+    async fn open(
         &mut self,
-        subscription: &mut Subscription,
         conversation: ConversationRow,
         after_change: Option<i64>,
     ) -> Result<(), Stop> {
@@ -305,12 +319,18 @@ impl ConversationStream {
             self.send(ConversationEvent::ChangePosition(changes), true)
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Follows wake-ups (and sends heartbeats) until the client leaves or the server
+    /// shuts down.
+    async fn follow(&mut self, subscription: &mut Subscription) -> Result<(), Stop> {
         let feed = Arc::clone(&subscription.feed);
         let period = self.ctx.heartbeat;
         let mut next_heartbeat = Instant::now() + period;
         loop {
             if subscription.take_lagged() {
-                self.resync(subscription).await?;
+                Box::pin(self.resync(subscription)).await?;
             }
             let wake = tokio::select! {
                 // The UNAVAILABLE that ends the stream comes from `Outbound`.
@@ -323,7 +343,7 @@ impl ConversationStream {
                 }
                 wake = subscription.recv() => wake,
             };
-            if self.on_wake(wake, subscription, &feed).await? {
+            if Box::pin(self.on_wake(wake, subscription, &feed)).await? {
                 next_heartbeat = Instant::now() + period;
             }
         }
@@ -547,7 +567,7 @@ impl ConversationStream {
             let page = match page {
                 Ok(page) => page,
                 Err(error) => {
-                    let _ = emit(&self.out, Err(error.into()), &self.ctx.shutdown).await;
+                    let _ = emit(&self.out, Box::new(Err(error.into())), &self.ctx.shutdown).await;
                     return Err(Stop);
                 }
             };
@@ -579,7 +599,7 @@ impl ConversationStream {
 
 /// StreamInbox's task, from `cursor` and the owner's unread `summary` (both read after
 /// `subscription` was taken, so every change after them wakes it).
-pub async fn inbox_stream(
+pub fn inbox_stream(
     ctx: StreamContext,
     mut subscription: Subscription,
     owner: Participant,
@@ -587,7 +607,8 @@ pub async fn inbox_stream(
     summary: UnreadSummary,
     resumed: bool,
     out: mpsc::Sender<Item<InboxDelivery>>,
-) {
+) -> impl Future<Output = ()> {
+    // Built before the future, which would otherwise keep its arguments' copies.
     let mut stream = InboxStream {
         ctx,
         out,
@@ -599,7 +620,9 @@ pub async fn inbox_stream(
             next: Instant::now(),
         },
     };
-    let _ = stream.run(&mut subscription, resumed).await;
+    async move {
+        let _ = stream.run(&mut subscription, resumed).await;
+    }
 }
 
 struct InboxStream {
@@ -623,15 +646,17 @@ struct Summary {
 }
 
 impl InboxStream {
+    /// Reads and delivers are boxed: the future then keeps room only for waiting, not for
+    /// the largest read it ever makes (most streams are idle most of the time).
     async fn run(&mut self, subscription: &mut Subscription, resumed: bool) -> Result<(), Stop> {
         if resumed {
-            self.deliver(true).await?;
+            Box::pin(self.deliver(true)).await?;
         }
         let period = self.ctx.heartbeat;
         let mut next_heartbeat = Instant::now() + period;
         loop {
             if subscription.take_lagged() {
-                self.deliver(true).await?;
+                Box::pin(self.deliver(true)).await?;
                 self.summary.due = true;
             }
             let summary_at = self.summary.next;
@@ -645,12 +670,12 @@ impl InboxStream {
                         cursor: self.cursor.encode(),
                         replayed: false,
                     };
-                    emit(&self.out, Ok(heartbeat), &self.ctx.shutdown).await?;
+                    emit(&self.out, Box::new(Ok(heartbeat)), &self.ctx.shutdown).await?;
                     next_heartbeat = Instant::now() + period;
                     continue;
                 }
                 () = tokio::time::sleep_until(summary_at), if self.summary.due => {
-                    if self.send_summary().await? {
+                    if Box::pin(self.send_summary()).await? {
                         next_heartbeat = Instant::now() + period;
                     }
                     continue;
@@ -681,11 +706,11 @@ impl InboxStream {
                 self.summary.due = true;
             }
             if items {
-                self.deliver(replayed).await?;
+                Box::pin(self.deliver(replayed)).await?;
                 next_heartbeat = Instant::now() + period;
             }
             for (participant, online) in presence {
-                self.presence_changed(participant, online).await?;
+                Box::pin(self.presence_changed(participant, online)).await?;
                 next_heartbeat = Instant::now() + period;
             }
         }
@@ -705,7 +730,7 @@ impl InboxStream {
                 Ok(true) => {}
                 Ok(false) => return Ok(()),
                 Err(error) => {
-                    let _ = emit(&self.out, Err(error.into()), &self.ctx.shutdown).await;
+                    let _ = emit(&self.out, Box::new(Err(error.into())), &self.ctx.shutdown).await;
                     return Err(Stop);
                 }
             }
@@ -718,7 +743,7 @@ impl InboxStream {
             cursor: self.cursor.encode(),
             replayed: false,
         };
-        emit(&self.out, Ok(delivery), &self.ctx.shutdown).await
+        emit(&self.out, Box::new(Ok(delivery)), &self.ctx.shutdown).await
     }
 
     /// Reads the owner's unread summary and sends it if it changed; `true` when sent.
@@ -728,7 +753,7 @@ impl InboxStream {
         let summary = match self.ctx.store.unread_summary(&self.owner).await {
             Ok(summary) => summary,
             Err(error) => {
-                let _ = emit(&self.out, Err(error.into()), &self.ctx.shutdown).await;
+                let _ = emit(&self.out, Box::new(Err(error.into())), &self.ctx.shutdown).await;
                 return Err(Stop);
             }
         };
@@ -741,7 +766,7 @@ impl InboxStream {
             cursor: self.cursor.encode(),
             replayed: false,
         };
-        emit(&self.out, Ok(delivery), &self.ctx.shutdown).await?;
+        emit(&self.out, Box::new(Ok(delivery)), &self.ctx.shutdown).await?;
         Ok(true)
     }
 
@@ -765,7 +790,7 @@ impl InboxStream {
             let window = match window {
                 Ok(window) => window,
                 Err(error) => {
-                    let _ = emit(&self.out, Err(error.into()), &self.ctx.shutdown).await;
+                    let _ = emit(&self.out, Box::new(Err(error.into())), &self.ctx.shutdown).await;
                     return Err(Stop);
                 }
             };
@@ -776,7 +801,7 @@ impl InboxStream {
                     cursor: cursor.encode(),
                     replayed,
                 };
-                emit(&self.out, Ok(delivery), &self.ctx.shutdown).await?;
+                emit(&self.out, Box::new(Ok(delivery)), &self.ctx.shutdown).await?;
                 self.cursor = cursor;
             }
             self.cursor = window.next;
@@ -784,5 +809,35 @@ impl InboxStream {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, C, D, E, F, Fut>(_: impl FnOnce(A, B, C, D, E, F) -> Fut) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    fn future_size_7<A, B, C, D, E, F, G, Fut>(
+        _: impl FnOnce(A, B, C, D, E, F, G) -> Fut,
+    ) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// A stream's logic lives as long as its stream, idle or not: what it does on a
+    /// wake-up must not make every stream larger (a test build's sizes, larger than a
+    /// release build's).
+    #[test]
+    fn stream_logic_keeps_room_only_for_waiting() {
+        let conversation = future_size(conversation_stream);
+        let inbox = future_size_7(inbox_stream);
+        assert!(
+            conversation <= 1280,
+            "conversation stream: {conversation} bytes"
+        );
+        assert!(inbox <= 1280, "inbox stream: {inbox} bytes");
     }
 }
