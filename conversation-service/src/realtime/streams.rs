@@ -1,11 +1,18 @@
-//! The task behind each open stream: replay from the table, then follow wake-ups, and
-//! fall back to the table whenever a wake-up was lost (lagging, listener reconnect).
+//! The logic behind each open stream: replay from the table, then follow wake-ups, and
+//! fall back to the table whenever a wake-up was lost (lagging, listener reconnect). It
+//! runs inside the stream's response body (see [`Out`]).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use tokio::{
-    sync::{Semaphore, SemaphorePermit, mpsc},
+    sync::{Semaphore, SemaphorePermit},
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
@@ -52,11 +59,74 @@ impl StreamContext {
     }
 }
 
-/// One item between a stream task and its HTTP/2 stream, boxed: the channel allocates
+/// One item between a stream's logic and its HTTP/2 stream, boxed: a channel allocates
 /// its slots 32 at a time whatever its capacity, and an unboxed item (a snapshot holds a
-/// whole conversation) would make that about 15 KiB per idle stream. An error is made a
-/// status in the task, so an internal one is logged inside the RPC's span.
+/// whole conversation) would make that about 15 KiB per idle stream; a future holding one
+/// would be as large as the largest. An error is made a status in the logic, so an
+/// internal one is logged inside the RPC's span.
 pub type Item<T> = Box<Result<T, Status>>;
+
+/// Where a stream's logic hands its items to the response body, one at a time. The logic
+/// is no task of its own: the body polls it whenever the client can take more
+/// (`grpc::outbound`), so an open stream costs neither a task nor a queue, and a stream
+/// whose client is behind waits in [`Out::put`] with its state as it is.
+pub struct Out<T>(Arc<Mutex<Option<Item<T>>>>);
+
+impl<T> Out<T> {
+    pub fn new() -> Self {
+        Self(Arc::new(Mutex::new(None)))
+    }
+
+    /// The item handed over, if any (the body's side).
+    pub fn take(&self) -> Option<Item<T>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    /// Hands `item` over; ready once the body has taken it.
+    fn put(&self, item: Item<T>) -> Put<'_, T> {
+        Put {
+            out: self,
+            item: Some(item),
+        }
+    }
+}
+
+impl<T> Default for Out<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Clone for Out<T> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+/// [`Out::put`]'s future. It needs no waker: only the body polls the logic, and the body
+/// takes the item as soon as the logic returns, then polls it again when it wants more.
+struct Put<'a, T> {
+    out: &'a Out<T>,
+    item: Option<Item<T>>,
+}
+
+impl<T> Future for Put<'_, T> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        let mut slot = self.out.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_some() {
+            return Poll::Pending;
+        }
+        match self.item.take() {
+            Some(item) => {
+                *slot = Some(item);
+                Poll::Pending
+            }
+            None => Poll::Ready(()),
+        }
+    }
+}
 
 /// What a conversation stream delivers, as domain values: the gRPC side turns each into
 /// its response as it sends it.
@@ -134,23 +204,20 @@ pub enum InboxEvent {
     Heartbeat(DateTime<Utc>),
 }
 
-/// Why a stream task stopped early: the client left, or it was told why.
+/// Why a stream's logic stopped early: the server is shutting down, or the client was
+/// told why. (When the client leaves, the logic is dropped with the response body.)
 struct Stop;
 
 /// Sends one item, unless the client left or the server is shutting down. Boxed by the
 /// caller: a future that holds an item unboxed is as large as the largest item.
-async fn emit<T>(
-    out: &mpsc::Sender<Item<T>>,
-    item: Item<T>,
-    shutdown: &CancellationToken,
-) -> Result<(), Stop> {
+async fn emit<T>(out: &Out<T>, item: Item<T>, shutdown: &CancellationToken) -> Result<(), Stop> {
     tokio::select! {
-        sent = out.send(item) => sent.map_err(|_| Stop),
+        () = out.put(item) => Ok(()),
         () = shutdown.cancelled() => Err(Stop),
     }
 }
 
-/// StreamConversation's task. `conversation` was read after `subscription` was taken, so
+/// StreamConversation's logic. `conversation` was read after `subscription` was taken, so
 /// nothing committed in between is missed.
 pub fn conversation_stream(
     ctx: StreamContext,
@@ -158,7 +225,7 @@ pub fn conversation_stream(
     conversation: ConversationRow,
     viewer: Participant,
     (after_seq, after_change): (i64, Option<i64>),
-    out: mpsc::Sender<Item<ConversationDelivery>>,
+    out: Out<ConversationDelivery>,
 ) -> impl Future<Output = ()> {
     let mut stream = ConversationStream {
         ctx,
@@ -185,7 +252,7 @@ pub fn conversation_stream(
 
 struct ConversationStream {
     ctx: StreamContext,
-    out: mpsc::Sender<Item<ConversationDelivery>>,
+    out: Out<ConversationDelivery>,
     id: uuid::Uuid,
     viewer: Participant,
     /// Highest seq delivered.
@@ -335,7 +402,6 @@ impl ConversationStream {
             let wake = tokio::select! {
                 // The UNAVAILABLE that ends the stream comes from `Outbound`.
                 () = self.ctx.shutdown.cancelled() => return Err(Stop),
-                () = self.out.closed() => return Err(Stop),
                 () = tokio::time::sleep_until(next_heartbeat) => {
                     self.send(ConversationEvent::Heartbeat(Utc::now()), false).await?;
                     next_heartbeat = Instant::now() + period;
@@ -597,7 +663,7 @@ impl ConversationStream {
     }
 }
 
-/// StreamInbox's task, from `cursor` and the owner's unread `summary` (both read after
+/// StreamInbox's logic, from `cursor` and the owner's unread `summary` (both read after
 /// `subscription` was taken, so every change after them wakes it).
 pub fn inbox_stream(
     ctx: StreamContext,
@@ -606,7 +672,7 @@ pub fn inbox_stream(
     cursor: InboxCursor,
     summary: UnreadSummary,
     resumed: bool,
-    out: mpsc::Sender<Item<InboxDelivery>>,
+    out: Out<InboxDelivery>,
 ) -> impl Future<Output = ()> {
     // Built before the future, which would otherwise keep its arguments' copies.
     let mut stream = InboxStream {
@@ -627,7 +693,7 @@ pub fn inbox_stream(
 
 struct InboxStream {
     ctx: StreamContext,
-    out: mpsc::Sender<Item<InboxDelivery>>,
+    out: Out<InboxDelivery>,
     owner: Participant,
     cursor: InboxCursor,
     summary: Summary,
@@ -663,7 +729,6 @@ impl InboxStream {
             let wake = tokio::select! {
                 // The UNAVAILABLE that ends the stream comes from `Outbound`.
                 () = self.ctx.shutdown.cancelled() => return Err(Stop),
-                () = self.out.closed() => return Err(Stop),
                 () = tokio::time::sleep_until(next_heartbeat) => {
                     let heartbeat = InboxDelivery {
                         event: InboxEvent::Heartbeat(Utc::now()),
