@@ -243,7 +243,13 @@ pub fn conversation_stream(
     // of their own, so a stream is not the size of the largest read it ever makes.
     let conversation = Box::new(conversation);
     async move {
-        let opened = Box::pin(stream.open(*conversation, after_change)).await;
+        let opening = {
+            // Moved here so that the box is freed when the row leaves it, not when the
+            // stream ends (a box moved out of lives as long as its variable).
+            let conversation = conversation;
+            stream.open(*conversation, after_change)
+        };
+        let opened = Box::pin(opening).await;
         if opened.is_ok() {
             let _ = stream.follow(&mut subscription).await;
         }
