@@ -347,13 +347,15 @@ fn descriptors(pid: u32) -> anyhow::Result<usize> {
 
 /// `n` conversations of provider `bench`, written straight into the service's table:
 /// creating a hundred thousand through the API would take longer than the rest of the
-/// phase, and idle streams need nothing but the row.
+/// phase, and idle streams need nothing but the row. Last active a day ago, as an idle
+/// user's conversation is, so the inbox order has settled them already.
 async fn insert_idle(database: &str, n: usize) -> anyhow::Result<Vec<String>> {
     let url = format!("postgres://postgres@127.0.0.1:5432/{database}");
     let mut conn = PgConnection::connect(&url).await?;
     let ids: Vec<Uuid> = sqlx::query_scalar(
-        "INSERT INTO conversations (id, provider_id) \
-         SELECT gen_random_uuid(), 'bench' FROM generate_series(1, $1) RETURNING id",
+        "INSERT INTO conversations (id, provider_id, created_at, last_activity_at, inbox_at) \
+         SELECT gen_random_uuid(), 'bench', a, a, a \
+         FROM generate_series(1, $1), (SELECT now() - interval '1 day' AS a) t RETURNING id",
     )
     .bind(i64::try_from(n)?)
     .fetch_all(&mut conn)
