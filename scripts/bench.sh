@@ -5,6 +5,8 @@
 #
 #   scripts/bench.sh            release build, 10 s phases, 2,000 idle streams
 #   scripts/bench.sh --smoke    debug build, 2 s phases, 200 streams (checks that it runs)
+#   scripts/bench.sh --streams-100k   only 100,000 streams over 64 connections to one process
+#                               (BENCH_MANY_STREAMS): KiB per stream, delivery p99 with all open
 #
 # BENCH_SECONDS, BENCH_STREAMS override the phase length and the idle stream count;
 # BENCH_NAIVE_CLIENTS the pgbench clients of the naive reference (default 16: NOTIFY
@@ -23,12 +25,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ "${1:-}" == "--smoke" ]]; then
+smoke=0 streams_100k=0
+for arg in "$@"; do
+  case "$arg" in
+    --smoke) smoke=1 ;;
+    --streams-100k) streams_100k=1 ;;
+    *) echo "unknown argument: $arg" >&2 && exit 2 ;;
+  esac
+done
+if ((smoke)); then
   profile=() dir=${CARGO_TARGET_DIR:-target}/debug seconds=${BENCH_SECONDS:-2} streams=${BENCH_STREAMS:-200}
-  deliveries=200 callers=4,64 fanout_messages=50
+  deliveries=200 callers=4,64 fanout_messages=50 many=${BENCH_MANY_STREAMS:-2000}
 else
   profile=(--release) dir=${CARGO_TARGET_DIR:-target}/release seconds=${BENCH_SECONDS:-10} streams=${BENCH_STREAMS:-2000}
-  deliveries=2000 callers=4,16,64,128,256 fanout_messages=200
+  deliveries=2000 callers=4,16,64,128,256 fanout_messages=200 many=${BENCH_MANY_STREAMS:-100000}
 fi
 naive_clients=${BENCH_NAIVE_CLIENTS:-16}
 connections=${BENCH_CONNECTIONS:-4}
@@ -64,6 +74,20 @@ or_na() { [[ -n "${1:-}" ]] && echo "$1" || echo n/a; }
 # Each phase starts from a clean checkpoint, so one phase's WAL (the pgbench ceiling
 # writes ~1.7M rows) is not flushed during the next.
 checkpoint() { psql "${pg[@]}" -d postgres -qc CHECKPOINT || true; }
+
+# --streams-100k: this phase alone (about 2 minutes). The service runs as its own process;
+# the streams' client side (this benchmark) costs memory and CPU of its own.
+if ((streams_100k)); then
+  checkpoint
+  echo "== $many streams over 64 connections (conversation-service/examples/streams_bench.rs --many-streams)"
+  "$dir/examples/streams_bench" --service-bin "$dir/conversation-service" --many-streams "$many" \
+    --connections 64 --seconds "$seconds" --deliveries "$deliveries" | tee "$logs/many" || true
+  echo
+  echo "Benchmark, $started, ${profile[*]:-debug} build, $many streams over 64 connections"
+  echo "machine: $machine; load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "RESULT streams_100k_kib=$(or_na "$(value_of "$logs/many" many_stream_kib)") delivery_p99_100k_ms=$(or_na "$(value_of "$logs/many" many_delivery_p99_ms)")"
+  exit 0
+fi
 
 checkpoint
 echo "== SendMessage (conversation-service/examples/bench.rs)"

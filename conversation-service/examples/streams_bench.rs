@@ -8,9 +8,20 @@
 //!   `--fanout-messages` messages are sent one at a time, each awaited on all its viewers.
 //!   Reads are the service's own count of the reads of `messages` its streams made
 //!   (`chat_stream_message_reads_total` on its metrics endpoint), before and after.
+//! - many (`--many-streams N`, instead of the two above): N StreamConversation streams
+//!   over `--connections` HTTP/2 connections (a BFF multiplexing its users), one per
+//!   conversation: the service's RSS growth divided by N, its file descriptors; then,
+//!   with all of them open and read, delivery under load as `examples/bench.rs` measures
+//!   it: `--senders` senders on conversations with two viewers each, first closed loop
+//!   (saturation with these streams open), then paced at `--load-fraction` of it while
+//!   `--deliveries` probes are timed one at a time until a stream of the same process
+//!   has them.
+//!
+//! The service's log (warnings and errors) goes to the file `SERVICE_LOG` names, if set.
 //!
 //! cargo run --release -p conversation-service --example streams_bench -- \
 //!     --service-bin target/release/conversation-service [--streams 2000]
+//!     [--many-streams 100000 --connections 64]
 
 use std::{
     net::TcpListener,
@@ -24,9 +35,16 @@ use chat_proto::v1::{
     stream_conversation_response::Event,
 };
 use clap::Parser;
+use futures::StreamExt;
 use sqlx::{Connection, PgConnection};
-use tonic::{Streaming, transport::Channel};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
 use uuid::Uuid;
+
+mod load;
+
+use load::{Client, Report};
 
 #[derive(Parser)]
 struct Args {
@@ -45,13 +63,33 @@ struct Args {
     /// Messages sent in the fan-out phase.
     #[arg(long, default_value_t = 200)]
     fanout_messages: usize,
+    /// Instead of the idle and fan-out phases: this many streams, and delivery under
+    /// load with all of them open.
+    #[arg(long)]
+    many_streams: Option<usize>,
+    /// HTTP/2 connections the many streams and the senders spread over.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    connections: u16,
+    /// Senders of the delivery under load, one loaded conversation each.
+    #[arg(long, default_value_t = 64)]
+    senders: usize,
+    /// Seconds of the saturation measurement.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Probe messages timed for the delivery latency.
+    #[arg(long, default_value_t = 2000)]
+    deliveries: usize,
+    /// Background send rate, as a fraction of the saturation measured with the streams
+    /// open.
+    #[arg(long, default_value_t = 0.5)]
+    load_fraction: f64,
 }
 
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// Streams per client connection (the service allows 2048 by default).
 const STREAMS_PER_CONNECTION: usize = 1000;
-
-type Client = ConversationServiceClient<Channel>;
+/// The session every conversation is opened for (its anonymous viewer's proof).
+const BENCH_SESSION: &str = "0b6d1c2e-5d0a-4c1e-9d7f-2a9f3c1e8b11";
 
 /// The service process; killed and its database dropped on drop.
 struct Service {
@@ -90,7 +128,10 @@ async fn start(bin: &PathBuf, max_streams: usize) -> anyhow::Result<Service> {
             &metrics.to_string(),
         ])
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(match std::env::var_os("SERVICE_LOG") {
+            Some(path) => Stdio::from(std::fs::File::create(path)?),
+            None => Stdio::null(),
+        })
         .spawn()?;
     let service = Service {
         child,
@@ -126,8 +167,11 @@ async fn drop_database(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A client on a connection of its own.
 async fn connect(addr: &str) -> anyhow::Result<Client> {
-    let channel = Channel::from_shared(addr.to_owned())?.connect().await?;
+    let channel = tonic::transport::Channel::from_shared(addr.to_owned())?
+        .connect()
+        .await?;
     Ok(ConversationServiceClient::new(channel))
 }
 
@@ -145,6 +189,7 @@ async fn create(client: &mut Client) -> anyhow::Result<String> {
         .create_conversation(v1::CreateConversationRequest {
             request_id: Uuid::new_v4().to_string(),
             provider_id: "bench".into(),
+            session_id: BENCH_SESSION.into(),
             ..Default::default()
         })
         .await?
@@ -295,9 +340,320 @@ async fn fanout(args: &Args) -> anyhow::Result<f64> {
     Ok(reads)
 }
 
+/// Open file descriptors of process `pid`.
+fn descriptors(pid: u32) -> anyhow::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// `n` conversations of provider `bench`, written straight into the service's table:
+/// creating a hundred thousand through the API would take longer than the rest of the
+/// phase, and idle streams need nothing but the row. Last active a day ago, as an idle
+/// user's conversation is, so the inbox order has settled them already.
+async fn insert_idle(database: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    let url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+    let mut conn = PgConnection::connect(&url).await?;
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO conversations (id, provider_id, created_at, last_activity_at, inbox_at) \
+         SELECT gen_random_uuid(), 'bench', a, a, a \
+         FROM generate_series(1, $1), (SELECT now() - interval '1 day' AS a) t RETURNING id",
+    )
+    .bind(i64::try_from(n)?)
+    .fetch_all(&mut conn)
+    .await?;
+    Ok(ids.iter().map(Uuid::to_string).collect())
+}
+
+/// Opens a stream of `id` for `viewer` and reads its first event (the snapshot), so the
+/// service has finished opening it.
+async fn open_first(
+    mut client: Client,
+    id: String,
+    viewer: v1::Participant,
+) -> anyhow::Result<Streaming<v1::StreamConversationResponse>> {
+    let open = async {
+        let mut stream = client
+            .stream_conversation(v1::StreamConversationRequest {
+                conversation_id: id,
+                viewer: Some(viewer),
+                after_seq: 0,
+                after_change: None,
+            })
+            .await?
+            .into_inner();
+        match stream.message().await? {
+            Some(_) => Ok(stream),
+            None => anyhow::bail!("stream ended before its first event"),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), open).await?
+}
+
+/// Reads `streams` until `stop`, counting their messages into `received`; returns the
+/// streams that failed.
+async fn drain_all(
+    streams: Vec<Streaming<v1::StreamConversationResponse>>,
+    stop: CancellationToken,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> Vec<String> {
+    use std::sync::atomic::Ordering;
+    let mut all = futures::stream::select_all(streams);
+    let mut failures = Vec::new();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return failures,
+            event = all.next() => match event {
+                Some(Ok(v1::StreamConversationResponse { event: Some(Event::Message(_)), .. })) => {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(status)) => failures.push(format!("stream failed: {status}")),
+                None => return failures,
+            },
+        }
+    }
+}
+
+/// What the many-streams phase measured.
+struct Many {
+    kib_per_stream: f64,
+    delivery_p99_ms: f64,
+}
+
+/// `--many-streams` streams over `--connections` connections: memory per stream, then
+/// delivery under load with all of them open.
+#[allow(clippy::too_many_lines, clippy::cast_precision_loss)]
+async fn many(args: &Args, n: usize) -> anyhow::Result<Many> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+    let senders = args.senders.max(1);
+    anyhow::ensure!(
+        n > 2 * senders + 1,
+        "--many-streams must be more than two viewers per sender and the probe's"
+    );
+    anyhow::ensure!(args.load_fraction > 0.0, "--load-fraction must be above 0");
+    let service = start(&args.service_bin, n).await?;
+    let pid = service.child.id();
+    let connections = usize::from(args.connections);
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        clients.push(connect(&service.addr).await?);
+    }
+    // The senders' conversations and the probe's (the last), created as a client would;
+    // the idle ones written into the table.
+    let loaded = create_many(&clients, senders + 1).await?;
+    let idle = insert_idle(&service.database, n - 2 * senders - 1).await?;
+    let (provider, customer) = (
+        v1::Participant::provider("bench"),
+        v1::Participant::anonymous(BENCH_SESSION),
+    );
+    // Warm up: one stream opened and closed, so first-use allocations are not counted.
+    drop(open_first(clients[0].clone(), idle[0].clone(), provider.clone()).await?);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = rss_kib(pid)?;
+    let fds_before = descriptors(pid)?;
+
+    // Both participants of each sender's conversation, then one viewer of each idle
+    // one, stream i on connection i % connections; the probe's stream last, on its own.
+    let mut viewers = Vec::with_capacity(n);
+    for id in &loaded[..senders] {
+        viewers.push((id.clone(), provider.clone()));
+        viewers.push((id.clone(), customer.clone()));
+    }
+    viewers.extend(idle.iter().map(|id| (id.clone(), provider.clone())));
+    let opening = Instant::now();
+    let mut opened = futures::stream::iter(viewers.into_iter().enumerate())
+        .map(|(i, (id, viewer))| {
+            let client = clients[i % connections].clone();
+            async move { (i % connections, open_first(client, id, viewer).await) }
+        })
+        .buffer_unordered(256);
+    let mut by_connection: Vec<Vec<_>> = (0..connections).map(|_| Vec::new()).collect();
+    let mut open_failures = Vec::new();
+    while let Some((connection, stream)) = opened.next().await {
+        match stream {
+            Ok(stream) => by_connection[connection].push(stream),
+            Err(error) => open_failures.push(error.to_string()),
+        }
+    }
+    drop(opened);
+    let probe_id = loaded[senders].clone();
+    let mut probe = open_first(
+        clients[connections - 1].clone(),
+        probe_id.clone(),
+        customer.clone(),
+    )
+    .await?;
+    let opened_in = opening.elapsed();
+    let stop = CancellationToken::new();
+    let received = Arc::new(AtomicU64::new(0));
+    let mut drains = JoinSet::new();
+    for streams in by_connection {
+        drains.spawn(drain_all(streams, stop.clone(), Arc::clone(&received)));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = rss_kib(pid)?;
+    let fds_after = descriptors(pid)?;
+    let metrics = chat_common::scrape::scrape(service.metrics).await?;
+    let open =
+        chat_common::scrape::sample(&metrics, "chat_streams_open", &[("kind", "conversation")]);
+    let kib_per_stream = rss_after.saturating_sub(rss_before) as f64 / n as f64;
+    println!(
+        "many streams: {n} StreamConversation streams over {connections} connections, opened in {:.1} s \
+         ({} failed; the service counts {open} open): service RSS {rss_before} KiB -> {rss_after} KiB: \
+         {kib_per_stream:.2} KiB per stream; file descriptors {fds_before} -> {fds_after}",
+        opened_in.as_secs_f64(),
+        open_failures.len(),
+    );
+
+    // Saturation with these streams open: the senders closed loop, sender c on its own
+    // conversation over connection c % connections.
+    let conversation = |c: usize| (clients[c % connections].clone(), loaded[c].clone());
+    let mut saturated = {
+        let targets: Vec<_> = (0..senders).map(conversation).collect();
+        let provider = provider.clone();
+        load::drive(
+            "  saturation, these streams open (closed loop)",
+            senders,
+            args.seconds,
+            move |c| {
+                let (mut client, id) = targets[c].clone();
+                let provider = provider.clone();
+                async move {
+                    load::send(&mut client, id, provider, "x".repeat(100)).await?;
+                    Ok(())
+                }
+            },
+        )
+        .await
+    };
+    let saturation = saturated.rate();
+    let rate = saturation * args.load_fraction;
+    anyhow::ensure!(rate > 0.0, "no background rate to run");
+    let sent_at_saturation = saturated.latencies.len() as u64;
+
+    // The background, each sender every senders/rate seconds, their schedules staggered
+    // over one period; then the probes, after a second for the load to settle.
+    let period = Duration::from_secs_f64(senders as f64 / rate);
+    let load_stop = CancellationToken::new();
+    let mut background = JoinSet::new();
+    let load_started = Instant::now();
+    for c in 0..senders {
+        let (client, id) = conversation(c);
+        let first = tokio::time::Instant::now() + period.mul_f64(c as f64 / senders as f64);
+        background.spawn(load::paced_sender(
+            client,
+            id,
+            provider.clone(),
+            (first, period),
+            load_stop.clone(),
+        ));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let probed = Instant::now();
+    let probes = load::probe_deliveries(
+        &mut clients[0].clone(),
+        provider.clone(),
+        (&probe_id, &mut probe),
+        args.deliveries,
+    )
+    .await;
+    let probe_elapsed = probed.elapsed();
+    load_stop.cancel();
+    let load_elapsed = load_started.elapsed();
+    let (mut sent, mut send_errors) = (Vec::new(), Vec::new());
+    while let Some(sender) = background.join_next().await {
+        let (latencies, errors) = sender?;
+        sent.extend(latencies);
+        send_errors.extend(errors);
+    }
+    // Every message sent reaches its conversation's two viewers.
+    let expected = 2 * (sent_at_saturation + sent.len() as u64);
+    let waited = Instant::now();
+    while received.load(Ordering::Relaxed) < expected && waited.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rss_loaded = rss_kib(pid)?;
+    let metrics = chat_common::scrape::scrape(service.metrics).await?;
+    let open_after =
+        chat_common::scrape::sample(&metrics, "chat_streams_open", &[("kind", "conversation")]);
+    stop.cancel();
+    let mut failures = open_failures;
+    while let Some(drained) = drains.join_next().await {
+        failures.extend(drained?);
+    }
+
+    let load::Probes {
+        replies,
+        deliveries,
+        errors: probe_errors,
+    } = probes?;
+    println!(
+        "delivery with them open: background SendMessage paced at {rate:.0} msg/s ({:.0}% of \
+         saturation with these streams, {saturation:.0} msg/s); probes one at a time on one connection, \
+         their stream on another:",
+        args.load_fraction * 100.0,
+    );
+    Report {
+        name: "    SendMessage call -> reply (committed)",
+        latencies: replies,
+        elapsed: probe_elapsed,
+    }
+    .print();
+    let mut delivered = Report {
+        name: "    SendMessage call -> received on the stream",
+        latencies: deliveries,
+        elapsed: probe_elapsed,
+    };
+    delivered.print();
+    saturated.print();
+    Report {
+        name: "  background SendMessage, paced (open loop)",
+        latencies: sent,
+        elapsed: load_elapsed,
+    }
+    .print();
+    println!(
+        "  {} background send errors, {} probe send errors; stream failures {}; viewers got {} of \
+         {expected} messages; the service counts {open_after} streams open after the load; service RSS \
+         then {rss_loaded} KiB",
+        send_errors.len(),
+        probe_errors.len(),
+        failures.len(),
+        received.load(Ordering::Relaxed),
+    );
+    for error in send_errors
+        .iter()
+        .chain(&probe_errors)
+        .chain(&failures)
+        .take(5)
+    {
+        println!("    e.g. {error}");
+    }
+    let delivery_p99_ms = delivered.percentile_ms(0.99);
+    drop(probe);
+    let database = service.database.clone();
+    drop(service);
+    drop_database(&database).await?;
+    Ok(Many {
+        kib_per_stream,
+        delivery_p99_ms,
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(n) = args.many_streams {
+        let many = many(&args, n).await?;
+        println!(
+            "many_streams={n} many_stream_kib={:.2} many_delivery_p99_ms={:.2}",
+            many.kib_per_stream, many.delivery_p99_ms
+        );
+        return Ok(());
+    }
     let per_stream = idle(&args).await?;
     let reads = fanout(&args).await?;
     println!("idle_stream_kib={per_stream:.1} reads_per_message={reads:.2}");

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use chat_proto::v1::{self, conversation_service_server::ConversationService};
 use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -30,7 +29,7 @@ use crate::{
     error::Error,
     realtime::{
         Hub,
-        streams::{self, ConversationDelivery, InboxDelivery, StreamContext},
+        streams::{self, ConversationDelivery, InboxDelivery, Out, StreamContext},
     },
     store::{InboxCursor, ListDirection, Search, SearchKey, SendQueue, Store},
 };
@@ -38,7 +37,7 @@ use crate::{
 const CONVERSATIONS_PAGE: (i64, i64) = (50, 200);
 const MESSAGES_PAGE: (i64, i64) = (50, 500);
 const SEARCH_PAGE: (i64, i64) = (20, 100);
-/// Items buffered between a stream task and the HTTP/2 stream.
+/// Items buffered between StreamEvents' task and the HTTP/2 stream.
 const STREAM_BUFFER: usize = 16;
 
 pub struct ConversationApi {
@@ -456,22 +455,21 @@ impl ConversationService for ConversationApi {
             }
             .into());
         }
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let out = Out::new();
         let presence = self.hub.presence().enter(&viewer);
-        // The stream task logs inside the RPC's span: its lines carry the trace id too.
-        tokio::spawn(
-            streams::conversation_stream(
-                self.streams.clone(),
-                subscription,
-                conversation,
-                viewer,
-                (after_seq, after_change),
-                tx,
-            )
-            .in_current_span(),
-        );
-        ok(Outbound::new(
-            rx,
+        // The stream's logic logs inside the RPC's span: its lines carry the trace id too.
+        let logic = streams::conversation_stream(
+            self.streams.clone(),
+            subscription,
+            conversation,
+            viewer,
+            (after_seq, after_change),
+            out.clone(),
+        )
+        .in_current_span();
+        ok(Outbound::run(
+            Box::pin(logic),
+            out,
             convert::conversation_response,
             &self.streams.shutdown,
             "your last seq",
@@ -501,22 +499,21 @@ impl ConversationService for ConversationApi {
         // Read before the stream is answered, so a client that opens it and then asks
         // GetUnreadSummary misses no change: any after this read is sent on the stream.
         let summary = self.store.unread_summary(&owner).await?;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let out = Out::new();
         let presence = self.hub.presence().enter(&owner);
-        tokio::spawn(
-            streams::inbox_stream(
-                self.streams.clone(),
-                subscription,
-                owner,
-                cursor,
-                summary,
-                resumed,
-                tx,
-            )
-            .in_current_span(),
-        );
-        ok(Outbound::new(
-            rx,
+        let logic = streams::inbox_stream(
+            self.streams.clone(),
+            subscription,
+            owner,
+            cursor,
+            summary,
+            resumed,
+            out.clone(),
+        )
+        .in_current_span();
+        ok(Outbound::run(
+            Box::pin(logic),
+            out,
             convert::inbox_response,
             &self.streams.shutdown,
             "your last cursor",

@@ -1,4 +1,4 @@
-//! What a server stream sends: the deliveries of its task, turned into responses as they
+//! What a server stream sends: the deliveries of its logic, turned into responses as they
 //! leave, until the server shuts down.
 
 use std::{
@@ -12,14 +12,17 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
-use crate::realtime::{presence::PresenceGuard, streams::Item};
+use crate::realtime::{
+    presence::PresenceGuard,
+    streams::{Item, Out},
+};
 
-/// A stream task's items as responses. When the server shuts down: UNAVAILABLE at once,
-/// ahead of anything still buffered, so a client that is behind still learns to resume
+/// A stream's items as responses. When the server shuts down: UNAVAILABLE at once,
+/// ahead of anything not sent yet, so a client that is behind still learns to resume
 /// (it resumes from the last item it got) instead of seeing a clean end after a partial
 /// delivery.
 pub struct Outbound<T, R> {
-    items: ReceiverStream<Item<T>>,
+    items: Source<T>,
     respond: fn(T) -> R,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     resume_from: &'static str,
@@ -28,15 +31,75 @@ pub struct Outbound<T, R> {
     _presence: Option<PresenceGuard>,
 }
 
+type Logic = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+enum Source<T> {
+    /// A task of its own sends the items.
+    Channel(ReceiverStream<Item<T>>),
+    /// The stream's logic, polled here as the client takes items: it hands them over
+    /// through `out` one at a time. `None` once it returned.
+    Logic { logic: Option<Logic>, out: Out<T> },
+}
+
+impl<T> Source<T> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item<T>>> {
+        match self {
+            Self::Channel(items) => items.poll_next_unpin(cx),
+            Self::Logic { logic, out } => {
+                if let Some(running) = logic
+                    && running.as_mut().poll(cx).is_ready()
+                {
+                    *logic = None;
+                }
+                match (out.take(), logic) {
+                    (Some(item), _) => Poll::Ready(Some(item)),
+                    (None, None) => Poll::Ready(None),
+                    (None, Some(_)) => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
 impl<T, R> Outbound<T, R> {
+    /// The items a task sends on `items`.
     pub fn new(
         items: mpsc::Receiver<Item<T>>,
         respond: fn(T) -> R,
         shutdown: &CancellationToken,
         resume_from: &'static str,
     ) -> Self {
+        Self::from_source(
+            Source::Channel(ReceiverStream::new(items)),
+            respond,
+            shutdown,
+            resume_from,
+        )
+    }
+
+    /// The items `logic` hands to `out`; `logic` runs as the response body is polled.
+    pub fn run(
+        logic: Logic,
+        out: Out<T>,
+        respond: fn(T) -> R,
+        shutdown: &CancellationToken,
+        resume_from: &'static str,
+    ) -> Self {
+        let items = Source::Logic {
+            logic: Some(logic),
+            out,
+        };
+        Self::from_source(items, respond, shutdown, resume_from)
+    }
+
+    fn from_source(
+        items: Source<T>,
+        respond: fn(T) -> R,
+        shutdown: &CancellationToken,
+        resume_from: &'static str,
+    ) -> Self {
         Self {
-            items: ReceiverStream::new(items),
+            items,
             respond,
             shutdown: Box::pin(shutdown.clone().cancelled_owned()),
             resume_from,
@@ -67,7 +130,7 @@ impl<T, R> Stream for Outbound<T, R> {
         }
         let respond = self.respond;
         self.items
-            .poll_next_unpin(cx)
+            .poll_next(cx)
             .map(|item| item.map(|item| (*item).map(respond)))
     }
 }

@@ -3,14 +3,14 @@
 //! catches up from the table instead, so a slow consumer never grows memory.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::feed::{Feed, ReadCounts};
@@ -58,15 +58,56 @@ pub enum Wake {
     Resync,
 }
 
-struct Entry {
-    wakes: mpsc::Sender<Wake>,
-    lagged: Arc<AtomicBool>,
+/// One stream's bounded queue of wake-ups, shared by its hub entry and its subscription.
+/// It holds no buffer until a wake-up arrives: most streams are idle, and a channel would
+/// allocate a block of slots for each of them up front.
+#[derive(Default)]
+struct Wakes {
+    queue: Mutex<VecDeque<Wake>>,
+    /// A wake-up found the queue full since the stream last looked.
+    lagged: AtomicBool,
+    /// Signalled after each wake-up queued.
+    queued: Notify,
+}
+
+/// What a queue keeps when it empties: enough for a few wake-ups at a time without
+/// allocating each time, without holding on to what a burst needed.
+const WAKES_KEPT: usize = 8;
+
+impl Wakes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Wake>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `wake`, or marks the stream lagging when `capacity` are queued already.
+    fn offer(&self, wake: Wake, capacity: usize) {
+        let mut queue = self.lock();
+        if queue.len() >= capacity {
+            drop(queue);
+            if !self.lagged.swap(true, Ordering::AcqRel) {
+                crate::metrics::stream_lagged();
+            }
+            return;
+        }
+        queue.push_back(wake);
+        drop(queue);
+        self.queued.notify_one();
+    }
+
+    fn pop(&self) -> Option<Wake> {
+        let mut queue = self.lock();
+        let wake = queue.pop_front();
+        if queue.is_empty() && queue.capacity() > WAKES_KEPT {
+            queue.shrink_to(WAKES_KEPT);
+        }
+        wake
+    }
 }
 
 /// The streams of one key, and (for a conversation) the feed they share.
 #[derive(Default)]
 struct Group {
-    entries: HashMap<u64, Entry>,
+    entries: HashMap<u64, Arc<Wakes>>,
     feed: Arc<Feed>,
 }
 
@@ -138,8 +179,7 @@ pub struct Subscription {
     hub: Arc<Hub>,
     key: Key,
     id: u64,
-    pub wakes: mpsc::Receiver<Wake>,
-    lagged: Arc<AtomicBool>,
+    wakes: Arc<Wakes>,
     /// Shared by every stream of the same conversation in this process.
     pub feed: Arc<Feed>,
 }
@@ -147,11 +187,27 @@ pub struct Subscription {
 impl Subscription {
     /// Whether wake-ups were dropped since the last call (the stream must catch up).
     pub fn take_lagged(&self) -> bool {
-        let lagged = self.lagged.swap(false, Ordering::AcqRel);
+        let lagged = self.wakes.lagged.swap(false, Ordering::AcqRel);
         if lagged {
             crate::metrics::streams_resynced("lagged", 1);
         }
         lagged
+    }
+
+    /// The next wake-up, oldest first. Cancel-safe: a wake-up is taken only when returned.
+    pub async fn recv(&self) -> Wake {
+        loop {
+            if let Some(wake) = self.wakes.pop() {
+                return wake;
+            }
+            // A wake-up queued after the pop above left a permit, so this returns.
+            self.wakes.queued.notified().await;
+        }
+    }
+
+    /// The next wake-up if one is queued.
+    pub fn try_recv(&self) -> Option<Wake> {
+        self.wakes.pop()
     }
 }
 
@@ -281,21 +337,14 @@ impl Hub {
                 max: self.max_streams,
             });
         }
-        let (tx, wakes) = mpsc::channel(self.queue);
-        let lagged = Arc::new(AtomicBool::new(false));
+        let wakes = Arc::new(Wakes::default());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut map = self
             .subscribers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let group = map.entry(key.clone()).or_default();
-        group.entries.insert(
-            id,
-            Entry {
-                wakes: tx,
-                lagged: Arc::clone(&lagged),
-            },
-        );
+        group.entries.insert(id, Arc::clone(&wakes));
         let feed = Arc::clone(&group.feed);
         drop(map);
         Ok(Subscription {
@@ -303,7 +352,6 @@ impl Hub {
             key,
             id,
             wakes,
-            lagged,
             feed,
         })
     }
@@ -349,23 +397,23 @@ impl Hub {
         }
         for (key, wake) in deliveries {
             if let Some(group) = map.get(&key) {
-                for entry in group.entries.values() {
-                    offer(entry, wake.clone());
+                for wakes in group.entries.values() {
+                    wakes.offer(wake.clone(), self.queue);
                 }
             }
         }
         for key in inboxes {
             if let Some(group) = map.get(&key) {
-                for entry in group.entries.values() {
-                    offer(entry, Wake::InboxTouched);
+                for wakes in group.entries.values() {
+                    wakes.offer(Wake::InboxTouched, self.queue);
                 }
             }
         }
         if let Some(key) = summary
             && let Some(group) = map.get(&key)
         {
-            for entry in group.entries.values() {
-                offer(entry, Wake::Summary);
+            for wakes in group.entries.values() {
+                wakes.offer(Wake::Summary, self.queue);
             }
         }
     }
@@ -420,8 +468,8 @@ impl Hub {
             .unwrap_or_else(PoisonError::into_inner);
         for (key, wake) in deliveries {
             if let Some(group) = map.get(&key) {
-                for entry in group.entries.values() {
-                    offer(entry, wake.clone());
+                for wakes in group.entries.values() {
+                    wakes.offer(wake.clone(), self.queue);
                 }
             }
         }
@@ -434,8 +482,8 @@ impl Hub {
             .subscribers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        for entry in map.values().flat_map(|group| group.entries.values()) {
-            offer(entry, Wake::Resync);
+        for wakes in map.values().flat_map(|group| group.entries.values()) {
+            wakes.offer(Wake::Resync, self.queue);
         }
         let streams = map.values().map(|group| group.entries.len() as u64).sum();
         crate::metrics::streams_resynced("listener", streams);
@@ -559,14 +607,6 @@ impl Routes {
     }
 }
 
-fn offer(entry: &Entry, wake: Wake) {
-    if let Err(mpsc::error::TrySendError::Full(_)) = entry.wakes.try_send(wake)
-        && !entry.lagged.swap(true, Ordering::AcqRel)
-    {
-        crate::metrics::stream_lagged();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,23 +628,23 @@ mod tests {
     fn full_queue_marks_lagging_instead_of_growing() {
         let hub = Hub::new(10, 2);
         let id = Uuid::now_v7();
-        let mut sub = hub.subscribe_conversation(id).unwrap();
+        let sub = hub.subscribe_conversation(id).unwrap();
         for s in 1..=5 {
             hub.dispatch(messages(id, s));
         }
         assert!(sub.take_lagged());
         assert!(!sub.take_lagged());
-        assert_eq!(sub.wakes.try_recv().ok(), Some(Wake::Messages { head: 1 }));
-        assert_eq!(sub.wakes.try_recv().ok(), Some(Wake::Messages { head: 2 }));
-        assert!(sub.wakes.try_recv().is_err());
+        assert_eq!(sub.try_recv(), Some(Wake::Messages { head: 1 }));
+        assert_eq!(sub.try_recv(), Some(Wake::Messages { head: 2 }));
+        assert!(sub.try_recv().is_none());
     }
 
     #[test]
     fn a_change_wakes_its_conversation_and_inboxes_and_a_deletion_empties_the_feed() {
         let hub = Hub::new(10, 8);
         let id = Uuid::now_v7();
-        let mut sub = hub.subscribe_conversation(id).unwrap();
-        let mut inbox = hub
+        let sub = hub.subscribe_conversation(id).unwrap();
+        let inbox = hub
             .subscribe_inbox(&Participant::stored(Role::Provider, "p1".into()))
             .unwrap();
         let routes = route(Notice::Changed {
@@ -622,11 +662,8 @@ mod tests {
             provider_id: "p1".into(),
             customer_id: None,
         });
-        assert_eq!(
-            sub.wakes.try_recv().ok(),
-            Some(Wake::Changed { change_seq: 3 })
-        );
-        assert_eq!(inbox.wakes.try_recv().ok(), Some(Wake::InboxTouched));
+        assert_eq!(sub.try_recv(), Some(Wake::Changed { change_seq: 3 }));
+        assert_eq!(inbox.try_recv(), Some(Wake::InboxTouched));
     }
 
     #[test]
@@ -645,24 +682,24 @@ mod tests {
     #[test]
     fn inbox_gets_messages_of_its_provider_only() {
         let hub = Hub::new(10, 8);
-        let mut mine = hub
+        let mine = hub
             .subscribe_inbox(&Participant::stored(Role::Provider, "p1".into()))
             .unwrap();
-        let mut other = hub
+        let other = hub
             .subscribe_inbox(&Participant::stored(Role::Provider, "p2".into()))
             .unwrap();
         hub.dispatch(messages(Uuid::now_v7(), 1));
-        assert!(mine.wakes.try_recv().is_ok());
-        assert!(other.wakes.try_recv().is_err());
+        assert!(mine.try_recv().is_some());
+        assert!(other.try_recv().is_none());
     }
 
     #[test]
     fn a_read_wakes_the_readers_inbox_for_its_summary_only() {
         let hub = Hub::new(10, 8);
-        let mut reader = hub
+        let reader = hub
             .subscribe_inbox(&Participant::stored(Role::Customer, "c1".into()))
             .unwrap();
-        let mut provider = hub
+        let provider = hub
             .subscribe_inbox(&Participant::stored(Role::Provider, "p1".into()))
             .unwrap();
         let read = |id: &str| Notice::Read {
@@ -673,8 +710,8 @@ mod tests {
         };
         hub.dispatch(read("c1"));
         hub.dispatch(read(""));
-        assert_eq!(reader.wakes.try_recv().ok(), Some(Wake::Summary));
-        assert!(reader.wakes.try_recv().is_err());
-        assert!(provider.wakes.try_recv().is_err());
+        assert_eq!(reader.try_recv(), Some(Wake::Summary));
+        assert!(reader.try_recv().is_none());
+        assert!(provider.try_recv().is_none());
     }
 }

@@ -1,11 +1,18 @@
-//! The task behind each open stream: replay from the table, then follow wake-ups, and
-//! fall back to the table whenever a wake-up was lost (lagging, listener reconnect).
+//! The logic behind each open stream: replay from the table, then follow wake-ups, and
+//! fall back to the table whenever a wake-up was lost (lagging, listener reconnect). It
+//! runs inside the stream's response body (see [`Out`]).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use tokio::{
-    sync::{Semaphore, SemaphorePermit, mpsc},
+    sync::{Semaphore, SemaphorePermit},
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
@@ -52,11 +59,74 @@ impl StreamContext {
     }
 }
 
-/// One item between a stream task and its HTTP/2 stream, boxed: the channel allocates
+/// One item between a stream's logic and its HTTP/2 stream, boxed: a channel allocates
 /// its slots 32 at a time whatever its capacity, and an unboxed item (a snapshot holds a
-/// whole conversation) would make that about 15 KiB per idle stream. An error is made a
-/// status in the task, so an internal one is logged inside the RPC's span.
+/// whole conversation) would make that about 15 KiB per idle stream; a future holding one
+/// would be as large as the largest. An error is made a status in the logic, so an
+/// internal one is logged inside the RPC's span.
 pub type Item<T> = Box<Result<T, Status>>;
+
+/// Where a stream's logic hands its items to the response body, one at a time. The logic
+/// is no task of its own: the body polls it whenever the client can take more
+/// (`grpc::outbound`), so an open stream costs neither a task nor a queue, and a stream
+/// whose client is behind waits in [`Out::put`] with its state as it is.
+pub struct Out<T>(Arc<Mutex<Option<Item<T>>>>);
+
+impl<T> Out<T> {
+    pub fn new() -> Self {
+        Self(Arc::new(Mutex::new(None)))
+    }
+
+    /// The item handed over, if any (the body's side).
+    pub fn take(&self) -> Option<Item<T>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    /// Hands `item` over; ready once the body has taken it.
+    fn put(&self, item: Item<T>) -> Put<'_, T> {
+        Put {
+            out: self,
+            item: Some(item),
+        }
+    }
+}
+
+impl<T> Default for Out<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Clone for Out<T> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+/// [`Out::put`]'s future. It needs no waker: only the body polls the logic, and the body
+/// takes the item as soon as the logic returns, then polls it again when it wants more.
+struct Put<'a, T> {
+    out: &'a Out<T>,
+    item: Option<Item<T>>,
+}
+
+impl<T> Future for Put<'_, T> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        let mut slot = self.out.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_some() {
+            return Poll::Pending;
+        }
+        match self.item.take() {
+            Some(item) => {
+                *slot = Some(item);
+                Poll::Pending
+            }
+            None => Poll::Ready(()),
+        }
+    }
+}
 
 /// What a conversation stream delivers, as domain values: the gRPC side turns each into
 /// its response as it sends it.
@@ -134,31 +204,29 @@ pub enum InboxEvent {
     Heartbeat(DateTime<Utc>),
 }
 
-/// Why a stream task stopped early: the client left, or it was told why.
+/// Why a stream's logic stopped early: the server is shutting down, or the client was
+/// told why. (When the client leaves, the logic is dropped with the response body.)
 struct Stop;
 
-/// Sends one item, unless the client left or the server is shutting down.
-async fn emit<T>(
-    out: &mpsc::Sender<Item<T>>,
-    item: Result<T, Status>,
-    shutdown: &CancellationToken,
-) -> Result<(), Stop> {
+/// Sends one item, unless the client left or the server is shutting down. Boxed by the
+/// caller: a future that holds an item unboxed is as large as the largest item.
+async fn emit<T>(out: &Out<T>, item: Item<T>, shutdown: &CancellationToken) -> Result<(), Stop> {
     tokio::select! {
-        sent = out.send(Box::new(item)) => sent.map_err(|_| Stop),
+        () = out.put(item) => Ok(()),
         () = shutdown.cancelled() => Err(Stop),
     }
 }
 
-/// StreamConversation's task. `conversation` was read after `subscription` was taken, so
+/// StreamConversation's logic. `conversation` was read after `subscription` was taken, so
 /// nothing committed in between is missed.
-pub async fn conversation_stream(
+pub fn conversation_stream(
     ctx: StreamContext,
     mut subscription: Subscription,
     conversation: ConversationRow,
     viewer: Participant,
     (after_seq, after_change): (i64, Option<i64>),
-    out: mpsc::Sender<Item<ConversationDelivery>>,
-) {
+    out: Out<ConversationDelivery>,
+) -> impl Future<Output = ()> {
     let mut stream = ConversationStream {
         ctx,
         out,
@@ -170,14 +238,27 @@ pub async fn conversation_stream(
         shown: Shown::default(),
         presence: None,
     };
-    let _ = stream
-        .run(&mut subscription, conversation, after_change)
-        .await;
+    // The future keeps room only for following wake-ups: the row is boxed until the
+    // opening reads are done, and they (as everything a wake-up does) are a boxed future
+    // of their own, so a stream is not the size of the largest read it ever makes.
+    let conversation = Box::new(conversation);
+    async move {
+        let opening = {
+            // Moved here so that the box is freed when the row leaves it, not when the
+            // stream ends (a box moved out of lives as long as its variable).
+            let conversation = conversation;
+            stream.open(*conversation, after_change)
+        };
+        let opened = Box::pin(opening).await;
+        if opened.is_ok() {
+            let _ = stream.follow(&mut subscription).await;
+        }
+    }
 }
 
 struct ConversationStream {
     ctx: StreamContext,
-    out: mpsc::Sender<Item<ConversationDelivery>>,
+    out: Out<ConversationDelivery>,
     id: uuid::Uuid,
     viewer: Participant,
     /// Highest seq delivered.
@@ -225,13 +306,18 @@ impl Shown {
 }
 
 impl ConversationStream {
-    async fn send(&self, event: ConversationEvent, replayed: bool) -> Result<(), Stop> {
-        let delivery = ConversationDelivery { event, replayed };
-        emit(&self.out, Ok(delivery), &self.ctx.shutdown).await
+    /// Not an async fn, so that the event is boxed before the future holds it.
+    fn send(
+        &self,
+        event: ConversationEvent,
+        replayed: bool,
+    ) -> impl Future<Output = Result<(), Stop>> + '_ {
+        let delivery = Box::new(Ok(ConversationDelivery { event, replayed }));
+        emit(&self.out, delivery, &self.ctx.shutdown)
     }
 
     async fn fail(&self, error: Error) -> Stop {
-        let _ = emit(&self.out, Err(error.into()), &self.ctx.shutdown).await;
+        let _ = emit(&self.out, Box::new(Err(error.into())), &self.ctx.shutdown).await;
         Stop
     }
 
@@ -282,9 +368,10 @@ impl ConversationStream {
         self.presence = Some(watch);
     }
 
-    async fn run(
+    /// The snapshot, then what the client missed: the messages after its `after_seq` and
+    /// the changes after its `after_change`.
+    async fn open(
         &mut self,
-        subscription: &mut Subscription,
         conversation: ConversationRow,
         after_change: Option<i64>,
     ) -> Result<(), Stop> {
@@ -305,25 +392,30 @@ impl ConversationStream {
             self.send(ConversationEvent::ChangePosition(changes), true)
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Follows wake-ups (and sends heartbeats) until the client leaves or the server
+    /// shuts down.
+    async fn follow(&mut self, subscription: &mut Subscription) -> Result<(), Stop> {
         let feed = Arc::clone(&subscription.feed);
         let period = self.ctx.heartbeat;
         let mut next_heartbeat = Instant::now() + period;
         loop {
             if subscription.take_lagged() {
-                self.resync(subscription).await?;
+                Box::pin(self.resync(subscription)).await?;
             }
             let wake = tokio::select! {
                 // The UNAVAILABLE that ends the stream comes from `Outbound`.
                 () = self.ctx.shutdown.cancelled() => return Err(Stop),
-                () = self.out.closed() => return Err(Stop),
                 () = tokio::time::sleep_until(next_heartbeat) => {
                     self.send(ConversationEvent::Heartbeat(Utc::now()), false).await?;
                     next_heartbeat = Instant::now() + period;
                     continue;
                 }
-                wake = subscription.wakes.recv() => wake.ok_or(Stop)?,
+                wake = subscription.recv() => wake,
             };
-            if self.on_wake(wake, subscription, &feed).await? {
+            if Box::pin(self.on_wake(wake, subscription, &feed)).await? {
                 next_heartbeat = Instant::now() + period;
             }
         }
@@ -441,7 +533,7 @@ impl ConversationStream {
     /// newer committed after the wake-ups were drained, so its wake-up is queued).
     async fn resync(&mut self, subscription: &mut Subscription) -> Result<(), Stop> {
         // Whatever was queued so far is covered by the snapshot read below.
-        while subscription.wakes.try_recv().is_ok() {}
+        while subscription.try_recv().is_some() {}
         subscription.take_lagged();
         let permit = self.ctx.paced().await;
         let conversation = self.current().await?;
@@ -547,7 +639,7 @@ impl ConversationStream {
             let page = match page {
                 Ok(page) => page,
                 Err(error) => {
-                    let _ = emit(&self.out, Err(error.into()), &self.ctx.shutdown).await;
+                    let _ = emit(&self.out, Box::new(Err(error.into())), &self.ctx.shutdown).await;
                     return Err(Stop);
                 }
             };
@@ -577,17 +669,18 @@ impl ConversationStream {
     }
 }
 
-/// StreamInbox's task, from `cursor` and the owner's unread `summary` (both read after
+/// StreamInbox's logic, from `cursor` and the owner's unread `summary` (both read after
 /// `subscription` was taken, so every change after them wakes it).
-pub async fn inbox_stream(
+pub fn inbox_stream(
     ctx: StreamContext,
     mut subscription: Subscription,
     owner: Participant,
     cursor: InboxCursor,
     summary: UnreadSummary,
     resumed: bool,
-    out: mpsc::Sender<Item<InboxDelivery>>,
-) {
+    out: Out<InboxDelivery>,
+) -> impl Future<Output = ()> {
+    // Built before the future, which would otherwise keep its arguments' copies.
     let mut stream = InboxStream {
         ctx,
         out,
@@ -599,12 +692,14 @@ pub async fn inbox_stream(
             next: Instant::now(),
         },
     };
-    let _ = stream.run(&mut subscription, resumed).await;
+    async move {
+        let _ = stream.run(&mut subscription, resumed).await;
+    }
 }
 
 struct InboxStream {
     ctx: StreamContext,
-    out: mpsc::Sender<Item<InboxDelivery>>,
+    out: Out<InboxDelivery>,
     owner: Participant,
     cursor: InboxCursor,
     summary: Summary,
@@ -623,39 +718,40 @@ struct Summary {
 }
 
 impl InboxStream {
+    /// Reads and delivers are boxed: the future then keeps room only for waiting, not for
+    /// the largest read it ever makes (most streams are idle most of the time).
     async fn run(&mut self, subscription: &mut Subscription, resumed: bool) -> Result<(), Stop> {
         if resumed {
-            self.deliver(true).await?;
+            Box::pin(self.deliver(true)).await?;
         }
         let period = self.ctx.heartbeat;
         let mut next_heartbeat = Instant::now() + period;
         loop {
             if subscription.take_lagged() {
-                self.deliver(true).await?;
+                Box::pin(self.deliver(true)).await?;
                 self.summary.due = true;
             }
             let summary_at = self.summary.next;
             let wake = tokio::select! {
                 // The UNAVAILABLE that ends the stream comes from `Outbound`.
                 () = self.ctx.shutdown.cancelled() => return Err(Stop),
-                () = self.out.closed() => return Err(Stop),
                 () = tokio::time::sleep_until(next_heartbeat) => {
                     let heartbeat = InboxDelivery {
                         event: InboxEvent::Heartbeat(Utc::now()),
                         cursor: self.cursor.encode(),
                         replayed: false,
                     };
-                    emit(&self.out, Ok(heartbeat), &self.ctx.shutdown).await?;
+                    emit(&self.out, Box::new(Ok(heartbeat)), &self.ctx.shutdown).await?;
                     next_heartbeat = Instant::now() + period;
                     continue;
                 }
                 () = tokio::time::sleep_until(summary_at), if self.summary.due => {
-                    if self.send_summary().await? {
+                    if Box::pin(self.send_summary()).await? {
                         next_heartbeat = Instant::now() + period;
                     }
                     continue;
                 }
-                wake = subscription.wakes.recv() => wake.ok_or(Stop)?,
+                wake = subscription.recv() => wake,
             };
             // One read of the table answers every wake-up queued so far; presence
             // changes are not in the table's order and go out after it.
@@ -674,18 +770,18 @@ impl InboxStream {
                         replayed |= wake == Wake::Resync;
                     }
                 }
-                next = subscription.wakes.try_recv().ok();
+                next = subscription.try_recv();
             }
             // Whatever woke it (an item, a read, a resync) may have moved the summary.
             if items || other {
                 self.summary.due = true;
             }
             if items {
-                self.deliver(replayed).await?;
+                Box::pin(self.deliver(replayed)).await?;
                 next_heartbeat = Instant::now() + period;
             }
             for (participant, online) in presence {
-                self.presence_changed(participant, online).await?;
+                Box::pin(self.presence_changed(participant, online)).await?;
                 next_heartbeat = Instant::now() + period;
             }
         }
@@ -705,7 +801,7 @@ impl InboxStream {
                 Ok(true) => {}
                 Ok(false) => return Ok(()),
                 Err(error) => {
-                    let _ = emit(&self.out, Err(error.into()), &self.ctx.shutdown).await;
+                    let _ = emit(&self.out, Box::new(Err(error.into())), &self.ctx.shutdown).await;
                     return Err(Stop);
                 }
             }
@@ -718,7 +814,7 @@ impl InboxStream {
             cursor: self.cursor.encode(),
             replayed: false,
         };
-        emit(&self.out, Ok(delivery), &self.ctx.shutdown).await
+        emit(&self.out, Box::new(Ok(delivery)), &self.ctx.shutdown).await
     }
 
     /// Reads the owner's unread summary and sends it if it changed; `true` when sent.
@@ -728,7 +824,7 @@ impl InboxStream {
         let summary = match self.ctx.store.unread_summary(&self.owner).await {
             Ok(summary) => summary,
             Err(error) => {
-                let _ = emit(&self.out, Err(error.into()), &self.ctx.shutdown).await;
+                let _ = emit(&self.out, Box::new(Err(error.into())), &self.ctx.shutdown).await;
                 return Err(Stop);
             }
         };
@@ -741,7 +837,7 @@ impl InboxStream {
             cursor: self.cursor.encode(),
             replayed: false,
         };
-        emit(&self.out, Ok(delivery), &self.ctx.shutdown).await?;
+        emit(&self.out, Box::new(Ok(delivery)), &self.ctx.shutdown).await?;
         Ok(true)
     }
 
@@ -765,7 +861,7 @@ impl InboxStream {
             let window = match window {
                 Ok(window) => window,
                 Err(error) => {
-                    let _ = emit(&self.out, Err(error.into()), &self.ctx.shutdown).await;
+                    let _ = emit(&self.out, Box::new(Err(error.into())), &self.ctx.shutdown).await;
                     return Err(Stop);
                 }
             };
@@ -776,7 +872,7 @@ impl InboxStream {
                     cursor: cursor.encode(),
                     replayed,
                 };
-                emit(&self.out, Ok(delivery), &self.ctx.shutdown).await?;
+                emit(&self.out, Box::new(Ok(delivery)), &self.ctx.shutdown).await?;
                 self.cursor = cursor;
             }
             self.cursor = window.next;
@@ -784,5 +880,35 @@ impl InboxStream {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, C, D, E, F, Fut>(_: impl FnOnce(A, B, C, D, E, F) -> Fut) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    fn future_size_7<A, B, C, D, E, F, G, Fut>(
+        _: impl FnOnce(A, B, C, D, E, F, G) -> Fut,
+    ) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// A stream's logic lives as long as its stream, idle or not: what it does on a
+    /// wake-up must not make every stream larger (a test build's sizes, larger than a
+    /// release build's).
+    #[test]
+    fn stream_logic_keeps_room_only_for_waiting() {
+        let conversation = future_size(conversation_stream);
+        let inbox = future_size_7(inbox_stream);
+        assert!(
+            conversation <= 1280,
+            "conversation stream: {conversation} bytes"
+        );
+        assert!(inbox <= 1280, "inbox stream: {inbox} bytes");
     }
 }
