@@ -44,11 +44,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use chat_common::testing::cpu;
 use chat_proto::v1::{
     self, conversation_service_client::ConversationServiceClient,
     stream_conversation_response::Event,
 };
-use chat_common::testing::cpu;
 use clap::Parser;
 use conversation_service::{config::Config, startup::Application};
 use futures::StreamExt;
@@ -341,7 +341,11 @@ async fn run() -> anyhow::Result<()> {
 async fn loaded_sends(args: &Args, url: &str) -> anyhow::Result<f64> {
     let replica = start(url).await?;
     let ids = create_conversations(&replica.client, args.conversations).await?;
-    let senders = Arc::new(senders(&[replica.addr], args.clients, args.connections.into())?);
+    let senders = Arc::new(senders(
+        &[replica.addr],
+        args.clients,
+        args.connections.into(),
+    )?);
     let mut report = closed_loop_sends(
         "SendMessage on the loaded database (gRPC)",
         args,
@@ -387,7 +391,10 @@ async fn own_process(args: &Args, bin: &PathBuf) -> anyhow::Result<()> {
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     };
-    println!("own process: the service as its own OS process, {} senders:", args.clients);
+    println!(
+        "own process: the service as its own OS process, {} senders:",
+        args.clients
+    );
     for (name, connections) in [
         ("SendMessage, own process, 4 connections", 4),
         ("SendMessage, own process, 1 connection each", args.clients),
@@ -409,7 +416,6 @@ async fn own_process(args: &Args, bin: &PathBuf) -> anyhow::Result<()> {
     drop(process);
     Ok(())
 }
-
 
 /// EditMessage and DeleteMessage, each closed-loop for `--seconds` by the senders (one
 /// conversation each, as in the service phase). Edits rewrite one message of the

@@ -58,7 +58,10 @@ async fn cpu_seconds(database: &str) -> (f64, f64) {
             .unwrap_or_default(),
         Err(_) => Vec::new(),
     };
-    let postgres = backends.iter().map(|pid| process_seconds(&pid.to_string())).sum();
+    let postgres = backends
+        .iter()
+        .map(|pid| process_seconds(&pid.to_string()))
+        .sum();
     (process_seconds("self"), postgres)
 }
 
