@@ -54,6 +54,7 @@ mod updates;
 
 pub use batcher::SendQueue;
 pub use changes::{ChangeKind, ChangeRow};
+pub use conversations::{CUSTOMER_WALK, List, ListStep, list_sql};
 pub use events::{FeedEvent, FeedPage, FeedPayload};
 pub use handle::Store;
 pub use inbox::{InboxCursor, InboxItem, InboxWindow, Snapshot, window_sql};

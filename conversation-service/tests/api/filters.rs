@@ -2,10 +2,15 @@
 //! bound to them.
 
 use chat_proto::v1;
+use conversation_service::{
+    domain::{ConversationFilter, Participant, Role},
+    store::{CUSTOMER_WALK, List, ListStep, list_sql},
+};
 use tonic::Code;
+use uuid::Uuid;
 
 use crate::helpers::{
-    Client, bad_field, create, customer, new_provider, provider, send, spawn_app,
+    Client, TestApp, bad_field, create, customer, new_provider, provider, send, spawn_app,
 };
 
 fn request(owner: &str) -> v1::ListConversationsRequest {
@@ -227,5 +232,162 @@ async fn bad_filters_are_invalid_arguments() {
             (status.code(), bad_field(&status).as_str()),
             (Code::InvalidArgument, field)
         );
+    }
+}
+
+/// 32,000 conversations without messages: `prov-big` owns 4,000 (a few Lovelaces, most of
+/// them among the 41 active since the inbox order's last settling; 1 in 5 a Hopper; no
+/// Thompson), the rest are 100 small owners' (a third Lovelaces, 1 in 7 Thompsons).
+/// Activity times repeat every 5,000 conversations, so the order meets ties. Fewer, and
+/// the planner rightly reads and sorts all of `prov-big`'s rather than walk an index.
+const LOAD: &str = "
+INSERT INTO conversations (id, provider_id, head_seq, created_at, last_activity_at, inbox_at,
+                           customer_name, customer_email, customer_phone)
+SELECT md5('c' || i)::uuid,
+       CASE WHEN i % 8 = 0 THEN 'prov-big' ELSE 'prov-small-' || (i % 100) END,
+       0, t.last - interval '1 day', t.last, t.last,
+       CASE WHEN i % 8 <> 0 AND i % 3 = 0 THEN 'Ada Lovelace ' || i
+            WHEN i % 8 <> 0 AND i % 7 = 0 THEN 'Ken Thompson ' || i
+            WHEN i % 8 <> 0 THEN 'Edsger Dijkstra ' || i
+            WHEN i IN (8000, 20008, 31992) OR i % 97 = 0 THEN 'Ada Lovelace'
+            WHEN i % 5 = 1 THEN 'Grace Hopper ' || i
+            ELSE 'Alan Turing ' || i END,
+       'customer' || i || '@example.com', '+44 ' || i
+  FROM generate_series(1, 32000) AS i,
+       -- A few are active in the future: after the settled part, for the whole test.
+       LATERAL (SELECT CASE WHEN i % 97 = 0 THEN timestamptz '2099-01-01 00:00:00+00'
+                            ELSE timestamptz '2026-12-01 00:00:00+00' END
+                       - ((i * 7) % 5000) * interval '1 second' AS last) AS t;
+ANALYZE conversations;
+";
+
+/// A customer_query of a big owner reads at most a bounded walk of its list, then (when
+/// that walk found less than a page) the trigram index's matches, never the whole list;
+/// every page holds what a full read and sort would, in order, ties included.
+#[tokio::test]
+async fn a_customer_query_reads_a_bounded_walk_then_the_matches_and_pages_stay_exact() {
+    let mut app = spawn_app().await;
+    let mut db = app.db().await;
+    sqlx::raw_sql(LOAD).execute(&mut db).await.unwrap();
+
+    for (owner, text) in [
+        // Rare: the walk finds the recent ones, the matches the rest.
+        ("prov-big", "Lovelace"),
+        // Common: every page comes from the walk.
+        ("prov-big", "Hopper"),
+        ("prov-big", "Thompson"),
+        ("prov-small-8", "Lovelace"),
+        ("prov-small-8", "Thompson"),
+        ("prov-small-8", "example.com"),
+    ] {
+        for page_size in [7, 50] {
+            let mut request = v1::ListConversationsRequest {
+                customer_query: text.into(),
+                page_size,
+                ..request(owner)
+            };
+            let mut got = Vec::new();
+            loop {
+                let page = app
+                    .client
+                    .list_conversations(request.clone())
+                    .await
+                    .unwrap()
+                    .into_inner();
+                got.extend(page.conversations.into_iter().map(|c| c.conversation_id));
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                request.page_token = page.next_page_token;
+            }
+            let want: Vec<String> = sqlx::query_scalar::<_, Uuid>(
+                "SELECT id FROM conversations WHERE provider_id = $1 \
+                 AND (customer_name || ' ' || customer_email || ' ' || customer_phone) \
+                     ILIKE '%' || $2 || '%' \
+                 ORDER BY last_activity_at DESC, id DESC",
+            )
+            .bind(owner)
+            .bind(text)
+            .fetch_all(&mut db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|id| id.to_string())
+            .collect();
+            assert_eq!(got, want, "{owner} {text} {page_size}");
+        }
+    }
+
+    // No match in a big owner's list: the walk stops at its bound, and the matches come
+    // from the trigram index, not from the owner's 4,000.
+    let (through,): (chrono::DateTime<chrono::Utc>,) =
+        sqlx::query_as("SELECT through FROM inbox_settled")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    let walk = explain(&app, ListStep::Walk, "prov-big", "Thompson", through).await;
+    let read = rows_read(&walk);
+    assert!(
+        read <= 2 * CUSTOMER_WALK as u64,
+        "the walk read {read} rows: {walk}"
+    );
+    let matches = explain(&app, ListStep::Matches, "prov-big", "Thompson", through).await;
+    let read = rows_read(&matches);
+    assert!(read < 100, "the matches read {read} rows: {matches}");
+    assert!(
+        matches
+            .to_string()
+            .contains("conversations_provider_customer_text_idx"),
+        "the matches do not come from the trigram index: {matches}"
+    );
+}
+
+/// `EXPLAIN (ANALYZE, FORMAT JSON)` of one step of `owner`'s first page of 50 for `text`,
+/// as the service runs it.
+async fn explain(
+    app: &TestApp,
+    step: ListStep,
+    owner: &str,
+    text: &str,
+    settled: chrono::DateTime<chrono::Utc>,
+) -> serde_json::Value {
+    let owner = Participant::stored(Role::Provider, owner.to_owned());
+    let filter = ConversationFilter::parse(&v1::ListConversationsRequest {
+        customer_query: text.into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let list = List {
+        owner: &owner,
+        filter: &filter,
+        after: None,
+        limit: 51,
+        settled: Some(settled),
+    };
+    let mut db = app.db().await;
+    let mut sql = list_sql(step, "EXPLAIN (ANALYZE, FORMAT JSON) ", &list);
+    let (plan,): (serde_json::Value,) = sql.build_query_as().fetch_one(&mut db).await.unwrap();
+    plan
+}
+
+/// The rows a plan read from `conversations`: what its scans of the table returned and
+/// what their filters removed.
+fn rows_read(plan: &serde_json::Value) -> u64 {
+    match plan {
+        serde_json::Value::Object(node) => {
+            let own = if node.get("Relation Name").and_then(|n| n.as_str()) == Some("conversations")
+            {
+                let count = |key: &str| node.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+                (count("Actual Rows")
+                    + count("Rows Removed by Filter")
+                    + count("Rows Removed by Index Recheck"))
+                    * count("Actual Loops")
+            } else {
+                0
+            };
+            own + node.values().map(rows_read).sum::<u64>()
+        }
+        serde_json::Value::Array(items) => items.iter().map(rows_read).sum(),
+        _ => 0,
     }
 }
