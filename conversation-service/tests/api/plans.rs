@@ -43,8 +43,8 @@ use tracing_subscriber::{Layer, layer::SubscriberExt};
 use uuid::Uuid;
 
 use crate::helpers::{
-    Client, Events, SESSION, TestApp, TestDatabase, events_client, fresh_database, new_provider,
-    spawn_app_with,
+    Client, Events, SESSION, TestApp, TestDatabase, delete, edit, events_client, fresh_database,
+    new_provider, send, spawn_app_with,
 };
 
 /// Conversations loaded (10 messages each). Small enough to load in seconds, large
@@ -1011,19 +1011,17 @@ impl<'a> Workload<'a> {
             let request_id = Uuid::new_v4().to_string();
             for _ in 0..2 {
                 self.called("EditMessage");
-                let edited = self
-                    .client
-                    .edit_message(v1::EditMessageRequest {
-                        conversation_id: c.id.clone(),
-                        message_id: message_id.clone(),
-                        editor: Some(editor.clone()),
-                        body: format!("Edited: the roof {k}"),
-                        request_id: request_id.clone(),
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                assert_eq!(edited.message.unwrap().edit_count, 1);
+                let edited = edit(
+                    &mut self.client,
+                    &c.id,
+                    &message_id,
+                    Some(editor.clone()),
+                    &format!("Edited: the roof {k}"),
+                    &request_id,
+                )
+                .await
+                .unwrap();
+                assert_eq!(edited.edit_count, 1);
             }
         }
         // Deletions by the provider (any message) and by the customer (its own).
@@ -1041,18 +1039,16 @@ impl<'a> Workload<'a> {
             let request_id = Uuid::new_v4().to_string();
             for _ in 0..2 {
                 self.called("DeleteMessage");
-                let deleted = self
-                    .client
-                    .delete_message(v1::DeleteMessageRequest {
-                        conversation_id: c.id.clone(),
-                        message_id: message_id.clone(),
-                        actor: Some(actor.clone()),
-                        request_id: request_id.clone(),
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                assert!(deleted.message.unwrap().deleted);
+                let deleted = delete(
+                    &mut self.client,
+                    &c.id,
+                    &message_id,
+                    Some(actor.clone()),
+                    &request_id,
+                )
+                .await
+                .unwrap();
+                assert!(deleted.deleted);
             }
         }
     }
@@ -1142,9 +1138,7 @@ impl<'a> Workload<'a> {
         let burst = (0..12).map(|k| {
             let mut client = self.client.clone();
             let (id, sender) = (c.id.clone(), c.provider());
-            async move {
-                crate::helpers::send(&mut client, &id, Some(sender), &format!("burst {k}")).await
-            }
+            async move { send(&mut client, &id, Some(sender), &format!("burst {k}")).await }
         });
         let sent = futures::future::join_all(burst).await;
         let top = sent.into_iter().map(|m| m.unwrap().seq).max().unwrap();
