@@ -53,10 +53,14 @@ use clap::Parser;
 use conversation_service::{config::Config, startup::Application};
 use futures::StreamExt;
 use sqlx::{Connection, PgConnection, postgres::PgPoolOptions};
-use tokio::{task::JoinSet, time::MissedTickBehavior};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::{Streaming, transport::Channel};
 use uuid::Uuid;
+
+mod load;
+
+use load::{Client, Report, drive};
 
 /// The binaries' allocator, so the service measured here is the one that ships.
 #[global_allocator]
@@ -102,8 +106,6 @@ struct Args {
     loaded_database_url: Option<String>,
 }
 
-type Client = ConversationServiceClient<Channel>;
-
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 async fn fresh_database(prefix: &str) -> anyhow::Result<String> {
@@ -113,75 +115,6 @@ async fn fresh_database(prefix: &str) -> anyhow::Result<String> {
         .execute(&mut admin)
         .await?;
     Ok(format!("postgres://postgres@127.0.0.1:5432/{name}"))
-}
-
-struct Report {
-    name: &'static str,
-    latencies: Vec<Duration>,
-    elapsed: Duration,
-}
-
-impl Report {
-    fn rate(&self) -> f64 {
-        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn print(&mut self) {
-        self.latencies.sort_unstable();
-        let n = self.latencies.len();
-        let pct = |p: f64| {
-            let i = ((n as f64 * p).ceil() as usize).clamp(1, n.max(1)) - 1;
-            self.latencies
-                .get(i)
-                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-        };
-        println!(
-            "{:<44} {:>9.0} msg/s   p50 {:>7.2} ms   p90 {:>7.2} ms   p99 {:>7.2} ms   (n={n})",
-            self.name,
-            self.rate(),
-            pct(0.50),
-            pct(0.90),
-            pct(0.99),
-        );
-    }
-}
-
-/// Runs `clients` loops of `op` for `seconds`, timing each call.
-async fn drive<F, Fut>(name: &'static str, clients: usize, seconds: u64, op: F) -> Report
-where
-    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
-{
-    let op = Arc::new(op);
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for client in 0..clients {
-        let op = Arc::clone(&op);
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut i = 0;
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                if let Err(error) = op(client, i).await {
-                    eprintln!("{name}: {error}");
-                    break;
-                }
-                latencies.push(t.elapsed());
-                i += 1;
-            }
-            latencies
-        }));
-    }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.unwrap_or_default());
-    }
-    Report {
-        name,
-        latencies,
-        elapsed: started.elapsed(),
-    }
 }
 
 /// The service's own runtime (`chat_common::runtime`), shared with the senders here.
@@ -723,7 +656,13 @@ async fn delivery_under_load(
     for c in 0..clients {
         let (client, id) = (senders[c].clone(), ids[c % ids.len()].to_string());
         let first = tokio::time::Instant::now() + period.mul_f64(c as f64 / clients as f64);
-        load.spawn(paced_sender(client, id, first, period, load_stop.clone()));
+        load.spawn(load::paced_sender(
+            client,
+            id,
+            provider(),
+            (first, period),
+            load_stop.clone(),
+        ));
     }
 
     // The probes, after a second for the load to settle.
@@ -795,48 +734,6 @@ async fn delivery_under_load(
     Ok(())
 }
 
-/// One background sender: a send every `period` from `first` until `stop`, each in a
-/// task of its own. Returns the latencies of the sends that succeeded and the errors.
-async fn paced_sender(
-    client: Client,
-    id: String,
-    first: tokio::time::Instant,
-    period: Duration,
-    stop: CancellationToken,
-) -> (Vec<Duration>, Vec<String>) {
-    let mut ticks = tokio::time::interval_at(first, period);
-    // A late tick (a busy runtime) is made up at once: the offered rate holds.
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    let body = "x".repeat(100);
-    let mut in_flight = JoinSet::new();
-    let (mut latencies, mut errors) = (Vec::new(), Vec::new());
-    let mut record = |done: Result<Result<Duration, String>, tokio::task::JoinError>| match done {
-        Ok(Ok(latency)) => latencies.push(latency),
-        Ok(Err(error)) => errors.push(error),
-        Err(error) => errors.push(error.to_string()),
-    };
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => break,
-            _ = ticks.tick() => {
-                let (mut client, id, body) = (client.clone(), id.clone(), body.clone());
-                in_flight.spawn(async move {
-                    let t = Instant::now();
-                    match send(&mut client, id, body).await {
-                        Ok(_) => Ok(t.elapsed()),
-                        Err(error) => Err(format!("background send: {error}")),
-                    }
-                });
-            }
-            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => record(done),
-        }
-    }
-    while let Some(done) = in_flight.join_next().await {
-        record(done);
-    }
-    (latencies, errors)
-}
-
 /// Opens a stream from `after_seq` and reads its first event.
 async fn open_stream(
     client: &mut Client,
@@ -886,18 +783,7 @@ async fn drain(
 
 /// Sends `body` on `id` as its provider; returns the message's seq.
 async fn send(client: &mut Client, id: String, body: String) -> anyhow::Result<i64> {
-    Ok(client
-        .send_message(v1::SendMessageRequest {
-            conversation_id: id,
-            sender: Some(provider()),
-            body,
-            client_message_id: String::new(),
-            attachments: Vec::new(),
-        })
-        .await?
-        .into_inner()
-        .message
-        .map_or(0, |m| m.seq))
+    load::send(client, id, provider(), body).await
 }
 
 async fn head_seq(client: &Client, id: &str) -> anyhow::Result<i64> {
@@ -931,25 +817,12 @@ async fn measure_delivery(
         })
         .await?
         .into_inner();
-    let (mut replies, mut deliveries) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let started = Instant::now();
-    for _ in 0..n {
-        let t = Instant::now();
-        let sent = send(sender, id.to_owned(), "ping".into()).await?;
-        replies.push(t.elapsed());
-        loop {
-            let Some(event) = stream.message().await? else {
-                anyhow::bail!("stream ended")
-            };
-            if let Some(Event::Message(m)) = event.event
-                && m.seq == sent
-            {
-                break;
-            }
-        }
-        deliveries.push(t.elapsed());
+    let probes = load::probe_deliveries(sender, provider(), (id, &mut stream), n).await?;
+    if let Some(error) = probes.errors.first() {
+        anyhow::bail!("{error}");
     }
-    Ok((replies, deliveries, started.elapsed()))
+    Ok((probes.replies, probes.deliveries, started.elapsed()))
 }
 
 /// A replica of the service running in this process.

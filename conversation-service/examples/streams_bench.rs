@@ -517,7 +517,7 @@ async fn many(args: &Args, n: usize) -> anyhow::Result<Many> {
             "  saturation, these streams open (closed loop)",
             senders,
             args.seconds,
-            move |c| {
+            move |c, _| {
                 let (mut client, id) = targets[c].clone();
                 let provider = provider.clone();
                 async move {

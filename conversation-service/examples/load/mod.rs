@@ -61,10 +61,10 @@ impl Report {
     }
 }
 
-/// Runs `clients` loops of `op` for `seconds`, timing each call.
+/// Runs `clients` loops of `op(client, iteration)` for `seconds`, timing each call.
 pub async fn drive<F, Fut>(name: &'static str, clients: usize, seconds: u64, op: F) -> Report
 where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
     let op = Arc::new(op);
@@ -75,13 +75,15 @@ where
         let op = Arc::clone(&op);
         tasks.spawn(async move {
             let mut latencies = Vec::new();
+            let mut i = 0;
             while Instant::now() < deadline {
                 let t = Instant::now();
-                if let Err(error) = op(client).await {
+                if let Err(error) = op(client, i).await {
                     eprintln!("{name}: {error}");
                     break;
                 }
                 latencies.push(t.elapsed());
+                i += 1;
             }
             latencies
         });
