@@ -604,8 +604,15 @@ async fn delivery_under_load(
     let mut failures = Vec::new();
     let wanted = viewers.len();
     let mut opened = futures::stream::iter(viewers)
-        .map(|(mut client, id, viewer, head)| async move {
-            open_stream(&mut client, &id.to_string(), viewer, head).await
+        .map(|(client, id, viewer, head)| async move {
+            load::open_stream(
+                client,
+                id.to_string(),
+                viewer,
+                head,
+                Duration::from_secs(10),
+            )
+            .await
         })
         .buffer_unordered(32);
     while let Some(stream) = opened.next().await {
@@ -732,31 +739,6 @@ async fn delivery_under_load(
         println!("    e.g. {error}");
     }
     Ok(())
-}
-
-/// Opens a stream from `after_seq` and reads its first event.
-async fn open_stream(
-    client: &mut Client,
-    id: &str,
-    viewer: v1::Participant,
-    after_seq: i64,
-) -> anyhow::Result<Streaming<v1::StreamConversationResponse>> {
-    let open = async {
-        let mut stream = client
-            .stream_conversation(v1::StreamConversationRequest {
-                conversation_id: id.to_owned(),
-                viewer: Some(viewer),
-                after_seq,
-                after_change: None,
-            })
-            .await?
-            .into_inner();
-        match stream.message().await? {
-            Some(_) => Ok(stream),
-            None => anyhow::bail!("stream ended before its first event"),
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), open).await?
 }
 
 /// Reads `stream` until `stop`, counting its messages into `received`. A stream that ends

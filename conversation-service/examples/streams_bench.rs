@@ -363,29 +363,13 @@ async fn insert_idle(database: &str, n: usize) -> anyhow::Result<Vec<String>> {
     Ok(ids.iter().map(Uuid::to_string).collect())
 }
 
-/// Opens a stream of `id` for `viewer` and reads its first event (the snapshot), so the
-/// service has finished opening it.
+/// Opens a stream of `id` for `viewer` from its start (the probe's and the idle ones).
 async fn open_first(
-    mut client: Client,
+    client: Client,
     id: String,
     viewer: v1::Participant,
 ) -> anyhow::Result<Streaming<v1::StreamConversationResponse>> {
-    let open = async {
-        let mut stream = client
-            .stream_conversation(v1::StreamConversationRequest {
-                conversation_id: id,
-                viewer: Some(viewer),
-                after_seq: 0,
-                after_change: None,
-            })
-            .await?
-            .into_inner();
-        match stream.message().await? {
-            Some(_) => Ok(stream),
-            None => anyhow::bail!("stream ended before its first event"),
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), open).await?
+    load::open_stream(client, id, viewer, 0, Duration::from_secs(60)).await
 }
 
 /// Reads `streams` until `stop`, counting their messages into `received`; returns the

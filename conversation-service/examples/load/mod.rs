@@ -210,3 +210,30 @@ pub async fn probe_deliveries(
         errors,
     })
 }
+
+/// Opens a stream of `id` for `viewer` after `after_seq` and reads its first event (the
+/// snapshot), so the service has finished opening it; gives up after `timeout`.
+pub async fn open_stream(
+    mut client: Client,
+    id: String,
+    viewer: v1::Participant,
+    after_seq: i64,
+    timeout: Duration,
+) -> anyhow::Result<Streaming<v1::StreamConversationResponse>> {
+    let open = async {
+        let mut stream = client
+            .stream_conversation(v1::StreamConversationRequest {
+                conversation_id: id,
+                viewer: Some(viewer),
+                after_seq,
+                after_change: None,
+            })
+            .await?
+            .into_inner();
+        match stream.message().await? {
+            Some(_) => Ok(stream),
+            None => anyhow::bail!("stream ended before its first event"),
+        }
+    };
+    tokio::time::timeout(timeout, open).await?
+}
