@@ -7,6 +7,7 @@ use uuid::Uuid;
 use super::{
     handle::Store,
     records::{CONVERSATION_SELECT, ConversationRow},
+    walk::{self, Walked},
 };
 use crate::{
     domain::{ConversationFilter, ConversationId, Participant, Role},
@@ -67,19 +68,11 @@ impl Store {
                 .map_err(|e| Error::db("list conversations", e));
         }
         list.settled = Some(self.inbox_settled_through().await?);
-        let walked: Vec<WalkedRow> = self.list_step(ListStep::Walk, &list).await?;
-        // The walk's last conversation comes back too, match or not, when the walk
-        // reached its bound: without it the walk read all of the owner's list.
-        let cut = walked.iter().any(|r| r.walked >= CUSTOMER_WALK);
-        let hits: Vec<ConversationRow> = walked
-            .into_iter()
-            .filter(|r| r.matched)
-            .map(|r| r.row)
-            .collect();
-        if !cut || i64::try_from(hits.len()).is_ok_and(|n| n >= limit) {
-            return Ok(hits);
+        let walked: Vec<Walked<ConversationRow>> = self.list_step(ListStep::Walk, &list).await?;
+        match walk::page(walked, CUSTOMER_WALK, limit) {
+            Some(page) => Ok(page),
+            None => self.list_step(ListStep::Matches, &list).await,
         }
-        self.list_step(ListStep::Matches, &list).await
     }
 
     /// `inbox_settled.through`: conversations whose `inbox_at` is older are settled. The
@@ -107,17 +100,6 @@ impl Store {
             .await
             .map_err(|e| Error::db("list conversations", e))
     }
-}
-
-/// A row of [`ListStep::Walk`] with a customer_query: a match, or the walk's last
-/// conversation.
-#[derive(Debug, sqlx::FromRow)]
-struct WalkedRow {
-    #[sqlx(flatten)]
-    row: ConversationRow,
-    matched: bool,
-    /// Its place in the walk, from 1.
-    walked: i64,
 }
 
 /// One page of ListConversations: whose list, which filters, from where.

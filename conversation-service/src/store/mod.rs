@@ -51,6 +51,7 @@ mod send;
 mod turns;
 mod unread;
 mod updates;
+mod walk;
 
 pub use batcher::SendQueue;
 pub use changes::{ChangeKind, ChangeRow};

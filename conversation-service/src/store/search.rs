@@ -7,7 +7,11 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::{handle::Store, records::MessageRow};
+use super::{
+    handle::Store,
+    records::MessageRow,
+    walk::{self, Walked},
+};
 use crate::{
     domain::{ConversationId, HIGHLIGHT_START, HIGHLIGHT_STOP, Participant, Role, SearchQuery},
     error::{Error, Result},
@@ -92,21 +96,13 @@ impl Store {
         let Some(until) = until else {
             return Ok(Vec::new());
         };
-        let newest: Vec<NewestRow> = self
+        let newest: Vec<Walked<SearchRow>> = self
             .search_step(SearchStep::Newest { until }, search)
             .await?;
-        // The walk's last message comes back too, hit or not, when the walk reached it:
-        // without it the walk read all of the owner's messages.
-        let cut = newest.iter().any(|r| r.walked >= search.walk());
-        let hits: Vec<SearchRow> = newest
-            .into_iter()
-            .filter(|r| r.matched)
-            .map(|r| r.row)
-            .collect();
-        if !cut || i64::try_from(hits.len()).is_ok_and(|n| n >= search.limit) {
-            return Ok(hits);
+        match walk::page(newest, search.walk(), search.limit) {
+            Some(page) => Ok(page),
+            None => self.search_step(SearchStep::Matches, search).await,
         }
-        self.search_step(SearchStep::Matches, search).await
     }
 
     async fn search_step<T>(&self, step: SearchStep, search: &Search<'_>) -> Result<Vec<T>>
@@ -125,16 +121,6 @@ impl Store {
             .await
             .map_err(|e| Error::db("search messages", e))
     }
-}
-
-/// A row of [`SearchStep::Newest`]: a hit, or the walk's last message.
-#[derive(Debug, sqlx::FromRow)]
-struct NewestRow {
-    #[sqlx(flatten)]
-    row: SearchRow,
-    matched: bool,
-    /// Its place in the walk, from 1.
-    walked: i64,
 }
 
 /// One page of a search: whose messages, which words, from where.
