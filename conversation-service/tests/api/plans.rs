@@ -996,55 +996,41 @@ impl<'a> Workload<'a> {
     async fn change(&mut self) {
         let picks = self.picks;
         // Edits of loaded messages (an even seq is the provider's, an odd one the
-        // customer's) by their sender, each retried with its request id.
+        // customer's) by their sender, and deletions by the provider (any message) and by
+        // the customer (its own), each retried with its request id.
         for (k, c) in picks.linked[16..20]
             .iter()
             .chain(&picks.anonymous[8..10])
             .enumerate()
         {
-            let (seq, editor) = if k % 2 == 0 {
-                (4, c.provider())
+            let (edited_seq, deleted_seq, actor) = if k % 2 == 0 {
+                (4, 5, c.provider())
             } else {
-                (3, c.customer())
+                (3, 7, c.customer())
             };
-            let message_id = self.message_id(c, seq).await;
-            let request_id = Uuid::new_v4().to_string();
+            let edited_id = self.message_id(c, edited_seq).await;
+            let deleted_id = self.message_id(c, deleted_seq).await;
+            let (edit_key, delete_key) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
             for _ in 0..2 {
                 self.called("EditMessage");
                 let edited = edit(
                     &mut self.client,
                     &c.id,
-                    &message_id,
-                    Some(editor.clone()),
+                    &edited_id,
+                    Some(actor.clone()),
                     &format!("Edited: the roof {k}"),
-                    &request_id,
+                    &edit_key,
                 )
                 .await
                 .unwrap();
                 assert_eq!(edited.edit_count, 1);
-            }
-        }
-        // Deletions by the provider (any message) and by the customer (its own).
-        for (k, c) in picks.linked[16..20]
-            .iter()
-            .chain(&picks.anonymous[8..10])
-            .enumerate()
-        {
-            let (seq, actor) = if k % 2 == 0 {
-                (5, c.provider())
-            } else {
-                (7, c.customer())
-            };
-            let message_id = self.message_id(c, seq).await;
-            let request_id = Uuid::new_v4().to_string();
-            for _ in 0..2 {
                 self.called("DeleteMessage");
                 let deleted = delete(
                     &mut self.client,
                     &c.id,
-                    &message_id,
+                    &deleted_id,
                     Some(actor.clone()),
-                    &request_id,
+                    &delete_key,
                 )
                 .await
                 .unwrap();
