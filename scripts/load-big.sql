@@ -43,12 +43,12 @@ INSERT INTO conversations (id, request_id, provider_id, customer_id, customer_na
 SELECT md5('conversation-' || i)::uuid,
        md5('request-' || i)::uuid,
        CASE WHEN i % 10 = 0 THEN 'prov-burst' ELSE 'prov-' || (i % 10000) END,
-       CASE WHEN i % 5 <> 0 THEN 'cust-' || i END,
-       CASE WHEN i % 5 <> 0 THEN (ARRAY['Ada','Grace','Alan','Edsger','Barbara','Donald','Frances','Ken'])[1 + i % 8]
+       CASE WHEN i % 5 <> 1 THEN 'cust-' || i END,
+       CASE WHEN i % 5 <> 1 THEN (ARRAY['Ada','Grace','Alan','Edsger','Barbara','Donald','Frances','Ken'])[1 + i % 8]
                                  || ' ' || (ARRAY['Lovelace','Hopper','Turing','Dijkstra','Liskov','Knuth','Allen','Thompson'])[1 + (i / 8) % 8]
                                  || ' ' || i ELSE '' END,
-       CASE WHEN i % 5 <> 0 THEN 'customer' || i || '@example.com' ELSE '' END,
-       CASE WHEN i % 5 <> 0 THEN '+44 20 ' || lpad((i % 100000000)::text, 8, '0') ELSE '' END,
+       CASE WHEN i % 5 <> 1 THEN 'customer' || i || '@example.com' ELSE '' END,
+       CASE WHEN i % 5 <> 1 THEN '+44 20 ' || lpad((i % 100000000)::text, 8, '0') ELSE '' END,
        CASE WHEN i % 7 = 0 THEN 2 ELSE 1 END,
        'token:' || md5('token-' || i)::uuid,
        10,

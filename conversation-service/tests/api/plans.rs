@@ -435,7 +435,7 @@ impl Loaded {
                         } else {
                             format!("prov-{}", i % 10_000)
                         },
-                        customer: (i % 5 != 0).then(|| format!("cust-{i}")),
+                        customer: (i % 5 != 1).then(|| format!("cust-{i}")),
                         session,
                         closed: i % 7 == 0,
                     };
