@@ -175,6 +175,15 @@ async fn main() -> anyhow::Result<()> {
                 },
             ),
             (
+                // One phone in the whole database, none of prov-burst's, while `000` is
+                // in a third of prov-burst's phones.
+                "customer_query 00000001",
+                v1::ListConversationsRequest {
+                    customer_query: "00000001".into(),
+                    ..base.clone()
+                },
+            ),
+            (
                 "active_after 30 days ago",
                 v1::ListConversationsRequest {
                     active_after: Some(prost_types::Timestamp {

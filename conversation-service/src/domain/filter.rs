@@ -6,8 +6,7 @@ use chrono::{DateTime, Utc};
 use super::Status;
 use crate::error::{Error, Result};
 
-/// Shortest and longest customer query, in characters: a trigram index cannot serve
-/// fewer than 3.
+/// Shortest and longest customer query, in characters: the index holds windows of 3.
 const QUERY_CHARS: (usize, usize) = (3, 100);
 
 /// Which of an owner's conversations a list shows.
@@ -73,6 +72,11 @@ impl CustomerQuery {
             return Err(Error::invalid(field, "must not contain control characters"));
         }
         Ok(Some(Self(text.to_owned())))
+    }
+
+    /// The text as given, trimmed.
+    pub fn text(&self) -> &str {
+        &self.0
     }
 
     /// An `ILIKE` pattern matching the text anywhere, its wildcards escaped.

@@ -93,7 +93,7 @@ impl Store {
         list_sql(step, "", list)
             .build_query_as()
             // Planned for its values each time (an unnamed statement): how many of the
-            // owner's conversations match the text decides between the trigram index and
+            // owner's conversations match the text decides between the windows index and
             // the owner's own list, and a plan kept for any text would take one for all.
             .persistent(false)
             .fetch_all(&self.pool)
@@ -126,7 +126,7 @@ pub struct List<'a> {
 /// all of a big owner's conversations: the planner expects a text to match the owner's
 /// customers as often as everyone's (`Lovelace`, in 1/8 of all names, in none of a
 /// 100,000-conversation owner's, read all 100,000), so the walk is bounded and the
-/// trigram index answers what the walk does not.
+/// provider's windows of the text in the index answer what the walk does not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListStep {
     /// The owner's order after the page key. With a customer_query, at most
@@ -135,7 +135,8 @@ pub enum ListStep {
     /// from one that read the whole list).
     Walk,
     /// Every match of the customer_query among the owner's conversations, read whole
-    /// (a MATERIALIZED CTE, so the planner picks the trigram index or the owner's list,
+    /// (a MATERIALIZED CTE, so the planner picks the provider's windows of the text in
+    /// `conversations_customer_grams_idx` or the owner's list,
     /// never a walk that could not stop early) and once for both parts of the order,
     /// then paged with the same keys as the walk.
     Matches,
@@ -215,6 +216,21 @@ pub fn list_sql(step: ListStep, prefix: &str, list: &List<'_>) -> QueryBuilder<P
             ));
             query.push_bind(owner.id().to_owned());
             push_filter(&mut query, owner.role(), filter);
+            if let (Role::Provider, Some(text)) = (owner.role(), &filter.customer_query) {
+                // The expression of conversations_customer_grams_idx (migration
+                // `20261206150000_customer_search_grams`): the provider's conversations
+                // that hold every three-character window of the text, tested by the
+                // ILIKE above. Not in the walk, where the ILIKE alone is cheaper.
+                query
+                    .push(
+                        " AND chat_grams(c.provider_id, chat_customer_text(c.customer_name, \
+                         c.customer_email, c.customer_phone)) @> chat_grams(",
+                    )
+                    .push_bind(owner.id().to_owned())
+                    .push(", ")
+                    .push_bind(text.text().to_owned())
+                    .push(")");
+            }
             query
                 .push(") ")
                 .push(conversation_columns!())
@@ -287,7 +303,7 @@ fn push_filter(query: &mut QueryBuilder<Postgres>, role: Role, filter: &Conversa
         });
     }
     if let Some(text) = &filter.customer_query {
-        // The expression of conversations_provider_customer_text_idx (trigrams).
+        // What decides a match; a provider's Matches step adds the index's condition.
         query
             .push(
                 " AND chat_customer_text(c.customer_name, c.customer_email, c.customer_phone) \
