@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use super::handle::Store;
 use crate::error::{Error, Result};
 
@@ -21,11 +23,51 @@ const SETTLE_AFTER: &str = "20 seconds";
 /// cause: PostgreSQL looks for deadlocks only after `deadlock_timeout`, 1 s).
 const SETTLE_LOCK_TIMEOUT: &str = "200ms";
 
+/// How many conversations one settling statement changes at most. Each holds their row
+/// locks until it commits, and a SendMessage batch that writes to one of them waits that
+/// long: a minute of a busy replica's conversations settled in one statement held them
+/// for over a second.
+const SETTLE_CHUNK: i64 = 100;
+
 impl Store {
     /// Settles the minutes that closed since the last run; returns how many
-    /// conversations it changed. Replicas take turns on `inbox_settled`'s row lock.
+    /// conversations it changed. First in chunks of [`SETTLE_CHUNK`], each its own
+    /// transaction, skipping conversations a send holds; then one statement settles what
+    /// they skipped and moves `inbox_settled.through`. Replicas take turns on
+    /// `inbox_settled`'s row lock for that last statement; their chunks skip each other's.
     pub async fn settle_inbox_order(&self) -> Result<u64> {
         let ctx = "settle inbox order";
+        let mut chunked = 0;
+        // The chunks walk `conversations_inbox_at_idx` up from where the last one stopped
+        // (a row settled moves to its last activity, later in the same minute, and is
+        // passed over once more there), not from `through` each time, which would read
+        // every row settled so far again.
+        let mut from: Option<DateTime<Utc>> = None;
+        loop {
+            let last: Vec<(DateTime<Utc>,)> = sqlx::query_as(
+                "WITH w AS (\
+                   SELECT through, chat_activity_minute(now() - $1::interval) AS cutoff \
+                   FROM inbox_settled), \
+                 todo AS (\
+                   SELECT c.id, c.inbox_at FROM conversations c, w \
+                   WHERE c.inbox_at >= GREATEST(w.through, $2) AND c.inbox_at < w.cutoff \
+                     AND c.inbox_at <> c.last_activity_at \
+                   ORDER BY c.inbox_at LIMIT $3 FOR UPDATE OF c SKIP LOCKED) \
+                 UPDATE conversations c SET inbox_at = c.last_activity_at FROM todo \
+                 WHERE c.id = todo.id RETURNING todo.inbox_at",
+            )
+            .bind(SETTLE_AFTER)
+            .bind(from)
+            .bind(SETTLE_CHUNK)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| Error::db(ctx, e))?;
+            chunked += last.len() as u64;
+            if last.len() < SETTLE_CHUNK as usize {
+                break;
+            }
+            from = last.iter().map(|(at,)| *at).max();
+        }
         let mut tx = self.pool.begin().await.map_err(|e| Error::db(ctx, e))?;
         sqlx::query("SELECT set_config('lock_timeout', $1, true)")
             .bind(SETTLE_LOCK_TIMEOUT)
@@ -53,7 +95,7 @@ impl Store {
         .await
         .map_err(|e| Error::db(ctx, e))?;
         tx.commit().await.map_err(|e| Error::db(ctx, e))?;
-        Ok(u64::try_from(settled).unwrap_or_default())
+        Ok(chunked + u64::try_from(settled).unwrap_or_default())
     }
 }
 

@@ -68,6 +68,72 @@ async fn unsettled_conversations_are_in_exact_order_before_and_after_settling() 
     store.close().await;
 }
 
+/// More lagging conversations than one settling statement changes, several sharing an
+/// `inbox_at` (one SendMessage batch's time), one of them held by a writer: the chunks
+/// settle every other without waiting for it, `through` stays until that one is settled
+/// too, and the next run settles it. The service's own settling task may run meanwhile;
+/// what is checked holds either way.
+#[tokio::test]
+async fn settling_goes_in_chunks_and_passes_over_a_conversation_a_writer_holds() {
+    let app = spawn_app().await;
+    let mut db = app.db().await;
+    let before = "2026-11-27 10:00:00+00";
+    sqlx::query("UPDATE inbox_settled SET through = $1::timestamptz")
+        .bind(before)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO conversations (id, provider_id, head_seq, created_at, last_activity_at, \
+                                    inbox_at) \
+         SELECT md5('settle-' || i)::uuid, 'prov-settle', 0, t.first, \
+                t.first + (1 + i) * interval '1 ms', t.first \
+           FROM generate_series(1, 350) AS i, \
+                LATERAL (SELECT timestamptz '2026-11-27 12:00:00+00' \
+                                + (i % 3) * interval '1 minute' \
+                                + (i % 2) * interval '1 second' AS first) AS t",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let unsettled = "SELECT count(*) FROM conversations WHERE inbox_at <> last_activity_at";
+    assert_eq!(app.count(unsettled).await, 350);
+
+    let mut writer = app.db().await;
+    let mut held = sqlx::Connection::begin(&mut writer).await.unwrap();
+    sqlx::query("SELECT 1 FROM conversations WHERE id = md5('settle-200')::uuid FOR UPDATE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let store = store(&app.database_url);
+    assert!(
+        store.settle_inbox_order().await.is_err(),
+        "the last statement waits for the held row only as long as its lock timeout"
+    );
+    let lagging: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM conversations WHERE inbox_at <> last_activity_at")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    let (held_id,): (uuid::Uuid,) = sqlx::query_as("SELECT md5('settle-200')::uuid")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(lagging, vec![held_id], "all but the held one settled");
+    let stayed = format!("SELECT count(*) FROM inbox_settled WHERE through = '{before}'");
+    assert_eq!(
+        app.count(&stayed).await,
+        1,
+        "through waits for the held one"
+    );
+
+    held.rollback().await.unwrap();
+    store.settle_inbox_order().await.unwrap();
+    assert_eq!(app.count(unsettled).await, 0);
+    assert_eq!(app.count(&stayed).await, 0, "through moved");
+    store.close().await;
+}
+
 /// Live sends within a minute move a conversation to the top without rewriting its
 /// indexed `inbox_at` (the update stays HOT); the list is still in the order of the
 /// sends.
