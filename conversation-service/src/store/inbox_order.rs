@@ -37,36 +37,42 @@ impl Store {
     /// `inbox_settled`'s row lock for that last statement; their chunks skip each other's.
     pub async fn settle_inbox_order(&self) -> Result<u64> {
         let ctx = "settle inbox order";
+        // The range as values, so that each chunk is planned as a range scan of
+        // `conversations_inbox_at_idx` (with the bounds in a joined row, the planner
+        // walked the index from its oldest entry, testing each against them).
+        let (through, cutoff): (DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
+            "SELECT through, chat_activity_minute(now() - $1::interval) FROM inbox_settled",
+        )
+        .bind(SETTLE_AFTER)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| Error::db(ctx, e))?;
         let mut chunked = 0;
-        // The chunks walk `conversations_inbox_at_idx` up from where the last one stopped
-        // (a row settled moves to its last activity, later in the same minute, and is
-        // passed over once more there), not from `through` each time, which would read
-        // every row settled so far again.
-        let mut from: Option<DateTime<Utc>> = None;
-        loop {
+        // Each chunk starts where the last one stopped (a row settled moves to its last
+        // activity, later in the same minute, and is passed over once more there), not
+        // at `through`, which would read every row settled so far again.
+        let mut from = through;
+        while from < cutoff {
             let last: Vec<(DateTime<Utc>,)> = sqlx::query_as(
-                "WITH w AS (\
-                   SELECT through, chat_activity_minute(now() - $1::interval) AS cutoff \
-                   FROM inbox_settled), \
-                 todo AS (\
-                   SELECT c.id, c.inbox_at FROM conversations c, w \
-                   WHERE c.inbox_at >= GREATEST(w.through, $2) AND c.inbox_at < w.cutoff \
+                "WITH todo AS (\
+                   SELECT c.id, c.inbox_at FROM conversations c \
+                   WHERE c.inbox_at >= $1 AND c.inbox_at < $2 \
                      AND c.inbox_at <> c.last_activity_at \
                    ORDER BY c.inbox_at LIMIT $3 FOR UPDATE OF c SKIP LOCKED) \
                  UPDATE conversations c SET inbox_at = c.last_activity_at FROM todo \
                  WHERE c.id = todo.id RETURNING todo.inbox_at",
             )
-            .bind(SETTLE_AFTER)
             .bind(from)
+            .bind(cutoff)
             .bind(SETTLE_CHUNK)
             .fetch_all(&self.pool)
             .await
             .map_err(|e| Error::db(ctx, e))?;
             chunked += last.len() as u64;
-            if last.len() < SETTLE_CHUNK as usize {
-                break;
+            match last.iter().map(|(at,)| *at).max() {
+                Some(at) if last.len() == SETTLE_CHUNK as usize => from = at,
+                _ => break,
             }
-            from = last.iter().map(|(at,)| *at).max();
         }
         let mut tx = self.pool.begin().await.map_err(|e| Error::db(ctx, e))?;
         sqlx::query("SELECT set_config('lock_timeout', $1, true)")
