@@ -56,10 +56,14 @@ impl Pools {
         let send = settings.send_writers.max(1).saturating_mul(2);
         let send = u32::try_from(send).unwrap_or(u32::MAX);
         Self {
-            query: lazy(settings, settings.size.max(1)).connect_lazy_with(settings.options.clone()),
-            send: writer_pool(lazy(settings, send), send_options(&settings.options)),
+            query: lazy(settings, settings.size.max(1))
+                .connect_lazy_with(query_options(&no_jit(&settings.options))),
+            send: writer_pool(
+                lazy(settings, send),
+                send_options(&no_jit(&settings.options)),
+            ),
             create: lazy(settings, CREATE_CONNECTIONS)
-                .connect_lazy_with(create_options(&settings.options)),
+                .connect_lazy_with(create_options(&no_jit(&settings.options))),
         }
     }
 }
@@ -84,6 +88,26 @@ fn writer_pool(pool: PgPoolOptions, options: PgConnectOptions) -> PgPool {
             })
         })
         .connect_lazy_with(options)
+}
+
+/// Every pool's sessions: no JIT compilation. Each statement here reads or writes a few
+/// rows through indexes, and compiling one takes longer than running it; but PostgreSQL
+/// decides from the planner's cost, and an estimate far off (a one-row table never
+/// analyzed is taken for thousands of rows) had the inbox settling compile for 200 ms on
+/// every run.
+fn no_jit(options: &PgConnectOptions) -> PgConnectOptions {
+    options.clone().options([("jit", "off")])
+}
+
+/// The connection options of the query pool: no parallel plans. A request is one
+/// backend's work, sized to stop early (the walks of ListConversations and
+/// SearchMessages): a parallel plan starts two more processes that each read ahead in
+/// their own part of the order, more work in all, and takes the cores other requests are
+/// waiting for. PostgreSQL's parallel workers are also a small pool every session shares.
+fn query_options(options: &PgConnectOptions) -> PgConnectOptions {
+    options
+        .clone()
+        .options([("max_parallel_workers_per_gather", "0")])
 }
 
 /// The connection options of SendMessage's writers: the session starts with their lock
