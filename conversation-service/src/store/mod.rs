@@ -59,7 +59,7 @@ pub use conversations::{CUSTOMER_WALK, List, ListStep, list_sql};
 pub use events::{FeedEvent, FeedPage, FeedPayload};
 pub use handle::Store;
 pub use inbox::{InboxCursor, InboxItem, InboxWindow, Snapshot, window_sql};
-pub use inbox_order::{SETTLE_EVERY, settle_inbox_order_until};
+pub use inbox_order::{SETTLE_CHUNK_SQL, SETTLE_EVERY, settle_inbox_order_until};
 pub use kept::WRITER_PING_AFTER;
 pub use messages::ListDirection;
 pub use notice::{CHANNEL, Carried, Notice, PresenceNote, Touched};

@@ -10,7 +10,8 @@ use tonic::Code;
 use uuid::Uuid;
 
 use crate::helpers::{
-    Client, TestApp, bad_field, create, customer, new_provider, provider, send, spawn_app,
+    Client, TestApp, bad_field, create, customer, new_provider, provider, rows_read, send,
+    spawn_app,
 };
 
 fn request(owner: &str) -> v1::ListConversationsRequest {
@@ -377,26 +378,4 @@ async fn explain(
     let mut sql = list_sql(step, "EXPLAIN (ANALYZE, FORMAT JSON) ", &list);
     let (plan,): (serde_json::Value,) = sql.build_query_as().fetch_one(&mut db).await.unwrap();
     plan
-}
-
-/// The rows a plan read from `conversations`: what its scans of the table returned and
-/// what their filters removed.
-fn rows_read(plan: &serde_json::Value) -> u64 {
-    match plan {
-        serde_json::Value::Object(node) => {
-            let own = if node.get("Relation Name").and_then(|n| n.as_str()) == Some("conversations")
-            {
-                let count = |key: &str| node.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
-                (count("Actual Rows")
-                    + count("Rows Removed by Filter")
-                    + count("Rows Removed by Index Recheck"))
-                    * count("Actual Loops")
-            } else {
-                0
-            };
-            own + node.values().map(rows_read).sum::<u64>()
-        }
-        serde_json::Value::Array(items) => items.iter().map(rows_read).sum(),
-        _ => 0,
-    }
 }

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use conversation_service::store::{PoolSettings, Store};
+use conversation_service::store::{PoolSettings, SETTLE_CHUNK_SQL, Store};
 
-use crate::helpers::{create, new_provider, provider, send, spawn_app};
+use crate::helpers::{create, new_provider, provider, rows_read, send, spawn_app};
 
 /// Seconds after 12:00:00 on a past day; two share an instant, so their ids decide.
 const OFFSETS: [f64; 8] = [59.999, 0.0, 60.0, 125.0, 59.5, -3600.0, 60.5, 60.5];
@@ -132,6 +132,50 @@ async fn settling_goes_in_chunks_and_passes_over_a_conversation_a_writer_holds()
     assert_eq!(app.count(unsettled).await, 0);
     assert_eq!(app.count(&stayed).await, 0, "through moved");
     store.close().await;
+}
+
+/// A settling chunk reads the range of `inbox_at` it settles, not the index from its
+/// oldest entry: among 20,000 conversations settled long ago, a chunk of the 150 lagging
+/// ones in a closed minute reads about its 100 rows. (Its bounds once came from a joined
+/// row, and each chunk walked the whole index: a million rows on the loaded database.)
+#[tokio::test]
+async fn a_settling_chunk_reads_only_the_range_it_settles() {
+    let app = spawn_app().await;
+    let mut db = app.db().await;
+    sqlx::raw_sql(
+        "INSERT INTO conversations (id, provider_id, head_seq, created_at, last_activity_at, \
+                                    inbox_at) \
+         SELECT md5('old-' || i)::uuid, 'prov-old', 0, t.at, t.at, t.at \
+           FROM generate_series(1, 20000) AS i, \
+                LATERAL (SELECT timestamptz '2025-01-01 00:00:00+00' \
+                                + i * interval '1 minute' AS at) AS t; \
+         INSERT INTO conversations (id, provider_id, head_seq, created_at, last_activity_at, \
+                                    inbox_at) \
+         SELECT md5('lagging-' || i)::uuid, 'prov-old', 0, t.first, \
+                t.first + (1 + i) * interval '1 ms', t.first \
+           FROM generate_series(1, 150) AS i, \
+                LATERAL (SELECT timestamptz '2026-11-27 12:00:00+00' AS first) AS t; \
+         ANALYZE conversations;",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let mut tx = sqlx::Connection::begin(&mut db).await.unwrap();
+    let (plan,): (serde_json::Value,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) {SETTLE_CHUNK_SQL}"
+    )))
+    .bind(chrono::DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z").unwrap())
+    .bind(chrono::DateTime::parse_from_rfc3339("2026-11-27T12:01:00Z").unwrap())
+    .bind(100_i64)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    let read = rows_read(&plan);
+    assert!(
+        (100..=300).contains(&read),
+        "a chunk of 100 read {read} rows of conversations: {plan}"
+    );
 }
 
 /// Live sends within a minute move a conversation to the top without rewriting its
