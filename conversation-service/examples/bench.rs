@@ -683,22 +683,12 @@ async fn delivery_under_load(
     .await;
     load_stop.cancel();
     let load_elapsed = load_started.elapsed();
-    let mut background = Vec::new();
-    let mut send_errors = Vec::new();
-    while let Some(sender) = load.join_next().await {
-        let (latencies, errors) = sender?;
-        background.extend(latencies);
-        send_errors.extend(errors);
-    }
+    let (background, send_errors) = load::join_paced(&mut load).await?;
 
     // Every message sent reaches its conversation's two viewers; wait for the last ones,
     // then close the streams.
     let expected = 2 * (sent_at_saturation + background.len() as u64);
-    let waited = Instant::now();
-    while received.load(Ordering::Relaxed) < expected && waited.elapsed() < Duration::from_secs(10)
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    load::await_deliveries(&received, expected).await;
     stop.cancel();
     while let Some(drained) = drains.join_next().await {
         if let Some(error) = drained? {

@@ -546,19 +546,10 @@ async fn many(args: &Args, n: usize) -> anyhow::Result<Many> {
     let probe_elapsed = probed.elapsed();
     load_stop.cancel();
     let load_elapsed = load_started.elapsed();
-    let (mut sent, mut send_errors) = (Vec::new(), Vec::new());
-    while let Some(sender) = background.join_next().await {
-        let (latencies, errors) = sender?;
-        sent.extend(latencies);
-        send_errors.extend(errors);
-    }
+    let (sent, send_errors) = load::join_paced(&mut background).await?;
     // Every message sent reaches its conversation's two viewers.
     let expected = 2 * (sent_at_saturation + sent.len() as u64);
-    let waited = Instant::now();
-    while received.load(Ordering::Relaxed) < expected && waited.elapsed() < Duration::from_secs(10)
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    load::await_deliveries(&received, expected).await;
     let rss_loaded = rss_kib(pid)?;
     let metrics = chat_common::scrape::scrape(service.metrics).await?;
     let open_after =

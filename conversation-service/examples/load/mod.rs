@@ -4,7 +4,10 @@
 
 use std::{
     future::Future,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -162,6 +165,30 @@ pub async fn paced_sender(
         record(done);
     }
     (latencies, errors)
+}
+
+/// Waits for every [`paced_sender`] of `senders` (after their `stop`): all their
+/// latencies, and all their errors.
+pub async fn join_paced(
+    senders: &mut JoinSet<(Vec<Duration>, Vec<String>)>,
+) -> anyhow::Result<(Vec<Duration>, Vec<String>)> {
+    let (mut latencies, mut errors) = (Vec::new(), Vec::new());
+    while let Some(sender) = senders.join_next().await {
+        let (sent, failed) = sender?;
+        latencies.extend(sent);
+        errors.extend(failed);
+    }
+    Ok((latencies, errors))
+}
+
+/// Waits until `received` reaches `expected`, at most 10 s: the last deliveries of a
+/// load are still on their way when its senders stop.
+pub async fn await_deliveries(received: &AtomicU64, expected: u64) {
+    let waited = Instant::now();
+    while received.load(Ordering::Relaxed) < expected && waited.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Latencies of probe messages, and the sends that failed.
