@@ -11,8 +11,8 @@ use tonic::{Code, Streaming};
 use uuid::Uuid;
 
 use crate::helpers::{
-    Client, TestApp, bad_field, create, customer, delete, edit, new_provider, provider, reason,
-    send, spawn_app, spawn_app_with_flags,
+    Client, TestApp, bad_field, create, customer, delete, edit, inbox_until, new_provider,
+    provider, reason, send, spawn_app, spawn_app_with_flags,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -976,17 +976,11 @@ async fn the_inbox_follows_edits_and_deletions_and_replays_them_from_a_cursor() 
         .into_inner();
     // An inbox event that is not a heartbeat, with its cursor.
     async fn item(inbox: &mut Streaming<v1::StreamInboxResponse>) -> (InboxEvent, String) {
-        loop {
-            let response = tokio::time::timeout(WAIT, inbox.message())
-                .await
-                .expect("an inbox event within the deadline")
-                .unwrap()
-                .expect("the inbox stays open");
-            match response.event {
-                Some(InboxEvent::Heartbeat(_) | InboxEvent::UnreadSummaryChanged(_)) | None => {}
-                Some(event) => return (event, response.cursor),
-            }
-        }
+        inbox_until(inbox, |response| match response.event {
+            Some(InboxEvent::Heartbeat(_) | InboxEvent::UnreadSummaryChanged(_)) | None => None,
+            Some(event) => Some((event, response.cursor)),
+        })
+        .await
     }
     // Subscribed and at its starting point once a first event arrives.
     send(&mut client, &id, customer(""), "third").await.unwrap();

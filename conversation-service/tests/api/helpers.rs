@@ -352,3 +352,25 @@ pub fn rows_read(plan: &serde_json::Value) -> u64 {
         _ => 0,
     }
 }
+
+/// Reads `stream` until `pick` returns something, within 20 s: the inbox waits of the
+/// tests, each picking the event it waits for and skipping the rest.
+pub async fn inbox_until<T>(
+    stream: &mut tonic::Streaming<v1::StreamInboxResponse>,
+    mut pick: impl FnMut(v1::StreamInboxResponse) -> Option<T>,
+) -> T {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let response = stream
+                .message()
+                .await
+                .unwrap()
+                .expect("the inbox stays open");
+            if let Some(picked) = pick(response) {
+                return picked;
+            }
+        }
+    })
+    .await
+    .expect("the inbox event waited for, within the deadline")
+}

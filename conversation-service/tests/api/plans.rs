@@ -44,7 +44,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     Client, Events, SESSION, TestApp, TestDatabase, delete, edit, events_client, fresh_database,
-    new_provider, send, spawn_app_with,
+    inbox_until, new_provider, send, spawn_app_with,
 };
 
 /// Conversations loaded (10 messages each). Small enough to load in seconds, large
@@ -1518,20 +1518,10 @@ async fn replay_until(
 
 /// The cursor of the inbox's first heartbeat.
 async fn inbox_heartbeat(stream: &mut Streaming<v1::StreamInboxResponse>) -> String {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let response = stream
-                .message()
-                .await
-                .unwrap()
-                .expect("the inbox stays open");
-            if matches!(response.event, Some(InboxEvent::Heartbeat(_))) {
-                return response.cursor;
-            }
-        }
+    inbox_until(stream, |response| {
+        matches!(response.event, Some(InboxEvent::Heartbeat(_))).then_some(response.cursor)
     })
     .await
-    .expect("a heartbeat within the deadline")
 }
 
 /// The inbox's items (not heartbeats, summaries or presence) up to the first heartbeat
@@ -1540,26 +1530,19 @@ async fn inbox_items_until_heartbeat(
     stream: &mut Streaming<v1::StreamInboxResponse>,
 ) -> Vec<String> {
     let mut items = Vec::new();
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let response = stream
-                .message()
-                .await
-                .unwrap()
-                .expect("the inbox stays open");
-            match response.event {
-                Some(InboxEvent::Heartbeat(_)) if !items.is_empty() => return,
-                Some(
-                    InboxEvent::Heartbeat(_)
-                    | InboxEvent::UnreadSummaryChanged(_)
-                    | InboxEvent::PresenceChanged(_),
-                )
-                | None => {}
-                Some(event) => items.push(format!("{event:?}").chars().take(60).collect()),
-            }
+    inbox_until(stream, |response| {
+        match response.event {
+            Some(InboxEvent::Heartbeat(_)) if !items.is_empty() => return Some(()),
+            Some(
+                InboxEvent::Heartbeat(_)
+                | InboxEvent::UnreadSummaryChanged(_)
+                | InboxEvent::PresenceChanged(_),
+            )
+            | None => {}
+            Some(event) => items.push(format!("{event:?}").chars().take(60).collect()),
         }
+        None
     })
-    .await
-    .expect("inbox items and a heartbeat within the deadline");
+    .await;
     items
 }

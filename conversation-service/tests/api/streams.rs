@@ -11,7 +11,7 @@ use tonic::{Code, Streaming};
 use uuid::Uuid;
 
 use crate::helpers::{
-    Client, create, customer, new_provider, open_stream, provider, send, spawn_app,
+    Client, create, customer, inbox_until, new_provider, open_stream, provider, send, spawn_app,
     spawn_app_with_flags, spawn_process,
 };
 
@@ -459,19 +459,14 @@ async fn open_inbox(
 }
 
 pub(crate) async fn next_inbox(stream: &mut Streaming<StreamInboxResponse>) -> StreamInboxResponse {
-    loop {
-        let response = tokio::time::timeout(WAIT, stream.message())
-            .await
-            .expect("an inbox event within the deadline")
-            .unwrap()
-            .expect("the inbox stays open");
-        if !matches!(
+    inbox_until(stream, |response| {
+        (!matches!(
             response.event,
             Some(InboxEvent::Heartbeat(_) | InboxEvent::UnreadSummaryChanged(_))
-        ) {
-            return response;
-        }
-    }
+        ))
+        .then_some(response)
+    })
+    .await
 }
 
 #[tokio::test]

@@ -8,9 +8,9 @@ use tokio::time::Instant;
 use tonic::Streaming;
 use uuid::Uuid;
 
-use crate::helpers::{Client, create, customer, new_provider, provider, send, spawn_app};
-
-const WAIT: Duration = Duration::from_secs(20);
+use crate::helpers::{
+    Client, create, customer, inbox_until, new_provider, provider, send, spawn_app,
+};
 
 async fn open(
     client: &mut Client,
@@ -28,20 +28,11 @@ async fn open(
 
 /// The next summary the stream sends, skipping every other event.
 async fn next_summary(stream: &mut Streaming<StreamInboxResponse>) -> (i64, i64) {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let response = stream
-                .message()
-                .await
-                .unwrap()
-                .expect("the inbox stays open");
-            if let Some(Event::UnreadSummaryChanged(s)) = response.event {
-                return (s.unread_messages, s.unread_conversations);
-            }
-        }
+    inbox_until(stream, |response| match response.event {
+        Some(Event::UnreadSummaryChanged(s)) => Some((s.unread_messages, s.unread_conversations)),
+        _ => None,
     })
     .await
-    .expect("an UnreadSummaryChanged within the deadline")
 }
 
 /// Every summary the stream sends until it has been quiet for `quiet`.
