@@ -84,11 +84,12 @@ impl Store {
             .map_err(|e| Error::db(ctx, e))?;
         // Data-modifying CTEs run whether or not they are read. A conversation a send
         // moves meanwhile is re-checked under its lock: its inbox_at is then past
-        // `cutoff`, and it is left alone.
+        // `cutoff`, and it is left alone. The chunks' `cutoff`, so this statement settles
+        // no minute they did not (a minute that closed since waits for the next run);
+        // `through` as of the lock, which another replica may have moved.
         let settled: i64 = sqlx::query_scalar(
             "WITH w AS (\
-               SELECT through, chat_activity_minute(now() - $1::interval) AS cutoff \
-               FROM inbox_settled FOR UPDATE), \
+               SELECT through, $1::timestamptz AS cutoff FROM inbox_settled FOR UPDATE), \
              s AS (\
                UPDATE conversations c SET inbox_at = c.last_activity_at FROM w \
                WHERE c.inbox_at >= w.through AND c.inbox_at < w.cutoff \
@@ -98,7 +99,7 @@ impl Store {
                WHERE w.cutoff > w.through RETURNING 1) \
              SELECT count(*) FROM s",
         )
-        .bind(SETTLE_AFTER)
+        .bind(cutoff)
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| Error::db(ctx, e))?;
