@@ -55,15 +55,11 @@ impl Pools {
         // connection for LOCK_TIMEOUT).
         let send = settings.send_writers.max(1).saturating_mul(2);
         let send = u32::try_from(send).unwrap_or(u32::MAX);
+        let options = no_jit(&settings.options);
         Self {
-            query: lazy(settings, settings.size.max(1))
-                .connect_lazy_with(query_options(&no_jit(&settings.options))),
-            send: writer_pool(
-                lazy(settings, send),
-                send_options(&no_jit(&settings.options)),
-            ),
-            create: lazy(settings, CREATE_CONNECTIONS)
-                .connect_lazy_with(create_options(&no_jit(&settings.options))),
+            query: lazy(settings, settings.size.max(1)).connect_lazy_with(query_options(&options)),
+            send: writer_pool(lazy(settings, send), send_options(&options)),
+            create: lazy(settings, CREATE_CONNECTIONS).connect_lazy_with(create_options(&options)),
         }
     }
 }
