@@ -610,3 +610,29 @@ fn rows_read(plan: &serde_json::Value, index: &str) -> Option<u64> {
         _ => None,
     }
 }
+
+/// The service's query sessions plan serially and compile nothing, even when
+/// `DATABASE_URL` asks otherwise: a search's walk is made to stop early, and a parallel
+/// plan or a JIT compilation costs more than the walk (store/pools.rs).
+#[tokio::test]
+async fn query_sessions_plan_serially_and_compile_nothing_whatever_the_url_says() {
+    let app = spawn_app().await;
+    let url = format!(
+        "{}?options=-c%20jit%3Don%20-c%20max_parallel_workers_per_gather%3D4",
+        app.database_url
+    );
+    let store = Store::connect(&PoolSettings {
+        options: url.parse().unwrap(),
+        size: 1,
+        acquire_timeout: Duration::from_secs(10),
+        send_writers: 1,
+    });
+    let (jit, workers): (String, String) = sqlx::query_as(
+        "SELECT current_setting('jit'), current_setting('max_parallel_workers_per_gather')",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!((jit.as_str(), workers.as_str()), ("off", "0"));
+    store.close().await;
+}
