@@ -185,3 +185,67 @@ async fn end_session_stops_its_secret() {
     assert_eq!(app.db_dump(), before);
     app.stop().await;
 }
+
+/// The digest a release before timed secrets kept: SHA-256 of the whole secret.
+fn untimed_digest(secret: &str) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+#[tokio::test]
+async fn links_and_sessions_issued_before_secrets_carried_their_time_still_work() {
+    let app = spawn_app().await;
+    let issued = app.issue("prov", 0).await;
+    let (timed_session, session) = open_session(&app).await;
+    let old_link = format!("ctk_{}", "L".repeat(43));
+    let old_session = format!("cse_{}", "S".repeat(43));
+    {
+        // What the file of the previous release holds for them.
+        let conn = rusqlite::Connection::open(&app.db_path).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        let token_id = issued.token.as_ref().unwrap().token_id.clone();
+        conn.execute(
+            "UPDATE chat_tokens SET secret_hash = ?1 WHERE token_id = ?2",
+            rusqlite::params![untimed_digest(&old_link), token_id],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE chat_sessions SET secret_hash = ?1 WHERE session_id = ?2",
+            rusqlite::params![untimed_digest(&old_session), session.session_id],
+        )
+        .unwrap();
+    }
+    let mut client = app.tokens.clone();
+    let got = client
+        .get_session(GetSessionRequest {
+            session_secret: old_session.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(got.session_id, session.session_id);
+    assert_refused(
+        client
+            .get_session(GetSessionRequest {
+                session_secret: timed_session,
+            })
+            .await,
+        Code::Unauthenticated,
+        "SESSION_NOT_FOUND",
+    );
+    let redeemed = app.redeem("prov", &old_link).await.unwrap();
+    assert_eq!(
+        redeemed.session.unwrap().token_id,
+        issued.token.unwrap().token_id
+    );
+    assert_eq!(redeemed.session_secret.len(), 4 + 51);
+    assert_refused(
+        app.redeem("prov", &issued.secret).await,
+        Code::NotFound,
+        "TOKEN_NOT_FOUND",
+    );
+    app.stop().await;
+}

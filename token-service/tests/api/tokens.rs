@@ -29,8 +29,8 @@ async fn issue_token_returns_the_secret_once_and_stores_only_its_hash() {
         .unwrap()
         .into_inner();
     assert!(issued.secret.starts_with("ctk_"));
-    // 32 random bytes, base64url: 43 characters.
-    assert_eq!(issued.secret.len(), 4 + 43);
+    // The issue time (6 bytes) and 32 random bytes, base64url: 51 characters.
+    assert_eq!(issued.secret.len(), 4 + 51);
     assert_eq!(
         issued.link_path,
         format!("/u/provider-1/c/{}", issued.secret)
