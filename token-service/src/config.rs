@@ -206,6 +206,12 @@ pub struct RetentionArgs {
     #[arg(long, env = "AUDIT_RETENTION", default_value = "365d", value_parser = parse_duration)]
     pub audit_retention: Duration,
 
+    /// RedeemToken recognises a request_id this long: a retry within it gets the same
+    /// session, after it the same id redeems anew. `0` keeps every id, and the index of ids
+    /// then grows with every redemption ever made.
+    #[arg(long, env = "REDEEM_RETRY_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub redeem_retry_window: Duration,
+
     /// How often the retention sweeper runs.
     #[arg(long, env = "RETENTION_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub retention_interval: Duration,

@@ -1,5 +1,5 @@
 //! The retention sweeper: ended sessions, the contact details of calls given up, expired
-//! and revoked links, and audit records go once they are older than their setting. It
+//! and revoked links, audit records and RedeemToken's request ids go once they are older than their setting. It
 //! removes a bounded batch per transaction and pauses between batches, so sends and
 //! redemptions never wait behind it. token-service is one writer per database, so two
 //! sweepers never race.
@@ -25,6 +25,7 @@ pub struct RetentionSettings {
     pub failed_call_contacts: Option<Duration>,
     pub links: Option<Duration>,
     pub audit_records: Option<Duration>,
+    pub redeem_requests: Option<Duration>,
     pub interval: Duration,
     pub batch: u32,
 }
@@ -36,6 +37,7 @@ impl RetentionSettings {
             Retained::FailedCallContacts => self.failed_call_contacts,
             Retained::Links => self.links,
             Retained::AuditRecords => self.audit_records,
+            Retained::RedeemRequests => self.redeem_requests,
         }
     }
 }

@@ -250,6 +250,7 @@ fn retention_settings(config: &Config) -> RetentionSettings {
         failed_call_contacts: keep(r.failed_call_contact_retention),
         links: keep(r.link_retention),
         audit_records: keep(r.audit_retention),
+        redeem_requests: keep(r.redeem_retry_window),
         interval: r.retention_interval.max(MIN_RETENTION_INTERVAL),
         batch: r.retention_batch.max(1),
     }

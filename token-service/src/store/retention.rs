@@ -22,14 +22,17 @@ pub enum Retained {
     Links,
     /// Audit records, and finished erasures, older than the cutoff.
     AuditRecords,
+    /// RedeemToken's request ids of redemptions made before the cutoff.
+    RedeemRequests,
 }
 
 impl Retained {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::EndedSessions,
         Self::FailedCallContacts,
         Self::Links,
         Self::AuditRecords,
+        Self::RedeemRequests,
     ];
 
     /// The label of its metrics.
@@ -39,6 +42,7 @@ impl Retained {
             Self::FailedCallContacts => "failed_call_contacts",
             Self::Links => "links",
             Self::AuditRecords => "audit_records",
+            Self::RedeemRequests => "redeem_requests",
         }
     }
 
@@ -69,6 +73,8 @@ impl Retained {
                 "DELETE FROM erasures WHERE request_id IN (
                  SELECT request_id FROM erasures WHERE complete_time < ?1 LIMIT ?2)",
             ],
+            Self::RedeemRequests => &["DELETE FROM redeem_requests WHERE request_id IN (
+                 SELECT request_id FROM redeem_requests WHERE create_time < ?1 LIMIT ?2)"],
         }
     }
 }

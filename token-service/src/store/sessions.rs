@@ -185,8 +185,9 @@ struct Earlier {
 
 fn earlier_redemption(conn: &Connection, request_id: RequestId) -> Result<Option<Earlier>, Error> {
     optional(conn.query_row_cached(
-        "SELECT session_id, token_id, redeem_customer_id, new_conversation
-         FROM chat_sessions WHERE request_id = ?1",
+        "SELECT s.session_id, s.token_id, s.redeem_customer_id, s.new_conversation
+         FROM redeem_requests r JOIN chat_sessions s ON s.session_id = r.session_id
+         WHERE r.request_id = ?1",
         [request_id],
         |row| {
             Ok(Earlier {
@@ -263,12 +264,11 @@ fn open_session(
     conn.execute_cached(
         "INSERT INTO chat_sessions (session_id, token_id, provider_id, request_id, secret_hash,
                                     customer_id, create_time, redeem_customer_id, new_conversation)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?8)",
+         VALUES (?1, ?2, ?3, ?1, ?4, ?5, ?6, ?5, ?7)",
         params![
             session.session_id,
             session.token_id,
             session.provider_id,
-            r.request_id,
             r.session_hash.as_bytes().as_slice(),
             session.customer_id,
             to_micros(now),
@@ -276,6 +276,13 @@ fn open_session(
         ],
     )
     .context("opening a session")?;
+    // The caller's request id is kept apart, for REDEEM_RETRY_WINDOW: see
+    // migrations/token/0004_redeem_requests.sql.
+    conn.execute_cached(
+        "INSERT INTO redeem_requests (request_id, session_id, create_time) VALUES (?1, ?2, ?3)",
+        params![r.request_id, session.session_id, to_micros(now)],
+    )
+    .context("keeping a request id")?;
     // The session id is CreateConversation's request_id: every retry, by this RPC or the
     // worker, after any crash, names the same conversation.
     let call = OutboxCall::CreateConversation {

@@ -40,6 +40,9 @@ fn migrations() -> Migrations<'static> {
             "../../../migrations/token/0002_consistency.sql"
         )),
         M::up(include_str!("../../../migrations/token/0003_privacy.sql")),
+        M::up(include_str!(
+            "../../../migrations/token/0004_redeem_requests.sql"
+        )),
     ])
 }
 

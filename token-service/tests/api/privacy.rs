@@ -956,3 +956,72 @@ async fn the_sweeper_removes_old_sessions_links_contacts_and_audit_records_in_ba
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_id_is_recognised_within_the_retry_window_and_forgotten_after_it() {
+    let app = spawn_app_with(
+        temp_db_path(),
+        NOWHERE,
+        &["--retention-interval", "1s", "--redeem-retry-window", "1h"],
+    )
+    .await;
+    let issued = app.issue("prov-window", 0).await;
+    let request = |request_id: &str| pb::RedeemTokenRequest {
+        request_id: request_id.into(),
+        provider_id: "prov-window".into(),
+        secret: issued.secret.clone(),
+        customer_id: String::new(),
+        new_conversation: false,
+    };
+    let (old_id, recent_id) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    let first_old = app.redeem_req(request(&old_id)).await.unwrap();
+    let first_recent = app.redeem_req(request(&recent_id)).await.unwrap();
+    let session_of = |r: pb::RedeemTokenResponse| r.session.unwrap().session_id;
+    let old_session = session_of(first_old);
+    // One of them made two hours ago, as far as the window can tell.
+    let two_hours_ago = (chrono::Utc::now() - chrono::Duration::hours(2)).timestamp_micros();
+    let aged = old_id.clone();
+    app.store
+        .call(move |conn| {
+            conn.execute(
+                "UPDATE redeem_requests SET create_time = ?1 WHERE request_id = ?2",
+                rusqlite::params![two_hours_ago, aged],
+            )
+            .map_err(|e| token_service::error::Error::Internal(e.to_string()))
+        })
+        .await
+        .unwrap();
+    let path = app.db_path.clone();
+    eventually(SETTLE, || {
+        let path = path.clone();
+        let old_id = old_id.clone();
+        async move { (!redeem_request_ids(&path).contains(&old_id)).then_some(()) }
+    })
+    .await;
+    // Within the window: the same session. After it: a new redemption.
+    let retried = app.redeem_req(request(&recent_id)).await.unwrap();
+    assert_eq!(session_of(retried), session_of(first_recent));
+    let again = session_of(app.redeem_req(request(&old_id)).await.unwrap());
+    assert_ne!(again, old_session);
+    assert_eq!(
+        session_of(app.redeem_req(request(&old_id)).await.unwrap()),
+        again,
+        "the id is kept again for the new redemption"
+    );
+    app.stop().await;
+}
+
+fn redeem_request_ids(path: &std::path::Path) -> String {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut stmt = conn
+        .prepare("SELECT request_id FROM redeem_requests")
+        .unwrap();
+    let ids: Vec<String> = stmt
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    ids.join(",")
+}
