@@ -413,4 +413,37 @@ mod tests {
         drop(store);
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    #[test]
+    fn upgrading_to_redeem_requests_keeps_the_last_weeks_request_ids() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrations().to_version(&mut conn, 3).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let (recent, old) = (
+            i64::try_from(now - 6 * 86400).unwrap() * 1_000_000,
+            i64::try_from(now - 8 * 86400).unwrap() * 1_000_000,
+        );
+        conn.execute_batch(&format!(
+            "INSERT INTO chat_tokens (token_id, provider_id, secret_hash, label, create_time,
+                                      expire_time, max_uses)
+             VALUES ('t', 'p', zeroblob(32), 'l', 0, 0, 0);
+             INSERT INTO chat_sessions (session_id, token_id, provider_id, request_id,
+                                        secret_hash, create_time)
+             VALUES ('s-recent', 't', 'p', 'r-recent', randomblob(32), {recent}),
+                    ('s-old', 't', 'p', 'r-old', randomblob(32), {old});"
+        ))
+        .unwrap();
+        migrations().to_latest(&mut conn).unwrap();
+        let kept: Vec<(String, String)> = conn
+            .prepare("SELECT request_id, session_id FROM redeem_requests")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(kept, [("r-recent".to_owned(), "s-recent".to_owned())]);
+    }
 }
