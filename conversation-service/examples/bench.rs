@@ -315,6 +315,8 @@ async fn own_process(args: &Args, bin: &PathBuf) -> anyhow::Result<()> {
             .spawn()?,
     );
     let pid = process.0.id().to_string();
+    // This process is only the senders here: the service is the other one.
+    let me = std::process::id().to_string();
     let client = connect(addr)?;
     let started = Instant::now();
     let ids = loop {
@@ -335,15 +337,18 @@ async fn own_process(args: &Args, bin: &PathBuf) -> anyhow::Result<()> {
         let senders = Arc::new(senders(&[addr], args.clients, connections)?);
         let service_before = cpu::process_seconds(&pid);
         let postgres_before = cpu::postgres_seconds();
+        let senders_before = cpu::process_seconds(&me);
         let mut report = closed_loop_sends(name, args, &senders, &ids).await;
         let service = cpu::process_seconds(&pid) - service_before;
         let postgres = cpu::postgres_seconds() - postgres_before;
+        let senders = cpu::process_seconds(&me) - senders_before;
         report.print();
         let us_per_message = 1e6 / report.latencies.len().max(1) as f64;
         println!(
-            "  CPU per message ({connections} connections): service {:.1} us, PostgreSQL {:.1} us",
+            "  CPU per message ({connections} connections): service {:.1} us, PostgreSQL {:.1} us, senders {:.1} us",
             service * us_per_message,
-            postgres * us_per_message
+            postgres * us_per_message,
+            senders * us_per_message
         );
     }
     drop(process);
