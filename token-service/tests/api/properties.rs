@@ -20,6 +20,9 @@ fn text(known: &[String]) -> impl Strategy<Value = String> + use<> {
         "[a-zA-Z0-9._:@-]{1,16}",
         any::<String>(),
         "\\PC{0,40}\u{0}?\\PC{0,4}",
+        // Well formed but unknown secrets, of both lengths (with and without the time).
+        "(ctk|cse)_[A-Za-z0-9_-]{43}",
+        "(ctk|cse)_[A-Za-z0-9_-]{51}",
         select(known.to_vec()),
     ]
 }
