@@ -44,6 +44,26 @@ struct Args {
     /// same phases run on a copy of it (the original is not written).
     #[arg(long)]
     loaded_sqlite: Option<std::path::PathBuf>,
+    /// Request ids the callers send: random UUIDs (v4, what AIP-155 callers send) or
+    /// time-ordered ones (v7).
+    #[arg(long, value_enum, default_value_t = RequestIds::V4)]
+    request_ids: RequestIds,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RequestIds {
+    V4,
+    V7,
+}
+
+impl RequestIds {
+    fn next(self) -> String {
+        match self {
+            Self::V4 => Uuid::new_v4(),
+            Self::V7 => Uuid::now_v7(),
+        }
+        .to_string()
+    }
 }
 
 /// CPU seconds used so far by this process (client and both services) and by the
@@ -153,10 +173,11 @@ async fn redeem(
     client: &mut TokenServiceClient<Channel>,
     provider: &str,
     secret: &str,
+    ids: RequestIds,
 ) -> anyhow::Result<()> {
     let session = client
         .redeem_token(RedeemTokenRequest {
-            request_id: Uuid::new_v4().to_string(),
+            request_id: ids.next(),
             provider_id: provider.into(),
             secret: secret.into(),
             customer_id: String::new(),
@@ -190,6 +211,7 @@ async fn phase(
     database: &str,
     callers: usize,
     seconds: u64,
+    ids: RequestIds,
 ) -> anyhow::Result<f64> {
     let mut secrets = Vec::with_capacity(callers);
     for c in 0..callers {
@@ -202,7 +224,7 @@ async fn phase(
     let secrets = Arc::new(secrets);
     // Warm up: one redemption per caller (connections, statement caches).
     for (provider, secret) in secrets.iter() {
-        redeem(&mut client.clone(), provider, secret).await?;
+        redeem(&mut client.clone(), provider, secret, ids).await?;
     }
     let cpu_before = cpu_seconds(database).await;
     let started = Instant::now();
@@ -216,7 +238,7 @@ async fn phase(
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
                 let t = Instant::now();
-                redeem(&mut client, provider, secret).await?;
+                redeem(&mut client, provider, secret, ids).await?;
                 latencies.push(t.elapsed());
             }
             anyhow::Ok(latencies)
@@ -263,7 +285,16 @@ async fn run() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut best: f64 = 0.0;
     for &callers in &args.callers {
-        best = best.max(phase(&client, database.name(), callers.max(1), args.seconds).await?);
+        best = best.max(
+            phase(
+                &client,
+                database.name(),
+                callers.max(1),
+                args.seconds,
+                args.request_ids,
+            )
+            .await?,
+        );
     }
     println!("redeem_per_s={best:.0}");
     if let Some(loaded) = &args.loaded_sqlite {
@@ -271,8 +302,16 @@ async fn run() -> anyhow::Result<()> {
         let client = start_tokens(&conversations, Some(loaded), &shutdown).await?;
         let mut best_loaded: f64 = 0.0;
         for &callers in &args.callers {
-            best_loaded = best_loaded
-                .max(phase(&client, database.name(), callers.max(1), args.seconds).await?);
+            best_loaded = best_loaded.max(
+                phase(
+                    &client,
+                    database.name(),
+                    callers.max(1),
+                    args.seconds,
+                    args.request_ids,
+                )
+                .await?,
+            );
         }
         println!(
             "redeem_loaded_per_s={best_loaded:.0} (loaded / fresh: {:.2})",
