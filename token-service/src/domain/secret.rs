@@ -29,6 +29,9 @@ const RANDOM_BYTES: usize = 32;
 const SECRET_CHARS: usize = 51;
 /// Secrets issued before the time led them: 32 random bytes, 43 characters.
 const UNTIMED_CHARS: usize = 43;
+const _: () = assert!(TIME_CHARS * 3 == TIME_BYTES * 4);
+const _: () = assert!(SECRET_CHARS == ((TIME_BYTES + RANDOM_BYTES) * 4).div_ceil(3));
+const _: () = assert!(UNTIMED_CHARS == (RANDOM_BYTES * 4).div_ceil(3));
 
 fn generate(prefix: &str) -> Result<String, Error> {
     let mut bytes = [0u8; TIME_BYTES + RANDOM_BYTES];
@@ -64,7 +67,7 @@ impl SecretHash {
     /// `secret` is well formed (checked by `parse` or made by `generate`).
     fn of(prefix: &str, secret: &str) -> Self {
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        let body = &secret.as_bytes()[prefix.len()..];
+        let body = secret.as_bytes().get(prefix.len()..).unwrap_or_default();
         if body.len() != SECRET_CHARS {
             return Self(digest);
         }
