@@ -205,6 +205,27 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
+/// One phase per `--callers` value; returns the best rate.
+async fn best_phase(
+    client: &TokenServiceClient<Channel>,
+    database: &str,
+    args: &Args,
+) -> anyhow::Result<f64> {
+    let mut best: f64 = 0.0;
+    for &callers in &args.callers {
+        let rate = phase(
+            client,
+            database,
+            callers.max(1),
+            args.seconds,
+            args.request_ids,
+        )
+        .await?;
+        best = best.max(rate);
+    }
+    Ok(best)
+}
+
 /// One phase: `callers` loops for `seconds`; returns redemptions per second.
 async fn phase(
     client: &TokenServiceClient<Channel>,
@@ -283,36 +304,12 @@ async fn run() -> anyhow::Result<()> {
     let client = start_tokens(&conversations, None, &shutdown).await?;
     // Let both services see each other healthy (token-service's first probe).
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut best: f64 = 0.0;
-    for &callers in &args.callers {
-        best = best.max(
-            phase(
-                &client,
-                database.name(),
-                callers.max(1),
-                args.seconds,
-                args.request_ids,
-            )
-            .await?,
-        );
-    }
+    let best = best_phase(&client, database.name(), &args).await?;
     println!("redeem_per_s={best:.0}");
     if let Some(loaded) = &args.loaded_sqlite {
         println!("on a copy of {}:", loaded.display());
         let client = start_tokens(&conversations, Some(loaded), &shutdown).await?;
-        let mut best_loaded: f64 = 0.0;
-        for &callers in &args.callers {
-            best_loaded = best_loaded.max(
-                phase(
-                    &client,
-                    database.name(),
-                    callers.max(1),
-                    args.seconds,
-                    args.request_ids,
-                )
-                .await?,
-            );
-        }
+        let best_loaded = best_phase(&client, database.name(), &args).await?;
         println!(
             "redeem_loaded_per_s={best_loaded:.0} (loaded / fresh: {:.2})",
             best_loaded / best.max(1.0)
