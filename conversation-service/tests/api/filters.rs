@@ -336,13 +336,13 @@ async fn a_customer_query_reads_a_bounded_walk_then_the_matches_and_pages_stay_e
             .await
             .unwrap();
     let walk = explain(&app, ListStep::Walk, "prov-big", "Thompson", through).await;
-    let read = rows_read(&walk);
+    let read = rows_read(&walk, "conversations");
     assert!(
         read <= 2 * CUSTOMER_WALK as u64,
         "the walk read {read} rows: {walk}"
     );
     let matches = explain(&app, ListStep::Matches, "prov-big", "Thompson", through).await;
-    let read = rows_read(&matches);
+    let read = rows_read(&matches, "conversations");
     assert!(read < 100, "the matches read {read} rows: {matches}");
     assert!(
         matches

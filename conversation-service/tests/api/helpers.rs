@@ -331,24 +331,27 @@ pub async fn delete(
         .map(|r| r.into_inner().message.unwrap())
 }
 
-/// The rows a plan read from `conversations`: what its scans of the table returned and
-/// what their filters removed.
-pub fn rows_read(plan: &serde_json::Value) -> u64 {
+/// The rows a plan read from `table`: what its scans of the table returned and what their
+/// filters removed, over all their loops.
+pub fn rows_read(plan: &serde_json::Value, table: &str) -> u64 {
     match plan {
         serde_json::Value::Object(node) => {
-            let own = if node.get("Relation Name").and_then(|n| n.as_str()) == Some("conversations")
-            {
+            let own = if node.get("Relation Name").and_then(|n| n.as_str()) == Some(table) {
                 let count = |key: &str| node.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+                let loops = node
+                    .get("Actual Loops")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(1);
                 (count("Actual Rows")
                     + count("Rows Removed by Filter")
                     + count("Rows Removed by Index Recheck"))
-                    * count("Actual Loops")
+                    * loops
             } else {
                 0
             };
-            own + node.values().map(rows_read).sum::<u64>()
+            own + node.values().map(|v| rows_read(v, table)).sum::<u64>()
         }
-        serde_json::Value::Array(items) => items.iter().map(rows_read).sum(),
+        serde_json::Value::Array(items) => items.iter().map(|v| rows_read(v, table)).sum(),
         _ => 0,
     }
 }

@@ -9,7 +9,8 @@ use tonic::{Code, Streaming};
 use uuid::Uuid;
 
 use crate::helpers::{
-    Client, TestApp, create, customer, new_provider, provider, send, spawn_app_with_flags,
+    Client, TestApp, create, customer, new_provider, provider, rows_read, send,
+    spawn_app_with_flags,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -231,32 +232,6 @@ async fn a_conversation_linked_mid_window_repeats_nothing() {
             "customer"
         ]
     );
-}
-
-/// Sums, over the plan's nodes that read `messages`, the rows they looked at.
-fn rows_read(plan: &serde_json::Value, table: &str) -> u64 {
-    let mut total = 0;
-    if plan.get("Relation Name").and_then(|v| v.as_str()) == Some(table) {
-        for key in [
-            "Actual Rows",
-            "Rows Removed by Filter",
-            "Rows Removed by Index Recheck",
-        ] {
-            let per_loop = plan
-                .get(key)
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0);
-            let loops = plan
-                .get("Actual Loops")
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(1);
-            total += per_loop * loops;
-        }
-    }
-    if let Some(children) = plan.get("Plans").and_then(|v| v.as_array()) {
-        total += children.iter().map(|c| rows_read(c, table)).sum::<u64>();
-    }
-    total
 }
 
 /// A transaction held open for long keeps every snapshot's xmin back; an inbox wake must

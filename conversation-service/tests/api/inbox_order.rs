@@ -171,7 +171,7 @@ async fn a_settling_chunk_reads_only_the_range_it_settles() {
     .await
     .unwrap();
     tx.rollback().await.unwrap();
-    let read = rows_read(&plan);
+    let read = rows_read(&plan, "conversations");
     assert!(
         (100..=300).contains(&read),
         "a chunk of 100 read {read} rows of conversations: {plan}"
