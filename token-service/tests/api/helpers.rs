@@ -9,8 +9,8 @@ pub use chat_common::testing::status::{
     assert_invalid, assert_refused, eventually, free_addr, reason,
 };
 use chat_proto::v1::{
-    IssueTokenRequest, IssueTokenResponse, RedeemTokenRequest, RedeemTokenResponse,
-    token_service_client::TokenServiceClient,
+    GetSessionRequest, IssueTokenRequest, IssueTokenResponse, RedeemTokenRequest,
+    RedeemTokenResponse, Session, token_service_client::TokenServiceClient,
 };
 use clap::Parser;
 use token_service::{config::Config, startup::Application};
@@ -165,6 +165,17 @@ impl TestApp {
             .map(tonic::Response::into_inner)
     }
 
+    /// GetSession with `secret`: the session, or the refusal.
+    pub async fn get_session(&self, secret: &str) -> Result<Session, Status> {
+        self.tokens
+            .clone()
+            .get_session(GetSessionRequest {
+                session_secret: secret.into(),
+            })
+            .await
+            .map(|r| r.into_inner().session.expect("a session in the reply"))
+    }
+
     /// Every row that matters, so a refused call can be shown to have changed nothing.
     /// Outbox bookkeeping (attempts, retry times) is left out: the worker moves it on its own.
     pub fn db_dump(&self) -> String {
@@ -180,6 +191,7 @@ pub fn db_dump(path: &std::path::Path) -> String {
     for query in [
         "SELECT * FROM chat_tokens ORDER BY token_id",
         "SELECT * FROM chat_sessions ORDER BY session_id",
+        "SELECT * FROM redeem_requests ORDER BY request_id",
         "SELECT job_id, session_id, kind, request_id, customer_id, name, email, phone, failed_time
          FROM outbox ORDER BY job_id",
     ] {

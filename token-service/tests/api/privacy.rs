@@ -35,8 +35,8 @@ use chat_common::testing::{database::tables_containing, process::Replica};
 use sqlx::Connection;
 
 use crate::helpers::{
-    NOWHERE, TestApp, assert_invalid, assert_refused, eventually, free_addr, spawn_app_with,
-    spawn_fresh_conversation_service, temp_db_path, test_database,
+    NOWHERE, TestApp, assert_invalid, assert_refused, db_dump, eventually, free_addr,
+    spawn_app_with, spawn_fresh_conversation_service, temp_db_path, test_database,
 };
 
 const SETTLE: Duration = Duration::from_secs(20);
@@ -995,7 +995,7 @@ async fn a_request_id_is_recognised_within_the_retry_window_and_forgotten_after_
     eventually(SETTLE, || {
         let path = path.clone();
         let old_id = old_id.clone();
-        async move { (!redeem_request_ids(&path).contains(&old_id)).then_some(()) }
+        async move { (!db_dump(&path).contains(&old_id)).then_some(()) }
     })
     .await;
     // Within the window: the same session. After it: a new redemption.
@@ -1009,19 +1009,4 @@ async fn a_request_id_is_recognised_within_the_retry_window_and_forgotten_after_
         "the id is kept again for the new redemption"
     );
     app.stop().await;
-}
-
-fn redeem_request_ids(path: &std::path::Path) -> String {
-    let conn =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    let mut stmt = conn
-        .prepare("SELECT request_id FROM redeem_requests")
-        .unwrap();
-    let ids: Vec<String> = stmt
-        .query_map([], |row| row.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    ids.join(",")
 }

@@ -1,9 +1,7 @@
 //! GetSession, IdentifySession, EndSession (conversation-service down: the
 //! UpdateCustomer call waits in the outbox behind the pending conversation).
 
-use chat_proto::v1::{
-    ConversationState, EndSessionRequest, GetSessionRequest, IdentifySessionRequest,
-};
+use chat_proto::v1::{ConversationState, EndSessionRequest, IdentifySessionRequest};
 use tonic::Code;
 
 use crate::helpers::{TestApp, assert_invalid, assert_refused, spawn_app};
@@ -28,34 +26,14 @@ fn identify(secret: &str, customer: &str) -> IdentifySessionRequest {
 async fn get_session_checks_the_secret() {
     let app = spawn_app().await;
     let (secret, session) = open_session(&app).await;
-    let mut client = app.tokens.clone();
-    let got = client
-        .get_session(GetSessionRequest {
-            session_secret: secret.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let got = app.get_session(&secret).await.unwrap();
     assert_eq!(got, session);
     assert_refused(
-        client
-            .get_session(GetSessionRequest {
-                session_secret: format!("cse_{}", "C".repeat(43)),
-            })
-            .await,
+        app.get_session(&format!("cse_{}", "C".repeat(43))).await,
         Code::Unauthenticated,
         "SESSION_NOT_FOUND",
     );
-    assert_invalid(
-        client
-            .get_session(GetSessionRequest {
-                session_secret: "ctk_wrong".into(),
-            })
-            .await,
-        "session_secret",
-    );
+    assert_invalid(app.get_session("ctk_wrong").await, "session_secret");
     app.stop().await;
 }
 
@@ -149,11 +127,7 @@ async fn end_session_stops_its_secret() {
 
     let before = app.db_dump();
     assert_refused(
-        client
-            .get_session(GetSessionRequest {
-                session_secret: secret.clone(),
-            })
-            .await,
+        app.get_session(&secret).await,
         Code::Unauthenticated,
         "SESSION_ENDED",
     );
@@ -216,23 +190,10 @@ async fn links_and_sessions_issued_before_secrets_carried_their_time_still_work(
         )
         .unwrap();
     }
-    let mut client = app.tokens.clone();
-    let got = client
-        .get_session(GetSessionRequest {
-            session_secret: old_session.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let got = app.get_session(&old_session).await.unwrap();
     assert_eq!(got.session_id, session.session_id);
     assert_refused(
-        client
-            .get_session(GetSessionRequest {
-                session_secret: timed_session,
-            })
-            .await,
+        app.get_session(&timed_session).await,
         Code::Unauthenticated,
         "SESSION_NOT_FOUND",
     );
