@@ -1,8 +1,8 @@
 //! The retention sweeper: ended sessions, the contact details of calls given up, expired
 //! and revoked links, audit records and RedeemToken's request ids go once they are older
 //! than their setting. It removes a bounded batch per transaction and pauses between
-//! batches, so sends and redemptions never wait behind it. token-service is one writer per database, so two
-//! sweepers never race.
+//! batches, so sends and redemptions never wait behind it. token-service is one writer per
+//! database, so two sweepers never race.
 
 use std::time::Duration;
 
