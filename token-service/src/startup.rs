@@ -442,3 +442,32 @@ impl HealthProbe {
         *last = Some(ok);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn a_zero_retention_keeps_that_data_for_ever_and_the_retry_window_defaults_to_a_day() {
+        let defaults = retention_settings(&Config::try_parse_from(["token-service"]).unwrap());
+        assert_eq!(
+            defaults.redeem_requests,
+            Some(Duration::from_secs(24 * 3600))
+        );
+        let zero = retention_settings(
+            &Config::try_parse_from([
+                "token-service",
+                "--redeem-retry-window",
+                "0",
+                "--session-retention",
+                "0",
+            ])
+            .unwrap(),
+        );
+        assert_eq!(zero.redeem_requests, None);
+        assert_eq!(zero.ended_sessions, None);
+        assert_eq!(zero.links, defaults.links);
+    }
+}
