@@ -19,7 +19,9 @@
 # senders on 64 connections (one call in flight each), next to the same process at 4
 # connections (send_4conn_process_per_s); cpu_us_per_msg_* are the CPU time per message
 # of that process and of all PostgreSQL processes at 4 connections (from /proc, so the
-# senders' CPU is not in them). Needs the local
+# senders' CPU is not in them); floor_* are the same callers on grpc.health.v1.Health/Check
+# (a call with nothing behind it): the stack's CPU per call on each side at 4 connections,
+# and its 64-connection rate over its 4-connection one. Needs the local
 # PostgreSQL (scripts/ensure-postgres.sh), psql and pgbench. Databases it creates are
 # dropped at the end.
 set -euo pipefail
@@ -115,6 +117,17 @@ proc4=$(rate_of "own process, 4 connections") || true
 conn64=$(rate_of "own process, 1 connection each") || true
 cpu_service=$(cpu_of 4 service) || true
 cpu_postgres=$(cpu_of 4 PostgreSQL) || true
+# The floor: the same callers and connections on grpc.health.v1.Health/Check, a call with
+# nothing behind it: what the HTTP/2 and gRPC stack costs per call on each side.
+floor_of() { grep -m1 "CPU per call ($1 connections)" "$logs/send" | awk -v w="$2" '{for (i = 1; i < NF; i++) if ($i == w) {print $(i + 1); exit}}'; }
+floor_service=$(floor_of 4 service) || true
+floor_callers=$(floor_of 4 callers) || true
+floor4=$(rate_of "Health/Check (floor), own process, 4 connections") || true
+floor64=$(rate_of "Health/Check (floor), own process, 1 connection each") || true
+floor_share=""
+if [[ -n "$floor4" && -n "$floor64" ]]; then
+  floor_share=$(awk -v a="$floor64" -v b="$floor4" 'BEGIN {if (b > 0) printf "%.2f", a / b}')
+fi
 
 checkpoint
 echo "== PostgreSQL references (pgbench on the project's schema)"
@@ -179,6 +192,9 @@ printf '%-66s %10s\n' "SendMessage, service as its own process, 4 connections (m
 printf '%-66s %10s\n' "SendMessage, own process, 64 connections, 1 call each (msg/s)" "$(or_na "$conn64")"
 printf '%-66s %10s\n' "CPU per message at 4 connections: service process (us)" "$(or_na "$cpu_service")"
 printf '%-66s %10s\n' "CPU per message at 4 connections: PostgreSQL, all processes (us)" "$(or_na "$cpu_postgres")"
+printf '%-66s %10s\n' "floor (Health/Check), 4 connections: service CPU per call (us)" "$(or_na "$floor_service")"
+printf '%-66s %10s\n' "floor (Health/Check), 4 connections: callers' CPU per call (us)" "$(or_na "$floor_callers")"
+printf '%-66s %10s\n' "floor (Health/Check): 64 connections' rate over 4 connections'" "$(or_na "$floor_share")"
 printf '%-66s %10s\n' "EditMessage, 64 clients, one message each (/s)" "$(or_na "$edit")"
 printf '%-66s %10s\n' "DeleteMessage, 64 clients (/s)" "$(or_na "$delete")"
 printf '%-66s %10s\n' "reference: 1 tx + NOTIFY per message, $naive_clients clients (msg/s)" "$(or_na "$naive")"
@@ -191,4 +207,4 @@ printf '%-66s %10s\n' "event feed: message events received by one consumer (/s)"
 printf '%-66s %10s\n' "event feed: created -> received, p99 (ms)" "$(or_na "$feed_p99")"
 printf '%-66s %10s\n' "idle StreamConversation, $streams streams (KiB each)" "$(or_na "$idle_kib")"
 printf '%-66s %10s\n' "reads of messages per message, 10 viewers each" "$(or_na "$reads")"
-echo "RESULT send_per_s=$(or_na "$send") naive_ref_per_s=$(or_na "$naive") batched_ref_rows_per_s=$(or_na "$batched") redeem_per_s=$(or_na "$redeem") delivery_p99_ms=$(or_na "$delivery_p99") idle_stream_kib=$(or_na "$idle_kib") reads_per_delivery=$(or_na "$reads") edit_per_s=$(or_na "$edit") delete_per_s=$(or_na "$delete") feed_events_per_s=$(or_na "$feed_per_s") feed_lag_p99_ms=$(or_na "$feed_p99") send_4conn_process_per_s=$(or_na "$proc4") send_64conn_per_s=$(or_na "$conn64") cpu_us_per_msg_service=$(or_na "$cpu_service") cpu_us_per_msg_postgres=$(or_na "$cpu_postgres")"
+echo "RESULT send_per_s=$(or_na "$send") naive_ref_per_s=$(or_na "$naive") batched_ref_rows_per_s=$(or_na "$batched") redeem_per_s=$(or_na "$redeem") delivery_p99_ms=$(or_na "$delivery_p99") idle_stream_kib=$(or_na "$idle_kib") reads_per_delivery=$(or_na "$reads") edit_per_s=$(or_na "$edit") delete_per_s=$(or_na "$delete") feed_events_per_s=$(or_na "$feed_per_s") feed_lag_p99_ms=$(or_na "$feed_p99") send_4conn_process_per_s=$(or_na "$proc4") send_64conn_per_s=$(or_na "$conn64") cpu_us_per_msg_service=$(or_na "$cpu_service") cpu_us_per_msg_postgres=$(or_na "$cpu_postgres") floor_us_per_call_service=$(or_na "$floor_service") floor_us_per_call_callers=$(or_na "$floor_callers") floor_64conn_share=$(or_na "$floor_share")"

@@ -27,11 +27,14 @@
 //!   database, SendMessage closed-loop by `--clients` senders over 4 connections, then
 //!   over one connection each (one call in flight per connection, as many small BFFs
 //!   would), each with the CPU time a message cost the service process and PostgreSQL's
-//!   processes (from /proc, so the senders' own CPU is not counted).
+//!   processes (from /proc, so the senders' own CPU is not counted); then the same
+//!   callers and connections on `grpc.health.v1.Health/Check`, the floor of what a call
+//!   costs the HTTP/2 and gRPC stack on both sides. `--only-own-process` runs these alone.
 //!
 //! cargo run --release -p conversation-service --example bench -- [--seconds 10] [--clients 64]
 //!     [--conversations 64] [--deliveries 2000] [--connections 1] [--replicas 1]
 //!     [--load-streams 1000] [--load-fraction 0.5] [--service-bin target/release/conversation-service]
+//!     [--only-own-process]
 
 use std::{
     net::SocketAddr,
@@ -99,6 +102,9 @@ struct Args {
     /// per message.
     #[arg(long)]
     service_bin: Option<PathBuf>,
+    /// Only the phases of `--service-bin` (for profiling that process).
+    #[arg(long, requires = "service_bin")]
+    only_own_process: bool,
     /// A database loaded by `scripts/load-big.sh`: SendMessage is measured once more on
     /// it (64 new conversations among its million), next to the fresh database's figure.
     /// It runs the service's migrations on it and adds the conversations and messages.
@@ -130,6 +136,9 @@ async fn run() -> anyhow::Result<()> {
          replicas={}, connections={} per replica",
         args.clients, args.conversations, args.seconds, args.replicas, args.connections
     );
+    if let (true, Some(bin)) = (args.only_own_process, &args.service_bin) {
+        return own_process(&args, bin).await;
+    }
 
     // Reference: PostgreSQL alone, one transaction per message: lock the conversation,
     // take the next seq, insert, NOTIFY, commit (what a naive SendMessage does).
@@ -351,8 +360,55 @@ async fn own_process(args: &Args, bin: &PathBuf) -> anyhow::Result<()> {
             senders * us_per_message
         );
     }
+    stack_floor(args, addr, &pid, &me).await;
     drop(process);
     Ok(())
+}
+
+/// The same callers and connections calling `grpc.health.v1.Health/Check` on the same
+/// process: what a call costs the HTTP/2 and gRPC stack (and the kernel's loopback) with
+/// nothing behind it, on both sides, so the service's CPU per message splits into that
+/// floor and its own work.
+async fn stack_floor(args: &Args, addr: SocketAddr, pid: &str, me: &str) {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    for (name, connections) in [
+        ("Health/Check (floor), own process, 4 connections", 4),
+        (
+            "Health/Check (floor), own process, 1 connection each",
+            args.clients,
+        ),
+    ] {
+        let channels: Vec<_> = (0..connections)
+            .map(|_| {
+                Channel::from_shared(format!("http://{addr}"))
+                    .map(|c| HealthClient::new(c.connect_lazy()))
+            })
+            .collect::<Result<_, _>>()
+            .unwrap_or_default();
+        if channels.is_empty() {
+            return;
+        }
+        let channels = Arc::new(channels);
+        let service_before = cpu::process_seconds(pid);
+        let senders_before = cpu::process_seconds(me);
+        let mut report = drive(name, args.clients, args.seconds, move |c, _| {
+            let mut client = channels[c % channels.len()].clone();
+            async move {
+                client.check(HealthCheckRequest::default()).await?;
+                Ok(())
+            }
+        })
+        .await;
+        let service = cpu::process_seconds(pid) - service_before;
+        let senders = cpu::process_seconds(me) - senders_before;
+        report.print();
+        let us_per_call = 1e6 / report.latencies.len().max(1) as f64;
+        println!(
+            "  CPU per call ({connections} connections): service {:.1} us, callers {:.1} us",
+            service * us_per_call,
+            senders * us_per_call
+        );
+    }
 }
 
 /// EditMessage and DeleteMessage, each closed-loop for `--seconds` by the senders (one
