@@ -21,6 +21,9 @@ use crate::{
 /// The channel every replica LISTENs on.
 pub const CHANNEL: &str = "chat_events";
 
+/// How a [`Notice::Messages`] payload begins: the tag first, then its list.
+const MESSAGES_PREFIX: &str = r#"{"k":"m","m":"#;
+
 /// A conversation whose head moved, with whose inboxes care.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Touched {
@@ -210,10 +213,22 @@ impl Notice {
     /// encoded (each as [`Touched`]'s JSON): what `encode` would write, without encoding
     /// them again.
     pub fn messages_payload(touched: &[String]) -> String {
-        format!(r#"{{"k":"m","m":[{}]}}"#, touched.join(","))
+        format!("{MESSAGES_PREFIX}[{}]}}", touched.join(","))
     }
 
     pub fn decode(payload: &str) -> Option<Self> {
+        // An internally tagged enum is parsed twice (into serde's buffer to find the tag,
+        // then into the variant), which for a batch's messages was the larger part of the
+        // listener's work. A payload exactly as `messages_payload` writes it is parsed
+        // once, straight into its list; anything else (and any trailing field) takes the
+        // general path.
+        if let Some(list) = payload
+            .strip_prefix(MESSAGES_PREFIX)
+            .and_then(|rest| rest.strip_suffix('}'))
+            && let Ok(touched) = serde_json::from_str(list)
+        {
+            return Some(Self::Messages { touched });
+        }
         serde_json::from_str(payload).ok()
     }
 }
@@ -292,6 +307,32 @@ mod tests {
             Notice::messages_payload(&items),
             Notice::Messages { touched }.encode()
         );
+    }
+
+    /// The list parsed on its own gives what the general path gives; a payload with
+    /// anything more, or spaced differently, still decodes (by the general path).
+    #[test]
+    fn a_messages_payload_decodes_alike_on_both_paths() {
+        let nil = "00000000-0000-0000-0000-000000000000";
+        let item = format!(
+            r#"{{"c":"{nil}","s":7,"p":"p1","u":"c1","n":[{{"s":7,"i":"{nil}","r":2,"a":"c1","b":"hi }}","t":1764000000123456}}]}}"#
+        );
+        let payload = Notice::messages_payload(&[item.clone(), item.clone()]);
+        let general: Option<Notice> = serde_json::from_str(&payload).ok();
+        assert!(general.is_some());
+        assert_eq!(Notice::decode(&payload), general);
+        for variant in [
+            format!(r#"{{"k":"m","m":[{item}],"z":1}}"#),
+            format!(r#"{{ "k":"m","m":[{item}]}}"#),
+            format!(r#"{{"m":[{item}],"k":"m"}}"#),
+        ] {
+            let Some(Notice::Messages { touched }) = Notice::decode(&variant) else {
+                panic!("not decoded: {variant}");
+            };
+            assert_eq!(touched.len(), 1);
+            assert_eq!(touched[0].messages[0].body, "hi }");
+        }
+        assert_eq!(Notice::decode(r#"{"k":"m","m":[{"c":"x"}]}"#), None);
     }
 
     /// Replicas of the previous release read and write the same bytes.
