@@ -34,7 +34,7 @@ use std::{
 use http_body::{Body, Frame, SizeHint};
 use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator},
-    trace::{TraceContextExt, TraceId},
+    trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId},
 };
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use pin_project_lite::pin_project;
@@ -43,6 +43,7 @@ use tonic::{Code, Status, codegen::Bytes};
 use tower::{Layer, Service};
 use tracing::{Instrument, Level, Span, field, instrument::Instrumented};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{Registry, registry::LookupSpan};
 
 /// Records `value` as the field `name` of the current RPC's log line and span. `name`
 /// is one of `provider_id`, `customer_id`, `conversation_id`, `request_id`,
@@ -440,6 +441,79 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     })
 }
 
+/// The W3C trace an RPC belongs to when no OpenTelemetry layer keeps one (no exporter):
+/// the caller's, else a new sampled one, as the SDK's default sampler would decide. It
+/// lives in the extensions of the server's `rpc` span, so the RPC's log lines name it and
+/// the calls its handler makes carry it on.
+#[derive(Clone, Debug)]
+struct Trace {
+    id: TraceId,
+    flags: TraceFlags,
+    /// The caller's `tracestate`, passed on as it came.
+    state: String,
+}
+
+impl Trace {
+    /// Keeps the caller's trace (or a new one) in `span`; returns its id.
+    fn keep(span: &Span, remote: &SpanContext) -> TraceId {
+        let trace = if remote.is_valid() {
+            Self {
+                id: remote.trace_id(),
+                flags: remote.trace_flags(),
+                state: remote.trace_state().header(),
+            }
+        } else {
+            Self {
+                id: TraceId::from(rand::random::<u128>().max(1)),
+                flags: TraceFlags::SAMPLED,
+                state: String::new(),
+            }
+        };
+        let id = trace.id;
+        span.with_subscriber(|(span_id, dispatch)| {
+            if let Some(span) = dispatch
+                .downcast_ref::<Registry>()
+                .and_then(|registry| registry.span(span_id))
+            {
+                span.extensions_mut().insert(trace);
+            }
+        });
+        id
+    }
+
+    /// The trace kept by the innermost RPC span around the current one.
+    fn current() -> Option<Self> {
+        let mut found = None;
+        Span::current().with_subscriber(|(span_id, dispatch)| {
+            if let Some(span) = dispatch
+                .downcast_ref::<Registry>()
+                .and_then(|registry| registry.span(span_id))
+            {
+                found = span
+                    .scope()
+                    .find_map(|span| span.extensions().get::<Self>().cloned());
+            }
+        });
+        found
+    }
+
+    /// `traceparent` (with a new id for the outgoing call) and `tracestate`.
+    fn inject(&self, headers: &mut http::HeaderMap) {
+        let call = SpanId::from(rand::random::<u64>().max(1));
+        let parent = format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            self.id,
+            call,
+            self.flags.to_u8()
+        );
+        let mut injector = HeaderInjector(headers);
+        injector.set("traceparent", parent);
+        if !self.state.is_empty() {
+            injector.set("tracestate", self.state.clone());
+        }
+    }
+}
+
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
@@ -523,12 +597,15 @@ where
             rpc_span!(Level::ERROR, "rpc", method)
         };
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
-        let remote = parent.span().span_context().trace_id();
-        // Without the OpenTelemetry layer (a test's bare subscriber) the caller's id still
-        // names the trace.
+        let remote = parent.span().span_context().clone();
         let _ = span.set_parent(parent);
         let own = span.context().span().span_context().trace_id();
-        let trace_id = if own == TraceId::INVALID { remote } else { own };
+        // Without the OpenTelemetry layer (no exporter) the span keeps the trace itself.
+        let trace_id = if own == TraceId::INVALID {
+            Trace::keep(&span, &remote)
+        } else {
+            own
+        };
         if trace_id != TraceId::INVALID {
             span.record("trace_id", field::display(trace_id));
         }
@@ -609,8 +686,12 @@ where
             rpc_span!(Level::INFO, "rpc.client", method)
         };
         let context = span.context();
-        TraceContextPropagator::new()
-            .inject_context(&context, &mut HeaderInjector(request.headers_mut()));
+        if context.span().span_context().is_valid() {
+            TraceContextPropagator::new()
+                .inject_context(&context, &mut HeaderInjector(request.headers_mut()));
+        } else if let Some(trace) = Trace::current() {
+            trace.inject(request.headers_mut());
+        }
         let deadline = grpc_timeout(request.headers());
         let (received, sent) = Side::Client.message_counters(&method);
         let request = request.map(|body| {
@@ -836,11 +917,100 @@ mod tests {
             crate::telemetry::LogFormat::Json,
             std::io::sink,
             false,
-            &provider,
+            Some(&provider),
         );
         tracing::subscriber::with_default(subscriber, f);
         let _ = provider.force_flush();
         collect.0.lock().unwrap().clone()
+    }
+
+    /// The `traceparent` and `tracestate` that a call made inside an RPC's handler sends,
+    /// under the services' subscriber without an exporter, when the RPC came with
+    /// `incoming` (`traceparent`, `tracestate`).
+    fn passed_on(incoming: &[(&'static str, &'static str)]) -> (String, String) {
+        let sent = Arc::new(std::sync::Mutex::new((String::new(), String::new())));
+        let seen = Arc::clone(&sent);
+        let server = ServerLayer::new(&echo(), None);
+        let client = ClientLayer::new(&echo());
+        let subscriber = crate::telemetry::subscriber(
+            "rpc-test",
+            crate::telemetry::LogFormat::Json,
+            std::io::sink,
+            false,
+            None,
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let mut service = server.layer(tower::service_fn(
+                move |_: http::Request<Counted<tonic::body::Body>>| {
+                    let seen = Arc::clone(&seen);
+                    let mut downstream = client.layer(tower::service_fn(
+                        move |request: http::Request<tonic::body::Body>| {
+                            let header = |name| {
+                                request
+                                    .headers()
+                                    .get(name)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or_default()
+                                    .to_owned()
+                            };
+                            *seen.lock().unwrap() = (header("traceparent"), header("tracestate"));
+                            std::future::ready(Ok::<_, std::convert::Infallible>(
+                                Status::new(Code::Ok, "").into_http::<tonic::body::Body>(),
+                            ))
+                        },
+                    ));
+                    async move {
+                        let _ = downstream.call(request("/chat.test.Echo/Say")).await;
+                        Ok::<_, std::convert::Infallible>(
+                            Status::new(Code::Ok, "").into_http::<tonic::body::Body>(),
+                        )
+                    }
+                },
+            ));
+            let mut call = request("/chat.test.Echo/Say");
+            for (name, value) in incoming {
+                call.headers_mut()
+                    .insert(*name, http::HeaderValue::from_static(value));
+            }
+            let _ = futures::executor::block_on(service.call(call));
+        });
+        sent.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn without_an_exporter_the_callers_trace_is_passed_on_with_a_new_parent() {
+        let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let (parent, state) = passed_on(&[("traceparent", caller), ("tracestate", "vendor=x")]);
+        let parts: Vec<&str> = parent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{parent}");
+        assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(parts[2].len(), 16);
+        assert_ne!(
+            parts[2], "00f067aa0ba902b7",
+            "the outgoing call is a span of its own"
+        );
+        assert_eq!(parts[3], "01");
+        assert_eq!(state, "vendor=x");
+
+        // Not sampled upstream: not sampled downstream either.
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let (parent, _) = passed_on(&[("traceparent", unsampled)]);
+        assert!(parent.ends_with("-00"), "{parent}");
+    }
+
+    #[test]
+    fn without_an_exporter_or_a_caller_trace_an_rpc_starts_its_own() {
+        let (first, state) = passed_on(&[]);
+        let (second, _) = passed_on(&[]);
+        for parent in [&first, &second] {
+            let parts: Vec<&str> = parent.split('-').collect();
+            assert_eq!(parts.len(), 4, "{parent}");
+            assert_eq!(parts[1].len(), 32);
+            assert_ne!(parts[1], "0".repeat(32));
+            assert_eq!(parts[3], "01");
+        }
+        assert_ne!(first.split('-').nth(1), second.split('-').nth(1));
+        assert!(state.is_empty());
     }
 
     fn attributes(span: &SpanData) -> HashMap<String, opentelemetry::Value> {

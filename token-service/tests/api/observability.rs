@@ -204,7 +204,7 @@ async fn a_redeem_is_one_trace_over_both_services_and_every_rpc_line_has_a_trace
         LogFormat::Json,
         move || sink.clone(),
         false,
-        &provider,
+        provider.as_ref(),
     ));
     let conv = spawn_fresh_conversation_service().await;
     let app = spawn_patient_app(&conv.url, &[]).await;

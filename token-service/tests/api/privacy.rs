@@ -590,7 +590,7 @@ async fn neither_logs_nor_metrics_name_a_customer_identified_exported_and_erased
         LogFormat::Json,
         move || sink.clone(),
         false,
-        &provider,
+        provider.as_ref(),
     ));
     let fake = FakePrivacy::default();
     let addr = free_addr();
