@@ -183,29 +183,32 @@ where
             .with_filter(log_filter())
             .boxed(),
     };
-    // Traces do not follow RUST_LOG: a quieter log must not break propagation.
-    let traces = provider.map(|provider| {
-        tracing_opentelemetry::layer()
+    // Traces do not follow RUST_LOG: a quieter log must not break propagation. Without an
+    // exporter the RPC spans still exist whatever RUST_LOG says: they hold the trace that
+    // the calls their handlers make carry on. (One layer or the other, never an absent
+    // `Option` layer: that one enables every callsite in the process.)
+    let traces = match provider {
+        Some(provider) => tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(app))
             .with_location(false)
             .with_threads(false)
             .with_tracked_inactivity(false)
             .with_target(false)
             .with_filter(trace_filter())
-    });
-    // Without that layer, the RPC spans still exist whatever RUST_LOG says: they hold the
-    // trace the calls their handlers make carry on.
-    let rpc_spans = provider.is_none().then(|| {
-        tracing_subscriber::layer::Identity::new().with_filter(
-            tracing_subscriber::filter::filter_fn(|meta| {
-                meta.is_span()
-                    && meta.target() == "grpc"
-                    && meta.name() == "rpc"
-                    && *meta.level() <= tracing::Level::INFO
-            }),
-        )
-    });
-    Registry::default().with(logs).with(traces).with(rpc_spans)
+            .boxed(),
+        None => tracing_subscriber::layer::Identity::new()
+            .with_filter(
+                tracing_subscriber::filter::filter_fn(|meta| {
+                    meta.is_span()
+                        && meta.target() == "grpc"
+                        && meta.name() == "rpc"
+                        && *meta.level() <= tracing::Level::INFO
+                })
+                .with_max_level_hint(tracing::Level::INFO),
+            )
+            .boxed(),
+    };
+    Registry::default().with(logs).with(traces)
 }
 
 fn log_filter() -> EnvFilter {
@@ -412,6 +415,22 @@ mod tests {
         });
         let bytes = capture.0.lock().unwrap().clone();
         String::from_utf8(bytes).unwrap()
+    }
+
+    /// Without an exporter the RPC spans exist whatever the log filter says, nothing else
+    /// it leaves out is enabled, and the subscriber still tells the level below which
+    /// every callsite is off (without it each of h2's and hyper's trace events would be
+    /// checked at run time).
+    #[test]
+    fn without_an_exporter_only_rpc_spans_pass_beyond_the_log_filter() {
+        let subscriber = subscriber("test-app", LogFormat::Json, std::io::sink, false, None);
+        assert!(Subscriber::max_level_hint(&subscriber).is_some());
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(!tracing::error_span!(target: "grpc", "rpc").is_disabled());
+            assert!(tracing::debug_span!(target: "grpc", "rpc").is_disabled());
+            assert!(!tracing::enabled!(target: "h2::codec", tracing::Level::TRACE));
+            assert!(tracing::trace_span!(target: "hyper", "poll").is_disabled());
+        });
     }
 
     #[test]
