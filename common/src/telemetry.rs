@@ -31,10 +31,7 @@ use tracing::{Event, Subscriber, field::Field};
 use tracing_subscriber::{
     EnvFilter, Layer, Registry,
     field::{RecordFields, Visit},
-    fmt::{
-        FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter,
-        format::{JsonFields, Writer},
-    },
+    fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter, format::Writer},
     layer::SubscriberExt,
     registry::LookupSpan,
     util::SubscriberInitExt,
@@ -179,7 +176,7 @@ where
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(writer)
             .event_format(JsonLine { app })
-            .fmt_fields(JsonFields::new())
+            .fmt_fields(JsonSpanFields)
             .with_filter(log_filter())
             .boxed(),
     };
@@ -339,6 +336,42 @@ impl Visit for TextVisitor<'_, '_> {
     }
 }
 
+/// A span's fields for JSON lines: one JSON object, to which each later `record` appends
+/// its members. (tracing's `JsonFields` parses the object and writes it whole again on
+/// every `record`: three or four times per RPC.) A key recorded twice appears twice; the
+/// line's parse keeps the last, as a later record would have replaced it.
+struct JsonSpanFields;
+
+impl<'w> FormatFields<'w> for JsonSpanFields {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut map = Map::new();
+        fields.record(&mut JsonVisitor(&mut map));
+        write!(writer, "{}", Value::Object(map))
+    }
+
+    fn add_fields(
+        &self,
+        current: &'w mut FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> fmt::Result {
+        let mut map = Map::new();
+        fields.record(&mut JsonVisitor(&mut map));
+        if map.is_empty() {
+            return Ok(());
+        }
+        let added = Value::Object(map).to_string();
+        let text = &mut current.fields;
+        if text.len() > 2 && text.ends_with('}') {
+            text.pop();
+            text.push(',');
+            text.push_str(&added[1..]);
+        } else {
+            *text = added;
+        }
+        Ok(())
+    }
+}
+
 /// Records an event's fields as JSON values.
 struct JsonVisitor<'a>(&'a mut Map<String, Value>);
 
@@ -415,6 +448,37 @@ mod tests {
         });
         let bytes = capture.0.lock().unwrap().clone();
         String::from_utf8(bytes).unwrap()
+    }
+
+    /// Span fields recorded after the span began are in the JSON line, a key recorded
+    /// again shows its last value, and a span that began without fields takes them too.
+    #[test]
+    fn json_lines_carry_span_fields_recorded_later_with_their_last_value() {
+        let capture = Capture::default();
+        let sink = capture.clone();
+        let subscriber = subscriber(
+            "test-app",
+            LogFormat::Json,
+            move || sink.clone(),
+            false,
+            None,
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let outer = tracing::error_span!("outer", a = 1, b = tracing::field::Empty);
+            outer.record("b", "first");
+            outer.record("b", "second");
+            outer.in_scope(|| {
+                let inner = tracing::error_span!("inner", c = tracing::field::Empty);
+                inner.record("c", 3);
+                inner.in_scope(|| tracing::error!("seen"));
+            });
+        });
+        let bytes = capture.0.lock().unwrap().clone();
+        let line: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(line["a"], 1);
+        assert_eq!(line["b"], "second");
+        assert_eq!(line["c"], 3);
+        assert_eq!(line["message"], "seen");
     }
 
     /// Without an exporter the RPC spans exist whatever the log filter says, nothing else
