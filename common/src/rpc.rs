@@ -17,6 +17,10 @@
 //! trace filter leaves out by default (see [`crate::telemetry`]). In log lines the
 //! `rpc.*` fields read `grpc_service`, `grpc_method` and `grpc_code` as before.
 //!
+//! Without an exporter there is no OpenTelemetry layer ([`crate::telemetry`]): the
+//! server's `rpc` span then keeps the caller's trace (or a new one) itself, for its log
+//! lines and for the calls its handler makes.
+//!
 //! [`ClientLayer`] (around a `Channel`) sends the current span's context as
 //! `traceparent` and counts `grpc_client_started_total`, `grpc_client_handled_total`,
 //! `grpc_client_handling_seconds`, `grpc_client_msg_sent_total` and
