@@ -489,6 +489,12 @@ mod tests {
     fn without_an_exporter_only_rpc_spans_pass_beyond_the_log_filter() {
         let subscriber = subscriber("test-app", LogFormat::Json, std::io::sink, false, None);
         assert!(Subscriber::max_level_hint(&subscriber).is_some());
+        // A trace-level callsite of a library is off for good, not checked at each event.
+        let library = tracing::subscriber::with_default(tracing_subscriber::registry(), || {
+            tracing::trace_span!(target: "hyper::proto", "poll").metadata()
+        });
+        let library = library.expect("a bare registry enables every span");
+        assert!(Subscriber::register_callsite(&subscriber, library).is_never());
         tracing::subscriber::with_default(subscriber, || {
             assert!(!tracing::error_span!(target: "grpc", "rpc").is_disabled());
             assert!(tracing::debug_span!(target: "grpc", "rpc").is_disabled());
