@@ -112,16 +112,14 @@ feed_p99=$(sed -n '/event feed/,$p' "$logs/send" | after_word /dev/stdin p99 "re
 # The service as its own process: 64 senders over 4 connections, then over one
 # connection each, and the CPU time per message of the service and of PostgreSQL.
 rate_of() { awk -v what="$1" 'index($0, what) {for (i = 1; i < NF; i++) if ($(i + 1) == "msg/s") {print $i; exit}}' "$logs/send"; }
-cpu_of() { grep -m1 "CPU per message ($1 connections)" "$logs/send" | awk -v w="$2" '{for (i = 1; i < NF; i++) if ($i == w) {print $(i + 1); exit}}'; }
 proc4=$(rate_of "own process, 4 connections") || true
 conn64=$(rate_of "own process, 1 connection each") || true
-cpu_service=$(cpu_of 4 service) || true
-cpu_postgres=$(cpu_of 4 PostgreSQL) || true
+cpu_service=$(after_word "$logs/send" service "CPU per message (4 connections)") || true
+cpu_postgres=$(after_word "$logs/send" PostgreSQL "CPU per message (4 connections)") || true
 # The floor: the same callers and connections on grpc.health.v1.Health/Check, a call with
 # nothing behind it: what the HTTP/2 and gRPC stack costs per call on each side.
-floor_of() { grep -m1 "CPU per call ($1 connections)" "$logs/send" | awk -v w="$2" '{for (i = 1; i < NF; i++) if ($i == w) {print $(i + 1); exit}}'; }
-floor_service=$(floor_of 4 service) || true
-floor_callers=$(floor_of 4 callers) || true
+floor_service=$(after_word "$logs/send" service "CPU per call (4 connections)") || true
+floor_callers=$(after_word "$logs/send" callers "CPU per call (4 connections)") || true
 floor4=$(rate_of "Health/Check (floor), own process, 4 connections") || true
 floor64=$(rate_of "Health/Check (floor), own process, 1 connection each") || true
 floor_share=""
