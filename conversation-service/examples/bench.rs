@@ -324,8 +324,6 @@ async fn own_process(args: &Args, bin: &PathBuf) -> anyhow::Result<()> {
             .spawn()?,
     );
     let pid = process.0.id().to_string();
-    // This process is only the senders here: the service is the other one.
-    let me = std::process::id().to_string();
     let client = connect(addr)?;
     let started = Instant::now();
     let ids = loop {
@@ -344,23 +342,10 @@ async fn own_process(args: &Args, bin: &PathBuf) -> anyhow::Result<()> {
         ("SendMessage, own process, 1 connection each", args.clients),
     ] {
         let senders = Arc::new(senders(&[addr], args.clients, connections)?);
-        let service_before = cpu::process_seconds(&pid);
-        let postgres_before = cpu::postgres_seconds();
-        let senders_before = cpu::process_seconds(&me);
-        let mut report = closed_loop_sends(name, args, &senders, &ids).await;
-        let service = cpu::process_seconds(&pid) - service_before;
-        let postgres = cpu::postgres_seconds() - postgres_before;
-        let senders = cpu::process_seconds(&me) - senders_before;
-        report.print();
-        let us_per_message = 1e6 / report.latencies.len().max(1) as f64;
-        println!(
-            "  CPU per message ({connections} connections): service {:.1} us, PostgreSQL {:.1} us, senders {:.1} us",
-            service * us_per_message,
-            postgres * us_per_message,
-            senders * us_per_message
-        );
+        let phase = closed_loop_sends(name, args, &senders, &ids);
+        cpu_per_call(&pid, ("message", "senders"), connections, phase).await;
     }
-    stack_floor(args, addr, &pid, &me).await;
+    stack_floor(args, addr, &pid).await?;
     drop(process);
     Ok(())
 }
@@ -369,7 +354,7 @@ async fn own_process(args: &Args, bin: &PathBuf) -> anyhow::Result<()> {
 /// process: what a call costs the HTTP/2 and gRPC stack (and the kernel's loopback) with
 /// nothing behind it, on both sides, so the service's CPU per message splits into that
 /// floor and its own work.
-async fn stack_floor(args: &Args, addr: SocketAddr, pid: &str, me: &str) {
+async fn stack_floor(args: &Args, addr: SocketAddr, pid: &str) -> anyhow::Result<()> {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     for (name, connections) in [
         ("Health/Check (floor), own process, 4 connections", 4),
@@ -378,37 +363,47 @@ async fn stack_floor(args: &Args, addr: SocketAddr, pid: &str, me: &str) {
             args.clients,
         ),
     ] {
-        let channels: Vec<_> = (0..connections)
-            .map(|_| {
-                Channel::from_shared(format!("http://{addr}"))
-                    .map(|c| HealthClient::new(c.connect_lazy()))
-            })
-            .collect::<Result<_, _>>()
-            .unwrap_or_default();
-        if channels.is_empty() {
-            return;
-        }
-        let channels = Arc::new(channels);
-        let service_before = cpu::process_seconds(pid);
-        let senders_before = cpu::process_seconds(me);
-        let mut report = drive(name, args.clients, args.seconds, move |c, _| {
-            let mut client = channels[c % channels.len()].clone();
+        let clients = (0..connections)
+            .map(|_| channel(addr).map(HealthClient::new))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let phase = drive(name, args.clients, args.seconds, move |c, _| {
+            let mut client = clients[c % clients.len()].clone();
             async move {
                 client.check(HealthCheckRequest::default()).await?;
                 Ok(())
             }
-        })
-        .await;
-        let service = cpu::process_seconds(pid) - service_before;
-        let senders = cpu::process_seconds(me) - senders_before;
-        report.print();
-        let us_per_call = 1e6 / report.latencies.len().max(1) as f64;
-        println!(
-            "  CPU per call ({connections} connections): service {:.1} us, callers {:.1} us",
-            service * us_per_call,
-            senders * us_per_call
-        );
+        });
+        cpu_per_call(pid, ("call", "callers"), connections, phase).await;
     }
+    Ok(())
+}
+
+/// Runs `phase` (closed-loop calls on the service process `pid`) and prints its report,
+/// then the CPU time each call cost the service, all PostgreSQL processes and this process
+/// (the callers), read from /proc, naming a call and the callers as `(call, callers)` say.
+async fn cpu_per_call(
+    pid: &str,
+    (call, callers): (&str, &str),
+    connections: usize,
+    phase: impl Future<Output = Report>,
+) {
+    let seconds = || {
+        [
+            cpu::process_seconds(pid),
+            cpu::postgres_seconds(),
+            cpu::process_seconds("self"),
+        ]
+    };
+    let before = seconds();
+    let mut report = phase.await;
+    let after = seconds();
+    report.print();
+    let per_call = 1e6 / report.latencies.len().max(1) as f64;
+    let [service, postgres, here] = std::array::from_fn(|i| (after[i] - before[i]) * per_call);
+    println!(
+        "  CPU per {call} ({connections} connections): service {service:.1} us, \
+         PostgreSQL {postgres:.1} us, {callers} {here:.1} us"
+    );
 }
 
 /// EditMessage and DeleteMessage, each closed-loop for `--seconds` by the senders (one
@@ -874,9 +869,13 @@ impl Replica {
 }
 
 /// A client on a new connection (a `Channel` of its own is one HTTP/2 connection).
+/// A channel to `addr` that connects on its first call.
+fn channel(addr: SocketAddr) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(format!("http://{addr}"))?.connect_lazy())
+}
+
 fn connect(addr: SocketAddr) -> anyhow::Result<Client> {
-    let channel = Channel::from_shared(format!("http://{addr}"))?.connect_lazy();
-    Ok(ConversationServiceClient::new(channel))
+    Ok(ConversationServiceClient::new(channel(addr)?))
 }
 
 async fn start(url: &str) -> anyhow::Result<Replica> {
