@@ -474,31 +474,17 @@ impl Trace {
             }
         };
         let id = trace.id;
-        span.with_subscriber(|(span_id, dispatch)| {
-            if let Some(span) = dispatch
-                .downcast_ref::<Registry>()
-                .and_then(|registry| registry.span(span_id))
-            {
-                span.extensions_mut().insert(trace);
-            }
-        });
+        in_registry(span, |span| span.extensions_mut().insert(trace));
         id
     }
 
     /// The trace kept by the innermost RPC span around the current one.
     fn current() -> Option<Self> {
-        let mut found = None;
-        Span::current().with_subscriber(|(span_id, dispatch)| {
-            if let Some(span) = dispatch
-                .downcast_ref::<Registry>()
-                .and_then(|registry| registry.span(span_id))
-            {
-                found = span
-                    .scope()
-                    .find_map(|span| span.extensions().get::<Self>().cloned());
-            }
-        });
-        found
+        in_registry(&Span::current(), |span| {
+            span.scope()
+                .find_map(|span| span.extensions().get::<Self>().cloned())
+        })
+        .flatten()
     }
 
     /// `traceparent` (with a new id for the outgoing call) and `tracestate`.
@@ -516,6 +502,28 @@ impl Trace {
             injector.set("tracestate", self.state.clone());
         }
     }
+}
+
+/// `f` on `span`'s entry in the registry, when the subscriber keeps one (a disabled span
+/// or a subscriber without a registry has none).
+fn in_registry<R>(
+    span: &Span,
+    f: impl FnOnce(tracing_subscriber::registry::SpanRef<'_, Registry>) -> R,
+) -> Option<R> {
+    span.with_subscriber(|(id, dispatch)| {
+        let registry = dispatch.downcast_ref::<Registry>()?;
+        registry.span(id).map(f)
+    })
+    .flatten()
+}
+
+/// Whether `meta` is the span [`ServerLayer`] gives each RPC (and not a health check's or
+/// reflection's, which are DEBUG): the spans that keep the trace without an exporter.
+pub(crate) fn is_rpc_span(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_span()
+        && meta.target() == "grpc"
+        && meta.name() == "rpc"
+        && *meta.level() <= Level::INFO
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);

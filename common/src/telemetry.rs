@@ -11,11 +11,10 @@
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Without it there is no OpenTelemetry layer at
 //!   all: building a span per RPC only to drop it cost the service about a tenth of its
 //!   CPU per SendMessage, and the RPC layer keeps the trace id itself ([`crate::rpc`]).
-//!   The exporter also reads the other
-//!   standard `OTEL_EXPORTER_OTLP_*` variables). `OTEL_SERVICE_NAME` (or `service.name` in
-//!   `OTEL_RESOURCE_ATTRIBUTES`) names the service, else the binary's name does. Spans
-//!   carry their own attributes only, none of tracing's bookkeeping (source location,
-//!   thread, busy/idle time). `TRACE_FILTER` (RUST_LOG's syntax, default `info`) picks
+//!   The exporter also reads the other standard `OTEL_EXPORTER_OTLP_*` variables.
+//!   `OTEL_SERVICE_NAME` (or `service.name` in `OTEL_RESOURCE_ATTRIBUTES`) names the
+//!   service, else the binary's name does. Spans carry their own attributes only, none of
+//!   tracing's bookkeeping (source location, thread, busy/idle time). `TRACE_FILTER` (RUST_LOG's syntax, default `info`) picks
 //!   the spans exported: health checks and reflection are DEBUG, so left out unless it
 //!   says `debug` (or `grpc=debug`).
 //! - `RUST_LOG` filters (default `info`); PostgreSQL's notices (such as
@@ -90,6 +89,10 @@ pub fn init(app: &'static str, format: LogFormat) -> Telemetry {
 /// The tracer provider with the OTLP exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` is set
 /// (and the exporter can be built), else none.
 pub fn tracer_provider(app: &'static str) -> Option<SdkTracerProvider> {
+    let exporting = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some_and(|v| !v.is_empty());
+    if !exporting {
+        return None;
+    }
     // The default resource reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES itself;
     // `app` only fills in when neither names the service.
     let mut resource = Resource::builder();
@@ -98,10 +101,6 @@ pub fn tracer_provider(app: &'static str) -> Option<SdkTracerProvider> {
         std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok().as_deref(),
     ) {
         resource = resource.with_service_name(app);
-    }
-    let exporting = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some_and(|v| !v.is_empty());
-    if !exporting {
-        return None;
     }
     match opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
@@ -166,18 +165,33 @@ pub fn subscriber<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    subscriber_logging(app, format, writer, ansi, provider, log_filter())
+}
+
+/// [`subscriber`] with `log_filter` instead of `RUST_LOG`'s.
+pub(crate) fn subscriber_logging<W>(
+    app: &'static str,
+    format: LogFormat,
+    writer: W,
+    ansi: bool,
+    provider: Option<&SdkTracerProvider>,
+    log_filter: EnvFilter,
+) -> impl Subscriber + Send + Sync + 'static
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let logs = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(writer)
             .with_ansi(ansi)
             .fmt_fields(TextFields)
-            .with_filter(log_filter())
+            .with_filter(log_filter.clone())
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(writer)
             .event_format(JsonLine { app })
             .fmt_fields(JsonSpanFields)
-            .with_filter(log_filter())
+            .with_filter(log_filter)
             .boxed(),
     };
     // Traces do not follow RUST_LOG: a quieter log must not break propagation. Without an
@@ -195,13 +209,8 @@ where
             .boxed(),
         None => tracing_subscriber::layer::Identity::new()
             .with_filter(
-                tracing_subscriber::filter::filter_fn(|meta| {
-                    meta.is_span()
-                        && meta.target() == "grpc"
-                        && meta.name() == "rpc"
-                        && *meta.level() <= tracing::Level::INFO
-                })
-                .with_max_level_hint(tracing::Level::INFO),
+                tracing_subscriber::filter::filter_fn(crate::rpc::is_rpc_span)
+                    .with_max_level_hint(tracing::Level::INFO),
             )
             .boxed(),
     };
