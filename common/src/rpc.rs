@@ -937,19 +937,21 @@ mod tests {
     }
 
     /// The `traceparent` and `tracestate` that a call made inside an RPC's handler sends,
-    /// under the services' subscriber without an exporter, when the RPC came with
-    /// `incoming` (`traceparent`, `tracestate`).
+    /// under the services' subscriber without an exporter and with logs off (the trace
+    /// must not depend on `RUST_LOG`), when the RPC came with `incoming` (`traceparent`,
+    /// `tracestate`).
     fn passed_on(incoming: &[(&'static str, &'static str)]) -> (String, String) {
         let sent = Arc::new(std::sync::Mutex::new((String::new(), String::new())));
         let seen = Arc::clone(&sent);
         let server = ServerLayer::new(&echo(), None);
         let client = ClientLayer::new(&echo());
-        let subscriber = crate::telemetry::subscriber(
+        let subscriber = crate::telemetry::subscriber_logging(
             "rpc-test",
             crate::telemetry::LogFormat::Json,
             std::io::sink,
             false,
             None,
+            tracing_subscriber::EnvFilter::new("off"),
         );
         tracing::subscriber::with_default(subscriber, || {
             let mut service = server.layer(tower::service_fn(
@@ -1014,7 +1016,10 @@ mod tests {
     fn without_an_exporter_or_a_caller_trace_an_rpc_starts_its_own() {
         let (first, state) = passed_on(&[]);
         let (second, _) = passed_on(&[]);
-        for parent in [&first, &second] {
+        // A malformed `traceparent` is no trace: the RPC starts its own.
+        let (third, _) = passed_on(&[("traceparent", "00-not-a-trace-01")]);
+        assert!(!third.contains("not-a-trace"), "{third}");
+        for parent in [&first, &second, &third] {
             let parts: Vec<&str> = parent.split('-').collect();
             assert_eq!(parts.len(), 4, "{parent}");
             assert_eq!(parts[1].len(), 32);

@@ -504,6 +504,18 @@ mod tests {
         });
         let library = library.expect("a bare registry enables every span");
         assert!(Subscriber::register_callsite(&subscriber, library).is_never());
+        let quiet = subscriber_logging(
+            "test-app",
+            LogFormat::Json,
+            std::io::sink,
+            false,
+            None,
+            EnvFilter::new("off"),
+        );
+        tracing::subscriber::with_default(quiet, || {
+            assert!(!tracing::error_span!(target: "grpc", "rpc").is_disabled());
+            assert!(tracing::error_span!(target: "grpc", "other").is_disabled());
+        });
         tracing::subscriber::with_default(subscriber, || {
             assert!(!tracing::error_span!(target: "grpc", "rpc").is_disabled());
             assert!(tracing::debug_span!(target: "grpc", "rpc").is_disabled());
